@@ -1,0 +1,270 @@
+//! [`StreamingBody`]: the body of every response the cache hands out.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use tokio::sync::oneshot;
+use tokio_util::sync::PollSender;
+
+use crate::error::{BoxError, Error};
+use crate::store::reader::ChunkReader;
+use crate::store::writer::TeeEnd;
+
+/// A response body that streams from a stored file, is being stored while it streams (a tee),
+/// or passes another body through.
+///
+/// It implements [`http_body::Body`] with `Data = Bytes` and reports an exact
+/// [`size_hint`](Body::size_hint) for stored bodies. Stored trailers are replayed after the
+/// data. However large the body, it holds at most a couple of read chunks in memory.
+pub struct StreamingBody {
+    kind: Kind,
+}
+
+enum Kind {
+    Disk {
+        reader: ChunkReader,
+        trailers: Option<HeaderMap>,
+    },
+    Bytes {
+        data: Option<Bytes>,
+        trailers: Option<HeaderMap>,
+    },
+    Tee {
+        inner: UnsyncBoxBody<Bytes, BoxError>,
+        sink: Option<TeeSink>,
+    },
+    Pass {
+        inner: UnsyncBoxBody<Bytes, BoxError>,
+    },
+}
+
+impl StreamingBody {
+    /// An empty body.
+    pub fn empty() -> Self {
+        StreamingBody::from_bytes(Bytes::new())
+    }
+
+    /// A body of the given bytes.
+    pub fn from_bytes(data: Bytes) -> Self {
+        StreamingBody {
+            kind: Kind::Bytes {
+                data: (!data.is_empty()).then_some(data),
+                trailers: None,
+            },
+        }
+    }
+
+    /// A body that passes `body` through unchanged.
+    pub fn pass<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        StreamingBody {
+            kind: Kind::Pass { inner: boxed(body) },
+        }
+    }
+
+    pub(crate) fn stored(
+        prefetched: Option<Bytes>,
+        reader: ChunkReader,
+        trailers: Option<HeaderMap>,
+    ) -> Self {
+        let kind = match prefetched {
+            Some(data) => Kind::Bytes {
+                data: (!data.is_empty()).then_some(data),
+                trailers,
+            },
+            None => Kind::Disk { reader, trailers },
+        };
+        StreamingBody { kind }
+    }
+
+    pub(crate) fn tee(inner: UnsyncBoxBody<Bytes, BoxError>, sink: Option<TeeSink>) -> Self {
+        let mut body = StreamingBody {
+            kind: Kind::Tee { inner, sink },
+        };
+        // A body that is over before it starts may never be polled: end the entry now.
+        if let Kind::Tee { inner, sink } = &mut body.kind
+            && inner.is_end_stream()
+            && let Some(sink) = sink.take()
+        {
+            sink.finish();
+        }
+        body
+    }
+}
+
+pub(crate) fn boxed<B>(body: B) -> UnsyncBoxBody<Bytes, BoxError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    use http_body_util::BodyExt as _;
+    UnsyncBoxBody::new(body.map_err(Into::into))
+}
+
+impl fmt::Debug for StreamingBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Disk { .. } | Kind::Bytes { .. } => "Stored",
+            Kind::Tee { .. } => "Tee",
+            Kind::Pass { .. } => "Pass",
+        };
+        f.debug_tuple("StreamingBody").field(&kind).finish()
+    }
+}
+
+impl Default for StreamingBody {
+    fn default() -> Self {
+        StreamingBody::empty()
+    }
+}
+
+/// The store's end of a tee: a bounded queue of chunks to the writer, and the one message that
+/// says the body ended complete.
+pub(crate) struct TeeSink {
+    tx: PollSender<Bytes>,
+    pending: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+    end: oneshot::Sender<TeeEnd>,
+}
+
+impl TeeSink {
+    pub(crate) fn new(tx: tokio::sync::mpsc::Sender<Bytes>, end: oneshot::Sender<TeeEnd>) -> Self {
+        TeeSink {
+            tx: PollSender::new(tx),
+            pending: None,
+            trailers: None,
+            end,
+        }
+    }
+
+    /// Moves the chunk waiting for queue room into the queue. `Ready(false)`: the writer is
+    /// gone, store no more.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        if self.pending.is_none() {
+            return Poll::Ready(true);
+        }
+        match self.tx.poll_reserve(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(_)) => Poll::Ready(false),
+            Poll::Ready(Ok(())) => {
+                let chunk = self.pending.take();
+                Poll::Ready(chunk.is_none_or(|c| self.tx.send_item(c).is_ok()))
+            }
+        }
+    }
+
+    /// Queues a chunk for the writer without making the client wait: when the queue is full
+    /// the chunk is kept aside, and the next poll waits for room before reading more.
+    fn offer(&mut self, cx: &mut Context<'_>, chunk: Bytes) -> bool {
+        self.pending = Some(chunk);
+        !matches!(self.poll_flush(cx), Poll::Ready(false))
+    }
+
+    fn finish(self) {
+        let _ = self.end.send(TeeEnd {
+            tail: self.pending,
+            trailers: self.trailers,
+        });
+    }
+}
+
+impl Body for StreamingBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        match &mut self.get_mut().kind {
+            Kind::Disk { reader, trailers } => match reader.poll_chunk(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Ok(data))) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                Poll::Ready(Some(Err(e))) => {
+                    trailers.take();
+                    Poll::Ready(Some(Err(e)))
+                }
+                Poll::Ready(None) => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t)))),
+            },
+            Kind::Bytes { data, trailers } => Poll::Ready(
+                data.take()
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
+            Kind::Pass { inner } => Pin::new(inner).poll_frame(cx).map_err(Error::body),
+            Kind::Tee { inner, sink } => poll_tee(inner, sink, cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Disk { reader, trailers } => reader.is_done() && trailers.is_none(),
+            Kind::Bytes { data, trailers } => data.is_none() && trailers.is_none(),
+            Kind::Pass { inner } | Kind::Tee { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Disk { reader, .. } => SizeHint::with_exact(reader.remaining()),
+            Kind::Bytes { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Kind::Pass { inner } | Kind::Tee { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+fn poll_tee(
+    inner: &mut UnsyncBoxBody<Bytes, BoxError>,
+    sink: &mut Option<TeeSink>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+    if let Some(s) = sink.as_mut() {
+        match s.poll_flush(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(true) => {}
+            Poll::Ready(false) => *sink = None,
+        }
+    }
+    let frame = match Pin::new(&mut *inner).poll_frame(cx) {
+        Poll::Pending => return Poll::Pending,
+        Poll::Ready(None) => {
+            if let Some(s) = sink.take() {
+                s.finish();
+            }
+            return Poll::Ready(None);
+        }
+        Poll::Ready(Some(Err(e))) => {
+            // Dropping the sink without finishing it abandons the entry.
+            *sink = None;
+            return Poll::Ready(Some(Err(Error::body(e))));
+        }
+        Poll::Ready(Some(Ok(frame))) => frame,
+    };
+    if let Some(s) = sink.as_mut() {
+        if let Some(data) = frame.data_ref() {
+            if !s.offer(cx, data.clone()) {
+                *sink = None;
+            }
+        } else if let Some(trailers) = frame.trailers_ref() {
+            s.trailers = Some(trailers.clone());
+        }
+    }
+    // The client may stop polling once the inner body says it is over.
+    if inner.is_end_stream()
+        && let Some(s) = sink.take()
+    {
+        s.finish();
+    }
+    Poll::Ready(Some(Ok(frame)))
+}

@@ -1,0 +1,50 @@
+//! An HTTP cache for the Tower ecosystem that stores responses on disk and streams them.
+//!
+//! [`StreamingManager`] is the store: responses go to disk as they stream, hashed on the way,
+//! and come back as a [`StreamingBody`] that reads the file in large chunks. A 10 GB body costs
+//! the same memory as a 1 KB one, identical bodies are stored once, and entries survive
+//! restarts and crashes without a wrong byte ever being served.
+//!
+//! ```
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use http_cache_streaming::StreamingManager;
+//! use http_body_util::{BodyExt, Full};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let manager = StreamingManager::new(dir.path().to_path_buf());
+//! let request = http::Request::get("https://example.com/big").body(())?;
+//! let response = http::Response::builder()
+//!     .header("cache-control", "max-age=3600, public")
+//!     .body(Full::new(bytes::Bytes::from(vec![b'X'; 1 << 20])))?;
+//! let policy = http_cache_semantics::CachePolicy::new(&request, &response);
+//! let url = url::Url::parse("https://example.com/big")?;
+//!
+//! // The body goes to disk, hashed on the way; what comes back streams from the stored file.
+//! let stored = manager.put("GET:https://example.com/big".into(), response, policy, url).await?;
+//! assert_eq!(stored.into_body().collect().await?.to_bytes().len(), 1 << 20);
+//!
+//! // Later, or after a restart: a hit streams from disk in large chunks.
+//! let (cached, _policy) = manager.get("GET:https://example.com/big").await?.expect("stored");
+//! assert_eq!(cached.headers()["cache-control"], "max-age=3600, public");
+//! assert_eq!(cached.into_body().collect().await?.to_bytes(), vec![b'X'; 1 << 20]);
+//! # Ok(()) }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+//! ```
+//!
+//! [`StreamingManager::tee`] is the other way in: it answers at once and stores the body as
+//! the caller reads it, committing the entry only if the body ends complete.
+#![deny(unsafe_code, unreachable_pub)]
+#![warn(missing_docs)]
+
+// The README's examples run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
+mod body;
+mod error;
+mod store;
+
+pub use body::StreamingBody;
+pub use error::{BoxError, Error, ErrorKind, Result};
+pub use store::{StoreStats, StreamingManager, StreamingManagerBuilder};

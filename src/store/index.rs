@@ -1,0 +1,238 @@
+//! The in-memory index: which record names which content, how many records use each content
+//! file, and a bounded set of parsed records so that warm hits parse no JSON.
+//!
+//! The disk stays the truth: the index is rebuilt from `metadata/` when the store opens, and a
+//! key the index does not know is looked up on disk before it counts as a miss.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::layout::Hash32;
+use super::record::Entry;
+
+/// What a record file looked like when it was parsed. A hit compares it with a fresh `stat`
+/// of the file, so a record that another process replaced, removed or damaged is read again
+/// instead of served from memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+}
+
+impl Stamp {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> Self {
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Stamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            inode,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    digest: Hash32,
+    length: u64,
+    stamp: Stamp,
+    entry: Option<Arc<Entry>>,
+}
+
+/// Key hash → record, and content digest → number of records using it.
+#[derive(Debug)]
+pub(crate) struct Index {
+    slots: HashMap<Hash32, Slot>,
+    refs: HashMap<Hash32, u32>,
+    parsed: usize,
+    parsed_limit: usize,
+}
+
+impl Index {
+    pub(crate) fn new(parsed_limit: usize) -> Self {
+        Index {
+            slots: HashMap::new(),
+            refs: HashMap::new(),
+            parsed: 0,
+            parsed_limit,
+        }
+    }
+
+    /// The parsed record for a key and the stamp of the file it was read from, when the
+    /// index holds one.
+    pub(crate) fn entry(&self, key: Hash32) -> Option<(Arc<Entry>, Stamp)> {
+        let slot = self.slots.get(&key)?;
+        Some((slot.entry.clone()?, slot.stamp))
+    }
+
+    /// The digest a key's record names, when the index knows the key.
+    pub(crate) fn digest(&self, key: Hash32) -> Option<Hash32> {
+        self.slots.get(&key).map(|slot| slot.digest)
+    }
+
+    /// How many records use a content file.
+    pub(crate) fn refs(&self, digest: Hash32) -> u32 {
+        self.refs.get(&digest).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Distinct content files the indexed records use.
+    pub(crate) fn content_files(&self) -> usize {
+        self.refs.len()
+    }
+
+    /// Bytes of content the indexed records use, each content file counted once.
+    pub(crate) fn content_bytes(&self) -> u64 {
+        let mut seen = std::collections::HashSet::with_capacity(self.refs.len());
+        self.slots
+            .values()
+            .filter(|slot| seen.insert(slot.digest))
+            .map(|slot| slot.length)
+            .sum()
+    }
+
+    /// Records `entry` under `key`. Returns the digest of content no record uses any more
+    /// (the replaced record's, when it was the last user), for the caller to unlink.
+    pub(crate) fn insert(
+        &mut self,
+        key: Hash32,
+        entry: Arc<Entry>,
+        stamp: Stamp,
+    ) -> Option<Hash32> {
+        *self.refs.entry(entry.digest).or_insert(0) += 1;
+        let keep = self.parsed < self.parsed_limit;
+        let slot = Slot {
+            digest: entry.digest,
+            length: entry.length,
+            stamp,
+            entry: keep.then_some(entry),
+        };
+        if keep {
+            self.parsed += 1;
+        }
+        let old = self.slots.insert(key, slot)?;
+        self.release(old)
+    }
+
+    /// Keeps the parsed form of a record that the index already names, when there is room.
+    pub(crate) fn remember(&mut self, key: Hash32, entry: &Arc<Entry>, stamp: Stamp) {
+        let room = self.parsed < self.parsed_limit;
+        if let Some(slot) = self.slots.get_mut(&key)
+            && slot.digest == entry.digest
+        {
+            slot.stamp = stamp;
+            match &mut slot.entry {
+                Some(kept) => *kept = Arc::clone(entry),
+                None if room => {
+                    slot.entry = Some(Arc::clone(entry));
+                    self.parsed += 1;
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Forgets `key`. Returns the digest of content no record uses any more.
+    pub(crate) fn remove(&mut self, key: Hash32) -> Option<Hash32> {
+        let old = self.slots.remove(&key)?;
+        self.release(old)
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.slots.clear();
+        self.refs.clear();
+        self.parsed = 0;
+    }
+
+    fn release(&mut self, old: Slot) -> Option<Hash32> {
+        if old.entry.is_some() {
+            self.parsed -= 1;
+        }
+        let count = self.refs.get_mut(&old.digest)?;
+        *count -= 1;
+        if *count == 0 {
+            self.refs.remove(&old.digest);
+            return Some(old.digest);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn stamp() -> Stamp {
+        Stamp {
+            len: 0,
+            modified: None,
+            inode: 0,
+        }
+    }
+
+    fn entry(body: &[u8]) -> Arc<Entry> {
+        let req = http::Request::get("http://a/").body(()).unwrap();
+        let res = http::Response::new(());
+        Arc::new(Entry {
+            key: String::new(),
+            url: String::new(),
+            status: http::StatusCode::OK,
+            version: http::Version::HTTP_11,
+            headers: http::HeaderMap::new(),
+            trailers: None,
+            policy: http_cache_semantics::CachePolicy::new(&req, &res),
+            digest: Hash32::of(body),
+            length: body.len() as u64,
+            stored_at: UNIX_EPOCH,
+        })
+    }
+
+    #[test]
+    fn shared_content_is_released_by_its_last_record() {
+        let mut index = Index::new(10);
+        let (a, b) = (Hash32::of(b"a"), Hash32::of(b"b"));
+        assert_eq!(index.insert(a, entry(b"same"), stamp()), None);
+        assert_eq!(index.insert(b, entry(b"same"), stamp()), None);
+        assert_eq!(index.refs(Hash32::of(b"same")), 2);
+        assert_eq!(index.content_bytes(), 4);
+        assert_eq!(index.remove(a), None);
+        assert_eq!(index.remove(b), Some(Hash32::of(b"same")));
+        assert_eq!(index.remove(b), None);
+        assert_eq!(index.len(), 0);
+    }
+
+    #[test]
+    fn overwrite_releases_the_old_content() {
+        let mut index = Index::new(10);
+        let a = Hash32::of(b"a");
+        index.insert(a, entry(b"one"), stamp());
+        assert_eq!(
+            index.insert(a, entry(b"two"), stamp()),
+            Some(Hash32::of(b"one"))
+        );
+        // Overwriting with the same body keeps it.
+        assert_eq!(index.insert(a, entry(b"two"), stamp()), None);
+        assert_eq!(index.refs(Hash32::of(b"two")), 1);
+    }
+
+    #[test]
+    fn parsed_records_stay_within_the_limit() {
+        let mut index = Index::new(1);
+        let (a, b) = (Hash32::of(b"a"), Hash32::of(b"b"));
+        index.insert(a, entry(b"x"), stamp());
+        index.insert(b, entry(b"y"), stamp());
+        assert!(index.entry(a).is_some());
+        assert!(index.entry(b).is_none());
+        index.remove(a);
+        let y = entry(b"y");
+        index.remember(b, &y, stamp());
+        assert!(index.entry(b).is_some());
+    }
+}

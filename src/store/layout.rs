@@ -1,0 +1,126 @@
+//! Where things live under `<dir>/cache-v2/`, and the hash names files are given.
+//!
+//! No key, URL or header ever becomes part of a path: records are named by the SHA-256 of
+//! their key and content by the SHA-256 of its bytes, both as 64 lowercase hex digits.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+/// The directory under the user's cache directory that holds this format.
+pub(crate) const FORMAT_DIR: &str = "cache-v2";
+
+/// A SHA-256 value: the name of a content file or of a record.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Hash32(pub(crate) [u8; 32]);
+
+impl Hash32 {
+    pub(crate) fn of(bytes: &[u8]) -> Self {
+        Hash32(Sha256::digest(bytes).into())
+    }
+
+    pub(crate) fn from_hasher(hasher: Sha256) -> Self {
+        Hash32(hasher.finalize().into())
+    }
+
+    pub(crate) fn to_hex(self) -> String {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(64);
+        for b in self.0 {
+            out.push(DIGITS[usize::from(b >> 4)] as char);
+            out.push(DIGITS[usize::from(b & 15)] as char);
+        }
+        out
+    }
+
+    /// Parses 64 lowercase hex digits; anything else is `None`.
+    pub(crate) fn from_hex(hex: &str) -> Option<Self> {
+        fn digit(c: u8) -> Option<u8> {
+            match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'a'..=b'f' => Some(c - b'a' + 10),
+                _ => None,
+            }
+        }
+        let bytes = hex.as_bytes();
+        if bytes.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in bytes.chunks_exact(2).enumerate() {
+            out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+        }
+        Some(Hash32(out))
+    }
+}
+
+impl fmt::Debug for Hash32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// The paths of one store.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    pub(crate) fn new(dir: &Path) -> Self {
+        Layout {
+            root: dir.join(FORMAT_DIR),
+        }
+    }
+
+    pub(crate) fn metadata_dir(&self) -> PathBuf {
+        self.root.join("metadata")
+    }
+
+    pub(crate) fn content_dir(&self) -> PathBuf {
+        self.root.join("content")
+    }
+
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    pub(crate) fn record_path(&self, key: Hash32) -> PathBuf {
+        let mut name = key.to_hex();
+        name.push_str(".json");
+        self.metadata_dir().join(name)
+    }
+
+    pub(crate) fn content_path(&self, digest: Hash32) -> PathBuf {
+        self.content_dir().join(digest.to_hex())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips_and_rejects_bad_input() {
+        let h = Hash32::of(b"abc");
+        assert_eq!(
+            h.to_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(Hash32::from_hex(&h.to_hex()), Some(h));
+        assert_eq!(Hash32::from_hex("ba78"), None);
+        assert_eq!(Hash32::from_hex(&h.to_hex().to_uppercase()), None);
+        assert_eq!(Hash32::from_hex(&"g".repeat(64)), None);
+    }
+
+    #[test]
+    fn paths_never_contain_the_key() {
+        let layout = Layout::new(Path::new("/c"));
+        let key = Hash32::of(b"GET:../../etc/passwd\0");
+        let path = layout.record_path(key);
+        assert_eq!(path.parent(), Some(layout.metadata_dir().as_path()));
+        assert!(path.to_str().is_some_and(|p| !p.contains("..")));
+        assert!(layout.content_path(key).starts_with("/c/cache-v2/content"));
+    }
+}

@@ -1,0 +1,792 @@
+//! The file-backed store: [`StreamingManager`]. It knows files, digests and records, and
+//! nothing of HTTP caching rules.
+
+pub(crate) mod gc;
+pub(crate) mod index;
+pub(crate) mod layout;
+pub(crate) mod reader;
+pub(crate) mod record;
+pub(crate) mod writer;
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, Response};
+use http_body::Body;
+use http_body_util::BodyExt as _;
+use http_cache_semantics::CachePolicy;
+use tokio::sync::{OnceCell, mpsc, oneshot};
+use url::Url;
+
+use crate::body::{StreamingBody, TeeSink, boxed};
+use crate::error::{BoxError, Error, ErrorKind, Result};
+use gc::Scratch;
+use index::{Index, Stamp};
+use layout::{Hash32, Layout};
+use reader::{ChunkReader, Verify};
+use record::Entry;
+use writer::{ContentWriter, FinishedContent, TempFile};
+
+/// Records larger than this are damage, not records: decoding them could take unbounded
+/// memory.
+const MAX_RECORD_BYTES: u64 = 64 << 20;
+
+/// Chunks a tee may queue for its writer before the client waits for the disk.
+const TEE_QUEUE: usize = 32;
+
+/// Options of a [`StreamingManager`], set through [`StreamingManager::builder`].
+#[derive(Debug, Clone)]
+struct Options {
+    durable: bool,
+    read_chunk_size: usize,
+    verify_on_read: bool,
+    parsed_records: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            durable: false,
+            read_chunk_size: 256 * 1024,
+            verify_on_read: false,
+            parsed_records: 16 * 1024,
+        }
+    }
+}
+
+/// A file-based cache store that streams bodies to and from disk, never holding a whole body
+/// in memory.
+///
+/// Each response is stored as a JSON record in `cache-v2/metadata/<sha256 of key>.json` and
+/// its body in `cache-v2/content/<sha256 of body>`, so identical bodies are stored once. The
+/// store is safe to share: it is a cheap [`Clone`], and several processes may open the same
+/// directory. Directories are created, and leftovers of crashed writers removed, on first use.
+///
+/// ```
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use http_cache_streaming::StreamingManager;
+/// use http_body_util::{BodyExt, Full};
+///
+/// let dir = tempfile::tempdir()?;
+/// let manager = StreamingManager::new(dir.path().to_path_buf());
+///
+/// let request = http::Request::get("https://example.com/").body(())?;
+/// let response = http::Response::builder()
+///     .header("cache-control", "max-age=60")
+///     .body(Full::new(bytes::Bytes::from_static(b"hello")))?;
+/// let policy = http_cache_semantics::CachePolicy::new(&request, &response);
+/// let url = url::Url::parse("https://example.com/")?;
+/// manager.put("GET:https://example.com/".into(), response, policy, url).await?;
+///
+/// let (hit, _policy) = manager.get("GET:https://example.com/").await?.expect("stored");
+/// assert_eq!(hit.into_body().collect().await?.to_bytes(), "hello");
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct StreamingManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    layout: Layout,
+    options: Options,
+    opened: OnceCell<Arc<Opened>>,
+}
+
+/// The state of a store whose directories exist and whose index is loaded.
+struct Opened {
+    layout: Layout,
+    options: Options,
+    scratch: Scratch,
+    index: Mutex<Index>,
+}
+
+/// Builds a [`StreamingManager`] with options.
+///
+/// ```
+/// use http_cache_streaming::StreamingManager;
+/// let manager = StreamingManager::builder("./cache")
+///     .durable(true)
+///     .read_chunk_size(1 << 20)
+///     .verify_on_read(true)
+///     .build();
+/// ```
+#[derive(Debug, Clone)]
+pub struct StreamingManagerBuilder {
+    dir: PathBuf,
+    options: Options,
+}
+
+impl StreamingManagerBuilder {
+    /// Syncs each content file and record to disk before it is renamed into place, and the
+    /// directories after. Off by default: without it an entry written just before a power
+    /// loss may be missing afterwards (never corrupt: a record whose content is missing or
+    /// short is a miss). A process crash loses nothing either way. Durable writes cost one
+    /// or more disk flushes per stored response.
+    pub fn durable(mut self, durable: bool) -> Self {
+        self.options.durable = durable;
+        self
+    }
+
+    /// How many bytes a stored body is read in at a time (256 KiB by default). Bodies no
+    /// larger than this are read whole when looked up.
+    pub fn read_chunk_size(mut self, bytes: usize) -> Self {
+        self.options.read_chunk_size = bytes.max(1);
+        self
+    }
+
+    /// Checks each stored body against its SHA-256 while it is read (off by default). A body
+    /// that fails the check ends with an [`Integrity`](crate::ErrorKind::Integrity) error in
+    /// place of its last chunk, so a client never receives a complete body of wrong bytes;
+    /// one that fits in a read chunk is checked before it is served and is a miss when it
+    /// fails. The damaged content file is removed.
+    pub fn verify_on_read(mut self, verify: bool) -> Self {
+        self.options.verify_on_read = verify;
+        self
+    }
+
+    /// How many parsed records the store keeps in memory so that hits on them parse no JSON
+    /// (16384 by default). Records beyond this are read from disk on each hit.
+    pub fn parsed_records(mut self, records: usize) -> Self {
+        self.options.parsed_records = records;
+        self
+    }
+
+    /// Builds the manager. Nothing touches the disk until it is first used.
+    pub fn build(self) -> StreamingManager {
+        StreamingManager {
+            inner: Arc::new(Inner {
+                layout: Layout::new(&self.dir),
+                dir: self.dir,
+                options: self.options,
+                opened: OnceCell::new(),
+            }),
+        }
+    }
+}
+
+/// What is known of a response before its body has been stored.
+struct Draft {
+    key: String,
+    url: String,
+    parts: http::response::Parts,
+    policy: CachePolicy,
+    /// Open the committed content for reading (for `put`, which serves what it stored even
+    /// if another writer replaces the entry at once).
+    reopen: bool,
+}
+
+/// What a committed entry is, for `put` to serve it.
+struct Committed {
+    digest: Hash32,
+    length: u64,
+    trailers: Option<HeaderMap>,
+    file: Option<File>,
+}
+
+/// Statistics of what a store holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct StoreStats {
+    /// Stored responses.
+    pub entries: u64,
+    /// Distinct content files those responses use.
+    pub content_files: u64,
+    /// Bytes of content, each shared file counted once.
+    pub content_bytes: u64,
+}
+
+impl std::fmt::Debug for StreamingManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamingManager")
+            .field("dir", &self.inner.dir)
+            .field("options", &self.inner.options)
+            .finish()
+    }
+}
+
+impl StreamingManager {
+    /// A store in `cache_dir` with default options. Infallible: the directories are created
+    /// when the store is first used, and a failure then is reported by that call.
+    pub fn new(cache_dir: PathBuf) -> Self {
+        StreamingManager::builder(cache_dir).build()
+    }
+
+    /// A builder for a store in `cache_dir`, to set options.
+    pub fn builder(cache_dir: impl Into<PathBuf>) -> StreamingManagerBuilder {
+        StreamingManagerBuilder {
+            dir: cache_dir.into(),
+            options: Options::default(),
+        }
+    }
+
+    /// The directory given to [`new`](Self::new) or [`builder`](Self::builder).
+    pub fn cache_dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    async fn opened(&self) -> Result<Arc<Opened>> {
+        self.inner
+            .opened
+            .get_or_try_init(|| {
+                let layout = self.inner.layout.clone();
+                let options = self.inner.options.clone();
+                blocking(move || Opened::open(layout, options).map(Arc::new))
+            })
+            .await
+            .cloned()
+    }
+
+    /// Stores `response` under `key`, reading its whole body to disk, and returns it with a
+    /// body that streams from the stored file.
+    ///
+    /// The body is hashed as it is written and never held whole in memory. The entry is
+    /// committed only if the body ends complete (and with exactly its `Content-Length`, when
+    /// it has one); otherwise nothing is stored and the error says why. An existing entry
+    /// under `key` is replaced.
+    pub async fn put<B>(
+        &self,
+        key: String,
+        response: Response<B>,
+        policy: CachePolicy,
+        url: Url,
+    ) -> Result<Response<StreamingBody>>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (response, done) = self.start_tee(key, response, policy, url, true);
+        let (parts, mut body) = response.into_parts();
+        while let Some(frame) = body.frame().await {
+            frame?;
+        }
+        drop(body);
+        let committed = done
+            .await
+            .map_err(|_| Error::new(ErrorKind::Io).with_subject("the store's writer stopped"))??;
+        let opened = self.opened().await?;
+        let chunk = opened.options.read_chunk_size;
+        let path = opened.layout.content_path(committed.digest);
+        let file = committed
+            .file
+            .ok_or_else(|| Error::new(ErrorKind::Io).with_subject(path.display().to_string()))?;
+        let (file, prefetched) = blocking(move || {
+            let prefetched = match usize::try_from(committed.length) {
+                Ok(len) if len <= chunk => {
+                    Some(reader::read_chunk(&file, 0, len).map_err(|e| Error::io(e, &path))?)
+                }
+                _ => None,
+            };
+            Ok((file, prefetched))
+        })
+        .await?;
+        let reader = ChunkReader::new(Arc::new(file), 0, committed.length, chunk);
+        let body = StreamingBody::stored(prefetched, reader, committed.trailers);
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// Returns `response` at once with a body that hands each frame to the caller as it
+    /// arrives and writes it to the store.
+    ///
+    /// The entry under `key` is committed only when the body ends complete: end of stream,
+    /// and exactly `Content-Length` bytes where the header is present. If the body fails, is
+    /// dropped early or ends short, the partial file is removed and nothing is committed. A
+    /// store failure never fails or stalls the caller's stream: the body carries on as a plain
+    /// pass-through and the failure is logged. Writing happens on a blocking thread behind a
+    /// bounded queue, so memory stays flat when the disk is slower than the body.
+    pub fn tee<B>(
+        &self,
+        key: String,
+        response: Response<B>,
+        policy: CachePolicy,
+        url: Url,
+    ) -> Response<StreamingBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.start_tee(key, response, policy, url, false).0
+    }
+
+    fn start_tee<B>(
+        &self,
+        key: String,
+        response: Response<B>,
+        policy: CachePolicy,
+        url: Url,
+        reopen: bool,
+    ) -> (
+        Response<StreamingBody>,
+        oneshot::Receiver<Result<Committed>>,
+    )
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (parts, body) = response.into_parts();
+        let body = boxed(body);
+        let (done_tx, done_rx) = oneshot::channel();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(%key, "not stored: tee called outside a Tokio runtime");
+            let _ =
+                done_tx
+                    .send(Err(Error::new(ErrorKind::Io)
+                        .with_subject("tee called outside a Tokio runtime")));
+            return (
+                Response::from_parts(parts, StreamingBody::tee(body, None)),
+                done_rx,
+            );
+        };
+        let (tx, rx) = mpsc::channel(TEE_QUEUE);
+        let (end_tx, end_rx) = oneshot::channel();
+        let expected_length = content_length(&parts.headers);
+        let draft = Draft {
+            key,
+            url: url.to_string(),
+            parts: clone_parts(&parts),
+            policy,
+            reopen,
+        };
+        let manager = self.clone();
+        runtime.spawn(async move {
+            let result = async {
+                let opened = manager.opened().await?;
+                blocking(move || {
+                    let writer = ContentWriter::create(opened.scratch.temp_path())?;
+                    let (writer, trailers) = writer::run_tee(rx, end_rx, writer, expected_length)?;
+                    let content = writer.finish(opened.options.durable)?;
+                    opened.commit(draft, content, trailers)
+                })
+                .await
+            }
+            .await;
+            match &result {
+                Ok(c) => tracing::debug!(digest = ?c.digest, length = c.length, "stored"),
+                Err(e) if e.kind() == ErrorKind::Incomplete || e.is_body() => {
+                    tracing::debug!(error = %e, "not stored")
+                }
+                Err(e) => tracing::warn!(error = %e, "not stored"),
+            }
+            let _ = done_tx.send(result);
+        });
+        let sink = TeeSink::new(tx, end_tx);
+        let body = StreamingBody::tee(body, Some(sink));
+        (Response::from_parts(parts, body), done_rx)
+    }
+
+    /// Looks `key` up. A hit is the stored response, with a body that streams from disk, and
+    /// its cache policy.
+    ///
+    /// A record that is damaged, of another format version, or whose content is missing or
+    /// of the wrong length is a miss (`Ok(None)`), and is removed. Errors are reserved for a
+    /// store that cannot be read at all.
+    pub async fn get(&self, key: &str) -> Result<Option<(Response<StreamingBody>, CachePolicy)>> {
+        let opened = self.opened().await?;
+        let key_hash = Hash32::of(key.as_bytes());
+        let cached = opened.index().entry(key_hash);
+        let key = key.to_owned();
+        let task_opened = Arc::clone(&opened);
+        let Some(hit) = blocking(move || task_opened.load(key_hash, &key, cached)).await? else {
+            return Ok(None);
+        };
+        let entry = hit.entry;
+        let mut reader = ChunkReader::new(
+            Arc::new(hit.file),
+            0,
+            entry.length,
+            opened.options.read_chunk_size,
+        );
+        if opened.options.verify_on_read && hit.prefetched.is_none() {
+            let digest = entry.digest;
+            let on_corrupt = Box::new(move || opened.forget_content(digest));
+            reader = reader.verify(Verify::new(digest), on_corrupt);
+        }
+        let mut response = Response::new(StreamingBody::stored(
+            hit.prefetched,
+            reader,
+            entry.trailers.clone(),
+        ));
+        *response.status_mut() = entry.status;
+        *response.version_mut() = entry.version;
+        *response.headers_mut() = entry.headers.clone();
+        Ok(Some((response, entry.policy.clone())))
+    }
+
+    /// Removes the entry under `key`, and its content file if no other entry uses it. A key
+    /// that is not stored is not an error.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        let opened = self.opened().await?;
+        let key_hash = Hash32::of(key.as_bytes());
+        blocking(move || opened.delete(key_hash)).await
+    }
+
+    /// Removes every entry and content file.
+    pub async fn clear(&self) -> Result<()> {
+        let opened = self.opened().await?;
+        blocking(move || opened.clear()).await
+    }
+
+    /// What the store holds now.
+    pub async fn stats(&self) -> Result<StoreStats> {
+        let opened = self.opened().await?;
+        let index = opened.index();
+        Ok(StoreStats {
+            entries: index.len() as u64,
+            content_files: index.content_files() as u64,
+            content_bytes: index.content_bytes(),
+        })
+    }
+}
+
+/// Runs blocking file work on Tokio's blocking pool.
+async fn blocking<T, F>(work: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::new(ErrorKind::Io).with_source(e))?
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn clone_parts(parts: &http::response::Parts) -> http::response::Parts {
+    let mut response = Response::new(());
+    *response.status_mut() = parts.status;
+    *response.version_mut() = parts.version;
+    *response.headers_mut() = parts.headers.clone();
+    response.into_parts().0
+}
+
+/// A hit found on disk: the record, the open content file, and the whole body when small.
+struct Hit {
+    entry: Arc<Entry>,
+    file: File,
+    prefetched: Option<Bytes>,
+}
+
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+impl Opened {
+    fn open(layout: Layout, options: Options) -> Result<Self> {
+        let started = Instant::now();
+        for dir in [
+            layout.metadata_dir(),
+            layout.content_dir(),
+            layout.tmp_dir(),
+        ] {
+            fs::create_dir_all(&dir).map_err(|e| Error::io(e, &dir))?;
+        }
+        let tmp = layout.tmp_dir();
+        let (scratch, leftovers) =
+            gc::sweep_tmp_and_create_scratch(&tmp).map_err(|e| Error::io(e, &tmp))?;
+
+        let mut index = Index::new(options.parsed_records);
+        let mut dropped = 0usize;
+        let metadata = layout.metadata_dir();
+        let items = fs::read_dir(&metadata).map_err(|e| Error::io(e, &metadata))?;
+        for item in items {
+            let item = item.map_err(|e| Error::io(e, &metadata))?;
+            let name = item.file_name();
+            let Some(key_hash) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(Hash32::from_hex)
+            else {
+                continue;
+            };
+            let path = item.path();
+            match read_record(&path, key_hash) {
+                Ok(Some((entry, stamp))) => {
+                    index.insert(key_hash, Arc::new(entry), stamp);
+                }
+                Ok(None) => {}
+                Err(why) => {
+                    tracing::warn!(path = %path.display(), %why, "removing unusable record");
+                    let _ = remove_if_present(&path);
+                    dropped += 1;
+                }
+            }
+        }
+        let content = layout.content_dir();
+        let orphans = gc::sweep_orphans(&content, |d| index.refs(d) > 0)
+            .map_err(|e| Error::io(e, &content))?;
+        tracing::info!(
+            dir = %layout.metadata_dir().display(),
+            entries = index.len(),
+            leftovers, dropped, orphans,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "cache opened"
+        );
+        Ok(Opened {
+            layout,
+            options,
+            scratch,
+            index: Mutex::new(index),
+        })
+    }
+
+    fn index(&self) -> MutexGuard<'_, Index> {
+        // The index is updated in single statements; a panic elsewhere leaves it usable.
+        self.index
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Renames the content and then the record into place and records both in the index.
+    fn commit(
+        &self,
+        draft: Draft,
+        content: FinishedContent,
+        trailers: Option<HeaderMap>,
+    ) -> Result<Committed> {
+        let FinishedContent {
+            temp,
+            digest,
+            length,
+        } = content;
+        let reopen = draft.reopen;
+        let entry = Entry {
+            key: draft.key,
+            url: draft.url,
+            status: draft.parts.status,
+            version: draft.parts.version,
+            headers: draft.parts.headers,
+            trailers,
+            policy: draft.policy,
+            digest,
+            length,
+            stored_at: SystemTime::now(),
+        };
+        let key_hash = Hash32::of(entry.key.as_bytes());
+        let json = entry.encode().map_err(|e| {
+            Error::new(ErrorKind::Record)
+                .with_subject(entry.key.clone())
+                .with_source(e)
+        })?;
+        let (record_temp, stamp) =
+            writer::write_temp(self.scratch.temp_path(), &json, self.options.durable)?;
+        let record_path = self.layout.record_path(key_hash);
+        let content_path = self.layout.content_path(digest);
+        let mut committed = Committed {
+            digest,
+            length,
+            trailers: entry.trailers.clone(),
+            file: None,
+        };
+        {
+            let mut index = self.index();
+            install_content(temp, &content_path, length)?;
+            if reopen {
+                let file = File::open(&content_path).map_err(|e| Error::io(e, &content_path))?;
+                committed.file = Some(file);
+            }
+            record_temp
+                .persist(&record_path)
+                .map_err(|e| Error::io(e, &record_path))?;
+            if let Some(unused) = index.insert(key_hash, Arc::new(entry), stamp) {
+                let path = self.layout.content_path(unused);
+                remove_if_present(&path).map_err(|e| Error::io(e, &path))?;
+            }
+        }
+        if self.options.durable {
+            for dir in [self.layout.content_dir(), self.layout.metadata_dir()] {
+                File::open(&dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| Error::io(e, &dir))?;
+            }
+        }
+        Ok(committed)
+    }
+
+    /// Finds a key's record and opens its content, dropping whatever turns out broken.
+    fn load(
+        &self,
+        key_hash: Hash32,
+        key: &str,
+        cached: Option<(Arc<Entry>, Stamp)>,
+    ) -> Result<Option<Hit>> {
+        let path = self.layout.record_path(key_hash);
+        // A parsed record is served only while its file is the one it was parsed from.
+        let fresh = cached.and_then(|(entry, stamp)| {
+            let now = fs::metadata(&path).ok().map(|m| Stamp::of(&m));
+            (now == Some(stamp)).then_some(entry)
+        });
+        let entry = match fresh {
+            Some(entry) => entry,
+            None => match read_record(&path, key_hash) {
+                Ok(Some((entry, stamp))) => {
+                    let entry = Arc::new(entry);
+                    self.learn(key_hash, &entry, stamp);
+                    entry
+                }
+                Ok(None) => {
+                    // Gone from disk (another process deleted it): forget it here too.
+                    let known = self.index().digest(key_hash);
+                    self.drop_record(key_hash, known);
+                    return Ok(None);
+                }
+                Err(why) => {
+                    tracing::warn!(path = %path.display(), %why, "removing unusable record");
+                    self.drop_record(key_hash, None);
+                    return Ok(None);
+                }
+            },
+        };
+        if entry.key != key {
+            return Ok(None);
+        }
+        let path = self.layout.content_path(entry.digest);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::warn!(%key, path = %path.display(), "content missing, removing record");
+                self.drop_record(key_hash, Some(entry.digest));
+                return Ok(None);
+            }
+            Err(e) => return Err(Error::io(e, &path)),
+        };
+        let actual = file.metadata().map_err(|e| Error::io(e, &path))?.len();
+        if actual != entry.length {
+            tracing::warn!(%key, path = %path.display(), expected = entry.length, actual,
+                "content has the wrong length, removing it and its record");
+            self.forget_content(entry.digest);
+            self.drop_record(key_hash, Some(entry.digest));
+            return Ok(None);
+        }
+        let mut prefetched = None;
+        if let Ok(len) = usize::try_from(entry.length)
+            && len <= self.options.read_chunk_size
+        {
+            let bytes = reader::read_chunk(&file, 0, len).map_err(|e| Error::io(e, &path))?;
+            if self.options.verify_on_read && !reader::digest_matches(&bytes, entry.digest) {
+                tracing::warn!(%key, path = %path.display(),
+                        "content fails its digest check, removing it and its record");
+                self.forget_content(entry.digest);
+                self.drop_record(key_hash, Some(entry.digest));
+                return Ok(None);
+            }
+            prefetched = Some(bytes);
+        }
+        Ok(Some(Hit {
+            entry,
+            file,
+            prefetched,
+        }))
+    }
+
+    /// Takes in a record read from disk: one this index did not know (another process wrote
+    /// it) or one whose parsed form was not kept.
+    fn learn(&self, key_hash: Hash32, entry: &Arc<Entry>, stamp: Stamp) {
+        let mut index = self.index();
+        if index.digest(key_hash) == Some(entry.digest) {
+            index.remember(key_hash, entry, stamp);
+        } else if let Some(unused) = index.insert(key_hash, Arc::clone(entry), stamp) {
+            let _ = remove_if_present(&self.layout.content_path(unused));
+        }
+    }
+
+    /// Removes a broken record, unless a newer commit replaced it meanwhile (`expected` is the
+    /// digest the broken record named, when known).
+    fn drop_record(&self, key_hash: Hash32, expected: Option<Hash32>) {
+        let mut index = self.index();
+        let current = index.digest(key_hash);
+        if expected.is_some() && current.is_some() && current != expected {
+            return;
+        }
+        let _ = remove_if_present(&self.layout.record_path(key_hash));
+        if let Some(unused) = index.remove(key_hash) {
+            let _ = remove_if_present(&self.layout.content_path(unused));
+        }
+    }
+
+    /// Removes a damaged content file; the records naming it become misses.
+    fn forget_content(&self, digest: Hash32) {
+        let _index = self.index();
+        let path = self.layout.content_path(digest);
+        if let Err(e) = remove_if_present(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove damaged content");
+        }
+    }
+
+    fn delete(&self, key_hash: Hash32) -> Result<()> {
+        let mut index = self.index();
+        let record = self.layout.record_path(key_hash);
+        remove_if_present(&record).map_err(|e| Error::io(e, &record))?;
+        if let Some(unused) = index.remove(key_hash) {
+            let path = self.layout.content_path(unused);
+            remove_if_present(&path).map_err(|e| Error::io(e, &path))?;
+        }
+        Ok(())
+    }
+
+    fn clear(&self) -> Result<()> {
+        let mut index = self.index();
+        for dir in [self.layout.metadata_dir(), self.layout.content_dir()] {
+            let items = fs::read_dir(&dir).map_err(|e| Error::io(e, &dir))?;
+            for item in items {
+                let path = item.map_err(|e| Error::io(e, &dir))?.path();
+                remove_if_present(&path).map_err(|e| Error::io(e, &path))?;
+            }
+        }
+        index.clear();
+        Ok(())
+    }
+}
+
+/// Puts finished content at its digest's path. When a file is there already with the right
+/// length the bytes are stored already, and the temp file is dropped: deduplication.
+fn install_content(temp: TempFile, path: &Path, length: u64) -> Result<()> {
+    match fs::metadata(path) {
+        Ok(existing) if existing.len() == length => Ok(()),
+        _ => temp.persist(path).map_err(|e| Error::io(e, path)),
+    }
+}
+
+/// Reads and decodes a record, with the stamp of the file read. `Ok(None)`: there is none.
+/// `Err`: it is unusable.
+fn read_record(
+    path: &Path,
+    key_hash: Hash32,
+) -> std::result::Result<Option<(Entry, Stamp)>, String> {
+    use std::io::Read as _;
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if meta.len() > MAX_RECORD_BYTES {
+        return Err(format!(
+            "record of {} bytes is larger than any this store writes",
+            meta.len()
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    let entry = Entry::decode(&bytes).map_err(|e| e.to_string())?;
+    if Hash32::of(entry.key.as_bytes()) != key_hash {
+        return Err("record is filed under another key's name".into());
+    }
+    Ok(Some((entry, Stamp::of(&meta))))
+}

@@ -1,0 +1,263 @@
+//! The versioned JSON record stored for each key, and its parsed, ready-to-serve form.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
+use http_cache_semantics::CachePolicy;
+use serde::{Deserialize, Serialize};
+
+use super::layout::Hash32;
+
+/// The record format this build writes and reads. Records of any other version are a miss.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+/// A header value as stored: text where the value is visible ASCII, raw bytes otherwise, so
+/// that no value is altered on the way through the store.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum StoredValue {
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredHeader(String, StoredValue);
+
+/// The record as it is on disk.
+#[derive(Serialize, Deserialize)]
+struct StoredRecord {
+    version: u32,
+    key: String,
+    url: String,
+    status: u16,
+    http_version: String,
+    headers: Vec<StoredHeader>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    trailers: Option<Vec<StoredHeader>>,
+    policy: CachePolicy,
+    digest: String,
+    length: u64,
+    stored_at_ms: u64,
+}
+
+/// A stored response, parsed: everything needed to answer a hit but the body.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) key: String,
+    pub(crate) url: String,
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    pub(crate) headers: HeaderMap,
+    pub(crate) trailers: Option<HeaderMap>,
+    pub(crate) policy: CachePolicy,
+    pub(crate) digest: Hash32,
+    pub(crate) length: u64,
+    pub(crate) stored_at: SystemTime,
+}
+
+/// Why a record could not be decoded; every case is treated as a miss.
+#[derive(Debug)]
+pub(crate) enum DecodeError {
+    Json(serde_json::Error),
+    Version(u32),
+    Field(&'static str),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Json(e) => write!(f, "not a record: {e}"),
+            DecodeError::Version(v) => {
+                write!(f, "record format version {v} is not {FORMAT_VERSION}")
+            }
+            DecodeError::Field(name) => write!(f, "record field `{name}` is invalid"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+fn version_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn parse_version(s: &str) -> Option<Version> {
+    Some(match s {
+        "HTTP/0.9" => Version::HTTP_09,
+        "HTTP/1.0" => Version::HTTP_10,
+        "HTTP/1.1" => Version::HTTP_11,
+        "HTTP/2.0" => Version::HTTP_2,
+        "HTTP/3.0" => Version::HTTP_3,
+        _ => return None,
+    })
+}
+
+fn store_headers(map: &HeaderMap) -> Vec<StoredHeader> {
+    map.iter()
+        .map(|(name, value)| {
+            let value = match value.to_str() {
+                Ok(text) => StoredValue::Text(text.to_owned()),
+                Err(_) => StoredValue::Bytes(value.as_bytes().to_vec()),
+            };
+            StoredHeader(name.as_str().to_owned(), value)
+        })
+        .collect()
+}
+
+fn load_headers(stored: Vec<StoredHeader>) -> Result<HeaderMap, DecodeError> {
+    let mut map = HeaderMap::with_capacity(stored.len());
+    for StoredHeader(name, value) in stored {
+        let name =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| DecodeError::Field("headers"))?;
+        let value = match value {
+            StoredValue::Text(text) => HeaderValue::from_str(&text),
+            StoredValue::Bytes(bytes) => HeaderValue::from_bytes(&bytes),
+        }
+        .map_err(|_| DecodeError::Field("headers"))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+impl Entry {
+    /// Encodes the record as JSON bytes.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let stored_at_ms = self
+            .stored_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let record = StoredRecord {
+            version: FORMAT_VERSION,
+            key: self.key.clone(),
+            url: self.url.clone(),
+            status: self.status.as_u16(),
+            http_version: version_name(self.version).to_owned(),
+            headers: store_headers(&self.headers),
+            trailers: self.trailers.as_ref().map(store_headers),
+            policy: self.policy.clone(),
+            digest: self.digest.to_hex(),
+            length: self.length,
+            stored_at_ms,
+        };
+        serde_json::to_vec(&record)
+    }
+
+    /// Decodes a record; any damage, or another format version, is an error (a miss).
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let record: StoredRecord = serde_json::from_slice(bytes).map_err(DecodeError::Json)?;
+        if record.version != FORMAT_VERSION {
+            return Err(DecodeError::Version(record.version));
+        }
+        Ok(Entry {
+            key: record.key,
+            url: record.url,
+            status: StatusCode::from_u16(record.status)
+                .map_err(|_| DecodeError::Field("status"))?,
+            version: parse_version(&record.http_version)
+                .ok_or(DecodeError::Field("http_version"))?,
+            headers: load_headers(record.headers)?,
+            trailers: record.trailers.map(load_headers).transpose()?,
+            policy: record.policy,
+            digest: Hash32::from_hex(&record.digest).ok_or(DecodeError::Field("digest"))?,
+            length: record.length,
+            stored_at: UNIX_EPOCH + Duration::from_millis(record.stored_at_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Entry {
+        let req = http::Request::get("https://example.com/a")
+            .body(())
+            .unwrap();
+        let res = http::Response::builder()
+            .header("cache-control", "max-age=60")
+            .body(())
+            .unwrap();
+        let mut headers = HeaderMap::new();
+        headers.append("set-cookie", HeaderValue::from_static("a=1"));
+        headers.append("set-cookie", HeaderValue::from_static("b=2"));
+        headers.append("x-raw", HeaderValue::from_bytes(b"caf\xe9 \xff").unwrap());
+        Entry {
+            key: "GET:https://example.com/a".into(),
+            url: "https://example.com/a".into(),
+            status: StatusCode::from_u16(299).unwrap(),
+            version: Version::HTTP_2,
+            headers,
+            trailers: Some(HeaderMap::from_iter([(
+                HeaderName::from_static("grpc-status"),
+                HeaderValue::from_static("0"),
+            )])),
+            policy: CachePolicy::new(&req, &res),
+            digest: Hash32::of(b"body"),
+            length: 4,
+            stored_at: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_every_field() {
+        let entry = sample();
+        let back = Entry::decode(&entry.encode().unwrap()).unwrap();
+        assert_eq!(back.key, entry.key);
+        assert_eq!(back.url, entry.url);
+        assert_eq!(back.status, entry.status);
+        assert_eq!(back.version, entry.version);
+        assert_eq!(back.headers, entry.headers);
+        assert_eq!(back.trailers, entry.trailers);
+        assert_eq!(back.digest, entry.digest);
+        assert_eq!(back.length, 4);
+        assert_eq!(back.stored_at, entry.stored_at);
+        assert_eq!(
+            serde_json::to_value(&back.policy).unwrap(),
+            serde_json::to_value(&entry.policy).unwrap()
+        );
+    }
+
+    #[test]
+    fn damaged_or_foreign_records_are_errors() {
+        assert!(matches!(
+            Entry::decode(b"{not json"),
+            Err(DecodeError::Json(_))
+        ));
+        assert!(matches!(Entry::decode(b""), Err(DecodeError::Json(_))));
+        let good = sample().encode().unwrap();
+        assert!(matches!(
+            Entry::decode(&good[..good.len() / 2]),
+            Err(DecodeError::Json(_))
+        ));
+
+        let mut value: serde_json::Value = serde_json::from_slice(&good).unwrap();
+        value["version"] = 2.into();
+        let future = serde_json::to_vec(&value).unwrap();
+        assert!(matches!(
+            Entry::decode(&future),
+            Err(DecodeError::Version(2))
+        ));
+
+        let mut value: serde_json::Value = serde_json::from_slice(&good).unwrap();
+        value["digest"] = "../../etc/passwd".into();
+        let bad = serde_json::to_vec(&value).unwrap();
+        assert!(matches!(
+            Entry::decode(&bad),
+            Err(DecodeError::Field("digest"))
+        ));
+
+        let mut value: serde_json::Value = serde_json::from_slice(&good).unwrap();
+        value["status"] = 1000.into();
+        let bad = serde_json::to_vec(&value).unwrap();
+        assert!(matches!(
+            Entry::decode(&bad),
+            Err(DecodeError::Field("status"))
+        ));
+    }
+}

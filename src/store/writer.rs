@@ -1,0 +1,182 @@
+//! Writing content: a temp file in this instance's scratch directory, hashed while written,
+//! committed by rename into `content/<sha256>` (an existing file of that name means the bytes
+//! are already stored, which is how identical bodies end up stored once).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+use super::index::Stamp;
+use super::layout::Hash32;
+use crate::error::{Error, ErrorKind};
+
+/// Writes larger than this go to the file directly; smaller ones are gathered first.
+const WRITE_BUFFER: usize = 256 * 1024;
+
+/// A file that is removed when dropped, unless it was kept (renamed into place).
+#[derive(Debug)]
+pub(crate) struct TempFile {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl TempFile {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        TempFile { path, armed: true }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Renames the file to `to`; from then on it is no longer removed on drop.
+    pub(crate) fn persist(mut self, to: &Path) -> io::Result<()> {
+        fs::rename(&self.path, to)?;
+        self.armed = false;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Writes a temp file whole and syncs it when asked: used for records. Returns the file's
+/// stamp too, which its rename into place keeps.
+pub(crate) fn write_temp(
+    path: PathBuf,
+    bytes: &[u8],
+    durable: bool,
+) -> Result<(TempFile, Stamp), Error> {
+    let temp = TempFile::new(path);
+    let io = |e| Error::io(e, temp.path());
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(temp.path())
+        .map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    if durable {
+        file.sync_all().map_err(io)?;
+    }
+    let stamp = Stamp::of(&file.metadata().map_err(io)?);
+    Ok((temp, stamp))
+}
+
+/// Content that is complete on disk but not yet committed.
+#[derive(Debug)]
+pub(crate) struct FinishedContent {
+    pub(crate) temp: TempFile,
+    pub(crate) digest: Hash32,
+    pub(crate) length: u64,
+}
+
+/// Streams a body into a temp file, computing its SHA-256 and length as it goes.
+pub(crate) struct ContentWriter {
+    file: BufWriter<File>,
+    temp: TempFile,
+    hasher: Sha256,
+    length: u64,
+}
+
+impl ContentWriter {
+    pub(crate) fn create(path: PathBuf) -> Result<Self, Error> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io(e, &path))?;
+        Ok(ContentWriter {
+            file: BufWriter::with_capacity(WRITE_BUFFER, file),
+            temp: TempFile::new(path),
+            hasher: Sha256::new(),
+            length: 0,
+        })
+    }
+
+    pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.hasher.update(bytes);
+        self.file
+            .write_all(bytes)
+            .map_err(|e| Error::io(e, self.temp.path()))?;
+        self.length += bytes.len() as u64;
+        Ok(())
+    }
+
+    pub(crate) fn length(&self) -> u64 {
+        self.length
+    }
+
+    /// Flushes (and with `durable`, syncs) the file and names its digest.
+    pub(crate) fn finish(self, durable: bool) -> Result<FinishedContent, Error> {
+        let ContentWriter {
+            file,
+            temp,
+            hasher,
+            length,
+        } = self;
+        let io = |e| Error::io(e, temp.path());
+        let file = file.into_inner().map_err(|e| io(e.into_error()))?;
+        if durable {
+            file.sync_all().map_err(io)?;
+        }
+        Ok(FinishedContent {
+            temp,
+            digest: Hash32::from_hasher(hasher),
+            length,
+        })
+    }
+}
+
+/// How a tee'd body ended, sent once by the body to its writer. A body dropped before its
+/// end sends nothing, and the writer then abandons the entry.
+#[derive(Debug)]
+pub(crate) struct TeeEnd {
+    /// A last chunk that the bounded queue had no room for when the body ended.
+    pub(crate) tail: Option<Bytes>,
+    pub(crate) trailers: Option<HeaderMap>,
+}
+
+/// Runs on a blocking thread: writes what the tee'd body sends until the body ends, then
+/// checks that the body was complete. The writer it returns is ready to be finished.
+pub(crate) fn run_tee(
+    mut chunks: mpsc::Receiver<Bytes>,
+    end: oneshot::Receiver<TeeEnd>,
+    mut writer: ContentWriter,
+    expected_length: Option<u64>,
+) -> Result<(ContentWriter, Option<HeaderMap>), Error> {
+    while let Some(chunk) = chunks.blocking_recv() {
+        writer.write(&chunk)?;
+        if expected_length.is_some_and(|n| writer.length() > n) {
+            return Err(length_mismatch(expected_length, writer.length()));
+        }
+    }
+    let Ok(end) = end.blocking_recv() else {
+        return Err(Error::new(ErrorKind::Incomplete));
+    };
+    if let Some(tail) = end.tail {
+        writer.write(&tail)?;
+    }
+    if let Some(expected) = expected_length
+        && writer.length() != expected
+    {
+        return Err(length_mismatch(expected_length, writer.length()));
+    }
+    Ok((writer, end.trailers))
+}
+
+fn length_mismatch(expected: Option<u64>, got: u64) -> Error {
+    Error::new(ErrorKind::Length).with_subject(format!(
+        "Content-Length {}, body {got} bytes",
+        expected.unwrap_or_default()
+    ))
+}

@@ -1,0 +1,189 @@
+//! Helpers shared by the integration tests: generated bodies that are never held in memory,
+//! bodies fed from a channel, and digests.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_cache_semantics::CachePolicy;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+/// A body of `len` deterministic bytes, produced in 64 KiB slices of one pattern block.
+pub struct Generated {
+    block: Bytes,
+    pos: u64,
+    len: u64,
+}
+
+const BLOCK: usize = 1 << 20;
+const CHUNK: usize = 64 * 1024;
+
+impl Generated {
+    pub fn new(len: u64, seed: u8) -> Self {
+        // A block whose length is not a multiple of the chunk, so that chunks differ.
+        let block: Vec<u8> = (0..BLOCK + 4099)
+            .map(|i| {
+                (i as u32)
+                    .wrapping_mul(2_654_435_761)
+                    .rotate_left(seed as u32 % 32) as u8
+            })
+            .collect();
+        Generated {
+            block: Bytes::from(block),
+            pos: 0,
+            len,
+        }
+    }
+
+    /// The SHA-256 of the whole body, computed by generating it once more.
+    pub fn digest(len: u64, seed: u8) -> [u8; 32] {
+        let mut g = Generated::new(len, seed);
+        let mut hasher = Sha256::new();
+        while let Some(chunk) = g.next_chunk() {
+            hasher.update(&chunk);
+        }
+        hasher.finalize().into()
+    }
+
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.pos >= self.len {
+            return None;
+        }
+        let n = (CHUNK as u64).min(self.len - self.pos) as usize;
+        let start = (self.pos % (self.block.len() - CHUNK) as u64) as usize;
+        self.pos += n as u64;
+        Some(self.block.slice(start..start + n))
+    }
+}
+
+impl Body for Generated {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.get_mut().next_chunk().map(|c| Ok(Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pos >= self.len
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.len - self.pos)
+    }
+}
+
+/// A body whose frames a test sends through a channel, so it controls when each arrives,
+/// whether the body fails, and when it ends (when the sender is dropped).
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>,
+}
+
+pub type FrameSender = mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
+
+pub fn channel_body() -> (FrameSender, ChannelBody) {
+    let (tx, rx) = mpsc::channel(4);
+    (tx, ChannelBody { rx })
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.get_mut().rx.poll_recv(cx)
+    }
+}
+
+/// Drains a body, returning the SHA-256 and length of its data and its trailers.
+pub async fn drain<B>(body: B) -> Result<([u8; 32], u64, Option<HeaderMap>), B::Error>
+where
+    B: Body<Data = Bytes>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut hasher = Sha256::new();
+    let mut len = 0;
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        if let Some(data) = frame.data_ref() {
+            hasher.update(data);
+            len += data.len() as u64;
+        } else if let Ok(t) = frame.into_trailers() {
+            trailers = Some(t);
+        }
+    }
+    Ok((hasher.finalize().into(), len, trailers))
+}
+
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// A cacheable response's policy for `url`.
+pub fn policy(url: &str) -> CachePolicy {
+    let req = Request::get(url).body(()).unwrap();
+    let res = Response::builder()
+        .header("cache-control", "max-age=3600, public")
+        .body(())
+        .unwrap();
+    CachePolicy::new(&req, &res)
+}
+
+/// Names of the files in `dir` (none when it does not exist).
+pub fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|items| {
+            items
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+pub fn content_files(cache: &Path) -> Vec<String> {
+    files_in(&cache.join("cache-v2/content"))
+}
+
+pub fn record_files(cache: &Path) -> Vec<String> {
+    files_in(&cache.join("cache-v2/metadata"))
+}
+
+/// Every file below the instance directories of `tmp/` (temp files being or left written).
+pub fn temp_files(cache: &Path) -> Vec<String> {
+    let tmp = cache.join("cache-v2/tmp");
+    let mut out = Vec::new();
+    for name in files_in(&tmp) {
+        let path = tmp.join(&name);
+        if path.is_dir() {
+            out.extend(files_in(&path).into_iter().map(|f| format!("{name}/{f}")));
+        }
+    }
+    out
+}
+
+/// Waits (bounded) until `check` holds; background commits finish on their own time.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}

@@ -1,0 +1,629 @@
+//! The store seen from outside: what `put`, `tee`, `get`, `delete` and `clear` do to bytes,
+//! headers and files on disk.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use http::{HeaderMap, HeaderValue, Response, StatusCode, Version};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
+use http_cache_streaming::{ErrorKind, StreamingManager};
+use url::Url;
+
+const URL: &str = "https://example.com/file";
+
+fn response_with<B>(body: B) -> Response<B> {
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::OK;
+    *response.version_mut() = Version::HTTP_2;
+    let headers = response.headers_mut();
+    headers.insert(
+        "cache-control",
+        HeaderValue::from_static("max-age=3600, public"),
+    );
+    headers.append("set-cookie", HeaderValue::from_static("a=1"));
+    headers.append("set-cookie", HeaderValue::from_static("b=2"));
+    headers.insert("x-latin1", HeaderValue::from_bytes(b"caf\xe9").unwrap());
+    response
+}
+
+fn url() -> Url {
+    Url::parse(URL).unwrap()
+}
+
+#[tokio::test]
+async fn bodies_of_every_size_round_trip_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let sizes: [(u64, &str); 4] = [
+        (0, "empty"),
+        (1, "one"),
+        (64 * 1024, "64k"),
+        (100 << 20, "100m"),
+    ];
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    let mut policies = Vec::new();
+    for (i, (len, name)) in sizes.iter().enumerate() {
+        let key = format!("GET:{URL}/{name}");
+        let stored_policy = policy(URL);
+        policies.push(serde_json::to_value(&stored_policy).unwrap());
+        let put = manager
+            .put(
+                key,
+                response_with(Generated::new(*len, i as u8)),
+                stored_policy,
+                url(),
+            )
+            .await
+            .unwrap();
+        // What put returns streams from the stored file already.
+        assert_eq!(put.body().size_hint().exact(), Some(*len));
+        let (digest, got, _) = drain(put.into_body()).await.unwrap();
+        assert_eq!(
+            (digest, got),
+            (Generated::digest(*len, i as u8), *len),
+            "{name}"
+        );
+    }
+    drop(manager);
+
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    for (i, (len, name)) in sizes.iter().enumerate() {
+        let (response, policy) = manager
+            .get(&format!("GET:{URL}/{name}"))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{name} survives a restart"));
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.version(), Version::HTTP_2);
+        let cookies: Vec<_> = response.headers().get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert_eq!(response.headers()["x-latin1"].as_bytes(), b"caf\xe9");
+        assert_eq!(serde_json::to_value(&policy).unwrap(), policies[i]);
+        assert_eq!(response.body().size_hint().exact(), Some(*len));
+        assert_eq!(response.body().is_end_stream(), *len == 0);
+        let (digest, got, _) = drain(response.into_body()).await.unwrap();
+        assert_eq!(
+            (digest, got),
+            (Generated::digest(*len, i as u8), *len),
+            "{name}"
+        );
+    }
+    let stats = manager.stats().await.unwrap();
+    assert_eq!(stats.entries, 4);
+    assert_eq!(stats.content_bytes, (100 << 20) + 64 * 1024 + 1);
+}
+
+#[tokio::test]
+async fn trailers_are_stored_and_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    let (tx, body) = channel_body();
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let sent = trailers.clone();
+    tokio::spawn(async move {
+        tx.send(Ok(Frame::data(Bytes::from_static(b"hello "))))
+            .await
+            .unwrap();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"world"))))
+            .await
+            .unwrap();
+        tx.send(Ok(Frame::trailers(sent))).await.unwrap();
+    });
+    let key = "GET:trailers".to_string();
+    manager
+        .put(key.clone(), Response::new(body), policy(URL), url())
+        .await
+        .unwrap();
+
+    for chunk_size in [1 << 20, 4] {
+        // Read whole, and in several chunks from disk.
+        let manager = StreamingManager::builder(dir.path())
+            .read_chunk_size(chunk_size)
+            .build();
+        let (response, _) = manager.get(&key).await.unwrap().unwrap();
+        let collected = response.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers(), Some(&trailers));
+        assert_eq!(collected.to_bytes(), "hello world");
+    }
+}
+
+#[tokio::test]
+async fn identical_bodies_are_stored_once_and_freed_with_their_last_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    let body = Bytes::from(vec![7u8; 300_000]);
+    for key in ["GET:a", "GET:b"] {
+        manager
+            .put(
+                key.into(),
+                Response::new(Full::new(body.clone())),
+                policy(URL),
+                url(),
+            )
+            .await
+            .unwrap();
+    }
+    let hex: String = sha256(&body).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(content_files(dir.path()), [hex]);
+    assert_eq!(record_files(dir.path()).len(), 2);
+
+    manager.delete("GET:a").await.unwrap();
+    assert_eq!(
+        content_files(dir.path()).len(),
+        1,
+        "b still uses the content"
+    );
+    let (response, _) = manager.get("GET:b").await.unwrap().unwrap();
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        body
+    );
+
+    manager.delete("GET:b").await.unwrap();
+    assert!(content_files(dir.path()).is_empty());
+    assert!(record_files(dir.path()).is_empty());
+    manager
+        .delete("GET:b")
+        .await
+        .expect("deleting a missing key is fine");
+
+    // Reference counts are rebuilt from the records after a restart.
+    for key in ["GET:c", "GET:d"] {
+        manager
+            .put(
+                key.into(),
+                Response::new(Full::new(body.clone())),
+                policy(URL),
+                url(),
+            )
+            .await
+            .unwrap();
+    }
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    manager.delete("GET:c").await.unwrap();
+    assert_eq!(content_files(dir.path()).len(), 1);
+    manager.delete("GET:d").await.unwrap();
+    assert!(content_files(dir.path()).is_empty());
+}
+
+#[tokio::test]
+async fn overwriting_a_key_serves_the_new_body_and_frees_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    for body in ["first version", "second version"] {
+        manager
+            .put(
+                "GET:k".into(),
+                Response::new(Full::new(Bytes::from(body))),
+                policy(URL),
+                url(),
+            )
+            .await
+            .unwrap();
+    }
+    let (response, _) = manager.get("GET:k").await.unwrap().unwrap();
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "second version"
+    );
+    assert_eq!(content_files(dir.path()).len(), 1);
+    assert_eq!(record_files(dir.path()).len(), 1);
+}
+
+#[tokio::test]
+async fn clear_removes_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    for key in ["GET:x", "GET:y"] {
+        manager
+            .put(
+                key.into(),
+                Response::new(Full::new(Bytes::from(key))),
+                policy(URL),
+                url(),
+            )
+            .await
+            .unwrap();
+    }
+    manager.clear().await.unwrap();
+    assert!(manager.get("GET:x").await.unwrap().is_none());
+    assert!(content_files(dir.path()).is_empty());
+    assert!(record_files(dir.path()).is_empty());
+    assert_eq!(manager.stats().await.unwrap().entries, 0);
+}
+
+/// Stores `body` under `key` and returns the paths of its record and content files.
+async fn stored(
+    dir: &std::path::Path,
+    key: &str,
+    body: &'static [u8],
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let manager = StreamingManager::new(dir.to_path_buf());
+    manager
+        .put(
+            key.into(),
+            Response::new(Full::new(Bytes::from_static(body))),
+            policy(URL),
+            url(),
+        )
+        .await
+        .unwrap();
+    let records = record_files(dir);
+    let contents = content_files(dir);
+    assert_eq!((records.len(), contents.len()), (1, 1));
+    (
+        dir.join("cache-v2/metadata").join(&records[0]),
+        dir.join("cache-v2/content").join(&contents[0]),
+    )
+}
+
+#[tokio::test]
+async fn damaged_entries_are_misses_and_are_removed() {
+    type Damage = fn(&std::path::Path, &std::path::Path);
+    let cases: [(&str, Damage); 6] = [
+        ("truncated content", |_, c| {
+            std::fs::write(c, b"hel").unwrap()
+        }),
+        ("deleted content", |_, c| std::fs::remove_file(c).unwrap()),
+        ("garbage record", |r, _| {
+            std::fs::write(r, b"\x00{]garbage").unwrap()
+        }),
+        ("truncated record", |r, _| {
+            let bytes = std::fs::read(r).unwrap();
+            std::fs::write(r, &bytes[..bytes.len() / 2]).unwrap()
+        }),
+        ("empty record", |r, _| std::fs::write(r, b"").unwrap()),
+        ("future record version", |r, _| {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(r).unwrap()).unwrap();
+            v["version"] = 99.into();
+            std::fs::write(r, serde_json::to_vec(&v).unwrap()).unwrap()
+        }),
+    ];
+    for (what, damage) in cases {
+        for reopen in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let manager = StreamingManager::new(dir.path().to_path_buf());
+            // A warm store (index loaded) and a store opened after the damage both cope.
+            manager.stats().await.unwrap();
+            let (record, content) = stored(dir.path(), "GET:k", b"hello world").await;
+            let manager = if reopen {
+                damage(&record, &content);
+                StreamingManager::new(dir.path().to_path_buf())
+            } else {
+                let fresh = StreamingManager::new(dir.path().to_path_buf());
+                fresh
+                    .get("GET:k")
+                    .await
+                    .unwrap()
+                    .expect("stored before the damage");
+                damage(&record, &content);
+                fresh
+            };
+            let got = manager.get("GET:k").await;
+            assert!(matches!(got, Ok(None)), "{what} (reopen {reopen}): {got:?}");
+            assert!(!record.exists(), "{what} (reopen {reopen}): record removed");
+            // The key can be stored again afterwards.
+            manager
+                .put(
+                    "GET:k".into(),
+                    Response::new(Full::new(Bytes::from("again"))),
+                    policy(URL),
+                    url(),
+                )
+                .await
+                .unwrap();
+            let (response, _) = manager.get("GET:k").await.unwrap().unwrap();
+            assert_eq!(
+                response.into_body().collect().await.unwrap().to_bytes(),
+                "again"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn verify_on_read_refuses_flipped_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::builder(dir.path())
+        .verify_on_read(true)
+        .read_chunk_size(4096)
+        .build();
+    let small = Bytes::from(vec![1u8; 100]);
+    let large = Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<_>>());
+    for (key, body) in [("GET:small", &small), ("GET:large", &large)] {
+        manager
+            .put(
+                key.into(),
+                Response::new(Full::new(body.clone())),
+                policy(URL),
+                url(),
+            )
+            .await
+            .unwrap();
+        // Intact bodies pass the check.
+        let (response, _) = manager.get(key).await.unwrap().unwrap();
+        assert_eq!(
+            &response.into_body().collect().await.unwrap().to_bytes(),
+            body
+        );
+    }
+    for body in [&small, &large] {
+        let path = dir.path().join("cache-v2/content").join(
+            sha256(body)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+        );
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[50] ^= 0x40;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    // A small body is checked before it is served: a miss.
+    assert!(manager.get("GET:small").await.unwrap().is_none());
+    // A large one fails in place of its last chunk: the client never has all the bytes.
+    let (response, _) = manager.get("GET:large").await.unwrap().unwrap();
+    let mut body = std::pin::pin!(response.into_body());
+    let mut received = 0;
+    let err = loop {
+        match body.frame().await {
+            Some(Ok(frame)) => received += frame.into_data().unwrap().len(),
+            Some(Err(e)) => break e,
+            None => panic!("a damaged body must not end cleanly"),
+        }
+    };
+    assert_eq!(err.kind(), ErrorKind::Integrity);
+    assert!(received < large.len());
+    assert!(
+        manager.get("GET:large").await.unwrap().is_none(),
+        "damaged content removed"
+    );
+}
+
+#[tokio::test]
+async fn tee_commits_only_a_complete_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+
+    // Complete: the client gets every frame as it arrives, and the entry is stored.
+    let (tx, body) = channel_body();
+    let response = manager.tee("GET:ok".into(), Response::new(body), policy(URL), url());
+    let mut body = std::pin::pin!(response.into_body());
+    tx.send(Ok(Frame::data(Bytes::from("one ")))).await.unwrap();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(
+        first, "one ",
+        "frames reach the client before the body ends"
+    );
+    tx.send(Ok(Frame::data(Bytes::from("two")))).await.unwrap();
+    drop(tx);
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "two");
+    let m = manager.clone();
+    let mut found = None;
+    for _ in 0..500 {
+        if let Some((r, _)) = m.get("GET:ok").await.unwrap() {
+            found = Some(r.into_body().collect().await.unwrap().to_bytes());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(found.as_deref(), Some(&b"one two"[..]));
+
+    // Dropped mid-body: nothing committed, the partial file removed.
+    let (tx, body) = channel_body();
+    let response = manager.tee(
+        "GET:dropped".into(),
+        Response::new(body),
+        policy(URL),
+        url(),
+    );
+    let mut body = Box::pin(response.into_body());
+    tx.send(Ok(Frame::data(Bytes::from("partial"))))
+        .await
+        .unwrap();
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+    eventually("the partial file is removed", || {
+        temp_files(dir.path()).is_empty()
+    })
+    .await;
+    assert!(manager.get("GET:dropped").await.unwrap().is_none());
+
+    // The origin's body fails: the client sees the error, nothing is committed.
+    let (tx, body) = channel_body();
+    let response = manager.tee("GET:failed".into(), Response::new(body), policy(URL), url());
+    tx.send(Ok(Frame::data(Bytes::from("partial"))))
+        .await
+        .unwrap();
+    tx.send(Err(std::io::Error::other("origin reset")))
+        .await
+        .unwrap();
+    let err = response.into_body().collect().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Body);
+    assert!(err.to_string().contains("origin reset"), "{err}");
+    eventually("the partial file is removed", || {
+        temp_files(dir.path()).is_empty()
+    })
+    .await;
+    assert!(manager.get("GET:failed").await.unwrap().is_none());
+
+    // Shorter than its Content-Length: the client has what the origin sent, nothing stored.
+    let short = Response::builder()
+        .header("content-length", "100")
+        .body(Full::new(Bytes::from("only this")))
+        .unwrap();
+    let response = manager.tee("GET:short".into(), short, policy(URL), url());
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "only this"
+    );
+    eventually("the partial file is removed", || {
+        temp_files(dir.path()).is_empty()
+    })
+    .await;
+    assert!(manager.get("GET:short").await.unwrap().is_none());
+
+    // And put reports the same refusal as an error.
+    let short = Response::builder()
+        .header("content-length", "100")
+        .body(Full::new(Bytes::from("only this")))
+        .unwrap();
+    let err = manager
+        .put("GET:short".into(), short, policy(URL), url())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Length);
+    assert_eq!(
+        content_files(dir.path()).len(),
+        1,
+        "only the complete body is on disk"
+    );
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_write_never_breaks_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the cache directory should be: every store operation fails, even as root.
+    let blocked = dir.path().join("not-a-dir");
+    std::fs::write(&blocked, b"").unwrap();
+    let manager = StreamingManager::new(blocked.clone());
+
+    let len = 8 << 20;
+    let response = manager.tee(
+        "GET:big".into(),
+        Response::new(Generated::new(len, 3)),
+        policy(URL),
+        url(),
+    );
+    let (digest, got, _) = drain(response.into_body()).await.unwrap();
+    assert_eq!((digest, got), (Generated::digest(len, 3), len));
+
+    let err = manager.get("GET:big").await.unwrap_err();
+    assert!(err.is_io());
+    assert!(err.to_string().contains("not-a-dir"), "{err}");
+    let err = manager
+        .put(
+            "GET:big".into(),
+            Response::new(Full::new(Bytes::from("x"))),
+            policy(URL),
+            url(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_io(), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_put_get_delete_never_serve_a_torn_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::builder(dir.path())
+        .read_chunk_size(16 * 1024)
+        .build();
+    // Two candidate bodies per key; every read must be exactly one of them.
+    let bodies: Arc<Vec<[Bytes; 2]>> = Arc::new(
+        (0..8u8)
+            .map(|k| {
+                let a = Bytes::from(vec![k; 50_000 + k as usize * 1000]);
+                let b = Bytes::from((0..120_000u32).map(|i| (i as u8) ^ k).collect::<Vec<_>>());
+                [a, b]
+            })
+            .collect(),
+    );
+    let mut tasks = Vec::new();
+    for t in 0..64u32 {
+        let manager = manager.clone();
+        let bodies = Arc::clone(&bodies);
+        tasks.push(tokio::spawn(async move {
+            let mut reads = 0;
+            for i in 0..40u32 {
+                let k = ((t + i) % 8) as usize;
+                let key = format!("GET:key{k}");
+                match (t * 7 + i) % 5 {
+                    0 | 1 => {
+                        let body = bodies[k][((t + i) % 2) as usize].clone();
+                        manager
+                            .put(key, Response::new(Full::new(body)), policy(URL), url())
+                            .await
+                            .unwrap();
+                    }
+                    2 => manager.delete(&key).await.unwrap(),
+                    _ => {
+                        if let Some((response, _)) = manager.get(&key).await.unwrap() {
+                            let got = response.into_body().collect().await.unwrap().to_bytes();
+                            assert!(
+                                bodies[k].contains(&got),
+                                "{key}: torn or foreign body of {} bytes",
+                                got.len()
+                            );
+                            reads += 1;
+                        }
+                    }
+                }
+            }
+            reads
+        }));
+    }
+    let mut reads = 0;
+    for task in tasks {
+        reads += task.await.unwrap();
+    }
+    assert!(reads > 0, "some reads hit");
+    // What is left on disk is consistent: each record's content exists, nothing else does.
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    let stats = manager.stats().await.unwrap();
+    assert_eq!(
+        stats.content_files as usize,
+        content_files(dir.path()).len()
+    );
+    assert_eq!(stats.entries as usize, record_files(dir.path()).len());
+    for k in 0..8 {
+        if let Some((response, _)) = manager.get(&format!("GET:key{k}")).await.unwrap() {
+            let got = response.into_body().collect().await.unwrap().to_bytes();
+            assert!(bodies[k].contains(&got));
+        }
+    }
+}
+
+#[tokio::test]
+async fn keys_of_any_length_and_character_are_safe() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    let long = format!("GET:https://example.com/{}", "a/".repeat(50_000));
+    let keys = [
+        "GET:../../../etc/passwd",
+        "GET:\0nul\0",
+        "GET:ü/ñ/✓",
+        long.as_str(),
+        "",
+    ];
+    for (i, key) in keys.iter().enumerate() {
+        manager
+            .put(
+                key.to_string(),
+                Response::new(Full::new(Bytes::from(vec![i as u8; 10]))),
+                policy(URL),
+                url(),
+            )
+            .await
+            .unwrap();
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let (response, _) = manager.get(key).await.unwrap().unwrap();
+        assert_eq!(
+            response.into_body().collect().await.unwrap().to_bytes(),
+            vec![i as u8; 10]
+        );
+    }
+    // Nothing was created outside the store's three directories.
+    assert_eq!(files_in(dir.path()), ["cache-v2"]);
+    assert_eq!(
+        files_in(&dir.path().join("cache-v2")),
+        ["content", "metadata", "tmp"]
+    );
+    assert_eq!(record_files(dir.path()).len(), keys.len());
+}
