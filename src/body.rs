@@ -133,15 +133,22 @@ pub(crate) struct TeeSink {
     pending: Option<Bytes>,
     trailers: Option<HeaderMap>,
     end: oneshot::Sender<TeeEnd>,
+    /// Called when the body has ended complete, just before the writer hears of it.
+    on_end: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl TeeSink {
-    pub(crate) fn new(tx: tokio::sync::mpsc::Sender<Bytes>, end: oneshot::Sender<TeeEnd>) -> Self {
+    pub(crate) fn new(
+        tx: tokio::sync::mpsc::Sender<Bytes>,
+        end: oneshot::Sender<TeeEnd>,
+        on_end: Box<dyn FnOnce() + Send>,
+    ) -> Self {
         TeeSink {
             tx: PollSender::new(tx),
             pending: None,
             trailers: None,
             end,
+            on_end: Some(on_end),
         }
     }
 
@@ -168,7 +175,10 @@ impl TeeSink {
         !matches!(self.poll_flush(cx), Poll::Ready(false))
     }
 
-    fn finish(self) {
+    fn finish(mut self) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end();
+        }
         let _ = self.end.send(TeeEnd {
             tail: self.pending,
             trailers: self.trailers,

@@ -403,16 +403,16 @@ async fn tee_commits_only_a_complete_body() {
     drop(tx);
     let rest = body.collect().await.unwrap().to_bytes();
     assert_eq!(rest, "two");
-    let m = manager.clone();
-    let mut found = None;
-    for _ in 0..500 {
-        if let Some((r, _)) = m.get("GET:ok").await.unwrap() {
-            found = Some(r.into_body().collect().await.unwrap().to_bytes());
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert_eq!(found.as_deref(), Some(&b"one two"[..]));
+    // A body read to its end is a hit at once: the lookup waits for the commit under way.
+    let (hit, _) = manager
+        .get("GET:ok")
+        .await
+        .unwrap()
+        .expect("stored once read");
+    assert_eq!(
+        hit.into_body().collect().await.unwrap().to_bytes(),
+        "one two"
+    );
 
     // Dropped mid-body: nothing committed, the partial file removed.
     let (tx, body) = channel_body();
@@ -626,4 +626,50 @@ async fn keys_of_any_length_and_character_are_safe() {
         ["content", "metadata", "tmp"]
     );
     assert_eq!(record_files(dir.path()).len(), keys.len());
+}
+
+#[tokio::test]
+async fn update_headers_keeps_the_body_and_replaces_headers_and_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    let body = Full::new(Bytes::from_static(b"the same body"));
+    manager
+        .put("GET:a".into(), response_with(body), policy(URL), url())
+        .await
+        .unwrap();
+    let content_before = content_files(dir.path());
+
+    let mut headers = HeaderMap::new();
+    headers.insert("cache-control", HeaderValue::from_static("max-age=7"));
+    headers.append("x-new", HeaderValue::from_static("1"));
+    headers.append("x-new", HeaderValue::from_static("2"));
+    let new_policy = policy("https://example.com/updated");
+    let (updated, updated_policy) = manager
+        .update_headers("GET:a", headers.clone(), new_policy.clone())
+        .await
+        .unwrap()
+        .expect("the entry exists");
+    assert_eq!(updated.headers(), &headers);
+    assert_eq!(
+        updated.into_body().collect().await.unwrap().to_bytes(),
+        "the same body"
+    );
+    assert_eq!(
+        serde_json::to_value(&updated_policy).unwrap(),
+        serde_json::to_value(&new_policy).unwrap()
+    );
+
+    // Across a restart: the record was rewritten, the content file was not.
+    drop(manager);
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    let (hit, _) = manager.get("GET:a").await.unwrap().unwrap();
+    assert_eq!(hit.headers(), &headers);
+    assert_eq!(content_files(dir.path()), content_before);
+
+    // Nothing stored: nothing to update.
+    let missing = manager
+        .update_headers("GET:none", headers, new_policy)
+        .await
+        .unwrap();
+    assert!(missing.is_none());
 }

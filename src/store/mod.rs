@@ -19,7 +19,9 @@ use http::{HeaderMap, Response};
 use http_body::Body;
 use http_body_util::BodyExt as _;
 use http_cache_semantics::CachePolicy;
-use tokio::sync::{OnceCell, mpsc, oneshot};
+use std::collections::HashMap;
+
+use tokio::sync::{OnceCell, mpsc, oneshot, watch};
 use url::Url;
 
 use crate::body::{StreamingBody, TeeSink, boxed};
@@ -97,6 +99,9 @@ struct Inner {
     layout: Layout,
     options: Options,
     opened: OnceCell<Arc<Opened>>,
+    /// Keys whose tee'd body has ended and whose entry is being committed. A lookup of such a
+    /// key waits for the commit, so that a response read to its end is a hit at once.
+    committing: Mutex<HashMap<Hash32, watch::Receiver<bool>>>,
 }
 
 /// The state of a store whose directories exist and whose index is loaded.
@@ -166,6 +171,7 @@ impl StreamingManagerBuilder {
                 dir: self.dir,
                 options: self.options,
                 opened: OnceCell::new(),
+                committing: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -345,6 +351,15 @@ impl StreamingManager {
         };
         let (tx, rx) = mpsc::channel(TEE_QUEUE);
         let (end_tx, end_rx) = oneshot::channel();
+        let (commit_tx, commit_rx) = watch::channel(false);
+        let key_hash = Hash32::of(key.as_bytes());
+        let on_end = {
+            let inner = Arc::clone(&self.inner);
+            let commit_rx = commit_rx.clone();
+            Box::new(move || {
+                inner.committing().insert(key_hash, commit_rx);
+            })
+        };
         let expected_length = content_length(&parts.headers);
         let draft = Draft {
             key,
@@ -373,9 +388,19 @@ impl StreamingManager {
                 }
                 Err(e) => tracing::warn!(error = %e, "not stored"),
             }
+            {
+                let mut committing = manager.inner.committing();
+                if committing
+                    .get(&key_hash)
+                    .is_some_and(|rx| rx.same_channel(&commit_rx))
+                {
+                    committing.remove(&key_hash);
+                }
+            }
+            let _ = commit_tx.send(true);
             let _ = done_tx.send(result);
         });
-        let sink = TeeSink::new(tx, end_tx);
+        let sink = TeeSink::new(tx, end_tx, on_end);
         let body = StreamingBody::tee(body, Some(sink));
         (Response::from_parts(parts, body), done_rx)
     }
@@ -389,33 +414,42 @@ impl StreamingManager {
     pub async fn get(&self, key: &str) -> Result<Option<(Response<StreamingBody>, CachePolicy)>> {
         let opened = self.opened().await?;
         let key_hash = Hash32::of(key.as_bytes());
+        self.wait_for_commit(key_hash).await;
         let cached = opened.index().entry(key_hash);
         let key = key.to_owned();
         let task_opened = Arc::clone(&opened);
-        let Some(hit) = blocking(move || task_opened.load(key_hash, &key, cached)).await? else {
-            return Ok(None);
-        };
-        let entry = hit.entry;
-        let mut reader = ChunkReader::new(
-            Arc::new(hit.file),
-            0,
-            entry.length,
-            opened.options.read_chunk_size,
-        );
-        if opened.options.verify_on_read && hit.prefetched.is_none() {
-            let digest = entry.digest;
-            let on_corrupt = Box::new(move || opened.forget_content(digest));
-            reader = reader.verify(Verify::new(digest), on_corrupt);
+        let hit = blocking(move || task_opened.load(key_hash, &key, cached)).await?;
+        Ok(hit.map(|hit| opened.respond(hit)))
+    }
+
+    /// Replaces the headers and policy stored under `key`, keeping its body, and returns the
+    /// updated entry as [`get`](Self::get) would. This is what a cache does when the origin
+    /// answers a revalidation with `304 Not Modified`. `Ok(None)`: nothing usable is stored
+    /// under `key` (any more).
+    pub async fn update_headers(
+        &self,
+        key: &str,
+        headers: HeaderMap,
+        policy: CachePolicy,
+    ) -> Result<Option<(Response<StreamingBody>, CachePolicy)>> {
+        let opened = self.opened().await?;
+        let key_hash = Hash32::of(key.as_bytes());
+        self.wait_for_commit(key_hash).await;
+        let cached = opened.index().entry(key_hash);
+        let key = key.to_owned();
+        let task_opened = Arc::clone(&opened);
+        let hit =
+            blocking(move || task_opened.refresh(key_hash, &key, cached, headers, policy)).await?;
+        Ok(hit.map(|hit| opened.respond(hit)))
+    }
+
+    /// Waits until an entry being committed under `key_hash` is in place (or has failed).
+    async fn wait_for_commit(&self, key_hash: Hash32) {
+        let pending = self.inner.committing().get(&key_hash).cloned();
+        if let Some(mut pending) = pending {
+            // An error means the writer is gone, which is as final as a commit.
+            let _ = pending.wait_for(|done| *done).await;
         }
-        let mut response = Response::new(StreamingBody::stored(
-            hit.prefetched,
-            reader,
-            entry.trailers.clone(),
-        ));
-        *response.status_mut() = entry.status;
-        *response.version_mut() = entry.version;
-        *response.headers_mut() = entry.headers.clone();
-        Ok(Some((response, entry.policy.clone())))
     }
 
     /// Removes the entry under `key`, and its content file if no other entry uses it. A key
@@ -441,6 +475,15 @@ impl StreamingManager {
             content_files: index.content_files() as u64,
             content_bytes: index.content_bytes(),
         })
+    }
+}
+
+impl Inner {
+    fn committing(&self) -> MutexGuard<'_, HashMap<Hash32, watch::Receiver<bool>>> {
+        // Updated in single statements; a panic elsewhere leaves it usable.
+        self.committing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -546,6 +589,31 @@ impl Opened {
         })
     }
 
+    /// Turns a hit into the response a lookup returns.
+    fn respond(self: Arc<Self>, hit: Hit) -> (Response<StreamingBody>, CachePolicy) {
+        let entry = hit.entry;
+        let mut reader = ChunkReader::new(
+            Arc::new(hit.file),
+            0,
+            entry.length,
+            self.options.read_chunk_size,
+        );
+        if self.options.verify_on_read && hit.prefetched.is_none() {
+            let digest = entry.digest;
+            let on_corrupt = Box::new(move || self.forget_content(digest));
+            reader = reader.verify(Verify::new(digest), on_corrupt);
+        }
+        let mut response = Response::new(StreamingBody::stored(
+            hit.prefetched,
+            reader,
+            entry.trailers.clone(),
+        ));
+        *response.status_mut() = entry.status;
+        *response.version_mut() = entry.version;
+        *response.headers_mut() = entry.headers.clone();
+        (response, entry.policy.clone())
+    }
+
     fn index(&self) -> MutexGuard<'_, Index> {
         // The index is updated in single statements; a panic elsewhere leaves it usable.
         self.index
@@ -579,14 +647,7 @@ impl Opened {
             stored_at: SystemTime::now(),
         };
         let key_hash = Hash32::of(entry.key.as_bytes());
-        let json = entry.encode().map_err(|e| {
-            Error::new(ErrorKind::Record)
-                .with_subject(entry.key.clone())
-                .with_source(e)
-        })?;
-        let (record_temp, stamp) =
-            writer::write_temp(self.scratch.temp_path(), &json, self.options.durable)?;
-        let record_path = self.layout.record_path(key_hash);
+        let (record_temp, stamp) = self.record_temp(&entry)?;
         let content_path = self.layout.content_path(digest);
         let mut committed = Committed {
             digest,
@@ -601,22 +662,81 @@ impl Opened {
                 let file = File::open(&content_path).map_err(|e| Error::io(e, &content_path))?;
                 committed.file = Some(file);
             }
-            record_temp
-                .persist(&record_path)
-                .map_err(|e| Error::io(e, &record_path))?;
-            if let Some(unused) = index.insert(key_hash, Arc::new(entry), stamp) {
-                let path = self.layout.content_path(unused);
-                remove_if_present(&path).map_err(|e| Error::io(e, &path))?;
-            }
+            self.install_record(&mut index, key_hash, Arc::new(entry), record_temp, stamp)?;
         }
-        if self.options.durable {
-            for dir in [self.layout.content_dir(), self.layout.metadata_dir()] {
-                File::open(&dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| Error::io(e, &dir))?;
-            }
-        }
+        self.sync_dirs(&[self.layout.content_dir(), self.layout.metadata_dir()])?;
         Ok(committed)
+    }
+
+    /// Encodes a record into a temp file, ready to be renamed into place.
+    fn record_temp(&self, entry: &Entry) -> Result<(TempFile, Stamp)> {
+        let json = entry.encode().map_err(|e| {
+            Error::new(ErrorKind::Record)
+                .with_subject(entry.key.clone())
+                .with_source(e)
+        })?;
+        writer::write_temp(self.scratch.temp_path(), &json, self.options.durable)
+    }
+
+    /// Renames a record into place and indexes it, unlinking content it leaves unused. The
+    /// caller holds the index lock, so that renames and reference counts change together.
+    fn install_record(
+        &self,
+        index: &mut Index,
+        key_hash: Hash32,
+        entry: Arc<Entry>,
+        temp: TempFile,
+        stamp: Stamp,
+    ) -> Result<()> {
+        let path = self.layout.record_path(key_hash);
+        temp.persist(&path).map_err(|e| Error::io(e, &path))?;
+        if let Some(unused) = index.insert(key_hash, entry, stamp) {
+            let path = self.layout.content_path(unused);
+            remove_if_present(&path).map_err(|e| Error::io(e, &path))?;
+        }
+        Ok(())
+    }
+
+    /// With `durable`, syncs directories whose entries were just renamed.
+    fn sync_dirs(&self, dirs: &[PathBuf]) -> Result<()> {
+        if self.options.durable {
+            for dir in dirs {
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| Error::io(e, dir))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces a stored entry's headers and policy, keeping its content, and returns the
+    /// updated hit. When another writer replaced the entry meanwhile, the newer record is
+    /// kept and the hit found is returned with the new headers, unstored.
+    fn refresh(
+        &self,
+        key_hash: Hash32,
+        key: &str,
+        cached: Option<(Arc<Entry>, Stamp)>,
+        headers: HeaderMap,
+        policy: CachePolicy,
+    ) -> Result<Option<Hit>> {
+        let Some(hit) = self.load(key_hash, key, cached)? else {
+            return Ok(None);
+        };
+        let mut entry = Entry::clone(&hit.entry);
+        entry.headers = headers;
+        entry.policy = policy;
+        entry.stored_at = SystemTime::now();
+        let entry = Arc::new(entry);
+        let (temp, stamp) = self.record_temp(&entry)?;
+        {
+            let mut index = self.index();
+            if index.digest(key_hash) == Some(entry.digest) {
+                self.install_record(&mut index, key_hash, Arc::clone(&entry), temp, stamp)?;
+            }
+        }
+        self.sync_dirs(&[self.layout.metadata_dir()])?;
+        Ok(Some(Hit { entry, ..hit }))
     }
 
     /// Finds a key's record and opens its content, dropping whatever turns out broken.
