@@ -42,9 +42,20 @@
 struct ReadmeDoctests;
 
 mod body;
+mod cache;
 mod error;
+mod future;
+mod key;
+mod layer;
+mod mode;
+mod service;
 mod store;
 
 pub use body::StreamingBody;
+pub use cache::{HttpCacheOptions, HttpStreamingCache};
 pub use error::{BoxError, Error, ErrorKind, Result};
+pub use future::ResponseFuture;
+pub use layer::HttpCacheStreamingLayer;
+pub use mode::CacheMode;
+pub use service::HttpCacheStreaming;
 pub use store::{StoreStats, StreamingManager, StreamingManagerBuilder};

@@ -187,3 +187,96 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
     panic!("timed out waiting for: {what}");
 }
+
+/// A loopback origin server (axum) that counts the requests it answers and keeps their heads.
+pub struct Origin {
+    pub addr: std::net::SocketAddr,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<http::request::Parts>>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Origin {
+    /// Serves `handler` on a loopback port; it gets each request's head and its number
+    /// (1 for the first).
+    pub async fn start<F>(handler: F) -> Origin
+    where
+        F: Fn(&http::request::Parts, usize) -> Response<axum::body::Body> + Send + Sync + 'static,
+    {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let handler = std::sync::Arc::new(handler);
+        let (state_hits, state_seen) = (hits.clone(), seen.clone());
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let (hits, seen, handler) = (state_hits.clone(), state_seen.clone(), handler.clone());
+            async move {
+                let (parts, _) = request.into_parts();
+                let n = hits.fetch_add(1, Ordering::SeqCst) + 1;
+                seen.lock().unwrap().push(parts.clone());
+                handler(&parts, n)
+            }
+        });
+        let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = signal.await;
+                })
+                .await
+                .unwrap();
+        });
+        Origin {
+            addr,
+            hits,
+            seen,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Requests answered so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The head of the last request answered.
+    pub fn last_request(&self) -> http::request::Parts {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a request")
+    }
+
+    /// Stops serving and closes the port.
+    pub async fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+pub type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<Bytes>,
+>;
+
+/// A hyper client that opens a connection per request, so that a stopped origin is
+/// unreachable at once.
+pub fn client() -> Client {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http()
+}

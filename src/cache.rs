@@ -1,0 +1,927 @@
+//! [`HttpStreamingCache`]: the RFC 9111 decisions (lookup, freshness, revalidation, storing,
+//! invalidation) over a [`StreamingManager`]. It knows nothing of files: every byte goes
+//! through the manager.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, request};
+use http_body::Body;
+use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePolicy};
+
+use crate::body::StreamingBody;
+use crate::error::BoxError;
+use crate::key;
+use crate::mode::CacheMode;
+use crate::store::StreamingManager;
+
+/// A boxed future the cache's slower steps run as.
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+type KeyFn = Arc<dyn Fn(&request::Parts) -> String + Send + Sync>;
+type ModeFn = Arc<dyn Fn(&request::Parts) -> CacheMode + Send + Sync>;
+type BustFn = Arc<dyn Fn(&request::Parts, &str) -> Vec<String> + Send + Sync>;
+type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// The header of a URL's variant list record: the list's generation. Origin responses that
+/// carry it lose it before they are stored, so that no response can pass for a list.
+const VARIANTS: HeaderName = HeaderName::from_static("x-http-cache-streaming-variants");
+
+/// Response headers that describe one connection, not the response (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Header fields a `304` may not change in the stored response, since the stored body stays.
+const KEPT_ON_REVALIDATION: [HeaderName; 4] = [
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    header::TRANSFER_ENCODING,
+    header::CONTENT_RANGE,
+];
+
+/// How the cache behaves: options that users of http-cache rely on, with builder methods.
+///
+/// ```
+/// use std::time::Duration;
+/// use http_cache_streaming::{CacheMode, HttpCacheOptions};
+///
+/// let options = HttpCacheOptions::default()
+///     .shared(false)
+///     .max_ttl(Duration::from_secs(600))
+///     .cache_key(|parts| format!("{}:{}", parts.method, parts.uri))
+///     .mode_fn(|parts| {
+///         if parts.uri.path().starts_with("/admin") {
+///             CacheMode::NoStore
+///         } else {
+///             CacheMode::Default
+///         }
+///     });
+/// ```
+#[derive(Clone)]
+pub struct HttpCacheOptions {
+    shared: bool,
+    mode: CacheMode,
+    mode_fn: Option<ModeFn>,
+    cache_key: Option<KeyFn>,
+    cache_bust: Option<BustFn>,
+    max_ttl: Option<Duration>,
+    cache_status: Option<String>,
+    x_cache: bool,
+    clock: Clock,
+}
+
+impl Default for HttpCacheOptions {
+    fn default() -> Self {
+        HttpCacheOptions {
+            shared: true,
+            mode: CacheMode::Default,
+            mode_fn: None,
+            cache_key: None,
+            cache_bust: None,
+            max_ttl: None,
+            cache_status: Some("http-cache-streaming".into()),
+            x_cache: false,
+            clock: Arc::new(SystemTime::now),
+        }
+    }
+}
+
+impl fmt::Debug for HttpCacheOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpCacheOptions")
+            .field("shared", &self.shared)
+            .field("mode", &self.mode)
+            .field("mode_fn", &self.mode_fn.is_some())
+            .field("cache_key", &self.cache_key.is_some())
+            .field("cache_bust", &self.cache_bust.is_some())
+            .field("max_ttl", &self.max_ttl)
+            .field("cache_status", &self.cache_status)
+            .field("x_cache", &self.x_cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpCacheOptions {
+    /// A shared cache (the default: right for a server or a proxy) stores no `private`
+    /// responses and honours `s-maxage`; a private cache (`false`: right for one user's
+    /// client) stores `private` responses and ignores `s-maxage`.
+    pub fn shared(mut self, shared: bool) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// The mode of every request that neither [`mode_fn`](Self::mode_fn) nor a request
+    /// extension sets.
+    pub fn mode(mut self, mode: CacheMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Chooses the mode of each request from its head. A [`CacheMode`] in the request's
+    /// extensions still wins.
+    pub fn mode_fn(
+        mut self,
+        f: impl Fn(&request::Parts) -> CacheMode + Send + Sync + 'static,
+    ) -> Self {
+        self.mode_fn = Some(Arc::new(f));
+        self
+    }
+
+    /// Computes the key a request's response is stored under, in place of
+    /// `METHOD:scheme://authority/path?query`. GET and HEAD requests must map to the same
+    /// key for a HEAD to be answered from a stored GET.
+    pub fn cache_key(
+        mut self,
+        f: impl Fn(&request::Parts) -> String + Send + Sync + 'static,
+    ) -> Self {
+        self.cache_key = Some(Arc::new(f));
+        self
+    }
+
+    /// Names further keys to remove when a request arrives: given the request and its own
+    /// key, the keys to invalidate.
+    pub fn cache_bust(
+        mut self,
+        f: impl Fn(&request::Parts, &str) -> Vec<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.cache_bust = Some(Arc::new(f));
+        self
+    }
+
+    /// Caps how long a stored response counts as fresh, whatever its headers say; past the
+    /// cap it is revalidated.
+    pub fn max_ttl(mut self, max_ttl: Duration) -> Self {
+        self.max_ttl = Some(max_ttl);
+        self
+    }
+
+    /// Names the cache in the RFC 9211 `Cache-Status` header added to every response
+    /// (`http-cache-streaming` by default); `None` adds no such header.
+    pub fn cache_status(mut self, name: Option<&str>) -> Self {
+        self.cache_status = name.map(str::to_owned);
+        self
+    }
+
+    /// Adds `x-cache` (`HIT`/`MISS`) and `x-cache-lookup` (whether anything was stored)
+    /// headers, as http-cache does (off by default).
+    pub fn x_cache_headers(mut self, on: bool) -> Self {
+        self.x_cache = on;
+        self
+    }
+
+    /// The clock freshness is computed with (the system clock by default); tests use it to
+    /// let time pass.
+    pub fn clock(mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    fn semantics(&self) -> CacheOptions {
+        CacheOptions {
+            shared: self.shared,
+            ..CacheOptions::default()
+        }
+    }
+}
+
+/// The HTTP cache: RFC 9111 decisions over a [`StreamingManager`]. Wrap a service with it
+/// through [`HttpCacheStreamingLayer`](crate::HttpCacheStreamingLayer).
+///
+/// ```
+/// use http_cache_streaming::{HttpCacheOptions, HttpCacheStreamingLayer, HttpStreamingCache};
+/// use http_cache_streaming::StreamingManager;
+///
+/// let manager = StreamingManager::new("./cache".into());
+/// let cache = HttpStreamingCache::new(manager)
+///     .with_options(HttpCacheOptions::default().shared(false));
+/// let layer = HttpCacheStreamingLayer::from(cache);
+/// ```
+#[derive(Clone)]
+pub struct HttpStreamingCache {
+    manager: StreamingManager,
+    options: Arc<HttpCacheOptions>,
+}
+
+impl fmt::Debug for HttpStreamingCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpStreamingCache")
+            .field("manager", &self.manager)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+// Values of these enums are returned and moved once, never kept: their size costs nothing.
+/// How a request starts: straight to the inner service, or after a lookup.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Start {
+    Forward(request::Parts, Pending),
+    Lookup(BoxFuture<(Plan, request::Parts)>),
+}
+
+/// What a lookup decided.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Plan {
+    /// Answer with this; the inner service is not called.
+    Respond(Response<StreamingBody>),
+    /// Call the inner service, with `conditional` replacing the request's validators when
+    /// it is a revalidation.
+    Forward {
+        conditional: Option<HeaderMap>,
+        pending: Pending,
+    },
+}
+
+/// What the cache does with the inner service's answer.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Finished {
+    Ready(Response<StreamingBody>),
+    Later(BoxFuture<Response<StreamingBody>>),
+}
+
+/// A request forwarded to the inner service, and what to do with its answer.
+pub(crate) struct Pending {
+    cache: HttpStreamingCache,
+    request: request::Parts,
+    key: String,
+    mode: CacheMode,
+    action: Action,
+}
+
+enum Action {
+    /// Not the cache's business (mode `NoStore`, or a method it does not cache).
+    Pass,
+    /// An unsafe method: on success, remove what is stored for its URL.
+    Invalidate,
+    /// A miss or a revalidation: store the answer if it may be stored.
+    Fetch {
+        fwd: &'static str,
+        stale: Option<Box<Stale>>,
+        lookup_found: bool,
+    },
+}
+
+/// A stored response being revalidated.
+struct Stale {
+    response: Response<StreamingBody>,
+    policy: CachePolicy,
+    key: String,
+}
+
+/// What a lookup found under a request's key.
+#[allow(clippy::large_enum_variant)]
+enum Found {
+    Nothing { fwd: &'static str },
+    Entry(Response<StreamingBody>, CachePolicy, String),
+}
+
+impl HttpStreamingCache {
+    /// A cache over `manager` with default options: a shared cache, RFC 9111 rules.
+    pub fn new(manager: StreamingManager) -> Self {
+        HttpStreamingCache {
+            manager,
+            options: Arc::new(HttpCacheOptions::default()),
+        }
+    }
+
+    /// Replaces the options.
+    pub fn with_options(mut self, options: HttpCacheOptions) -> Self {
+        self.options = Arc::new(options);
+        self
+    }
+
+    /// The store this cache uses.
+    pub fn manager(&self) -> &StreamingManager {
+        &self.manager
+    }
+
+    /// The options this cache uses.
+    pub fn options(&self) -> &HttpCacheOptions {
+        &self.options
+    }
+
+    fn now(&self) -> SystemTime {
+        (self.options.clock)()
+    }
+
+    fn key(&self, parts: &request::Parts) -> String {
+        match &self.options.cache_key {
+            Some(f) => f(parts),
+            None => key::primary_key(parts),
+        }
+    }
+
+    /// Decides how a request starts.
+    pub(crate) fn start(&self, parts: request::Parts) -> Start {
+        let mode = parts
+            .extensions
+            .get::<CacheMode>()
+            .copied()
+            .or_else(|| self.options.mode_fn.as_ref().map(|f| f(&parts)))
+            .unwrap_or(self.options.mode);
+        let key = self.key(&parts);
+        let action = if mode == CacheMode::NoStore {
+            Action::Pass
+        } else if parts.method == Method::GET || parts.method == Method::HEAD {
+            let cache = self.clone();
+            return Start::Lookup(Box::pin(async move {
+                let plan = cache.plan(&parts, key, mode).await;
+                (plan, parts)
+            }));
+        } else if parts.method == Method::OPTIONS || parts.method == Method::TRACE {
+            Action::Pass
+        } else {
+            Action::Invalidate
+        };
+        let pending = self.pending(&parts, key, mode, action);
+        Start::Forward(parts, pending)
+    }
+
+    fn pending(
+        &self,
+        parts: &request::Parts,
+        key: String,
+        mode: CacheMode,
+        action: Action,
+    ) -> Pending {
+        let mut request = request::Request::new(());
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = parts.uri.clone();
+        *request.version_mut() = parts.version;
+        *request.headers_mut() = parts.headers.clone();
+        Pending {
+            cache: self.clone(),
+            request: request.into_parts().0,
+            key,
+            mode,
+            action,
+        }
+    }
+
+    /// Looks the request up and decides: answer from the store, revalidate, or fetch.
+    async fn plan(&self, parts: &request::Parts, key: String, mode: CacheMode) -> Plan {
+        self.bust(parts, &key).await;
+        let only_if_cached =
+            mode == CacheMode::OnlyIfCached || has_directive(&parts.headers, "only-if-cached");
+        let found = if mode == CacheMode::Reload {
+            Found::Nothing { fwd: "request" }
+        } else {
+            self.find(parts, &key).await
+        };
+        let (response, policy, stored_key) = match found {
+            Found::Nothing { fwd } => {
+                if only_if_cached {
+                    return Plan::Respond(self.gateway_timeout(fwd, "only-if-cached"));
+                }
+                let action = Action::Fetch {
+                    fwd,
+                    stale: None,
+                    lookup_found: false,
+                };
+                return self.forward(parts, key, mode, action, None);
+            }
+            Found::Entry(response, policy, stored_key) => (response, policy, stored_key),
+        };
+
+        let now = self.now();
+        let decision = if parts.method == Method::HEAD {
+            // A HEAD is answered from the stored GET: judge it as that GET.
+            let mut get = request::Request::new(());
+            *get.uri_mut() = parts.uri.clone();
+            *get.headers_mut() = parts.headers.clone();
+            policy.before_request(&get.into_parts().0, now)
+        } else {
+            policy.before_request(parts, now)
+        };
+        let within_cap = self.options.max_ttl.is_none_or(|cap| policy.age(now) < cap);
+        match decision {
+            BeforeRequest::Fresh(_) if mode != CacheMode::NoCache && within_cap => {
+                Plan::Respond(self.hit(parts, response, &policy, now, "hit".into()))
+            }
+            BeforeRequest::Fresh(_) | BeforeRequest::Stale { matches: true, .. }
+                if mode.ignores_staleness() =>
+            {
+                Plan::Respond(self.hit(parts, response, &policy, now, "hit".into()))
+            }
+            BeforeRequest::Stale { matches: false, .. } => {
+                // Stored for another variant or another host: this request's miss.
+                if only_if_cached {
+                    return Plan::Respond(self.gateway_timeout("miss", "only-if-cached"));
+                }
+                let action = Action::Fetch {
+                    fwd: "miss",
+                    stale: None,
+                    lookup_found: true,
+                };
+                self.forward(parts, key, mode, action, None)
+            }
+            BeforeRequest::Fresh(_) | BeforeRequest::Stale { .. } if only_if_cached => {
+                Plan::Respond(self.gateway_timeout("stale", "only-if-cached"))
+            }
+            BeforeRequest::Fresh(_) | BeforeRequest::Stale { .. } => {
+                let revalidation = validators(&policy, parts);
+                let stale = Box::new(Stale {
+                    response,
+                    policy,
+                    key: stored_key,
+                });
+                let action = Action::Fetch {
+                    fwd: "stale",
+                    stale: Some(stale),
+                    lookup_found: true,
+                };
+                self.forward(parts, key, mode, action, Some(revalidation))
+            }
+        }
+    }
+
+    fn forward(
+        &self,
+        parts: &request::Parts,
+        key: String,
+        mode: CacheMode,
+        action: Action,
+        conditional: Option<HeaderMap>,
+    ) -> Plan {
+        Plan::Forward {
+            conditional,
+            pending: self.pending(parts, key, mode, action),
+        }
+    }
+
+    /// Finds the stored response for a request: under its key, or, when the key holds a
+    /// URL's variant list, under the variant its headers select.
+    async fn find(&self, parts: &request::Parts, key: &str) -> Found {
+        let Some((response, policy)) = self.lookup(key).await else {
+            return Found::Nothing { fwd: "uri-miss" };
+        };
+        let Some(generation) = variants_generation(response.headers()) else {
+            return Found::Entry(response, policy, key.to_owned());
+        };
+        let Some(names) = key::vary_names(response.headers()) else {
+            return Found::Nothing { fwd: "vary-miss" };
+        };
+        let variant = key::variant_key(key, &generation, &names, &parts.headers);
+        match self.lookup(&variant).await {
+            Some((response, policy)) => Found::Entry(response, policy, variant),
+            None => Found::Nothing { fwd: "vary-miss" },
+        }
+    }
+
+    /// A store lookup; a store that fails is a miss, never a failed request.
+    async fn lookup(&self, key: &str) -> Option<(Response<StreamingBody>, CachePolicy)> {
+        match self.manager.get(key).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(%key, %error, "cache lookup failed; forwarding the request");
+                None
+            }
+        }
+    }
+
+    async fn delete(&self, key: &str) {
+        if let Err(error) = self.manager.delete(key).await {
+            tracing::warn!(%key, %error, "could not invalidate a cache entry");
+        }
+    }
+
+    async fn bust(&self, parts: &request::Parts, key: &str) {
+        if let Some(bust) = &self.options.cache_bust {
+            for key in bust(parts, key) {
+                self.delete(&key).await;
+            }
+        }
+    }
+
+    /// A stored response served: `Age` generated, the body dropped for a HEAD.
+    fn hit(
+        &self,
+        parts: &request::Parts,
+        response: Response<StreamingBody>,
+        policy: &CachePolicy,
+        now: SystemTime,
+        status: String,
+    ) -> Response<StreamingBody> {
+        let (mut head, body) = response.into_parts();
+        let age = policy.age(now).as_secs();
+        head.headers.insert(header::AGE, HeaderValue::from(age));
+        head.version = parts.version;
+        let body = if parts.method == Method::HEAD {
+            StreamingBody::empty()
+        } else {
+            body
+        };
+        let mut response = Response::from_parts(head, body);
+        let ttl = self.ttl(policy, now);
+        self.annotate(
+            response.headers_mut(),
+            &format!("{status}; ttl={ttl}"),
+            true,
+            true,
+        );
+        response
+    }
+
+    /// Seconds the response stays fresh (0 once stale), within `max_ttl`.
+    fn ttl(&self, policy: &CachePolicy, now: SystemTime) -> u64 {
+        let ttl = policy.time_to_live(now);
+        let ttl = match self.options.max_ttl {
+            Some(cap) => ttl.min(cap.saturating_sub(policy.age(now))),
+            None => ttl,
+        };
+        ttl.as_secs()
+    }
+
+    fn gateway_timeout(&self, fwd: &str, detail: &str) -> Response<StreamingBody> {
+        let mut response = Response::new(StreamingBody::empty());
+        *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+        self.annotate(
+            response.headers_mut(),
+            &format!("fwd={fwd}; detail={detail}"),
+            false,
+            fwd == "stale",
+        );
+        response
+    }
+
+    /// Adds this cache's `Cache-Status` entry (and the http-cache style headers if asked).
+    fn annotate(&self, headers: &mut HeaderMap, status: &str, hit: bool, found: bool) {
+        if let Some(name) = &self.options.cache_status
+            && let Ok(value) = HeaderValue::try_from(format!("{name}; {status}"))
+        {
+            headers.append(HeaderName::from_static("cache-status"), value);
+        }
+        if self.options.x_cache {
+            let word = |yes| HeaderValue::from_static(if yes { "HIT" } else { "MISS" });
+            headers.insert(HeaderName::from_static("x-cache"), word(hit));
+            headers.insert(HeaderName::from_static("x-cache-lookup"), word(found));
+        }
+    }
+
+    /// The generation of a URL's variant list for `names`, writing a new list when there is
+    /// none for them.
+    async fn variant_generation(
+        &self,
+        key: &str,
+        names: &[HeaderName],
+        url: &url::Url,
+        policy: &CachePolicy,
+    ) -> Option<String> {
+        if let Some((list, _)) = self.lookup(key).await
+            && let Some(generation) = variants_generation(list.headers())
+            && key::vary_names(list.headers()).as_deref() == Some(names)
+        {
+            return Some(generation);
+        }
+        let generation = new_generation();
+        let vary = names
+            .iter()
+            .map(HeaderName::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let list = Response::builder()
+            .header(header::VARY, vary)
+            .header(VARIANTS, &generation)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .ok()?;
+        match self
+            .manager
+            .put(key.to_owned(), list, policy.clone(), url.clone())
+            .await
+        {
+            Ok(_) => Some(generation),
+            Err(error) => {
+                tracing::warn!(%key, %error, "could not store a variant list");
+                None
+            }
+        }
+    }
+}
+
+impl Pending {
+    /// What the cache does with the inner service's response.
+    pub(crate) fn finish<B>(mut self, response: Response<B>) -> Finished
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        match std::mem::replace(&mut self.action, Action::Pass) {
+            Action::Pass => Finished::Ready(self.pass(response, "fwd=request")),
+            Action::Invalidate => Finished::Later(Box::pin(self.invalidate(response))),
+            Action::Fetch {
+                fwd,
+                stale,
+                lookup_found,
+            } => match stale {
+                Some(stale) if response.status() == StatusCode::NOT_MODIFIED => {
+                    Finished::Later(Box::pin(self.revalidated(stale, response)))
+                }
+                _ => self.store(response, fwd, lookup_found),
+            },
+        }
+    }
+
+    /// What the cache answers when the inner service fails: a stored response that must not
+    /// be served stale becomes a 504; otherwise the error stands.
+    pub(crate) fn on_error<E>(self, error: E) -> Result<Response<StreamingBody>, E> {
+        match &self.action {
+            Action::Fetch {
+                stale: Some(stale), ..
+            } if must_revalidate(stale.response.headers(), self.cache.options.shared) => {
+                Ok(self.cache.gateway_timeout("stale", "origin-unreachable"))
+            }
+            _ => Err(error),
+        }
+    }
+
+    fn pass<B>(&self, response: Response<B>, status: &str) -> Response<StreamingBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let mut response = response.map(StreamingBody::pass);
+        self.cache
+            .annotate(response.headers_mut(), status, false, false);
+        response
+    }
+
+    async fn invalidate<B>(self, response: Response<B>) -> Response<StreamingBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let cache = &self.cache;
+        cache.bust(&self.request, &self.key).await;
+        let status = response.status();
+        if status.is_success() || status.is_redirection() {
+            let mut get = self.request.clone();
+            get.method = Method::GET;
+            cache.delete(&cache.key(&get)).await;
+            for name in [header::LOCATION, header::CONTENT_LOCATION] {
+                let targets = response.headers().get_all(name).iter();
+                for target in targets.filter_map(|v| v.to_str().ok()) {
+                    if let Some(key) = key::same_origin_key(&self.request, target) {
+                        cache.delete(&key).await;
+                    }
+                }
+            }
+        }
+        self.pass(response, "fwd=request")
+    }
+
+    /// A `304` to a revalidation: the stored response, with the `304`'s headers, served
+    /// from disk and stored with them.
+    async fn revalidated<B>(
+        self,
+        stale: Box<Stale>,
+        response: Response<B>,
+    ) -> Response<StreamingBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let cache = &self.cache;
+        let now = cache.now();
+        let (fresh_parts, _) = response.into_parts();
+        if let AfterResponse::Modified(..) =
+            stale
+                .policy
+                .after_response(&self.request, &fresh_parts, now)
+        {
+            // The 304 answers validators of the client's own, not the stored response.
+            let response = Response::from_parts(fresh_parts, http_body_util::Empty::<Bytes>::new());
+            return self.pass(response, "fwd=stale; fwd-status=304");
+        }
+        let Stale {
+            response: stored,
+            policy: _,
+            key: stored_key,
+        } = *stale;
+        let (stored_parts, stored_body) = stored.into_parts();
+        let mut merged = stored_parts.headers.clone();
+        for name in fresh_parts.headers.keys() {
+            if KEPT_ON_REVALIDATION.contains(name) || is_hop_by_hop(name) || *name == VARIANTS {
+                continue;
+            }
+            merged.remove(name);
+            for value in fresh_parts.headers.get_all(name) {
+                merged.append(name.clone(), value.clone());
+            }
+        }
+        let mut head = Response::new(());
+        *head.status_mut() = stored_parts.status;
+        *head.headers_mut() = merged.clone();
+        let policy = CachePolicy::new_options(
+            &self.stored_request(&merged),
+            &head,
+            now,
+            cache.options.semantics(),
+        );
+        let status = "fwd=stale; fwd-status=304".to_owned();
+        match cache
+            .manager
+            .update_headers(&stored_key, merged, policy.clone())
+            .await
+        {
+            Ok(Some((response, policy))) => {
+                cache.hit(&self.request, response, &policy, now, status)
+            }
+            result => {
+                if let Err(error) = result {
+                    tracing::warn!(key = %stored_key, %error, "could not store revalidated headers");
+                }
+                // Serve the body already open, with the headers the origin just confirmed.
+                let (mut parts, ()) = head.into_parts();
+                parts.version = stored_parts.version;
+                cache.hit(
+                    &self.request,
+                    Response::from_parts(parts, stored_body),
+                    &policy,
+                    now,
+                    status,
+                )
+            }
+        }
+    }
+
+    /// A response from the origin: tee'd into the store when it may be stored, else passed.
+    fn store<B>(self, response: Response<B>, fwd: &'static str, found: bool) -> Finished
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let cache = &self.cache;
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(VARIANTS);
+        let response = Response::from_parts(parts, body);
+        let now = cache.now();
+        let options = cache.options.semantics();
+        let status = response.status();
+        let storable = self.request.method == Method::GET
+            && status != StatusCode::PARTIAL_CONTENT
+            && match self.mode {
+                CacheMode::IgnoreRules => status.is_success(),
+                _ => CachePolicy::new_options(&self.request, &response, now, options).is_storable(),
+            };
+        let names = key::vary_names(response.headers());
+        let url = url::Url::parse(&key::effective_uri(&self.request));
+        let (Some(names), Ok(url), true) = (names, url, storable) else {
+            let fwd_status = format!("fwd={fwd}; fwd-status={}", status.as_u16());
+            let mut response = self.pass(response, &fwd_status);
+            if found && cache.options.x_cache {
+                response.headers_mut().insert(
+                    HeaderName::from_static("x-cache-lookup"),
+                    HeaderValue::from_static("HIT"),
+                );
+            }
+            return Finished::Ready(response);
+        };
+        let policy = CachePolicy::new_options(
+            &self.stored_request(&names_as_vary(&names)),
+            &response,
+            now,
+            options,
+        );
+        let status = format!(
+            "fwd={fwd}; fwd-status={}; stored; ttl={}",
+            status.as_u16(),
+            cache.ttl(&policy, now)
+        );
+        if names.is_empty() {
+            let mut response = cache.manager.tee(self.key, response, policy, url);
+            cache.annotate(response.headers_mut(), &status, false, found);
+            return Finished::Ready(response);
+        }
+        Finished::Later(Box::pin(async move {
+            let cache = &self.cache;
+            let generation = cache
+                .variant_generation(&self.key, &names, &url, &policy)
+                .await;
+            let mut response = match generation {
+                Some(generation) => {
+                    let key =
+                        key::variant_key(&self.key, &generation, &names, &self.request.headers);
+                    cache.manager.tee(key, response, policy, url)
+                }
+                None => response.map(StreamingBody::pass),
+            };
+            cache.annotate(response.headers_mut(), &status, false, found);
+            response
+        }))
+    }
+
+    /// The request as the stored policy sees it: its method and URI, `Host`, and only the
+    /// headers the response's `Vary` names, so that no credential or cookie is stored.
+    fn stored_request(&self, response_headers: &HeaderMap) -> request::Parts {
+        let mut request = Request::new(());
+        *request.method_mut() = self.request.method.clone();
+        *request.uri_mut() = self.request.uri.clone();
+        let headers = request.headers_mut();
+        if let Some(host) = self.request.headers.get(header::HOST) {
+            headers.insert(header::HOST, host.clone());
+        }
+        for name in key::vary_names(response_headers).unwrap_or_default() {
+            for value in self.request.headers.get_all(&name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        request.into_parts().0
+    }
+}
+
+/// The generation a variant list record carries, when the response is one.
+fn variants_generation(headers: &HeaderMap) -> Option<String> {
+    Some(headers.get(VARIANTS)?.to_str().ok()?.to_owned())
+}
+
+fn new_generation() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{nanos:x}.{:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+fn names_as_vary(names: &[HeaderName]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for name in names {
+        if let Ok(value) = HeaderValue::from_str(name.as_str()) {
+            headers.append(header::VARY, value);
+        }
+    }
+    headers
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name.as_str())
+}
+
+/// Removes the headers that describe one connection, including those `Connection` names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(&HOP_BY_HOP.map(HeaderName::from_static)) {
+        headers.remove(name);
+    }
+}
+
+/// Whether a `Cache-Control` header in `headers` has `directive`.
+fn has_directive(headers: &HeaderMap, directive: &str) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| {
+            let name = d.split('=').next().unwrap_or_default().trim();
+            name.eq_ignore_ascii_case(directive)
+        })
+}
+
+/// Whether a stored response may never be served without a successful revalidation.
+fn must_revalidate(headers: &HeaderMap, shared: bool) -> bool {
+    has_directive(headers, "must-revalidate")
+        || has_directive(headers, "no-cache")
+        || (shared && has_directive(headers, "proxy-revalidate"))
+}
+
+/// The validators (`If-None-Match`, `If-Modified-Since`) to revalidate a stored response
+/// with, as http-cache-semantics computes them.
+fn validators(policy: &CachePolicy, parts: &request::Parts) -> HeaderMap {
+    // Judged a century on, every stored response is stale, and the answer carries the
+    // revalidation request this response allows, whether or not it is stale now.
+    let later = SystemTime::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+    let mut validators = HeaderMap::new();
+    if let BeforeRequest::Stale { request, .. } = policy.before_request(parts, later) {
+        for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
+            for value in request.headers.get_all(&name) {
+                validators.append(name.clone(), value.clone());
+            }
+        }
+    }
+    validators
+}

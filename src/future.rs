@@ -1,0 +1,154 @@
+//! [`ResponseFuture`]: one request through the cache, as a state machine.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{Request, Response, request};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::body::StreamingBody;
+use crate::cache::{BoxFuture, Finished, Pending, Plan};
+use crate::error::BoxError;
+
+pin_project! {
+    /// The future of [`HttpCacheStreaming`](crate::HttpCacheStreaming): a lookup in the
+    /// store, then perhaps the inner service, then perhaps a store update.
+    pub struct ResponseFuture<S, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        #[pin]
+        state: State<S::Future, S, ReqB>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, S, ReqB> {
+        /// Looking the request up; the ready inner service and the body wait.
+        Lookup {
+            lookup: BoxFuture<(Plan, request::Parts)>,
+            service: Option<S>,
+            body: Option<ReqB>,
+        },
+        /// The inner service answers.
+        Inner {
+            #[pin]
+            future: F,
+            pending: Option<Pending>,
+        },
+        /// The cache finishes with the inner answer (a revalidation, an invalidation).
+        Finish {
+            future: BoxFuture<Response<StreamingBody>>,
+        },
+        Done,
+    }
+}
+
+impl<S, ReqB> ResponseFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>>,
+{
+    pub(crate) fn lookup(
+        lookup: BoxFuture<(Plan, request::Parts)>,
+        service: S,
+        body: ReqB,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Lookup {
+                lookup,
+                service: Some(service),
+                body: Some(body),
+            },
+        }
+    }
+
+    pub(crate) fn forwarded(future: S::Future, pending: Pending) -> Self {
+        ResponseFuture {
+            state: State::Inner {
+                future,
+                pending: Some(pending),
+            },
+        }
+    }
+}
+
+impl<S, ReqB, ResB> Future for ResponseFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    type Output = Result<Response<StreamingBody>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Lookup {
+                    lookup,
+                    service,
+                    body,
+                } => {
+                    let (plan, mut parts) = ready!(lookup.as_mut().poll(cx));
+                    match plan {
+                        Plan::Respond(response) => {
+                            state.set(State::Done);
+                            return Poll::Ready(Ok(response));
+                        }
+                        Plan::Forward {
+                            conditional,
+                            pending,
+                        } => {
+                            if let Some(validators) = conditional {
+                                parts.headers.remove(http::header::IF_NONE_MATCH);
+                                parts.headers.remove(http::header::IF_MODIFIED_SINCE);
+                                for (name, value) in &validators {
+                                    parts.headers.append(name.clone(), value.clone());
+                                }
+                            }
+                            let (Some(mut service), Some(body)) = (service.take(), body.take())
+                            else {
+                                panic!("ResponseFuture polled after completion");
+                            };
+                            let future = service.call(Request::from_parts(parts, body));
+                            state.set(State::Inner {
+                                future,
+                                pending: Some(pending),
+                            });
+                        }
+                    }
+                }
+                StateProj::Inner { future, pending } => {
+                    let result = ready!(future.poll(cx));
+                    let Some(pending) = pending.take() else {
+                        panic!("ResponseFuture polled after completion");
+                    };
+                    match result {
+                        Ok(response) => match pending.finish(response) {
+                            Finished::Ready(response) => {
+                                state.set(State::Done);
+                                return Poll::Ready(Ok(response));
+                            }
+                            Finished::Later(future) => state.set(State::Finish { future }),
+                        },
+                        Err(error) => {
+                            state.set(State::Done);
+                            return Poll::Ready(pending.on_error(error));
+                        }
+                    }
+                }
+                StateProj::Finish { future } => {
+                    let response = ready!(future.as_mut().poll(cx));
+                    state.set(State::Done);
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+            }
+        }
+    }
+}

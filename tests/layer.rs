@@ -1,0 +1,817 @@
+//! The layer over a real loopback origin: what is served, what the origin sees, and what is
+//! stored, for each rule of RFC 9111 the cache follows.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body as AxumBody;
+use bytes::Bytes;
+use common::*;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use http_cache_streaming::{
+    CacheMode, HttpCacheOptions, HttpCacheStreaming, HttpCacheStreamingLayer, StreamingBody,
+    StreamingManager,
+};
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+/// A clock the tests move forward.
+#[derive(Clone, Default)]
+struct Clock(Arc<AtomicU64>);
+
+impl Clock {
+    fn advance(&self, secs: u64) {
+        self.0.fetch_add(secs, Ordering::SeqCst);
+    }
+    fn now(&self) -> SystemTime {
+        SystemTime::now() + Duration::from_secs(self.0.load(Ordering::SeqCst))
+    }
+}
+
+struct Setup {
+    origin: Origin,
+    cache: HttpCacheStreaming<Client>,
+    dir: tempfile::TempDir,
+    clock: Clock,
+}
+
+async fn setup<F>(options: HttpCacheOptions, handler: F) -> Setup
+where
+    F: Fn(&http::request::Parts, usize) -> Response<AxumBody> + Send + Sync + 'static,
+{
+    let origin = Origin::start(handler).await;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::default();
+    let now = clock.clone();
+    let options = options.clock(move || now.now());
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    let cache = ServiceBuilder::new()
+        .layer(HttpCacheStreamingLayer::with_options(manager, options))
+        .service(client());
+    Setup {
+        origin,
+        cache,
+        dir,
+        clock,
+    }
+}
+
+/// A response an origin sends: status 200, these headers, this body.
+fn reply(headers: &[(&str, &str)], body: impl Into<Bytes>) -> Response<AxumBody> {
+    let mut response = Response::new(AxumBody::from(body.into()));
+    for (name, value) in headers {
+        let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+        response.headers_mut().append(name, value.parse().unwrap());
+    }
+    response
+}
+
+struct Got {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Got {
+    fn cache_status(&self) -> String {
+        self.headers
+            .get_all("cache-status")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+}
+
+async fn send<S>(service: &mut S, request: Request<Full<Bytes>>) -> Got
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<StreamingBody>>,
+    S::Error: std::fmt::Debug,
+{
+    let response = service.ready().await.unwrap().call(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+fn get(url: &str) -> Request<Full<Bytes>> {
+    Request::get(url).body(Full::default()).unwrap()
+}
+
+fn with(method: &str, url: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut request = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(Full::default()).unwrap()
+}
+
+#[tokio::test]
+async fn a_fresh_response_is_served_from_disk_without_the_origin() {
+    let mut s = setup(HttpCacheOptions::default(), |_, n| {
+        reply(
+            &[("cache-control", "max-age=60"), ("x-n", &n.to_string())],
+            "hello",
+        )
+    })
+    .await;
+    let url = s.origin.url("/a");
+    let first = send(&mut s.cache, get(&url)).await;
+    assert_eq!(
+        (first.status, &first.body[..]),
+        (StatusCode::OK, &b"hello"[..])
+    );
+    assert!(
+        first.cache_status().contains("fwd=uri-miss"),
+        "{}",
+        first.cache_status()
+    );
+    assert!(first.cache_status().contains("stored"));
+
+    s.clock.advance(5);
+    let second = send(&mut s.cache, get(&url)).await;
+    assert_eq!(&second.body[..], b"hello");
+    assert_eq!(second.header("x-n"), Some("1"), "the stored response");
+    assert_eq!(s.origin.hits(), 1, "the origin is not asked again");
+    assert!(
+        second
+            .cache_status()
+            .starts_with("http-cache-streaming; hit; ttl=")
+    );
+    let age: u64 = second.header("age").unwrap().parse().unwrap();
+    assert!((5..=6).contains(&age), "Age is generated: {age}");
+    assert_eq!(
+        second.header("date"),
+        first.header("date"),
+        "Date is not rewritten"
+    );
+    assert_eq!(
+        (
+            record_files(s.dir.path()).len(),
+            content_files(s.dir.path()).len()
+        ),
+        (1, 1)
+    );
+}
+
+#[tokio::test]
+async fn stale_responses_are_revalidated_and_a_304_refreshes_headers_only() {
+    let changed = Arc::new(AtomicBool::new(false));
+    let origin_changed = changed.clone();
+    let mut s = setup(HttpCacheOptions::default(), move |parts, n| {
+        let changed = origin_changed.load(Ordering::SeqCst);
+        let etag = if changed { "\"v2\"" } else { "\"v1\"" };
+        if parts
+            .headers
+            .get("if-none-match")
+            .is_some_and(|v| v == etag)
+        {
+            let mut not_modified = reply(
+                &[
+                    ("cache-control", "max-age=10"),
+                    ("etag", etag),
+                    ("x-rev", &n.to_string()),
+                ],
+                "",
+            );
+            *not_modified.status_mut() = StatusCode::NOT_MODIFIED;
+            return not_modified;
+        }
+        let body = if changed { "body two" } else { "body one" };
+        reply(
+            &[
+                ("cache-control", "max-age=10"),
+                ("etag", etag),
+                ("x-rev", &n.to_string()),
+            ],
+            body,
+        )
+    })
+    .await;
+    let url = s.origin.url("/doc");
+    send(&mut s.cache, get(&url)).await;
+    let dir = s.dir.path().to_path_buf();
+    eventually("the body is committed", || content_files(&dir).len() == 1).await;
+    let content = content_files(&dir);
+
+    s.clock.advance(20);
+    let revalidated = send(&mut s.cache, get(&url)).await;
+    assert_eq!(s.origin.hits(), 2);
+    assert_eq!(
+        s.origin
+            .last_request()
+            .headers
+            .get("if-none-match")
+            .unwrap(),
+        "\"v1\"",
+        "a conditional request"
+    );
+    assert_eq!(revalidated.status, StatusCode::OK);
+    assert_eq!(&revalidated.body[..], b"body one", "the stored body");
+    assert_eq!(revalidated.header("x-rev"), Some("2"), "the 304's headers");
+    assert!(
+        revalidated
+            .cache_status()
+            .contains("fwd=stale; fwd-status=304")
+    );
+    assert_eq!(
+        content_files(s.dir.path()),
+        content,
+        "the content file is kept"
+    );
+
+    let fresh_again = send(&mut s.cache, get(&url)).await;
+    assert_eq!(s.origin.hits(), 2, "fresh again after the 304");
+    assert_eq!(
+        fresh_again.header("x-rev"),
+        Some("2"),
+        "the updated headers are stored"
+    );
+
+    changed.store(true, Ordering::SeqCst);
+    s.clock.advance(20);
+    let replaced = send(&mut s.cache, get(&url)).await;
+    assert_eq!(&replaced.body[..], b"body two");
+    let hit = send(&mut s.cache, get(&url)).await;
+    assert_eq!((&hit.body[..], s.origin.hits()), (&b"body two"[..], 3));
+    let now = content_files(s.dir.path());
+    assert_eq!(now.len(), 1);
+    assert_ne!(now, content, "the replaced body's content is removed");
+}
+
+#[tokio::test]
+async fn must_revalidate_with_an_unreachable_origin_is_a_504() {
+    let mut s = setup(HttpCacheOptions::default(), |_, _| {
+        reply(
+            &[("cache-control", "max-age=10, must-revalidate")],
+            "strict",
+        )
+    })
+    .await;
+    let url = s.origin.url("/strict");
+    send(&mut s.cache, get(&url)).await;
+    s.origin.stop().await;
+    let fresh = send(&mut s.cache, get(&url)).await;
+    assert_eq!(&fresh.body[..], b"strict", "fresh: served");
+    s.clock.advance(60);
+    let stale = send(&mut s.cache, get(&url)).await;
+    assert_eq!(stale.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(stale.body.is_empty(), "never a stale body");
+}
+
+#[tokio::test]
+async fn variants_are_chosen_by_the_headers_vary_names() {
+    let mut s = setup(HttpCacheOptions::default(), |parts, _| {
+        let lang = parts
+            .headers
+            .get("accept-language")
+            .map_or("none", |v| v.to_str().unwrap());
+        if parts.uri.path() == "/star" {
+            return reply(&[("cache-control", "max-age=60"), ("vary", "*")], "star");
+        }
+        reply(
+            &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
+            format!("lang={lang}"),
+        )
+    })
+    .await;
+    let url = s.origin.url("/v");
+    let en = || with("GET", &url, &[("accept-language", "en")]);
+    let fr = || with("GET", &url, &[("accept-language", "fr")]);
+    assert_eq!(&send(&mut s.cache, en()).await.body[..], b"lang=en");
+    let fr_first = send(&mut s.cache, fr()).await;
+    assert_eq!(&fr_first.body[..], b"lang=fr");
+    assert!(
+        fr_first.cache_status().contains("fwd=vary-miss"),
+        "{}",
+        fr_first.cache_status()
+    );
+    assert_eq!(s.origin.hits(), 2);
+    for _ in 0..2 {
+        assert_eq!(&send(&mut s.cache, en()).await.body[..], b"lang=en");
+        assert_eq!(&send(&mut s.cache, fr()).await.body[..], b"lang=fr");
+        assert_eq!(&send(&mut s.cache, get(&url)).await.body[..], b"lang=none");
+    }
+    assert_eq!(s.origin.hits(), 3, "each variant fetched once");
+
+    let star = s.origin.url("/star");
+    send(&mut s.cache, get(&star)).await;
+    send(&mut s.cache, get(&star)).await;
+    assert_eq!(s.origin.hits(), 5, "Vary: * is never served from the cache");
+}
+
+#[tokio::test]
+async fn head_is_answered_from_a_stored_get_and_never_stored() {
+    let mut s = setup(HttpCacheOptions::default(), |_, _| {
+        reply(&[("cache-control", "max-age=60")], "0123456789")
+    })
+    .await;
+    let url = s.origin.url("/h");
+    send(&mut s.cache, get(&url)).await;
+    let head = send(&mut s.cache, with("HEAD", &url, &[])).await;
+    assert_eq!(s.origin.hits(), 1, "HEAD from the stored GET");
+    assert!(head.body.is_empty());
+    assert_eq!(head.header("content-length"), Some("10"));
+    assert!(head.cache_status().contains("hit"));
+
+    let other = s.origin.url("/h2");
+    send(&mut s.cache, with("HEAD", &other, &[])).await;
+    let body = send(&mut s.cache, get(&other)).await;
+    assert_eq!(
+        &body.body[..],
+        b"0123456789",
+        "a HEAD response never stands for a GET"
+    );
+    assert_eq!(s.origin.hits(), 3);
+}
+
+#[tokio::test]
+async fn unsafe_methods_invalidate_their_url_and_location() {
+    let mut s = setup(HttpCacheOptions::default(), |parts, n| {
+        let mut response = reply(&[("cache-control", "max-age=60")], format!("v{n}"));
+        match (parts.method.as_str(), parts.uri.path()) {
+            ("POST", "/items") => {
+                *response.status_mut() = StatusCode::CREATED;
+                response
+                    .headers_mut()
+                    .insert("location", "/items/2".parse().unwrap());
+            }
+            ("POST", "/fails") => *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR,
+            _ => {}
+        }
+        response
+    })
+    .await;
+    let item = s.origin.url("/items/1");
+    let other = s.origin.url("/items/2");
+    let fails = s.origin.url("/fails");
+    for method in ["POST", "PUT", "DELETE", "PATCH"] {
+        let before = send(&mut s.cache, get(&item)).await.body;
+        assert_eq!(send(&mut s.cache, get(&item)).await.body, before, "stored");
+        send(&mut s.cache, with(method, &item, &[])).await;
+        let after = send(&mut s.cache, get(&item)).await.body;
+        assert_ne!(after, before, "{method} invalidates its URL");
+    }
+
+    let before = send(&mut s.cache, get(&other)).await.body;
+    send(&mut s.cache, with("POST", &s.origin.url("/items"), &[])).await;
+    assert_ne!(
+        send(&mut s.cache, get(&other)).await.body,
+        before,
+        "Location is invalidated"
+    );
+
+    let before = send(&mut s.cache, get(&fails)).await.body;
+    send(&mut s.cache, with("POST", &fails, &[])).await;
+    assert_eq!(
+        send(&mut s.cache, get(&fails)).await.body,
+        before,
+        "a failed POST invalidates nothing"
+    );
+}
+
+/// Whether the second of two requests is answered from the store.
+async fn twice(s: &mut Setup, request: fn(&str) -> Request<Full<Bytes>>, path: &str) -> bool {
+    let url = s.origin.url(path);
+    let a = send(&mut s.cache, request(&url)).await.body;
+    let b = send(&mut s.cache, request(&url)).await.body;
+    a == b
+}
+
+#[tokio::test]
+async fn what_must_not_be_stored_is_not() {
+    let mut s = setup(HttpCacheOptions::default(), |parts, n| {
+        let cc = match parts.uri.path() {
+            "/no-store" => "max-age=60, no-store",
+            "/private" => "max-age=60, private",
+            "/public" => "max-age=60, public",
+            _ => "max-age=60",
+        };
+        reply(&[("cache-control", cc)], format!("n{n}"))
+    })
+    .await;
+    assert!(!twice(&mut s, get, "/no-store").await, "no-store");
+    assert!(
+        !twice(&mut s, get, "/private").await,
+        "private in a shared cache"
+    );
+    let authorized = |url: &str| with("GET", url, &[("authorization", "Bearer secret-token")]);
+    assert!(
+        !twice(&mut s, authorized, "/plain").await,
+        "Authorization without public"
+    );
+    assert!(
+        twice(&mut s, authorized, "/public").await,
+        "Authorization with public"
+    );
+    let records = record_files(s.dir.path());
+    for record in &records {
+        let text =
+            std::fs::read_to_string(s.dir.path().join("cache-v2/metadata").join(record)).unwrap();
+        assert!(
+            !text.contains("secret-token"),
+            "credentials are never stored"
+        );
+    }
+    assert_eq!(records.len(), 1);
+}
+
+#[tokio::test]
+async fn private_responses_are_stored_by_a_private_cache() {
+    let mut s = setup(HttpCacheOptions::default().shared(false), |_, n| {
+        reply(&[("cache-control", "max-age=60, private")], format!("n{n}"))
+    })
+    .await;
+    let url = s.origin.url("/mine");
+    send(&mut s.cache, get(&url)).await;
+    assert_eq!(&send(&mut s.cache, get(&url)).await.body[..], b"n1");
+}
+
+#[tokio::test]
+async fn request_cache_control_is_honoured() {
+    let mut s = setup(HttpCacheOptions::default(), |parts, n| {
+        let etag = "\"e\"";
+        if parts
+            .headers
+            .get("if-none-match")
+            .is_some_and(|v| v == etag)
+        {
+            let mut r = reply(&[("cache-control", "max-age=60"), ("etag", etag)], "");
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            return r;
+        }
+        reply(
+            &[("cache-control", "max-age=60"), ("etag", etag)],
+            format!("n{n}"),
+        )
+    })
+    .await;
+    let url = s.origin.url("/r");
+    send(&mut s.cache, get(&url)).await;
+    for directive in ["no-cache", "max-age=0"] {
+        let hits = s.origin.hits();
+        let got = send(
+            &mut s.cache,
+            with("GET", &url, &[("cache-control", directive)]),
+        )
+        .await;
+        assert_eq!(s.origin.hits(), hits + 1, "{directive} goes to the origin");
+        assert!(
+            s.origin
+                .last_request()
+                .headers
+                .contains_key("if-none-match")
+        );
+        assert_eq!(
+            &got.body[..],
+            b"n1",
+            "{directive}: validated, served from disk"
+        );
+    }
+    let hits = s.origin.hits();
+    let cached = send(
+        &mut s.cache,
+        with("GET", &url, &[("cache-control", "only-if-cached")]),
+    )
+    .await;
+    assert_eq!(&cached.body[..], b"n1");
+    let missing = send(
+        &mut s.cache,
+        with(
+            "GET",
+            &s.origin.url("/never"),
+            &[("cache-control", "only-if-cached")],
+        ),
+    )
+    .await;
+    assert_eq!(missing.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        s.origin.hits(),
+        hits,
+        "only-if-cached never asks the origin"
+    );
+}
+
+#[tokio::test]
+async fn each_cache_mode_and_a_per_request_override() {
+    let handler = |parts: &http::request::Parts, n: usize| {
+        let cc = if parts.uri.path() == "/no-store" {
+            "no-store"
+        } else {
+            "max-age=10"
+        };
+        reply(&[("cache-control", cc), ("etag", "\"x\"")], format!("n{n}"))
+    };
+    let mode = |mode| HttpCacheOptions::default().mode(mode);
+
+    // NoStore: neither looked up nor stored.
+    let mut s = setup(mode(CacheMode::NoStore), handler).await;
+    let url = s.origin.url("/m");
+    send(&mut s.cache, get(&url)).await;
+    send(&mut s.cache, get(&url)).await;
+    assert_eq!((s.origin.hits(), record_files(s.dir.path()).len()), (2, 0));
+
+    // Reload: always fetched, and stored.
+    let mut s = setup(mode(CacheMode::Reload), handler).await;
+    let url = s.origin.url("/m");
+    send(&mut s.cache, get(&url)).await;
+    let second = send(&mut s.cache, get(&url)).await;
+    assert_eq!((s.origin.hits(), &second.body[..]), (2, &b"n2"[..]));
+    let dir = s.dir.path().to_path_buf();
+    eventually("the reload is stored", || record_files(&dir).len() == 1).await;
+
+    // NoCache: a fresh entry is still revalidated.
+    let mut s = setup(mode(CacheMode::NoCache), handler).await;
+    let url = s.origin.url("/m");
+    send(&mut s.cache, get(&url)).await;
+    send(&mut s.cache, get(&url)).await;
+    assert_eq!(s.origin.hits(), 2);
+    assert!(
+        s.origin
+            .last_request()
+            .headers
+            .contains_key("if-none-match")
+    );
+
+    // ForceCache: a stale entry is served as it is.
+    let mut s = setup(mode(CacheMode::ForceCache), handler).await;
+    let url = s.origin.url("/m");
+    send(&mut s.cache, get(&url)).await;
+    s.clock.advance(3600);
+    assert_eq!(&send(&mut s.cache, get(&url)).await.body[..], b"n1");
+    assert_eq!(s.origin.hits(), 1);
+
+    // OnlyIfCached: a stale entry is served; nothing stored is a 504 without the origin.
+    let mut s = setup(HttpCacheOptions::default(), handler).await;
+    let url = s.origin.url("/m");
+    send(&mut s.cache, get(&url)).await;
+    s.clock.advance(3600);
+    let only = |url: &str| {
+        let mut request = get(url);
+        request.extensions_mut().insert(CacheMode::OnlyIfCached);
+        request
+    };
+    assert_eq!(&send(&mut s.cache, only(&url)).await.body[..], b"n1");
+    let missing = send(&mut s.cache, only(&s.origin.url("/none"))).await;
+    assert_eq!(missing.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(s.origin.hits(), 1);
+
+    // IgnoreRules: even no-store is stored and served.
+    let mut s = setup(mode(CacheMode::IgnoreRules), handler).await;
+    let url = s.origin.url("/no-store");
+    send(&mut s.cache, get(&url)).await;
+    assert_eq!(&send(&mut s.cache, get(&url)).await.body[..], b"n1");
+    assert_eq!(s.origin.hits(), 1);
+
+    // A request's extension overrides the layer's mode; mode_fn chooses per request.
+    let options = HttpCacheOptions::default().mode_fn(|parts| {
+        if parts.uri.path() == "/bypass" {
+            CacheMode::NoStore
+        } else {
+            CacheMode::Default
+        }
+    });
+    let mut s = setup(options, handler).await;
+    let url = s.origin.url("/m");
+    send(&mut s.cache, get(&url)).await;
+    let mut reload = get(&url);
+    reload.extensions_mut().insert(CacheMode::Reload);
+    assert_eq!(&send(&mut s.cache, reload).await.body[..], b"n2");
+    assert_eq!(
+        &send(&mut s.cache, get(&url)).await.body[..],
+        b"n2",
+        "the reload was stored"
+    );
+    let bypass = s.origin.url("/bypass");
+    send(&mut s.cache, get(&bypass)).await;
+    send(&mut s.cache, get(&bypass)).await;
+    assert_eq!(s.origin.hits(), 4);
+}
+
+#[tokio::test]
+async fn max_ttl_caps_freshness_and_cache_bust_removes_keys() {
+    let options = HttpCacheOptions::default()
+        .max_ttl(Duration::from_secs(30))
+        .cache_bust(|parts, _key| {
+            if parts.uri.path() == "/bust" {
+                vec![format!(
+                    "GET:http://{}/long",
+                    parts.uri.authority().unwrap()
+                )]
+            } else {
+                Vec::new()
+            }
+        });
+    let mut s = setup(options, |_, n| {
+        reply(&[("cache-control", "max-age=3600")], format!("n{n}"))
+    })
+    .await;
+    let url = s.origin.url("/long");
+    send(&mut s.cache, get(&url)).await;
+    s.clock.advance(20);
+    send(&mut s.cache, get(&url)).await;
+    assert_eq!(s.origin.hits(), 1, "within the cap");
+    s.clock.advance(20);
+    send(&mut s.cache, get(&url)).await;
+    assert_eq!(s.origin.hits(), 2, "past the cap");
+    send(&mut s.cache, get(&url)).await;
+    assert_eq!(s.origin.hits(), 2);
+    send(&mut s.cache, get(&s.origin.url("/bust"))).await;
+    send(&mut s.cache, get(&url)).await;
+    assert_eq!(s.origin.hits(), 4, "busted");
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_leaves_no_entry() {
+    let (tx, body) = channel_body();
+    let body = std::sync::Mutex::new(Some(body));
+    let mut s = setup(HttpCacheOptions::default(), move |_, _| {
+        let body = body.lock().unwrap().take().expect("one request");
+        let mut response = Response::new(AxumBody::new(body));
+        response
+            .headers_mut()
+            .insert("cache-control", "max-age=60".parse().unwrap());
+        response
+    })
+    .await;
+    let url = s.origin.url("/slow");
+    let response = s
+        .cache
+        .ready()
+        .await
+        .unwrap()
+        .call(get(&url))
+        .await
+        .unwrap();
+    tx.send(Ok(http_body::Frame::data(Bytes::from("first"))))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "first", "the client gets frames as they come");
+    drop(body);
+    drop(tx);
+    let dir = s.dir.path().to_path_buf();
+    eventually("the partial body is removed", || {
+        temp_files(&dir).is_empty()
+    })
+    .await;
+    assert!(record_files(&dir).is_empty(), "nothing committed");
+}
+
+#[tokio::test]
+async fn an_origin_body_error_reaches_the_client_and_stores_nothing() {
+    let (tx, body) = channel_body();
+    let body = std::sync::Mutex::new(Some(body));
+    let mut s = setup(HttpCacheOptions::default(), move |_, _| {
+        let body = body.lock().unwrap().take().expect("one request");
+        let mut response = Response::new(AxumBody::new(body));
+        response
+            .headers_mut()
+            .insert("cache-control", "max-age=60".parse().unwrap());
+        response
+    })
+    .await;
+    let url = s.origin.url("/broken");
+    let response = s
+        .cache
+        .ready()
+        .await
+        .unwrap()
+        .call(get(&url))
+        .await
+        .unwrap();
+    tx.send(Ok(http_body::Frame::data(Bytes::from("partial"))))
+        .await
+        .unwrap();
+    tx.send(Err(std::io::Error::other("origin failed")))
+        .await
+        .unwrap();
+    let result = response.into_body().collect().await;
+    assert!(result.is_err(), "the client sees the body fail");
+    let dir = s.dir.path().to_path_buf();
+    eventually("the partial body is removed", || {
+        temp_files(&dir).is_empty()
+    })
+    .await;
+    assert!(record_files(&dir).is_empty(), "nothing committed");
+}
+
+#[tokio::test]
+async fn a_body_shorter_than_its_content_length_is_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    let mut service = ServiceBuilder::new()
+        .layer(HttpCacheStreamingLayer::new(manager))
+        .service_fn(|_request: Request<Full<Bytes>>| async {
+            let response = Response::builder()
+                .header("cache-control", "max-age=60")
+                .header("content-length", "10")
+                .body(Full::new(Bytes::from_static(b"short")))
+                .unwrap();
+            Ok::<_, std::convert::Infallible>(response)
+        });
+    let got = send(&mut service, get("http://example.com/short")).await;
+    assert_eq!(&got.body[..], b"short");
+    eventually("the partial body is removed", || {
+        temp_files(dir.path()).is_empty()
+    })
+    .await;
+    assert!(record_files(dir.path()).is_empty(), "nothing committed");
+}
+
+#[tokio::test]
+async fn a_store_that_fails_never_fails_a_request() {
+    let origin =
+        Origin::start(|_, n| reply(&[("cache-control", "max-age=60")], format!("n{n}"))).await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    // A file where the cache directory should be: nothing can be created below it.
+    let manager = StreamingManager::new(file.path().join("cache"));
+    let mut cache = ServiceBuilder::new()
+        .layer(HttpCacheStreamingLayer::new(manager))
+        .service(client());
+    for n in 1..=3 {
+        let got = send(&mut cache, get(&origin.url("/x"))).await;
+        assert_eq!(
+            (got.status, got.body),
+            (StatusCode::OK, Bytes::from(format!("n{n}")))
+        );
+    }
+    assert_eq!(origin.hits(), 3);
+}
+
+#[tokio::test]
+async fn the_layer_serves_an_axum_router() {
+    let hits = Arc::new(AtomicU64::new(0));
+    let counter = hits.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    let app = axum::Router::new()
+        .route(
+            "/page",
+            axum::routing::get(move || {
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                async move { ([("cache-control", "max-age=60")], format!("page {n}")) }
+            }),
+        )
+        .layer(HttpCacheStreamingLayer::new(manager));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut plain = client();
+    for _ in 0..3 {
+        let response = plain
+            .ready()
+            .await
+            .unwrap()
+            .call(get(&format!("http://{addr}/page")))
+            .await
+            .unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"page 1");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn the_layer_works_under_a_concurrency_limit_and_a_buffer() {
+    let origin = Origin::start(|_, _| reply(&[("cache-control", "max-age=60")], "limited")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    let service = ServiceBuilder::new()
+        .buffer(16)
+        .concurrency_limit(1)
+        .layer(HttpCacheStreamingLayer::new(manager))
+        .timeout(Duration::from_secs(30))
+        .service(client());
+    let url = origin.url("/limited");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let mut service = service.clone();
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let response = service
+                .ready()
+                .await
+                .unwrap()
+                .call(get(&url))
+                .await
+                .unwrap();
+            response.into_body().collect().await.unwrap().to_bytes()
+        }));
+    }
+    for task in tasks {
+        assert_eq!(&task.await.unwrap()[..], b"limited");
+    }
+    assert!(origin.hits() >= 1);
+}
