@@ -775,8 +775,14 @@ impl Pending {
         let now = cache.now();
         let options = cache.options.semantics();
         let status = response.status();
+        // A shared cache that stored a Set-Cookie would hand one user's cookie to the next,
+        // unless the origin said the response is public.
+        let sets_cookie = cache.options.shared
+            && response.headers().contains_key(header::SET_COOKIE)
+            && !has_directive(response.headers(), "public");
         let storable = self.request.method == Method::GET
             && status != StatusCode::PARTIAL_CONTENT
+            && (!sets_cookie || self.mode == CacheMode::IgnoreRules)
             && match self.mode {
                 CacheMode::IgnoreRules => status.is_success(),
                 _ => CachePolicy::new_options(&self.request, &response, now, options).is_storable(),

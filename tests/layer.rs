@@ -396,6 +396,12 @@ async fn what_must_not_be_stored_is_not() {
             "/public" => "max-age=60, public",
             _ => "max-age=60",
         };
+        if parts.uri.path() == "/cookie" {
+            return reply(
+                &[("cache-control", cc), ("set-cookie", "session=abc")],
+                format!("n{n}"),
+            );
+        }
         reply(&[("cache-control", cc)], format!("n{n}"))
     })
     .await;
@@ -428,12 +434,20 @@ async fn what_must_not_be_stored_is_not() {
 #[tokio::test]
 async fn private_responses_are_stored_by_a_private_cache() {
     let mut s = setup(HttpCacheOptions::default().shared(false), |_, n| {
-        reply(&[("cache-control", "max-age=60, private")], format!("n{n}"))
+        reply(
+            &[
+                ("cache-control", "max-age=60, private"),
+                ("set-cookie", "session=mine"),
+            ],
+            format!("n{n}"),
+        )
     })
     .await;
     let url = s.origin.url("/mine");
     send(&mut s.cache, get(&url)).await;
-    assert_eq!(&send(&mut s.cache, get(&url)).await.body[..], b"n1");
+    let again = send(&mut s.cache, get(&url)).await;
+    assert_eq!(&again.body[..], b"n1");
+    assert_eq!(again.header("set-cookie"), Some("session=mine"));
 }
 
 #[tokio::test]
@@ -814,4 +828,40 @@ async fn the_layer_works_under_a_concurrency_limit_and_a_buffer() {
         assert_eq!(&task.await.unwrap()[..], b"limited");
     }
     assert!(origin.hits() >= 1);
+}
+
+#[tokio::test]
+async fn trailers_pass_through_and_are_replayed_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    let mut service = ServiceBuilder::new()
+        .layer(HttpCacheStreamingLayer::new(manager))
+        .service_fn(|_request: Request<Full<Bytes>>| async {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("x-checksum", "abc123".parse().unwrap());
+            let body = Full::new(Bytes::from_static(b"with trailers"))
+                .with_trailers(async move { Some(Ok::<_, std::convert::Infallible>(trailers)) });
+            let response = Response::builder()
+                .header("cache-control", "max-age=60")
+                .body(body)
+                .unwrap();
+            Ok::<_, std::convert::Infallible>(response)
+        });
+    for expected in ["fwd=uri-miss", "hit"] {
+        let response = service
+            .ready()
+            .await
+            .unwrap()
+            .call(get("http://example.com/t"))
+            .await
+            .unwrap();
+        let status = response.headers()["cache-status"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(status.contains(expected), "{status}");
+        let collected = response.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["x-checksum"], "abc123");
+        assert_eq!(&collected.to_bytes()[..], b"with trailers");
+    }
 }
