@@ -1,9 +1,10 @@
-//! The store at work: a large body stored and served from disk, deduplicated, many small
-//! hits, a restart, and the figures that matter (time, throughput, files, peak memory).
+//! The store on its own, without HTTP: a large body stored and served from disk,
+//! deduplicated, many small entries, a restart, and the figures that matter (time,
+//! throughput, files, peak memory).
 //!
 //! ```text
-//! cargo run --release --example demo            # a 1 GiB body
-//! cargo run --release --example demo -- 4096    # a 4 GiB body
+//! cargo run --release --example store            # a 1 GiB body
+//! cargo run --release --example store -- 4096    # a 4 GiB body
 //! ```
 
 use std::convert::Infallible;

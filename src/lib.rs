@@ -1,6 +1,36 @@
 //! An HTTP cache for the Tower ecosystem that stores responses on disk and streams them.
 //!
-//! [`StreamingManager`] is the store: responses go to disk as they stream, hashed on the way,
+//! [`HttpCacheStreamingLayer`] puts an RFC 9111 cache in front of any Tower service that
+//! answers `http::Response`s: an axum `Router`, a hyper server's service, a hyper client.
+//!
+//! ```
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use http_body_util::BodyExt;
+//! use http_cache_streaming::{HttpCacheStreamingLayer, StreamingManager};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let manager = StreamingManager::new(dir.path().to_path_buf());
+//! let mut service = ServiceBuilder::new()
+//!     .layer(HttpCacheStreamingLayer::new(manager))
+//!     .service_fn(|_request: http::Request<String>| async {
+//!         let response = http::Response::builder()
+//!             .header("cache-control", "max-age=60")
+//!             .body(String::from("hello"))?;
+//!         Ok::<_, http::Error>(response)
+//!     });
+//! for expected in ["fwd=uri-miss", "hit"] {
+//!     let request = http::Request::get("https://example.com/").body(String::new())?;
+//!     let response = service.ready().await?.call(request).await?;
+//!     assert!(response.headers()["cache-status"].to_str()?.contains(expected));
+//!     // A miss is stored as its body is read, and only once it is read to its end.
+//!     assert_eq!(response.into_body().collect().await?.to_bytes(), "hello");
+//! }
+//! # Ok(()) }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+//! ```
+//!
+//! [`StreamingManager`] is the store underneath, usable on its own: responses go to disk as they stream, hashed on the way,
 //! and come back as a [`StreamingBody`] that reads the file in large chunks. A 10 GB body costs
 //! the same memory as a 1 KB one, identical bodies are stored once, and entries survive
 //! restarts and crashes without a wrong byte ever being served.

@@ -141,13 +141,49 @@ fn child() {
                 let (hit, _) = manager.get("GET:huge").await.unwrap().unwrap();
                 let (digest, got, _) = drain(hit.into_body()).await.unwrap();
                 assert_eq!((digest, got), (Generated::digest(len, 9), len));
-                let status = std::fs::read_to_string("/proc/self/status").unwrap();
-                let hwm = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-                println!("{hwm}");
+                print_peak_memory();
+            }
+            // A 1 GiB miss and then a 1 GiB hit through the layer, from a loopback origin.
+            "layer" => {
+                use http_cache_streaming::HttpCacheStreamingLayer;
+                use tower::{Service, ServiceBuilder, ServiceExt};
+                let len = 1 << 30;
+                let origin = Origin::start(move |_, _| {
+                    let mut response = Response::new(axum::body::Body::new(Generated::new(len, 3)));
+                    response
+                        .headers_mut()
+                        .insert("cache-control", "max-age=3600".parse().unwrap());
+                    response
+                })
+                .await;
+                let mut cache = ServiceBuilder::new()
+                    .layer(HttpCacheStreamingLayer::new(manager))
+                    .service(client());
+                for expected in ["fwd=uri-miss", "hit"] {
+                    let request = http::Request::get(origin.url("/big"))
+                        .body(http_body_util::Full::default())
+                        .unwrap();
+                    let response = cache.ready().await.unwrap().call(request).await.unwrap();
+                    let status = response.headers()["cache-status"]
+                        .to_str()
+                        .unwrap()
+                        .to_owned();
+                    assert!(status.contains(expected), "{status}");
+                    let (digest, got, _) = drain(response.into_body()).await.unwrap();
+                    assert_eq!((digest, got), (Generated::digest(len, 3), len));
+                }
+                assert_eq!(origin.hits(), 1);
+                print_peak_memory();
             }
             other => panic!("unknown role {other}"),
         }
     });
+}
+
+fn print_peak_memory() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let hwm = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    println!("{hwm}");
 }
 
 /// Everything a fresh store serves must be complete and the bytes the writer sent.
@@ -256,23 +292,38 @@ async fn a_writer_killed_between_commits_leaves_only_whole_entries() {
     assert!(content_files(dir.path()).len() as u64 >= stats.content_files);
 }
 
-#[test]
-fn gigabyte_bodies_stream_in_constant_memory() {
+/// Runs a child in `role` and returns its peak RSS in KiB.
+fn peak_rss_of(role: &str) -> u64 {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = spawn_child("memory", dir.path());
+    let mut child = spawn_child(role, dir.path());
     let mut stdout = String::new();
     std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
     let status = child.0.wait().unwrap();
     assert!(status.success(), "the child failed; it printed:\n{stdout}");
     // The harness prints "test child ... " on the line the child's report goes on.
-    let kib: u64 = stdout
+    stdout
         .split("VmHWM:")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("the child reports VmHWM; it printed:\n{stdout}"));
+        .unwrap_or_else(|| panic!("the child reports VmHWM; it printed:\n{stdout}"))
+}
+
+#[test]
+fn gigabyte_bodies_stream_in_constant_memory() {
+    let kib = peak_rss_of("memory");
     eprintln!(
         "peak RSS for put, tee and get of 1 GiB each: {} MiB",
+        kib / 1024
+    );
+    assert!(kib <= 64 * 1024, "peak RSS {kib} KiB exceeds 64 MiB");
+}
+
+#[test]
+fn a_gigabyte_miss_and_hit_through_the_layer_stay_small() {
+    let kib = peak_rss_of("layer");
+    eprintln!(
+        "peak RSS for a 1 GiB miss and a 1 GiB hit through the layer, origin in process: {} MiB",
         kib / 1024
     );
     assert!(kib <= 64 * 1024, "peak RSS {kib} KiB exceeds 64 MiB");

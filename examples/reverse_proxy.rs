@@ -1,0 +1,294 @@
+//! A caching reverse proxy: every request goes to one upstream through the cache.
+//!
+//! ```text
+//! cargo run --release --example reverse_proxy -- \
+//!     --upstream http://127.0.0.1:8080 --listen 127.0.0.1:3000 --cache-dir ./proxy-cache \
+//!     [--private] [--timeout-secs 30]
+//! ```
+//!
+//! It forwards every method, every end-to-end request and response header (repeated headers
+//! kept; hop-by-hop headers removed, RFC 9110 §7.6.1) and any status code the upstream sends.
+//! It adds no freshness of its own: what is stored and for how long is the upstream's say.
+//! An unreachable upstream is a `502`, one that does not answer in time a `504`. Each
+//! request is logged on one line with what the cache did.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{Either, Full};
+use http_cache_streaming::{
+    HttpCacheOptions, HttpCacheStreaming, HttpCacheStreamingLayer, StreamingManager,
+};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// What the command line asks for.
+struct Args {
+    upstream: Uri,
+    listen: SocketAddr,
+    cache_dir: PathBuf,
+    private: bool,
+    timeout: Duration,
+}
+
+const USAGE: &str = "usage: reverse_proxy --upstream http://HOST[:PORT] --listen ADDR:PORT \
+                     --cache-dir DIR [--private] [--timeout-secs N]";
+
+fn parse_args() -> Result<Args, String> {
+    let mut upstream = None;
+    let mut listen = None;
+    let mut cache_dir = None;
+    let mut private = false;
+    let mut timeout = Duration::from_secs(30);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value\n{USAGE}"));
+        match arg.as_str() {
+            "--upstream" => upstream = Some(value("--upstream")?),
+            "--listen" => listen = Some(value("--listen")?),
+            "--cache-dir" => cache_dir = Some(value("--cache-dir")?),
+            "--private" => private = true,
+            "--timeout-secs" => {
+                let secs = value("--timeout-secs")?;
+                let secs: u64 = secs
+                    .parse()
+                    .map_err(|_| format!("--timeout-secs takes whole seconds, not {secs:?}"))?;
+                timeout = Duration::from_secs(secs);
+            }
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    let upstream = upstream.ok_or(format!("--upstream is required\n{USAGE}"))?;
+    let upstream: Uri = upstream
+        .parse()
+        .map_err(|e| format!("--upstream {upstream:?} is not a URL: {e}"))?;
+    if upstream.scheme() != Some(&Scheme::HTTP) || upstream.authority().is_none() {
+        return Err(format!(
+            "--upstream must be an http:// URL with a host (TLS upstreams are not supported \
+             by this example), not {upstream}"
+        ));
+    }
+    let listen = listen.ok_or(format!("--listen is required\n{USAGE}"))?;
+    let listen = listen
+        .parse()
+        .map_err(|e| format!("--listen {listen:?} is not ADDR:PORT: {e}"))?;
+    let cache_dir = cache_dir
+        .ok_or(format!("--cache-dir is required\n{USAGE}"))?
+        .into();
+    Ok(Args {
+        upstream,
+        listen,
+        cache_dir,
+        private,
+        timeout,
+    })
+}
+
+/// The inner service: sends a request to the upstream and returns its answer, or a 502/504.
+#[derive(Clone)]
+struct Upstream {
+    client: Client<HttpConnector, Incoming>,
+    authority: Authority,
+    timeout: Duration,
+}
+
+impl Upstream {
+    async fn forward(self, request: Request<Incoming>) -> Response<ProxyBody> {
+        let (mut parts, body) = request.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build();
+        let Ok(uri) = uri else {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "request target cannot be forwarded",
+            );
+        };
+        parts.uri = uri;
+        let client_version = parts.version;
+        parts.version = http::Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        if let Ok(host) = HeaderValue::from_str(self.authority.as_str()) {
+            parts.headers.insert(header::HOST, host);
+        }
+        let sent = self.client.request(Request::from_parts(parts, body));
+        match tokio::time::timeout(self.timeout, sent).await {
+            Ok(Ok(response)) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                // The client's connection speaks its own version, whatever the upstream spoke.
+                parts.version = client_version;
+                Response::from_parts(parts, Either::Left(body))
+            }
+            Ok(Err(error)) => {
+                eprintln!("upstream error: {error}");
+                error_response(StatusCode::BAD_GATEWAY, "upstream unreachable")
+            }
+            Err(_) => error_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out"),
+        }
+    }
+}
+
+impl Service<Request<Incoming>> for Upstream {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.forward(request).await) })
+    }
+}
+
+fn error_response(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(format!(
+        "{message}\n"
+    )))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Removes the headers that describe one connection (RFC 9110 §7.6.1), including every
+/// header the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(error) = run(args).await {
+        eprintln!("reverse_proxy: {error}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> Result<(), Error> {
+    let manager = StreamingManager::new(args.cache_dir.clone());
+    let options = HttpCacheOptions::default().shared(!args.private);
+    let Some(authority) = args.upstream.authority().cloned() else {
+        return Err("the upstream has no host".into());
+    };
+    let upstream = Upstream {
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        authority,
+        timeout: args.timeout,
+    };
+    let service: HttpCacheStreaming<Upstream> = ServiceBuilder::new()
+        .layer(HttpCacheStreamingLayer::with_options(manager, options))
+        .service(upstream);
+
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    println!(
+        "proxying http://{} -> {} (cache in {}, {} cache)",
+        listener.local_addr()?,
+        args.upstream,
+        args.cache_dir.display(),
+        if args.private { "private" } else { "shared" }
+    );
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                eprintln!("accept failed: {error}");
+                continue;
+            }
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            let per_request = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let service = service.clone();
+                log_request(service, request)
+            });
+            let connection = auto::Builder::new(TokioExecutor::new());
+            if let Err(error) = connection
+                .serve_connection(TokioIo::new(stream), per_request)
+                .await
+            {
+                eprintln!("{peer}: connection error: {error}");
+            }
+        });
+    }
+}
+
+/// Sends one request through the cache and logs it on one line.
+async fn log_request(
+    service: HttpCacheStreaming<Upstream>,
+    request: Request<Incoming>,
+) -> Result<Response<http_cache_streaming::StreamingBody>, Infallible> {
+    let started = Instant::now();
+    let line = format!("{} {}", request.method(), request.uri());
+    let response = service.oneshot(request).await?;
+    let cache_status = response
+        .headers()
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    println!(
+        "{line} -> {} in {:.1} ms [{cache_status}]",
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(response)
+}
