@@ -398,15 +398,8 @@ impl HttpStreamingCache {
         };
 
         let now = self.now();
-        let decision = if parts.method == Method::HEAD {
-            // A HEAD is answered from the stored GET: judge it as that GET.
-            let mut get = request::Request::new(());
-            *get.uri_mut() = parts.uri.clone();
-            *get.headers_mut() = parts.headers.clone();
-            policy.before_request(&get.into_parts().0, now)
-        } else {
-            policy.before_request(parts, now)
-        };
+        let view = policy_view(&parts.method, parts.headers.clone());
+        let decision = policy.before_request(&view, now);
         let within_cap = self.options.max_ttl.is_none_or(|cap| policy.age(now) < cap);
         match decision {
             BeforeRequest::Fresh(_) if mode != CacheMode::NoCache && within_cap => {
@@ -433,7 +426,7 @@ impl HttpStreamingCache {
                 Plan::Respond(self.gateway_timeout("stale", "only-if-cached"))
             }
             BeforeRequest::Fresh(_) | BeforeRequest::Stale { .. } => {
-                let revalidation = validators(&policy, parts);
+                let revalidation = validators(&policy, &view);
                 let stale = Box::new(Stale {
                     response,
                     policy,
@@ -834,23 +827,34 @@ impl Pending {
         }))
     }
 
-    /// The request as the stored policy sees it: its method and URI, `Host`, and only the
-    /// headers the response's `Vary` names, so that no credential or cookie is stored.
+    /// The request as the stored policy sees it: only the headers the response's `Vary`
+    /// names, so that no credential or cookie is stored.
     fn stored_request(&self, response_headers: &HeaderMap) -> request::Parts {
-        let mut request = Request::new(());
-        *request.method_mut() = self.request.method.clone();
-        *request.uri_mut() = self.request.uri.clone();
-        let headers = request.headers_mut();
-        if let Some(host) = self.request.headers.get(header::HOST) {
-            headers.insert(header::HOST, host.clone());
-        }
+        let mut headers = HeaderMap::new();
         for name in key::vary_names(response_headers).unwrap_or_default() {
             for value in self.request.headers.get_all(&name) {
                 headers.append(name.clone(), value.clone());
             }
         }
-        request.into_parts().0
+        policy_view(&self.request.method, headers)
     }
+}
+
+/// A request as cache policies see it. The cache key already names the resource (and a
+/// custom key may name one resource for several URLs), so every view has the same URI and no
+/// `Host`: what a policy still matches is the method and the headers `Vary` names. A HEAD is
+/// judged as the GET it is answered from.
+fn policy_view(method: &Method, mut headers: HeaderMap) -> request::Parts {
+    headers.remove(header::HOST);
+    let mut request = Request::new(());
+    *request.method_mut() = if *method == Method::HEAD {
+        Method::GET
+    } else {
+        method.clone()
+    };
+    *request.uri_mut() = http::Uri::from_static("/");
+    *request.headers_mut() = headers;
+    request.into_parts().0
 }
 
 /// The generation a variant list record carries, when the response is one.

@@ -13,8 +13,7 @@ use common::*;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use http_cache_streaming::{
-    CacheMode, HttpCacheOptions, HttpCacheStreaming, HttpCacheStreamingLayer, StreamingBody,
-    StreamingManager,
+    CacheMode, HttpCacheOptions, HttpCacheStreaming, HttpCacheStreamingLayer, StreamingManager,
 };
 use tower::{Service, ServiceBuilder, ServiceExt};
 
@@ -89,10 +88,12 @@ impl Got {
     }
 }
 
-async fn send<S>(service: &mut S, request: Request<Full<Bytes>>) -> Got
+async fn send<S, B>(service: &mut S, request: Request<Full<Bytes>>) -> Got
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<StreamingBody>>,
+    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
     S::Error: std::fmt::Debug,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
 {
     let response = service.ready().await.unwrap().call(request).await.unwrap();
     let (parts, body) = response.into_parts();
@@ -513,6 +514,39 @@ async fn request_cache_control_is_honoured() {
         hits,
         "only-if-cached never asks the origin"
     );
+
+    // max-stale accepts a stale entry; min-fresh refuses one about to go stale.
+    s.clock.advance(90);
+    let stale_ok = send(
+        &mut s.cache,
+        with("GET", &url, &[("cache-control", "max-stale=60")]),
+    )
+    .await;
+    assert_eq!((&stale_ok.body[..], s.origin.hits()), (&b"n1"[..], hits));
+    send(&mut s.cache, get(&url)).await; // revalidated: fresh for 60 s again
+    let hits = s.origin.hits();
+    s.clock.advance(50);
+    send(
+        &mut s.cache,
+        with("GET", &url, &[("cache-control", "min-fresh=30")]),
+    )
+    .await;
+    assert_eq!(
+        s.origin.hits(),
+        hits + 1,
+        "min-fresh=30 with 10 s left goes to the origin"
+    );
+
+    // A request's no-store keeps its response out of the store.
+    let other = s.origin.url("/not-kept");
+    send(
+        &mut s.cache,
+        with("GET", &other, &[("cache-control", "no-store")]),
+    )
+    .await;
+    let hits = s.origin.hits();
+    send(&mut s.cache, get(&other)).await;
+    assert_eq!(s.origin.hits(), hits + 1, "nothing was stored");
 }
 
 #[tokio::test]
@@ -777,13 +811,20 @@ async fn the_layer_serves_an_axum_router() {
                 async move { ([("cache-control", "max-age=60")], format!("page {n}")) }
             }),
         )
-        .layer(HttpCacheStreamingLayer::new(manager));
+        .layer(HttpCacheStreamingLayer::new(manager.clone()));
+    let routed = axum::Router::new()
+        .route(
+            "/routed",
+            axum::routing::get(|| async { ([("cache-control", "max-age=60")], "routed") }),
+        )
+        .route_layer(HttpCacheStreamingLayer::new(manager));
+    let app = app.merge(routed);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let mut plain = client();
-    for _ in 0..3 {
+    for round in 0..3 {
         let response = plain
             .ready()
             .await
@@ -793,8 +834,40 @@ async fn the_layer_serves_an_axum_router() {
             .unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"page 1");
+        let routed = send(&mut plain, get(&format!("http://{addr}/routed"))).await;
+        assert_eq!(&routed.body[..], b"routed");
+        let expected = if round == 0 { "fwd=uri-miss" } else { "hit" };
+        assert!(
+            routed.cache_status().contains(expected),
+            "{}",
+            routed.cache_status()
+        );
     }
     assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_custom_key_and_x_cache_headers() {
+    // Keys without the query string: ?utm=... variations share one entry.
+    let options = HttpCacheOptions::default()
+        .x_cache_headers(true)
+        .cache_key(|parts| format!("{}:{}", parts.method, parts.uri.path()));
+    let mut s = setup(options, |_, n| {
+        reply(&[("cache-control", "max-age=60")], format!("n{n}"))
+    })
+    .await;
+    let first = send(&mut s.cache, get(&s.origin.url("/page?utm=a"))).await;
+    assert_eq!(
+        (first.header("x-cache"), first.header("x-cache-lookup")),
+        (Some("MISS"), Some("MISS"))
+    );
+    let second = send(&mut s.cache, get(&s.origin.url("/page?utm=b"))).await;
+    assert_eq!(&second.body[..], b"n1");
+    assert_eq!(
+        (second.header("x-cache"), second.header("x-cache-lookup")),
+        (Some("HIT"), Some("HIT"))
+    );
+    assert_eq!(s.origin.hits(), 1);
 }
 
 #[tokio::test]

@@ -546,10 +546,13 @@ async fn concurrent_put_get_delete_never_serve_a_torn_body() {
                 match (t * 7 + i) % 5 {
                     0 | 1 => {
                         let body = bodies[k][((t + i) % 2) as usize].clone();
-                        manager
+                        let put = manager
                             .put(key, Response::new(Full::new(body)), policy(URL), url())
-                            .await
-                            .unwrap();
+                            .await;
+                        // A put that a delete of its key overtakes is not committed.
+                        if let Err(e) = put {
+                            assert_eq!(e.kind(), ErrorKind::Incomplete, "{e}");
+                        }
                     }
                     2 => manager.delete(&key).await.unwrap(),
                     _ => {
@@ -672,4 +675,46 @@ async fn update_headers_keeps_the_body_and_replaces_headers_and_policy() {
         .await
         .unwrap();
     assert!(missing.is_none());
+}
+
+#[tokio::test]
+async fn a_write_under_way_is_not_committed_after_a_delete_or_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    for clear in [false, true] {
+        let (tx, body) = channel_body();
+        let teed = manager.tee("GET:racing".into(), Response::new(body), policy(URL), url());
+        let mut body = std::pin::pin!(teed.into_body());
+        tx.send(Ok(Frame::data(Bytes::from("fetched before"))))
+            .await
+            .unwrap();
+        body.frame().await.unwrap().unwrap();
+        // The resource changes (a PUT, say) while the old representation is still streaming.
+        if clear {
+            manager.clear().await.unwrap();
+        } else {
+            manager.delete("GET:racing").await.unwrap();
+        }
+        drop(tx);
+        assert!(
+            body.frame().await.is_none(),
+            "the client still gets the whole body"
+        );
+        assert!(
+            manager.get("GET:racing").await.unwrap().is_none(),
+            "clear={clear}: what was fetched before the delete is not stored after it"
+        );
+        assert!(record_files(dir.path()).is_empty());
+    }
+    // Writes that start after the delete are stored as usual.
+    manager
+        .put(
+            "GET:racing".into(),
+            response_with(Full::new(Bytes::from("new"))),
+            policy(URL),
+            url(),
+        )
+        .await
+        .unwrap();
+    assert!(manager.get("GET:racing").await.unwrap().is_some());
 }

@@ -102,6 +102,7 @@ struct Inner {
     /// Keys whose tee'd body has ended and whose entry is being committed. A lookup of such a
     /// key waits for the commit, so that a response read to its end is a hit at once.
     committing: Mutex<HashMap<Hash32, watch::Receiver<bool>>>,
+    deletions: Arc<Mutex<Deletions>>,
 }
 
 /// The state of a store whose directories exist and whose index is loaded.
@@ -172,6 +173,7 @@ impl StreamingManagerBuilder {
                 options: self.options,
                 opened: OnceCell::new(),
                 committing: Mutex::new(HashMap::new()),
+                deletions: Arc::default(),
             }),
         }
     }
@@ -186,6 +188,45 @@ struct Draft {
     /// Open the committed content for reading (for `put`, which serves what it stored even
     /// if another writer replaces the entry at once).
     reopen: bool,
+    /// The deletion count when the write started: a delete of the key since then wins.
+    started: u64,
+    deletions: Arc<Mutex<Deletions>>,
+}
+
+/// Which keys were deleted when, so that a write started before a delete of its key (a
+/// response fetched before a POST invalidated it) is never committed after it.
+#[derive(Debug, Default)]
+struct Deletions {
+    /// Deletions so far.
+    count: u64,
+    /// The count at each key's last deletion.
+    by_key: HashMap<Hash32, u64>,
+    /// Writes started before this count are dropped whatever their key: set by `clear`, and
+    /// when `by_key` grows past its bound.
+    floor: u64,
+}
+
+/// Keys `Deletions` remembers before it forgets them all for a conservative floor.
+const REMEMBERED_DELETIONS: usize = 4096;
+
+impl Deletions {
+    fn record(&mut self, key_hash: Option<Hash32>) {
+        self.count += 1;
+        match key_hash {
+            Some(key_hash) if self.by_key.len() < REMEMBERED_DELETIONS => {
+                self.by_key.insert(key_hash, self.count);
+            }
+            _ => {
+                self.floor = self.count;
+                self.by_key.clear();
+            }
+        }
+    }
+
+    /// Whether a write of `key_hash` started at `started` was overtaken by a deletion.
+    fn overtakes(&self, key_hash: Hash32, started: u64) -> bool {
+        started < self.floor || self.by_key.get(&key_hash).is_some_and(|&at| at > started)
+    }
 }
 
 /// What a committed entry is, for `put` to serve it.
@@ -255,7 +296,9 @@ impl StreamingManager {
     /// The body is hashed as it is written and never held whole in memory. The entry is
     /// committed only if the body ends complete (and with exactly its `Content-Length`, when
     /// it has one); otherwise nothing is stored and the error says why. An existing entry
-    /// under `key` is replaced.
+    /// under `key` is replaced. A [`delete`](Self::delete) of `key` while the body is being
+    /// written wins: nothing is stored and the error is of kind
+    /// [`Incomplete`](crate::ErrorKind::Incomplete).
     pub async fn put<B>(
         &self,
         key: String,
@@ -367,6 +410,8 @@ impl StreamingManager {
             parts: clone_parts(&parts),
             policy,
             reopen,
+            started: lock(&self.inner.deletions).count,
+            deletions: Arc::clone(&self.inner.deletions),
         };
         let manager = self.clone();
         runtime.spawn(async move {
@@ -454,15 +499,20 @@ impl StreamingManager {
 
     /// Removes the entry under `key`, and its content file if no other entry uses it. A key
     /// that is not stored is not an error.
+    ///
+    /// A write of `key` under way (a `tee` whose body has not ended) is not committed
+    /// afterwards: what was fetched before a delete never reappears after it.
     pub async fn delete(&self, key: &str) -> Result<()> {
         let opened = self.opened().await?;
         let key_hash = Hash32::of(key.as_bytes());
+        lock(&self.inner.deletions).record(Some(key_hash));
         blocking(move || opened.delete(key_hash)).await
     }
 
-    /// Removes every entry and content file.
+    /// Removes every entry and content file. Writes under way are not committed afterwards.
     pub async fn clear(&self) -> Result<()> {
         let opened = self.opened().await?;
+        lock(&self.inner.deletions).record(None);
         blocking(move || opened.clear()).await
     }
 
@@ -480,11 +530,15 @@ impl StreamingManager {
 
 impl Inner {
     fn committing(&self) -> MutexGuard<'_, HashMap<Hash32, watch::Receiver<bool>>> {
-        // Updated in single statements; a panic elsewhere leaves it usable.
-        self.committing
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.committing)
     }
+}
+
+/// Locks state that is updated in single statements, which a panic elsewhere leaves usable.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Runs blocking file work on Tokio's blocking pool.
@@ -615,10 +669,7 @@ impl Opened {
     }
 
     fn index(&self) -> MutexGuard<'_, Index> {
-        // The index is updated in single statements; a panic elsewhere leaves it usable.
-        self.index
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.index)
     }
 
     /// Renames the content and then the record into place and records both in the index.
@@ -634,6 +685,7 @@ impl Opened {
             length,
         } = content;
         let reopen = draft.reopen;
+        let (started, deletions) = (draft.started, draft.deletions);
         let entry = Entry {
             key: draft.key,
             url: draft.url,
@@ -657,6 +709,11 @@ impl Opened {
         };
         {
             let mut index = self.index();
+            // Checked under the index lock: a delete records itself before it takes the lock.
+            if lock(&deletions).overtakes(key_hash, started) {
+                return Err(Error::new(ErrorKind::Incomplete)
+                    .with_subject(format!("{}: deleted while it was being stored", entry.key)));
+            }
             install_content(temp, &content_path, length)?;
             if reopen {
                 let file = File::open(&content_path).map_err(|e| Error::io(e, &content_path))?;
