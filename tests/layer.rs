@@ -397,6 +397,22 @@ async fn what_must_not_be_stored_is_not() {
             "/public" => "max-age=60, public",
             _ => "max-age=60",
         };
+        if parts.uri.path() == "/partial" {
+            let mut partial = reply(
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("content-range", "bytes 0-1/10"),
+                ],
+                format!("{n}"),
+            );
+            *partial.status_mut() = StatusCode::PARTIAL_CONTENT;
+            return partial;
+        }
+        if parts.uri.path() == "/found" {
+            let mut found = reply(&[("location", "/elsewhere")], format!("n{n}"));
+            *found.status_mut() = StatusCode::FOUND;
+            return found;
+        }
         if parts.uri.path() == "/cookie" {
             return reply(
                 &[("cache-control", cc), ("set-cookie", "session=abc")],
