@@ -13,7 +13,8 @@ use common::*;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use http_cache_streaming::{
-    CacheMode, HttpCacheOptions, HttpCacheStreaming, HttpCacheStreamingLayer, StreamingManager,
+    CacheMode, HttpCacheOptions, HttpCacheStreaming, HttpCacheStreamingLayer, StreamingBody,
+    StreamingManager,
 };
 use tower::{Service, ServiceBuilder, ServiceExt};
 
@@ -694,8 +695,9 @@ async fn max_ttl_caps_freshness_and_cache_bust_removes_keys() {
     assert_eq!(s.origin.hits(), 4, "busted");
 }
 
-#[tokio::test]
-async fn a_client_that_goes_away_leaves_no_entry() {
+/// A cached client whose origin answers one cacheable response with a body the test feeds
+/// frame by frame; returns the feed and the response, headers arrived, body unread.
+async fn streaming_miss() -> (Setup, FrameSender, Response<StreamingBody>) {
     let (tx, body) = channel_body();
     let body = std::sync::Mutex::new(Some(body));
     let mut s = setup(HttpCacheOptions::default(), move |_, _| {
@@ -707,7 +709,7 @@ async fn a_client_that_goes_away_leaves_no_entry() {
         response
     })
     .await;
-    let url = s.origin.url("/slow");
+    let url = s.origin.url("/streaming");
     let response = s
         .cache
         .ready()
@@ -716,14 +718,11 @@ async fn a_client_that_goes_away_leaves_no_entry() {
         .call(get(&url))
         .await
         .unwrap();
-    tx.send(Ok(http_body::Frame::data(Bytes::from("first"))))
-        .await
-        .unwrap();
-    let mut body = response.into_body();
-    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-    assert_eq!(first, "first", "the client gets frames as they come");
-    drop(body);
-    drop(tx);
+    (s, tx, response)
+}
+
+/// Waits for the partial body to be removed and checks that nothing was committed.
+async fn assert_nothing_stored(s: &Setup) {
     let dir = s.dir.path().to_path_buf();
     eventually("the partial body is removed", || {
         temp_files(&dir).is_empty()
@@ -733,27 +732,22 @@ async fn a_client_that_goes_away_leaves_no_entry() {
 }
 
 #[tokio::test]
-async fn an_origin_body_error_reaches_the_client_and_stores_nothing() {
-    let (tx, body) = channel_body();
-    let body = std::sync::Mutex::new(Some(body));
-    let mut s = setup(HttpCacheOptions::default(), move |_, _| {
-        let body = body.lock().unwrap().take().expect("one request");
-        let mut response = Response::new(AxumBody::new(body));
-        response
-            .headers_mut()
-            .insert("cache-control", "max-age=60".parse().unwrap());
-        response
-    })
-    .await;
-    let url = s.origin.url("/broken");
-    let response = s
-        .cache
-        .ready()
-        .await
-        .unwrap()
-        .call(get(&url))
+async fn a_client_that_goes_away_leaves_no_entry() {
+    let (s, tx, response) = streaming_miss().await;
+    tx.send(Ok(http_body::Frame::data(Bytes::from("first"))))
         .await
         .unwrap();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "first", "the client gets frames as they come");
+    drop(body);
+    drop(tx);
+    assert_nothing_stored(&s).await;
+}
+
+#[tokio::test]
+async fn an_origin_body_error_reaches_the_client_and_stores_nothing() {
+    let (s, tx, response) = streaming_miss().await;
     tx.send(Ok(http_body::Frame::data(Bytes::from("partial"))))
         .await
         .unwrap();
@@ -762,12 +756,7 @@ async fn an_origin_body_error_reaches_the_client_and_stores_nothing() {
         .unwrap();
     let result = response.into_body().collect().await;
     assert!(result.is_err(), "the client sees the body fail");
-    let dir = s.dir.path().to_path_buf();
-    eventually("the partial body is removed", || {
-        temp_files(&dir).is_empty()
-    })
-    .await;
-    assert!(record_files(&dir).is_empty(), "nothing committed");
+    assert_nothing_stored(&s).await;
 }
 
 #[tokio::test]

@@ -384,6 +384,15 @@ async fn verify_on_read_refuses_flipped_bytes() {
     );
 }
 
+/// Waits for a tee's partial file to be removed and checks that `key` is not stored.
+async fn assert_not_stored(manager: &StreamingManager, dir: &std::path::Path, key: &str) {
+    eventually("the partial file is removed", || temp_files(dir).is_empty()).await;
+    assert!(
+        manager.get(key).await.unwrap().is_none(),
+        "{key} is not stored"
+    );
+}
+
 #[tokio::test]
 async fn tee_commits_only_a_complete_body() {
     let dir = tempfile::tempdir().unwrap();
@@ -428,11 +437,7 @@ async fn tee_commits_only_a_complete_body() {
         .unwrap();
     body.frame().await.unwrap().unwrap();
     drop(body);
-    eventually("the partial file is removed", || {
-        temp_files(dir.path()).is_empty()
-    })
-    .await;
-    assert!(manager.get("GET:dropped").await.unwrap().is_none());
+    assert_not_stored(&manager, dir.path(), "GET:dropped").await;
 
     // The origin's body fails: the client sees the error, nothing is committed.
     let (tx, body) = channel_body();
@@ -446,11 +451,7 @@ async fn tee_commits_only_a_complete_body() {
     let err = response.into_body().collect().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Body);
     assert!(err.to_string().contains("origin reset"), "{err}");
-    eventually("the partial file is removed", || {
-        temp_files(dir.path()).is_empty()
-    })
-    .await;
-    assert!(manager.get("GET:failed").await.unwrap().is_none());
+    assert_not_stored(&manager, dir.path(), "GET:failed").await;
 
     // Shorter than its Content-Length: the client has what the origin sent, nothing stored.
     let short = Response::builder()
@@ -462,11 +463,7 @@ async fn tee_commits_only_a_complete_body() {
         response.into_body().collect().await.unwrap().to_bytes(),
         "only this"
     );
-    eventually("the partial file is removed", || {
-        temp_files(dir.path()).is_empty()
-    })
-    .await;
-    assert!(manager.get("GET:short").await.unwrap().is_none());
+    assert_not_stored(&manager, dir.path(), "GET:short").await;
 
     // And put reports the same refusal as an error.
     let short = Response::builder()

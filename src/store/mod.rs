@@ -457,14 +457,10 @@ impl StreamingManager {
     /// of the wrong length is a miss (`Ok(None)`), and is removed. Errors are reserved for a
     /// store that cannot be read at all.
     pub async fn get(&self, key: &str) -> Result<Option<(Response<StreamingBody>, CachePolicy)>> {
-        let opened = self.opened().await?;
-        let key_hash = Hash32::of(key.as_bytes());
-        self.wait_for_commit(key_hash).await;
-        let cached = opened.index().entry(key_hash);
-        let key = key.to_owned();
-        let task_opened = Arc::clone(&opened);
-        let hit = blocking(move || task_opened.load(key_hash, &key, cached)).await?;
-        Ok(hit.map(|hit| opened.respond(hit)))
+        self.find(key, |opened, key_hash, key, cached| {
+            opened.load(key_hash, key, cached)
+        })
+        .await
     }
 
     /// Replaces the headers and policy stored under `key`, keeping its body, and returns the
@@ -477,14 +473,31 @@ impl StreamingManager {
         headers: HeaderMap,
         policy: CachePolicy,
     ) -> Result<Option<(Response<StreamingBody>, CachePolicy)>> {
+        self.find(key, move |opened, key_hash, key, cached| {
+            opened.refresh(key_hash, key, cached, headers, policy)
+        })
+        .await
+    }
+
+    /// Runs `find` on the blocking pool, once a commit of `key` under way is in place, with
+    /// the parsed record the index holds; answers its hit as a response.
+    async fn find<F>(
+        &self,
+        key: &str,
+        find: F,
+    ) -> Result<Option<(Response<StreamingBody>, CachePolicy)>>
+    where
+        F: FnOnce(&Opened, Hash32, &str, Option<(Arc<Entry>, Stamp)>) -> Result<Option<Hit>>
+            + Send
+            + 'static,
+    {
         let opened = self.opened().await?;
         let key_hash = Hash32::of(key.as_bytes());
         self.wait_for_commit(key_hash).await;
         let cached = opened.index().entry(key_hash);
         let key = key.to_owned();
         let task_opened = Arc::clone(&opened);
-        let hit =
-            blocking(move || task_opened.refresh(key_hash, &key, cached, headers, policy)).await?;
+        let hit = blocking(move || find(&task_opened, key_hash, &key, cached)).await?;
         Ok(hit.map(|hit| opened.respond(hit)))
     }
 
