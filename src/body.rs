@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -12,6 +13,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::PollSender;
 
 use crate::error::{BoxError, Error};
+use crate::store::fill::{Fill, FollowReader};
 use crate::store::reader::ChunkReader;
 use crate::store::writer::TeeEnd;
 
@@ -41,6 +43,8 @@ enum Kind {
     Pass {
         inner: UnsyncBoxBody<Bytes, BoxError>,
     },
+    /// Read from the temp file of an entry another request is storing.
+    Follow { reader: FollowReader },
 }
 
 impl StreamingBody {
@@ -85,6 +89,12 @@ impl StreamingBody {
         StreamingBody { kind }
     }
 
+    pub(crate) fn follow(reader: FollowReader) -> Self {
+        StreamingBody {
+            kind: Kind::Follow { reader },
+        }
+    }
+
     pub(crate) fn tee(inner: UnsyncBoxBody<Bytes, BoxError>, sink: Option<TeeSink>) -> Self {
         let mut body = StreamingBody {
             kind: Kind::Tee { inner, sink },
@@ -115,6 +125,7 @@ impl fmt::Debug for StreamingBody {
             Kind::Disk { .. } | Kind::Bytes { .. } => "Stored",
             Kind::Tee { .. } => "Tee",
             Kind::Pass { .. } => "Pass",
+            Kind::Follow { .. } => "Follow",
         };
         f.debug_tuple("StreamingBody").field(&kind).finish()
     }
@@ -135,6 +146,8 @@ pub(crate) struct TeeSink {
     end: oneshot::Sender<TeeEnd>,
     /// Called when the body has ended complete, just before the writer hears of it.
     on_end: Option<Box<dyn FnOnce() + Send>>,
+    /// The fill other requests follow, when they do.
+    fill: Option<Arc<Fill>>,
 }
 
 impl TeeSink {
@@ -142,6 +155,7 @@ impl TeeSink {
         tx: tokio::sync::mpsc::Sender<Bytes>,
         end: oneshot::Sender<TeeEnd>,
         on_end: Box<dyn FnOnce() + Send>,
+        fill: Option<Arc<Fill>>,
     ) -> Self {
         TeeSink {
             tx: PollSender::new(tx),
@@ -149,7 +163,14 @@ impl TeeSink {
             trailers: None,
             end,
             on_end: Some(on_end),
+            fill,
         }
+    }
+
+    /// Whether the body should be read to its end even though its client went away:
+    /// others follow it, or the store was told to complete such fills.
+    fn wanted(&self) -> bool {
+        self.fill.as_ref().is_some_and(|fill| fill.wanted())
     }
 
     /// Moves the chunk waiting for queue room into the queue. `Ready(false)`: the writer is
@@ -212,6 +233,9 @@ impl Body for StreamingBody {
             ),
             Kind::Pass { inner } => Pin::new(inner).poll_frame(cx).map_err(Error::body),
             Kind::Tee { inner, sink } => poll_tee(inner, sink, cx),
+            Kind::Follow { reader } => reader
+                .poll_chunk(cx)
+                .map(|chunk| chunk.map(|c| c.map(Frame::data))),
         }
     }
 
@@ -220,6 +244,7 @@ impl Body for StreamingBody {
             Kind::Disk { reader, trailers } => reader.is_done() && trailers.is_none(),
             Kind::Bytes { data, trailers } => data.is_none() && trailers.is_none(),
             Kind::Pass { inner } | Kind::Tee { inner, .. } => inner.is_end_stream(),
+            Kind::Follow { reader } => reader.remaining() == Some(0),
         }
     }
 
@@ -230,6 +255,33 @@ impl Body for StreamingBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Kind::Pass { inner } | Kind::Tee { inner, .. } => inner.size_hint(),
+            Kind::Follow { reader } => reader
+                .remaining()
+                .map_or_else(SizeHint::default, SizeHint::with_exact),
+        }
+    }
+}
+
+impl Drop for StreamingBody {
+    /// A tee that others follow is read to its end even when its own client goes away, on a
+    /// task of its own, so that the followers and the store still get the whole body.
+    fn drop(&mut self) {
+        if let Kind::Tee { inner, sink } = &mut self.kind
+            && sink.as_ref().is_some_and(TeeSink::wanted)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let inner = std::mem::replace(inner, boxed(http_body_util::Empty::new()));
+            let body = StreamingBody {
+                kind: Kind::Tee {
+                    inner,
+                    sink: sink.take(),
+                },
+            };
+            runtime.spawn(async move {
+                use http_body_util::BodyExt as _;
+                let mut body = std::pin::pin!(body);
+                while let Some(Ok(_)) = body.frame().await {}
+            });
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::error::BoxError;
 use crate::key;
 use crate::mode::CacheMode;
 use crate::store::StreamingManager;
+use crate::store::fill::{FillHead, FillLeader, Followed, Role};
 
 /// A boxed future the cache's slower steps run as.
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -82,6 +83,9 @@ pub struct HttpCacheOptions {
     cache_status: Option<String>,
     x_cache: bool,
     clock: Clock,
+    coalesce: bool,
+    coalesce_wait: Duration,
+    complete_on_disconnect: Option<bool>,
 }
 
 impl Default for HttpCacheOptions {
@@ -96,6 +100,9 @@ impl Default for HttpCacheOptions {
             cache_status: Some("http-cache-streaming".into()),
             x_cache: false,
             clock: Arc::new(SystemTime::now),
+            coalesce: true,
+            coalesce_wait: Duration::from_secs(10),
+            complete_on_disconnect: None,
         }
     }
 }
@@ -111,6 +118,9 @@ impl fmt::Debug for HttpCacheOptions {
             .field("max_ttl", &self.max_ttl)
             .field("cache_status", &self.cache_status)
             .field("x_cache", &self.x_cache)
+            .field("coalesce", &self.coalesce)
+            .field("coalesce_wait", &self.coalesce_wait)
+            .field("complete_on_disconnect", &self.complete_on_disconnect)
             .finish_non_exhaustive()
     }
 }
@@ -187,6 +197,30 @@ impl HttpCacheOptions {
     /// let time pass.
     pub fn clock(mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
         self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Collapses concurrent misses for one key into one request to the inner service (on by
+    /// default). The others follow it: they get its response head as soon as it arrives and
+    /// read its body from the file it is being written to, as it grows. A response that is
+    /// not stored (or is another `Vary` variant) sends them to the inner service themselves.
+    pub fn coalesce(mut self, on: bool) -> Self {
+        self.coalesce = on;
+        self
+    }
+
+    /// How long a collapsed request waits for the first one's response head before it asks
+    /// the inner service itself (10 s by default).
+    pub fn coalesce_wait(mut self, wait: Duration) -> Self {
+        self.coalesce_wait = wait;
+        self
+    }
+
+    /// Whether a miss being stored is read to its end when its client goes away and nobody
+    /// follows it. Default: yes in a shared cache (the next client wants it), no in a
+    /// private one. With followers it is always read to its end.
+    pub fn complete_on_disconnect(mut self, complete: bool) -> Self {
+        self.complete_on_disconnect = Some(complete);
         self
     }
 
@@ -272,6 +306,8 @@ enum Action {
         fwd: &'static str,
         stale: Option<Box<Stale>>,
         lookup_found: bool,
+        /// Requests for the same key that arrive meanwhile follow this one's fill.
+        leader: Option<FillLeader>,
     },
 }
 
@@ -387,12 +423,7 @@ impl HttpStreamingCache {
                 if only_if_cached {
                     return Plan::Respond(self.gateway_timeout(fwd, "only-if-cached"));
                 }
-                let action = Action::Fetch {
-                    fwd,
-                    stale: None,
-                    lookup_found: false,
-                };
-                return self.forward(parts, key, mode, action, None);
+                return self.miss(parts, key, mode, fwd, false).await;
             }
             Found::Entry(response, policy, stored_key) => (response, policy, stored_key),
         };
@@ -415,12 +446,7 @@ impl HttpStreamingCache {
                 if only_if_cached {
                     return Plan::Respond(self.gateway_timeout("miss", "only-if-cached"));
                 }
-                let action = Action::Fetch {
-                    fwd: "miss",
-                    stale: None,
-                    lookup_found: true,
-                };
-                self.forward(parts, key, mode, action, None)
+                self.miss(parts, key, mode, "miss", true).await
             }
             BeforeRequest::Fresh(_) | BeforeRequest::Stale { .. } if only_if_cached => {
                 Plan::Respond(self.gateway_timeout("stale", "only-if-cached"))
@@ -436,8 +462,74 @@ impl HttpStreamingCache {
                     fwd: "stale",
                     stale: Some(stale),
                     lookup_found: true,
+                    leader: None,
                 };
                 self.forward(parts, key, mode, action, Some(revalidation))
+            }
+        }
+    }
+
+    /// A miss: lead a fill of the key, or follow the one under way and answer from it.
+    async fn miss(
+        &self,
+        parts: &request::Parts,
+        key: String,
+        mode: CacheMode,
+        fwd: &'static str,
+        found: bool,
+    ) -> Plan {
+        let fetch = |leader| Action::Fetch {
+            fwd,
+            stale: None,
+            lookup_found: found,
+            leader,
+        };
+        let options = &self.options;
+        // Only a request that would take a stored response may take one being stored.
+        let takes_stored = matches!(
+            mode,
+            CacheMode::Default | CacheMode::ForceCache | CacheMode::IgnoreRules
+        ) && !has_directive(&parts.headers, "no-cache")
+            && !has_directive(&parts.headers, "no-store")
+            && directive_value(&parts.headers, "max-age") != Some("0")
+            && !has_pragma_no_cache(&parts.headers);
+        if !options.coalesce || parts.method != Method::GET || !takes_stored {
+            return self.forward(parts, key, mode, fetch(None), None);
+        }
+        let complete = options.complete_on_disconnect.unwrap_or(options.shared);
+        let mut follower = match self.manager.join_fill(&key, complete) {
+            Role::Leader(leader) => {
+                return self.forward(parts, key, mode, fetch(Some(leader)), None);
+            }
+            Role::Follower(follower) => follower,
+        };
+        match follower.head(options.coalesce_wait).await {
+            Followed::Head(head) if same_variant(&head, &parts.headers) => {
+                let (mut head_parts, policy) = (head.parts.clone(), head.policy.clone());
+                head_parts.version = parts.version;
+                let chunk = 256 * 1024;
+                let body = StreamingBody::follow(follower.body(chunk));
+                let mut response = Response::from_parts(head_parts, body);
+                let ttl = self.ttl(&policy, self.now());
+                let status = format!("fwd={fwd}; collapsed; ttl={ttl}");
+                self.annotate(response.headers_mut(), &status, false, found);
+                Plan::Respond(response)
+            }
+            Followed::Stored => {
+                drop(follower);
+                // Stored while this request waited: a hit unless the request wants more.
+                if let Found::Entry(response, policy, _) = self.find(parts, &key).await {
+                    let now = self.now();
+                    let view = policy_view(&parts.method, parts.headers.clone());
+                    if let BeforeRequest::Fresh(_) = policy.before_request(&view, now) {
+                        let status = "hit; collapsed".to_owned();
+                        return Plan::Respond(self.hit(parts, response, &policy, now, status));
+                    }
+                }
+                self.forward(parts, key, mode, fetch(None), None)
+            }
+            Followed::Head(_) | Followed::Alone => {
+                self.forward(parts, key, mode, fetch(None), None)
             }
         }
     }
@@ -622,11 +714,12 @@ impl Pending {
                 fwd,
                 stale,
                 lookup_found,
+                leader,
             } => match stale {
                 Some(stale) if response.status() == StatusCode::NOT_MODIFIED => {
                     Finished::Later(Box::pin(self.revalidated(stale, response)))
                 }
-                _ => self.store(response, fwd, lookup_found),
+                _ => self.store(response, fwd, lookup_found, leader),
             },
         }
     }
@@ -755,7 +848,13 @@ impl Pending {
     }
 
     /// A response from the origin: tee'd into the store when it may be stored, else passed.
-    fn store<B>(self, response: Response<B>, fwd: &'static str, found: bool) -> Finished
+    fn store<B>(
+        self,
+        response: Response<B>,
+        fwd: &'static str,
+        found: bool,
+        leader: Option<FillLeader>,
+    ) -> Finished
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -793,19 +892,33 @@ impl Pending {
             }
             return Finished::Ready(response);
         };
-        let policy = CachePolicy::new_options(
-            &self.stored_request(&names_as_vary(&names)),
-            &response,
-            now,
-            options,
-        );
+        let stored_request = self.stored_request(&names_as_vary(&names));
+        let policy = CachePolicy::new_options(&stored_request, &response, now, options);
+        let leader = leader.map(|leader| {
+            let mut head = Response::new(());
+            *head.status_mut() = response.status();
+            *head.version_mut() = response.version();
+            *head.headers_mut() = response.headers().clone();
+            let head = FillHead {
+                parts: head.into_parts().0,
+                policy: policy.clone(),
+                varying: stored_request.headers,
+            };
+            (leader, head)
+        });
         let status = format!(
             "fwd={fwd}; fwd-status={}; stored; ttl={}",
             status.as_u16(),
             cache.ttl(&policy, now)
         );
         if names.is_empty() {
-            let mut response = cache.manager.tee(self.key, response, policy, url);
+            let mut response = match leader {
+                Some((leader, head)) => {
+                    let manager = &cache.manager;
+                    manager.tee_filling(self.key, response, policy, url, leader, head)
+                }
+                None => cache.manager.tee(self.key, response, policy, url),
+            };
             cache.annotate(response.headers_mut(), &status, false, found);
             return Finished::Ready(response);
         }
@@ -818,7 +931,13 @@ impl Pending {
                 Some(generation) => {
                     let key =
                         key::variant_key(&self.key, &generation, &names, &self.request.headers);
-                    cache.manager.tee(key, response, policy, url)
+                    match leader {
+                        Some((leader, head)) => {
+                            let manager = &cache.manager;
+                            manager.tee_filling(key, response, policy, url, leader, head)
+                        }
+                        None => cache.manager.tee(key, response, policy, url),
+                    }
                 }
                 None => response.map(StreamingBody::pass),
             };
@@ -855,6 +974,20 @@ fn policy_view(method: &Method, mut headers: HeaderMap) -> request::Parts {
     *request.uri_mut() = http::Uri::from_static("/");
     *request.headers_mut() = headers;
     request.into_parts().0
+}
+
+/// Whether a request asks for the variant a fill is storing: the same values for every
+/// header its response's `Vary` names. `Vary: *` matches nothing.
+fn same_variant(head: &FillHead, request: &HeaderMap) -> bool {
+    let Some(names) = key::vary_names(&head.parts.headers) else {
+        return false;
+    };
+    names.iter().all(|name| {
+        head.varying
+            .get_all(name)
+            .iter()
+            .eq(request.get_all(name).iter())
+    })
 }
 
 /// The generation a variant list record carries, when the response is one.
@@ -901,15 +1034,30 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Whether a `Cache-Control` header in `headers` has `directive`.
 fn has_directive(headers: &HeaderMap, directive: &str) -> bool {
+    directive_value(headers, directive).is_some()
+}
+
+/// The value of a `Cache-Control` directive in `headers` (empty when it has none).
+fn directive_value<'h>(headers: &'h HeaderMap, directive: &str) -> Option<&'h str> {
     headers
         .get_all(header::CACHE_CONTROL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|d| {
-            let name = d.split('=').next().unwrap_or_default().trim();
-            name.eq_ignore_ascii_case(directive)
+        .find_map(|d| {
+            let (name, value) = d.split_once('=').unwrap_or((d, ""));
+            name.trim()
+                .eq_ignore_ascii_case(directive)
+                .then(|| value.trim().trim_matches('"'))
         })
+}
+
+fn has_pragma_no_cache(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::PRAGMA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("no-cache"))
 }
 
 /// Whether a stored response may never be served without a successful revalidation.

@@ -175,6 +175,44 @@ fn child() {
                 assert_eq!(origin.hits(), 1);
                 print_peak_memory();
             }
+            // 50 clients at once for one fresh 256 MiB response through the layer.
+            "coalesce" => {
+                use http_cache_streaming::HttpCacheStreamingLayer;
+                use tower::{Service, ServiceBuilder, ServiceExt};
+                let len = 256 << 20;
+                let origin = Origin::start(move |_, _| {
+                    let mut response = Response::new(axum::body::Body::new(Generated::new(len, 5)));
+                    response
+                        .headers_mut()
+                        .insert("cache-control", "max-age=3600".parse().unwrap());
+                    response
+                })
+                .await;
+                let cache = ServiceBuilder::new()
+                    .layer(HttpCacheStreamingLayer::new(manager))
+                    .service(client());
+                let url = origin.url("/shared");
+                let clients: Vec<_> = (0..50)
+                    .map(|_| {
+                        let mut cache = cache.clone();
+                        let request = http::Request::get(&url)
+                            .body(http_body_util::Full::default())
+                            .unwrap();
+                        tokio::spawn(async move {
+                            let response =
+                                cache.ready().await.unwrap().call(request).await.unwrap();
+                            drain(response.into_body()).await.unwrap()
+                        })
+                    })
+                    .collect();
+                let expected = Generated::digest(len, 5);
+                for client in clients {
+                    let (digest, got, _) = client.await.unwrap();
+                    assert_eq!((digest, got), (expected, len), "every body is the origin's");
+                }
+                assert_eq!(origin.hits(), 1, "one origin request for 50 clients");
+                print_peak_memory();
+            }
             other => panic!("unknown role {other}"),
         }
     });
@@ -324,6 +362,16 @@ fn a_gigabyte_miss_and_hit_through_the_layer_stay_small() {
     let kib = peak_rss_of("layer");
     eprintln!(
         "peak RSS for a 1 GiB miss and a 1 GiB hit through the layer, origin in process: {} MiB",
+        kib / 1024
+    );
+    assert!(kib <= 64 * 1024, "peak RSS {kib} KiB exceeds 64 MiB");
+}
+
+#[test]
+fn fifty_collapsed_clients_cost_one_origin_request_and_flat_memory() {
+    let kib = peak_rss_of("coalesce");
+    eprintln!(
+        "peak RSS for 50 concurrent clients of one 256 MiB response, origin in process: {} MiB",
         kib / 1024
     );
     assert!(kib <= 64 * 1024, "peak RSS {kib} KiB exceeds 64 MiB");

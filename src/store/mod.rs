@@ -1,6 +1,7 @@
 //! The file-backed store: [`StreamingManager`]. It knows files, digests and records, and
 //! nothing of HTTP caching rules.
 
+pub(crate) mod fill;
 pub(crate) mod gc;
 pub(crate) mod index;
 pub(crate) mod layout;
@@ -26,6 +27,7 @@ use url::Url;
 
 use crate::body::{StreamingBody, TeeSink, boxed};
 use crate::error::{BoxError, Error, ErrorKind, Result};
+use fill::{FillEnd, FillHead, FillLeader, Fills, Role};
 use gc::Scratch;
 use index::{Index, Stamp};
 use layout::{Hash32, Layout};
@@ -103,6 +105,7 @@ struct Inner {
     /// key waits for the commit, so that a response read to its end is a hit at once.
     committing: Mutex<HashMap<Hash32, watch::Receiver<bool>>>,
     deletions: Arc<Mutex<Deletions>>,
+    fills: Arc<Fills>,
 }
 
 /// The state of a store whose directories exist and whose index is loaded.
@@ -174,6 +177,7 @@ impl StreamingManagerBuilder {
                 opened: OnceCell::new(),
                 committing: Mutex::new(HashMap::new()),
                 deletions: Arc::default(),
+                fills: Arc::default(),
             }),
         }
     }
@@ -310,7 +314,7 @@ impl StreamingManager {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let (response, done) = self.start_tee(key, response, policy, url, true);
+        let (response, done) = self.start_tee(key, response, policy, url, true, None);
         let (parts, mut body) = response.into_parts();
         while let Some(frame) = body.frame().await {
             frame?;
@@ -360,7 +364,34 @@ impl StreamingManager {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        self.start_tee(key, response, policy, url, false).0
+        self.start_tee(key, response, policy, url, false, None).0
+    }
+
+    /// Leads a fill of `key` (see [`fill`]), or follows the one under way.
+    pub(crate) fn join_fill(&self, key: &str, complete_on_disconnect: bool) -> Role {
+        self.inner
+            .fills
+            .join(Hash32::of(key.as_bytes()), complete_on_disconnect)
+    }
+
+    /// A [`tee`](Self::tee) whose temp file the leader's followers read as it grows. They
+    /// are shown `head` once the file exists; a store that cannot even start writing
+    /// releases them instead.
+    pub(crate) fn tee_filling<B>(
+        &self,
+        key: String,
+        response: Response<B>,
+        policy: CachePolicy,
+        url: Url,
+        leader: FillLeader,
+        head: FillHead,
+    ) -> Response<StreamingBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.start_tee(key, response, policy, url, false, Some((leader, head)))
+            .0
     }
 
     fn start_tee<B>(
@@ -370,6 +401,7 @@ impl StreamingManager {
         policy: CachePolicy,
         url: Url,
         reopen: bool,
+        leader: Option<(FillLeader, FillHead)>,
     ) -> (
         Response<StreamingBody>,
         oneshot::Receiver<Result<Committed>>,
@@ -414,18 +446,45 @@ impl StreamingManager {
             deletions: Arc::clone(&self.inner.deletions),
         };
         let manager = self.clone();
+        let (leader, head) = leader.unzip();
+        let fill = leader.as_ref().map(|leader| Arc::clone(leader.fill()));
+        let sink_fill = fill.clone();
         runtime.spawn(async move {
             let result = async {
                 let opened = manager.opened().await?;
                 blocking(move || {
                     let writer = ContentWriter::create(opened.scratch.temp_path())?;
-                    let (writer, trailers) = writer::run_tee(rx, end_rx, writer, expected_length)?;
+                    if let (Some(fill), Some(head)) = (&fill, head) {
+                        fill.publish_file(writer.reader()?);
+                        fill.publish_head(head);
+                    }
+                    // Followers read the file itself: with a fill, every chunk is written
+                    // through at once instead of gathered in the write buffer.
+                    let mut progress = |w: &mut ContentWriter| match &fill {
+                        Some(fill) => {
+                            w.flush()?;
+                            fill.publish_written(w.flushed());
+                            Ok(())
+                        }
+                        None => Ok(()),
+                    };
+                    let (writer, trailers) =
+                        writer::run_tee(rx, end_rx, writer, expected_length, &mut progress)?;
                     let content = writer.finish(opened.options.durable)?;
+                    if let Some(fill) = &fill {
+                        fill.publish_written(content.length);
+                    }
                     opened.commit(draft, content, trailers)
                 })
                 .await
             }
             .await;
+            if let Some(leader) = leader {
+                leader.fill().end(match &result {
+                    Ok(committed) => FillEnd::Stored(committed.length),
+                    Err(e) => FillEnd::Failed(e.to_string()),
+                });
+            }
             match &result {
                 Ok(c) => tracing::debug!(digest = ?c.digest, length = c.length, "stored"),
                 Err(e) if e.kind() == ErrorKind::Incomplete || e.is_body() => {
@@ -445,7 +504,7 @@ impl StreamingManager {
             let _ = commit_tx.send(true);
             let _ = done_tx.send(result);
         });
-        let sink = TeeSink::new(tx, end_tx, on_end);
+        let sink = TeeSink::new(tx, end_tx, on_end, sink_fill);
         let body = StreamingBody::tee(body, Some(sink));
         (Response::from_parts(parts, body), done_rx)
     }

@@ -116,6 +116,24 @@ impl ContentWriter {
         self.length
     }
 
+    /// Writes out what the write buffer holds.
+    pub(crate) fn flush(&mut self) -> Result<(), Error> {
+        self.file
+            .flush()
+            .map_err(|e| Error::io(e, self.temp.path()))
+    }
+
+    /// Bytes that have reached the file (the rest wait in the write buffer).
+    pub(crate) fn flushed(&self) -> u64 {
+        self.length - self.file.buffer().len() as u64
+    }
+
+    /// A second handle on the temp file, for reading it while it is written. It stays
+    /// readable after the file is renamed or removed.
+    pub(crate) fn reader(&self) -> Result<File, Error> {
+        File::open(self.temp.path()).map_err(|e| Error::io(e, self.temp.path()))
+    }
+
     /// Flushes (and with `durable`, syncs) the file and names its digest.
     pub(crate) fn finish(self, durable: bool) -> Result<FinishedContent, Error> {
         let ContentWriter {
@@ -148,14 +166,19 @@ pub(crate) struct TeeEnd {
 
 /// Runs on a blocking thread: writes what the tee'd body sends until the body ends, then
 /// checks that the body was complete. The writer it returns is ready to be finished.
+///
+/// `progress` hears of each write with the writer, so that readers following the file can be
+/// told how much of it they can read.
 pub(crate) fn run_tee(
     mut chunks: mpsc::Receiver<Bytes>,
     end: oneshot::Receiver<TeeEnd>,
     mut writer: ContentWriter,
     expected_length: Option<u64>,
+    progress: &mut dyn FnMut(&mut ContentWriter) -> Result<(), Error>,
 ) -> Result<(ContentWriter, Option<HeaderMap>), Error> {
     while let Some(chunk) = chunks.blocking_recv() {
         writer.write(&chunk)?;
+        progress(&mut writer)?;
         if expected_length.is_some_and(|n| writer.length() > n) {
             return Err(length_mismatch(expected_length, writer.length()));
         }

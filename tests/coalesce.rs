@@ -1,0 +1,330 @@
+//! Collapsed misses: concurrent requests for one key cost one origin request, and the others
+//! stream the body from the file it is being written to.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body as AxumBody;
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full};
+use http_cache_streaming::{
+    HttpCacheOptions, HttpCacheStreaming, HttpCacheStreamingLayer, StreamingBody, StreamingManager,
+};
+use tokio::sync::watch;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+/// An origin whose answers wait until the test opens its gate, with bodies the test feeds.
+struct Gated {
+    url: String,
+    hits: Arc<AtomicUsize>,
+    gate: watch::Sender<bool>,
+    /// Bodies for the coming requests, in order; a request with none gets "n<number>".
+    bodies: Arc<Mutex<Vec<ChannelBody>>>,
+}
+
+async fn gated_origin(cache_control: &'static str) -> Gated {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (gate, opened) = watch::channel(false);
+    let bodies: Arc<Mutex<Vec<ChannelBody>>> = Arc::default();
+    let (state_hits, state_bodies) = (hits.clone(), bodies.clone());
+    let app = axum::Router::new().fallback(move || {
+        let (hits, bodies, mut opened) = (state_hits.clone(), state_bodies.clone(), opened.clone());
+        async move {
+            let n = hits.fetch_add(1, Ordering::SeqCst) + 1;
+            let _ = opened.wait_for(|open| *open).await;
+            let fed = {
+                let mut bodies = bodies.lock().unwrap();
+                (!bodies.is_empty()).then(|| bodies.remove(0))
+            };
+            let body = match fed {
+                Some(body) => AxumBody::new(body),
+                None => AxumBody::from(format!("n{n}")),
+            };
+            let mut response = Response::new(body);
+            response
+                .headers_mut()
+                .insert("cache-control", cache_control.parse().unwrap());
+            response
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Gated {
+        url: format!("http://{addr}/object"),
+        hits,
+        gate,
+        bodies,
+    }
+}
+
+impl Gated {
+    fn open(&self) {
+        self.gate.send_replace(true);
+    }
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+    /// The next request's body, fed through the returned sender.
+    fn feed(&self) -> FrameSender {
+        let (tx, body) = channel_body();
+        self.bodies.lock().unwrap().push(body);
+        tx
+    }
+}
+
+fn cache(dir: &tempfile::TempDir, options: HttpCacheOptions) -> HttpCacheStreaming<Client> {
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    ServiceBuilder::new()
+        .layer(HttpCacheStreamingLayer::with_options(manager, options))
+        .service(client())
+}
+
+/// Sends a request on a task of its own; its response arrives through the handle.
+fn spawn_request(
+    cache: &HttpCacheStreaming<Client>,
+    url: &str,
+) -> tokio::task::JoinHandle<Response<StreamingBody>> {
+    let mut cache = cache.clone();
+    let request = Request::get(url).body(Full::default()).unwrap();
+    tokio::spawn(async move { cache.ready().await.unwrap().call(request).await.unwrap() })
+}
+
+fn cache_status(response: &Response<StreamingBody>) -> String {
+    response.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Lets spawned requests reach the origin or join a fill.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+/// The rest of a body after `first`, all of it.
+async fn with_rest(
+    first: Bytes,
+    body: StreamingBody,
+) -> Result<Vec<u8>, http_cache_streaming::Error> {
+    let mut all = first.to_vec();
+    all.extend_from_slice(&body.collect().await?.to_bytes());
+    Ok(all)
+}
+
+async fn first_frame(body: &mut StreamingBody) -> Bytes {
+    body.frame().await.unwrap().unwrap().into_data().unwrap()
+}
+
+/// A leader held at the origin's gate and `n` requests that arrive while it waits.
+async fn leader_and_followers(
+    origin: &Gated,
+    cache: &HttpCacheStreaming<Client>,
+    n: usize,
+) -> (Response<StreamingBody>, Vec<Response<StreamingBody>>) {
+    let leader = spawn_request(cache, &origin.url);
+    settle().await;
+    let followers: Vec<_> = (0..n).map(|_| spawn_request(cache, &origin.url)).collect();
+    settle().await;
+    origin.open();
+    let leader = leader.await.unwrap();
+    let mut out = Vec::new();
+    for follower in followers {
+        out.push(follower.await.unwrap());
+    }
+    (leader, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_stream_the_body_while_it_is_written() {
+    let origin = gated_origin("max-age=60").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(&dir, HttpCacheOptions::default());
+    let tx = origin.feed();
+    let (leader, followers) = leader_and_followers(&origin, &cache, 4).await;
+    assert!(cache_status(&leader).contains("fwd=uri-miss"));
+    for follower in &followers {
+        assert!(
+            cache_status(follower).contains("collapsed"),
+            "{}",
+            cache_status(follower)
+        );
+    }
+
+    // The first part of the body reaches every follower while the origin is still sending.
+    tx.send(Ok(Frame::data(Bytes::from(vec![b'a'; 100_000]))))
+        .await
+        .unwrap();
+    let mut leader_body = leader.into_body();
+    let leader_first = first_frame(&mut leader_body).await;
+    let mut firsts = Vec::new();
+    let mut bodies = Vec::new();
+    for follower in followers {
+        let mut body = follower.into_body();
+        let first = first_frame(&mut body).await;
+        assert!(!first.is_empty() && first.iter().all(|&b| b == b'a'));
+        firsts.push(first);
+        bodies.push(body);
+    }
+    tx.send(Ok(Frame::data(Bytes::from(vec![b'b'; 50_000]))))
+        .await
+        .unwrap();
+    drop(tx);
+
+    let mut expected = vec![b'a'; 100_000];
+    expected.extend_from_slice(&[b'b'; 50_000]);
+    assert_eq!(
+        with_rest(leader_first, leader_body).await.unwrap(),
+        expected
+    );
+    for (first, body) in firsts.into_iter().zip(bodies) {
+        assert_eq!(with_rest(first, body).await.unwrap(), expected);
+    }
+    assert_eq!(origin.hits(), 1, "one origin request for five clients");
+
+    // Stored: the next request is a plain hit.
+    let hit = spawn_request(&cache, &origin.url).await.unwrap();
+    assert!(cache_status(&hit).contains("hit"));
+    assert_eq!(
+        hit.into_body().collect().await.unwrap().to_bytes(),
+        expected
+    );
+    assert_eq!(origin.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_failure_reaches_every_follower_and_stores_nothing() {
+    let origin = gated_origin("max-age=60").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(&dir, HttpCacheOptions::default());
+    let tx = origin.feed();
+    let (leader, followers) = leader_and_followers(&origin, &cache, 3).await;
+    tx.send(Ok(Frame::data(Bytes::from(vec![b'x'; 10_000]))))
+        .await
+        .unwrap();
+    tx.send(Err(std::io::Error::other("origin reset")))
+        .await
+        .unwrap();
+    assert!(leader.into_body().collect().await.is_err());
+    for follower in followers {
+        assert!(
+            follower.into_body().collect().await.is_err(),
+            "a follower sees the failure"
+        );
+    }
+    let dir_path = dir.path().to_path_buf();
+    eventually("the partial body is removed", || {
+        temp_files(&dir_path).is_empty()
+    })
+    .await;
+    assert!(record_files(dir.path()).is_empty(), "nothing stored");
+    let next = spawn_request(&cache, &origin.url).await.unwrap();
+    assert_eq!(next.into_body().collect().await.unwrap().to_bytes(), "n2");
+    assert_eq!(origin.hits(), 2, "the next request goes to the origin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_that_is_not_stored_is_not_shared() {
+    for cache_control in ["private, max-age=60", "no-store"] {
+        let origin = gated_origin(cache_control).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(&dir, HttpCacheOptions::default());
+        let (leader, followers) = leader_and_followers(&origin, &cache, 3).await;
+        let mut bodies = vec![leader.into_body().collect().await.unwrap().to_bytes()];
+        for follower in followers {
+            assert!(!cache_status(&follower).contains("collapsed"));
+            bodies.push(follower.into_body().collect().await.unwrap().to_bytes());
+        }
+        bodies.sort();
+        assert_eq!(
+            bodies,
+            ["n1", "n2", "n3", "n4"],
+            "{cache_control}: each its own response"
+        );
+        assert_eq!(origin.hits(), 4);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_does_not_stop_the_others() {
+    // A private cache would abandon an unfollowed fill; followers keep this one going.
+    let origin = gated_origin("max-age=60").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(&dir, HttpCacheOptions::default().shared(false));
+    let tx = origin.feed();
+    let (leader, followers) = leader_and_followers(&origin, &cache, 2).await;
+    tx.send(Ok(Frame::data(Bytes::from(vec![b'x'; 50_000]))))
+        .await
+        .unwrap();
+    let mut leader_body = leader.into_body();
+    first_frame(&mut leader_body).await;
+    drop(leader_body); // the leader's client goes away mid-body
+    tx.send(Ok(Frame::data(Bytes::from(vec![b'y'; 50_000]))))
+        .await
+        .unwrap();
+    drop(tx);
+    for follower in followers {
+        let body = follower.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), 100_000, "a follower gets the whole body");
+    }
+    let hit = spawn_request(&cache, &origin.url).await.unwrap();
+    assert!(cache_status(&hit).contains("hit"), "the entry is stored");
+    assert_eq!(
+        hit.into_body().collect().await.unwrap().to_bytes().len(),
+        100_000
+    );
+    assert_eq!(origin.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_cache_completes_a_fill_nobody_reads() {
+    let origin = gated_origin("max-age=60").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(&dir, HttpCacheOptions::default());
+    let tx = origin.feed();
+    let leader = spawn_request(&cache, &origin.url);
+    settle().await;
+    origin.open();
+    let mut body = leader.await.unwrap().into_body();
+    tx.send(Ok(Frame::data(Bytes::from("half, "))))
+        .await
+        .unwrap();
+    first_frame(&mut body).await;
+    drop(body);
+    tx.send(Ok(Frame::data(Bytes::from("then the rest"))))
+        .await
+        .unwrap();
+    drop(tx);
+    let dir_path = dir.path().to_path_buf();
+    eventually("the fill completes", || record_files(&dir_path).len() == 1).await;
+    let hit = spawn_request(&cache, &origin.url).await.unwrap();
+    assert_eq!(
+        hit.into_body().collect().await.unwrap().to_bytes(),
+        "half, then the rest"
+    );
+    assert_eq!(origin.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_waits_a_bounded_time_for_the_leader() {
+    let origin = gated_origin("max-age=60").await;
+    let dir = tempfile::tempdir().unwrap();
+    let options = HttpCacheOptions::default().coalesce_wait(Duration::from_millis(100));
+    let cache = cache(&dir, options);
+    let leader = spawn_request(&cache, &origin.url);
+    settle().await;
+    let follower = spawn_request(&cache, &origin.url);
+    settle().await; // longer than the follower's wait
+    assert_eq!(origin.hits(), 2, "the follower asked the origin itself");
+    origin.open();
+    for response in [leader.await.unwrap(), follower.await.unwrap()] {
+        assert_eq!(response.status(), StatusCode::OK);
+        response.into_body().collect().await.unwrap();
+    }
+}
