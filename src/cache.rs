@@ -20,7 +20,7 @@ use crate::error::BoxError;
 use crate::key;
 use crate::mode::CacheMode;
 use crate::store::StreamingManager;
-use crate::store::fill::{FillHead, FillLeader, Followed, Role};
+use crate::store::fill::{FillEnd, FillHead, FillLeader, Followed, Role};
 
 /// A boxed future the cache's slower steps run as.
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -458,13 +458,15 @@ impl HttpStreamingCache {
                     policy,
                     key: stored_key,
                 });
-                let action = Action::Fetch {
+                let revalidate = |leader| Action::Fetch {
                     fwd: "stale",
                     stale: Some(stale),
                     lookup_found: true,
-                    leader: None,
+                    leader,
                 };
-                self.forward(parts, key, mode, action, Some(revalidation))
+                let conditional = Some(revalidation);
+                self.coalesced(parts, key, mode, "stale", revalidate, conditional)
+                    .await
             }
         }
     }
@@ -484,6 +486,22 @@ impl HttpStreamingCache {
             lookup_found: found,
             leader,
         };
+        self.coalesced(parts, key, mode, fwd, fetch, None).await
+    }
+
+    /// Sends the request on to the inner service as the leader of a fill of `key`, or
+    /// follows the fill under way: its response head and body, or the entry it stored.
+    /// Requests that could not take a stored response, and followers the leader's
+    /// response is not for, go to the inner service on their own.
+    async fn coalesced(
+        &self,
+        parts: &request::Parts,
+        key: String,
+        mode: CacheMode,
+        fwd: &'static str,
+        action: impl FnOnce(Option<FillLeader>) -> Action,
+        conditional: Option<HeaderMap>,
+    ) -> Plan {
         let options = &self.options;
         // Only a request that would take a stored response may take one being stored.
         let takes_stored = matches!(
@@ -494,15 +512,16 @@ impl HttpStreamingCache {
             && directive_value(&parts.headers, "max-age") != Some("0")
             && !has_pragma_no_cache(&parts.headers);
         if !options.coalesce || parts.method != Method::GET || !takes_stored {
-            return self.forward(parts, key, mode, fetch(None), None);
+            return self.forward(parts, key, mode, action(None), conditional);
         }
         let complete = options.complete_on_disconnect.unwrap_or(options.shared);
         let mut follower = match self.manager.join_fill(&key, complete) {
             Role::Leader(leader) => {
-                return self.forward(parts, key, mode, fetch(Some(leader)), None);
+                return self.forward(parts, key, mode, action(Some(leader)), conditional);
             }
             Role::Follower(follower) => follower,
         };
+        let found = fwd != "uri-miss";
         match follower.head(options.coalesce_wait).await {
             Followed::Head(head) if same_variant(&head, &parts.headers) => {
                 let (mut head_parts, policy) = (head.parts.clone(), head.policy.clone());
@@ -517,7 +536,8 @@ impl HttpStreamingCache {
             }
             Followed::Stored => {
                 drop(follower);
-                // Stored while this request waited: a hit unless the request wants more.
+                // Stored or revalidated while this request waited: a hit, unless the
+                // request wants more than the entry now offers.
                 if let Found::Entry(response, policy, _) = self.find(parts, &key).await {
                     let now = self.now();
                     let view = policy_view(&parts.method, parts.headers.clone());
@@ -526,10 +546,10 @@ impl HttpStreamingCache {
                         return Plan::Respond(self.hit(parts, response, &policy, now, status));
                     }
                 }
-                self.forward(parts, key, mode, fetch(None), None)
+                self.forward(parts, key, mode, action(None), conditional)
             }
             Followed::Head(_) | Followed::Alone => {
-                self.forward(parts, key, mode, fetch(None), None)
+                self.forward(parts, key, mode, action(None), conditional)
             }
         }
     }
@@ -717,7 +737,7 @@ impl Pending {
                 leader,
             } => match stale {
                 Some(stale) if response.status() == StatusCode::NOT_MODIFIED => {
-                    Finished::Later(Box::pin(self.revalidated(stale, response)))
+                    Finished::Later(Box::pin(self.revalidated(stale, response, leader)))
                 }
                 _ => self.store(response, fwd, lookup_found, leader),
             },
@@ -778,6 +798,7 @@ impl Pending {
         self,
         stale: Box<Stale>,
         response: Response<B>,
+        leader: Option<FillLeader>,
     ) -> Response<StreamingBody>
     where
         B: Body<Data = Bytes> + Send + 'static,
@@ -827,6 +848,10 @@ impl Pending {
             .await
         {
             Ok(Some((response, policy))) => {
+                if let Some(leader) = leader {
+                    // Those waiting on this revalidation find the refreshed entry.
+                    leader.fill().end(FillEnd::Updated);
+                }
                 cache.hit(&self.request, response, &policy, now, status)
             }
             result => {

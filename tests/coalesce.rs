@@ -33,11 +33,24 @@ async fn gated_origin(cache_control: &'static str) -> Gated {
     let (gate, opened) = watch::channel(false);
     let bodies: Arc<Mutex<Vec<ChannelBody>>> = Arc::default();
     let (state_hits, state_bodies) = (hits.clone(), bodies.clone());
-    let app = axum::Router::new().fallback(move || {
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
         let (hits, bodies, mut opened) = (state_hits.clone(), state_bodies.clone(), opened.clone());
         async move {
             let n = hits.fetch_add(1, Ordering::SeqCst) + 1;
             let _ = opened.wait_for(|open| *open).await;
+            let etag = "\"v1\"";
+            if request
+                .headers()
+                .get("if-none-match")
+                .is_some_and(|v| v == etag)
+            {
+                let mut not_modified = Response::new(AxumBody::empty());
+                *not_modified.status_mut() = StatusCode::NOT_MODIFIED;
+                let headers = not_modified.headers_mut();
+                headers.insert("cache-control", cache_control.parse().unwrap());
+                headers.insert("etag", etag.parse().unwrap());
+                return not_modified;
+            }
             let fed = {
                 let mut bodies = bodies.lock().unwrap();
                 (!bodies.is_empty()).then(|| bodies.remove(0))
@@ -47,9 +60,9 @@ async fn gated_origin(cache_control: &'static str) -> Gated {
                 None => AxumBody::from(format!("n{n}")),
             };
             let mut response = Response::new(body);
-            response
-                .headers_mut()
-                .insert("cache-control", cache_control.parse().unwrap());
+            let headers = response.headers_mut();
+            headers.insert("cache-control", cache_control.parse().unwrap());
+            headers.insert("etag", etag.parse().unwrap());
             response
         }
     });
@@ -67,6 +80,9 @@ async fn gated_origin(cache_control: &'static str) -> Gated {
 impl Gated {
     fn open(&self) {
         self.gate.send_replace(true);
+    }
+    fn close(&self) {
+        self.gate.send_replace(false);
     }
     fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
@@ -327,4 +343,45 @@ async fn a_follower_waits_a_bounded_time_for_the_leader() {
         assert_eq!(response.status(), StatusCode::OK);
         response.into_body().collect().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revalidation_is_collapsed_too() {
+    let origin = gated_origin("max-age=10").await;
+    let dir = tempfile::tempdir().unwrap();
+    let later = Arc::new(AtomicUsize::new(0));
+    let offset = later.clone();
+    let options = HttpCacheOptions::default().clock(move || {
+        std::time::SystemTime::now() + Duration::from_secs(offset.load(Ordering::SeqCst) as u64)
+    });
+    let cache = cache(&dir, options);
+    origin.open();
+    let first = spawn_request(&cache, &origin.url).await.unwrap();
+    assert_eq!(first.into_body().collect().await.unwrap().to_bytes(), "n1");
+
+    origin.close();
+    later.store(60, Ordering::SeqCst); // the entry is stale now
+    let (leader, followers) = leader_and_followers(&origin, &cache, 3).await;
+    assert!(
+        cache_status(&leader).contains("fwd=stale; fwd-status=304"),
+        "{}",
+        cache_status(&leader)
+    );
+    assert_eq!(leader.into_body().collect().await.unwrap().to_bytes(), "n1");
+    for follower in followers {
+        assert!(
+            cache_status(&follower).contains("hit; collapsed"),
+            "{}",
+            cache_status(&follower)
+        );
+        assert_eq!(
+            follower.into_body().collect().await.unwrap().to_bytes(),
+            "n1"
+        );
+    }
+    assert_eq!(
+        origin.hits(),
+        2,
+        "one conditional request for four stale clients"
+    );
 }

@@ -61,6 +61,8 @@ pub(crate) struct FillHead {
 pub(crate) enum FillEnd {
     /// The entry is stored, its body this long.
     Stored(u64),
+    /// A revalidation refreshed the stored entry's headers; its body was not rewritten.
+    Updated,
     /// The body failed or fell short; nothing is stored.
     Failed(String),
     /// The leader's response is not one to share (not storable, another variant, an
@@ -184,7 +186,7 @@ impl FillFollower {
             return Followed::Alone;
         };
         match (&state.head, &state.end) {
-            (_, Some(FillEnd::Stored(_))) => Followed::Stored,
+            (_, Some(FillEnd::Stored(_) | FillEnd::Updated)) => Followed::Stored,
             (Some(head), None) => Followed::Head(Arc::clone(head)),
             _ => Followed::Alone,
         }
@@ -282,7 +284,7 @@ impl FollowReader {
                         Error::new(ErrorKind::Incomplete).with_subject(why)
                     )));
                 }
-                Some(FillEnd::Released) => {
+                Some(FillEnd::Released | FillEnd::Updated) => {
                     return Poll::Ready(Some(Err(Error::new(ErrorKind::Incomplete)
                         .with_subject("the response being followed was not stored"))));
                 }
