@@ -10,7 +10,8 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use tokio::sync::oneshot;
-use tokio_util::sync::PollSender;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::PollSemaphore;
 
 use crate::error::{BoxError, Error};
 use crate::store::fill::{Fill, FollowReader};
@@ -74,19 +75,21 @@ impl StreamingBody {
         }
     }
 
-    pub(crate) fn stored(
-        prefetched: Option<Bytes>,
-        reader: ChunkReader,
-        trailers: Option<HeaderMap>,
-    ) -> Self {
-        let kind = match prefetched {
-            Some(data) => Kind::Bytes {
+    /// A stored body read whole.
+    pub(crate) fn stored_bytes(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+        StreamingBody {
+            kind: Kind::Bytes {
                 data: (!data.is_empty()).then_some(data),
                 trailers,
             },
-            None => Kind::Disk { reader, trailers },
-        };
-        StreamingBody { kind }
+        }
+    }
+
+    /// A stored body read from its file as it is polled.
+    pub(crate) fn stored_file(reader: ChunkReader, trailers: Option<HeaderMap>) -> Self {
+        StreamingBody {
+            kind: Kind::Disk { reader, trailers },
+        }
     }
 
     pub(crate) fn follow(reader: FollowReader) -> Self {
@@ -137,10 +140,19 @@ impl Default for StreamingBody {
     }
 }
 
-/// The store's end of a tee: a bounded queue of chunks to the writer, and the one message that
-/// says the body ended complete.
+/// A chunk on its way to the writer, holding its share of the queue's room until written.
+pub(crate) type Queued = (Bytes, OwnedSemaphorePermit);
+
+/// How many bytes of a tee may wait for the writer before the client waits for the disk.
+const TEE_QUEUE_BYTES: usize = 4 << 20;
+/// The queue's room is counted in units of this many bytes.
+const ROOM_UNIT: usize = 1024;
+
+/// The store's end of a tee: a queue of chunks to the writer bounded in bytes, and the one
+/// message that says the body ended complete.
 pub(crate) struct TeeSink {
-    tx: PollSender<Bytes>,
+    tx: mpsc::UnboundedSender<Queued>,
+    room: PollSemaphore,
     pending: Option<Bytes>,
     trailers: Option<HeaderMap>,
     end: oneshot::Sender<TeeEnd>,
@@ -151,20 +163,24 @@ pub(crate) struct TeeSink {
 }
 
 impl TeeSink {
+    /// A sink and the queue its writer reads.
     pub(crate) fn new(
-        tx: tokio::sync::mpsc::Sender<Bytes>,
         end: oneshot::Sender<TeeEnd>,
         on_end: Box<dyn FnOnce() + Send>,
         fill: Option<Arc<Fill>>,
-    ) -> Self {
-        TeeSink {
-            tx: PollSender::new(tx),
+    ) -> (Self, mpsc::UnboundedReceiver<Queued>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(TEE_QUEUE_BYTES / ROOM_UNIT));
+        let sink = TeeSink {
+            tx,
+            room: PollSemaphore::new(room),
             pending: None,
             trailers: None,
             end,
             on_end: Some(on_end),
             fill,
-        }
+        };
+        (sink, rx)
     }
 
     /// Whether the body should be read to its end even though its client went away:
@@ -176,15 +192,23 @@ impl TeeSink {
     /// Moves the chunk waiting for queue room into the queue. `Ready(false)`: the writer is
     /// gone, store no more.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
-        if self.pending.is_none() {
+        let Some(len) = self.pending.as_ref().map(Bytes::len) else {
             return Poll::Ready(true);
+        };
+        if self.tx.is_closed() {
+            return Poll::Ready(false);
         }
-        match self.tx.poll_reserve(cx) {
+        // A chunk larger than the whole queue waits for all of it, then goes alone.
+        let units = len
+            .div_ceil(ROOM_UNIT)
+            .clamp(1, TEE_QUEUE_BYTES / ROOM_UNIT);
+        let units = u32::try_from(units).unwrap_or(u32::MAX);
+        match self.room.poll_acquire_many(cx, units) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Err(_)) => Poll::Ready(false),
-            Poll::Ready(Ok(())) => {
+            Poll::Ready(None) => Poll::Ready(false),
+            Poll::Ready(Some(permit)) => {
                 let chunk = self.pending.take();
-                Poll::Ready(chunk.is_none_or(|c| self.tx.send_item(c).is_ok()))
+                Poll::Ready(chunk.is_none_or(|c| self.tx.send((c, permit)).is_ok()))
             }
         }
     }

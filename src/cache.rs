@@ -21,6 +21,7 @@ use crate::key;
 use crate::mode::CacheMode;
 use crate::store::StreamingManager;
 use crate::store::fill::{FillEnd, FillHead, FillLeader, Followed, Role};
+use crate::store::record::Entry;
 
 /// A boxed future the cache's slower steps run as.
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -314,7 +315,7 @@ enum Action {
 /// A stored response being revalidated.
 struct Stale {
     response: Response<StreamingBody>,
-    policy: CachePolicy,
+    entry: Arc<Entry>,
     key: String,
 }
 
@@ -322,7 +323,7 @@ struct Stale {
 #[allow(clippy::large_enum_variant)]
 enum Found {
     Nothing { fwd: &'static str },
-    Entry(Response<StreamingBody>, CachePolicy, String),
+    Entry(Response<StreamingBody>, Arc<Entry>, String),
 }
 
 impl HttpStreamingCache {
@@ -418,44 +419,43 @@ impl HttpStreamingCache {
         } else {
             self.find(parts, &key).await
         };
-        let (response, policy, stored_key) = match found {
+        let (response, entry, stored_key) = match found {
             Found::Nothing { fwd } => {
                 if only_if_cached {
                     return Plan::Respond(self.gateway_timeout(fwd, "only-if-cached"));
                 }
                 return self.miss(parts, key, mode, fwd, false).await;
             }
-            Found::Entry(response, policy, stored_key) => (response, policy, stored_key),
+            Found::Entry(response, entry, stored_key) => (response, entry, stored_key),
         };
+        let policy = &entry.policy;
 
         let now = self.now();
-        let view = policy_view(&parts.method, parts.headers.clone());
-        let decision = policy.before_request(&view, now);
+        let judged = judge(policy, parts, now);
         let within_cap = self.options.max_ttl.is_none_or(|cap| policy.age(now) < cap);
-        match decision {
-            BeforeRequest::Fresh(_) if mode != CacheMode::NoCache && within_cap => {
-                Plan::Respond(self.hit(parts, response, &policy, now, "hit".into()))
+        match judged {
+            Judged::Fresh if mode != CacheMode::NoCache && within_cap => {
+                Plan::Respond(self.hit(parts, response, policy, now, "hit".into()))
             }
-            BeforeRequest::Fresh(_) | BeforeRequest::Stale { matches: true, .. }
-                if mode.ignores_staleness() =>
-            {
-                Plan::Respond(self.hit(parts, response, &policy, now, "hit".into()))
+            Judged::Fresh | Judged::Stale if mode.ignores_staleness() => {
+                Plan::Respond(self.hit(parts, response, policy, now, "hit".into()))
             }
-            BeforeRequest::Stale { matches: false, .. } => {
+            Judged::Mismatch => {
                 // Stored for another variant or another host: this request's miss.
                 if only_if_cached {
                     return Plan::Respond(self.gateway_timeout("miss", "only-if-cached"));
                 }
                 self.miss(parts, key, mode, "miss", true).await
             }
-            BeforeRequest::Fresh(_) | BeforeRequest::Stale { .. } if only_if_cached => {
+            Judged::Fresh | Judged::Stale if only_if_cached => {
                 Plan::Respond(self.gateway_timeout("stale", "only-if-cached"))
             }
-            BeforeRequest::Fresh(_) | BeforeRequest::Stale { .. } => {
-                let revalidation = validators(&policy, &view);
+            Judged::Fresh | Judged::Stale => {
+                let view = policy_view(&parts.method, parts.headers.clone());
+                let revalidation = validators(policy, &view);
                 let stale = Box::new(Stale {
                     response,
-                    policy,
+                    entry: Arc::clone(&entry),
                     key: stored_key,
                 });
                 let revalidate = |leader| Action::Fetch {
@@ -526,7 +526,8 @@ impl HttpStreamingCache {
             Followed::Head(head) if same_variant(&head, &parts.headers) => {
                 let (mut head_parts, policy) = (head.parts.clone(), head.policy.clone());
                 head_parts.version = parts.version;
-                let chunk = 256 * 1024;
+                // Followers are many: smaller reads keep each one's memory small.
+                let chunk = 64 * 1024;
                 let body = StreamingBody::follow(follower.body(chunk));
                 let mut response = Response::from_parts(head_parts, body);
                 let ttl = self.ttl(&policy, self.now());
@@ -538,12 +539,12 @@ impl HttpStreamingCache {
                 drop(follower);
                 // Stored or revalidated while this request waited: a hit, unless the
                 // request wants more than the entry now offers.
-                if let Found::Entry(response, policy, _) = self.find(parts, &key).await {
+                if let Found::Entry(response, entry, _) = self.find(parts, &key).await {
                     let now = self.now();
-                    let view = policy_view(&parts.method, parts.headers.clone());
-                    if let BeforeRequest::Fresh(_) = policy.before_request(&view, now) {
+                    if let Judged::Fresh = judge(&entry.policy, parts, now) {
                         let status = "hit; collapsed".to_owned();
-                        return Plan::Respond(self.hit(parts, response, &policy, now, status));
+                        let hit = self.hit(parts, response, &entry.policy, now, status);
+                        return Plan::Respond(hit);
                     }
                 }
                 self.forward(parts, key, mode, action(None), conditional)
@@ -571,25 +572,25 @@ impl HttpStreamingCache {
     /// Finds the stored response for a request: under its key, or, when the key holds a
     /// URL's variant list, under the variant its headers select.
     async fn find(&self, parts: &request::Parts, key: &str) -> Found {
-        let Some((response, policy)) = self.lookup(key).await else {
+        let Some((response, entry)) = self.lookup(key).await else {
             return Found::Nothing { fwd: "uri-miss" };
         };
         let Some(generation) = variants_generation(response.headers()) else {
-            return Found::Entry(response, policy, key.to_owned());
+            return Found::Entry(response, entry, key.to_owned());
         };
         let Some(names) = key::vary_names(response.headers()) else {
             return Found::Nothing { fwd: "vary-miss" };
         };
         let variant = key::variant_key(key, &generation, &names, &parts.headers);
         match self.lookup(&variant).await {
-            Some((response, policy)) => Found::Entry(response, policy, variant),
+            Some((response, entry)) => Found::Entry(response, entry, variant),
             None => Found::Nothing { fwd: "vary-miss" },
         }
     }
 
     /// A store lookup; a store that fails is a miss, never a failed request.
-    async fn lookup(&self, key: &str) -> Option<(Response<StreamingBody>, CachePolicy)> {
-        match self.manager.get(key).await {
+    async fn lookup(&self, key: &str) -> Option<(Response<StreamingBody>, Arc<Entry>)> {
+        match self.manager.lookup(key).await {
             Ok(found) => found,
             Err(error) => {
                 tracing::warn!(%key, %error, "cache lookup failed; forwarding the request");
@@ -809,6 +810,7 @@ impl Pending {
         let (fresh_parts, _) = response.into_parts();
         if let AfterResponse::Modified(..) =
             stale
+                .entry
                 .policy
                 .after_response(&self.request, &fresh_parts, now)
         {
@@ -818,7 +820,7 @@ impl Pending {
         }
         let Stale {
             response: stored,
-            policy: _,
+            entry: _,
             key: stored_key,
         } = *stale;
         let (stored_parts, stored_body) = stored.into_parts();
@@ -1090,6 +1092,35 @@ fn must_revalidate(headers: &HeaderMap, shared: bool) -> bool {
     has_directive(headers, "must-revalidate")
         || has_directive(headers, "no-cache")
         || (shared && has_directive(headers, "proxy-revalidate"))
+}
+
+/// How a stored response stands for a request.
+enum Judged {
+    Fresh,
+    Stale,
+    /// Stored for other request headers than the ones `Vary` names in this request.
+    Mismatch,
+}
+
+/// Judges a stored response for a request. A request without `Cache-Control` or `Pragma`
+/// asks nothing but freshness, and the key (and variant key) already matched it, so its
+/// answer is `is_stale`; any other request is judged by http-cache-semantics in full.
+fn judge(policy: &CachePolicy, parts: &request::Parts, now: SystemTime) -> Judged {
+    let plain = !parts.headers.contains_key(header::CACHE_CONTROL)
+        && !parts.headers.contains_key(header::PRAGMA);
+    if plain {
+        return if policy.is_stale(now) {
+            Judged::Stale
+        } else {
+            Judged::Fresh
+        };
+    }
+    let view = policy_view(&parts.method, parts.headers.clone());
+    match policy.before_request(&view, now) {
+        BeforeRequest::Fresh(_) => Judged::Fresh,
+        BeforeRequest::Stale { matches: true, .. } => Judged::Stale,
+        BeforeRequest::Stale { matches: false, .. } => Judged::Mismatch,
+    }
 }
 
 /// The validators (`If-None-Match`, `If-Modified-Since`) to revalidate a stored response

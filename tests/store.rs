@@ -329,9 +329,12 @@ async fn damaged_entries_are_misses_and_are_removed() {
 #[tokio::test]
 async fn verify_on_read_refuses_flipped_bytes() {
     let dir = tempfile::tempdir().unwrap();
+    // Bodies held in memory were checked when read and are not read again: this test is of
+    // the disk, so none are held.
     let manager = StreamingManager::builder(dir.path())
         .verify_on_read(true)
         .read_chunk_size(4096)
+        .memory_bodies(0, 0)
         .build();
     let small = Bytes::from(vec![1u8; 100]);
     let large = Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<_>>());
@@ -381,6 +384,57 @@ async fn verify_on_read_refuses_flipped_bytes() {
     assert!(
         manager.get("GET:large").await.unwrap().is_none(),
         "damaged content removed"
+    );
+}
+
+#[tokio::test]
+async fn a_body_held_in_memory_is_the_one_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::builder(dir.path())
+        .verify_on_read(true)
+        .build();
+    let body = Bytes::from(vec![7u8; 1000]);
+    manager
+        .put(
+            "GET:m".into(),
+            Response::new(Full::new(body.clone())),
+            policy(URL),
+            url(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        // The first read checks and keeps the body; the second is served from memory.
+        let (hit, _) = manager.get("GET:m").await.unwrap().unwrap();
+        assert_eq!(hit.into_body().collect().await.unwrap().to_bytes(), body);
+    }
+    // Bytes flipped on disk afterwards never reach a client: the checked copy is served.
+    let content = dir.path().join("cache-v2/content").join(
+        sha256(&body)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+    );
+    let mut bytes = std::fs::read(&content).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&content, bytes).unwrap();
+    let (hit, _) = manager.get("GET:m").await.unwrap().unwrap();
+    assert_eq!(hit.into_body().collect().await.unwrap().to_bytes(), body);
+    // Another process replacing the record is seen at once: its stat differs.
+    let other = StreamingManager::new(dir.path().to_path_buf());
+    other
+        .put(
+            "GET:m".into(),
+            Response::new(Full::new(Bytes::from("replaced"))),
+            policy(URL),
+            url(),
+        )
+        .await
+        .unwrap();
+    let (hit, _) = manager.get("GET:m").await.unwrap().unwrap();
+    assert_eq!(
+        hit.into_body().collect().await.unwrap().to_bytes(),
+        "replaced"
     );
 }
 

@@ -7,6 +7,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::layout::Hash32;
 use super::record::Entry;
 
@@ -40,6 +42,16 @@ struct Slot {
     length: u64,
     stamp: Stamp,
     entry: Option<Arc<Entry>>,
+    /// The whole body, for small parsed entries while the memory budget allows.
+    body: Option<Bytes>,
+}
+
+/// A parsed record as the index holds it: the entry, the stamp of the file it was parsed
+/// from, and its body when that is held in memory.
+pub(crate) struct Known {
+    pub(crate) entry: Arc<Entry>,
+    pub(crate) stamp: Stamp,
+    pub(crate) body: Option<Bytes>,
 }
 
 /// Key hash → record, and content digest → number of records using it.
@@ -49,23 +61,47 @@ pub(crate) struct Index {
     refs: HashMap<Hash32, u32>,
     parsed: usize,
     parsed_limit: usize,
+    /// Bytes of bodies held in memory, and how many may be.
+    body_bytes: usize,
+    body_budget: usize,
 }
 
 impl Index {
-    pub(crate) fn new(parsed_limit: usize) -> Self {
+    pub(crate) fn new(parsed_limit: usize, body_budget: usize) -> Self {
         Index {
             slots: HashMap::new(),
             refs: HashMap::new(),
             parsed: 0,
             parsed_limit,
+            body_bytes: 0,
+            body_budget,
         }
     }
 
-    /// The parsed record for a key and the stamp of the file it was read from, when the
-    /// index holds one.
-    pub(crate) fn entry(&self, key: Hash32) -> Option<(Arc<Entry>, Stamp)> {
+    /// The parsed record for a key, when the index holds one.
+    pub(crate) fn entry(&self, key: Hash32) -> Option<Known> {
         let slot = self.slots.get(&key)?;
-        Some((slot.entry.clone()?, slot.stamp))
+        Some(Known {
+            entry: slot.entry.clone()?,
+            stamp: slot.stamp,
+            body: slot.body.clone(),
+        })
+    }
+
+    /// Holds a parsed entry's body in memory, when the budget has room for it. `stamp` is
+    /// the record file's, as the body was read: a newer record gets no stale body.
+    pub(crate) fn keep_body(&mut self, key: Hash32, stamp: Stamp, body: &Bytes) {
+        let room = self.body_bytes + body.len() <= self.body_budget;
+        if let Some(slot) = self.slots.get_mut(&key)
+            && room
+            && slot.entry.is_some()
+            && slot.body.is_none()
+            && slot.stamp == stamp
+            && slot.length == body.len() as u64
+        {
+            self.body_bytes += body.len();
+            slot.body = Some(body.clone());
+        }
     }
 
     /// The digest a key's record names, when the index knows the key.
@@ -112,6 +148,7 @@ impl Index {
             length: entry.length,
             stamp,
             entry: keep.then_some(entry),
+            body: None,
         };
         if keep {
             self.parsed += 1;
@@ -126,6 +163,11 @@ impl Index {
         if let Some(slot) = self.slots.get_mut(&key)
             && slot.digest == entry.digest
         {
+            if slot.stamp != stamp
+                && let Some(body) = slot.body.take()
+            {
+                self.body_bytes -= body.len();
+            }
             slot.stamp = stamp;
             match &mut slot.entry {
                 Some(kept) => *kept = Arc::clone(entry),
@@ -148,11 +190,24 @@ impl Index {
         self.slots.clear();
         self.refs.clear();
         self.parsed = 0;
+        self.body_bytes = 0;
+    }
+
+    /// Drops the bodies held in memory for content that turned out damaged.
+    pub(crate) fn forget_bodies(&mut self, digest: Hash32) {
+        for slot in self.slots.values_mut().filter(|s| s.digest == digest) {
+            if let Some(body) = slot.body.take() {
+                self.body_bytes -= body.len();
+            }
+        }
     }
 
     fn release(&mut self, old: Slot) -> Option<Hash32> {
         if old.entry.is_some() {
             self.parsed -= 1;
+        }
+        if let Some(body) = &old.body {
+            self.body_bytes -= body.len();
         }
         let count = self.refs.get_mut(&old.digest)?;
         *count -= 1;
@@ -196,7 +251,7 @@ mod tests {
 
     #[test]
     fn shared_content_is_released_by_its_last_record() {
-        let mut index = Index::new(10);
+        let mut index = Index::new(10, 0);
         let (a, b) = (Hash32::of(b"a"), Hash32::of(b"b"));
         assert_eq!(index.insert(a, entry(b"same"), stamp()), None);
         assert_eq!(index.insert(b, entry(b"same"), stamp()), None);
@@ -210,7 +265,7 @@ mod tests {
 
     #[test]
     fn overwrite_releases_the_old_content() {
-        let mut index = Index::new(10);
+        let mut index = Index::new(10, 0);
         let a = Hash32::of(b"a");
         index.insert(a, entry(b"one"), stamp());
         assert_eq!(
@@ -224,7 +279,7 @@ mod tests {
 
     #[test]
     fn parsed_records_stay_within_the_limit() {
-        let mut index = Index::new(1);
+        let mut index = Index::new(1, 0);
         let (a, b) = (Hash32::of(b"a"), Hash32::of(b"b"));
         index.insert(a, entry(b"x"), stamp());
         index.insert(b, entry(b"y"), stamp());

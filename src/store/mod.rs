@@ -22,14 +22,14 @@ use http_body_util::BodyExt as _;
 use http_cache_semantics::CachePolicy;
 use std::collections::HashMap;
 
-use tokio::sync::{OnceCell, mpsc, oneshot, watch};
+use tokio::sync::{OnceCell, oneshot, watch};
 use url::Url;
 
 use crate::body::{StreamingBody, TeeSink, boxed};
 use crate::error::{BoxError, Error, ErrorKind, Result};
 use fill::{FillEnd, FillHead, FillLeader, Fills, Role};
 use gc::Scratch;
-use index::{Index, Stamp};
+use index::{Index, Known, Stamp};
 use layout::{Hash32, Layout};
 use reader::{ChunkReader, Verify};
 use record::Entry;
@@ -39,9 +39,6 @@ use writer::{ContentWriter, FinishedContent, TempFile};
 /// memory.
 const MAX_RECORD_BYTES: u64 = 64 << 20;
 
-/// Chunks a tee may queue for its writer before the client waits for the disk.
-const TEE_QUEUE: usize = 32;
-
 /// Options of a [`StreamingManager`], set through [`StreamingManager::builder`].
 #[derive(Debug, Clone)]
 struct Options {
@@ -49,6 +46,8 @@ struct Options {
     read_chunk_size: usize,
     verify_on_read: bool,
     parsed_records: usize,
+    memory_body_limit: usize,
+    memory_budget: usize,
 }
 
 impl Default for Options {
@@ -58,6 +57,8 @@ impl Default for Options {
             read_chunk_size: 256 * 1024,
             verify_on_read: false,
             parsed_records: 16 * 1024,
+            memory_body_limit: 64 * 1024,
+            memory_budget: 32 << 20,
         }
     }
 }
@@ -164,6 +165,19 @@ impl StreamingManagerBuilder {
     /// (16384 by default). Records beyond this are read from disk on each hit.
     pub fn parsed_records(mut self, records: usize) -> Self {
         self.options.parsed_records = records;
+        self
+    }
+
+    /// Keeps bodies of up to `max_len` bytes in memory once they have been read, up to
+    /// `budget` bytes in all (64 KiB and 32 MiB by default; `0` turns it off). A hit on such
+    /// a body `stat`s its record and content file on the calling thread, to see that no
+    /// other process replaced or removed them, and reads nothing else: no hand-off to a
+    /// blocking thread. Such a body was checked when read (with
+    /// [`verify_on_read`](Self::verify_on_read)); bytes damaged on disk later are not served
+    /// from memory, and are found once the body is read from disk again.
+    pub fn memory_bodies(mut self, max_len: usize, budget: usize) -> Self {
+        self.options.memory_body_limit = max_len;
+        self.options.memory_budget = budget;
         self
     }
 
@@ -339,8 +353,13 @@ impl StreamingManager {
             Ok((file, prefetched))
         })
         .await?;
-        let reader = ChunkReader::new(Arc::new(file), 0, committed.length, chunk);
-        let body = StreamingBody::stored(prefetched, reader, committed.trailers);
+        let body = match prefetched {
+            Some(data) => StreamingBody::stored_bytes(data, committed.trailers),
+            None => {
+                let reader = ChunkReader::new(Arc::new(file), 0, committed.length, chunk);
+                StreamingBody::stored_file(reader, committed.trailers)
+            }
+        };
         Ok(Response::from_parts(parts, body))
     }
 
@@ -424,7 +443,6 @@ impl StreamingManager {
                 done_rx,
             );
         };
-        let (tx, rx) = mpsc::channel(TEE_QUEUE);
         let (end_tx, end_rx) = oneshot::channel();
         let (commit_tx, commit_rx) = watch::channel(false);
         let key_hash = Hash32::of(key.as_bytes());
@@ -448,7 +466,7 @@ impl StreamingManager {
         let manager = self.clone();
         let (leader, head) = leader.unzip();
         let fill = leader.as_ref().map(|leader| Arc::clone(leader.fill()));
-        let sink_fill = fill.clone();
+        let (sink, rx) = TeeSink::new(end_tx, on_end, fill.clone());
         runtime.spawn(async move {
             let result = async {
                 let opened = manager.opened().await?;
@@ -504,7 +522,7 @@ impl StreamingManager {
             let _ = commit_tx.send(true);
             let _ = done_tx.send(result);
         });
-        let sink = TeeSink::new(tx, end_tx, on_end, sink_fill);
+
         let body = StreamingBody::tee(body, Some(sink));
         (Response::from_parts(parts, body), done_rx)
     }
@@ -516,10 +534,38 @@ impl StreamingManager {
     /// of the wrong length is a miss (`Ok(None)`), and is removed. Errors are reserved for a
     /// store that cannot be read at all.
     pub async fn get(&self, key: &str) -> Result<Option<(Response<StreamingBody>, CachePolicy)>> {
-        self.find(key, |opened, key_hash, key, cached| {
-            opened.load(key_hash, key, cached)
-        })
-        .await
+        let found = self.lookup(key).await?;
+        Ok(found.map(|(response, entry)| (response, entry.policy.clone())))
+    }
+
+    /// [`get`](Self::get), answering the record itself. A body held in memory whose record
+    /// is unchanged on disk is served without a blocking hand-off.
+    pub(crate) async fn lookup(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Response<StreamingBody>, Arc<Entry>)>> {
+        let opened = self.opened().await?;
+        let key_hash = Hash32::of(key.as_bytes());
+        self.wait_for_commit(key_hash).await;
+        let known = opened.index().entry(key_hash);
+        if let Some(Known {
+            entry,
+            stamp,
+            body: Some(body),
+        }) = &known
+            && entry.key == key
+            && opened.unchanged_on_disk(key_hash, *stamp, entry)
+        {
+            let hit = Hit {
+                entry: Arc::clone(entry),
+                body: HitBody::Bytes(body.clone()),
+            };
+            return Ok(Some(opened.respond(hit)));
+        }
+        let key = key.to_owned();
+        let task_opened = Arc::clone(&opened);
+        let hit = blocking(move || task_opened.load(key_hash, &key, known)).await?;
+        Ok(hit.map(|hit| opened.respond(hit)))
     }
 
     /// Replaces the headers and policy stored under `key`, keeping its body, and returns the
@@ -532,32 +578,18 @@ impl StreamingManager {
         headers: HeaderMap,
         policy: CachePolicy,
     ) -> Result<Option<(Response<StreamingBody>, CachePolicy)>> {
-        self.find(key, move |opened, key_hash, key, cached| {
-            opened.refresh(key_hash, key, cached, headers, policy)
-        })
-        .await
-    }
-
-    /// Runs `find` on the blocking pool, once a commit of `key` under way is in place, with
-    /// the parsed record the index holds; answers its hit as a response.
-    async fn find<F>(
-        &self,
-        key: &str,
-        find: F,
-    ) -> Result<Option<(Response<StreamingBody>, CachePolicy)>>
-    where
-        F: FnOnce(&Opened, Hash32, &str, Option<(Arc<Entry>, Stamp)>) -> Result<Option<Hit>>
-            + Send
-            + 'static,
-    {
         let opened = self.opened().await?;
         let key_hash = Hash32::of(key.as_bytes());
         self.wait_for_commit(key_hash).await;
-        let cached = opened.index().entry(key_hash);
+        let known = opened.index().entry(key_hash);
         let key = key.to_owned();
         let task_opened = Arc::clone(&opened);
-        let hit = blocking(move || find(&task_opened, key_hash, &key, cached)).await?;
-        Ok(hit.map(|hit| opened.respond(hit)))
+        let hit =
+            blocking(move || task_opened.refresh(key_hash, &key, known, headers, policy)).await?;
+        Ok(hit.map(|hit| {
+            let (response, entry) = opened.respond(hit);
+            (response, entry.policy.clone())
+        }))
     }
 
     /// Waits until an entry being committed under `key_hash` is in place (or has failed).
@@ -642,11 +674,15 @@ fn clone_parts(parts: &http::response::Parts) -> http::response::Parts {
     response.into_parts().0
 }
 
-/// A hit found on disk: the record, the open content file, and the whole body when small.
+/// A hit: the record, and its body whole when small, else its open content file.
 struct Hit {
     entry: Arc<Entry>,
-    file: File,
-    prefetched: Option<Bytes>,
+    body: HitBody,
+}
+
+enum HitBody {
+    Bytes(Bytes),
+    File(File),
 }
 
 fn remove_if_present(path: &Path) -> io::Result<()> {
@@ -670,7 +706,7 @@ impl Opened {
         let (scratch, leftovers) =
             gc::sweep_tmp_and_create_scratch(&tmp).map_err(|e| Error::io(e, &tmp))?;
 
-        let mut index = Index::new(options.parsed_records);
+        let mut index = Index::new(options.parsed_records, options.memory_budget);
         let mut dropped = 0usize;
         let metadata = layout.metadata_dir();
         let items = fs::read_dir(&metadata).map_err(|e| Error::io(e, &metadata))?;
@@ -716,28 +752,37 @@ impl Opened {
     }
 
     /// Turns a hit into the response a lookup returns.
-    fn respond(self: Arc<Self>, hit: Hit) -> (Response<StreamingBody>, CachePolicy) {
+    fn respond(self: Arc<Self>, hit: Hit) -> (Response<StreamingBody>, Arc<Entry>) {
         let entry = hit.entry;
-        let mut reader = ChunkReader::new(
-            Arc::new(hit.file),
-            0,
-            entry.length,
-            self.options.read_chunk_size,
-        );
-        if self.options.verify_on_read && hit.prefetched.is_none() {
-            let digest = entry.digest;
-            let on_corrupt = Box::new(move || self.forget_content(digest));
-            reader = reader.verify(Verify::new(digest), on_corrupt);
-        }
-        let mut response = Response::new(StreamingBody::stored(
-            hit.prefetched,
-            reader,
-            entry.trailers.clone(),
-        ));
+        let trailers = entry.trailers.clone();
+        let body = match hit.body {
+            HitBody::Bytes(data) => StreamingBody::stored_bytes(data, trailers),
+            HitBody::File(file) => {
+                let chunk = self.options.read_chunk_size;
+                let mut reader = ChunkReader::new(Arc::new(file), 0, entry.length, chunk);
+                if self.options.verify_on_read {
+                    let digest = entry.digest;
+                    let on_corrupt = Box::new(move || self.forget_content(digest));
+                    reader = reader.verify(Verify::new(digest), on_corrupt);
+                }
+                StreamingBody::stored_file(reader, trailers)
+            }
+        };
+        let mut response = Response::new(body);
         *response.status_mut() = entry.status;
         *response.version_mut() = entry.version;
         *response.headers_mut() = entry.headers.clone();
-        (response, entry.policy.clone())
+        (response, entry)
+    }
+
+    /// Whether the record of `key_hash` on disk is still the one stamped `stamp`, and the
+    /// content it names still there at its length: two `stat`s. Anything else sends the
+    /// lookup down the path that reads the disk and cleans up.
+    fn unchanged_on_disk(&self, key_hash: Hash32, stamp: Stamp, entry: &Entry) -> bool {
+        let record = self.layout.record_path(key_hash);
+        let content = self.layout.content_path(entry.digest);
+        fs::metadata(record).is_ok_and(|m| Stamp::of(&m) == stamp)
+            && fs::metadata(content).is_ok_and(|m| m.len() == entry.length)
     }
 
     fn index(&self) -> MutexGuard<'_, Index> {
@@ -845,7 +890,7 @@ impl Opened {
         &self,
         key_hash: Hash32,
         key: &str,
-        cached: Option<(Arc<Entry>, Stamp)>,
+        cached: Option<Known>,
         headers: HeaderMap,
         policy: CachePolicy,
     ) -> Result<Option<Hit>> {
@@ -869,25 +914,20 @@ impl Opened {
     }
 
     /// Finds a key's record and opens its content, dropping whatever turns out broken.
-    fn load(
-        &self,
-        key_hash: Hash32,
-        key: &str,
-        cached: Option<(Arc<Entry>, Stamp)>,
-    ) -> Result<Option<Hit>> {
+    fn load(&self, key_hash: Hash32, key: &str, cached: Option<Known>) -> Result<Option<Hit>> {
         let path = self.layout.record_path(key_hash);
         // A parsed record is served only while its file is the one it was parsed from.
-        let fresh = cached.and_then(|(entry, stamp)| {
+        let fresh = cached.and_then(|known| {
             let now = fs::metadata(&path).ok().map(|m| Stamp::of(&m));
-            (now == Some(stamp)).then_some(entry)
+            (now == Some(known.stamp)).then_some((known.entry, known.stamp))
         });
-        let entry = match fresh {
-            Some(entry) => entry,
+        let (entry, stamp) = match fresh {
+            Some(fresh) => fresh,
             None => match read_record(&path, key_hash) {
                 Ok(Some((entry, stamp))) => {
                     let entry = Arc::new(entry);
                     self.learn(key_hash, &entry, stamp);
-                    entry
+                    (entry, stamp)
                 }
                 Ok(None) => {
                     // Gone from disk (another process deleted it): forget it here too.
@@ -923,24 +963,33 @@ impl Opened {
             self.drop_record(key_hash, Some(entry.digest));
             return Ok(None);
         }
-        let mut prefetched = None;
-        if let Ok(len) = usize::try_from(entry.length)
-            && len <= self.options.read_chunk_size
-        {
-            let bytes = reader::read_chunk(&file, 0, len).map_err(|e| Error::io(e, &path))?;
-            if self.options.verify_on_read && !reader::digest_matches(&bytes, entry.digest) {
-                tracing::warn!(%key, path = %path.display(),
-                        "content fails its digest check, removing it and its record");
-                self.forget_content(entry.digest);
-                self.drop_record(key_hash, Some(entry.digest));
-                return Ok(None);
-            }
-            prefetched = Some(bytes);
+        let Ok(len) = usize::try_from(entry.length) else {
+            return Ok(Some(Hit {
+                entry,
+                body: HitBody::File(file),
+            }));
+        };
+        if len > self.options.read_chunk_size {
+            return Ok(Some(Hit {
+                entry,
+                body: HitBody::File(file),
+            }));
+        }
+        // Small: read whole now, and kept in memory for the next hits when it is small enough.
+        let bytes = reader::read_chunk(&file, 0, len).map_err(|e| Error::io(e, &path))?;
+        if self.options.verify_on_read && !reader::digest_matches(&bytes, entry.digest) {
+            tracing::warn!(%key, path = %path.display(),
+                    "content fails its digest check, removing it and its record");
+            self.forget_content(entry.digest);
+            self.drop_record(key_hash, Some(entry.digest));
+            return Ok(None);
+        }
+        if len <= self.options.memory_body_limit {
+            self.index().keep_body(key_hash, stamp, &bytes);
         }
         Ok(Some(Hit {
             entry,
-            file,
-            prefetched,
+            body: HitBody::Bytes(bytes),
         }))
     }
 
@@ -971,7 +1020,8 @@ impl Opened {
 
     /// Removes a damaged content file; the records naming it become misses.
     fn forget_content(&self, digest: Hash32) {
-        let _index = self.index();
+        let mut index = self.index();
+        index.forget_bodies(digest);
         let path = self.layout.content_path(digest);
         if let Err(e) = remove_if_present(&path) {
             tracing::warn!(path = %path.display(), error = %e, "could not remove damaged content");

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::index::Stamp;
 use super::layout::Hash32;
+use crate::body::Queued;
 use crate::error::{Error, ErrorKind};
 
 /// Writes larger than this go to the file directly; smaller ones are gathered first.
@@ -170,14 +171,15 @@ pub(crate) struct TeeEnd {
 /// `progress` hears of each write with the writer, so that readers following the file can be
 /// told how much of it they can read.
 pub(crate) fn run_tee(
-    mut chunks: mpsc::Receiver<Bytes>,
+    mut chunks: mpsc::UnboundedReceiver<Queued>,
     end: oneshot::Receiver<TeeEnd>,
     mut writer: ContentWriter,
     expected_length: Option<u64>,
     progress: &mut dyn FnMut(&mut ContentWriter) -> Result<(), Error>,
 ) -> Result<(ContentWriter, Option<HeaderMap>), Error> {
-    while let Some(chunk) = chunks.blocking_recv() {
+    while let Some((chunk, room)) = chunks.blocking_recv() {
         writer.write(&chunk)?;
+        drop(room);
         progress(&mut writer)?;
         if expected_length.is_some_and(|n| writer.length() > n) {
             return Err(length_mismatch(expected_length, writer.length()));
