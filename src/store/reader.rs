@@ -44,6 +44,21 @@ pub(crate) fn read_chunk(file: &File, offset: u64, len: usize) -> io::Result<Byt
     Ok(Bytes::from(buf))
 }
 
+/// Reads `len` bytes at `offset` into a new buffer that is never zero-filled first: a seek
+/// and a read into spare capacity. The file's position moves, so this is for a file handle
+/// that one reader owns, one read at a time.
+pub(crate) fn read_owned_chunk(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
+    use std::io::{Read as _, Seek as _};
+    let mut reader = file;
+    reader.seek(io::SeekFrom::Start(offset))?;
+    let mut buf = Vec::with_capacity(len);
+    reader.take(len as u64).read_to_end(&mut buf)?;
+    if buf.len() != len {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(Bytes::from(buf))
+}
+
 /// The digest check of a body being read.
 pub(crate) struct Verify {
     hasher: Option<Sha256>,
@@ -120,7 +135,8 @@ impl ChunkReader {
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|e| Error::new(ErrorKind::Io).with_source(e))?;
         self.inflight = Some(handle.spawn_blocking(move || {
-            let bytes = read_chunk(&file, offset, len)?;
+            // The reader owns its handle and has one read in flight at a time.
+            let bytes = read_owned_chunk(&file, offset, len)?;
             if let Some(h) = hasher.as_mut() {
                 h.update(&bytes);
             }
