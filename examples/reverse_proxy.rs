@@ -3,14 +3,15 @@
 //! ```text
 //! cargo run --release --example reverse_proxy -- \
 //!     --upstream http://127.0.0.1:8080 --listen 127.0.0.1:3000 --cache-dir ./proxy-cache \
-//!     [--private] [--timeout-secs 30]
+//!     [--private] [--timeout-secs 30] [--quiet]
 //! ```
 //!
 //! It forwards every method, every end-to-end request and response header (repeated headers
 //! kept; hop-by-hop headers removed, RFC 9110 §7.6.1) and any status code the upstream sends.
 //! It adds no freshness of its own: what is stored and for how long is the upstream's say.
 //! An unreachable upstream is a `502`, one that does not answer in time a `504`. Each
-//! request is logged on one line with what the cache did.
+//! request is logged on one line with what the cache did (`--quiet` turns that off, for
+//! load tests).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -41,16 +42,18 @@ struct Args {
     cache_dir: PathBuf,
     private: bool,
     timeout: Duration,
+    quiet: bool,
 }
 
 const USAGE: &str = "usage: reverse_proxy --upstream http://HOST[:PORT] --listen ADDR:PORT \
-                     --cache-dir DIR [--private] [--timeout-secs N]";
+                     --cache-dir DIR [--private] [--timeout-secs N] [--quiet]";
 
 fn parse_args() -> Result<Args, String> {
     let mut upstream = None;
     let mut listen = None;
     let mut cache_dir = None;
     let mut private = false;
+    let mut quiet = false;
     let mut timeout = Duration::from_secs(30);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -60,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
             "--listen" => listen = Some(value("--listen")?),
             "--cache-dir" => cache_dir = Some(value("--cache-dir")?),
             "--private" => private = true,
+            "--quiet" => quiet = true,
             "--timeout-secs" => {
                 let secs = value("--timeout-secs")?;
                 let secs: u64 = secs
@@ -94,6 +98,7 @@ fn parse_args() -> Result<Args, String> {
         cache_dir,
         private,
         timeout,
+        quiet,
     })
 }
 
@@ -256,15 +261,18 @@ async fn run(args: Args) -> Result<(), Error> {
             }
         };
         let service = service.clone();
+        let quiet = args.quiet;
         tokio::spawn(async move {
             let per_request = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let service = service.clone();
-                log_request(service, request)
+                log_request(service, request, quiet)
             });
             let connection = auto::Builder::new(TokioExecutor::new());
-            if let Err(error) = connection
+            let served = connection
                 .serve_connection(TokioIo::new(stream), per_request)
-                .await
+                .await;
+            if let Err(error) = served
+                && !quiet
             {
                 eprintln!("{peer}: connection error: {error}");
             }
@@ -276,7 +284,11 @@ async fn run(args: Args) -> Result<(), Error> {
 async fn log_request(
     service: HttpCacheStreaming<Upstream>,
     request: Request<Incoming>,
+    quiet: bool,
 ) -> Result<Response<http_cache_streaming::StreamingBody>, Infallible> {
+    if quiet {
+        return service.oneshot(request).await;
+    }
     let started = Instant::now();
     let line = format!("{} {}", request.method(), request.uri());
     let response = service.oneshot(request).await?;
