@@ -85,8 +85,71 @@ pub(crate) struct FinishedContent {
 pub(crate) struct ContentWriter {
     file: BufWriter<File>,
     temp: TempFile,
-    hasher: Sha256,
+    hasher: Hashing,
     length: u64,
+}
+
+/// Bodies longer than this are hashed on a thread of their own while the writer writes, so
+/// that storing goes at the speed of the slower of the two rather than of both in turn.
+const HASH_ON_A_THREAD_AFTER: u64 = 4 << 20;
+
+/// The SHA-256 of a body being written: computed in line, or by a thread fed the chunks.
+enum Hashing {
+    Inline(Sha256),
+    Thread {
+        chunks: std::sync::mpsc::SyncSender<Bytes>,
+        done: std::thread::JoinHandle<Sha256>,
+    },
+    /// The thread could not be started or has failed.
+    Lost,
+}
+
+impl Hashing {
+    /// Hashes the chunk that follows `written` bytes.
+    fn update(&mut self, chunk: &Bytes, written: u64) {
+        match self {
+            Hashing::Inline(hasher) if written + chunk.len() as u64 <= HASH_ON_A_THREAD_AFTER => {
+                hasher.update(chunk)
+            }
+            Hashing::Inline(_) => {
+                let Hashing::Inline(mut hasher) = std::mem::replace(self, Hashing::Lost) else {
+                    return;
+                };
+                // A bounded queue: a writer ahead of the hashing waits for it.
+                let (chunks, rx) = std::sync::mpsc::sync_channel::<Bytes>(16);
+                let spawned = std::thread::Builder::new()
+                    .name("http-cache-streaming-hash".into())
+                    .spawn(move || {
+                        for chunk in rx {
+                            hasher.update(&chunk);
+                        }
+                        hasher
+                    });
+                if let Ok(done) = spawned {
+                    let _ = chunks.send(chunk.clone());
+                    *self = Hashing::Thread { chunks, done };
+                }
+            }
+            Hashing::Thread { chunks, .. } => {
+                if chunks.send(chunk.clone()).is_err() {
+                    *self = Hashing::Lost;
+                }
+            }
+            Hashing::Lost => {}
+        }
+    }
+
+    /// The hasher with every chunk in it; `None` when it was lost.
+    fn finish(self) -> Option<Sha256> {
+        match self {
+            Hashing::Inline(hasher) => Some(hasher),
+            Hashing::Thread { chunks, done } => {
+                drop(chunks);
+                done.join().ok()
+            }
+            Hashing::Lost => None,
+        }
+    }
 }
 
 impl ContentWriter {
@@ -99,13 +162,13 @@ impl ContentWriter {
         Ok(ContentWriter {
             file: BufWriter::with_capacity(WRITE_BUFFER, file),
             temp: TempFile::new(path),
-            hasher: Sha256::new(),
+            hasher: Hashing::Inline(Sha256::new()),
             length: 0,
         })
     }
 
-    pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        self.hasher.update(bytes);
+    pub(crate) fn write(&mut self, bytes: &Bytes) -> Result<(), Error> {
+        self.hasher.update(bytes, self.length);
         self.file
             .write_all(bytes)
             .map_err(|e| Error::io(e, self.temp.path()))?;
@@ -148,6 +211,9 @@ impl ContentWriter {
         if durable {
             file.sync_all().map_err(io)?;
         }
+        let hasher = hasher.finish().ok_or_else(|| {
+            Error::new(ErrorKind::Io).with_subject("the hashing thread of a body being stored")
+        })?;
         Ok(FinishedContent {
             temp,
             digest: Hash32::from_hasher(hasher),
