@@ -465,7 +465,7 @@ impl HttpStreamingCache {
                     leader,
                 };
                 let conditional = Some(revalidation);
-                self.coalesced(parts, key, mode, "stale", revalidate, conditional)
+                self.coalesced(parts, key, mode, ("stale", true), revalidate, conditional)
                     .await
             }
         }
@@ -486,7 +486,8 @@ impl HttpStreamingCache {
             lookup_found: found,
             leader,
         };
-        self.coalesced(parts, key, mode, fwd, fetch, None).await
+        self.coalesced(parts, key, mode, (fwd, found), fetch, None)
+            .await
     }
 
     /// Sends the request on to the inner service as the leader of a fill of `key`, or
@@ -498,7 +499,7 @@ impl HttpStreamingCache {
         parts: &request::Parts,
         key: String,
         mode: CacheMode,
-        fwd: &'static str,
+        (fwd, found): (&'static str, bool),
         action: impl FnOnce(Option<FillLeader>) -> Action,
         conditional: Option<HeaderMap>,
     ) -> Plan {
@@ -521,7 +522,6 @@ impl HttpStreamingCache {
             }
             Role::Follower(follower) => follower,
         };
-        let found = fwd != "uri-miss";
         match follower.head(options.coalesce_wait).await {
             Followed::Head(head) if same_variant(&head, &parts.headers) => {
                 let (mut head_parts, policy) = (head.parts.clone(), head.policy.clone());
