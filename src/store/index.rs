@@ -4,7 +4,7 @@
 //! The disk stays the truth: the index is rebuilt from `metadata/` when the store opens, and a
 //! key the index does not know is looked up on disk before it counts as a miss.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -44,6 +44,8 @@ struct Slot {
     entry: Option<Arc<Entry>>,
     /// The whole body, for small parsed entries while the memory budget allows.
     body: Option<Bytes>,
+    /// Looked up since the clock hand last passed: kept over entries that were not.
+    used: bool,
 }
 
 /// A parsed record as the index holds it: the entry, the stamp of the file it was parsed
@@ -64,6 +66,10 @@ pub(crate) struct Index {
     /// Bytes of bodies held in memory, and how many may be.
     body_bytes: usize,
     body_budget: usize,
+    /// Keys with a parsed entry, in the order a clock hand visits them to make room: an
+    /// entry looked up since the last visit is passed over once (second chance), so the
+    /// entries in use stay parsed and the others give way.
+    clock: VecDeque<Hash32>,
 }
 
 impl Index {
@@ -75,25 +81,31 @@ impl Index {
             parsed_limit,
             body_bytes: 0,
             body_budget,
+            clock: VecDeque::new(),
         }
     }
 
     /// The parsed record for a key, when the index holds one.
-    pub(crate) fn entry(&self, key: Hash32) -> Option<Known> {
-        let slot = self.slots.get(&key)?;
+    pub(crate) fn entry(&mut self, key: Hash32) -> Option<Known> {
+        let slot = self.slots.get_mut(&key)?;
+        let entry = slot.entry.clone()?;
+        slot.used = true;
         Some(Known {
-            entry: slot.entry.clone()?,
+            entry,
             stamp: slot.stamp,
             body: slot.body.clone(),
         })
     }
 
-    /// Holds a parsed entry's body in memory, when the budget has room for it. `stamp` is
-    /// the record file's, as the body was read: a newer record gets no stale body.
+    /// Holds a parsed entry's body in memory, making room in the budget if it can. `stamp`
+    /// is the record file's, as the body was read: a newer record gets no stale body.
     pub(crate) fn keep_body(&mut self, key: Hash32, stamp: Stamp, body: &Bytes) {
-        let room = self.body_bytes + body.len() <= self.body_budget;
+        if body.len() > self.body_budget {
+            return;
+        }
+        self.make_room(body.len(), false);
         if let Some(slot) = self.slots.get_mut(&key)
-            && room
+            && self.body_bytes + body.len() <= self.body_budget
             && slot.entry.is_some()
             && slot.body.is_none()
             && slot.stamp == stamp
@@ -101,6 +113,48 @@ impl Index {
         {
             self.body_bytes += body.len();
             slot.body = Some(body.clone());
+        }
+    }
+
+    /// Moves the clock hand until there is room for one more parsed entry (`entry`) and for
+    /// `body` more bytes of bodies, dropping the parsed forms (and bodies) of entries not
+    /// looked up since its last visit. The records stay indexed; only memory is given back.
+    fn make_room(&mut self, body: usize, entry: bool) {
+        let over = |index: &Self| {
+            (entry && index.parsed >= index.parsed_limit)
+                || index.body_bytes + body > index.body_budget
+        };
+        while over(self) {
+            let Some(key) = self.clock.pop_front() else {
+                return;
+            };
+            let Some(slot) = self.slots.get_mut(&key) else {
+                continue;
+            };
+            if slot.entry.is_none() {
+                continue;
+            }
+            if std::mem::take(&mut slot.used) {
+                self.clock.push_back(key);
+                continue;
+            }
+            slot.entry = None;
+            self.parsed -= 1;
+            if let Some(body) = slot.body.take() {
+                self.body_bytes -= body.len();
+            }
+        }
+    }
+
+    /// Counts a newly parsed entry of `key` on the clock, keeping the clock's queue from
+    /// growing past the entries it holds when keys are overwritten over and over.
+    fn wind(&mut self, key: Hash32) {
+        self.clock.push_back(key);
+        if self.clock.len() > 2 * self.parsed_limit + 64 {
+            let mut seen = std::collections::HashSet::with_capacity(self.parsed);
+            let slots = &self.slots;
+            self.clock
+                .retain(|k| slots.get(k).is_some_and(|s| s.entry.is_some()) && seen.insert(*k));
         }
     }
 
@@ -142,41 +196,52 @@ impl Index {
         stamp: Stamp,
     ) -> Option<Hash32> {
         *self.refs.entry(entry.digest).or_insert(0) += 1;
-        let keep = self.parsed < self.parsed_limit;
+        let old = self.slots.remove(&key);
+        let unused = old.and_then(|old| self.release(old));
+        let keep = self.parsed_limit > 0;
+        if keep {
+            self.make_room(0, true);
+            self.parsed += 1;
+            self.wind(key);
+        }
         let slot = Slot {
             digest: entry.digest,
             length: entry.length,
             stamp,
             entry: keep.then_some(entry),
             body: None,
+            used: false,
         };
-        if keep {
-            self.parsed += 1;
-        }
-        let old = self.slots.insert(key, slot)?;
-        self.release(old)
+        self.slots.insert(key, slot);
+        unused
     }
 
-    /// Keeps the parsed form of a record that the index already names, when there is room.
+    /// Keeps the parsed form of a record that the index already names, making room for it
+    /// when the limit is reached.
     pub(crate) fn remember(&mut self, key: Hash32, entry: &Arc<Entry>, stamp: Stamp) {
-        let room = self.parsed < self.parsed_limit;
-        if let Some(slot) = self.slots.get_mut(&key)
-            && slot.digest == entry.digest
+        let needs_room = match self.slots.get(&key) {
+            Some(slot) if slot.digest == entry.digest => slot.entry.is_none(),
+            _ => return,
+        };
+        if needs_room {
+            if self.parsed_limit == 0 {
+                return;
+            }
+            self.make_room(0, true);
+        }
+        let Some(slot) = self.slots.get_mut(&key) else {
+            return;
+        };
+        if slot.stamp != stamp
+            && let Some(body) = slot.body.take()
         {
-            if slot.stamp != stamp
-                && let Some(body) = slot.body.take()
-            {
-                self.body_bytes -= body.len();
-            }
-            slot.stamp = stamp;
-            match &mut slot.entry {
-                Some(kept) => *kept = Arc::clone(entry),
-                None if room => {
-                    slot.entry = Some(Arc::clone(entry));
-                    self.parsed += 1;
-                }
-                None => {}
-            }
+            self.body_bytes -= body.len();
+        }
+        slot.stamp = stamp;
+        slot.used = true;
+        if slot.entry.replace(Arc::clone(entry)).is_none() {
+            self.parsed += 1;
+            self.wind(key);
         }
     }
 
@@ -278,16 +343,52 @@ mod tests {
     }
 
     #[test]
-    fn parsed_records_stay_within_the_limit() {
-        let mut index = Index::new(1, 0);
-        let (a, b) = (Hash32::of(b"a"), Hash32::of(b"b"));
+    fn parsed_records_stay_within_the_limit_and_the_used_ones_stay() {
+        let mut index = Index::new(2, 0);
+        let [a, b, c] = [b"a", b"b", b"c"].map(|k| Hash32::of(k));
         index.insert(a, entry(b"x"), stamp());
         index.insert(b, entry(b"y"), stamp());
-        assert!(index.entry(a).is_some());
-        assert!(index.entry(b).is_none());
-        index.remove(a);
+        assert!(index.entry(a).is_some(), "a is looked up");
+        index.insert(c, entry(b"z"), stamp());
+        assert!(index.entry(b).is_none(), "b, not looked up, gave way");
+        assert!(index.entry(a).is_some() && index.entry(c).is_some());
+        assert_eq!(index.parsed, 2);
+        // A record whose parsed form was dropped is parsed again on its next lookup.
         let y = entry(b"y");
         index.remember(b, &y, stamp());
         assert!(index.entry(b).is_some());
+        assert_eq!(index.parsed, 2);
+        assert_eq!(index.len(), 3, "every record stays indexed");
+    }
+
+    #[test]
+    fn bodies_stay_within_their_budget() {
+        let mut index = Index::new(10, 8);
+        let [a, b] = [b"a", b"b"].map(|k| Hash32::of(k));
+        index.insert(a, entry(b"12345"), stamp());
+        index.insert(b, entry(b"67890"), stamp());
+        index.keep_body(a, stamp(), &Bytes::from_static(b"12345"));
+        index.keep_body(b, stamp(), &Bytes::from_static(b"67890"));
+        assert!(index.body_bytes <= 8);
+        assert!(
+            index.entry(b).is_some_and(|k| k.body.is_some()),
+            "the newest is kept"
+        );
+        // A body larger than the whole budget is never kept.
+        let c = Hash32::of(b"c");
+        index.insert(c, entry(b"0123456789"), stamp());
+        index.keep_body(c, stamp(), &Bytes::from_static(b"0123456789"));
+        assert!(index.entry(c).is_some_and(|k| k.body.is_none()));
+    }
+
+    #[test]
+    fn overwriting_one_key_again_and_again_keeps_the_clock_small() {
+        let mut index = Index::new(4, 0);
+        let a = Hash32::of(b"a");
+        for _ in 0..10_000 {
+            index.insert(a, entry(b"x"), stamp());
+        }
+        assert!(index.clock.len() <= 2 * 4 + 64 + 1);
+        assert_eq!(index.parsed, 1);
     }
 }
