@@ -100,11 +100,16 @@ pub(crate) enum Followed {
 }
 
 impl Fills {
-    /// Leads a new fill of `key`, or follows the one under way.
+    /// Leads a new fill of `key`, or follows the one under way (or just stored: its
+    /// followers then look the entry up). A fill that failed or was released gets a new
+    /// leader.
     pub(crate) fn join(self: &Arc<Self>, key: Hash32, complete_on_disconnect: bool) -> Role {
         let mut by_key = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(fill) = by_key.get(&key)
-            && fill.state.borrow().end.is_none()
+            && !matches!(
+                fill.state.borrow().end,
+                Some(FillEnd::Failed(_) | FillEnd::Released)
+            )
         {
             fill.followers.fetch_add(1, Ordering::SeqCst);
             return Role::Follower(FillFollower {
