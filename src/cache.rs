@@ -362,14 +362,51 @@ impl HttpStreamingCache {
         }
     }
 
-    /// Decides how a request starts.
-    pub(crate) fn start(&self, parts: request::Parts) -> Start {
-        let mode = parts
+    fn mode(&self, parts: &request::Parts) -> CacheMode {
+        parts
             .extensions
             .get::<CacheMode>()
             .copied()
-            .or_else(|| self.options.mode_fn.as_ref().map(|f| f(&parts)))
-            .unwrap_or(self.options.mode);
+            .or_else(|| self.options.mode_fn.as_ref().map(|f| f(parts)))
+            .unwrap_or(self.options.mode)
+    }
+
+    /// Answers a request at once when it is a hit on a body held in memory: no lookup
+    /// future, no hand-off. `None` sends it down the full path, which decides anew.
+    pub(crate) fn hit_in_memory(&self, parts: &request::Parts) -> Option<Response<StreamingBody>> {
+        let mode = self.mode(parts);
+        let simple = (parts.method == Method::GET || parts.method == Method::HEAD)
+            && !matches!(
+                mode,
+                CacheMode::NoStore | CacheMode::Reload | CacheMode::NoCache
+            )
+            && self.options.cache_bust.is_none();
+        if !simple {
+            return None;
+        }
+        let key = self.key(parts);
+        let (mut response, mut entry) = self.manager.lookup_in_memory(&key)?;
+        if let Some(generation) = variants_generation(response.headers()) {
+            let names = key::vary_names(response.headers())?;
+            let variant = key::variant_key(&key, &generation, &names, &parts.headers);
+            (response, entry) = self.manager.lookup_in_memory(&variant)?;
+        }
+        let now = self.now();
+        let within_cap = self
+            .options
+            .max_ttl
+            .is_none_or(|cap| entry.policy.age(now) < cap);
+        let usable = match judge(&entry.policy, parts, now) {
+            Judged::Fresh => within_cap || mode.ignores_staleness(),
+            Judged::Stale => mode.ignores_staleness(),
+            Judged::Mismatch => false,
+        };
+        usable.then(|| self.hit(parts, response, &entry.policy, now, "hit".into()))
+    }
+
+    /// Decides how a request starts.
+    pub(crate) fn start(&self, parts: request::Parts) -> Start {
+        let mode = self.mode(&parts);
         let key = self.key(&parts);
         let action = if mode == CacheMode::NoStore {
             Action::Pass

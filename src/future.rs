@@ -45,6 +45,10 @@ pin_project! {
         Finish {
             future: BoxFuture<Response<StreamingBody>>,
         },
+        /// Answered from memory when the request arrived.
+        Ready {
+            response: Option<Response<StreamingBody>>,
+        },
         Done,
     }
 }
@@ -63,6 +67,14 @@ where
                 lookup,
                 service: Some(service),
                 body: Some(body),
+            },
+        }
+    }
+
+    pub(crate) fn ready(response: Response<StreamingBody>) -> Self {
+        ResponseFuture {
+            state: State::Ready {
+                response: Some(response),
             },
         }
     }
@@ -144,6 +156,13 @@ where
                 }
                 StateProj::Finish { future } => {
                     let response = ready!(future.as_mut().poll(cx));
+                    state.set(State::Done);
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::Ready { response } => {
+                    let Some(response) = response.take() else {
+                        panic!("ResponseFuture polled after completion");
+                    };
                     state.set(State::Done);
                     return Poll::Ready(Ok(response));
                 }

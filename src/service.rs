@@ -67,10 +67,14 @@ where
     }
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        let (parts, body) = request.into_parts();
+        // A hit on a body in memory is answered here; the ready service stays ready.
+        if let Some(response) = self.cache.hit_in_memory(&parts) {
+            return ResponseFuture::ready(response);
+        }
         // The clone is left behind; the service that was made ready goes with the request.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let (parts, body) = request.into_parts();
         match self.cache.start(parts) {
             Start::Forward(parts, pending) => {
                 let future = inner.call(Request::from_parts(parts, body));

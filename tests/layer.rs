@@ -319,11 +319,15 @@ async fn head_is_answered_from_a_stored_get_and_never_stored() {
     .await;
     let url = s.origin.url("/h");
     send(&mut s.cache, get(&url)).await;
-    let head = send(&mut s.cache, with("HEAD", &url, &[])).await;
-    assert_eq!(s.origin.hits(), 1, "HEAD from the stored GET");
-    assert!(head.body.is_empty());
-    assert_eq!(head.header("content-length"), Some("10"));
-    assert!(head.cache_status().contains("hit"));
+    // The first HEAD reads the stored body from disk; the next ones find it in memory.
+    for _ in 0..3 {
+        let head = send(&mut s.cache, with("HEAD", &url, &[])).await;
+        assert_eq!(s.origin.hits(), 1, "HEAD from the stored GET");
+        assert!(head.body.is_empty());
+        assert_eq!(head.header("content-length"), Some("10"));
+        assert!(head.cache_status().contains("hit"));
+    }
+    assert_eq!(&send(&mut s.cache, get(&url)).await.body[..], b"0123456789");
 
     let other = s.origin.url("/h2");
     send(&mut s.cache, with("HEAD", &other, &[])).await;

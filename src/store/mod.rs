@@ -551,24 +551,33 @@ impl StreamingManager {
         let key_hash = Hash32::of(key.as_bytes());
         self.wait_for_commit(key_hash).await;
         let known = opened.index().entry(key_hash);
-        if let Some(Known {
-            entry,
-            stamp,
-            body: Some(body),
-        }) = &known
-            && entry.key == key
-            && opened.unchanged_on_disk(key_hash, *stamp, entry)
+        if let Some(hit) = known
+            .as_ref()
+            .and_then(|k| opened.memory_hit(key_hash, key, k))
         {
-            let hit = Hit {
-                entry: Arc::clone(entry),
-                body: HitBody::Bytes(body.clone()),
-            };
-            return Ok(Some(opened.respond(hit)));
+            return Ok(Some(Arc::clone(&opened).respond(hit)));
         }
         let key = key.to_owned();
         let task_opened = Arc::clone(&opened);
         let hit = blocking(move || task_opened.load(key_hash, &key, known)).await?;
         Ok(hit.map(|hit| opened.respond(hit)))
+    }
+
+    /// [`lookup`](Self::lookup) of a body held in memory, without waiting for anything:
+    /// `None` unless the store is open, no commit of `key` is under way, and the body is
+    /// in memory with its record unchanged on disk.
+    pub(crate) fn lookup_in_memory(
+        &self,
+        key: &str,
+    ) -> Option<(Response<StreamingBody>, Arc<Entry>)> {
+        let opened = self.inner.opened.get()?;
+        let key_hash = Hash32::of(key.as_bytes());
+        if self.inner.committing().contains_key(&key_hash) {
+            return None;
+        }
+        let known = opened.index().entry(key_hash)?;
+        let hit = opened.memory_hit(key_hash, key, &known)?;
+        Some(Arc::clone(opened).respond(hit))
     }
 
     /// Replaces the headers and policy stored under `key`, keeping its body, and returns the
@@ -776,6 +785,17 @@ impl Opened {
         *response.version_mut() = entry.version;
         *response.headers_mut() = entry.headers.clone();
         (response, entry)
+    }
+
+    /// A hit on a body held in memory, when its record and content are unchanged on disk.
+    fn memory_hit(&self, key_hash: Hash32, key: &str, known: &Known) -> Option<Hit> {
+        let body = known.body.as_ref()?;
+        let usable =
+            known.entry.key == key && self.unchanged_on_disk(key_hash, known.stamp, &known.entry);
+        usable.then(|| Hit {
+            entry: Arc::clone(&known.entry),
+            body: HitBody::Bytes(body.clone()),
+        })
     }
 
     /// Whether the record of `key_hash` on disk is still the one stamped `stamp`, and the
