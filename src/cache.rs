@@ -87,6 +87,7 @@ pub struct HttpCacheOptions {
     coalesce: bool,
     coalesce_wait: Duration,
     complete_on_disconnect: Option<bool>,
+    stale_if_error: Option<Duration>,
 }
 
 impl Default for HttpCacheOptions {
@@ -104,6 +105,7 @@ impl Default for HttpCacheOptions {
             coalesce: true,
             coalesce_wait: Duration::from_secs(10),
             complete_on_disconnect: None,
+            stale_if_error: None,
         }
     }
 }
@@ -122,6 +124,7 @@ impl fmt::Debug for HttpCacheOptions {
             .field("coalesce", &self.coalesce)
             .field("coalesce_wait", &self.coalesce_wait)
             .field("complete_on_disconnect", &self.complete_on_disconnect)
+            .field("stale_if_error", &self.stale_if_error)
             .finish_non_exhaustive()
     }
 }
@@ -222,6 +225,14 @@ impl HttpCacheOptions {
     /// private one. With followers it is always read to its end.
     pub fn complete_on_disconnect(mut self, complete: bool) -> Self {
         self.complete_on_disconnect = Some(complete);
+        self
+    }
+
+    /// Serves a stored response that has been stale for up to `window` when the origin
+    /// fails to revalidate it (an error, or a 500, 502, 503 or 504), as if every response
+    /// said `stale-if-error` (RFC 5861). Off by default; `must-revalidate` always wins.
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = Some(window);
         self
     }
 
@@ -777,6 +788,12 @@ impl Pending {
                 Some(stale) if response.status() == StatusCode::NOT_MODIFIED => {
                     Finished::Later(Box::pin(self.revalidated(stale, response, leader)))
                 }
+                Some(stale)
+                    if is_origin_failure(response.status()) && self.stale_on_error(&stale) =>
+                {
+                    let status = format!("fwd=stale; fwd-status={}", response.status().as_u16());
+                    Finished::Ready(self.serve_stale(*stale, &status))
+                }
                 _ => self.store(response, fwd, lookup_found, leader),
             },
         }
@@ -784,15 +801,59 @@ impl Pending {
 
     /// What the cache answers when the inner service fails: a stored response that must not
     /// be served stale becomes a 504; otherwise the error stands.
-    pub(crate) fn on_error<E>(self, error: E) -> Result<Response<StreamingBody>, E> {
-        match &self.action {
-            Action::Fetch {
-                stale: Some(stale), ..
-            } if must_revalidate(stale.response.headers(), self.cache.options.shared) => {
-                Ok(self.cache.gateway_timeout("stale", "origin-unreachable"))
-            }
-            _ => Err(error),
+    pub(crate) fn on_error<E>(mut self, error: E) -> Result<Response<StreamingBody>, E> {
+        let Action::Fetch {
+            stale: Some(stale), ..
+        } = std::mem::replace(&mut self.action, Action::Pass)
+        else {
+            return Err(error);
+        };
+        if must_revalidate(stale.response.headers(), self.cache.options.shared) {
+            return Ok(self.cache.gateway_timeout("stale", "origin-unreachable"));
         }
+        if self.stale_on_error(&stale) {
+            return Ok(self.serve_stale(*stale, "fwd=stale"));
+        }
+        Err(error)
+    }
+
+    /// Whether `stale` may stand in for an origin that failed: within a `stale-if-error`
+    /// window of the response, of the request or of the layer's option (RFC 5861), and
+    /// never when the response must be revalidated.
+    fn stale_on_error(&self, stale: &Stale) -> bool {
+        let headers = stale.response.headers();
+        if must_revalidate(headers, self.cache.options.shared) {
+            return false;
+        }
+        let seconds = |h: &HeaderMap| {
+            directive_value(h, "stale-if-error")
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_secs)
+        };
+        let window = [
+            seconds(headers),
+            seconds(&self.request.headers),
+            self.cache.options.stale_if_error,
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        window
+            .is_some_and(|window| stale_for_at_most(&stale.entry.policy, self.cache.now(), window))
+    }
+
+    /// A stale response served in place of the origin's answer, saying so in
+    /// `Cache-Status`.
+    fn serve_stale(&self, stale: Stale, status: &str) -> Response<StreamingBody> {
+        let now = self.cache.now();
+        let status = format!("{status}; detail=stale-if-error");
+        self.cache.hit(
+            &self.request,
+            stale.response,
+            &stale.entry.policy,
+            now,
+            status,
+        )
     }
 
     fn pass<B>(&self, response: Response<B>, status: &str) -> Response<StreamingBody>
@@ -1129,6 +1190,18 @@ fn must_revalidate(headers: &HeaderMap, shared: bool) -> bool {
     has_directive(headers, "must-revalidate")
         || has_directive(headers, "no-cache")
         || (shared && has_directive(headers, "proxy-revalidate"))
+}
+
+/// Whether the origin's answer is a failure that a stale response may stand in for.
+fn is_origin_failure(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 500 | 502 | 503 | 504)
+}
+
+/// Whether the response `policy` describes has been stale for no longer than `window`:
+/// `window` ago it was still fresh.
+fn stale_for_at_most(policy: &CachePolicy, now: SystemTime, window: Duration) -> bool {
+    now.checked_sub(window)
+        .is_some_and(|then| !policy.is_stale(then))
 }
 
 /// How a stored response stands for a request.

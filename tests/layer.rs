@@ -949,3 +949,99 @@ async fn trailers_pass_through_and_are_replayed_from_the_store() {
         assert_eq!(&collected.to_bytes()[..], b"with trailers");
     }
 }
+
+/// An origin that answers `max-age=10` plus `extra` until it is told to fail with `failure`.
+async fn failing_later(
+    options: HttpCacheOptions,
+    extra: &'static str,
+) -> (Setup, Arc<std::sync::atomic::AtomicU16>) {
+    let failure = Arc::new(std::sync::atomic::AtomicU16::new(0));
+    let fail = failure.clone();
+    let s = setup(options, move |_, n| {
+        let code = fail.load(Ordering::SeqCst);
+        let mut response = reply(
+            &[("cache-control", &format!("max-age=10{extra}"))],
+            format!("n{n}"),
+        );
+        if code != 0 {
+            *response.status_mut() = StatusCode::from_u16(code).unwrap();
+        }
+        response
+    })
+    .await;
+    (s, failure)
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_the_stale_entry_within_its_window_only() {
+    let (mut s, failure) = failing_later(HttpCacheOptions::default(), ", stale-if-error=60").await;
+    let url = s.origin.url("/sie");
+    send(&mut s.cache, get(&url)).await;
+    failure.store(503, Ordering::SeqCst);
+
+    s.clock.advance(30); // stale for 20 s, within the window
+    let within = send(&mut s.cache, get(&url)).await;
+    assert_eq!(
+        (within.status, &within.body[..]),
+        (StatusCode::OK, &b"n1"[..])
+    );
+    assert!(
+        within.cache_status().contains("stale-if-error"),
+        "{}",
+        within.cache_status()
+    );
+    assert!(within.cache_status().contains("fwd-status=503"));
+
+    s.clock.advance(60); // stale for 80 s, outside it
+    let outside = send(&mut s.cache, get(&url)).await;
+    assert_eq!(
+        outside.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the error is passed on"
+    );
+
+    // A request's own stale-if-error widens the window.
+    let asked = with("GET", &url, &[("cache-control", "stale-if-error=600")]);
+    assert_eq!(&send(&mut s.cache, asked).await.body[..], b"n1");
+}
+
+#[tokio::test]
+async fn stale_if_error_covers_an_unreachable_origin_and_the_layer_option() {
+    let options = HttpCacheOptions::default().stale_if_error(Duration::from_secs(120));
+    let (mut s, failure) = failing_later(options, "").await;
+    let url = s.origin.url("/opt");
+    send(&mut s.cache, get(&url)).await;
+    failure.store(500, Ordering::SeqCst);
+    s.clock.advance(60);
+    let on_500 = send(&mut s.cache, get(&url)).await;
+    assert_eq!(
+        (on_500.status, &on_500.body[..]),
+        (StatusCode::OK, &b"n1"[..])
+    );
+
+    s.origin.stop().await;
+    let unreachable = send(&mut s.cache, get(&url)).await;
+    assert_eq!(
+        &unreachable.body[..],
+        b"n1",
+        "an unreachable origin, within the window"
+    );
+    s.clock.advance(600);
+    let response = s.cache.ready().await.unwrap().call(get(&url)).await;
+    assert!(response.is_err(), "outside the window the error stands");
+}
+
+#[tokio::test]
+async fn must_revalidate_wins_over_stale_if_error() {
+    let (mut s, failure) = failing_later(
+        HttpCacheOptions::default(),
+        ", must-revalidate, stale-if-error=600",
+    )
+    .await;
+    let url = s.origin.url("/strict");
+    send(&mut s.cache, get(&url)).await;
+    failure.store(503, Ordering::SeqCst);
+    s.clock.advance(30);
+    let got = send(&mut s.cache, get(&url)).await;
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
+}
