@@ -290,6 +290,14 @@ pub(crate) enum Plan {
         conditional: Option<HeaderMap>,
         pending: Pending,
     },
+    /// Answer with `response` (a stale entry, within `stale-while-revalidate`) and
+    /// revalidate it in the background: the inner service is called as for `Forward`, and
+    /// its answer stored, on a task of its own.
+    Background {
+        response: Response<StreamingBody>,
+        conditional: Option<HeaderMap>,
+        pending: Pending,
+    },
 }
 
 /// What the cache does with the inner service's answer.
@@ -498,6 +506,18 @@ impl HttpStreamingCache {
             Judged::Fresh | Judged::Stale if only_if_cached => {
                 Plan::Respond(self.gateway_timeout("stale", "only-if-cached"))
             }
+            Judged::Stale
+                if mode == CacheMode::Default
+                    && !must_revalidate(response.headers(), self.options.shared)
+                    && directive_value(response.headers(), "stale-while-revalidate")
+                        .and_then(|v| v.parse().ok())
+                        .is_some_and(|s| {
+                            stale_for_at_most(policy, now, Duration::from_secs(s))
+                        }) =>
+            {
+                self.stale_while_revalidate(parts, key, response, &entry, stored_key, now)
+                    .await
+            }
             Judged::Fresh | Judged::Stale => {
                 let view = policy_view(&parts.method, parts.headers.clone());
                 let revalidation = validators(policy, &view);
@@ -516,6 +536,46 @@ impl HttpStreamingCache {
                 self.coalesced(parts, key, mode, ("stale", true), revalidate, conditional)
                     .await
             }
+        }
+    }
+
+    /// Serves a stale entry within its `stale-while-revalidate` window at once, and starts
+    /// its revalidation in the background unless one is under way for the key already.
+    async fn stale_while_revalidate(
+        &self,
+        parts: &request::Parts,
+        key: String,
+        response: Response<StreamingBody>,
+        entry: &Arc<Entry>,
+        stored_key: String,
+        now: SystemTime,
+    ) -> Plan {
+        let status = "hit; detail=stale-while-revalidate".to_owned();
+        let served = self.hit(parts, response, &entry.policy, now, status);
+        let Role::Leader(leader) = self.manager.join_fill(&key, true) else {
+            return Plan::Respond(served); // a revalidation is under way
+        };
+        // The revalidation needs a handle on the stored response of its own.
+        let Some((again, entry)) = self.lookup(&stored_key).await else {
+            return Plan::Respond(served);
+        };
+        let view = policy_view(&parts.method, parts.headers.clone());
+        let conditional = Some(validators(&entry.policy, &view));
+        let stale = Box::new(Stale {
+            response: again,
+            entry,
+            key: stored_key,
+        });
+        let action = Action::Fetch {
+            fwd: "stale",
+            stale: Some(stale),
+            lookup_found: true,
+            leader: Some(leader),
+        };
+        Plan::Background {
+            response: served,
+            conditional,
+            pending: self.pending(parts, key, CacheMode::Default, action),
         }
     }
 

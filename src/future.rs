@@ -89,9 +89,45 @@ where
     }
 }
 
+/// Replaces a request's validators with those of a revalidation.
+fn apply_validators(parts: &mut request::Parts, conditional: Option<http::HeaderMap>) {
+    if let Some(validators) = conditional {
+        parts.headers.remove(http::header::IF_NONE_MATCH);
+        parts.headers.remove(http::header::IF_MODIFIED_SINCE);
+        for (name, value) in &validators {
+            parts.headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Calls the (ready) inner service and stores what it answers, reading the body to its end
+/// since no client does.
+async fn revalidate_in_background<S, ReqB, ResB>(
+    mut service: S,
+    request: Request<ReqB>,
+    pending: Pending,
+) where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    use http_body_util::BodyExt as _;
+    let Ok(answer) = service.call(request).await else {
+        return; // the stale entry stays; the next request tries again
+    };
+    let response = match pending.finish(answer) {
+        Finished::Ready(response) => response,
+        Finished::Later(future) => future.await,
+    };
+    let mut body = std::pin::pin!(response.into_body());
+    while let Some(Ok(_)) = body.frame().await {}
+}
+
 impl<S, ReqB, ResB> Future for ResponseFuture<S, ReqB>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send + 'static,
+    ReqB: Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
@@ -116,13 +152,7 @@ where
                             conditional,
                             pending,
                         } => {
-                            if let Some(validators) = conditional {
-                                parts.headers.remove(http::header::IF_NONE_MATCH);
-                                parts.headers.remove(http::header::IF_MODIFIED_SINCE);
-                                for (name, value) in &validators {
-                                    parts.headers.append(name.clone(), value.clone());
-                                }
-                            }
+                            apply_validators(&mut parts, conditional);
                             let (Some(mut service), Some(body)) = (service.take(), body.take())
                             else {
                                 panic!("ResponseFuture polled after completion");
@@ -132,6 +162,23 @@ where
                                 future,
                                 pending: Some(pending),
                             });
+                        }
+                        Plan::Background {
+                            response,
+                            conditional,
+                            pending,
+                        } => {
+                            apply_validators(&mut parts, conditional);
+                            if let (Some(service), Some(body), Ok(runtime)) = (
+                                service.take(),
+                                body.take(),
+                                tokio::runtime::Handle::try_current(),
+                            ) {
+                                let request = Request::from_parts(parts, body);
+                                runtime.spawn(revalidate_in_background(service, request, pending));
+                            }
+                            state.set(State::Done);
+                            return Poll::Ready(Ok(response));
                         }
                     }
                 }

@@ -54,6 +54,8 @@ impl<S> HttpCacheStreaming<S> {
 impl<S, ReqB, ResB> Service<Request<ReqB>> for HttpCacheStreaming<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqB: Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {

@@ -1045,3 +1045,61 @@ async fn must_revalidate_wins_over_stale_if_error() {
     let got = send(&mut s.cache, get(&url)).await;
     assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+#[tokio::test]
+async fn stale_while_revalidate_answers_at_once_and_revalidates_once_in_the_background() {
+    let mut s = setup(HttpCacheOptions::default(), |_, n| {
+        reply(
+            &[("cache-control", "max-age=10, stale-while-revalidate=60")],
+            format!("n{n}"),
+        )
+    })
+    .await;
+    let url = s.origin.url("/swr");
+    send(&mut s.cache, get(&url)).await;
+
+    s.clock.advance(30); // stale for 20 s: within the window
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        answers.push(send(&mut s.cache, get(&url)).await);
+    }
+    let first = &answers[0];
+    assert_eq!(&first.body[..], b"n1", "the stale entry, at once");
+    assert!(
+        first.cache_status().contains("stale-while-revalidate"),
+        "{}",
+        first.cache_status()
+    );
+    let origin = &s.origin;
+    eventually("the background revalidation reaches the origin", || {
+        origin.hits() == 2
+    })
+    .await;
+    let dir = s.dir.path().to_path_buf();
+    eventually("the revalidated entry is stored", || {
+        temp_files(&dir).is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        s.origin.hits(),
+        2,
+        "one background revalidation for five requests"
+    );
+    let fresh = send(&mut s.cache, get(&url)).await;
+    assert_eq!(
+        &fresh.body[..],
+        b"n2",
+        "the revalidated response is served next"
+    );
+    assert!(fresh.cache_status().contains("hit"));
+
+    s.clock.advance(100); // stale for 90 s: outside the window, revalidated in line
+    let outside = send(&mut s.cache, get(&url)).await;
+    assert_eq!(&outside.body[..], b"n3");
+    assert!(
+        outside.cache_status().contains("fwd=stale"),
+        "{}",
+        outside.cache_status()
+    );
+}
