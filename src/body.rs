@@ -85,6 +85,29 @@ impl StreamingBody {
         }
     }
 
+    /// The bytes `start..start + len` of a stored body that has not been read from yet
+    /// (a `Range` request): its reader starts at `start`, and no trailers follow. Any
+    /// other body is returned as it is.
+    pub(crate) fn part(mut self, start: u64, len: u64) -> Self {
+        match &mut self.kind {
+            Kind::Bytes { data, trailers } => {
+                let whole = data.take().unwrap_or_default();
+                let begin = usize::try_from(start)
+                    .unwrap_or(usize::MAX)
+                    .min(whole.len());
+                let end = begin.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+                *data = Some(whole.slice(begin..end.min(whole.len()))).filter(|d| !d.is_empty());
+                *trailers = None;
+            }
+            Kind::Disk { reader, trailers } => {
+                reader.narrow(start, len);
+                *trailers = None;
+            }
+            Kind::Tee { .. } | Kind::Pass { .. } | Kind::Follow { .. } => {}
+        }
+        self
+    }
+
     /// A stored body read from its file as it is polled.
     pub(crate) fn stored_file(reader: ChunkReader, trailers: Option<HeaderMap>) -> Self {
         StreamingBody {

@@ -19,6 +19,7 @@ use crate::body::StreamingBody;
 use crate::error::BoxError;
 use crate::key;
 use crate::mode::CacheMode;
+use crate::range;
 use crate::store::StreamingManager;
 use crate::store::fill::{FillEnd, FillHead, FillLeader, Followed, Role};
 use crate::store::record::Entry;
@@ -730,6 +731,7 @@ impl HttpStreamingCache {
         now: SystemTime,
         status: String,
     ) -> Response<StreamingBody> {
+        let length = response.body().size_hint().exact();
         let (mut head, body) = response.into_parts();
         let age = policy.age(now).as_secs();
         head.headers.insert(header::AGE, HeaderValue::from(age));
@@ -740,6 +742,11 @@ impl HttpStreamingCache {
             body
         };
         let mut response = Response::from_parts(head, body);
+        if parts.method == Method::GET
+            && let Some(length) = length
+        {
+            response = range::apply(&parts.headers, response, length);
+        }
         let ttl = self.ttl(policy, now);
         self.annotate(
             response.headers_mut(),

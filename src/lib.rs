@@ -78,6 +78,7 @@ mod future;
 mod key;
 mod layer;
 mod mode;
+mod range;
 mod service;
 mod store;
 

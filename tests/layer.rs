@@ -1103,3 +1103,75 @@ async fn stale_while_revalidate_answers_at_once_and_revalidates_once_in_the_back
         outside.cache_status()
     );
 }
+
+#[tokio::test]
+async fn range_requests_are_answered_from_the_stored_body() {
+    // One body small enough to be held in memory, one read from disk at an offset.
+    let body_of = |len: usize| -> Vec<u8> { (0..len).map(|i| (i % 251) as u8).collect() };
+    let mut s = setup(HttpCacheOptions::default(), move |parts, _| {
+        let len = if parts.uri.path() == "/large" {
+            1_000_000
+        } else {
+            1000
+        };
+        reply(
+            &[("cache-control", "max-age=60"), ("etag", "\"v1\"")],
+            body_of(len),
+        )
+    })
+    .await;
+    for (path, len) in [("/small", 1000u64), ("/large", 1_000_000)] {
+        let url = s.origin.url(path);
+        let whole = body_of(len as usize);
+        // Stored, then read once so that the small body is held in memory.
+        send(&mut s.cache, get(&url)).await;
+        let full = send(&mut s.cache, get(&url)).await;
+        assert_eq!(full.header("accept-ranges"), Some("bytes"));
+
+        let cases = [
+            ("bytes=0-9".to_owned(), 0, 10),
+            ("bytes=-5".to_owned(), len - 5, 5),
+            (format!("bytes={}-", len - 7), len - 7, 7),
+            ("bytes=100-199".to_owned(), 100, 100),
+        ];
+        for (range, start, n) in cases {
+            let got = send(&mut s.cache, with("GET", &url, &[("range", &range)])).await;
+            assert_eq!(got.status, StatusCode::PARTIAL_CONTENT, "{path} {range}");
+            let expected_range = format!("bytes {start}-{}/{len}", start + n - 1);
+            assert_eq!(got.header("content-range"), Some(expected_range.as_str()));
+            assert_eq!(got.header("content-length"), Some(n.to_string().as_str()));
+            assert_eq!(&got.body[..], &whole[start as usize..(start + n) as usize]);
+        }
+        let beyond = format!("bytes={len}-");
+        let got = send(&mut s.cache, with("GET", &url, &[("range", &beyond)])).await;
+        assert_eq!(got.status, StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(
+            got.header("content-range"),
+            Some(format!("bytes */{len}").as_str())
+        );
+        assert!(got.body.is_empty());
+
+        let matching = [("range", "bytes=0-0"), ("if-range", "\"v1\"")];
+        assert_eq!(
+            send(&mut s.cache, with("GET", &url, &matching))
+                .await
+                .status,
+            StatusCode::PARTIAL_CONTENT
+        );
+        let changed = [("range", "bytes=0-0"), ("if-range", "\"v0\"")];
+        let got = send(&mut s.cache, with("GET", &url, &changed)).await;
+        assert_eq!(
+            (got.status, got.body.len() as u64),
+            (StatusCode::OK, len),
+            "If-Range mismatch: the whole body"
+        );
+        let several = [("range", "bytes=0-0,5-6")];
+        let got = send(&mut s.cache, with("GET", &url, &several)).await;
+        assert_eq!(
+            (got.status, got.body.len() as u64),
+            (StatusCode::OK, len),
+            "several ranges: the whole body"
+        );
+    }
+    assert_eq!(s.origin.hits(), 2, "every range answered from the store");
+}

@@ -116,6 +116,19 @@ impl ChunkReader {
         self
     }
 
+    /// Reads only bytes `start..start + len` of what it was made for, before any read: a
+    /// digest check, which needs every byte, is dropped.
+    pub(crate) fn narrow(&mut self, start: u64, len: u64) {
+        if self.inflight.is_some() {
+            return;
+        }
+        let start = start.min(self.remaining);
+        self.offset += start;
+        self.remaining = len.min(self.remaining - start);
+        self.verify = None;
+        self.on_corrupt = None;
+    }
+
     /// Bytes not yet handed out.
     pub(crate) fn remaining(&self) -> u64 {
         self.remaining
