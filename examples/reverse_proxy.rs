@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release --example reverse_proxy -- \
 //!     --upstream http://127.0.0.1:8080 --listen 127.0.0.1:3000 --cache-dir ./proxy-cache \
-//!     [--private] [--timeout-secs 30] [--quiet]
+//!     [--private] [--timeout-secs 30] [--max-size BYTES] [--quiet]
 //! ```
 //!
 //! It forwards every method, every end-to-end request and response header (repeated headers
@@ -43,10 +43,11 @@ struct Args {
     private: bool,
     timeout: Duration,
     quiet: bool,
+    max_size: Option<u64>,
 }
 
 const USAGE: &str = "usage: reverse_proxy --upstream http://HOST[:PORT] --listen ADDR:PORT \
-                     --cache-dir DIR [--private] [--timeout-secs N] [--quiet]";
+                     --cache-dir DIR [--private] [--timeout-secs N] [--max-size BYTES] [--quiet]";
 
 fn parse_args() -> Result<Args, String> {
     let mut upstream = None;
@@ -54,6 +55,7 @@ fn parse_args() -> Result<Args, String> {
     let mut cache_dir = None;
     let mut private = false;
     let mut quiet = false;
+    let mut max_size = None;
     let mut timeout = Duration::from_secs(30);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -64,6 +66,13 @@ fn parse_args() -> Result<Args, String> {
             "--cache-dir" => cache_dir = Some(value("--cache-dir")?),
             "--private" => private = true,
             "--quiet" => quiet = true,
+            "--max-size" => {
+                let bytes = value("--max-size")?;
+                let bytes: u64 = bytes
+                    .parse()
+                    .map_err(|_| format!("--max-size takes a number of bytes, not {bytes:?}"))?;
+                max_size = Some(bytes);
+            }
             "--timeout-secs" => {
                 let secs = value("--timeout-secs")?;
                 let secs: u64 = secs
@@ -99,6 +108,7 @@ fn parse_args() -> Result<Args, String> {
         private,
         timeout,
         quiet,
+        max_size,
     })
 }
 
@@ -230,7 +240,11 @@ async fn main() {
 }
 
 async fn run(args: Args) -> Result<(), Error> {
-    let manager = StreamingManager::new(args.cache_dir.clone());
+    let mut manager = StreamingManager::builder(args.cache_dir.clone());
+    if let Some(bytes) = args.max_size {
+        manager = manager.max_size(bytes);
+    }
+    let manager = manager.build();
     let options = HttpCacheOptions::default().shared(!args.private);
     let Some(authority) = args.upstream.authority().cloned() else {
         return Err("the upstream has no host".into());

@@ -769,3 +769,96 @@ async fn a_write_under_way_is_not_committed_after_a_delete_or_clear() {
         .unwrap();
     assert!(manager.get("GET:racing").await.unwrap().is_some());
 }
+
+fn content_bytes_on_disk(dir: &std::path::Path) -> u64 {
+    let content = dir.join("cache-v2/content");
+    content_files(dir)
+        .iter()
+        .map(|f| std::fs::metadata(content.join(f)).unwrap().len())
+        .sum()
+}
+
+async fn put_body(manager: &StreamingManager, key: &str, body: Bytes) {
+    manager
+        .put(
+            key.into(),
+            Response::new(Full::new(body)),
+            policy(URL),
+            url(),
+        )
+        .await
+        .unwrap();
+}
+
+async fn read(manager: &StreamingManager, key: &str) -> Option<Bytes> {
+    let (hit, _) = manager.get(key).await.unwrap()?;
+    Some(hit.into_body().collect().await.unwrap().to_bytes())
+}
+
+#[tokio::test]
+async fn a_bounded_store_stays_under_its_size_and_keeps_what_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let bound = 1 << 20;
+    let manager = StreamingManager::builder(dir.path())
+        .max_size(bound)
+        .build();
+    let body = |i: u32| Bytes::from(vec![(i % 251) as u8; 256 << 10]);
+    // Two keys share one body; only "shared-b" is used from here on.
+    put_body(&manager, "GET:shared-a", body(1000)).await;
+    put_body(&manager, "GET:shared-b", body(1000)).await;
+    put_body(&manager, "GET:hot", body(2000)).await;
+    for i in 0..40 {
+        // Ten times the bound is written, one entry at a time.
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        assert!(
+            read(&manager, "GET:hot").await.is_some(),
+            "the entry in use stays ({i})"
+        );
+        assert!(
+            read(&manager, "GET:shared-b").await.is_some(),
+            "shared content stays ({i})"
+        );
+        put_body(&manager, &format!("GET:cold{i}"), body(i)).await;
+        assert!(
+            content_bytes_on_disk(dir.path()) <= bound,
+            "under the bound after {i}"
+        );
+        assert!(manager.stats().await.unwrap().content_bytes <= bound);
+    }
+    assert!(
+        read(&manager, "GET:shared-a").await.is_none(),
+        "the unused twin was evicted"
+    );
+    assert_eq!(read(&manager, "GET:shared-b").await.unwrap(), body(1000));
+    assert!(
+        read(&manager, "GET:cold0").await.is_none(),
+        "old entries were evicted"
+    );
+    assert_eq!(
+        record_files(dir.path()).len() as u64,
+        manager.stats().await.unwrap().entries,
+        "no record file outlives its entry"
+    );
+
+    // Reopened with a smaller bound, the store shrinks to it.
+    drop(manager);
+    let smaller = StreamingManager::builder(dir.path())
+        .max_size(bound / 4)
+        .build();
+    smaller.stats().await.unwrap();
+    assert!(content_bytes_on_disk(dir.path()) <= bound / 4);
+}
+
+#[tokio::test]
+async fn a_store_bounded_in_entries_keeps_at_most_that_many() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::builder(dir.path())
+        .max_entries(10)
+        .build();
+    for i in 0..50u32 {
+        put_body(&manager, &format!("GET:{i}"), Bytes::from(i.to_string())).await;
+        assert!(manager.stats().await.unwrap().entries <= 10);
+    }
+    assert_eq!(read(&manager, "GET:49").await.unwrap(), "49");
+    assert!(record_files(dir.path()).len() <= 10);
+}

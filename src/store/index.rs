@@ -46,6 +46,9 @@ struct Slot {
     body: Option<Bytes>,
     /// Looked up since the clock hand last passed: kept over entries that were not.
     used: bool,
+    /// When the entry was last stored or looked up (milliseconds since the epoch): the
+    /// order in which entries are evicted when the store is over its size.
+    last_used: u64,
 }
 
 /// A parsed record as the index holds it: the entry, the stamp of the file it was parsed
@@ -70,6 +73,14 @@ pub(crate) struct Index {
     /// entry looked up since the last visit is passed over once (second chance), so the
     /// entries in use stay parsed and the others give way.
     clock: VecDeque<Hash32>,
+    /// Bytes of content the records use, each content file counted once.
+    disk_bytes: u64,
+}
+
+/// Milliseconds since the epoch, the unit of `last_used`.
+pub(crate) fn millis(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Index {
@@ -82,7 +93,52 @@ impl Index {
             body_bytes: 0,
             body_budget,
             clock: VecDeque::new(),
+            disk_bytes: 0,
         }
+    }
+
+    /// Notes that `key` was looked up now.
+    pub(crate) fn touch(&mut self, key: Hash32) {
+        if let Some(slot) = self.slots.get_mut(&key) {
+            slot.last_used = millis(std::time::SystemTime::now());
+        }
+    }
+
+    /// Removes the least recently used records until the content they use is within
+    /// `max_bytes` and they number at most `max_entries`, going down to 90% of each bound so
+    /// that eviction runs in batches. Returns each evicted key with the content it leaves
+    /// unused, for the caller to unlink.
+    pub(crate) fn evict(
+        &mut self,
+        max_bytes: Option<u64>,
+        max_entries: Option<usize>,
+    ) -> Vec<(Hash32, Option<Hash32>)> {
+        let over_bytes = max_bytes.is_some_and(|max| self.disk_bytes > max);
+        let over_entries = max_entries.is_some_and(|max| self.slots.len() > max);
+        if !over_bytes && !over_entries {
+            return Vec::new();
+        }
+        let byte_goal = max_bytes.map(|max| max / 10 * 9);
+        let entry_goal = max_entries.map(|max| max / 10 * 9);
+        let mut oldest: Vec<(u64, Hash32)> =
+            self.slots.iter().map(|(k, s)| (s.last_used, *k)).collect();
+        oldest.sort_unstable();
+        let mut evicted = Vec::new();
+        for (_, key) in oldest {
+            let done_bytes = byte_goal.is_none_or(|goal| self.disk_bytes <= goal);
+            let done_entries = entry_goal.is_none_or(|goal| self.slots.len() <= goal);
+            if done_bytes && done_entries {
+                break;
+            }
+            let unused = self.remove(key);
+            evicted.push((key, unused));
+        }
+        evicted
+    }
+
+    /// Bytes of content the records use, each content file counted once.
+    pub(crate) fn disk_bytes(&self) -> u64 {
+        self.disk_bytes
     }
 
     /// The parsed record for a key, when the index holds one.
@@ -90,6 +146,7 @@ impl Index {
         let slot = self.slots.get_mut(&key)?;
         let entry = slot.entry.clone()?;
         slot.used = true;
+        slot.last_used = millis(std::time::SystemTime::now());
         Some(Known {
             entry,
             stamp: slot.stamp,
@@ -179,12 +236,7 @@ impl Index {
 
     /// Bytes of content the indexed records use, each content file counted once.
     pub(crate) fn content_bytes(&self) -> u64 {
-        let mut seen = std::collections::HashSet::with_capacity(self.refs.len());
-        self.slots
-            .values()
-            .filter(|slot| seen.insert(slot.digest))
-            .map(|slot| slot.length)
-            .sum()
+        self.disk_bytes
     }
 
     /// Records `entry` under `key`. Returns the digest of content no record uses any more
@@ -195,7 +247,12 @@ impl Index {
         entry: Arc<Entry>,
         stamp: Stamp,
     ) -> Option<Hash32> {
-        *self.refs.entry(entry.digest).or_insert(0) += 1;
+        let refs = self.refs.entry(entry.digest).or_insert(0);
+        *refs += 1;
+        if *refs == 1 {
+            self.disk_bytes += entry.length;
+        }
+        let last_used = millis(entry.stored_at);
         let old = self.slots.remove(&key);
         let unused = old.and_then(|old| self.release(old));
         let keep = self.parsed_limit > 0;
@@ -211,6 +268,7 @@ impl Index {
             entry: keep.then_some(entry),
             body: None,
             used: false,
+            last_used,
         };
         self.slots.insert(key, slot);
         unused
@@ -256,6 +314,8 @@ impl Index {
         self.refs.clear();
         self.parsed = 0;
         self.body_bytes = 0;
+        self.disk_bytes = 0;
+        self.clock.clear();
     }
 
     /// Drops the bodies held in memory for content that turned out damaged.
@@ -278,6 +338,7 @@ impl Index {
         *count -= 1;
         if *count == 0 {
             self.refs.remove(&old.digest);
+            self.disk_bytes -= old.length;
             return Some(old.digest);
         }
         None

@@ -48,6 +48,8 @@ struct Options {
     parsed_records: usize,
     memory_body_limit: usize,
     memory_budget: usize,
+    max_size: Option<u64>,
+    max_entries: Option<usize>,
 }
 
 impl Default for Options {
@@ -59,6 +61,8 @@ impl Default for Options {
             parsed_records: 16 * 1024,
             memory_body_limit: 64 * 1024,
             memory_budget: 32 << 20,
+            max_size: None,
+            max_entries: None,
         }
     }
 }
@@ -181,6 +185,23 @@ impl StreamingManagerBuilder {
     pub fn memory_bodies(mut self, max_len: usize, budget: usize) -> Self {
         self.options.memory_body_limit = max_len;
         self.options.memory_budget = budget;
+        self
+    }
+
+    /// Keeps the content on disk within `bytes` (each deduplicated file counted once): when a
+    /// commit takes the store over it, the least recently used entries are removed until it
+    /// is back under 90% of it. Content that several entries share goes with the last of
+    /// them. A reader of an evicted entry that has its file open reads on. Unbounded by
+    /// default. After a restart, "last used" starts from when each entry was stored.
+    pub fn max_size(mut self, bytes: u64) -> Self {
+        self.options.max_size = Some(bytes);
+        self
+    }
+
+    /// Keeps at most `entries` entries, evicting the least recently used as
+    /// [`max_size`](Self::max_size) does. Unbounded by default.
+    pub fn max_entries(mut self, entries: usize) -> Self {
+        self.options.max_entries = Some(entries);
         self
     }
 
@@ -755,12 +776,14 @@ impl Opened {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "cache opened"
         );
-        Ok(Opened {
+        let opened = Opened {
             layout,
             options,
             scratch,
             index: Mutex::new(index),
-        })
+        };
+        opened.evict_if_needed();
+        Ok(opened)
     }
 
     /// Turns a hit into the response a lookup returns.
@@ -862,7 +885,34 @@ impl Opened {
             self.install_record(&mut index, key_hash, Arc::new(entry), record_temp, stamp)?;
         }
         self.sync_dirs(&[self.layout.content_dir(), self.layout.metadata_dir()])?;
+        self.evict_if_needed();
         Ok(committed)
+    }
+
+    /// Removes the least recently used entries while the store is over its bounds.
+    fn evict_if_needed(&self) {
+        let (max_size, max_entries) = (self.options.max_size, self.options.max_entries);
+        if max_size.is_none() && max_entries.is_none() {
+            return;
+        }
+        let mut index = self.index();
+        let evicted = index.evict(max_size, max_entries);
+        for (key, unused) in &evicted {
+            let _ = remove_if_present(&self.layout.record_path(*key));
+            if let Some(digest) = unused {
+                let _ = remove_if_present(&self.layout.content_path(*digest));
+            }
+        }
+        let (entries, bytes) = (index.len(), index.disk_bytes());
+        drop(index);
+        if !evicted.is_empty() {
+            tracing::info!(
+                evicted = evicted.len(),
+                entries,
+                bytes,
+                "evicted least recently used entries"
+            );
+        }
     }
 
     /// Encodes a record into a temp file, ready to be renamed into place.
@@ -968,6 +1018,7 @@ impl Opened {
         if entry.key != key {
             return Ok(None);
         }
+        self.index().touch(key_hash);
         let path = self.layout.content_path(entry.digest);
         let file = match File::open(&path) {
             Ok(file) => file,
