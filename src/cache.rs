@@ -20,9 +20,9 @@ use crate::error::BoxError;
 use crate::key;
 use crate::mode::CacheMode;
 use crate::range;
-use crate::store::StreamingManager;
 use crate::store::fill::{FillEnd, FillHead, FillLeader, Followed, Role};
 use crate::store::record::Entry;
+use crate::store::{StoreStats, StreamingManager};
 
 /// A boxed future the cache's slower steps run as.
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -261,6 +261,39 @@ impl HttpCacheOptions {
 pub struct HttpStreamingCache {
     manager: StreamingManager,
     options: Arc<HttpCacheOptions>,
+    counters: Arc<Counters>,
+}
+
+/// What the cache has done since it was made, counted as it happens.
+#[derive(Debug, Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    stale_served: AtomicU64,
+    revalidations: AtomicU64,
+    errors: AtomicU64,
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What a cache holds and has done: [`HttpStreamingCache::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// What the store holds, and how many entries it evicted.
+    pub store: StoreStats,
+    /// Responses served from the store without asking the origin.
+    pub hits: u64,
+    /// Requests that found nothing usable stored and went to the origin.
+    pub misses: u64,
+    /// Stale responses served: within `stale-while-revalidate` or `stale-if-error`.
+    pub stale_served: u64,
+    /// Stored responses the origin confirmed with `304 Not Modified`.
+    pub revalidations: u64,
+    /// Store failures that requests passed through.
+    pub errors: u64,
 }
 
 impl fmt::Debug for HttpStreamingCache {
@@ -352,7 +385,34 @@ impl HttpStreamingCache {
         HttpStreamingCache {
             manager,
             options: Arc::new(HttpCacheOptions::default()),
+            counters: Arc::default(),
         }
+    }
+
+    /// What the store holds and what this cache has done since it was made.
+    pub async fn stats(&self) -> crate::Result<CacheStats> {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let counters = &self.counters;
+        Ok(CacheStats {
+            store: self.manager.stats().await?,
+            hits: load(&counters.hits),
+            misses: load(&counters.misses),
+            stale_served: load(&counters.stale_served),
+            revalidations: load(&counters.revalidations),
+            errors: load(&counters.errors),
+        })
+    }
+
+    /// Removes what is stored for `url` (every variant of its GET, which HEAD shares). The
+    /// key is computed as for a request, with the custom `cache_key` when there is one.
+    pub async fn purge(&self, url: &str) -> crate::Result<()> {
+        let request = Request::get(url).body(()).map_err(|e| {
+            crate::Error::new(crate::ErrorKind::InvalidInput)
+                .with_subject(url.to_owned())
+                .with_source(e)
+        })?;
+        let key = self.key(&request.into_parts().0);
+        self.manager.delete(&key).await
     }
 
     /// Replaces the options.
@@ -551,6 +611,7 @@ impl HttpStreamingCache {
         stored_key: String,
         now: SystemTime,
     ) -> Plan {
+        count(&self.counters.stale_served);
         let status = "hit; detail=stale-while-revalidate".to_owned();
         let served = self.hit(parts, response, &entry.policy, now, status);
         let Role::Leader(leader) = self.manager.join_fill(&key, true) else {
@@ -589,6 +650,7 @@ impl HttpStreamingCache {
         fwd: &'static str,
         found: bool,
     ) -> Plan {
+        count(&self.counters.misses);
         let fetch = |leader| Action::Fetch {
             fwd,
             stale: None,
@@ -702,6 +764,7 @@ impl HttpStreamingCache {
         match self.manager.lookup(key).await {
             Ok(found) => found,
             Err(error) => {
+                count(&self.counters.errors);
                 tracing::warn!(%key, %error, "cache lookup failed; forwarding the request");
                 None
             }
@@ -710,6 +773,7 @@ impl HttpStreamingCache {
 
     async fn delete(&self, key: &str) {
         if let Err(error) = self.manager.delete(key).await {
+            count(&self.counters.errors);
             tracing::warn!(%key, %error, "could not invalidate a cache entry");
         }
     }
@@ -731,6 +795,9 @@ impl HttpStreamingCache {
         now: SystemTime,
         status: String,
     ) -> Response<StreamingBody> {
+        if status.starts_with("hit") && !status.contains("stale") {
+            count(&self.counters.hits);
+        }
         let length = response.body().size_hint().exact();
         let (mut head, body) = response.into_parts();
         let age = policy.age(now).as_secs();
@@ -912,6 +979,7 @@ impl Pending {
     /// A stale response served in place of the origin's answer, saying so in
     /// `Cache-Status`.
     fn serve_stale(&self, stale: Stale, status: &str) -> Response<StreamingBody> {
+        count(&self.cache.counters.stale_served);
         let now = self.cache.now();
         let status = format!("{status}; detail=stale-if-error");
         self.cache.hit(
@@ -983,6 +1051,7 @@ impl Pending {
             let response = Response::from_parts(fresh_parts, http_body_util::Empty::<Bytes>::new());
             return self.pass(response, "fwd=stale; fwd-status=304");
         }
+        count(&cache.counters.revalidations);
         let Stale {
             response: stored,
             entry: _,

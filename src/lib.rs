@@ -83,7 +83,7 @@ mod service;
 mod store;
 
 pub use body::StreamingBody;
-pub use cache::{HttpCacheOptions, HttpStreamingCache};
+pub use cache::{CacheStats, HttpCacheOptions, HttpStreamingCache};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use future::ResponseFuture;
 pub use layer::HttpCacheStreamingLayer;

@@ -35,6 +35,12 @@ impl<S> HttpCacheStreaming<S> {
         HttpCacheStreamingLayer::from(cache)
     }
 
+    /// The cache in front of the service: its [`stats`](HttpStreamingCache::stats) and
+    /// [`purge`](HttpStreamingCache::purge).
+    pub fn cache(&self) -> &HttpStreamingCache {
+        &self.cache
+    }
+
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner

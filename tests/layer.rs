@@ -163,6 +163,13 @@ async fn a_fresh_response_is_served_from_disk_without_the_origin() {
         ),
         (1, 1)
     );
+    let stats = s.cache.cache().stats().await.unwrap();
+    assert_eq!((stats.hits, stats.misses, stats.store.entries), (1, 1, 1));
+
+    // Purged: the next request goes to the origin again.
+    s.cache.cache().purge(&url).await.unwrap();
+    assert_eq!(&send(&mut s.cache, get(&url)).await.body[..], b"hello");
+    assert_eq!(s.origin.hits(), 2, "purged");
 }
 
 #[tokio::test]
@@ -231,6 +238,7 @@ async fn stale_responses_are_revalidated_and_a_304_refreshes_headers_only() {
         "the content file is kept"
     );
 
+    assert_eq!(s.cache.cache().stats().await.unwrap().revalidations, 1);
     let fresh_again = send(&mut s.cache, get(&url)).await;
     assert_eq!(s.origin.hits(), 2, "fresh again after the 304");
     assert_eq!(
@@ -992,6 +1000,7 @@ async fn stale_if_error_serves_the_stale_entry_within_its_window_only() {
     );
     assert!(within.cache_status().contains("fwd-status=503"));
 
+    assert_eq!(s.cache.cache().stats().await.unwrap().stale_served, 1);
     s.clock.advance(60); // stale for 80 s, outside it
     let outside = send(&mut s.cache, get(&url)).await;
     assert_eq!(

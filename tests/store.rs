@@ -862,3 +862,33 @@ async fn a_store_bounded_in_entries_keeps_at_most_that_many() {
     assert_eq!(read(&manager, "GET:49").await.unwrap(), "49");
     assert!(record_files(dir.path()).len() <= 10);
 }
+
+#[tokio::test]
+async fn a_response_that_arrived_earlier_never_replaces_a_later_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    let (older_tx, older) = channel_body();
+    let older = manager.tee("GET:k".into(), Response::new(older), policy(URL), url());
+    let newer = Response::new(Full::new(Bytes::from("newer")));
+    let newer = manager.tee("GET:k".into(), newer, policy(URL), url());
+    // The later response ends first, the earlier one after it.
+    assert_eq!(
+        newer.into_body().collect().await.unwrap().to_bytes(),
+        "newer"
+    );
+    assert_eq!(read(&manager, "GET:k").await.unwrap(), "newer");
+    older_tx
+        .send(Ok(Frame::data(Bytes::from("older"))))
+        .await
+        .unwrap();
+    drop(older_tx);
+    assert_eq!(
+        older.into_body().collect().await.unwrap().to_bytes(),
+        "older"
+    );
+    assert_eq!(
+        read(&manager, "GET:k").await.unwrap(),
+        "newer",
+        "the later response stays"
+    );
+}

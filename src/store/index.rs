@@ -49,6 +49,9 @@ struct Slot {
     /// When the entry was last stored or looked up (milliseconds since the epoch): the
     /// order in which entries are evicted when the store is over its size.
     last_used: u64,
+    /// The order, in this process, in which the write that stored it started (0 for
+    /// records found on disk): an older write never replaces a newer one.
+    written: u64,
 }
 
 /// A parsed record as the index holds it: the entry, the stamp of the file it was parsed
@@ -94,6 +97,18 @@ impl Index {
             body_budget,
             clock: VecDeque::new(),
             disk_bytes: 0,
+        }
+    }
+
+    /// Whether the entry under `key` was stored by a write that started after write `seq`.
+    pub(crate) fn has_newer_write(&self, key: Hash32, seq: u64) -> bool {
+        self.slots.get(&key).is_some_and(|slot| slot.written > seq)
+    }
+
+    /// Notes the order of the write that stored the entry under `key`.
+    pub(crate) fn set_written(&mut self, key: Hash32, seq: u64) {
+        if let Some(slot) = self.slots.get_mut(&key) {
+            slot.written = seq;
         }
     }
 
@@ -269,6 +284,7 @@ impl Index {
             body: None,
             used: false,
             last_used,
+            written: 0,
         };
         self.slots.insert(key, slot);
         unused

@@ -111,6 +111,7 @@ struct Inner {
     committing: Mutex<HashMap<Hash32, watch::Receiver<bool>>>,
     deletions: Arc<Mutex<Deletions>>,
     fills: Arc<Fills>,
+    writes: std::sync::atomic::AtomicU64,
 }
 
 /// The state of a store whose directories exist and whose index is loaded.
@@ -119,6 +120,7 @@ struct Opened {
     options: Options,
     scratch: Scratch,
     index: Mutex<Index>,
+    evictions: std::sync::atomic::AtomicU64,
 }
 
 /// Builds a [`StreamingManager`] with options.
@@ -216,6 +218,7 @@ impl StreamingManagerBuilder {
                 committing: Mutex::new(HashMap::new()),
                 deletions: Arc::default(),
                 fills: Arc::default(),
+                writes: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -233,6 +236,9 @@ struct Draft {
     /// The deletion count when the write started: a delete of the key since then wins.
     started: u64,
     deletions: Arc<Mutex<Deletions>>,
+    /// The order in which this write started among this store's writes: a write that
+    /// started later and committed first is not replaced by this one.
+    seq: u64,
 }
 
 /// Which keys were deleted when, so that a write started before a delete of its key (a
@@ -289,6 +295,8 @@ pub struct StoreStats {
     pub content_files: u64,
     /// Bytes of content, each shared file counted once.
     pub content_bytes: u64,
+    /// Entries removed to keep the store within its bounds since it was opened.
+    pub evictions: u64,
 }
 
 impl std::fmt::Debug for StreamingManager {
@@ -486,6 +494,10 @@ impl StreamingManager {
             reopen,
             started: lock(&self.inner.deletions).count,
             deletions: Arc::clone(&self.inner.deletions),
+            seq: 1 + self
+                .inner
+                .writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         let manager = self.clone();
         let (leader, head) = leader.unzip();
@@ -661,6 +673,7 @@ impl StreamingManager {
             entries: index.len() as u64,
             content_files: index.content_files() as u64,
             content_bytes: index.content_bytes(),
+            evictions: opened.evictions.load(std::sync::atomic::Ordering::Relaxed),
         })
     }
 }
@@ -781,6 +794,7 @@ impl Opened {
             options,
             scratch,
             index: Mutex::new(index),
+            evictions: std::sync::atomic::AtomicU64::new(0),
         };
         opened.evict_if_needed();
         Ok(opened)
@@ -848,7 +862,7 @@ impl Opened {
             length,
         } = content;
         let reopen = draft.reopen;
-        let (started, deletions) = (draft.started, draft.deletions);
+        let (started, deletions, seq) = (draft.started, draft.deletions, draft.seq);
         let entry = Entry {
             key: draft.key,
             url: draft.url,
@@ -877,12 +891,19 @@ impl Opened {
                 return Err(Error::new(ErrorKind::Incomplete)
                     .with_subject(format!("{}: deleted while it was being stored", entry.key)));
             }
+            if index.has_newer_write(key_hash, seq) {
+                return Err(Error::new(ErrorKind::Incomplete).with_subject(format!(
+                    "{}: a response that arrived later is stored already",
+                    entry.key
+                )));
+            }
             install_content(temp, &content_path, length)?;
             if reopen {
                 let file = File::open(&content_path).map_err(|e| Error::io(e, &content_path))?;
                 committed.file = Some(file);
             }
             self.install_record(&mut index, key_hash, Arc::new(entry), record_temp, stamp)?;
+            index.set_written(key_hash, seq);
         }
         self.sync_dirs(&[self.layout.content_dir(), self.layout.metadata_dir()])?;
         self.evict_if_needed();
@@ -905,6 +926,9 @@ impl Opened {
         }
         let (entries, bytes) = (index.len(), index.disk_bytes());
         drop(index);
+        let count = evicted.len() as u64;
+        self.evictions
+            .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
         if !evicted.is_empty() {
             tracing::info!(
                 evicted = evicted.len(),
