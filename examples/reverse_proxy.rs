@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release --example reverse_proxy -- \
 //!     --upstream http://127.0.0.1:8080 --listen 127.0.0.1:3000 --cache-dir ./proxy-cache \
-//!     [--private] [--timeout-secs 30] [--max-size BYTES] [--quiet]
+//!     [--private] [--timeout-secs 30] [--max-size BYTES] [--allow-purge] [--quiet]
 //! ```
 //!
 //! It forwards every method, every end-to-end request and response header (repeated headers
@@ -11,7 +11,8 @@
 //! It adds no freshness of its own: what is stored and for how long is the upstream's say.
 //! An unreachable upstream is a `502`, one that does not answer in time a `504`. Each
 //! request is logged on one line with what the cache did (`--quiet` turns that off, for
-//! load tests).
+//! load tests). With `--allow-purge`, a `PURGE` request removes what is stored for its URL
+//! (`200`, never forwarded); without it, `PURGE` is forwarded like any other method.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -44,10 +45,11 @@ struct Args {
     timeout: Duration,
     quiet: bool,
     max_size: Option<u64>,
+    allow_purge: bool,
 }
 
 const USAGE: &str = "usage: reverse_proxy --upstream http://HOST[:PORT] --listen ADDR:PORT \
-                     --cache-dir DIR [--private] [--timeout-secs N] [--max-size BYTES] [--quiet]";
+                     --cache-dir DIR [--private] [--timeout-secs N] [--max-size BYTES] [--allow-purge] [--quiet]";
 
 fn parse_args() -> Result<Args, String> {
     let mut upstream = None;
@@ -56,6 +58,7 @@ fn parse_args() -> Result<Args, String> {
     let mut private = false;
     let mut quiet = false;
     let mut max_size = None;
+    let mut allow_purge = false;
     let mut timeout = Duration::from_secs(30);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -66,6 +69,7 @@ fn parse_args() -> Result<Args, String> {
             "--cache-dir" => cache_dir = Some(value("--cache-dir")?),
             "--private" => private = true,
             "--quiet" => quiet = true,
+            "--allow-purge" => allow_purge = true,
             "--max-size" => {
                 let bytes = value("--max-size")?;
                 let bytes: u64 = bytes
@@ -109,6 +113,7 @@ fn parse_args() -> Result<Args, String> {
         timeout,
         quiet,
         max_size,
+        allow_purge,
     })
 }
 
@@ -275,11 +280,16 @@ async fn run(args: Args) -> Result<(), Error> {
             }
         };
         let service = service.clone();
-        let quiet = args.quiet;
+        let (quiet, allow_purge) = (args.quiet, args.allow_purge);
         tokio::spawn(async move {
             let per_request = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let service = service.clone();
-                log_request(service, request, quiet)
+                async move {
+                    if allow_purge && request.method().as_str() == "PURGE" {
+                        return Ok(purge(&service, &request).await);
+                    }
+                    log_request(service, request, quiet).await
+                }
             });
             let connection = auto::Builder::new(TokioExecutor::new());
             let served = connection
@@ -292,6 +302,34 @@ async fn run(args: Args) -> Result<(), Error> {
             }
         });
     }
+}
+
+/// Removes what the cache holds for the request's URL.
+async fn purge(
+    service: &HttpCacheStreaming<Upstream>,
+    request: &Request<Incoming>,
+) -> Response<http_cache_streaming::StreamingBody> {
+    // Keys are made from the URL as the client asked for it, Host included.
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let url = format!("http://{host}{path}");
+    let (status, message) = match service.cache().purge(&url).await {
+        Ok(()) => (StatusCode::OK, format!("purged {url}\n")),
+        Err(error) => (
+            StatusCode::BAD_REQUEST,
+            format!("cannot purge {url}: {error}\n"),
+        ),
+    };
+    println!("PURGE {url} -> {}", status.as_u16());
+    let mut response = Response::new(http_cache_streaming::StreamingBody::from_bytes(
+        Bytes::from(message),
+    ));
+    *response.status_mut() = status;
+    response
 }
 
 /// Sends one request through the cache and logs it on one line.

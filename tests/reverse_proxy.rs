@@ -46,7 +46,7 @@ fn start_proxy(upstream: &str, cache_dir: &std::path::Path) -> Proxy {
             "--cache-dir",
         ])
         .arg(cache_dir)
-        .args(["--timeout-secs", "1"])
+        .args(["--timeout-secs", "1", "--allow-purge"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -178,6 +178,29 @@ async fn the_reverse_proxy_forwards_strips_caches_and_fails_cleanly() {
             .to_str()
             .unwrap()
             .contains("hit")
+    );
+
+    let purged = send(
+        Request::builder()
+            .method("PURGE")
+            .uri(url("/page?q=1"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(purged.status, StatusCode::OK, "{}", purged.body);
+    let after = send(
+        Request::get(url("/page?q=1"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        after.headers["cache-status"]
+            .to_str()
+            .unwrap()
+            .contains("fwd=uri-miss"),
+        "purged"
     );
 
     for code in [599, 299] {
