@@ -89,6 +89,7 @@ pub struct HttpCacheOptions {
     coalesce_wait: Duration,
     complete_on_disconnect: Option<bool>,
     stale_if_error: Option<Duration>,
+    sweep_every: Option<Duration>,
 }
 
 impl Default for HttpCacheOptions {
@@ -107,6 +108,7 @@ impl Default for HttpCacheOptions {
             coalesce_wait: Duration::from_secs(10),
             complete_on_disconnect: None,
             stale_if_error: None,
+            sweep_every: None,
         }
     }
 }
@@ -126,6 +128,7 @@ impl fmt::Debug for HttpCacheOptions {
             .field("coalesce_wait", &self.coalesce_wait)
             .field("complete_on_disconnect", &self.complete_on_disconnect)
             .field("stale_if_error", &self.stale_if_error)
+            .field("sweep_every", &self.sweep_every)
             .finish_non_exhaustive()
     }
 }
@@ -237,6 +240,17 @@ impl HttpCacheOptions {
         self
     }
 
+    /// Every `interval`, removes stored responses that can no longer be used: stale, with
+    /// no validator to revalidate them with (no `ETag`, no `Last-Modified`), and past every
+    /// stale window (`stale-while-revalidate`, `stale-if-error`, this layer's
+    /// [`stale_if_error`](Self::stale_if_error)). Off by default (modes such as
+    /// `ForceCache` serve such responses). The sweep runs on a task of its own, started
+    /// with the first request, and ends with the cache.
+    pub fn sweep_expired_every(mut self, interval: Duration) -> Self {
+        self.sweep_every = Some(interval);
+        self
+    }
+
     fn semantics(&self) -> CacheOptions {
         CacheOptions {
             shared: self.shared,
@@ -267,6 +281,8 @@ pub struct HttpStreamingCache {
 /// What the cache has done since it was made, counted as it happens.
 #[derive(Debug, Default)]
 struct Counters {
+    /// Whether the background sweep of expired entries has been started.
+    sweeping: std::sync::atomic::AtomicBool,
     hits: AtomicU64,
     misses: AtomicU64,
     stale_served: AtomicU64,
@@ -484,8 +500,57 @@ impl HttpStreamingCache {
         usable.then(|| self.hit(parts, response, &entry.policy, now, "hit".into()))
     }
 
+    /// Removes the stored responses that can no longer be used (see
+    /// [`HttpCacheOptions::sweep_expired_every`]) and returns how many there were.
+    pub async fn sweep_expired(&self) -> crate::Result<u64> {
+        let now = self.now();
+        let default_window = self.options.stale_if_error;
+        self.manager
+            .remove_where(move |entry| unusable(entry, now, default_window))
+            .await
+    }
+
+    /// Starts the background sweep once, when one is asked for.
+    fn start_sweeping(&self) {
+        let Some(interval) = self.options.sweep_every else {
+            return;
+        };
+        if self.counters.sweeping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.counters.sweeping.store(false, Ordering::Relaxed);
+            return;
+        };
+        // The task holds the cache weakly: it ends once the cache is dropped.
+        let weak = (
+            Arc::downgrade(&self.options),
+            Arc::downgrade(&self.counters),
+        );
+        let manager = self.manager.clone();
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let (Some(options), Some(counters)) = (weak.0.upgrade(), weak.1.upgrade()) else {
+                    return;
+                };
+                let cache = HttpStreamingCache {
+                    manager: manager.clone(),
+                    options,
+                    counters,
+                };
+                match cache.sweep_expired().await {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::info!(removed, "swept expired entries"),
+                    Err(error) => tracing::warn!(%error, "sweeping expired entries failed"),
+                }
+            }
+        });
+    }
+
     /// Decides how a request starts.
     pub(crate) fn start(&self, parts: request::Parts) -> Start {
+        self.start_sweeping();
         let mode = self.mode(&parts);
         let key = self.key(&parts);
         let action = if mode == CacheMode::NoStore {
@@ -1326,6 +1391,26 @@ fn must_revalidate(headers: &HeaderMap, shared: bool) -> bool {
     has_directive(headers, "must-revalidate")
         || has_directive(headers, "no-cache")
         || (shared && has_directive(headers, "proxy-revalidate"))
+}
+
+/// Whether a stored response can no longer be used: stale, without a validator to
+/// revalidate it, and past every window in which it could be served stale.
+fn unusable(entry: &Entry, now: SystemTime, default_window: Option<Duration>) -> bool {
+    let headers = &entry.headers;
+    if !entry.policy.is_stale(now)
+        || headers.contains_key(header::ETAG)
+        || headers.contains_key(header::LAST_MODIFIED)
+        || variants_generation(headers).is_some()
+    {
+        return false;
+    }
+    let window = ["stale-while-revalidate", "stale-if-error"]
+        .iter()
+        .filter_map(|d| directive_value(headers, d)?.parse().ok())
+        .map(Duration::from_secs)
+        .chain(default_window)
+        .max();
+    !window.is_some_and(|window| stale_for_at_most(&entry.policy, now, window))
 }
 
 /// Whether the origin's answer is a failure that a stale response may stand in for.

@@ -1184,3 +1184,39 @@ async fn range_requests_are_answered_from_the_stored_body() {
     }
     assert_eq!(s.origin.hits(), 2, "every range answered from the store");
 }
+
+#[tokio::test]
+async fn responses_that_can_no_longer_be_used_are_swept() {
+    let options = HttpCacheOptions::default().sweep_expired_every(Duration::from_millis(50));
+    let mut s = setup(options, |parts, n| {
+        let extra: &[(&str, &str)] = match parts.uri.path() {
+            "/validated" => &[("etag", "\"e\"")],
+            "/windowed" => &[("cache-control", "max-age=10, stale-if-error=1000")],
+            _ => &[],
+        };
+        let mut response = reply(&[("cache-control", "max-age=10")], format!("n{n}"));
+        for (name, value) in extra {
+            response.headers_mut().insert(*name, value.parse().unwrap());
+        }
+        response
+    })
+    .await;
+    for path in ["/plain", "/validated", "/windowed"] {
+        send(&mut s.cache, get(&s.origin.url(path))).await;
+    }
+    let dir = s.dir.path().to_path_buf();
+    eventually("three entries stored", || record_files(&dir).len() == 3).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(record_files(&dir).len(), 3, "nothing is swept while fresh");
+
+    s.clock.advance(100);
+    eventually("the unusable entry is swept", || {
+        record_files(&dir).len() == 2
+    })
+    .await;
+    let removed = s.cache.cache().sweep_expired().await.unwrap();
+    assert_eq!(removed, 0, "the others can still be used");
+    let hits = s.origin.hits();
+    send(&mut s.cache, get(&s.origin.url("/plain"))).await;
+    assert_eq!(s.origin.hits(), hits + 1, "the swept entry is a miss");
+}

@@ -112,6 +112,14 @@ impl Index {
         }
     }
 
+    /// Every indexed key, with the parsed entry when it is held.
+    pub(crate) fn keys(&self) -> Vec<(Hash32, Option<Arc<Entry>>)> {
+        self.slots
+            .iter()
+            .map(|(key, slot)| (*key, slot.entry.clone()))
+            .collect()
+    }
+
     /// Notes that `key` was looked up now.
     pub(crate) fn touch(&mut self, key: Hash32) {
         if let Some(slot) = self.slots.get_mut(&key) {

@@ -658,6 +658,35 @@ impl StreamingManager {
         blocking(move || opened.delete(key_hash)).await
     }
 
+    /// Removes every entry for which `unwanted` holds, reading from disk the records whose
+    /// parsed form is not in memory. Returns how many were removed. An entry replaced while
+    /// this runs is kept. Meant for a background sweep: it visits every entry.
+    pub(crate) async fn remove_where<F>(&self, unwanted: F) -> Result<u64>
+    where
+        F: Fn(&Entry) -> bool + Send + 'static,
+    {
+        let opened = self.opened().await?;
+        blocking(move || {
+            let keys = opened.index().keys();
+            let mut removed = 0;
+            for (key_hash, parsed) in keys {
+                let entry = match parsed {
+                    Some(entry) => entry,
+                    None => match read_record(&opened.layout.record_path(key_hash), key_hash) {
+                        Ok(Some((entry, _))) => Arc::new(entry),
+                        _ => continue,
+                    },
+                };
+                if unwanted(&entry) {
+                    opened.drop_record(key_hash, Some(entry.digest));
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
     /// Removes every entry and content file. Writes under way are not committed afterwards.
     pub async fn clear(&self) -> Result<()> {
         let opened = self.opened().await?;
