@@ -500,6 +500,15 @@ impl HttpStreamingCache {
         usable.then(|| self.hit(parts, response, &entry.policy, now, "hit".into()))
     }
 
+    /// Removes every stored response whose URL starts with `prefix` (every method and
+    /// variant), and returns how many there were. It visits every entry.
+    pub async fn purge_prefix(&self, prefix: &str) -> crate::Result<u64> {
+        let prefix = prefix.to_owned();
+        self.manager
+            .remove_where(move |entry| entry.url.starts_with(&prefix))
+            .await
+    }
+
     /// Removes the stored responses that can no longer be used (see
     /// [`HttpCacheOptions::sweep_expired_every`]) and returns how many there were.
     pub async fn sweep_expired(&self) -> crate::Result<u64> {

@@ -170,6 +170,20 @@ async fn a_fresh_response_is_served_from_disk_without_the_origin() {
     s.cache.cache().purge(&url).await.unwrap();
     assert_eq!(&send(&mut s.cache, get(&url)).await.body[..], b"hello");
     assert_eq!(s.origin.hits(), 2, "purged");
+
+    // Purged by prefix: everything under /a goes, the rest stays.
+    send(&mut s.cache, get(&s.origin.url("/a/b"))).await;
+    send(&mut s.cache, get(&s.origin.url("/other"))).await;
+    let dir = s.dir.path().to_path_buf();
+    eventually("three entries", || record_files(&dir).len() == 3).await;
+    let removed = s
+        .cache
+        .cache()
+        .purge_prefix(&s.origin.url("/a"))
+        .await
+        .unwrap();
+    assert_eq!(removed, 2);
+    assert_eq!(record_files(&dir).len(), 1);
 }
 
 #[tokio::test]
