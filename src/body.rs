@@ -46,6 +46,24 @@ enum Kind {
     },
     /// Read from the temp file of an entry another request is storing.
     Follow { reader: FollowReader },
+    /// Pieces one after the other: a `multipart/byteranges` answer.
+    Parts {
+        segments: std::collections::VecDeque<Part>,
+    },
+}
+
+/// A piece of a multipart body, as a range answer describes it.
+pub(crate) enum Segment {
+    /// Bytes of its own (a part's head, the closing boundary).
+    Bytes(Bytes),
+    /// `(start, len)` of the stored body.
+    Range(u64, u64),
+}
+
+/// A piece of a multipart body, ready to be sent.
+enum Part {
+    Bytes(Bytes),
+    Disk(ChunkReader),
 }
 
 impl StreamingBody {
@@ -103,9 +121,45 @@ impl StreamingBody {
                 reader.narrow(start, len);
                 *trailers = None;
             }
-            Kind::Tee { .. } | Kind::Pass { .. } | Kind::Follow { .. } => {}
+            Kind::Tee { .. } | Kind::Pass { .. } | Kind::Follow { .. } | Kind::Parts { .. } => {}
         }
         self
+    }
+
+    /// A stored body cut into `segments` (a `multipart/byteranges` answer): its ranges are
+    /// read from the stored file at their offsets, or sliced from memory. Any other body is
+    /// returned as it is.
+    pub(crate) fn parts(self, segments: Vec<Segment>) -> Self {
+        let slice = |data: &Bytes, start: u64, len: u64| {
+            let begin = usize::try_from(start).unwrap_or(usize::MAX).min(data.len());
+            let end = begin.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+            data.slice(begin..end.min(data.len()))
+        };
+        let parts = match &self.kind {
+            Kind::Bytes { data, .. } => {
+                let data = data.clone().unwrap_or_default();
+                segments
+                    .into_iter()
+                    .map(|segment| match segment {
+                        Segment::Bytes(bytes) => Part::Bytes(bytes),
+                        Segment::Range(start, len) => Part::Bytes(slice(&data, start, len)),
+                    })
+                    .collect()
+            }
+            Kind::Disk { reader, .. } => segments
+                .into_iter()
+                .map(|segment| match segment {
+                    Segment::Bytes(bytes) => Part::Bytes(bytes),
+                    Segment::Range(start, len) => Part::Disk(reader.range(start, len)),
+                })
+                .collect(),
+            Kind::Tee { .. } | Kind::Pass { .. } | Kind::Follow { .. } | Kind::Parts { .. } => {
+                return self;
+            }
+        };
+        StreamingBody {
+            kind: Kind::Parts { segments: parts },
+        }
     }
 
     /// A stored body read from its file as it is polled.
@@ -152,6 +206,7 @@ impl fmt::Debug for StreamingBody {
             Kind::Tee { .. } => "Tee",
             Kind::Pass { .. } => "Pass",
             Kind::Follow { .. } => "Follow",
+            Kind::Parts { .. } => "Parts",
         };
         f.debug_tuple("StreamingBody").field(&kind).finish()
     }
@@ -283,6 +338,31 @@ impl Body for StreamingBody {
             Kind::Follow { reader } => reader
                 .poll_chunk(cx)
                 .map(|chunk| chunk.map(|c| c.map(Frame::data))),
+            Kind::Parts { segments } => loop {
+                match segments.front_mut() {
+                    None => return Poll::Ready(None),
+                    Some(Part::Bytes(bytes)) => {
+                        let bytes = std::mem::take(bytes);
+                        segments.pop_front();
+                        if !bytes.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                        }
+                    }
+                    Some(Part::Disk(reader)) => match reader.poll_chunk(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(None) => {
+                            segments.pop_front();
+                        }
+                        Poll::Ready(Some(Ok(data))) => {
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        Poll::Ready(Some(Err(e))) => {
+                            segments.clear();
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                    },
+                }
+            },
         }
     }
 
@@ -292,6 +372,7 @@ impl Body for StreamingBody {
             Kind::Bytes { data, trailers } => data.is_none() && trailers.is_none(),
             Kind::Pass { inner } | Kind::Tee { inner, .. } => inner.is_end_stream(),
             Kind::Follow { reader } => reader.remaining() == Some(0),
+            Kind::Parts { segments } => segments.is_empty(),
         }
     }
 
@@ -305,6 +386,15 @@ impl Body for StreamingBody {
             Kind::Follow { reader } => reader
                 .remaining()
                 .map_or_else(SizeHint::default, SizeHint::with_exact),
+            Kind::Parts { segments } => SizeHint::with_exact(
+                segments
+                    .iter()
+                    .map(|part| match part {
+                        Part::Bytes(bytes) => bytes.len() as u64,
+                        Part::Disk(reader) => reader.remaining(),
+                    })
+                    .sum(),
+            ),
         }
     }
 }

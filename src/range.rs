@@ -1,19 +1,36 @@
-//! Range requests on stored responses (RFC 9110 §14): one byte range answered `206` from the
-//! stored body, read from its offset; `416` when no byte of it exists.
+//! Range requests on stored responses (RFC 9110 §14): byte ranges answered `206` from the
+//! stored body, read from their offsets (several as `multipart/byteranges`); `416` when no
+//! byte of them exists.
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 
-use crate::body::StreamingBody;
+use crate::body::{Segment, StreamingBody};
+
+/// A boundary no body byte is likely to hold, different for every response.
+fn boundary() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "hcs-{nanos:08x}{:08x}",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
 
 /// What a stored response of `length` bytes answers to a request's `Range`.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Ranged {
-    /// No `Range`, or one this cache answers with the whole body (several ranges, a unit
-    /// other than bytes, a syntax it does not read, an `If-Range` that does not match).
+    /// No `Range`, or one this cache answers with the whole body (a unit other than bytes,
+    /// a syntax it does not read, more than `MAX_PARTS` ranges, an `If-Range` that does not
+    /// match).
     Whole,
     /// Bytes `start..start + len`.
     Part { start: u64, len: u64 },
+    /// Several ranges, in the order asked, each `(start, len)`.
+    Parts(Vec<(u64, u64)>),
     /// No byte of the range exists.
     Unsatisfiable,
 }
@@ -31,42 +48,61 @@ pub(crate) fn ranged(request: &HeaderMap, stored: &HeaderMap, length: u64) -> Ra
     let Some(spec) = range.trim().strip_prefix("bytes=") else {
         return Ranged::Whole;
     };
-    if spec.contains(',') {
+    let specs: Vec<&str> = spec.split(',').map(str::trim).collect();
+    if specs.len() > MAX_PARTS {
         return Ranged::Whole;
     }
-    let Some((first, last)) = spec.trim().split_once('-') else {
-        return Ranged::Whole;
-    };
+    let mut parts = Vec::with_capacity(specs.len());
+    for spec in specs {
+        match one_range(spec, length) {
+            Some(Some(part)) => parts.push(part),
+            Some(None) => {} // no byte of it exists; the others may
+            None => return Ranged::Whole,
+        }
+    }
+    match parts.as_slice() {
+        [] => Ranged::Unsatisfiable,
+        [(start, len)] => Ranged::Part {
+            start: *start,
+            len: *len,
+        },
+        _ => Ranged::Parts(parts),
+    }
+}
+
+/// Ranges beyond this many are answered with the whole body: cheaper than hundreds of parts.
+const MAX_PARTS: usize = 16;
+
+/// One `first-last`, `first-` or `-suffix` range: `None` when it cannot be read,
+/// `Some(None)` when no byte of it exists, else its `(start, len)`.
+fn one_range(spec: &str, length: u64) -> Option<Option<(u64, u64)>> {
+    let (first, last) = spec.split_once('-')?;
     let (first, last) = (first.trim(), last.trim());
     let (start, end) = if first.is_empty() {
         // A suffix: the last `last` bytes.
-        let Ok(suffix) = last.parse::<u64>() else {
-            return Ranged::Whole;
-        };
+        let suffix: u64 = last.parse().ok()?;
         if suffix == 0 {
-            return Ranged::Unsatisfiable;
+            return Some(None);
         }
         (length.saturating_sub(suffix), length)
     } else {
-        let Ok(start) = first.parse::<u64>() else {
-            return Ranged::Whole;
-        };
+        let start: u64 = first.parse().ok()?;
         let end = match last {
             "" => length,
-            last => match last.parse::<u64>() {
-                Ok(last) if last >= start => last.saturating_add(1).min(length),
-                _ => return Ranged::Whole,
-            },
+            last => {
+                let last: u64 = last.parse().ok()?;
+                if last < start {
+                    return None;
+                }
+                last.saturating_add(1).min(length)
+            }
         };
         (start, end)
     };
     if start >= length || start >= end {
-        return Ranged::Unsatisfiable;
+        return Some(None);
     }
-    Ranged::Part {
-        start,
-        len: end - start,
-    }
+    Some(Some((start, end - start)))
 }
 
 /// `If-Range` holds a strong entity tag equal to the stored one, or the stored
@@ -115,6 +151,37 @@ pub(crate) fn apply(
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             Response::from_parts(head, body.part(start, len))
         }
+        Ranged::Parts(parts) => {
+            let content_type = head.headers.remove(header::CONTENT_TYPE);
+            let boundary = boundary();
+            let mut segments = Vec::with_capacity(parts.len() * 2 + 1);
+            let mut total = 0u64;
+            for (i, (start, len)) in parts.iter().enumerate() {
+                let mut part_head = format!("{}--{boundary}\r\n", if i == 0 { "" } else { "\r\n" });
+                if let Some(ct) = content_type.as_ref().and_then(|v| v.to_str().ok()) {
+                    part_head.push_str(&format!("Content-Type: {ct}\r\n"));
+                }
+                part_head.push_str(&format!(
+                    "Content-Range: bytes {start}-{}/{length}\r\n\r\n",
+                    start + len - 1
+                ));
+                total += part_head.len() as u64 + len;
+                segments.push(Segment::Bytes(part_head.into()));
+                segments.push(Segment::Range(*start, *len));
+            }
+            let tail = format!("\r\n--{boundary}--\r\n");
+            total += tail.len() as u64;
+            segments.push(Segment::Bytes(tail.into()));
+            head.status = StatusCode::PARTIAL_CONTENT;
+            let multipart = format!("multipart/byteranges; boundary={boundary}");
+            if let Ok(value) = HeaderValue::try_from(multipart) {
+                head.headers.insert(header::CONTENT_TYPE, value);
+            }
+            head.headers.remove(header::CONTENT_RANGE);
+            head.headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+            Response::from_parts(head, body.parts(segments))
+        }
         Ranged::Unsatisfiable => {
             head.status = StatusCode::RANGE_NOT_SATISFIABLE;
             if let Ok(range) = HeaderValue::try_from(format!("bytes */{length}")) {
@@ -155,7 +222,17 @@ mod tests {
             Ranged::Unsatisfiable
         );
         assert_eq!(ranged(&range("bytes=5-1"), &stored, 100), Ranged::Whole);
-        assert_eq!(ranged(&range("bytes=0-1,5-6"), &stored, 100), Ranged::Whole);
+        assert_eq!(
+            ranged(&range("bytes=0-1, 5-6"), &stored, 100),
+            Ranged::Parts(vec![(0, 2), (5, 2)])
+        );
+        assert_eq!(ranged(&range("bytes=0-1,500-"), &stored, 100), part(0, 2));
+        assert_eq!(
+            ranged(&range("bytes=200-,500-"), &stored, 100),
+            Ranged::Unsatisfiable
+        );
+        let many = format!("bytes={}", vec!["0-0"; 17].join(","));
+        assert_eq!(ranged(&range(&many), &stored, 100), Ranged::Whole);
         assert_eq!(ranged(&range("items=0-1"), &stored, 100), Ranged::Whole);
         assert_eq!(ranged(&range("bytes=x-1"), &stored, 100), Ranged::Whole);
         assert_eq!(ranged(&HeaderMap::new(), &stored, 100), Ranged::Whole);

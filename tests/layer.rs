@@ -1188,12 +1188,33 @@ async fn range_requests_are_answered_from_the_stored_body() {
             (StatusCode::OK, len),
             "If-Range mismatch: the whole body"
         );
-        let several = [("range", "bytes=0-0,5-6")];
+        // Several ranges: multipart/byteranges, each part with its Content-Range.
+        let several = [("range", "bytes=0-0, 5-6, -3")];
         let got = send(&mut s.cache, with("GET", &url, &several)).await;
+        assert_eq!(got.status, StatusCode::PARTIAL_CONTENT);
+        let content_type = got.header("content-type").unwrap().to_owned();
+        let boundary = content_type
+            .strip_prefix("multipart/byteranges; boundary=")
+            .expect("a multipart answer");
         assert_eq!(
-            (got.status, got.body.len() as u64),
-            (StatusCode::OK, len),
-            "several ranges: the whole body"
+            got.header("content-length"),
+            Some(got.body.len().to_string().as_str())
+        );
+        let mut expected = Vec::new();
+        for (i, (start, n)) in [(0u64, 1u64), (5, 2), (len - 3, 3)].into_iter().enumerate() {
+            let lead = if i == 0 { "" } else { "\r\n" };
+            let end = start + n - 1;
+            expected.extend_from_slice(
+                format!("{lead}--{boundary}\r\nContent-Range: bytes {start}-{end}/{len}\r\n\r\n")
+                    .as_bytes(),
+            );
+            expected.extend_from_slice(&whole[start as usize..(start + n) as usize]);
+        }
+        expected.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        assert_eq!(
+            &got.body[..],
+            &expected[..],
+            "{path}: the parts, byte for byte"
         );
     }
     assert_eq!(s.origin.hits(), 2, "every range answered from the store");

@@ -129,6 +129,13 @@ impl ChunkReader {
         self.on_corrupt = None;
     }
 
+    /// A reader of bytes `start..start + len` of the same file, from the offset this one
+    /// started at, without a digest check. Readers of one file must be polled one after the
+    /// other (each seeks the shared handle before it reads).
+    pub(crate) fn range(&self, start: u64, len: u64) -> ChunkReader {
+        ChunkReader::new(Arc::clone(&self.file), self.offset + start, len, self.chunk)
+    }
+
     /// Bytes not yet handed out.
     pub(crate) fn remaining(&self) -> u64 {
         self.remaining
