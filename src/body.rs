@@ -405,7 +405,7 @@ impl Drop for StreamingBody {
     fn drop(&mut self) {
         if let Kind::Tee { inner, sink } = &mut self.kind
             && sink.as_ref().is_some_and(TeeSink::wanted)
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && crate::rt::available()
         {
             let inner = std::mem::replace(inner, boxed(http_body_util::Empty::new()));
             let body = StreamingBody {
@@ -414,7 +414,7 @@ impl Drop for StreamingBody {
                     sink: sink.take(),
                 },
             };
-            runtime.spawn(async move {
+            crate::rt::spawn(async move {
                 use http_body_util::BodyExt as _;
                 let mut body = std::pin::pin!(body);
                 while let Some(Ok(_)) = body.frame().await {}

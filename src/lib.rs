@@ -79,6 +79,7 @@ mod key;
 mod layer;
 mod mode;
 mod range;
+mod rt;
 mod service;
 mod store;
 

@@ -17,7 +17,6 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_cache_semantics::CachePolicy;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use super::layout::Hash32;
 use super::reader::read_chunk;
@@ -234,7 +233,7 @@ pub(crate) struct FollowReader {
     state: watch::Receiver<FillState>,
     offset: u64,
     chunk: usize,
-    inflight: Option<JoinHandle<std::io::Result<Bytes>>>,
+    inflight: Option<crate::rt::Blocking<std::io::Result<Bytes>>>,
     waiting: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
@@ -253,9 +252,7 @@ impl FollowReader {
                         let error = Error::new(ErrorKind::Io).with_subject("a body being stored");
                         return Poll::Ready(Some(Err(error.with_source(e))));
                     }
-                    Err(e) => {
-                        return Poll::Ready(Some(Err(Error::new(ErrorKind::Io).with_source(e))));
-                    }
+                    Err(lost) => return Poll::Ready(Some(Err(lost))),
                 };
                 self.offset += bytes.len() as u64;
                 return Poll::Ready(Some(Ok(bytes)));
@@ -270,9 +267,10 @@ impl FollowReader {
             {
                 let len = (state.written - self.offset).min(self.chunk as u64) as usize;
                 let offset = self.offset;
-                self.inflight = Some(tokio::task::spawn_blocking(move || {
-                    read_chunk(&file, offset, len)
-                }));
+                match crate::rt::spawn_blocking(move || read_chunk(&file, offset, len)) {
+                    Ok(read) => self.inflight = Some(read),
+                    Err(e) => return Poll::Ready(Some(Err(e))),
+                }
                 continue;
             }
             match state.end {

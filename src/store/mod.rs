@@ -464,17 +464,16 @@ impl StreamingManager {
         let (parts, body) = response.into_parts();
         let body = boxed(body);
         let (done_tx, done_rx) = oneshot::channel();
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(%key, "not stored: tee called outside a Tokio runtime");
-            let _ =
-                done_tx
-                    .send(Err(Error::new(ErrorKind::Io)
-                        .with_subject("tee called outside a Tokio runtime")));
+        if !crate::rt::available() {
+            tracing::warn!(%key, "not stored: tee called outside a runtime");
+            let _ = done_tx.send(Err(
+                Error::new(ErrorKind::Io).with_subject("tee called outside a runtime")
+            ));
             return (
                 Response::from_parts(parts, StreamingBody::tee(body, None)),
                 done_rx,
             );
-        };
+        }
         let (end_tx, end_rx) = oneshot::channel();
         let (commit_tx, commit_rx) = watch::channel(false);
         let key_hash = Hash32::of(key.as_bytes());
@@ -503,7 +502,7 @@ impl StreamingManager {
         let (leader, head) = leader.unzip();
         let fill = leader.as_ref().map(|leader| Arc::clone(leader.fill()));
         let (sink, rx) = TeeSink::new(end_tx, on_end, fill.clone());
-        runtime.spawn(async move {
+        crate::rt::spawn(async move {
             let result = async {
                 let opened = manager.opened().await?;
                 blocking(move || {
@@ -720,15 +719,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Runs blocking file work on Tokio's blocking pool.
+/// Runs blocking file work on the runtime's blocking pool.
 async fn blocking<T, F>(work: F) -> Result<T>
 where
     F: FnOnce() -> Result<T> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::new(ErrorKind::Io).with_source(e))?
+    crate::rt::spawn_blocking(work)?.await?
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

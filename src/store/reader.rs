@@ -8,7 +8,6 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
-use tokio::task::JoinHandle;
 
 use super::layout::Hash32;
 use crate::error::{Error, ErrorKind};
@@ -88,7 +87,7 @@ pub(crate) struct ChunkReader {
     remaining: u64,
     chunk: usize,
     verify: Option<Verify>,
-    inflight: Option<JoinHandle<Read>>,
+    inflight: Option<crate::rt::Blocking<Read>>,
     /// What to tell the store when the content turns out to be corrupt.
     on_corrupt: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
@@ -152,9 +151,7 @@ impl ChunkReader {
         let file = Arc::clone(&self.file);
         let mut hasher = self.verify.as_mut().and_then(|v| v.hasher.take());
         let expected = self.verify.as_ref().map(|v| v.expected);
-        let handle = tokio::runtime::Handle::try_current()
-            .map_err(|e| Error::new(ErrorKind::Io).with_source(e))?;
-        self.inflight = Some(handle.spawn_blocking(move || {
+        self.inflight = Some(crate::rt::spawn_blocking(move || {
             // The reader owns its handle and has one read in flight at a time.
             let bytes = read_owned_chunk(&file, offset, len)?;
             if let Some(h) = hasher.as_mut() {
@@ -167,7 +164,7 @@ impl ChunkReader {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, DigestMismatch));
             }
             Ok((bytes, hasher))
-        }));
+        })?);
         Ok(())
     }
 
@@ -220,9 +217,9 @@ impl ChunkReader {
                     Err(Error::new(ErrorKind::Io).with_source(e))
                 }
             }
-            Err(join) => {
+            Err(lost) => {
                 self.remaining = 0;
-                Err(Error::new(ErrorKind::Io).with_source(join))
+                Err(lost)
             }
         };
         Poll::Ready(Some(result))
