@@ -290,8 +290,14 @@ struct Counters {
     errors: AtomicU64,
 }
 
-fn count(counter: &AtomicU64) {
+/// Counts one event in `counter` and, with the `metrics` feature, in the `metrics` counter
+/// `name`.
+fn count(counter: &AtomicU64, name: &'static str) {
     counter.fetch_add(1, Ordering::Relaxed);
+    #[cfg(feature = "metrics")]
+    metrics::counter!(name).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = name;
 }
 
 /// What a cache holds and has done: [`HttpStreamingCache::stats`].
@@ -685,7 +691,10 @@ impl HttpStreamingCache {
         stored_key: String,
         now: SystemTime,
     ) -> Plan {
-        count(&self.counters.stale_served);
+        count(
+            &self.counters.stale_served,
+            "http_cache_streaming_stale_served_total",
+        );
         let status = "hit; detail=stale-while-revalidate".to_owned();
         let served = self.hit(parts, response, &entry.policy, now, status);
         let Role::Leader(leader) = self.manager.join_fill(&key, true) else {
@@ -724,7 +733,7 @@ impl HttpStreamingCache {
         fwd: &'static str,
         found: bool,
     ) -> Plan {
-        count(&self.counters.misses);
+        count(&self.counters.misses, "http_cache_streaming_misses_total");
         let fetch = |leader| Action::Fetch {
             fwd,
             stale: None,
@@ -838,7 +847,7 @@ impl HttpStreamingCache {
         match self.manager.lookup(key).await {
             Ok(found) => found,
             Err(error) => {
-                count(&self.counters.errors);
+                count(&self.counters.errors, "http_cache_streaming_errors_total");
                 tracing::warn!(%key, %error, "cache lookup failed; forwarding the request");
                 None
             }
@@ -847,7 +856,7 @@ impl HttpStreamingCache {
 
     async fn delete(&self, key: &str) {
         if let Err(error) = self.manager.delete(key).await {
-            count(&self.counters.errors);
+            count(&self.counters.errors, "http_cache_streaming_errors_total");
             tracing::warn!(%key, %error, "could not invalidate a cache entry");
         }
     }
@@ -870,7 +879,7 @@ impl HttpStreamingCache {
         status: String,
     ) -> Response<StreamingBody> {
         if status.starts_with("hit") && !status.contains("stale") {
-            count(&self.counters.hits);
+            count(&self.counters.hits, "http_cache_streaming_hits_total");
         }
         let length = response.body().size_hint().exact();
         let (mut head, body) = response.into_parts();
@@ -1053,7 +1062,10 @@ impl Pending {
     /// A stale response served in place of the origin's answer, saying so in
     /// `Cache-Status`.
     fn serve_stale(&self, stale: Stale, status: &str) -> Response<StreamingBody> {
-        count(&self.cache.counters.stale_served);
+        count(
+            &self.cache.counters.stale_served,
+            "http_cache_streaming_stale_served_total",
+        );
         let now = self.cache.now();
         let status = format!("{status}; detail=stale-if-error");
         self.cache.hit(
@@ -1125,7 +1137,10 @@ impl Pending {
             let response = Response::from_parts(fresh_parts, http_body_util::Empty::<Bytes>::new());
             return self.pass(response, "fwd=stale; fwd-status=304");
         }
-        count(&cache.counters.revalidations);
+        count(
+            &cache.counters.revalidations,
+            "http_cache_streaming_revalidations_total",
+        );
         let Stale {
             response: stored,
             entry: _,

@@ -955,6 +955,8 @@ impl Opened {
         let count = evicted.len() as u64;
         self.evictions
             .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("http_cache_streaming_evictions_total").increment(count);
         if !evicted.is_empty() {
             tracing::info!(
                 evicted = evicted.len(),
