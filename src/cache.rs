@@ -556,8 +556,10 @@ impl HttpStreamingCache {
                 };
                 match cache.sweep_expired().await {
                     Ok(0) => {}
-                    Ok(removed) => tracing::info!(removed, "swept expired entries"),
-                    Err(error) => tracing::warn!(%error, "sweeping expired entries failed"),
+                    Ok(removed) => crate::log::info_event!(removed, "swept expired entries"),
+                    Err(error) => {
+                        crate::log::warn_event!(%error, "sweeping expired entries failed")
+                    }
                 }
             }
         });
@@ -572,10 +574,15 @@ impl HttpStreamingCache {
             Action::Pass
         } else if parts.method == Method::GET || parts.method == Method::HEAD {
             let cache = self.clone();
-            return Start::Lookup(Box::pin(async move {
+            #[cfg(feature = "tracing")]
+            let span = tracing::debug_span!("http_cache.lookup", %key, method = %parts.method);
+            let lookup = async move {
                 let plan = cache.plan(&parts, key, mode).await;
                 (plan, parts)
-            }));
+            };
+            #[cfg(feature = "tracing")]
+            let lookup = tracing::Instrument::instrument(lookup, span);
+            return Start::Lookup(Box::pin(lookup));
         } else if parts.method == Method::OPTIONS || parts.method == Method::TRACE {
             Action::Pass
         } else {
@@ -848,7 +855,7 @@ impl HttpStreamingCache {
             Ok(found) => found,
             Err(error) => {
                 count(&self.counters.errors, "http_cache_streaming_errors_total");
-                tracing::warn!(%key, %error, "cache lookup failed; forwarding the request");
+                crate::log::warn_event!(%key, %error, "cache lookup failed; forwarding the request");
                 None
             }
         }
@@ -857,7 +864,7 @@ impl HttpStreamingCache {
     async fn delete(&self, key: &str) {
         if let Err(error) = self.manager.delete(key).await {
             count(&self.counters.errors, "http_cache_streaming_errors_total");
-            tracing::warn!(%key, %error, "could not invalidate a cache entry");
+            crate::log::warn_event!(%key, %error, "could not invalidate a cache entry");
         }
     }
 
@@ -979,7 +986,7 @@ impl HttpStreamingCache {
         {
             Ok(_) => Some(generation),
             Err(error) => {
-                tracing::warn!(%key, %error, "could not store a variant list");
+                crate::log::warn_event!(%key, %error, "could not store a variant list");
                 None
             }
         }
@@ -1181,7 +1188,7 @@ impl Pending {
             }
             result => {
                 if let Err(error) = result {
-                    tracing::warn!(key = %stored_key, %error, "could not store revalidated headers");
+                    crate::log::warn_event!(key = %stored_key, %error, "could not store revalidated headers");
                 }
                 // Serve the body already open, with the headers the origin just confirmed.
                 let (mut parts, ()) = head.into_parts();

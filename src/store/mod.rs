@@ -465,7 +465,7 @@ impl StreamingManager {
         let body = boxed(body);
         let (done_tx, done_rx) = oneshot::channel();
         if !crate::rt::available() {
-            tracing::warn!(%key, "not stored: tee called outside a runtime");
+            crate::log::warn_event!(%key, "not stored: tee called outside a runtime");
             let _ = done_tx.send(Err(
                 Error::new(ErrorKind::Io).with_subject("tee called outside a runtime")
             ));
@@ -502,7 +502,9 @@ impl StreamingManager {
         let (leader, head) = leader.unzip();
         let fill = leader.as_ref().map(|leader| Arc::clone(leader.fill()));
         let (sink, rx) = TeeSink::new(end_tx, on_end, fill.clone());
-        crate::rt::spawn(async move {
+        #[cfg(feature = "tracing")]
+        let span = tracing::debug_span!("http_cache.store", key = %draft.key);
+        let write = async move {
             let result = async {
                 let opened = manager.opened().await?;
                 blocking(move || {
@@ -539,11 +541,11 @@ impl StreamingManager {
                 });
             }
             match &result {
-                Ok(c) => tracing::debug!(digest = ?c.digest, length = c.length, "stored"),
+                Ok(c) => crate::log::debug_event!(digest = ?c.digest, length = c.length, "stored"),
                 Err(e) if e.kind() == ErrorKind::Incomplete || e.is_body() => {
-                    tracing::debug!(error = %e, "not stored")
+                    crate::log::debug_event!(error = %e, "not stored")
                 }
-                Err(e) => tracing::warn!(error = %e, "not stored"),
+                Err(e) => crate::log::warn_event!(error = %e, "not stored"),
             }
             {
                 let mut committing = manager.inner.committing();
@@ -556,7 +558,10 @@ impl StreamingManager {
             }
             let _ = commit_tx.send(true);
             let _ = done_tx.send(result);
-        });
+        };
+        #[cfg(feature = "tracing")]
+        let write = tracing::Instrument::instrument(write, span);
+        crate::rt::spawn(write);
 
         let body = StreamingBody::tee(body, Some(sink));
         (Response::from_parts(parts, body), done_rx)
@@ -799,7 +804,7 @@ impl Opened {
                 }
                 Ok(None) => {}
                 Err(why) => {
-                    tracing::warn!(path = %path.display(), %why, "removing unusable record");
+                    crate::log::warn_event!(path = %path.display(), %why, "removing unusable record");
                     let _ = remove_if_present(&path);
                     dropped += 1;
                 }
@@ -808,7 +813,7 @@ impl Opened {
         let content = layout.content_dir();
         let orphans = gc::sweep_orphans(&content, |d| index.refs(d) > 0)
             .map_err(|e| Error::io(e, &content))?;
-        tracing::info!(
+        crate::log::info_event!(
             dir = %layout.metadata_dir().display(),
             entries = index.len(),
             leftovers, dropped, orphans,
@@ -958,7 +963,7 @@ impl Opened {
         #[cfg(feature = "metrics")]
         metrics::counter!("http_cache_streaming_evictions_total").increment(count);
         if !evicted.is_empty() {
-            tracing::info!(
+            crate::log::info_event!(
                 evicted = evicted.len(),
                 entries,
                 bytes,
@@ -1061,7 +1066,7 @@ impl Opened {
                     return Ok(None);
                 }
                 Err(why) => {
-                    tracing::warn!(path = %path.display(), %why, "removing unusable record");
+                    crate::log::warn_event!(path = %path.display(), %why, "removing unusable record");
                     self.drop_record(key_hash, None);
                     return Ok(None);
                 }
@@ -1075,7 +1080,7 @@ impl Opened {
         let file = match File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                tracing::warn!(%key, path = %path.display(), "content missing, removing record");
+                crate::log::warn_event!(%key, path = %path.display(), "content missing, removing record");
                 self.drop_record(key_hash, Some(entry.digest));
                 return Ok(None);
             }
@@ -1083,7 +1088,7 @@ impl Opened {
         };
         let actual = file.metadata().map_err(|e| Error::io(e, &path))?.len();
         if actual != entry.length {
-            tracing::warn!(%key, path = %path.display(), expected = entry.length, actual,
+            crate::log::warn_event!(%key, path = %path.display(), expected = entry.length, actual,
                 "content has the wrong length, removing it and its record");
             self.forget_content(entry.digest);
             self.drop_record(key_hash, Some(entry.digest));
@@ -1104,7 +1109,7 @@ impl Opened {
         // Small: read whole now, and kept in memory for the next hits when it is small enough.
         let bytes = reader::read_chunk(&file, 0, len).map_err(|e| Error::io(e, &path))?;
         if self.options.verify_on_read && !reader::digest_matches(&bytes, entry.digest) {
-            tracing::warn!(%key, path = %path.display(),
+            crate::log::warn_event!(%key, path = %path.display(),
                     "content fails its digest check, removing it and its record");
             self.forget_content(entry.digest);
             self.drop_record(key_hash, Some(entry.digest));
@@ -1150,7 +1155,7 @@ impl Opened {
         index.forget_bodies(digest);
         let path = self.layout.content_path(digest);
         if let Err(e) = remove_if_present(&path) {
-            tracing::warn!(path = %path.display(), error = %e, "could not remove damaged content");
+            crate::log::warn_event!(path = %path.display(), error = %e, "could not remove damaged content");
         }
     }
 
