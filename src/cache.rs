@@ -90,6 +90,7 @@ pub struct HttpCacheOptions {
     complete_on_disconnect: Option<bool>,
     stale_if_error: Option<Duration>,
     sweep_every: Option<Duration>,
+    fetch_whole_on_range_miss: bool,
 }
 
 impl Default for HttpCacheOptions {
@@ -109,6 +110,7 @@ impl Default for HttpCacheOptions {
             complete_on_disconnect: None,
             stale_if_error: None,
             sweep_every: None,
+            fetch_whole_on_range_miss: false,
         }
     }
 }
@@ -129,6 +131,7 @@ impl fmt::Debug for HttpCacheOptions {
             .field("complete_on_disconnect", &self.complete_on_disconnect)
             .field("stale_if_error", &self.stale_if_error)
             .field("sweep_every", &self.sweep_every)
+            .field("fetch_whole_on_range_miss", &self.fetch_whole_on_range_miss)
             .finish_non_exhaustive()
     }
 }
@@ -251,6 +254,15 @@ impl HttpCacheOptions {
         self
     }
 
+    /// What a `Range` request that misses does: by default it goes to the origin as it is,
+    /// and the partial answer is not stored. With `true`, the whole response is fetched
+    /// (without `Range`) and stored, and the client is answered its range from the file as
+    /// it is written; the next requests, ranged or not, are hits.
+    pub fn fetch_whole_on_range_miss(mut self, on: bool) -> Self {
+        self.fetch_whole_on_range_miss = on;
+        self
+    }
+
     fn semantics(&self) -> CacheOptions {
         CacheOptions {
             shared: self.shared,
@@ -370,6 +382,9 @@ pub(crate) struct Pending {
     key: String,
     mode: CacheMode,
     action: Action,
+    /// A ranged miss fetching the whole response: the client's range, answered from the
+    /// stored body as it is written.
+    range: Option<HeaderMap>,
 }
 
 enum Action {
@@ -610,6 +625,7 @@ impl HttpStreamingCache {
             key,
             mode,
             action,
+            range: None,
         }
     }
 
@@ -779,7 +795,20 @@ impl HttpStreamingCache {
         let complete = options.complete_on_disconnect.unwrap_or(options.shared);
         let mut follower = match self.manager.join_fill(&key, complete) {
             Role::Leader(leader) => {
-                return self.forward(parts, key, mode, action(Some(leader)), conditional);
+                let mut plan = self.forward(parts, key, mode, action(Some(leader)), conditional);
+                if let Plan::Forward { pending, .. } = &mut plan
+                    && options.fetch_whole_on_range_miss
+                    && parts.headers.contains_key(header::RANGE)
+                {
+                    let mut range = HeaderMap::new();
+                    for name in [header::RANGE, header::IF_RANGE] {
+                        if let Some(value) = parts.headers.get(&name) {
+                            range.insert(name, value.clone());
+                        }
+                    }
+                    pending.range = Some(range);
+                }
+                return plan;
             }
             Role::Follower(follower) => follower,
         };
@@ -1021,6 +1050,12 @@ impl Pending {
                 _ => self.store(response, fwd, lookup_found, leader),
             },
         }
+    }
+
+    /// Whether the request goes to the inner service without its `Range`: a ranged miss
+    /// that fetches the whole response.
+    pub(crate) fn fetches_whole(&self) -> bool {
+        self.range.is_some()
     }
 
     /// What the cache answers when the inner service fails: a stored response that must not
@@ -1272,7 +1307,9 @@ impl Pending {
             let mut response = match leader {
                 Some((leader, head)) => {
                     let manager = &cache.manager;
-                    manager.tee_filling(self.key, response, policy, url, leader, head)
+                    let teed =
+                        manager.tee_filling(self.key.clone(), response, policy, url, leader, head);
+                    self.answer_range(teed)
                 }
                 None => cache.manager.tee(self.key, response, policy, url),
             };
@@ -1301,6 +1338,62 @@ impl Pending {
             cache.annotate(response.headers_mut(), &status, false, found);
             response
         }))
+    }
+
+    /// For a ranged miss that fetched the whole response: reads the whole body into the
+    /// store on a task of its own and answers the client's range from the file as it is
+    /// written. Anything it cannot do that for (no `Content-Length`, several ranges, no
+    /// fill to follow) is answered with the whole response.
+    fn answer_range(&self, teed: Response<StreamingBody>) -> Response<StreamingBody> {
+        let Some(range) = &self.range else {
+            return teed;
+        };
+        let length = teed
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let Some(length) = length else {
+            return teed;
+        };
+        let ranged = range::ranged(range, teed.headers(), length);
+        let (start, len) = match ranged {
+            range::Ranged::Part { start, len } => (start, len),
+            range::Ranged::Unsatisfiable => (0, 0),
+            range::Ranged::Whole | range::Ranged::Parts(_) => return teed,
+        };
+        let Role::Follower(follower) = self.cache.manager.join_fill(&self.key, true) else {
+            return teed;
+        };
+        let (mut head, body) = teed.into_parts();
+        let spawned = crate::rt::spawn(async move {
+            use http_body_util::BodyExt as _;
+            let mut body = std::pin::pin!(body);
+            while let Some(Ok(_)) = body.frame().await {}
+        });
+        if !spawned {
+            return Response::from_parts(head, StreamingBody::empty());
+        }
+        if len == 0 {
+            head.status = StatusCode::RANGE_NOT_SATISFIABLE;
+            if let Ok(value) = HeaderValue::try_from(format!("bytes */{length}")) {
+                head.headers.insert(header::CONTENT_RANGE, value);
+            }
+            head.headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            return Response::from_parts(head, StreamingBody::empty());
+        }
+        head.status = StatusCode::PARTIAL_CONTENT;
+        let value = format!("bytes {start}-{}/{length}", start + len - 1);
+        if let Ok(value) = HeaderValue::try_from(value) {
+            head.headers.insert(header::CONTENT_RANGE, value);
+        }
+        head.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        head.headers
+            .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        let reader = follower.body(256 * 1024).narrow(start, len);
+        Response::from_parts(head, StreamingBody::follow(reader))
     }
 
     /// The request as the stored policy sees it: only the headers the response's `Vary`

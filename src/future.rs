@@ -153,6 +153,10 @@ where
                             pending,
                         } => {
                             apply_validators(&mut parts, conditional);
+                            if pending.fetches_whole() {
+                                parts.headers.remove(http::header::RANGE);
+                                parts.headers.remove(http::header::IF_RANGE);
+                            }
                             let (Some(mut service), Some(body)) = (service.take(), body.take())
                             else {
                                 panic!("ResponseFuture polled after completion");

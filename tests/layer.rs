@@ -1255,3 +1255,37 @@ async fn responses_that_can_no_longer_be_used_are_swept() {
     send(&mut s.cache, get(&s.origin.url("/plain"))).await;
     assert_eq!(s.origin.hits(), hits + 1, "the swept entry is a miss");
 }
+
+#[tokio::test]
+async fn a_range_miss_can_fetch_the_whole_response_and_answer_the_range_from_it() {
+    let body_of = |len: usize| -> Vec<u8> { (0..len).map(|i| (i % 251) as u8).collect() };
+    let options = HttpCacheOptions::default().fetch_whole_on_range_miss(true);
+    let mut s = setup(options, move |_, _| {
+        reply(&[("cache-control", "max-age=60")], body_of(1_000_000))
+    })
+    .await;
+    let url = s.origin.url("/video");
+    let whole = body_of(1_000_000);
+    let ranged = with("GET", &url, &[("range", "bytes=500000-500099")]);
+    let got = send(&mut s.cache, ranged).await;
+    assert_eq!(got.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        got.header("content-range"),
+        Some("bytes 500000-500099/1000000")
+    );
+    assert_eq!(&got.body[..], &whole[500_000..500_100]);
+    assert!(
+        !s.origin.last_request().headers.contains_key("range"),
+        "the whole response was asked for"
+    );
+    let dir = s.dir.path().to_path_buf();
+    eventually("the whole response is stored", || {
+        record_files(&dir).len() == 1
+    })
+    .await;
+    let hit = send(&mut s.cache, get(&url)).await;
+    assert_eq!(&hit.body[..], &whole[..]);
+    let tail = send(&mut s.cache, with("GET", &url, &[("range", "bytes=-10")])).await;
+    assert_eq!(&tail.body[..], &whole[999_990..]);
+    assert_eq!(s.origin.hits(), 1, "one origin request for all three");
+}

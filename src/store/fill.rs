@@ -203,6 +203,7 @@ impl FillFollower {
             _follower: FollowerCount(Arc::clone(&self.fill)),
             state: self.state.clone(),
             offset: 0,
+            end: None,
             chunk: chunk.max(1),
             inflight: None,
             waiting: None,
@@ -232,12 +233,22 @@ pub(crate) struct FollowReader {
     _follower: FollowerCount,
     state: watch::Receiver<FillState>,
     offset: u64,
+    /// Where to stop, for a range of the body; else its end.
+    end: Option<u64>,
     chunk: usize,
     inflight: Option<crate::rt::Blocking<std::io::Result<Bytes>>>,
     waiting: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 impl FollowReader {
+    /// Reads only bytes `start..start + len` of the body, waiting for the writer to reach
+    /// them.
+    pub(crate) fn narrow(mut self, start: u64, len: u64) -> Self {
+        self.offset = start;
+        self.end = Some(start.saturating_add(len));
+        self
+    }
+
     pub(crate) fn poll_chunk(
         &mut self,
         cx: &mut Context<'_>,
@@ -261,11 +272,15 @@ impl FollowReader {
                 ready!(waiting.as_mut().poll(cx));
                 self.waiting = None;
             }
+            if self.end.is_some_and(|end| self.offset >= end) {
+                return Poll::Ready(None);
+            }
             let state = self.state.borrow_and_update().clone();
             if let Some(file) = state.file
                 && self.offset < state.written
             {
-                let len = (state.written - self.offset).min(self.chunk as u64) as usize;
+                let until = self.end.map_or(state.written, |end| end.min(state.written));
+                let len = (until - self.offset).min(self.chunk as u64) as usize;
                 let offset = self.offset;
                 match crate::rt::spawn_blocking(move || read_chunk(&file, offset, len)) {
                     Ok(read) => self.inflight = Some(read),
@@ -297,6 +312,9 @@ impl FollowReader {
 
     /// Bytes known to be left, once the fill's length is known.
     pub(crate) fn remaining(&self) -> Option<u64> {
+        if let Some(end) = self.end {
+            return Some(end.saturating_sub(self.offset));
+        }
         match self.state.borrow().end {
             Some(FillEnd::Stored(length)) => Some(length.saturating_sub(self.offset)),
             _ => None,
