@@ -673,11 +673,11 @@ async fn keys_of_any_length_and_character_are_safe() {
             vec![i as u8; 10]
         );
     }
-    // Nothing was created outside the store's three directories.
+    // Nothing was created outside the store's three directories and its access log.
     assert_eq!(files_in(dir.path()), ["cache-v2"]);
     assert_eq!(
         files_in(&dir.path().join("cache-v2")),
-        ["content", "metadata", "tmp"]
+        ["access.log", "content", "metadata", "tmp"]
     );
     assert_eq!(record_files(dir.path()).len(), keys.len());
 }
@@ -891,4 +891,30 @@ async fn a_response_that_arrived_earlier_never_replaces_a_later_one() {
         "newer",
         "the later response stays"
     );
+}
+
+#[tokio::test]
+async fn the_eviction_order_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    for key in ["GET:a", "GET:b", "GET:c"] {
+        put_body(&manager, key, Bytes::from(key)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // "a" was stored first but used last.
+    assert!(read(&manager, "GET:a").await.is_some());
+    drop(manager);
+    assert!(dir.path().join("cache-v2/access.log").exists());
+
+    let bounded = StreamingManager::builder(dir.path()).max_entries(2).build();
+    assert_eq!(bounded.stats().await.unwrap().entries, 2);
+    assert!(
+        read(&bounded, "GET:b").await.is_none(),
+        "the least recently used went"
+    );
+    assert!(
+        read(&bounded, "GET:a").await.is_some(),
+        "the one used after a restart stays"
+    );
+    assert!(read(&bounded, "GET:c").await.is_some());
 }

@@ -52,6 +52,8 @@ struct Slot {
     /// The order, in this process, in which the write that stored it started (0 for
     /// records found on disk): an older write never replaces a newer one.
     written: u64,
+    /// When a use of the entry was last written to the access log (0: never).
+    logged: u64,
 }
 
 /// A parsed record as the index holds it: the entry, the stamp of the file it was parsed
@@ -79,6 +81,10 @@ pub(crate) struct Index {
     /// Bytes of content the records use, each content file counted once.
     disk_bytes: u64,
 }
+
+/// A lookup writes an entry's use to the access log at most this often (milliseconds): the
+/// eviction order survives a restart to within a minute.
+const LOG_USES_EVERY: u64 = 60_000;
 
 /// Milliseconds since the epoch, the unit of `last_used`.
 pub(crate) fn millis(time: std::time::SystemTime) -> u64 {
@@ -121,10 +127,30 @@ impl Index {
     }
 
     /// Notes that `key` was looked up now.
-    pub(crate) fn touch(&mut self, key: Hash32) {
-        if let Some(slot) = self.slots.get_mut(&key) {
-            slot.last_used = millis(std::time::SystemTime::now());
+    /// Returns the time to write to the access log, when the entry's last logged use is
+    /// older than `LOG_USES_EVERY` (so a hot entry costs one line a minute).
+    pub(crate) fn touch(&mut self, key: Hash32) -> Option<u64> {
+        let now = millis(std::time::SystemTime::now());
+        let slot = self.slots.get_mut(&key)?;
+        slot.last_used = now;
+        if now.saturating_sub(slot.logged) < LOG_USES_EVERY {
+            return None;
         }
+        slot.logged = now;
+        Some(now)
+    }
+
+    /// Takes in a use read from the access log when the store opens.
+    pub(crate) fn set_last_used(&mut self, key: Hash32, at: u64) {
+        if let Some(slot) = self.slots.get_mut(&key) {
+            slot.last_used = slot.last_used.max(at);
+            slot.logged = slot.logged.max(at);
+        }
+    }
+
+    /// Every key's last use, to rewrite the access log short.
+    pub(crate) fn uses(&self) -> Vec<(Hash32, u64)> {
+        self.slots.iter().map(|(k, s)| (*k, s.last_used)).collect()
     }
 
     /// Removes the least recently used records until the content they use is within
@@ -141,8 +167,8 @@ impl Index {
         if !over_bytes && !over_entries {
             return Vec::new();
         }
-        let byte_goal = max_bytes.map(|max| max / 10 * 9);
-        let entry_goal = max_entries.map(|max| max / 10 * 9);
+        let byte_goal = max_bytes.map(|max| max - max / 10);
+        let entry_goal = max_entries.map(|max| max - max / 10);
         let mut oldest: Vec<(u64, Hash32)> =
             self.slots.iter().map(|(k, s)| (s.last_used, *k)).collect();
         oldest.sort_unstable();
@@ -169,7 +195,6 @@ impl Index {
         let slot = self.slots.get_mut(&key)?;
         let entry = slot.entry.clone()?;
         slot.used = true;
-        slot.last_used = millis(std::time::SystemTime::now());
         Some(Known {
             entry,
             stamp: slot.stamp,
@@ -293,6 +318,7 @@ impl Index {
             used: false,
             last_used,
             written: 0,
+            logged: 0,
         };
         self.slots.insert(key, slot);
         unused
@@ -464,6 +490,26 @@ mod tests {
         index.insert(c, entry(b"0123456789"), stamp());
         index.keep_body(c, stamp(), &Bytes::from_static(b"0123456789"));
         assert!(index.entry(c).is_some_and(|k| k.body.is_none()));
+    }
+
+    #[test]
+    fn uses_are_logged_at_most_once_a_minute() {
+        let mut index = Index::new(4, 0);
+        let a = Hash32::of(b"a");
+        index.insert(a, entry(b"x"), stamp());
+        assert!(index.touch(a).is_some(), "the first use is logged");
+        assert!(
+            index.touch(a).is_none(),
+            "the next one in the minute is not"
+        );
+        index.slots.get_mut(&a).unwrap().logged -= LOG_USES_EVERY;
+        assert!(index.touch(a).is_some(), "a minute later it is again");
+        let before = index.slots[&a].last_used;
+        index.set_last_used(a, 0);
+        assert_eq!(
+            index.slots[&a].last_used, before,
+            "an older logged use changes nothing"
+        );
     }
 
     #[test]

@@ -86,6 +86,12 @@ impl Layout {
         self.root.join("tmp")
     }
 
+    /// Lines of `<hex key hash> <milliseconds>`: when entries were used, for the eviction
+    /// order to survive a restart.
+    pub(crate) fn access_log(&self) -> PathBuf {
+        self.root.join("access.log")
+    }
+
     pub(crate) fn record_path(&self, key: Hash32) -> PathBuf {
         let mut name = key.to_hex();
         name.push_str(".json");

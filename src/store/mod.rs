@@ -121,6 +121,8 @@ struct Opened {
     scratch: Scratch,
     index: Mutex<Index>,
     evictions: std::sync::atomic::AtomicU64,
+    /// The access log, opened for appending on the first use that is logged.
+    access_log: Mutex<Option<File>>,
 }
 
 /// Builds a [`StreamingManager`] with options.
@@ -194,7 +196,8 @@ impl StreamingManagerBuilder {
     /// commit takes the store over it, the least recently used entries are removed until it
     /// is back under 90% of it. Content that several entries share goes with the last of
     /// them. A reader of an evicted entry that has its file open reads on. Unbounded by
-    /// default. After a restart, "last used" starts from when each entry was stored.
+    /// default. Uses are appended to `cache-v2/access.log` (at most once a minute per
+    /// entry), so the order survives a restart.
     pub fn max_size(mut self, bytes: u64) -> Self {
         self.options.max_size = Some(bytes);
         self
@@ -612,7 +615,7 @@ impl StreamingManager {
         if self.inner.committing().contains_key(&key_hash) {
             return None;
         }
-        let known = opened.index().entry(key_hash)?;
+        let known = opened.used(key_hash)?;
         let hit = opened.memory_hit(key_hash, key, &known)?;
         Some(Arc::clone(opened).respond(hit))
     }
@@ -826,7 +829,9 @@ impl Opened {
             scratch,
             index: Mutex::new(index),
             evictions: std::sync::atomic::AtomicU64::new(0),
+            access_log: Mutex::new(None),
         };
+        opened.read_access_log();
         opened.evict_if_needed();
         Ok(opened)
     }
@@ -853,6 +858,72 @@ impl Opened {
         *response.version_mut() = entry.version;
         *response.headers_mut() = entry.headers.clone();
         (response, entry)
+    }
+
+    /// The parsed record of `key_hash`, noting the use (in the access log once a minute).
+    fn used(&self, key_hash: Hash32) -> Option<Known> {
+        let (known, logged) = {
+            let mut index = self.index();
+            (index.entry(key_hash), index.touch(key_hash))
+        };
+        if let Some(at) = logged {
+            self.log_use(key_hash, at);
+        }
+        known
+    }
+
+    /// Appends a use to the access log. Lines are short and appended whole, so processes
+    /// sharing the store do not tear each other's; a lost line only ages an entry.
+    fn log_use(&self, key_hash: Hash32, at: u64) {
+        use std::io::Write as _;
+        let mut log = lock(&self.access_log);
+        if log.is_none() {
+            let path = self.layout.access_log();
+            *log = fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)
+                .ok();
+        }
+        if let Some(file) = log.as_mut() {
+            let line = format!("{} {at}\n", key_hash.to_hex());
+            let _ = file.write_all(line.as_bytes());
+        }
+    }
+
+    /// Reads the access log into the index's eviction order, and rewrites it short when it
+    /// has grown well past one line an entry.
+    fn read_access_log(&self) {
+        use std::io::BufRead as _;
+        let path = self.layout.access_log();
+        let Ok(file) = File::open(&path) else {
+            return;
+        };
+        let mut index = self.index();
+        let mut lines = 0usize;
+        for line in std::io::BufReader::new(file).lines().map_while(|l| l.ok()) {
+            lines += 1;
+            let mut words = line.split(' ');
+            if let (Some(Some(key)), Some(Ok(at))) = (
+                words.next().map(Hash32::from_hex),
+                words.next().map(str::parse::<u64>),
+            ) {
+                index.set_last_used(key, at);
+            }
+        }
+        if lines <= 4 * index.len() + 1024 {
+            return;
+        }
+        let text: String = index
+            .uses()
+            .into_iter()
+            .map(|(key, at)| format!("{} {at}\n", key.to_hex()))
+            .collect();
+        drop(index);
+        if let Ok((temp, _)) = writer::write_temp(self.scratch.temp_path(), text.as_bytes(), false)
+        {
+            let _ = temp.persist(&path);
+        }
     }
 
     /// A hit on a body held in memory, when its record and content are unchanged on disk.
@@ -1075,7 +1146,10 @@ impl Opened {
         if entry.key != key {
             return Ok(None);
         }
-        self.index().touch(key_hash);
+        let logged = self.index().touch(key_hash);
+        if let Some(at) = logged {
+            self.log_use(key_hash, at);
+        }
         let path = self.layout.content_path(entry.digest);
         let file = match File::open(&path) {
             Ok(file) => file,
