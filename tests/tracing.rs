@@ -2,15 +2,11 @@
 //! stored body, and events for what it does.
 #![cfg(feature = "tracing")]
 
-use std::convert::Infallible;
+mod common;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use http_cache_streaming::{HttpCacheStreamingLayer, StreamingManager};
-use tower::{Service, ServiceBuilder, ServiceExt};
 use tracing_subscriber::fmt::format::FmtSpan;
 
 /// Everything the subscriber writes, kept for the test to read.
@@ -39,29 +35,7 @@ fn lookups_and_stores_are_spans() {
         .finish();
     let dir = tempfile::tempdir().unwrap();
     tracing::subscriber::with_default(subscriber, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let manager = StreamingManager::new(dir.path().to_path_buf());
-            let mut service = ServiceBuilder::new()
-                .layer(HttpCacheStreamingLayer::new(manager))
-                .service_fn(|_request: Request<Full<Bytes>>| async {
-                    let response = Response::builder()
-                        .header("cache-control", "max-age=60")
-                        .body(Full::new(Bytes::from("traced")))
-                        .unwrap();
-                    Ok::<_, Infallible>(response)
-                });
-            for _ in 0..2 {
-                let request = Request::get("http://example.com/t")
-                    .body(Full::default())
-                    .unwrap();
-                let response = service.ready().await.unwrap().call(request).await.unwrap();
-                response.into_body().collect().await.unwrap();
-            }
-        });
+        common::requests_on_this_thread(dir.path(), 2);
     });
     let output = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(output.contains("http_cache.lookup"), "{output}");

@@ -280,3 +280,35 @@ pub fn client() -> Client {
         .pool_max_idle_per_host(0)
         .build_http()
 }
+
+/// Sends `n` GETs for one URL through the layer, over an in-process origin answering
+/// `max-age=60`, on a runtime on this thread (so thread-local recorders and subscribers see
+/// everything). Returns the cache's stats afterwards.
+pub fn requests_on_this_thread(dir: &Path, n: usize) -> http_cache_streaming::CacheStats {
+    use http_cache_streaming::{HttpCacheStreamingLayer, StreamingManager};
+    use tower::{Service, ServiceBuilder, ServiceExt};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let manager = StreamingManager::new(dir.to_path_buf());
+        let mut service = ServiceBuilder::new()
+            .layer(HttpCacheStreamingLayer::new(manager))
+            .service_fn(|_request: Request<http_body_util::Full<Bytes>>| async {
+                let response = Response::builder()
+                    .header("cache-control", "max-age=60")
+                    .body(http_body_util::Full::new(Bytes::from("an answer")))
+                    .unwrap();
+                Ok::<_, Infallible>(response)
+            });
+        for _ in 0..n {
+            let request = Request::get("http://example.com/t")
+                .body(http_body_util::Full::default())
+                .unwrap();
+            let response = service.ready().await.unwrap().call(request).await.unwrap();
+            response.into_body().collect().await.unwrap();
+        }
+        service.cache().stats().await.unwrap()
+    })
+}
