@@ -918,3 +918,29 @@ async fn the_eviction_order_survives_a_restart() {
     );
     assert!(read(&bounded, "GET:c").await.is_some());
 }
+
+#[tokio::test]
+async fn a_long_access_log_is_rewritten_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    put_body(&manager, "GET:a", Bytes::from("a")).await;
+    drop(manager);
+    // A log that grew long: thousands of uses, some lines torn by a crash.
+    let log = dir.path().join("cache-v2/access.log");
+    let key = record_files(dir.path())[0]
+        .trim_end_matches(".json")
+        .to_owned();
+    let mut text = String::new();
+    for at in 0..5000u64 {
+        text.push_str(&format!("{key} {at}\n"));
+    }
+    text.push_str("torn li");
+    std::fs::write(&log, text).unwrap();
+
+    let reopened = StreamingManager::new(dir.path().to_path_buf());
+    assert_eq!(reopened.stats().await.unwrap().entries, 1);
+    let lines = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(lines.lines().count(), 1, "one line an entry: {lines}");
+    assert!(lines.starts_with(&key));
+    assert!(read(&reopened, "GET:a").await.is_some());
+}

@@ -121,8 +121,10 @@ struct Opened {
     scratch: Scratch,
     index: Mutex<Index>,
     evictions: std::sync::atomic::AtomicU64,
-    /// The access log, opened for appending on the first use that is logged.
+    /// The access log, opened for appending on the first use that is logged, and the lines
+    /// it holds (as far as this process knows).
     access_log: Mutex<Option<File>>,
+    access_log_lines: std::sync::atomic::AtomicU64,
 }
 
 /// Builds a [`StreamingManager`] with options.
@@ -830,6 +832,7 @@ impl Opened {
             index: Mutex::new(index),
             evictions: std::sync::atomic::AtomicU64::new(0),
             access_log: Mutex::new(None),
+            access_log_lines: std::sync::atomic::AtomicU64::new(0),
         };
         opened.read_access_log();
         opened.evict_if_needed();
@@ -889,6 +892,36 @@ impl Opened {
             let line = format!("{} {at}\n", key_hash.to_hex());
             let _ = file.write_all(line.as_bytes());
         }
+        drop(log);
+        let lines = 1 + self
+            .access_log_lines
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if lines > self.access_log_bound() {
+            self.rewrite_access_log();
+        }
+    }
+
+    /// Lines past which the access log is rewritten with one line an entry.
+    fn access_log_bound(&self) -> u64 {
+        4 * self.index().len() as u64 + 1024
+    }
+
+    /// Rewrites the access log with each entry's last use, one line each.
+    fn rewrite_access_log(&self) {
+        let uses = self.index().uses();
+        let text: String = uses
+            .iter()
+            .map(|(key, at)| format!("{} {at}\n", key.to_hex()))
+            .collect();
+        let mut log = lock(&self.access_log);
+        if let Ok((temp, _)) = writer::write_temp(self.scratch.temp_path(), text.as_bytes(), false)
+            && temp.persist(&self.layout.access_log()).is_ok()
+        {
+            // The handle held points at the old file: the next use opens the new one.
+            *log = None;
+            self.access_log_lines
+                .store(uses.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Reads the access log into the index's eviction order, and rewrites it short when it
@@ -899,30 +932,24 @@ impl Opened {
         let Ok(file) = File::open(&path) else {
             return;
         };
-        let mut index = self.index();
-        let mut lines = 0usize;
-        for line in std::io::BufReader::new(file).lines().map_while(|l| l.ok()) {
-            lines += 1;
-            let mut words = line.split(' ');
-            if let (Some(Some(key)), Some(Ok(at))) = (
-                words.next().map(Hash32::from_hex),
-                words.next().map(str::parse::<u64>),
-            ) {
-                index.set_last_used(key, at);
+        let mut lines = 0u64;
+        {
+            let mut index = self.index();
+            for line in std::io::BufReader::new(file).lines().map_while(|l| l.ok()) {
+                lines += 1;
+                let mut words = line.split(' ');
+                if let (Some(Some(key)), Some(Ok(at))) = (
+                    words.next().map(Hash32::from_hex),
+                    words.next().map(str::parse::<u64>),
+                ) {
+                    index.set_last_used(key, at);
+                }
             }
         }
-        if lines <= 4 * index.len() + 1024 {
-            return;
-        }
-        let text: String = index
-            .uses()
-            .into_iter()
-            .map(|(key, at)| format!("{} {at}\n", key.to_hex()))
-            .collect();
-        drop(index);
-        if let Ok((temp, _)) = writer::write_temp(self.scratch.temp_path(), text.as_bytes(), false)
-        {
-            let _ = temp.persist(&path);
+        self.access_log_lines
+            .store(lines, std::sync::atomic::Ordering::Relaxed);
+        if lines > self.access_log_bound() {
+            self.rewrite_access_log();
         }
     }
 
