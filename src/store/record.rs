@@ -260,4 +260,61 @@ mod tests {
             Err(DecodeError::Field("status"))
         ));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Header values of any bytes a `HeaderValue` takes: visible ASCII, tabs, spaces and
+        /// bytes above 0x7f (opaque, not UTF-8).
+        fn value() -> impl Strategy<Value = Vec<u8>> {
+            proptest::collection::vec(prop_oneof![Just(b'\t'), 0x20u8..0x7f, 0x80u8..=0xff], 0..40)
+        }
+
+        fn name() -> impl Strategy<Value = String> {
+            "[a-z][a-z0-9-]{0,20}"
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any bytes at all decode to a record or an error, never a panic.
+            #[test]
+            fn any_bytes_decode_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                let _ = Entry::decode(&bytes);
+            }
+
+            /// Damage anywhere in a good record decodes to a record or an error, never a panic.
+            #[test]
+            fn damaged_records_decode_without_panic(at in 0usize..4096, byte in any::<u8>()) {
+                let mut bytes = sample().encode().unwrap();
+                let at = at % bytes.len();
+                bytes[at] = byte;
+                let _ = Entry::decode(&bytes);
+                bytes.truncate(at);
+                let _ = Entry::decode(&bytes);
+            }
+
+            /// Headers of any names, values and repetitions come back as they went in.
+            #[test]
+            fn any_headers_round_trip(
+                headers in proptest::collection::vec((name(), value()), 0..12),
+                status in 100u16..1000,
+                key in "\\PC{0,200}",
+            ) {
+                let mut entry = sample();
+                entry.key = key;
+                entry.status = StatusCode::from_u16(status).unwrap();
+                entry.headers = HeaderMap::new();
+                for (name, value) in &headers {
+                    let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+                    entry.headers.append(name, HeaderValue::from_bytes(value).unwrap());
+                }
+                let back = Entry::decode(&entry.encode().unwrap()).unwrap();
+                prop_assert_eq!(&back.headers, &entry.headers);
+                prop_assert_eq!(back.status, entry.status);
+                prop_assert_eq!(back.key, entry.key);
+            }
+        }
+    }
 }
