@@ -295,25 +295,50 @@ impl Index {
         entry: Arc<Entry>,
         stamp: Stamp,
     ) -> Option<Hash32> {
-        let refs = self.refs.entry(entry.digest).or_insert(0);
+        let (digest, length, stored_at) = (entry.digest, entry.length, entry.stored_at);
+        self.place(key, digest, length, stamp, millis(stored_at), Some(entry))
+    }
+
+    /// Records a key whose record was read only in summary (when the store opens): its
+    /// parsed form comes on its first lookup.
+    pub(crate) fn insert_summary(
+        &mut self,
+        key: Hash32,
+        digest: Hash32,
+        length: u64,
+        stamp: Stamp,
+        stored_at: std::time::SystemTime,
+    ) -> Option<Hash32> {
+        self.place(key, digest, length, stamp, millis(stored_at), None)
+    }
+
+    fn place(
+        &mut self,
+        key: Hash32,
+        digest: Hash32,
+        length: u64,
+        stamp: Stamp,
+        last_used: u64,
+        entry: Option<Arc<Entry>>,
+    ) -> Option<Hash32> {
+        let refs = self.refs.entry(digest).or_insert(0);
         *refs += 1;
         if *refs == 1 {
-            self.disk_bytes += entry.length;
+            self.disk_bytes += length;
         }
-        let last_used = millis(entry.stored_at);
         let old = self.slots.remove(&key);
         let unused = old.and_then(|old| self.release(old));
-        let keep = self.parsed_limit > 0;
-        if keep {
+        let entry = entry.filter(|_| self.parsed_limit > 0);
+        if entry.is_some() {
             self.make_room(0, true);
             self.parsed += 1;
             self.wind(key);
         }
         let slot = Slot {
-            digest: entry.digest,
-            length: entry.length,
+            digest,
+            length,
             stamp,
-            entry: keep.then_some(entry),
+            entry,
             body: None,
             used: false,
             last_used,

@@ -803,9 +803,10 @@ impl Opened {
                 continue;
             };
             let path = item.path();
-            match read_record(&path, key_hash) {
-                Ok(Some((entry, stamp))) => {
-                    index.insert(key_hash, Arc::new(entry), stamp);
+            match read_summary(&path, key_hash) {
+                Ok(Some((summary, stamp))) => {
+                    let (digest, length) = (summary.digest, summary.length);
+                    index.insert_summary(key_hash, digest, length, stamp, summary.stored_at);
                 }
                 Ok(None) => {}
                 Err(why) => {
@@ -1294,12 +1295,24 @@ fn install_content(temp: TempFile, path: &Path, length: u64) -> Result<()> {
     }
 }
 
-/// Reads and decodes a record, with the stamp of the file read. `Ok(None)`: there is none.
-/// `Err`: it is unusable.
-fn read_record(
+/// Reads a record in summary (what the store opens with), with the stamp of the file read.
+/// `Ok(None)`: there is none. `Err`: it is unusable.
+fn read_summary(
     path: &Path,
     key_hash: Hash32,
-) -> std::result::Result<Option<(Entry, Stamp)>, String> {
+) -> std::result::Result<Option<(record::Summary, Stamp)>, String> {
+    let Some((bytes, stamp)) = read_record_bytes(path)? else {
+        return Ok(None);
+    };
+    let summary = Entry::summarize(&bytes).map_err(|e| e.to_string())?;
+    if Hash32::of(summary.key.as_bytes()) != key_hash {
+        return Err("record is filed under another key's name".into());
+    }
+    Ok(Some((summary, stamp)))
+}
+
+/// A record file's bytes and stamp; `Ok(None)` when there is none.
+fn read_record_bytes(path: &Path) -> std::result::Result<Option<(Vec<u8>, Stamp)>, String> {
     use std::io::Read as _;
     let mut file = match File::open(path) {
         Ok(file) => file,
@@ -1315,9 +1328,21 @@ fn read_record(
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     file.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    Ok(Some((bytes, Stamp::of(&meta))))
+}
+
+/// Reads and decodes a record, with the stamp of the file read. `Ok(None)`: there is none.
+/// `Err`: it is unusable.
+fn read_record(
+    path: &Path,
+    key_hash: Hash32,
+) -> std::result::Result<Option<(Entry, Stamp)>, String> {
+    let Some((bytes, stamp)) = read_record_bytes(path)? else {
+        return Ok(None);
+    };
     let entry = Entry::decode(&bytes).map_err(|e| e.to_string())?;
     if Hash32::of(entry.key.as_bytes()) != key_hash {
         return Err("record is filed under another key's name".into());
     }
-    Ok(Some((entry, Stamp::of(&meta))))
+    Ok(Some((entry, stamp)))
 }

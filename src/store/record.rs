@@ -40,6 +40,26 @@ struct StoredRecord {
     stored_at_ms: u64,
 }
 
+/// Just what the store needs of a record when it opens: which content it names, and when
+/// it was stored. The rest is parsed when the entry is first looked up.
+#[derive(Deserialize)]
+struct StoredSummary {
+    version: u32,
+    key: String,
+    digest: String,
+    length: u64,
+    stored_at_ms: u64,
+}
+
+/// What [`Entry::summarize`] reads of a record.
+#[derive(Debug)]
+pub(crate) struct Summary {
+    pub(crate) key: String,
+    pub(crate) digest: Hash32,
+    pub(crate) length: u64,
+    pub(crate) stored_at: SystemTime,
+}
+
 /// A stored response, parsed: everything needed to answer a hit but the body.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
@@ -148,6 +168,21 @@ impl Entry {
         serde_json::to_vec(&record)
     }
 
+    /// Reads only what the store needs when it opens; the JSON must still be whole and of
+    /// this format version. Damage in the other fields is found when the entry is looked up.
+    pub(crate) fn summarize(bytes: &[u8]) -> Result<Summary, DecodeError> {
+        let record: StoredSummary = serde_json::from_slice(bytes).map_err(DecodeError::Json)?;
+        if record.version != FORMAT_VERSION {
+            return Err(DecodeError::Version(record.version));
+        }
+        Ok(Summary {
+            key: record.key,
+            digest: Hash32::from_hex(&record.digest).ok_or(DecodeError::Field("digest"))?,
+            length: record.length,
+            stored_at: UNIX_EPOCH + Duration::from_millis(record.stored_at_ms),
+        })
+    }
+
     /// Decodes a record; any damage, or another format version, is an error (a miss).
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let record: StoredRecord = serde_json::from_slice(bytes).map_err(DecodeError::Json)?;
@@ -202,6 +237,30 @@ mod tests {
             length: 4,
             stored_at: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
         }
+    }
+
+    #[test]
+    fn a_summary_reads_what_the_store_opens_with() {
+        let entry = sample();
+        let summary = Entry::summarize(&entry.encode().unwrap()).unwrap();
+        assert_eq!(
+            (
+                summary.key,
+                summary.digest,
+                summary.length,
+                summary.stored_at
+            ),
+            (entry.key, entry.digest, entry.length, entry.stored_at)
+        );
+        let mut value: serde_json::Value =
+            serde_json::from_slice(&sample().encode().unwrap()).unwrap();
+        value["version"] = 99.into();
+        let future = serde_json::to_vec(&value).unwrap();
+        assert!(matches!(
+            Entry::summarize(&future),
+            Err(DecodeError::Version(99))
+        ));
+        assert!(Entry::summarize(b"{\"version\":1").is_err());
     }
 
     #[test]
