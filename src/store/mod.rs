@@ -791,19 +791,50 @@ impl Opened {
         let mut index = Index::new(options.parsed_records, options.memory_budget);
         let mut dropped = 0usize;
         let metadata = layout.metadata_dir();
-        let items = fs::read_dir(&metadata).map_err(|e| Error::io(e, &metadata))?;
-        for item in items {
+        let mut records = Vec::new();
+        for item in fs::read_dir(&metadata).map_err(|e| Error::io(e, &metadata))? {
             let item = item.map_err(|e| Error::io(e, &metadata))?;
             let name = item.file_name();
-            let Some(key_hash) = name
+            if let Some(key_hash) = name
                 .to_str()
                 .and_then(|n| n.strip_suffix(".json"))
                 .and_then(Hash32::from_hex)
-            else {
-                continue;
-            };
-            let path = item.path();
-            match read_summary(&path, key_hash) {
+            {
+                records.push((key_hash, item.path()));
+            }
+        }
+        // Reading records is a file open and read each: spread over the cores.
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8);
+        let per_thread = records.len().div_ceil(threads).max(1);
+        let summaries: Option<Vec<_>> = std::thread::scope(|scope| {
+            let readers: Vec<_> = records
+                .chunks(per_thread)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|(key_hash, path)| {
+                                (*key_hash, path, read_summary(path, *key_hash))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            // A reader that failed leaves reference counts unknown: better no store than a
+            // store that might unlink content a record still names.
+            let mut all = Vec::with_capacity(records.len());
+            for reader in readers {
+                all.extend(reader.join().ok()?);
+            }
+            Some(all)
+        });
+        let summaries = summaries.ok_or_else(|| {
+            Error::new(ErrorKind::Io).with_subject(format!("reading {}", metadata.display()))
+        })?;
+        for (key_hash, path, summary) in summaries {
+            match summary {
                 Ok(Some((summary, stamp))) => {
                     let (digest, length) = (summary.digest, summary.length);
                     index.insert_summary(key_hash, digest, length, stamp, summary.stored_at);
@@ -811,7 +842,7 @@ impl Opened {
                 Ok(None) => {}
                 Err(why) => {
                     crate::log::warn_event!(path = %path.display(), %why, "removing unusable record");
-                    let _ = remove_if_present(&path);
+                    let _ = remove_if_present(path);
                     dropped += 1;
                 }
             }
