@@ -1332,18 +1332,26 @@ fn read_summary(
     path: &Path,
     key_hash: Hash32,
 ) -> std::result::Result<Option<(record::Summary, Stamp)>, String> {
-    let Some((bytes, stamp)) = read_record_bytes(path)? else {
-        return Ok(None);
-    };
-    let summary = Entry::summarize(&bytes).map_err(|e| e.to_string())?;
-    if Hash32::of(summary.key.as_bytes()) != key_hash {
-        return Err("record is filed under another key's name".into());
-    }
-    Ok(Some((summary, stamp)))
+    read_as(path, key_hash, Entry::summarize, |summary| &summary.key)
 }
 
-/// A record file's bytes and stamp; `Ok(None)` when there is none.
-fn read_record_bytes(path: &Path) -> std::result::Result<Option<(Vec<u8>, Stamp)>, String> {
+/// Reads and decodes a record, with the stamp of the file read. `Ok(None)`: there is none.
+/// `Err`: it is unusable.
+fn read_record(
+    path: &Path,
+    key_hash: Hash32,
+) -> std::result::Result<Option<(Entry, Stamp)>, String> {
+    read_as(path, key_hash, Entry::decode, |entry| &entry.key)
+}
+
+/// Reads a record file and decodes it with `decode`, checking that the key it holds is the
+/// one its file name is the hash of.
+fn read_as<T>(
+    path: &Path,
+    key_hash: Hash32,
+    decode: fn(&[u8]) -> std::result::Result<T, record::DecodeError>,
+    key: fn(&T) -> &str,
+) -> std::result::Result<Option<(T, Stamp)>, String> {
     use std::io::Read as _;
     let mut file = match File::open(path) {
         Ok(file) => file,
@@ -1359,21 +1367,9 @@ fn read_record_bytes(path: &Path) -> std::result::Result<Option<(Vec<u8>, Stamp)
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     file.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
-    Ok(Some((bytes, Stamp::of(&meta))))
-}
-
-/// Reads and decodes a record, with the stamp of the file read. `Ok(None)`: there is none.
-/// `Err`: it is unusable.
-fn read_record(
-    path: &Path,
-    key_hash: Hash32,
-) -> std::result::Result<Option<(Entry, Stamp)>, String> {
-    let Some((bytes, stamp)) = read_record_bytes(path)? else {
-        return Ok(None);
-    };
-    let entry = Entry::decode(&bytes).map_err(|e| e.to_string())?;
-    if Hash32::of(entry.key.as_bytes()) != key_hash {
+    let decoded = decode(&bytes).map_err(|e| e.to_string())?;
+    if Hash32::of(key(&decoded).as_bytes()) != key_hash {
         return Err("record is filed under another key's name".into());
     }
-    Ok(Some((entry, stamp)))
+    Ok(Some((decoded, Stamp::of(&meta))))
 }
