@@ -185,11 +185,6 @@ impl Index {
         evicted
     }
 
-    /// Bytes of content the records use, each content file counted once.
-    pub(crate) fn disk_bytes(&self) -> u64 {
-        self.disk_bytes
-    }
-
     /// The parsed record for a key, when the index holds one.
     pub(crate) fn entry(&mut self, key: Hash32) -> Option<Known> {
         let slot = self.slots.get_mut(&key)?;

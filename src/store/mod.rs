@@ -1085,7 +1085,7 @@ impl Opened {
                 let _ = remove_if_present(&self.layout.content_path(*digest));
             }
         }
-        let (entries, bytes) = (index.len(), index.disk_bytes());
+        let (entries, bytes) = (index.len(), index.content_bytes());
         drop(index);
         let count = evicted.len() as u64;
         self.evictions
