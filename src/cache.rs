@@ -340,9 +340,11 @@ impl fmt::Debug for HttpStreamingCache {
 }
 
 // Values of these enums are returned and moved once, never kept: their size costs nothing.
-/// How a request starts: straight to the inner service, or after a lookup.
+/// How a request starts: answered at once (a hit in memory), straight to the inner
+/// service, or after a lookup.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Start {
+    Ready(Response<StreamingBody>),
     Forward(request::Parts, Pending),
     Lookup(BoxFuture<(Plan, request::Parts)>),
 }
@@ -490,8 +492,12 @@ impl HttpStreamingCache {
 
     /// Answers a request at once when it is a hit on a body held in memory: no lookup
     /// future, no hand-off. `None` sends it down the full path, which decides anew.
-    pub(crate) fn hit_in_memory(&self, parts: &request::Parts) -> Option<Response<StreamingBody>> {
-        let mode = self.mode(parts);
+    fn hit_in_memory(
+        &self,
+        parts: &request::Parts,
+        key: &str,
+        mode: CacheMode,
+    ) -> Option<Response<StreamingBody>> {
         let simple = (parts.method == Method::GET || parts.method == Method::HEAD)
             && !matches!(
                 mode,
@@ -501,11 +507,10 @@ impl HttpStreamingCache {
         if !simple {
             return None;
         }
-        let key = self.key(parts);
-        let (mut response, mut entry) = self.manager.lookup_in_memory(&key)?;
+        let (mut response, mut entry) = self.manager.lookup_in_memory(key)?;
         if let Some(generation) = variants_generation(response.headers()) {
             let names = key::vary_names(response.headers())?;
-            let variant = key::variant_key(&key, &generation, &names, &parts.headers);
+            let variant = key::variant_key(key, &generation, &names, &parts.headers);
             (response, entry) = self.manager.lookup_in_memory(&variant)?;
         }
         let now = self.now();
@@ -585,6 +590,9 @@ impl HttpStreamingCache {
         self.start_sweeping();
         let mode = self.mode(&parts);
         let key = self.key(&parts);
+        if let Some(response) = self.hit_in_memory(&parts, &key, mode) {
+            return Start::Ready(response);
+        }
         let action = if mode == CacheMode::NoStore {
             Action::Pass
         } else if parts.method == Method::GET || parts.method == Method::HEAD {

@@ -76,19 +76,23 @@ where
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         let (parts, body) = request.into_parts();
-        // A hit on a body in memory is answered here; the ready service stays ready.
-        if let Some(response) = self.cache.hit_in_memory(&parts) {
-            return ResponseFuture::ready(response);
-        }
-        // The clone is left behind; the service that was made ready goes with the request.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         match self.cache.start(parts) {
+            // A hit on a body in memory: the ready service stays ready for the next call.
+            Start::Ready(response) => ResponseFuture::ready(response),
             Start::Forward(parts, pending) => {
-                let future = inner.call(Request::from_parts(parts, body));
+                let future = self.take_ready().call(Request::from_parts(parts, body));
                 ResponseFuture::forwarded(future, pending)
             }
-            Start::Lookup(lookup) => ResponseFuture::lookup(lookup, inner, body),
+            Start::Lookup(lookup) => ResponseFuture::lookup(lookup, self.take_ready(), body),
         }
+    }
+}
+
+impl<S: Clone> HttpCacheStreaming<S> {
+    /// Takes the service that was made ready, leaving a clone behind: the readiness
+    /// reserved is the one used.
+    fn take_ready(&mut self) -> S {
+        let clone = self.inner.clone();
+        std::mem::replace(&mut self.inner, clone)
     }
 }
