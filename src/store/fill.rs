@@ -5,13 +5,14 @@
 //! origin themselves.
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -34,6 +35,10 @@ pub(crate) struct Fill {
     followers: AtomicUsize,
     /// Keep writing when the leader's client goes away, even with nobody following.
     complete_on_disconnect: bool,
+    /// Where each body reader is: what the relay must keep.
+    positions: Mutex<Vec<Weak<AtomicU64>>>,
+    /// The rest of the body, when the store failed while others were following it.
+    relay: Relay,
 }
 
 /// What followers see of a fill.
@@ -42,6 +47,9 @@ pub(crate) struct FillState {
     head: Option<Arc<FillHead>>,
     file: Option<Arc<File>>,
     written: u64,
+    /// Body bytes handed to followers through the relay (from `written` on), once the
+    /// store failed.
+    relayed: Option<u64>,
     end: Option<FillEnd>,
 }
 
@@ -64,9 +72,71 @@ pub(crate) enum FillEnd {
     Updated,
     /// The body failed or fell short; nothing is stored.
     Failed(String),
+    /// The body is complete, this long, but the store could not keep it (a full disk):
+    /// followers reading it finish from the temp file and the relay; later requests go to
+    /// the origin.
+    Unstored(u64),
     /// The leader's response is not one to share (not storable, another variant, an
     /// error): followers ask the origin themselves.
     Released,
+}
+
+/// Bytes a relay may hold for followers before the writer waits for them.
+const RELAY_WINDOW: usize = 8 << 20;
+/// How long the writer waits for a follower that keeps the relay full.
+const RELAY_PATIENCE: Duration = Duration::from_secs(10);
+
+/// The body past the point where the store failed, kept in memory for the followers.
+#[derive(Default)]
+struct Relay {
+    chunks: Mutex<Option<Relayed>>,
+    /// Signalled as followers read on.
+    room: Condvar,
+}
+
+struct Relayed {
+    /// The body offset of the first chunk kept.
+    from: u64,
+    chunks: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+impl Relayed {
+    fn until(&self) -> u64 {
+        self.from + self.bytes as u64
+    }
+
+    /// Drops the chunks that end at or before `needed`.
+    fn trim(&mut self, needed: u64) {
+        while let Some(first) = self.chunks.front() {
+            let end = self.from + first.len() as u64;
+            if end > needed {
+                break;
+            }
+            self.from = end;
+            self.bytes -= first.len();
+            self.chunks.pop_front();
+        }
+    }
+
+    /// Up to `max` bytes from `offset`, if the relay still holds them.
+    fn read(&self, offset: u64, max: u64) -> Option<Bytes> {
+        let mut start = self.from;
+        for chunk in &self.chunks {
+            let end = start + chunk.len() as u64;
+            if offset >= start && offset < end {
+                let begin = (offset - start) as usize;
+                let len = (end - offset).min(max) as usize;
+                return Some(chunk.slice(begin..begin + len));
+            }
+            start = end;
+        }
+        None
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A request's part in a fill.
@@ -103,12 +173,9 @@ impl Fills {
     /// followers then look the entry up). A fill that failed or was released gets a new
     /// leader.
     pub(crate) fn join(self: &Arc<Self>, key: Hash32, complete_on_disconnect: bool) -> Role {
-        let mut by_key = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
+        let mut by_key = lock(&self.by_key);
         if let Some(fill) = by_key.get(&key)
-            && !matches!(
-                fill.state.borrow().end,
-                Some(FillEnd::Failed(_) | FillEnd::Released)
-            )
+            && fill.joinable()
         {
             fill.followers.fetch_add(1, Ordering::SeqCst);
             return Role::Follower(FillFollower {
@@ -120,6 +187,8 @@ impl Fills {
             state: watch::Sender::new(FillState::default()),
             followers: AtomicUsize::new(0),
             complete_on_disconnect,
+            positions: Mutex::default(),
+            relay: Relay::default(),
         });
         by_key.insert(key, Arc::clone(&fill));
         Role::Leader(FillLeader {
@@ -131,6 +200,17 @@ impl Fills {
 }
 
 impl Fill {
+    /// Whether a request may still follow this fill: it has not failed, been released, or
+    /// lost its store (whose relay keeps only what the followers already there need).
+    fn joinable(&self) -> bool {
+        let state = self.state.borrow();
+        state.relayed.is_none()
+            && !matches!(
+                state.end,
+                Some(FillEnd::Failed(_) | FillEnd::Released | FillEnd::Unstored(_))
+            )
+    }
+
     /// Whether a tee whose client went away should finish writing anyway.
     pub(crate) fn wanted(&self) -> bool {
         self.complete_on_disconnect || self.followers.load(Ordering::SeqCst) > 0
@@ -153,6 +233,70 @@ impl Fill {
         });
     }
 
+    /// After the store failed at body offset `from` (everything before it is in the temp
+    /// file): hands `chunk`, the bytes from `from` on, to the followers. Waits while the
+    /// relay holds [`RELAY_WINDOW`] bytes that some follower has yet to read, at most
+    /// [`RELAY_PATIENCE`]; a follower that slow then fails rather than stall the others.
+    pub(crate) fn relay(&self, from: u64, chunk: Bytes) {
+        let mut relay = lock(&self.relay.chunks);
+        if relay.is_none() {
+            *relay = Some(Relayed {
+                from,
+                chunks: VecDeque::new(),
+                bytes: 0,
+            });
+        }
+        let deadline = Instant::now() + RELAY_PATIENCE;
+        loop {
+            let needed = self.slowest_reader();
+            let Some(relayed) = relay.as_mut() else {
+                return;
+            };
+            relayed.trim(needed.unwrap_or(u64::MAX));
+            if relayed.bytes < RELAY_WINDOW {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                relayed.trim(u64::MAX);
+                break;
+            }
+            relay = self
+                .relay
+                .room
+                .wait_timeout(relay, (deadline - now).min(Duration::from_millis(100)))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        let Some(relayed) = relay.as_mut() else {
+            return;
+        };
+        relayed.bytes += chunk.len();
+        relayed.chunks.push_back(chunk);
+        let until = relayed.until();
+        drop(relay);
+        self.state.send_modify(|s| s.relayed = Some(until));
+    }
+
+    /// The offset of the reader furthest behind, if any reader is left. A follower that
+    /// has its head but no reader yet will read from the start.
+    fn slowest_reader(&self) -> Option<u64> {
+        let mut positions = lock(&self.positions);
+        positions.retain(|p| p.strong_count() > 0);
+        if self.followers.load(Ordering::SeqCst) > positions.len() {
+            return Some(0);
+        }
+        positions
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|p| p.load(Ordering::Acquire))
+            .min()
+    }
+
+    fn track(&self, position: &Arc<AtomicU64>) {
+        lock(&self.positions).push(Arc::downgrade(position));
+    }
+
     pub(crate) fn end(&self, end: FillEnd) {
         self.state.send_modify(|s| {
             if s.end.is_none() {
@@ -171,7 +315,7 @@ impl FillLeader {
 impl Drop for FillLeader {
     fn drop(&mut self) {
         self.fill.end(FillEnd::Released);
-        let mut by_key = self.fills.by_key.lock().unwrap_or_else(|p| p.into_inner());
+        let mut by_key = lock(&self.fills.by_key);
         if by_key
             .get(&self.key)
             .is_some_and(|f| Arc::ptr_eq(f, &self.fill))
@@ -191,7 +335,7 @@ impl FillFollower {
         };
         match (&state.head, &state.end) {
             (_, Some(FillEnd::Stored(_) | FillEnd::Updated)) => Followed::Stored,
-            (Some(head), None) => Followed::Head(Arc::clone(head)),
+            (Some(head), None) if state.relayed.is_none() => Followed::Head(Arc::clone(head)),
             _ => Followed::Alone,
         }
     }
@@ -199,9 +343,12 @@ impl FillFollower {
     /// The body, read from the temp file as the leader writes it.
     pub(crate) fn body(self, chunk: usize) -> FollowReader {
         self.fill.followers.fetch_add(1, Ordering::SeqCst);
+        let position = Arc::new(AtomicU64::new(0));
+        self.fill.track(&position);
         FollowReader {
-            _follower: FollowerCount(Arc::clone(&self.fill)),
+            follower: FollowerCount(Arc::clone(&self.fill)),
             state: self.state.clone(),
+            position,
             offset: 0,
             end: None,
             chunk: chunk.max(1),
@@ -230,8 +377,10 @@ impl Drop for FollowerCount {
 /// Reads a fill's body from its growing temp file: whatever is written, in chunks, then
 /// waits for more, until the fill ends.
 pub(crate) struct FollowReader {
-    _follower: FollowerCount,
+    follower: FollowerCount,
     state: watch::Receiver<FillState>,
+    /// `offset`, as the fill's relay sees it.
+    position: Arc<AtomicU64>,
     offset: u64,
     /// Where to stop, for a range of the body; else its end.
     end: Option<u64>,
@@ -245,6 +394,7 @@ impl FollowReader {
     /// them.
     pub(crate) fn narrow(mut self, start: u64, len: u64) -> Self {
         self.offset = start;
+        self.position.store(start, Ordering::Release);
         self.end = Some(start.saturating_add(len));
         self
     }
@@ -265,7 +415,7 @@ impl FollowReader {
                     }
                     Err(lost) => return Poll::Ready(Some(Err(lost))),
                 };
-                self.offset += bytes.len() as u64;
+                self.advance(bytes.len());
                 return Poll::Ready(Some(Ok(bytes)));
             }
             if let Some(waiting) = self.waiting.as_mut() {
@@ -288,9 +438,30 @@ impl FollowReader {
                 }
                 continue;
             }
+            if state.relayed.is_some() && self.offset >= state.written {
+                let max = self.end.map_or(u64::MAX, |end| end - self.offset);
+                let relayed = lock(&self.fill().relay.chunks)
+                    .as_ref()
+                    .map(|r| (r.from, r.read(self.offset, max)));
+                match relayed {
+                    Some((_, Some(bytes))) => {
+                        self.advance(bytes.len());
+                        return Poll::Ready(Some(Ok(bytes)));
+                    }
+                    Some((from, None)) if self.offset < from => {
+                        return Poll::Ready(Some(Err(Error::new(ErrorKind::Incomplete)
+                            .with_subject("a follower too slow for the relay of a body the store could not keep"))));
+                    }
+                    _ => {}
+                }
+            }
             match state.end {
-                Some(FillEnd::Stored(length)) if self.offset >= length => return Poll::Ready(None),
-                Some(FillEnd::Stored(_)) | None => {
+                Some(FillEnd::Stored(length) | FillEnd::Unstored(length))
+                    if self.offset >= length =>
+                {
+                    return Poll::Ready(None);
+                }
+                Some(FillEnd::Stored(_) | FillEnd::Unstored(_)) | None => {
                     // More is coming: wait for the writer to say so.
                     let mut state = self.state.clone();
                     self.waiting = Some(Box::pin(async move {
@@ -310,13 +481,28 @@ impl FollowReader {
         }
     }
 
+    fn fill(&self) -> &Fill {
+        &self.follower.0
+    }
+
+    /// Moves on past `n` bytes read, and lets a writer waiting for the relay know.
+    fn advance(&mut self, n: usize) {
+        self.offset += n as u64;
+        self.position.store(self.offset, Ordering::Release);
+        if self.state.borrow().relayed.is_some() {
+            self.fill().relay.room.notify_all();
+        }
+    }
+
     /// Bytes known to be left, once the fill's length is known.
     pub(crate) fn remaining(&self) -> Option<u64> {
         if let Some(end) = self.end {
             return Some(end.saturating_sub(self.offset));
         }
         match self.state.borrow().end {
-            Some(FillEnd::Stored(length)) => Some(length.saturating_sub(self.offset)),
+            Some(FillEnd::Stored(length) | FillEnd::Unstored(length)) => {
+                Some(length.saturating_sub(self.offset))
+            }
             _ => None,
         }
     }

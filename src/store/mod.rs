@@ -528,13 +528,27 @@ impl StreamingManager {
                         }
                         None => Ok(()),
                     };
-                    let (writer, trailers) =
-                        writer::run_tee(rx, end_rx, writer, expected_length, &mut progress)?;
-                    let content = writer.finish(opened.options.durable)?;
-                    if let Some(fill) = &fill {
-                        fill.publish_written(content.length);
+                    let (writer, trailers) = writer::run_tee(
+                        rx,
+                        end_rx,
+                        writer,
+                        expected_length,
+                        &mut progress,
+                        fill.as_deref(),
+                    )?;
+                    let length = writer.length();
+                    let committed = writer.finish(opened.options.durable).and_then(|content| {
+                        if let Some(fill) = &fill {
+                            fill.publish_written(content.length);
+                        }
+                        opened.commit(draft, content, trailers)
+                    });
+                    if let (Err(_), Some(fill)) = (&committed, &fill) {
+                        // The whole body is in the temp file, which the followers hold
+                        // open: they finish reading it even though it is not kept.
+                        fill.end(FillEnd::Unstored(length));
                     }
-                    opened.commit(draft, content, trailers)
+                    committed
                 })
                 .await
             }

@@ -11,6 +11,7 @@ use http::HeaderMap;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+use super::fill::{Fill, FillEnd};
 use super::index::Stamp;
 use super::layout::Hash32;
 use crate::body::Queued;
@@ -235,27 +236,49 @@ pub(crate) struct TeeEnd {
 /// checks that the body was complete. The writer it returns is ready to be finished.
 ///
 /// `progress` hears of each write with the writer, so that readers following the file can be
-/// told how much of it they can read.
+/// told how much of it they can read. When writing fails and others follow the body through
+/// `fill`, the rest of the body is relayed to them in memory (see [`Fill::relay`]) before the
+/// failure is returned.
 pub(crate) fn run_tee(
     mut chunks: mpsc::UnboundedReceiver<Queued>,
     end: oneshot::Receiver<TeeEnd>,
     mut writer: ContentWriter,
     expected_length: Option<u64>,
     progress: &mut dyn FnMut(&mut ContentWriter) -> Result<(), Error>,
+    fill: Option<&Fill>,
 ) -> Result<(ContentWriter, Option<HeaderMap>), Error> {
+    let mut end = Some(end);
     while let Some((chunk, room)) = chunks.blocking_recv() {
-        writer.write(&chunk)?;
+        let at = writer.length();
+        if let Err(e) = writer.write(&chunk).and_then(|()| progress(&mut writer)) {
+            drop(room);
+            if let Some(fill) = fill {
+                relay(fill, at, chunk, chunks, end.take(), expected_length);
+            }
+            return Err(e);
+        }
         drop(room);
-        progress(&mut writer)?;
         if expected_length.is_some_and(|n| writer.length() > n) {
             return Err(length_mismatch(expected_length, writer.length()));
         }
     }
-    let Ok(end) = end.blocking_recv() else {
+    let Some(Ok(end)) = end.map(|end| end.blocking_recv()) else {
         return Err(Error::new(ErrorKind::Incomplete));
     };
     if let Some(tail) = end.tail {
-        writer.write(&tail)?;
+        let at = writer.length();
+        if let Err(e) = writer.write(&tail).and_then(|()| progress(&mut writer)) {
+            if let Some(fill) = fill {
+                let (_, empty) = mpsc::unbounded_channel();
+                let (ended, end) = oneshot::channel();
+                let _ = ended.send(TeeEnd {
+                    tail: None,
+                    trailers: None,
+                });
+                relay(fill, at, tail, empty, Some(end), expected_length);
+            }
+            return Err(e);
+        }
     }
     if let Some(expected) = expected_length
         && writer.length() != expected
@@ -263,6 +286,38 @@ pub(crate) fn run_tee(
         return Err(length_mismatch(expected_length, writer.length()));
     }
     Ok((writer, end.trailers))
+}
+
+/// The store failed at body offset `at` (`first` is the chunk that did not make it): hands
+/// the rest of the body to the fill's followers, and ends the fill `Unstored` once it is
+/// complete. A body that fails or falls short leaves the fill for the caller to fail.
+fn relay(
+    fill: &Fill,
+    at: u64,
+    first: Bytes,
+    mut chunks: mpsc::UnboundedReceiver<Queued>,
+    end: Option<oneshot::Receiver<TeeEnd>>,
+    expected_length: Option<u64>,
+) {
+    let mut length = at + first.len() as u64;
+    fill.relay(at, first);
+    while let Some((chunk, room)) = chunks.blocking_recv() {
+        drop(room);
+        let len = chunk.len() as u64;
+        fill.relay(length, chunk);
+        length += len;
+    }
+    let Some(Ok(end)) = end.map(|end| end.blocking_recv()) else {
+        return;
+    };
+    if let Some(tail) = end.tail {
+        let len = tail.len() as u64;
+        fill.relay(length, tail);
+        length += len;
+    }
+    if expected_length.is_none_or(|n| n == length) {
+        fill.end(FillEnd::Unstored(length));
+    }
 }
 
 fn length_mismatch(expected: Option<u64>, got: u64) -> Error {
