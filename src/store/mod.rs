@@ -854,10 +854,14 @@ impl Opened {
                     index.insert_summary(key_hash, digest, length, stamp, summary.stored_at);
                 }
                 Ok(None) => {}
-                Err(why) => {
+                Err(ReadFailure::Unusable(why)) => {
                     crate::log::warn_event!(path = %path.display(), %why, "removing unusable record");
                     let _ = remove_if_present(path);
                     dropped += 1;
+                }
+                Err(ReadFailure::Unavailable(e)) => {
+                    // Its content would look orphaned: better no store than lost entries.
+                    return Err(Error::io(e, path));
                 }
             }
         }
@@ -896,7 +900,11 @@ impl Opened {
                 let mut reader = ChunkReader::new(Arc::new(file), 0, entry.length, chunk);
                 if self.options.verify_on_read {
                     let digest = entry.digest;
-                    let on_corrupt = Box::new(move || self.forget_content(digest));
+                    let on_corrupt = Box::new(move || {
+                        crate::log::warn_event!(path = %self.layout.content_path(digest).display(),
+                            "content fails its digest check, removing it");
+                        self.forget_content(digest);
+                    });
                     reader = reader.verify(Verify::new(digest), on_corrupt);
                 }
                 StreamingBody::stored_file(reader, trailers)
@@ -1206,14 +1214,19 @@ impl Opened {
                 Ok(None) => {
                     // Gone from disk (another process deleted it): forget it here too.
                     let known = self.index().digest(key_hash);
+                    if known.is_some() {
+                        crate::log::info_event!(%key, path = %path.display(),
+                            "record gone from disk, forgetting it");
+                    }
                     self.drop_record(key_hash, known);
                     return Ok(None);
                 }
-                Err(why) => {
+                Err(ReadFailure::Unusable(why)) => {
                     crate::log::warn_event!(path = %path.display(), %why, "removing unusable record");
                     self.drop_record(key_hash, None);
                     return Ok(None);
                 }
+                Err(ReadFailure::Unavailable(e)) => return Err(Error::io(e, &path)),
             },
         };
         if entry.key != key {
@@ -1228,6 +1241,13 @@ impl Opened {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 crate::log::warn_event!(%key, path = %path.display(), "content missing, removing record");
+                self.drop_record(key_hash, Some(entry.digest));
+                return Ok(None);
+            }
+            Err(e) if !is_transient(&e) => {
+                crate::log::warn_event!(%key, path = %path.display(), error = %e,
+                    "content unreadable, removing it and its record");
+                self.forget_content(entry.digest);
                 self.drop_record(key_hash, Some(entry.digest));
                 return Ok(None);
             }
@@ -1340,21 +1360,62 @@ fn install_content(temp: TempFile, path: &Path, length: u64) -> Result<()> {
     }
 }
 
+/// Why a record could not be read.
+#[derive(Debug)]
+enum ReadFailure {
+    /// The file is damaged, unreadable or not a record: remove it.
+    Unusable(String),
+    /// The system cannot read it now (out of file handles or memory): the record may be
+    /// fine, so it must not be removed, nor its content taken for an orphan.
+    Unavailable(io::Error),
+}
+
+impl std::fmt::Display for ReadFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadFailure::Unusable(why) => f.write_str(why),
+            ReadFailure::Unavailable(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<io::Error> for ReadFailure {
+    fn from(e: io::Error) -> Self {
+        if is_transient(&e) {
+            ReadFailure::Unavailable(e)
+        } else {
+            ReadFailure::Unusable(e.to_string())
+        }
+    }
+}
+
+/// Errors that say nothing about the file: the process or the system is short of something.
+fn is_transient(e: &io::Error) -> bool {
+    // ENOMEM, EAGAIN, ENFILE, EMFILE have these numbers on Linux and the BSDs alike.
+    #[cfg(unix)]
+    if matches!(e.raw_os_error(), Some(12 | 11 | 23 | 24 | 35)) {
+        return true;
+    }
+    matches!(
+        e.kind(),
+        io::ErrorKind::OutOfMemory | io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+    )
+}
+
 /// Reads a record in summary (what the store opens with), with the stamp of the file read.
-/// `Ok(None)`: there is none. `Err`: it is unusable.
+/// `Ok(None)`: there is none.
 fn read_summary(
     path: &Path,
     key_hash: Hash32,
-) -> std::result::Result<Option<(record::Summary, Stamp)>, String> {
+) -> std::result::Result<Option<(record::Summary, Stamp)>, ReadFailure> {
     read_as(path, key_hash, Entry::summarize, |summary| &summary.key)
 }
 
 /// Reads and decodes a record, with the stamp of the file read. `Ok(None)`: there is none.
-/// `Err`: it is unusable.
 fn read_record(
     path: &Path,
     key_hash: Hash32,
-) -> std::result::Result<Option<(Entry, Stamp)>, String> {
+) -> std::result::Result<Option<(Entry, Stamp)>, ReadFailure> {
     read_as(path, key_hash, Entry::decode, |entry| &entry.key)
 }
 
@@ -1365,25 +1426,27 @@ fn read_as<T>(
     key_hash: Hash32,
     decode: fn(&[u8]) -> std::result::Result<T, record::DecodeError>,
     key: fn(&T) -> &str,
-) -> std::result::Result<Option<(T, Stamp)>, String> {
+) -> std::result::Result<Option<(T, Stamp)>, ReadFailure> {
     use std::io::Read as _;
     let mut file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     };
-    let meta = file.metadata().map_err(|e| e.to_string())?;
+    let meta = file.metadata()?;
     if meta.len() > MAX_RECORD_BYTES {
-        return Err(format!(
+        return Err(ReadFailure::Unusable(format!(
             "record of {} bytes is larger than any this store writes",
             meta.len()
-        ));
+        )));
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
-    let decoded = decode(&bytes).map_err(|e| e.to_string())?;
+    file.read_to_end(&mut bytes)?;
+    let decoded = decode(&bytes).map_err(|e| ReadFailure::Unusable(e.to_string()))?;
     if Hash32::of(key(&decoded).as_bytes()) != key_hash {
-        return Err("record is filed under another key's name".into());
+        return Err(ReadFailure::Unusable(
+            "record is filed under another key's name".into(),
+        ));
     }
     Ok(Some((decoded, Stamp::of(&meta))))
 }

@@ -9,7 +9,45 @@ use serde::{Deserialize, Serialize};
 use super::layout::Hash32;
 
 /// The record format this build writes and reads. Records of any other version are a miss.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Version 2 records end with a `check` field: the SHA-256 of the record without it.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+
+/// What precedes the check's hex digits at the end of a record.
+const CHECK_FIELD: &[u8] = b",\"check\":\"";
+/// The check field and the record's closing brace: `,"check":"<64 hex digits>"}`.
+const CHECK_TAIL: usize = CHECK_FIELD.len() + 64 + 2;
+
+/// Ends an encoded record (a JSON object) with its check field.
+fn seal(mut json: Vec<u8>) -> Vec<u8> {
+    let check = Hash32::of(&json).to_hex();
+    json.pop();
+    json.extend_from_slice(CHECK_FIELD);
+    json.extend_from_slice(check.as_bytes());
+    json.extend_from_slice(b"\"}");
+    json
+}
+
+/// Checks a record's check field against the rest of it: any byte changed on disk, in a
+/// header value as anywhere else, makes the record unusable rather than served.
+fn unseal(bytes: &[u8]) -> Result<(), DecodeError> {
+    let Some(split) = bytes.len().checked_sub(CHECK_TAIL).filter(|&n| n > 0) else {
+        return Err(DecodeError::Field("check"));
+    };
+    let (body, tail) = bytes.split_at(split);
+    let hex = tail
+        .strip_prefix(CHECK_FIELD)
+        .and_then(|rest| rest.strip_suffix(b"\"}"))
+        .and_then(|hex| std::str::from_utf8(hex).ok())
+        .and_then(Hash32::from_hex)
+        .ok_or(DecodeError::Field("check"))?;
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    sha2::Digest::update(&mut hasher, body);
+    sha2::Digest::update(&mut hasher, b"}");
+    if Hash32::from_hasher(hasher) != hex {
+        return Err(DecodeError::Check);
+    }
+    Ok(())
+}
 
 /// A header value as stored: text where the value is visible ASCII, raw bytes otherwise, so
 /// that no value is altered on the way through the store.
@@ -81,6 +119,8 @@ pub(crate) enum DecodeError {
     Json(serde_json::Error),
     Version(u32),
     Field(&'static str),
+    /// The record's bytes are not those it was written with.
+    Check,
 }
 
 impl std::fmt::Display for DecodeError {
@@ -91,6 +131,7 @@ impl std::fmt::Display for DecodeError {
                 write!(f, "record format version {v} is not {FORMAT_VERSION}")
             }
             DecodeError::Field(name) => write!(f, "record field `{name}` is invalid"),
+            DecodeError::Check => f.write_str("record fails its check (damaged on disk)"),
         }
     }
 }
@@ -165,7 +206,7 @@ impl Entry {
             length: self.length,
             stored_at_ms,
         };
-        serde_json::to_vec(&record)
+        serde_json::to_vec(&record).map(seal)
     }
 
     /// Reads only what the store needs when it opens; the JSON must still be whole and of
@@ -189,6 +230,7 @@ impl Entry {
         if record.version != FORMAT_VERSION {
             return Err(DecodeError::Version(record.version));
         }
+        unseal(bytes)?;
         Ok(Entry {
             key: record.key,
             url: record.url,
@@ -282,6 +324,27 @@ mod tests {
         );
     }
 
+    /// A record edited as JSON, with a check that matches the edit: what decoding does
+    /// with well-formed records of bad values.
+    fn reseal(value: &serde_json::Value) -> Vec<u8> {
+        let mut value = value.clone();
+        value.as_object_mut().unwrap().remove("check");
+        seal(serde_json::to_vec(&value).unwrap())
+    }
+
+    #[test]
+    fn a_changed_header_fails_the_check() {
+        let good = sample().encode().unwrap();
+        let text = String::from_utf8(good.clone()).unwrap();
+        let edited = text.replace("max-age=60", "max-age=99");
+        assert_ne!(edited, text);
+        assert!(matches!(
+            Entry::decode(edited.as_bytes()),
+            Err(DecodeError::Check)
+        ));
+        assert!(Entry::decode(&good).is_ok());
+    }
+
     #[test]
     fn damaged_or_foreign_records_are_errors() {
         assert!(matches!(
@@ -296,16 +359,16 @@ mod tests {
         ));
 
         let mut value: serde_json::Value = serde_json::from_slice(&good).unwrap();
-        value["version"] = 2.into();
+        value["version"] = 3.into();
         let future = serde_json::to_vec(&value).unwrap();
         assert!(matches!(
             Entry::decode(&future),
-            Err(DecodeError::Version(2))
+            Err(DecodeError::Version(3))
         ));
 
         let mut value: serde_json::Value = serde_json::from_slice(&good).unwrap();
         value["digest"] = "../../etc/passwd".into();
-        let bad = serde_json::to_vec(&value).unwrap();
+        let bad = reseal(&value);
         assert!(matches!(
             Entry::decode(&bad),
             Err(DecodeError::Field("digest"))
@@ -313,7 +376,7 @@ mod tests {
 
         let mut value: serde_json::Value = serde_json::from_slice(&good).unwrap();
         value["status"] = 1000.into();
-        let bad = serde_json::to_vec(&value).unwrap();
+        let bad = reseal(&value);
         assert!(matches!(
             Entry::decode(&bad),
             Err(DecodeError::Field("status"))
@@ -343,15 +406,16 @@ mod tests {
                 let _ = Entry::decode(&bytes);
             }
 
-            /// Damage anywhere in a good record decodes to a record or an error, never a panic.
+            /// Any byte of a good record changed, or the record cut anywhere, is an error:
+            /// never a panic, never a record with a changed field.
             #[test]
-            fn damaged_records_decode_without_panic(at in 0usize..4096, byte in any::<u8>()) {
+            fn damaged_records_are_errors(at in 0usize..4096, flip in 1u8..=255) {
                 let mut bytes = sample().encode().unwrap();
                 let at = at % bytes.len();
-                bytes[at] = byte;
-                let _ = Entry::decode(&bytes);
+                bytes[at] ^= flip;
+                prop_assert!(Entry::decode(&bytes).is_err());
                 bytes.truncate(at);
-                let _ = Entry::decode(&bytes);
+                prop_assert!(Entry::decode(&bytes).is_err());
             }
 
             /// Headers of any names, values and repetitions come back as they went in.
