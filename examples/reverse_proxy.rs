@@ -3,13 +3,16 @@
 //! ```text
 //! cargo run --release --example reverse_proxy -- \
 //!     --upstream http://127.0.0.1:8080 --listen 127.0.0.1:3000 --cache-dir ./proxy-cache \
-//!     [--private] [--timeout-secs 30] [--max-size BYTES] [--allow-purge] [--quiet]
+//!     [--private] [--timeout-secs 30] [--max-size BYTES] [--max-body-size BYTES]
+//!     [--allow-purge] [--quiet]
 //! ```
 //!
 //! It forwards every method, every end-to-end request and response header (repeated headers
 //! kept; hop-by-hop headers removed, RFC 9110 §7.6.1) and any status code the upstream sends.
 //! It adds no freshness of its own: what is stored and for how long is the upstream's say.
-//! An unreachable upstream is a `502`, one that does not answer in time a `504`. Each
+//! An unreachable upstream is a `502`, one that does not answer in time a `504`; a body
+//! that stalls for as long is cut off (the client sees a truncated response, nothing is
+//! stored). Bodies over `--max-body-size` are passed through without being stored. Each
 //! request is logged on one line with what the cache did (`--quiet` turns that off, for
 //! load tests). With `--allow-purge`, a `PURGE` request removes what is stored for its URL
 //! (`200`, never forwarded); without it, `PURGE` is forwarded like any other method.
@@ -34,7 +37,7 @@ use hyper_util::server::conn::auto;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
-type ProxyBody = Either<Incoming, Full<Bytes>>;
+type ProxyBody = Either<Idle, Full<Bytes>>;
 
 /// What the command line asks for.
 struct Args {
@@ -45,11 +48,20 @@ struct Args {
     timeout: Duration,
     quiet: bool,
     max_size: Option<u64>,
+    max_body_size: Option<u64>,
     allow_purge: bool,
 }
 
 const USAGE: &str = "usage: reverse_proxy --upstream http://HOST[:PORT] --listen ADDR:PORT \
-                     --cache-dir DIR [--private] [--timeout-secs N] [--max-size BYTES] [--allow-purge] [--quiet]";
+                     --cache-dir DIR [--private] [--timeout-secs N] [--max-size BYTES] [--max-body-size BYTES] \
+                     [--allow-purge] [--quiet]";
+
+/// A number of bytes given on the command line.
+fn bytes_arg(name: &str, value: &str) -> Result<u64, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{name} takes a number of bytes, not {value:?}"))
+}
 
 fn parse_args() -> Result<Args, String> {
     let mut upstream = None;
@@ -58,6 +70,7 @@ fn parse_args() -> Result<Args, String> {
     let mut private = false;
     let mut quiet = false;
     let mut max_size = None;
+    let mut max_body_size = None;
     let mut allow_purge = false;
     let mut timeout = Duration::from_secs(30);
     let mut args = std::env::args().skip(1);
@@ -70,13 +83,8 @@ fn parse_args() -> Result<Args, String> {
             "--private" => private = true,
             "--quiet" => quiet = true,
             "--allow-purge" => allow_purge = true,
-            "--max-size" => {
-                let bytes = value("--max-size")?;
-                let bytes: u64 = bytes
-                    .parse()
-                    .map_err(|_| format!("--max-size takes a number of bytes, not {bytes:?}"))?;
-                max_size = Some(bytes);
-            }
+            "--max-size" => max_size = Some(bytes_arg(&arg, &value(&arg)?)?),
+            "--max-body-size" => max_body_size = Some(bytes_arg(&arg, &value(&arg)?)?),
             "--timeout-secs" => {
                 let secs = value("--timeout-secs")?;
                 let secs: u64 = secs
@@ -113,6 +121,7 @@ fn parse_args() -> Result<Args, String> {
         timeout,
         quiet,
         max_size,
+        max_body_size,
         allow_purge,
     })
 }
@@ -158,7 +167,7 @@ impl Upstream {
                 strip_hop_by_hop(&mut parts.headers);
                 // The client's connection speaks its own version, whatever the upstream spoke.
                 parts.version = client_version;
-                Response::from_parts(parts, Either::Left(body))
+                Response::from_parts(parts, Either::Left(Idle::new(body, self.timeout)))
             }
             Ok(Err(error)) => {
                 eprintln!("upstream error: {error}");
@@ -186,6 +195,57 @@ impl Service<Request<Incoming>> for Upstream {
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move { Ok(this.forward(request).await) })
+    }
+}
+
+/// An upstream body that fails when no frame arrives for `timeout`: a stalled upstream
+/// does not hold a client (or the cache's writer) forever.
+struct Idle {
+    inner: Incoming,
+    timeout: Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Idle {
+    fn new(inner: Incoming, timeout: Duration) -> Self {
+        Idle {
+            inner,
+            timeout,
+            timer: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+}
+
+impl hyper::body::Body for Idle {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Error>>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + this.timeout;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending if this.timer.as_mut().poll(cx).is_ready() => {
+                Poll::Ready(Some(Err("upstream body stalled".into())))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -248,6 +308,9 @@ async fn run(args: Args) -> Result<(), Error> {
     let mut manager = StreamingManager::builder(args.cache_dir.clone());
     if let Some(bytes) = args.max_size {
         manager = manager.max_size(bytes);
+    }
+    if let Some(bytes) = args.max_body_size {
+        manager = manager.max_body_size(bytes);
     }
     let manager = manager.build();
     let options = HttpCacheOptions::default().shared(!args.private);

@@ -199,6 +199,13 @@ where
     UnsyncBoxBody::new(body.map_err(Into::into))
 }
 
+impl StreamingBody {
+    /// Whether this is a tee whose writer still takes its chunks.
+    fn is_storing(&self) -> bool {
+        matches!(&self.kind, Kind::Tee { sink: Some(_), .. })
+    }
+}
+
 impl fmt::Debug for StreamingBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
@@ -417,7 +424,10 @@ impl Drop for StreamingBody {
             crate::rt::spawn(async move {
                 use http_body_util::BodyExt as _;
                 let mut body = std::pin::pin!(body);
-                while let Some(Ok(_)) = body.frame().await {}
+                // Until the store has what it wants, or gives up on it (a body too large).
+                while body.is_storing()
+                    && let Some(Ok(_)) = body.frame().await
+                {}
             });
         }
     }

@@ -27,6 +27,9 @@ pub enum ErrorKind {
     Incomplete,
     /// The argument given cannot be used (for example a response that cannot be recorded).
     InvalidInput,
+    /// The body is longer than the store keeps
+    /// ([`max_body_size`](crate::StreamingManagerBuilder::max_body_size)).
+    TooLarge,
 }
 
 impl ErrorKind {
@@ -39,6 +42,7 @@ impl ErrorKind {
             ErrorKind::Length => "body length differs from its Content-Length",
             ErrorKind::Incomplete => "body did not complete, entry not stored",
             ErrorKind::InvalidInput => "invalid input",
+            ErrorKind::TooLarge => "body longer than the store keeps",
         }
     }
 }

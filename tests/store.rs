@@ -944,3 +944,47 @@ async fn a_long_access_log_is_rewritten_short() {
     assert!(lines.starts_with(&key));
     assert!(read(&reopened, "GET:a").await.is_some());
 }
+
+#[tokio::test]
+async fn bodies_over_max_body_size_pass_through_unstored() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::builder(dir.path())
+        .max_body_size(1 << 20)
+        .build();
+
+    // Announced too long: passed through, never written.
+    let mut response = Response::new(Generated::new(3 << 20, 1));
+    response
+        .headers_mut()
+        .insert("content-length", HeaderValue::from(3u64 << 20));
+    let teed = manager.tee("GET:announced".into(), response, policy(URL), url());
+    let (digest, len, _) = drain(teed.into_body()).await.unwrap();
+    assert_eq!((digest, len), (Generated::digest(3 << 20, 1), 3 << 20));
+    assert_not_stored(&manager, dir.path(), "GET:announced").await;
+
+    // No length: abandoned past the limit while its client reads on to the end.
+    let teed = manager.tee(
+        "GET:unannounced".into(),
+        Response::new(Generated::new(3 << 20, 2)).map(|b| {
+            // Hide the exact size, as a chunked body would.
+            http_body_util::StreamBody::new(http_body_util::BodyStream::new(b))
+        }),
+        policy(URL),
+        url(),
+    );
+    let (digest, len, _) = drain(teed.into_body()).await.unwrap();
+    assert_eq!((digest, len), (Generated::digest(3 << 20, 2), 3 << 20));
+    assert_not_stored(&manager, dir.path(), "GET:unannounced").await;
+
+    // At the limit: stored.
+    manager
+        .put(
+            "GET:fits".into(),
+            Response::new(Generated::new(1 << 20, 3)),
+            policy(URL),
+            url(),
+        )
+        .await
+        .unwrap();
+    assert!(manager.get("GET:fits").await.unwrap().is_some());
+}

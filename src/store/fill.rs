@@ -50,6 +50,8 @@ pub(crate) struct FillState {
     /// Body bytes handed to followers through the relay (from `written` on), once the
     /// store failed.
     relayed: Option<u64>,
+    /// The store gave up on this fill: no new followers.
+    closed: bool,
     end: Option<FillEnd>,
 }
 
@@ -201,14 +203,28 @@ impl Fills {
 
 impl Fill {
     /// Whether a request may still follow this fill: it has not failed, been released, or
-    /// lost its store (whose relay keeps only what the followers already there need).
+    /// been given up by the store (whose relay keeps only what the followers already there
+    /// need).
     fn joinable(&self) -> bool {
         let state = self.state.borrow();
-        state.relayed.is_none()
+        !state.closed
             && !matches!(
                 state.end,
                 Some(FillEnd::Failed(_) | FillEnd::Released | FillEnd::Unstored(_))
             )
+    }
+
+    /// Makes every request that joins from now on lead a new fill (and every follower still
+    /// waiting for the head ask the origin): the store has given up on this one.
+    pub(crate) fn close_to_newcomers(&self) {
+        self.state.send_modify(|s| {
+            s.closed = true;
+        });
+    }
+
+    /// Whether anyone follows this fill.
+    pub(crate) fn followed(&self) -> bool {
+        self.followers.load(Ordering::SeqCst) > 0
     }
 
     /// Whether a tee whose client went away should finish writing anyway.
@@ -335,7 +351,7 @@ impl FillFollower {
         };
         match (&state.head, &state.end) {
             (_, Some(FillEnd::Stored(_) | FillEnd::Updated)) => Followed::Stored,
-            (Some(head), None) if state.relayed.is_none() => Followed::Head(Arc::clone(head)),
+            (Some(head), None) if !state.closed => Followed::Head(Arc::clone(head)),
             _ => Followed::Alone,
         }
     }

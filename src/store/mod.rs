@@ -50,6 +50,7 @@ struct Options {
     memory_budget: usize,
     max_size: Option<u64>,
     max_entries: Option<usize>,
+    max_body_size: Option<u64>,
 }
 
 impl Default for Options {
@@ -63,6 +64,7 @@ impl Default for Options {
             memory_budget: 32 << 20,
             max_size: None,
             max_entries: None,
+            max_body_size: None,
         }
     }
 }
@@ -209,6 +211,16 @@ impl StreamingManagerBuilder {
     /// [`max_size`](Self::max_size) does. Unbounded by default.
     pub fn max_entries(mut self, entries: usize) -> Self {
         self.options.max_entries = Some(entries);
+        self
+    }
+
+    /// Stores no body longer than `bytes`: a response whose `Content-Length` is larger is
+    /// passed through without being written, and a body without one is abandoned (its
+    /// partial file removed) once it runs past the limit, while its client goes on
+    /// receiving it. A body that never ends is then never driven to its end for the store
+    /// either. Unbounded by default.
+    pub fn max_body_size(mut self, bytes: u64) -> Self {
+        self.options.max_body_size = Some(bytes);
         self
     }
 
@@ -479,6 +491,19 @@ impl StreamingManager {
                 done_rx,
             );
         }
+        let expected_length = content_length(&parts.headers);
+        let limit = self.inner.options.max_body_size;
+        if let (Some(length), Some(limit)) = (expected_length, limit)
+            && length > limit
+        {
+            crate::log::debug_event!(%key, length, limit, "not stored: body too large");
+            let _ = done_tx.send(Err(Error::new(ErrorKind::TooLarge)
+                .with_subject(format!("Content-Length {length}, limit {limit}"))));
+            return (
+                Response::from_parts(parts, StreamingBody::tee(body, None)),
+                done_rx,
+            );
+        }
         let (end_tx, end_rx) = oneshot::channel();
         let (commit_tx, commit_rx) = watch::channel(false);
         let key_hash = Hash32::of(key.as_bytes());
@@ -489,7 +514,6 @@ impl StreamingManager {
                 inner.committing().insert(key_hash, commit_rx);
             })
         };
-        let expected_length = content_length(&parts.headers);
         let draft = Draft {
             key,
             url: url.to_string(),
@@ -532,7 +556,10 @@ impl StreamingManager {
                         rx,
                         end_rx,
                         writer,
-                        expected_length,
+                        writer::Expected {
+                            length: expected_length,
+                            limit,
+                        },
                         &mut progress,
                         fill.as_deref(),
                     )?;

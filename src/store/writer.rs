@@ -236,21 +236,47 @@ pub(crate) struct TeeEnd {
 /// checks that the body was complete. The writer it returns is ready to be finished.
 ///
 /// `progress` hears of each write with the writer, so that readers following the file can be
-/// told how much of it they can read. When writing fails and others follow the body through
-/// `fill`, the rest of the body is relayed to them in memory (see [`Fill::relay`]) before the
-/// failure is returned.
+/// told how much of it they can read. When writing fails, or the body runs past the store's
+/// limit, and others follow the body through `fill`, the rest of the body is relayed to them
+/// in memory (see [`Fill::relay`]) before the failure is returned.
+/// What a tee'd body is held to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Expected {
+    /// Its `Content-Length`, if it has one.
+    pub(crate) length: Option<u64>,
+    /// The most the store keeps of a body.
+    pub(crate) limit: Option<u64>,
+}
+
+impl Expected {
+    fn within_limit(&self, length: u64) -> Result<(), Error> {
+        match self.limit {
+            Some(limit) if length > limit => {
+                Err(Error::new(ErrorKind::TooLarge)
+                    .with_subject(format!("body past {limit} bytes")))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 pub(crate) fn run_tee(
     mut chunks: mpsc::UnboundedReceiver<Queued>,
     end: oneshot::Receiver<TeeEnd>,
     mut writer: ContentWriter,
-    expected_length: Option<u64>,
+    expected: Expected,
     progress: &mut dyn FnMut(&mut ContentWriter) -> Result<(), Error>,
     fill: Option<&Fill>,
 ) -> Result<(ContentWriter, Option<HeaderMap>), Error> {
+    let expected_length = expected.length;
     let mut end = Some(end);
     while let Some((chunk, room)) = chunks.blocking_recv() {
         let at = writer.length();
-        if let Err(e) = writer.write(&chunk).and_then(|()| progress(&mut writer)) {
+        let written = expected
+            .within_limit(at + chunk.len() as u64)
+            .and_then(|()| writer.write(&chunk))
+            .and_then(|()| progress(&mut writer));
+        if let Err(e) = written {
             drop(room);
             if let Some(fill) = fill {
                 relay(fill, at, chunk, chunks, end.take(), expected_length);
@@ -267,7 +293,11 @@ pub(crate) fn run_tee(
     };
     if let Some(tail) = end.tail {
         let at = writer.length();
-        if let Err(e) = writer.write(&tail).and_then(|()| progress(&mut writer)) {
+        let written = expected
+            .within_limit(at + tail.len() as u64)
+            .and_then(|()| writer.write(&tail))
+            .and_then(|()| progress(&mut writer));
+        if let Err(e) = written {
             if let Some(fill) = fill {
                 let (_, empty) = mpsc::unbounded_channel();
                 let (ended, end) = oneshot::channel();
@@ -299,10 +329,19 @@ fn relay(
     end: Option<oneshot::Receiver<TeeEnd>>,
     expected_length: Option<u64>,
 ) {
+    // Whoever comes now asks the origin; those already following get the rest, for as
+    // long as any of them is left.
+    fill.close_to_newcomers();
+    if !fill.followed() {
+        return;
+    }
     let mut length = at + first.len() as u64;
     fill.relay(at, first);
     while let Some((chunk, room)) = chunks.blocking_recv() {
         drop(room);
+        if !fill.followed() {
+            return;
+        }
         let len = chunk.len() as u64;
         fill.relay(length, chunk);
         length += len;
