@@ -4,69 +4,16 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body as AxumBody;
 use bytes::Bytes;
-use common::client;
+use common::{Proxy, client, start_proxy};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceExt};
-
-/// The proxy process, killed when the test ends.
-struct Proxy {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_proxy(upstream: &str, cache_dir: &std::path::Path, extra: &[&str]) -> Proxy {
-    // Cargo builds the examples beside the test binaries: target/<profile>/examples/.
-    let exe = std::env::current_exe().unwrap();
-    let examples = exe.parent().unwrap().parent().unwrap().join("examples");
-    let binary = examples.join(format!("reverse_proxy{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.exists(),
-        "{} is built by cargo test",
-        binary.display()
-    );
-    let mut child = Command::new(binary)
-        .args([
-            "--upstream",
-            upstream,
-            "--listen",
-            "127.0.0.1:0",
-            "--cache-dir",
-        ])
-        .arg(cache_dir)
-        .args(["--timeout-secs", "1", "--allow-purge"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    // "proxying http://127.0.0.1:PORT -> ..."
-    let addr = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|url| url.strip_prefix("http://"))
-        .unwrap_or_else(|| panic!("the proxy says where it listens: {line:?}"))
-        .to_owned();
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-    Proxy { child, addr }
-}
 
 async fn upstream() -> (String, tokio::task::JoinHandle<()>) {
     let app = axum::Router::new().fallback(|request: axum::extract::Request| async move {

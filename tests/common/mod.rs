@@ -312,3 +312,54 @@ pub fn requests_on_this_thread(dir: &Path, n: usize) -> http_cache_streaming::Ca
         service.cache().stats().await.unwrap()
     })
 }
+
+/// The proxy process, killed when the test ends.
+pub struct Proxy {
+    pub child: std::process::Child,
+    pub addr: String,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_proxy(upstream: &str, cache_dir: &std::path::Path, extra: &[&str]) -> Proxy {
+    // Cargo builds the examples beside the test binaries: target/<profile>/examples/.
+    let exe = std::env::current_exe().unwrap();
+    let examples = exe.parent().unwrap().parent().unwrap().join("examples");
+    let binary = examples.join(format!("reverse_proxy{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is built by cargo test",
+        binary.display()
+    );
+    let mut child = std::process::Command::new(binary)
+        .args([
+            "--upstream",
+            upstream,
+            "--listen",
+            "127.0.0.1:0",
+            "--cache-dir",
+        ])
+        .arg(cache_dir)
+        .args(["--timeout-secs", "1", "--allow-purge"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    // "proxying http://127.0.0.1:PORT -> ..."
+    let addr = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|url| url.strip_prefix("http://"))
+        .unwrap_or_else(|| panic!("the proxy says where it listens: {line:?}"))
+        .to_owned();
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    Proxy { child, addr }
+}
