@@ -588,7 +588,14 @@ impl HttpStreamingCache {
     /// Decides how a request starts.
     pub(crate) fn start(&self, parts: request::Parts) -> Start {
         self.start_sweeping();
-        let mode = self.mode(&parts);
+        let mode = if key::host_conflict(&parts) {
+            // The origin may answer for the Host header's site while the key names the
+            // URI's: storing that answer would serve it to the URI's users.
+            crate::log::debug_event!(uri = %parts.uri, "Host differs from the URI's authority: not cached");
+            CacheMode::NoStore
+        } else {
+            self.mode(&parts)
+        };
         let key = self.key(&parts);
         if let Some(response) = self.hit_in_memory(&parts, &key, mode) {
             return Start::Ready(response);

@@ -36,6 +36,23 @@ pub(crate) fn effective_uri(parts: &Parts) -> String {
     format!("{scheme}://{authority}{path}")
 }
 
+/// Whether the request names two sites: a URI with an authority and a `Host` header that
+/// differs from it (or several `Host` headers). The key follows the URI, but an origin
+/// may follow the header, so such a request is neither answered from nor stored in the cache.
+pub(crate) fn host_conflict(parts: &Parts) -> bool {
+    let mut hosts = parts.headers.get_all(HOST).iter();
+    let (Some(host), more) = (hosts.next(), hosts.next()) else {
+        return false;
+    };
+    if more.is_some() {
+        return true;
+    }
+    parts.uri.authority().is_some_and(|authority| {
+        host.to_str()
+            .map_or(true, |host| !authority.as_str().eq_ignore_ascii_case(host))
+    })
+}
+
 /// The header names a response's `Vary` lists, lowercased, sorted and deduplicated. `None`
 /// for `Vary: *`, which no request matches.
 pub(crate) fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
