@@ -77,6 +77,9 @@ mod body;
 mod cache;
 mod error;
 mod future;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod key;
 mod layer;
 mod log;

@@ -1,0 +1,5 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    http_cache_streaming::fuzzing::vary_and_range(data);
+});
