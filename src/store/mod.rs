@@ -1086,7 +1086,7 @@ impl Opened {
             stored_at: SystemTime::now(),
         };
         let key_hash = Hash32::of(entry.key.as_bytes());
-        let (record_temp, stamp) = self.record_temp(&entry)?;
+        let (record_temp, stamp, own) = self.record_temp(&entry)?;
         let content_path = self.layout.content_path(digest);
         let mut committed = Committed {
             digest,
@@ -1112,7 +1112,7 @@ impl Opened {
                 let file = File::open(&content_path).map_err(|e| Error::io(e, &content_path))?;
                 committed.file = Some(file);
             }
-            self.install_record(&mut index, key_hash, Arc::new(entry), record_temp, stamp)?;
+            self.install_record(&mut index, key_hash, own, record_temp, stamp)?;
             index.set_written(key_hash, seq);
         }
         self.sync_dirs(&[self.layout.content_dir(), self.layout.metadata_dir()])?;
@@ -1151,14 +1151,19 @@ impl Opened {
         }
     }
 
-    /// Encodes a record into a temp file, ready to be renamed into place.
-    fn record_temp(&self, entry: &Entry) -> Result<(TempFile, Stamp)> {
-        let json = entry.encode().map_err(|e| {
-            Error::new(ErrorKind::Record)
-                .with_subject(entry.key.clone())
-                .with_source(e)
-        })?;
-        writer::write_temp(self.scratch.temp_path(), &json, self.options.durable)
+    /// Encodes a record into a temp file, ready to be renamed into place, and returns the
+    /// entry as the index should keep it: decoded from the record written. Header values
+    /// that hyper parsed are views into a connection's read buffer; an entry kept with them
+    /// would keep that whole buffer (hundreds of KiB) alive for as long as it is indexed.
+    fn record_temp(&self, entry: &Entry) -> Result<(TempFile, Stamp, Arc<Entry>)> {
+        let record_error = |e: &dyn std::fmt::Display| {
+            Error::new(ErrorKind::Record).with_subject(format!("{}: {e}", entry.key))
+        };
+        let json = entry.encode().map_err(|e| record_error(&e))?;
+        let own = Entry::decode(&json).map_err(|e| record_error(&e))?;
+        let (temp, stamp) =
+            writer::write_temp(self.scratch.temp_path(), &json, self.options.durable)?;
+        Ok((temp, stamp, Arc::new(own)))
     }
 
     /// Renames a record into place and indexes it, unlinking content it leaves unused. The
@@ -1210,8 +1215,7 @@ impl Opened {
         entry.headers = headers;
         entry.policy = policy;
         entry.stored_at = SystemTime::now();
-        let entry = Arc::new(entry);
-        let (temp, stamp) = self.record_temp(&entry)?;
+        let (temp, stamp, entry) = self.record_temp(&entry)?;
         {
             let mut index = self.index();
             if index.digest(key_hash) == Some(entry.digest) {
