@@ -35,6 +35,11 @@ type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 /// The header of a URL's variant list record: the list's generation. Origin responses that
 /// carry it lose it before they are stored, so that no response can pass for a list.
 const VARIANTS: HeaderName = HeaderName::from_static("x-http-cache-streaming-variants");
+/// The header of a variant list record naming (by digest) the variants stored under it, so
+/// that removing the list removes them too rather than leaving them on disk.
+const STORED_VARIANTS: HeaderName = HeaderName::from_static("x-http-cache-streaming-stored");
+/// The most variants a list names; more are left for eviction.
+const MAX_LISTED_VARIANTS: usize = 64;
 
 /// Response headers that describe one connection, not the response (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -451,7 +456,57 @@ impl HttpStreamingCache {
                 .with_source(e)
         })?;
         let key = self.key(&request.into_parts().0);
-        self.manager.delete(&key).await
+        self.remove(&key).await
+    }
+
+    /// Removes what is stored under `key`: the response, or the variant list and the
+    /// variants it names.
+    async fn remove(&self, key: &str) -> crate::Result<()> {
+        if let Ok(Some((list, _))) = self.manager.lookup(key).await {
+            self.remove_variants(key, list.headers()).await?;
+        }
+        self.manager.delete(key).await
+    }
+
+    /// Removes the variants a variant list record (`list`, under `key`) names.
+    async fn remove_variants(&self, key: &str, list: &HeaderMap) -> crate::Result<()> {
+        let Some(generation) = variants_generation(list) else {
+            return Ok(());
+        };
+        for digest in list.get_all(STORED_VARIANTS).iter() {
+            if let Ok(digest) = digest.to_str() {
+                let variant = key::variant_key_of(key, &generation, digest);
+                self.manager.delete(&variant).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Names a variant just being stored in its URL's list, so that it goes with the list.
+    async fn list_variant(&self, key: &str, generation: &str, digest: &str) {
+        let Ok(Some((list, entry))) = self.manager.lookup(key).await else {
+            return;
+        };
+        let headers = list.headers();
+        let listed = headers.get_all(STORED_VARIANTS);
+        if variants_generation(headers).as_deref() != Some(generation)
+            || listed.iter().any(|d| d.as_bytes() == digest.as_bytes())
+            || listed.iter().count() >= MAX_LISTED_VARIANTS
+        {
+            return;
+        }
+        let Ok(value) = HeaderValue::from_str(digest) else {
+            return;
+        };
+        let mut headers = headers.clone();
+        headers.append(STORED_VARIANTS, value);
+        if let Err(error) = self
+            .manager
+            .update_headers(key, headers, entry.policy.clone())
+            .await
+        {
+            crate::log::warn_event!(%key, %error, "could not list a variant");
+        }
     }
 
     /// Replaces the options.
@@ -906,7 +961,7 @@ impl HttpStreamingCache {
     }
 
     async fn delete(&self, key: &str) {
-        if let Err(error) = self.manager.delete(key).await {
+        if let Err(error) = self.remove(key).await {
             count(&self.counters.errors, "http_cache_streaming_errors_total");
             crate::log::warn_event!(%key, %error, "could not invalidate a cache entry");
         }
@@ -1008,9 +1063,14 @@ impl HttpStreamingCache {
     ) -> Option<String> {
         if let Some((list, _)) = self.lookup(key).await
             && let Some(generation) = variants_generation(list.headers())
-            && key::vary_names(list.headers()).as_deref() == Some(names)
         {
-            return Some(generation);
+            if key::vary_names(list.headers()).as_deref() == Some(names) {
+                return Some(generation);
+            }
+            // The response now varies on other headers: the old list's variants go with it.
+            if let Err(error) = self.remove_variants(key, list.headers()).await {
+                crate::log::warn_event!(%key, %error, "could not remove old variants");
+            }
         }
         let generation = new_generation();
         let vary = names
@@ -1338,8 +1398,9 @@ impl Pending {
                 .await;
             let mut response = match generation {
                 Some(generation) => {
-                    let key =
-                        key::variant_key(&self.key, &generation, &names, &self.request.headers);
+                    let digest = key::variant_digest(&names, &self.request.headers);
+                    cache.list_variant(&self.key, &generation, &digest).await;
+                    let key = key::variant_key_of(&self.key, &generation, &digest);
                     match leader {
                         Some((leader, head)) => {
                             let manager = &cache.manager;

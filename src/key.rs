@@ -81,6 +81,17 @@ pub(crate) fn variant_key(
     names: &[HeaderName],
     request: &HeaderMap,
 ) -> String {
+    variant_key_of(primary, generation, &variant_digest(names, request))
+}
+
+/// The key of the variant of `primary` in list `generation` whose values hash to `digest`.
+pub(crate) fn variant_key_of(primary: &str, generation: &str, digest: &str) -> String {
+    format!("{primary} vary={generation}:{digest}")
+}
+
+/// The digest of the values a request has for the varying headers `names` (absent and
+/// empty differ), as 32 hex digits.
+pub(crate) fn variant_digest(names: &[HeaderName], request: &HeaderMap) -> String {
     let mut hasher = Sha256::new();
     for name in names {
         hasher.update(name.as_str());
@@ -95,8 +106,7 @@ pub(crate) fn variant_key(
         hasher.update(b"\x00\x00");
     }
     let digest: [u8; 32] = hasher.finalize().into();
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{primary} vary={generation}:{hex}")
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Resolves a `Location` or `Content-Location` value against the request URI, returning the

@@ -331,6 +331,32 @@ async fn variants_are_chosen_by_the_headers_vary_names() {
     send(&mut s.cache, get(&star)).await;
     send(&mut s.cache, get(&star)).await;
     assert_eq!(s.origin.hits(), 5, "Vary: * is never served from the cache");
+
+    // The list and its three variants are on disk; a POST to the URL removes all four,
+    // rather than leaving the variants behind, again and again.
+    eventually("the variants listed", || {
+        record_files(s.dir.path()).len() == 4
+    })
+    .await;
+    for round in 0..3 {
+        let posted = send(&mut s.cache, with("POST", &url, &[])).await;
+        assert_eq!(posted.status, StatusCode::OK);
+        assert!(
+            record_files(s.dir.path()).is_empty(),
+            "round {round}: {:?}",
+            record_files(s.dir.path())
+        );
+        for request in [en(), fr(), get(&url)] {
+            send(&mut s.cache, request).await;
+        }
+        eventually("the variants stored again", || {
+            record_files(s.dir.path()).len() == 4
+        })
+        .await;
+    }
+    let fr_again = send(&mut s.cache, fr()).await;
+    assert!(fr_again.cache_status().contains("hit"));
+    assert_eq!(&fr_again.body[..], b"lang=fr");
 }
 
 #[tokio::test]
