@@ -130,6 +130,8 @@ impl FleetOrigin {
 struct Tally {
     verified: AtomicU64,
     hits: AtomicU64,
+    revalidated: AtomicU64,
+    posts: AtomicU64,
     /// Requests that got no complete answer (the proxy was down or killed mid-answer).
     cut: AtomicU64,
 }
@@ -143,6 +145,7 @@ enum Outcome {
 
 /// Sends `method` for object `i` through the proxy at `addr` and checks what comes back.
 async fn exchange(
+    client: &common::Client,
     addr: &str,
     method: &str,
     i: usize,
@@ -156,7 +159,7 @@ async fn exchange(
         .header("accept-language", lang)
         .body(Full::default())
         .unwrap();
-    let Ok(response) = client().ready().await.unwrap().call(request).await else {
+    let Ok(response) = client.clone().ready().await.unwrap().call(request).await else {
         return Outcome::Cut;
     };
     let (parts, body) = response.into_parts();
@@ -199,9 +202,16 @@ async fn exchange(
     Outcome::Verified(status)
 }
 
+/// A client that keeps its connections open between requests, as load generators do.
+fn pooled_client() -> common::Client {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
 /// Clients sending a mix of GETs (hits, misses, revalidations, variants) and POSTs to
-/// whichever proxies `targets` names, until `stop`.
+/// whichever proxies `targets` names, until `stop`. With `pooled`, each keeps its
+/// connections open.
 fn start_clients(
+    pooled: bool,
     n: u64,
     targets: Arc<Mutex<Vec<String>>>,
     sent: Arc<Mutex<HashSet<Sent>>>,
@@ -212,6 +222,7 @@ fn start_clients(
         .map(|c| {
             let (targets, sent, stop, tally) =
                 (targets.clone(), sent.clone(), stop.clone(), tally.clone());
+            let client = if pooled { pooled_client() } else { client() };
             tokio::spawn(async move {
                 let mut state = c * 7919 + 1;
                 let mut next = move |n: usize| {
@@ -232,11 +243,17 @@ fn start_clients(
                     let i = next(OBJECTS);
                     let method = if next(100) < 4 { "POST" } else { "GET" };
                     let lang = LANGS[next(LANGS.len())];
-                    match exchange(&addr, method, i, lang, &sent).await {
+                    match exchange(&client, &addr, method, i, lang, &sent).await {
                         Outcome::Verified(status) => {
                             tally.verified.fetch_add(1, Ordering::Relaxed);
                             if status.contains("hit") {
                                 tally.hits.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if status.contains("fwd=stale") {
+                                tally.revalidated.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if method == "POST" {
+                                tally.posts.fetch_add(1, Ordering::Relaxed);
                             }
                         }
                         Outcome::Cut => {
@@ -276,6 +293,7 @@ async fn a_proxy_killed_twenty_times_under_load_serves_only_the_origins_bytes() 
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let clients = start_clients(
+        false,
         8,
         targets.clone(),
         origin.sent.clone(),
@@ -287,8 +305,15 @@ async fn a_proxy_killed_twenty_times_under_load_serves_only_the_origins_bytes() 
     for round in 0..=kills {
         let mut proxy = proxy(&origin, dir.path());
         // Once it answers, the store is open: whatever dead instances left in tmp/ is gone.
-        let Outcome::Verified(_) =
-            exchange(&proxy.addr, "GET", round % OBJECTS, "en", &origin.sent).await
+        let Outcome::Verified(_) = exchange(
+            &client(),
+            &proxy.addr,
+            "GET",
+            round % OBJECTS,
+            "en",
+            &origin.sent,
+        )
+        .await
         else {
             panic!("the restarted proxy answers");
         };
@@ -335,7 +360,14 @@ async fn two_proxies_share_one_directory_and_never_serve_a_stale_or_torn_entry()
     let targets = Arc::new(Mutex::new(vec![a.addr.clone(), b.addr.clone()]));
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
-    let clients = start_clients(8, targets, origin.sent.clone(), stop.clone(), tally.clone());
+    let clients = start_clients(
+        false,
+        8,
+        targets,
+        origin.sent.clone(),
+        stop.clone(),
+        tally.clone(),
+    );
     tokio::time::sleep(Duration::from_secs(4)).await;
     stop.store(true, Ordering::Relaxed);
     for client in clients {
@@ -353,6 +385,7 @@ async fn two_proxies_share_one_directory_and_never_serve_a_stale_or_torn_entry()
     assert!(verified > 200 && hits > 0);
 
     // What one stores, the other serves.
+    let c = client();
     let sent = &origin.sent;
     let version = |i: usize| origin.versions.lock().unwrap()[i];
     let object = |status: &Outcome| match status {
@@ -360,18 +393,18 @@ async fn two_proxies_share_one_directory_and_never_serve_a_stale_or_torn_entry()
         Outcome::Cut => panic!("answered"),
     };
     let i = 5;
-    exchange(&a.addr, "GET", i, "en", sent).await;
+    exchange(&c, &a.addr, "GET", i, "en", sent).await;
     let before = origin.origin.hits();
-    let status = object(&exchange(&b.addr, "GET", i, "en", sent).await);
+    let status = object(&exchange(&c, &b.addr, "GET", i, "en", sent).await);
     assert!(status.contains("hit"), "stored by A, a hit in B: {status}");
     assert_eq!(origin.origin.hits(), before);
 
     // A POST through B replaces the object: A does not serve the old version.
     let old = version(i);
-    exchange(&b.addr, "POST", i, "en", sent).await;
+    exchange(&c, &b.addr, "POST", i, "en", sent).await;
     assert_eq!(version(i), old + 1);
     let before = origin.origin.hits();
-    let status = object(&exchange(&a.addr, "GET", i, "en", sent).await);
+    let status = object(&exchange(&c, &a.addr, "GET", i, "en", sent).await);
     assert!(
         !status.contains("hit"),
         "invalidated by B, not a hit in A: {status}"
@@ -380,7 +413,7 @@ async fn two_proxies_share_one_directory_and_never_serve_a_stale_or_torn_entry()
 
     // A PURGE through B is seen by A.
     let i = 6;
-    exchange(&a.addr, "GET", i, "en", sent).await;
+    exchange(&c, &a.addr, "GET", i, "en", sent).await;
     let purge = Request::builder()
         .method("PURGE")
         .uri(format!("http://{}/obj/{i}", b.addr))
@@ -389,7 +422,7 @@ async fn two_proxies_share_one_directory_and_never_serve_a_stale_or_torn_entry()
         .unwrap();
     let purged = client().ready().await.unwrap().call(purge).await.unwrap();
     assert_eq!(purged.status(), StatusCode::OK);
-    let status = object(&exchange(&a.addr, "GET", i, "en", sent).await);
+    let status = object(&exchange(&c, &a.addr, "GET", i, "en", sent).await);
     assert!(
         status.contains("fwd=uri-miss"),
         "purged by B, a miss in A: {status}"
@@ -397,7 +430,7 @@ async fn two_proxies_share_one_directory_and_never_serve_a_stale_or_torn_entry()
 
     // An overwrite by B (a new version it fetched) is what A serves next.
     let i = 7;
-    exchange(&a.addr, "GET", i, "en", sent).await;
+    exchange(&c, &a.addr, "GET", i, "en", sent).await;
     origin.versions.lock().unwrap()[i] += 1;
     let no_cache = Request::get(format!("http://{}/obj/{i}", b.addr))
         .header("host", HOST)
@@ -427,4 +460,93 @@ async fn two_proxies_share_one_directory_and_never_serve_a_stale_or_torn_entry()
     );
     let body = served.into_body().collect().await.unwrap().to_bytes();
     assert!(body == body_of(i, version(i), ""));
+}
+
+/// `VmRSS` of a process, in KiB, and how many file descriptors it has open.
+fn rss_and_fds(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    (rss, fds)
+}
+
+/// Two hundred clients on keep-alive connections against one proxy, for `HCS_SOAK_SECS`
+/// seconds (15 by default; the README's figures are of 60): no request fails, every body
+/// is the origin's, and the proxy's memory and open files stay flat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_of_two_hundred_clients_fails_nothing_and_stays_flat() {
+    let seconds: u64 = std::env::var("HCS_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    let origin = FleetOrigin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = proxy(&origin, dir.path());
+    let pid = proxy.child.id();
+    let targets = Arc::new(Mutex::new(vec![proxy.addr.clone()]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let clients = start_clients(
+        true,
+        200,
+        targets,
+        origin.sent.clone(),
+        stop.clone(),
+        tally.clone(),
+    );
+    let mut samples = Vec::new();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(seconds) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        samples.push(rss_and_fds(pid));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let count = |n: &AtomicU64| n.load(Ordering::Relaxed);
+    let verified = count(&tally.verified);
+    // Flat: after the first quarter (connections opened, store warm), neither grows.
+    let warm = &samples[samples.len() / 4..];
+    let (rss_warm, fds_warm) = warm[0];
+    let rss_max = warm.iter().map(|s| s.0).max().unwrap();
+    let fds_max = warm.iter().map(|s| s.1).max().unwrap();
+    let (rss_end, fds_end) = *samples.last().unwrap();
+    println!(
+        "soak: {seconds} s, 200 clients: {verified} requests verified ({:.0}/s), {} hits, \
+         {} revalidated, {} POSTs, {} origin requests, {} failed, 0 wrong bytes; proxy RSS \
+         {} MiB after warm-up, max {} MiB, end {} MiB; open files {fds_warm} after warm-up, \
+         max {fds_max}, end {fds_end}",
+        verified as f64 / elapsed,
+        count(&tally.hits),
+        count(&tally.revalidated),
+        count(&tally.posts),
+        origin.origin.hits(),
+        count(&tally.cut),
+        rss_warm / 1024,
+        rss_max / 1024,
+        rss_end / 1024,
+    );
+    let series: Vec<String> = samples
+        .iter()
+        .step_by(5)
+        .map(|(rss, fds)| format!("{}/{fds}", rss / 1024))
+        .collect();
+    println!("soak: RSS MiB / open files every 5 s: {}", series.join(" "));
+    assert_eq!(count(&tally.cut), 0, "no request failed");
+    assert!(verified > 1000, "{verified} requests");
+    assert!(count(&tally.hits) > 0 && count(&tally.revalidated) > 0 && count(&tally.posts) > 0);
+    assert!(
+        rss_max < rss_warm + 32 * 1024,
+        "memory flat: {rss_warm} KiB after warm-up, {rss_max} KiB at most"
+    );
+    assert!(
+        fds_max <= fds_warm + 64,
+        "open files flat: {fds_warm} after warm-up, {fds_max} at most"
+    );
 }
