@@ -10,51 +10,11 @@ use std::path::Path;
 use axum::body::Body as AxumBody;
 use bytes::Bytes;
 use common::*;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use http_cache_streaming::{HttpCacheOptions, HttpCacheStreamingLayer, StreamingManager};
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::ServiceBuilder;
 use url::Url;
-
-struct Got {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Got {
-    fn hit(&self) -> bool {
-        self.headers
-            .get("cache-status")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("; hit"))
-    }
-
-    /// The headers the origin sent: without those the cache adds.
-    fn origin_headers(&self) -> HeaderMap {
-        let mut headers = self.headers.clone();
-        for name in ["age", "cache-status", "date", "accept-ranges"] {
-            headers.remove(name);
-        }
-        headers
-    }
-}
-
-async fn send<S, B>(service: &mut S, request: Request<Full<Bytes>>) -> Got
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
-    S::Error: std::fmt::Debug,
-    B: http_body::Body<Data = Bytes>,
-    B::Error: std::fmt::Debug,
-{
-    let response = service.ready().await.unwrap().call(request).await.unwrap();
-    let (parts, body) = response.into_parts();
-    Got {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
-    }
-}
 
 fn request(url: &str, headers: &[(String, HeaderValue)]) -> Request<Full<Bytes>> {
     let mut request = Request::get(url).body(Full::default()).unwrap();

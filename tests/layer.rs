@@ -69,42 +69,6 @@ fn reply(headers: &[(&str, &str)], body: impl Into<Bytes>) -> Response<AxumBody>
     response
 }
 
-struct Got {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Got {
-    fn cache_status(&self) -> String {
-        self.headers
-            .get_all("cache-status")
-            .iter()
-            .map(|v| v.to_str().unwrap().to_owned())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().unwrap())
-    }
-}
-
-async fn send<S, B>(service: &mut S, request: Request<Full<Bytes>>) -> Got
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
-    S::Error: std::fmt::Debug,
-    B: http_body::Body<Data = Bytes>,
-    B::Error: std::fmt::Debug,
-{
-    let response = service.ready().await.unwrap().call(request).await.unwrap();
-    let (parts, body) = response.into_parts();
-    Got {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
-    }
-}
-
 fn get(url: &str) -> Request<Full<Bytes>> {
     Request::get(url).body(Full::default()).unwrap()
 }

@@ -267,6 +267,23 @@ fn start_clients(
         .collect()
 }
 
+/// Stops the clients and returns what they saw: responses verified, hits, requests cut.
+async fn stop_clients(
+    stop: &AtomicBool,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+    tally: &Tally,
+) -> (u64, u64, u64) {
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    (
+        tally.verified.load(Ordering::Relaxed),
+        tally.hits.load(Ordering::Relaxed),
+        tally.cut.load(Ordering::Relaxed),
+    )
+}
+
 fn proxy(origin: &FleetOrigin, dir: &std::path::Path) -> Proxy {
     start_proxy(
         &origin.origin.url(""),
@@ -333,15 +350,7 @@ async fn a_proxy_killed_twenty_times_under_load_serves_only_the_origins_bytes() 
         proxy.child.wait().unwrap();
         targets.lock().unwrap().clear();
     }
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.await.unwrap();
-    }
-    let (verified, hits, cut) = (
-        tally.verified.load(Ordering::Relaxed),
-        tally.hits.load(Ordering::Relaxed),
-        tally.cut.load(Ordering::Relaxed),
-    );
+    let (verified, hits, cut) = stop_clients(&stop, clients, &tally).await;
     println!(
         "killed {kills} times: {verified} responses verified ({hits} hits), {cut} cut off by \
          a kill or refused while down, {served_after_restart} first requests after a restart, \
@@ -369,15 +378,7 @@ async fn two_proxies_share_one_directory_and_never_serve_a_stale_or_torn_entry()
         tally.clone(),
     );
     tokio::time::sleep(Duration::from_secs(4)).await;
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.await.unwrap();
-    }
-    let (verified, hits, cut) = (
-        tally.verified.load(Ordering::Relaxed),
-        tally.hits.load(Ordering::Relaxed),
-        tally.cut.load(Ordering::Relaxed),
-    );
+    let (verified, hits, cut) = stop_clients(&stop, clients, &tally).await;
     println!(
         "two proxies: {verified} responses verified ({hits} hits), {cut} failed, 0 wrong bytes"
     );

@@ -270,13 +270,16 @@ pub(crate) fn run_tee(
 ) -> Result<(ContentWriter, Option<HeaderMap>), Error> {
     let expected_length = expected.length;
     let mut end = Some(end);
+    // Writes a chunk and reports it; `Err`: the store gives up on the body.
+    let mut take = |writer: &mut ContentWriter, chunk: &Bytes| {
+        expected
+            .within_limit(writer.length() + chunk.len() as u64)
+            .and_then(|()| writer.write(chunk))
+            .and_then(|()| progress(writer))
+    };
     while let Some((chunk, room)) = chunks.blocking_recv() {
         let at = writer.length();
-        let written = expected
-            .within_limit(at + chunk.len() as u64)
-            .and_then(|()| writer.write(&chunk))
-            .and_then(|()| progress(&mut writer));
-        if let Err(e) = written {
+        if let Err(e) = take(&mut writer, &chunk) {
             drop(room);
             if let Some(fill) = fill {
                 relay(fill, at, chunk, chunks, end.take(), expected_length);
@@ -293,11 +296,7 @@ pub(crate) fn run_tee(
     };
     if let Some(tail) = end.tail {
         let at = writer.length();
-        let written = expected
-            .within_limit(at + tail.len() as u64)
-            .and_then(|()| writer.write(&tail))
-            .and_then(|()| progress(&mut writer));
-        if let Err(e) = written {
+        if let Err(e) = take(&mut writer, &tail) {
             if let Some(fill) = fill {
                 let (_, empty) = mpsc::unbounded_channel();
                 let (ended, end) = oneshot::channel();

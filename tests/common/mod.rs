@@ -363,3 +363,58 @@ pub fn start_proxy(upstream: &str, cache_dir: &std::path::Path, extra: &[&str]) 
     std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     Proxy { child, addr }
 }
+
+/// A response as a test reads it: status, headers, the whole body.
+pub struct Got {
+    pub status: http::StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Got {
+    /// Every `Cache-Status` value, joined.
+    pub fn cache_status(&self) -> String {
+        self.headers
+            .get_all("cache-status")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// Whether the cache answered it (`Cache-Status: …; hit`).
+    pub fn hit(&self) -> bool {
+        self.cache_status().contains("; hit")
+    }
+
+    /// The headers the origin sent: without those the cache adds.
+    pub fn origin_headers(&self) -> HeaderMap {
+        let mut headers = self.headers.clone();
+        for name in ["age", "cache-status", "date", "accept-ranges"] {
+            headers.remove(name);
+        }
+        headers
+    }
+}
+
+/// Sends a request through `service` and reads the whole response.
+pub async fn send<S, B>(service: &mut S, request: Request<http_body_util::Full<Bytes>>) -> Got
+where
+    S: tower::Service<Request<http_body_util::Full<Bytes>>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    use tower::ServiceExt;
+    let response = service.ready().await.unwrap().call(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
