@@ -87,6 +87,7 @@ mod mode;
 mod range;
 mod rt;
 mod service;
+pub mod storage;
 mod store;
 
 pub use body::StreamingBody;
@@ -96,4 +97,5 @@ pub use future::ResponseFuture;
 pub use layer::HttpCacheStreamingLayer;
 pub use mode::CacheMode;
 pub use service::HttpCacheStreaming;
+pub use storage::ObjectStoreManager;
 pub use store::{StoreStats, StreamingManager, StreamingManagerBuilder};

@@ -771,7 +771,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Runs blocking file work on the runtime's blocking pool.
-async fn blocking<T, F>(work: F) -> Result<T>
+pub(crate) async fn blocking<T, F>(work: F) -> Result<T>
 where
     F: FnOnce() -> Result<T> + Send + 'static,
     T: Send + 'static,
@@ -779,7 +779,7 @@ where
     crate::rt::spawn_blocking(work)?.await?
 }
 
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(http::header::CONTENT_LENGTH)?
         .to_str()
@@ -808,7 +808,7 @@ enum HitBody {
     File(File),
 }
 
-fn remove_if_present(path: &Path) -> io::Result<()> {
+pub(crate) fn remove_if_present(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
@@ -1384,7 +1384,7 @@ impl Opened {
 
 /// Puts finished content at its digest's path. When a file is there already with the right
 /// length the bytes are stored already, and the temp file is dropped: deduplication.
-fn install_content(temp: TempFile, path: &Path, length: u64) -> Result<()> {
+pub(crate) fn install_content(temp: TempFile, path: &Path, length: u64) -> Result<()> {
     match fs::metadata(path) {
         Ok(existing) if existing.len() == length => Ok(()),
         _ => temp.persist(path).map_err(|e| Error::io(e, path)),

@@ -1,0 +1,253 @@
+//! [`ObjectStoreManager`]: the store's API (`put`, `get`, `delete`) over any [`Storage`],
+//! above all a bucket shared by a fleet.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, Response};
+use http_body::Body;
+use http_body_util::BodyExt as _;
+use http_cache_semantics::CachePolicy;
+use url::Url;
+
+use super::{Name, Storage};
+use crate::StreamingBody;
+use crate::error::{BoxError, Error, ErrorKind, Result};
+use crate::store::content_length;
+use crate::store::record::Entry;
+
+/// A store of responses in a [`Storage`], by default a bucket of any
+/// [`object_store`](https://docs.rs/object_store) backend (feature `object-store`), laid
+/// out as on disk: `cache-v2/metadata/<sha256 of key>.json` and `cache-v2/content/<sha256>`.
+///
+/// Bodies stream up while they are read and down while they are served; memory stays
+/// within a few upload parts whatever their size. A body is committed before the record
+/// that names it, so a reader never finds a record of a body that is not there; a record
+/// whose body is missing or of another length is a miss, and is removed. Several machines
+/// may share one bucket: what one stored, the others serve.
+///
+/// [`delete`](Self::delete) removes a record, never a body, since another record (written
+/// by any machine) may name the same bytes; [`sweep`](Self::sweep) removes the bodies no
+/// record names.
+#[derive(Debug, Clone)]
+pub struct ObjectStoreManager {
+    storage: Arc<dyn Storage>,
+}
+
+/// What a [`sweep`](ObjectStoreManager::sweep) found and removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Records read.
+    pub records: u64,
+    /// Records removed because they could not be read as records.
+    pub broken_records: u64,
+    /// Bodies that no record names, old enough to be removed, and removed.
+    pub bodies: u64,
+}
+
+impl ObjectStoreManager {
+    /// A manager of the cache under `cache-v2/` in `store`.
+    #[cfg(feature = "object-store")]
+    pub fn new(store: Arc<dyn object_store::ObjectStore>) -> Self {
+        Self::over(Arc::new(super::ObjectStorage::new(store)))
+    }
+
+    /// A manager over any storage: a bucket with options of its own
+    /// (`ObjectStorage`, feature `object-store`), a [`FileStorage`](super::FileStorage), or
+    /// one of yours.
+    pub fn over(storage: Arc<dyn Storage>) -> Self {
+        ObjectStoreManager { storage }
+    }
+
+    /// The storage it keeps its bytes in.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// Stores `response` under `key`, streaming its body to the storage as it is read.
+    ///
+    /// The entry is stored only if the body ends complete (and with exactly its
+    /// `Content-Length`, when it has one): otherwise the upload is abandoned and the error
+    /// says why. An existing entry under `key` is replaced.
+    pub async fn put<B>(
+        &self,
+        key: String,
+        response: Response<B>,
+        policy: CachePolicy,
+        url: Url,
+    ) -> Result<()>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (parts, body) = response.into_parts();
+        let expected = content_length(&parts.headers);
+        let mut upload = self.storage.upload().await?;
+        let mut body = std::pin::pin!(body);
+        let mut trailers: Option<HeaderMap> = None;
+        let mut length = 0u64;
+        let streamed: Result<()> = async {
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| Error::body(e.into()))?;
+                match frame.into_data() {
+                    Ok(data) => {
+                        length += data.len() as u64;
+                        if expected.is_some_and(|n| length > n) {
+                            break;
+                        }
+                        upload.write(data).await?;
+                    }
+                    Err(frame) => {
+                        if let Ok(t) = frame.into_trailers() {
+                            trailers.get_or_insert_with(HeaderMap::new).extend(t);
+                        }
+                    }
+                }
+            }
+            match expected {
+                Some(n) if n != length => Err(Error::new(ErrorKind::Length)
+                    .with_subject(format!("Content-Length {n}, body {length} bytes"))),
+                _ => Ok(()),
+            }
+        }
+        .await;
+        if let Err(e) = streamed {
+            let _ = upload.abort().await;
+            return Err(e);
+        }
+        let committed = upload.commit().await?;
+        let entry = Entry {
+            key,
+            url: url.to_string(),
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            trailers,
+            policy,
+            digest: committed.digest.0,
+            length: committed.length,
+            stored_at: SystemTime::now(),
+        };
+        let record = entry.encode().map_err(|e| {
+            Error::new(ErrorKind::Record)
+                .with_subject(entry.key.clone())
+                .with_source(e)
+        })?;
+        let name = Name::of(entry.key.as_bytes());
+        self.storage.write_record(name, Bytes::from(record)).await
+    }
+
+    /// Looks `key` up: the stored response, with a body that streams from the storage, and
+    /// its cache policy. A record that is damaged, or whose body is missing or of another
+    /// length, is a miss (`Ok(None)`) and is removed.
+    pub async fn get(&self, key: &str) -> Result<Option<(Response<StreamingBody>, CachePolicy)>> {
+        self.get_part(key, None).await
+    }
+
+    /// [`get`](Self::get) of bytes `start..start + len` of the body only (a `Range`
+    /// request), clamped to the body.
+    pub async fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        len: u64,
+    ) -> Result<Option<(Response<StreamingBody>, CachePolicy)>> {
+        self.get_part(key, Some((start, len))).await
+    }
+
+    async fn get_part(
+        &self,
+        key: &str,
+        part: Option<(u64, u64)>,
+    ) -> Result<Option<(Response<StreamingBody>, CachePolicy)>> {
+        let name = Name::of(key.as_bytes());
+        let Some(bytes) = self.storage.read_record(name).await? else {
+            return Ok(None);
+        };
+        let entry = match Entry::decode(&bytes) {
+            Ok(entry) if entry.key == key => entry,
+            Ok(_) => return Ok(None),
+            Err(why) => {
+                crate::log::warn_event!(%key, %why, "removing unusable record");
+                self.storage.delete_record(name).await?;
+                return Ok(None);
+            }
+        };
+        let digest = Name(entry.digest);
+        let stored = self.storage.body_length(digest).await?;
+        if stored != Some(entry.length) {
+            crate::log::warn_event!(%key, %digest, expected = entry.length, ?stored,
+                "body missing or of the wrong length, removing its record");
+            self.storage.delete_record(name).await?;
+            return Ok(None);
+        }
+        let (start, len) = part.map_or((0, entry.length), |(start, len)| {
+            let start = start.min(entry.length);
+            (start, len.min(entry.length - start))
+        });
+        let Some(body) = self.storage.read_body(digest, start, len).await? else {
+            self.storage.delete_record(name).await?;
+            return Ok(None);
+        };
+        let body = match &entry.trailers {
+            Some(_) if part.is_none() => with_trailers(body, entry.trailers.clone()),
+            _ => body,
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = entry.status;
+        *response.version_mut() = entry.version;
+        *response.headers_mut() = entry.headers;
+        Ok(Some((response, entry.policy)))
+    }
+
+    /// Removes what is stored under `key`: its record. Its body stays until a
+    /// [`sweep`](Self::sweep) finds no record naming it.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        self.storage.delete_record(Name::of(key.as_bytes())).await
+    }
+
+    /// Removes the bodies no record names, once they are older than `grace`, and records
+    /// that are not records. In a bucket several machines write, `grace` must exceed the
+    /// longest upload: a body is committed before the record naming it is written, and a
+    /// sweep in between must not take it (an hour is a safe choice).
+    pub async fn sweep(&self, grace: Duration) -> Result<Swept> {
+        let mut swept = Swept::default();
+        let mut named = HashSet::new();
+        for listed in self.storage.list_records().await? {
+            swept.records += 1;
+            let Some(bytes) = self.storage.read_record(listed.name).await? else {
+                continue;
+            };
+            match Entry::summarize(&bytes) {
+                Ok(summary) => {
+                    named.insert(summary.digest);
+                }
+                Err(_) => {
+                    self.storage.delete_record(listed.name).await?;
+                    swept.broken_records += 1;
+                }
+            }
+        }
+        let now = SystemTime::now();
+        for listed in self.storage.list_bodies().await? {
+            let old = now
+                .duration_since(listed.modified)
+                .is_ok_and(|age| age >= grace);
+            if old && !named.contains(&listed.name.0) {
+                self.storage.delete_body(listed.name).await?;
+                swept.bodies += 1;
+            }
+        }
+        Ok(swept)
+    }
+}
+
+/// `body`, followed by stored trailers.
+fn with_trailers(body: StreamingBody, trailers: Option<HeaderMap>) -> StreamingBody {
+    let Some(trailers) = trailers else {
+        return body;
+    };
+    StreamingBody::pass(body.with_trailers(async move { Some(Ok(trailers)) }))
+}
