@@ -2,6 +2,8 @@
 //! bodies fed from a channel, and digests.
 #![allow(dead_code)]
 
+pub mod contract;
+
 use std::convert::Infallible;
 use std::path::Path;
 use std::pin::Pin;

@@ -1,0 +1,204 @@
+//! The contract every storage keeps, as functions the storage tests and the S3 tests run.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response};
+use http_body_util::{BodyExt, Full};
+use http_cache_streaming::storage::{Name, Storage};
+use http_cache_streaming::{ErrorKind, ObjectStoreManager};
+use url::Url;
+
+use super::policy;
+
+/// Bytes of `len`, different for each `seed`.
+pub fn bytes_of(len: usize, seed: u8) -> Bytes {
+    (0..len)
+        .map(|i| {
+            (i as u32)
+                .wrapping_mul(2_654_435_761)
+                .rotate_left(u32::from(seed)) as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+pub async fn upload(storage: &dyn Storage, body: &Bytes, chunk: usize) -> Name {
+    let mut upload = storage.upload().await.unwrap();
+    for piece in body.chunks(chunk) {
+        upload.write(body.slice_ref(piece)).await.unwrap();
+    }
+    let committed = upload.commit().await.unwrap();
+    assert_eq!(committed.length, body.len() as u64);
+    assert_eq!(committed.digest, Name::of(body), "named by its SHA-256");
+    committed.digest
+}
+
+pub async fn read(storage: &dyn Storage, digest: Name, offset: u64, len: u64) -> Option<Bytes> {
+    let body = storage.read_body(digest, offset, len).await.unwrap()?;
+    Some(body.collect().await.unwrap().to_bytes())
+}
+
+/// What every storage must do.
+pub async fn contract(storage: Arc<dyn Storage>) {
+    let storage = &*storage;
+    // Bodies: small, empty, and longer than an object storage's part (8 MiB).
+    for (len, chunk) in [(1000, 100), (0, 1), (13 << 20, 64 * 1024)] {
+        let body = bytes_of(len, len as u8);
+        let digest = upload(storage, &body, chunk).await;
+        assert_eq!(storage.body_length(digest).await.unwrap(), Some(len as u64));
+        assert_eq!(read(storage, digest, 0, len as u64).await.unwrap(), body);
+        if len > 10 {
+            let (start, n) = (len as u64 / 3, 7);
+            assert_eq!(
+                read(storage, digest, start, n).await.unwrap(),
+                body.slice(start as usize..start as usize + 7),
+                "a range read at its offset"
+            );
+        }
+    }
+    // The same bytes committed again are one body.
+    let body = bytes_of(1000, 232);
+    let before = storage.list_bodies().await.unwrap().len();
+    upload(storage, &body, 10).await;
+    upload(storage, &body, 333).await;
+    assert_eq!(storage.list_bodies().await.unwrap().len(), before);
+    // An aborted upload leaves nothing; neither does a long one.
+    for len in [100, 9 << 20] {
+        let mut aborted = storage.upload().await.unwrap();
+        aborted.write(bytes_of(len, 7)).await.unwrap();
+        aborted.abort().await.unwrap();
+        assert_eq!(storage.list_bodies().await.unwrap().len(), before);
+    }
+    // A body that is not there.
+    let missing = Name::of(b"never stored");
+    assert!(storage.body_length(missing).await.unwrap().is_none());
+    assert!(storage.read_body(missing, 0, 10).await.unwrap().is_none());
+    storage.delete_body(missing).await.unwrap();
+    // A body read past its end fails rather than passing for whole.
+    let short = upload(storage, &bytes_of(100, 1), 100).await;
+    let cut = storage.read_body(short, 50, 100).await.unwrap().unwrap();
+    assert!(
+        cut.collect().await.is_err(),
+        "50 bytes where 100 were asked"
+    );
+    storage.delete_body(short).await.unwrap();
+    assert!(storage.body_length(short).await.unwrap().is_none());
+
+    // Records: written whole, replaced, read back, listed, removed.
+    let name = Name::of(b"GET:https://example.com/");
+    assert!(storage.read_record(name).await.unwrap().is_none());
+    storage
+        .write_record(name, Bytes::from_static(b"first"))
+        .await
+        .unwrap();
+    storage
+        .write_record(name, Bytes::from_static(b"second"))
+        .await
+        .unwrap();
+    assert_eq!(storage.read_record(name).await.unwrap().unwrap(), "second");
+    let listed = storage.list_records().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|l| l.name).collect::<Vec<_>>(),
+        vec![name]
+    );
+    storage.delete_record(name).await.unwrap();
+    storage.delete_record(name).await.unwrap();
+    assert!(storage.read_record(name).await.unwrap().is_none());
+    assert!(storage.list_records().await.unwrap().is_empty());
+}
+
+pub fn response(body: Bytes) -> Response<Full<Bytes>> {
+    let len = body.len();
+    let mut response = Response::new(Full::new(body));
+    let headers = response.headers_mut();
+    headers.insert("cache-control", HeaderValue::from_static("max-age=60"));
+    headers.append("x-multi", HeaderValue::from_static("one"));
+    headers.append("x-multi", HeaderValue::from_static("two"));
+    headers.insert("content-length", HeaderValue::from(len));
+    response
+}
+
+/// What `ObjectStoreManager` does over a storage.
+pub async fn manager_contract(storage: Arc<dyn Storage>) {
+    let manager = ObjectStoreManager::over(Arc::clone(&storage));
+    let url = Url::parse("https://example.com/").unwrap();
+    let body = bytes_of(300_000, 3);
+    for key in ["GET:a", "GET:b"] {
+        manager
+            .put(
+                key.into(),
+                response(body.clone()),
+                policy("https://example.com/"),
+                url.clone(),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        storage.list_bodies().await.unwrap().len(),
+        1,
+        "identical bodies stored once"
+    );
+    let (hit, _policy) = manager.get("GET:a").await.unwrap().unwrap();
+    let multi: Vec<_> = hit.headers().get_all("x-multi").iter().cloned().collect();
+    assert_eq!(multi, ["one", "two"]);
+    assert_eq!(hit.into_body().collect().await.unwrap().to_bytes(), body);
+    let (part, _) = manager.get_range("GET:b", 1000, 10).await.unwrap().unwrap();
+    assert_eq!(
+        part.into_body().collect().await.unwrap().to_bytes(),
+        body.slice(1000..1010)
+    );
+
+    // A body shorter than its Content-Length is not stored.
+    let mut short = response(Bytes::from_static(b"short"));
+    short
+        .headers_mut()
+        .insert("content-length", HeaderValue::from(10));
+    let error = manager
+        .put(
+            "GET:short".into(),
+            short,
+            policy("https://example.com/"),
+            url.clone(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Length);
+    assert!(manager.get("GET:short").await.unwrap().is_none());
+
+    // Deleting one key keeps the body the other still names; a sweep keeps it too.
+    manager.delete("GET:a").await.unwrap();
+    assert!(manager.get("GET:a").await.unwrap().is_none());
+    let swept = manager.sweep(Duration::ZERO).await.unwrap();
+    assert_eq!((swept.records, swept.bodies), (1, 0));
+    assert!(manager.get("GET:b").await.unwrap().is_some());
+
+    // A record whose body is gone is a miss, and is removed; the sweep then takes bodies
+    // no record names.
+    let digest = Name::of(&body);
+    storage.delete_body(digest).await.unwrap();
+    assert!(manager.get("GET:b").await.unwrap().is_none());
+    assert!(storage.list_records().await.unwrap().is_empty());
+    let orphan = upload(&*storage, &bytes_of(5000, 9), 5000).await;
+    assert_eq!(
+        manager
+            .sweep(Duration::from_secs(3600))
+            .await
+            .unwrap()
+            .bodies,
+        0
+    );
+    assert_eq!(manager.sweep(Duration::ZERO).await.unwrap().bodies, 1);
+    assert!(storage.body_length(orphan).await.unwrap().is_none());
+
+    // A damaged record is a miss, and is removed.
+    let name = Name::of(b"GET:damaged");
+    storage
+        .write_record(name, Bytes::from_static(b"{not a record"))
+        .await
+        .unwrap();
+    assert!(manager.get("GET:damaged").await.unwrap().is_none());
+    assert!(storage.read_record(name).await.unwrap().is_none());
+}

@@ -1,0 +1,234 @@
+//! The store on a real S3 API: `HCS_S3_ENDPOINT` names one on loopback (`.ci/run` starts
+//! `moto_server` for these tests). Without it every test here says it skipped.
+#![cfg(feature = "object-store")]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::contract::{bytes_of, contract, manager_contract, response};
+use common::{Generated, drain, policy};
+use http::Response;
+use http_cache_streaming::ObjectStoreManager;
+use http_cache_streaming::storage::{ObjectStorage, Storage};
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use url::Url;
+
+const ENDPOINT: &str = "HCS_S3_ENDPOINT";
+const BUCKET: &str = "HCS_S3_BUCKET";
+const ROLE: &str = "HCS_S3_CHILD";
+
+fn endpoint() -> Option<String> {
+    let endpoint = std::env::var(ENDPOINT).ok();
+    if endpoint.is_none() {
+        eprintln!("SKIPPED: set {ENDPOINT} to an S3 API (`.ci/run` starts moto_server)");
+    }
+    endpoint
+}
+
+/// A client of `bucket` at `endpoint`, as a node of a fleet would make one.
+fn bucket(endpoint: &str, bucket: &str) -> Arc<dyn ObjectStore> {
+    Arc::new(
+        AmazonS3Builder::new()
+            .with_endpoint(endpoint)
+            .with_allow_http(true)
+            .with_bucket_name(bucket)
+            .with_region("us-east-1")
+            .with_access_key_id("testing")
+            .with_secret_access_key("testing")
+            .build()
+            .unwrap(),
+    )
+}
+
+/// Creates a fresh bucket for one test and returns its name.
+async fn new_bucket(endpoint: &str, test: &str) -> String {
+    let name = format!(
+        "{test}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let request = http::Request::put(format!("{endpoint}/{name}"))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let created = tower::ServiceExt::oneshot(common::client(), request)
+        .await
+        .unwrap();
+    assert!(created.status().is_success(), "bucket {name}: {created:?}");
+    name
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_contract_holds_on_s3() {
+    let Some(endpoint) = endpoint() else { return };
+    let name = new_bucket(&endpoint, "contract").await;
+    contract(Arc::new(ObjectStorage::new(bucket(&endpoint, &name)))).await;
+    let name = new_bucket(&endpoint, "manager").await;
+    manager_contract(Arc::new(ObjectStorage::new(bucket(&endpoint, &name)))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_one_node_stores_another_serves() {
+    let Some(endpoint) = endpoint() else { return };
+    let name = new_bucket(&endpoint, "fleet").await;
+    // Two nodes: two clients of their own on one bucket.
+    let first = ObjectStoreManager::new(bucket(&endpoint, &name));
+    let second = ObjectStoreManager::new(bucket(&endpoint, &name));
+    let url = Url::parse("https://example.com/video").unwrap();
+    let body = bytes_of(20 << 20, 4);
+    first
+        .put(
+            "GET:https://example.com/video".into(),
+            response(body.clone()),
+            policy("https://example.com/video"),
+            url,
+        )
+        .await
+        .unwrap();
+    let (hit, _) = second
+        .get("GET:https://example.com/video")
+        .await
+        .unwrap()
+        .expect("stored by the first node");
+    let (digest, len, _) = drain(hit.into_body()).await.unwrap();
+    assert_eq!((digest, len), (common::sha256(&body), body.len() as u64));
+    let (part, _) = second
+        .get_range("GET:https://example.com/video", 9 << 20, 1000)
+        .await
+        .unwrap()
+        .unwrap();
+    let (digest, _, _) = drain(part.into_body()).await.unwrap();
+    assert_eq!(digest, common::sha256(&body[9 << 20..(9 << 20) + 1000]));
+}
+
+/// Runs this test binary again as a child in `role`, on `bucket`.
+fn child(role: &str, endpoint: &str, bucket: &str) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "s3_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ROLE, role)
+        .env(ENDPOINT, endpoint)
+        .env(BUCKET, bucket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "entry point of the child processes the other tests start"]
+fn s3_child() {
+    let (Ok(role), Ok(endpoint), Ok(name)) = (
+        std::env::var(ROLE),
+        std::env::var(ENDPOINT),
+        std::env::var(BUCKET),
+    ) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let manager = ObjectStoreManager::new(bucket(&endpoint, &name));
+        let url = Url::parse("https://example.com/big").unwrap();
+        let len: u64 = if role == "endless" {
+            64 << 30
+        } else {
+            256 << 20
+        };
+        let big = Response::new(Generated::new(len, 6));
+        println!("child-started");
+        let put = manager
+            .put(
+                "GET:https://example.com/big".into(),
+                big,
+                policy("https://example.com/big"),
+                url,
+            )
+            .await;
+        put.unwrap();
+        let (hit, _) = manager
+            .get("GET:https://example.com/big")
+            .await
+            .unwrap()
+            .unwrap();
+        let (digest, got, _) = drain(hit.into_body()).await.unwrap();
+        assert_eq!((digest, got), (Generated::digest(len, 6), len));
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let peak = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        println!("peak-rss {peak}");
+    });
+}
+
+#[test]
+fn a_256_mib_body_goes_up_and_down_in_bounded_memory() {
+    let Some(endpoint) = endpoint() else { return };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let name = runtime.block_on(new_bucket(&endpoint, "big"));
+    let mut process = child("big", &endpoint, &name);
+    let output = BufReader::new(process.stdout.take().unwrap());
+    let mut peak_kib = None;
+    for line in output.lines() {
+        let line = line.unwrap();
+        if let Some(peak) = line.strip_prefix("peak-rss ") {
+            peak_kib = peak.trim_end_matches("kB").trim().parse::<u64>().ok();
+        }
+    }
+    assert!(process.wait().unwrap().success());
+    let peak_kib = peak_kib.expect("the child reports its peak memory");
+    println!(
+        "256 MiB put to S3 and read back: peak RSS {} MiB",
+        peak_kib / 1024
+    );
+    assert!(peak_kib < 64 * 1024, "peak RSS {peak_kib} KiB");
+}
+
+#[test]
+fn a_node_killed_mid_upload_leaves_no_record_of_missing_content() {
+    let Some(endpoint) = endpoint() else { return };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let name = runtime.block_on(new_bucket(&endpoint, "killed"));
+    let mut process = child("endless", &endpoint, &name);
+    let mut output = BufReader::new(process.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("child-started") {
+        line.clear();
+        assert!(output.read_line(&mut line).unwrap() > 0, "the child starts");
+    }
+    std::thread::spawn(move || std::io::copy(&mut output, &mut std::io::sink()));
+    // Parts are going up by now.
+    std::thread::sleep(Duration::from_secs(2));
+    process.kill().unwrap();
+    process.wait().unwrap();
+    runtime.block_on(async {
+        let storage = ObjectStorage::new(bucket(&endpoint, &name));
+        assert!(storage.list_records().await.unwrap().is_empty());
+        assert!(storage.list_bodies().await.unwrap().is_empty());
+        let manager = ObjectStoreManager::new(bucket(&endpoint, &name));
+        assert!(
+            manager
+                .get("GET:https://example.com/big")
+                .await
+                .unwrap()
+                .is_none()
+        );
+    });
+}
