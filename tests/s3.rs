@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::contract::{bytes_of, contract, manager_contract, response};
+use common::contract::{bytes_of, contract, manager_contract, response, two_nodes_share_one_tier};
 use common::{Generated, drain, policy};
 use http::Response;
 use http_cache_streaming::ObjectStoreManager;
@@ -72,6 +72,13 @@ async fn the_contract_holds_on_s3() {
     contract(Arc::new(ObjectStorage::new(bucket(&endpoint, &name)))).await;
     let name = new_bucket(&endpoint, "manager").await;
     manager_contract(Arc::new(ObjectStorage::new(bucket(&endpoint, &name)))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_layer_nodes_on_one_bucket() {
+    let Some(endpoint) = endpoint() else { return };
+    let name = new_bucket(&endpoint, "layers").await;
+    two_nodes_share_one_tier(Arc::new(ObjectStorage::new(bucket(&endpoint, &name)))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,6 +148,10 @@ fn s3_child() {
         .enable_all()
         .build()
         .unwrap();
+    if role == "layer" {
+        runtime.block_on(layer_child(&endpoint, &name));
+        return;
+    }
     runtime.block_on(async move {
         let manager = ObjectStoreManager::new(bucket(&endpoint, &name));
         let url = Url::parse("https://example.com/big").unwrap();
@@ -167,14 +178,123 @@ fn s3_child() {
             .unwrap();
         let (digest, got, _) = drain(hit.into_body()).await.unwrap();
         assert_eq!((digest, got), (Generated::digest(len, 6), len));
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let peak = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .unwrap()
-            .trim()
-            .to_owned();
-        println!("peak-rss {peak}");
+        print_peak_rss();
+    });
+}
+
+fn print_peak_rss() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let peak = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    println!("peak-rss {peak}");
+}
+
+const LAYER_BODY: u64 = 256 << 20;
+
+/// A node: the layer over a local disk in front of the bucket, and an origin in process.
+/// One 256 MiB miss through it, then it waits for its copy to reach the bucket.
+async fn layer_child(endpoint: &str, name: &str) {
+    use http_cache_streaming::{HttpCacheStreamingLayer, StreamingManager};
+    use tower::{ServiceBuilder, ServiceExt};
+    let origin = common::Origin::start(|_, _| {
+        let mut response =
+            http::Response::new(axum::body::Body::new(Generated::new(LAYER_BODY, 8)));
+        response.headers_mut().insert(
+            "cache-control",
+            http::HeaderValue::from_static("max-age=600"),
+        );
+        response
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let tier: Arc<dyn Storage> = Arc::new(ObjectStorage::new(bucket(endpoint, name)));
+    let manager = StreamingManager::builder(dir.path())
+        .shared_tier(Arc::clone(&tier))
+        .build();
+    let node = ServiceBuilder::new()
+        .layer(HttpCacheStreamingLayer::new(manager))
+        .service(common::client());
+    let request = http::Request::get(origin.url("/big"))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let response = node.oneshot(request).await.unwrap();
+    let (digest, got, _) = drain(response.into_body()).await.unwrap();
+    assert_eq!(
+        (digest, got),
+        (Generated::digest(LAYER_BODY, 8), LAYER_BODY)
+    );
+    for _ in 0..600 {
+        if !tier.list_records().await.unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(tier.list_records().await.unwrap().len(), 1, "copied up");
+    println!("origin-url {}", origin.url("/big"));
+    print_peak_rss();
+}
+
+/// Runs a child in `role` on a new bucket and returns its output lines and peak RSS (KiB).
+fn run_child(role: &str, endpoint: &str, name: &str) -> (Vec<String>, u64) {
+    let mut process = child(role, endpoint, name);
+    let output = BufReader::new(process.stdout.take().unwrap());
+    let lines: Vec<String> = output.lines().map(Result::unwrap).collect();
+    assert!(process.wait().unwrap().success(), "{lines:?}");
+    let peak = lines
+        .iter()
+        .find_map(|l| l.split("peak-rss ").nth(1))
+        .and_then(|p| p.trim_end_matches("kB").trim().parse().ok())
+        .expect("the child reports its peak memory");
+    (lines, peak)
+}
+
+#[test]
+fn a_256_mib_miss_through_the_layer_reaches_the_bucket_in_bounded_memory() {
+    let Some(endpoint) = endpoint() else { return };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let name = runtime.block_on(new_bucket(&endpoint, "layer"));
+    let (lines, peak_kib) = run_child("layer", &endpoint, &name);
+    println!(
+        "256 MiB miss through the layer, stored on disk and copied to S3: peak RSS {} MiB",
+        peak_kib / 1024
+    );
+    assert!(peak_kib < 64 * 1024, "peak RSS {peak_kib} KiB");
+    // Another node, cold, serves it from the bucket: the origin went with the child.
+    let url = lines
+        .iter()
+        .find_map(|l| l.split("origin-url ").nth(1))
+        .expect("the child says where its origin was")
+        .to_owned();
+    runtime.block_on(async {
+        use http_cache_streaming::{HttpCacheStreamingLayer, StreamingManager};
+        use tower::{ServiceBuilder, ServiceExt};
+        let dir = tempfile::tempdir().unwrap();
+        let manager = StreamingManager::builder(dir.path())
+            .shared_tier(Arc::new(ObjectStorage::new(bucket(&endpoint, &name))))
+            .build();
+        let node = ServiceBuilder::new()
+            .layer(HttpCacheStreamingLayer::new(manager))
+            .service(common::client());
+        let request = http::Request::get(&url)
+            .body(http_body_util::Full::default())
+            .unwrap();
+        let response = node.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        assert!(
+            response.headers()["cache-status"]
+                .to_str()
+                .unwrap()
+                .contains("hit")
+        );
+        let (digest, got, _) = drain(response.into_body()).await.unwrap();
+        assert_eq!(
+            (digest, got),
+            (Generated::digest(LAYER_BODY, 8), LAYER_BODY)
+        );
     });
 }
 
@@ -183,17 +303,7 @@ fn a_256_mib_body_goes_up_and_down_in_bounded_memory() {
     let Some(endpoint) = endpoint() else { return };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let name = runtime.block_on(new_bucket(&endpoint, "big"));
-    let mut process = child("big", &endpoint, &name);
-    let output = BufReader::new(process.stdout.take().unwrap());
-    let mut peak_kib = None;
-    for line in output.lines() {
-        let line = line.unwrap();
-        if let Some(peak) = line.strip_prefix("peak-rss ") {
-            peak_kib = peak.trim_end_matches("kB").trim().parse::<u64>().ok();
-        }
-    }
-    assert!(process.wait().unwrap().success());
-    let peak_kib = peak_kib.expect("the child reports its peak memory");
+    let (_, peak_kib) = run_child("big", &endpoint, &name);
     println!(
         "256 MiB put to S3 and read back: peak RSS {} MiB",
         peak_kib / 1024

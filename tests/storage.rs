@@ -50,3 +50,20 @@ async fn object_storage_keeps_the_contract() {
     contract(Arc::new(ObjectStorage::new(Arc::new(InMemory::new())))).await;
     manager_contract(Arc::new(ObjectStorage::new(Arc::new(InMemory::new())))).await;
 }
+
+#[cfg(feature = "object-store")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_an_in_memory_bucket() {
+    use http_cache_streaming::storage::ObjectStorage;
+    use object_store::memory::InMemory;
+    common::contract::two_nodes_share_one_tier(Arc::new(ObjectStorage::new(Arc::new(
+        InMemory::new(),
+    ))))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_a_directory_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    common::contract::two_nodes_share_one_tier(Arc::new(FileStorage::new(dir.path()))).await;
+}

@@ -7,6 +7,7 @@ pub(crate) mod index;
 pub(crate) mod layout;
 pub(crate) mod reader;
 pub(crate) mod record;
+mod tier;
 pub(crate) mod writer;
 
 use std::fs::{self, File};
@@ -51,6 +52,8 @@ struct Options {
     max_size: Option<u64>,
     max_entries: Option<usize>,
     max_body_size: Option<u64>,
+    /// The shared tier behind the local disk, if any.
+    shared_tier: Option<Arc<dyn crate::storage::Storage>>,
 }
 
 impl Default for Options {
@@ -65,6 +68,7 @@ impl Default for Options {
             max_size: None,
             max_entries: None,
             max_body_size: None,
+            shared_tier: None,
         }
     }
 }
@@ -224,6 +228,26 @@ impl StreamingManagerBuilder {
         self
     }
 
+    /// Puts a shared tier behind this store, usually a bucket a fleet shares
+    /// (`storage::ObjectStorage`, feature `object-store`): the local
+    /// disk stays the fast tier in front of it.
+    ///
+    /// - Read-through: a key missing on disk is looked up in the shared tier; a hit there is
+    ///   served from it and stored on disk while it streams.
+    /// - Write-through: an entry committed on disk (a `put`, a `tee`, a refresh of its
+    ///   headers) is then copied to the shared tier in the background, its body first (not
+    ///   again when the tier has it) and its record after.
+    /// - A `delete` removes the entry from both tiers; other machines' disks keep their
+    ///   copies for as long as those stay fresh. [`max_size`](Self::max_size) and
+    ///   [`max_entries`](Self::max_entries) bound the local tier only, and `clear` empties
+    ///   only the local tier.
+    ///
+    /// The shared tier never fails a request: its errors are logged and taken as misses.
+    pub fn shared_tier(mut self, storage: Arc<dyn crate::storage::Storage>) -> Self {
+        self.options.shared_tier = Some(storage);
+        self
+    }
+
     /// Builds the manager. Nothing touches the disk until it is first used.
     pub fn build(self) -> StreamingManager {
         StreamingManager {
@@ -239,6 +263,31 @@ impl StreamingManagerBuilder {
             }),
         }
     }
+}
+
+/// What a tee does besides storing the body.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Teeing {
+    /// Open the committed content for the caller (`put` serves what it stored).
+    reopen: bool,
+    /// Copy the committed entry to the shared tier.
+    share: bool,
+}
+
+impl Teeing {
+    const PUT: Teeing = Teeing {
+        reopen: true,
+        share: true,
+    };
+    const TEE: Teeing = Teeing {
+        reopen: false,
+        share: true,
+    };
+    /// A body read through from the shared tier: stored on disk, not sent back up.
+    pub(crate) const READ_THROUGH: Teeing = Teeing {
+        reopen: false,
+        share: false,
+    };
 }
 
 /// What is known of a response before its body has been stored.
@@ -377,7 +426,7 @@ impl StreamingManager {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let (response, done) = self.start_tee(key, response, policy, url, true, None);
+        let (response, done) = self.start_tee(key, response, policy, url, Teeing::PUT, None);
         let (parts, mut body) = response.into_parts();
         while let Some(frame) = body.frame().await {
             frame?;
@@ -432,7 +481,8 @@ impl StreamingManager {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        self.start_tee(key, response, policy, url, false, None).0
+        self.start_tee(key, response, policy, url, Teeing::TEE, None)
+            .0
     }
 
     /// Leads a fill of `key` (see [`fill`]), or follows the one under way.
@@ -458,8 +508,15 @@ impl StreamingManager {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        self.start_tee(key, response, policy, url, false, Some((leader, head)))
-            .0
+        self.start_tee(
+            key,
+            response,
+            policy,
+            url,
+            Teeing::TEE,
+            Some((leader, head)),
+        )
+        .0
     }
 
     fn start_tee<B>(
@@ -468,7 +525,7 @@ impl StreamingManager {
         response: Response<B>,
         policy: CachePolicy,
         url: Url,
-        reopen: bool,
+        how: Teeing,
         leader: Option<(FillLeader, FillHead)>,
     ) -> (
         Response<StreamingBody>,
@@ -519,7 +576,7 @@ impl StreamingManager {
             url: url.to_string(),
             parts: clone_parts(&parts),
             policy,
-            reopen,
+            reopen: how.reopen,
             started: lock(&self.inner.deletions).count,
             deletions: Arc::clone(&self.inner.deletions),
             seq: 1 + self
@@ -586,6 +643,11 @@ impl StreamingManager {
                     Err(e) => FillEnd::Failed(e.to_string()),
                 });
             }
+            if let Ok(c) = &result
+                && how.share
+            {
+                manager.share(key_hash, c.digest, c.length);
+            }
             match &result {
                 Ok(c) => crate::log::debug_event!(digest = ?c.digest, length = c.length, "stored"),
                 Err(e) if e.kind() == ErrorKind::Incomplete || e.is_body() => {
@@ -640,10 +702,13 @@ impl StreamingManager {
         {
             return Ok(Some(Arc::clone(&opened).respond(hit)));
         }
-        let key = key.to_owned();
+        let owned = key.to_owned();
         let task_opened = Arc::clone(&opened);
-        let hit = blocking(move || task_opened.load(key_hash, &key, known)).await?;
-        Ok(hit.map(|hit| opened.respond(hit)))
+        let hit = blocking(move || task_opened.load(key_hash, &owned, known)).await?;
+        match hit {
+            Some(hit) => Ok(Some(opened.respond(hit))),
+            None => Ok(self.read_through(key).await),
+        }
     }
 
     /// [`lookup`](Self::lookup) of a body held in memory, without waiting for anything:
@@ -681,6 +746,9 @@ impl StreamingManager {
         let task_opened = Arc::clone(&opened);
         let hit =
             blocking(move || task_opened.refresh(key_hash, &key, known, headers, policy)).await?;
+        if let Some(hit) = &hit {
+            self.share(key_hash, hit.entry.digest, hit.entry.length);
+        }
         Ok(hit.map(|hit| {
             let (response, entry) = opened.respond(hit);
             (response, entry.policy.clone())
@@ -705,7 +773,9 @@ impl StreamingManager {
         let opened = self.opened().await?;
         let key_hash = Hash32::of(key.as_bytes());
         lock(&self.inner.deletions).record(Some(key_hash));
-        blocking(move || opened.delete(key_hash)).await
+        blocking(move || opened.delete(key_hash)).await?;
+        self.unshare(key_hash).await;
+        Ok(())
     }
 
     /// Removes every entry for which `unwanted` holds, reading from disk the records whose

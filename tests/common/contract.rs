@@ -202,3 +202,72 @@ pub async fn manager_contract(storage: Arc<dyn Storage>) {
     assert!(manager.get("GET:damaged").await.unwrap().is_none());
     assert!(storage.read_record(name).await.unwrap().is_none());
 }
+
+/// Two nodes, each the layer over a disk of its own in front of one shared tier: what one
+/// fetched, the other serves without asking the origin, and keeps on its own disk.
+pub async fn two_nodes_share_one_tier(tier: Arc<dyn http_cache_streaming::storage::Storage>) {
+    use http_cache_streaming::{HttpCacheStreamingLayer, StreamingManager};
+    use tower::{ServiceBuilder, ServiceExt};
+    let origin = super::Origin::start(|parts, n| {
+        let mut response = http::Response::new(axum::body::Body::from(format!(
+            "{} #{n} {}",
+            parts.uri.path(),
+            "x".repeat(100_000)
+        )));
+        response.headers_mut().insert(
+            "cache-control",
+            http::HeaderValue::from_static("max-age=60"),
+        );
+        response
+    })
+    .await;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let nodes: Vec<_> = dirs
+        .iter()
+        .map(|dir| {
+            let manager = StreamingManager::builder(dir.path())
+                .shared_tier(Arc::clone(&tier))
+                .build();
+            ServiceBuilder::new()
+                .layer(HttpCacheStreamingLayer::new(manager))
+                .service(super::client())
+        })
+        .collect();
+    let get = |node: usize, path: &str| {
+        let request = http::Request::get(origin.url(path))
+            .body(http_body_util::Full::default())
+            .unwrap();
+        let node = nodes[node].clone();
+        async move {
+            let response = node.oneshot(request).await.unwrap();
+            let status = response.headers()["cache-status"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, body)
+        }
+    };
+    let (_, first) = get(0, "/shared").await;
+    assert_eq!(origin.hits(), 1);
+    // Node 0 copies its entry up in the background: its record goes up last.
+    for _ in 0..500 {
+        if !tier.list_records().await.unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (status, body) = get(1, "/shared").await;
+    assert_eq!(origin.hits(), 1, "node 1 did not ask the origin: {status}");
+    assert_eq!(body, first, "node 1 serves what node 0 fetched");
+    assert!(status.contains("hit"), "{status}");
+    // Now on node 1's disk too: the tier is not asked again.
+    super::eventually("node 1 stored it", || {
+        !super::record_files(dirs[1].path()).is_empty()
+    })
+    .await;
+    let (status, again) = get(1, "/shared").await;
+    assert_eq!(again, first);
+    assert!(status.contains("hit"));
+    assert_eq!(origin.hits(), 1);
+}

@@ -1,0 +1,174 @@
+//! The shared tier behind a local store ([`StreamingManagerBuilder::shared_tier`]): a key
+//! missing on disk is read through from it, and what is committed on disk is written
+//! through to it in the background.
+//!
+//! [`StreamingManagerBuilder::shared_tier`]: super::StreamingManagerBuilder::shared_tier
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::BodyExt as _;
+use url::Url;
+
+use super::layout::Hash32;
+use super::record::Entry;
+use super::{StreamingManager, Teeing, blocking, reader};
+use crate::StreamingBody;
+use crate::error::{Error, ErrorKind, Result};
+use crate::storage::{Name, Storage};
+
+/// How much of a body is read from disk at a time to go up to the shared tier.
+const SHARE_CHUNK: usize = 1 << 20;
+
+impl StreamingManager {
+    fn shared_tier(&self) -> Option<&Arc<dyn Storage>> {
+        self.inner.options.shared_tier.as_ref()
+    }
+
+    /// A key missing on disk, looked up in the shared tier: the stored response, streaming
+    /// from the tier and stored on disk as it goes. Any failure is a miss.
+    pub(crate) async fn read_through(
+        &self,
+        key: &str,
+    ) -> Option<(Response<StreamingBody>, Arc<Entry>)> {
+        let tier = self.shared_tier()?;
+        match self.read_from(tier, key).await {
+            Ok(found) => found,
+            Err(error) => {
+                crate::log::warn_event!(%key, %error, "shared tier lookup failed; a miss");
+                None
+            }
+        }
+    }
+
+    async fn read_from(
+        &self,
+        tier: &Arc<dyn Storage>,
+        key: &str,
+    ) -> Result<Option<(Response<StreamingBody>, Arc<Entry>)>> {
+        let name = Name(Hash32::of(key.as_bytes()));
+        let Some(record) = tier.read_record(name).await? else {
+            return Ok(None);
+        };
+        let entry = match Entry::decode(&record) {
+            Ok(entry) if entry.key == key => entry,
+            Ok(_) => return Ok(None),
+            Err(why) => {
+                crate::log::warn_event!(%key, %why, "removing an unusable record from the shared tier");
+                tier.delete_record(name).await?;
+                return Ok(None);
+            }
+        };
+        let digest = Name(entry.digest);
+        if tier.body_length(digest).await? != Some(entry.length) {
+            crate::log::warn_event!(%key, %digest,
+                "shared tier body missing or of the wrong length; removing its record");
+            tier.delete_record(name).await?;
+            return Ok(None);
+        }
+        let Some(body) = tier.read_body(digest, 0, entry.length).await? else {
+            return Ok(None);
+        };
+        let body = match entry.trailers.clone() {
+            Some(trailers) => {
+                StreamingBody::pass(body.with_trailers(async move { Some(Ok(trailers)) }))
+            }
+            None => body,
+        };
+        let url = Url::parse(&entry.url).map_err(|e| {
+            Error::new(ErrorKind::Record)
+                .with_subject(key)
+                .with_source(e)
+        })?;
+        let mut response = Response::new(body);
+        *response.status_mut() = entry.status;
+        *response.version_mut() = entry.version;
+        *response.headers_mut() = entry.headers.clone();
+        // Stored on disk as it streams, and not sent back up.
+        let (teed, _) = self.start_tee(
+            entry.key.clone(),
+            response,
+            entry.policy.clone(),
+            url,
+            Teeing::READ_THROUGH,
+            None,
+        );
+        crate::log::debug_event!(%key, "read through from the shared tier");
+        Ok(Some((teed, Arc::new(entry))))
+    }
+
+    /// Copies the entry just committed under `key_hash` (body `digest`, `length` bytes) to
+    /// the shared tier, on a task of its own.
+    pub(crate) fn share(&self, key_hash: Hash32, digest: Hash32, length: u64) {
+        let Some(tier) = self.shared_tier().cloned() else {
+            return;
+        };
+        let manager = self.clone();
+        crate::rt::spawn(async move {
+            if let Err(error) = manager.copy_up(&tier, key_hash, digest, length).await {
+                crate::log::warn_event!(%error, "could not copy an entry to the shared tier");
+            }
+        });
+    }
+
+    async fn copy_up(
+        &self,
+        tier: &Arc<dyn Storage>,
+        key_hash: Hash32,
+        digest: Hash32,
+        length: u64,
+    ) -> Result<()> {
+        let opened = self.opened().await?;
+        if tier.body_length(Name(digest)).await? != Some(length) {
+            let path = opened.layout.content_path(digest);
+            let file = blocking({
+                let path = path.clone();
+                move || std::fs::File::open(&path).map_err(|e| Error::io(e, &path))
+            })
+            .await?;
+            let file = Arc::new(file);
+            let mut upload = tier.upload().await?;
+            let mut offset = 0;
+            while offset < length {
+                let n = (length - offset).min(SHARE_CHUNK as u64) as usize;
+                let file = Arc::clone(&file);
+                let path = path.clone();
+                let chunk: Bytes = blocking(move || {
+                    reader::read_chunk(&file, offset, n).map_err(|e| Error::io(e, &path))
+                })
+                .await?;
+                upload.write(chunk).await?;
+                offset += n as u64;
+            }
+            let committed = upload.commit().await?;
+            if committed.digest.0 != digest {
+                return Err(Error::new(ErrorKind::Integrity)
+                    .with_subject(format!("{digest:?} went up as {:?}", committed.digest)));
+            }
+        }
+        // The record as it is on disk now (a newer write of the key shares itself too).
+        let path = opened.layout.record_path(key_hash);
+        let record = blocking(move || match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(e, &path)),
+        })
+        .await?;
+        if let Some(record) = record {
+            tier.write_record(Name(key_hash), Bytes::from(record))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Removes `key_hash`'s record from the shared tier (its body may be named by others).
+    pub(crate) async fn unshare(&self, key_hash: Hash32) {
+        let Some(tier) = self.shared_tier() else {
+            return;
+        };
+        if let Err(error) = tier.delete_record(Name(key_hash)).await {
+            crate::log::warn_event!(%error, "could not remove an entry from the shared tier");
+        }
+    }
+}
