@@ -4,7 +4,7 @@
 //! cargo run --release --example reverse_proxy -- \
 //!     --upstream http://127.0.0.1:8080 --listen 127.0.0.1:3000 --cache-dir ./proxy-cache \
 //!     [--private] [--timeout-secs 30] [--max-size BYTES] [--max-body-size BYTES]
-//!     [--allow-purge] [--quiet]
+//!     [--s3-bucket NAME [--s3-endpoint URL]] [--allow-purge] [--quiet]
 //! ```
 //!
 //! It forwards every method, every end-to-end request and response header (repeated headers
@@ -12,7 +12,11 @@
 //! It adds no freshness of its own: what is stored and for how long is the upstream's say.
 //! An unreachable upstream is a `502`, one that does not answer in time a `504`; a body
 //! that stalls for as long is cut off (the client sees a truncated response, nothing is
-//! stored). Bodies over `--max-body-size` are passed through without being stored. Each
+//! stored). Bodies over `--max-body-size` are passed through without being stored. With
+//! `--s3-bucket` (built with `--features object-store`), the cache directory is a fast local
+//! tier in front of that bucket, which proxies on other ports or machines share: credentials
+//! and region come from the usual `AWS_*` environment variables, and `--s3-endpoint` names
+//! an S3-compatible server instead of AWS. Each
 //! request is logged on one line with what the cache did (`--quiet` turns that off, for
 //! load tests). With `--allow-purge`, a `PURGE` request removes what is stored for its URL
 //! (`200`, never forwarded); without it, `PURGE` is forwarded like any other method.
@@ -49,12 +53,14 @@ struct Args {
     quiet: bool,
     max_size: Option<u64>,
     max_body_size: Option<u64>,
+    s3_bucket: Option<String>,
+    s3_endpoint: Option<String>,
     allow_purge: bool,
 }
 
 const USAGE: &str = "usage: reverse_proxy --upstream http://HOST[:PORT] --listen ADDR:PORT \
                      --cache-dir DIR [--private] [--timeout-secs N] [--max-size BYTES] [--max-body-size BYTES] \
-                     [--allow-purge] [--quiet]";
+                     [--s3-bucket NAME [--s3-endpoint URL]] [--allow-purge] [--quiet]";
 
 /// A number of bytes given on the command line.
 fn bytes_arg(name: &str, value: &str) -> Result<u64, String> {
@@ -71,6 +77,8 @@ fn parse_args() -> Result<Args, String> {
     let mut quiet = false;
     let mut max_size = None;
     let mut max_body_size = None;
+    let mut s3_bucket = None;
+    let mut s3_endpoint = None;
     let mut allow_purge = false;
     let mut timeout = Duration::from_secs(30);
     let mut args = std::env::args().skip(1);
@@ -85,6 +93,8 @@ fn parse_args() -> Result<Args, String> {
             "--allow-purge" => allow_purge = true,
             "--max-size" => max_size = Some(bytes_arg(&arg, &value(&arg)?)?),
             "--max-body-size" => max_body_size = Some(bytes_arg(&arg, &value(&arg)?)?),
+            "--s3-bucket" => s3_bucket = Some(value(&arg)?),
+            "--s3-endpoint" => s3_endpoint = Some(value(&arg)?),
             "--timeout-secs" => {
                 let secs = value("--timeout-secs")?;
                 let secs: u64 = secs
@@ -122,6 +132,8 @@ fn parse_args() -> Result<Args, String> {
         quiet,
         max_size,
         max_body_size,
+        s3_bucket,
+        s3_endpoint,
         allow_purge,
     })
 }
@@ -312,6 +324,9 @@ async fn run(args: Args) -> Result<(), Error> {
     if let Some(bytes) = args.max_body_size {
         manager = manager.max_body_size(bytes);
     }
+    if let Some(bucket) = &args.s3_bucket {
+        manager = manager.shared_tier(s3_tier(bucket, args.s3_endpoint.as_deref())?);
+    }
     let manager = manager.build();
     let options = HttpCacheOptions::default().shared(!args.private);
     let Some(authority) = args.upstream.authority().cloned() else {
@@ -365,6 +380,35 @@ async fn run(args: Args) -> Result<(), Error> {
             }
         });
     }
+}
+
+/// The bucket behind the cache directory: credentials and region from the `AWS_*`
+/// environment variables, the endpoint from `--s3-endpoint` when given.
+#[cfg(feature = "object-store")]
+fn s3_tier(
+    bucket: &str,
+    endpoint: Option<&str>,
+) -> Result<std::sync::Arc<dyn http_cache_streaming::storage::Storage>, Error> {
+    let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if let Some(endpoint) = endpoint {
+        builder = builder
+            .with_endpoint(endpoint)
+            .with_allow_http(endpoint.starts_with("http://"));
+    }
+    let store = builder.build()?;
+    Ok(std::sync::Arc::new(
+        http_cache_streaming::storage::ObjectStorage::new(std::sync::Arc::new(store)),
+    ))
+}
+
+#[cfg(not(feature = "object-store"))]
+fn s3_tier(
+    _bucket: &str,
+    _endpoint: Option<&str>,
+) -> Result<std::sync::Arc<dyn http_cache_streaming::storage::Storage>, Error> {
+    Err("--s3-bucket needs the object-store feature: \
+         cargo run --release --features object-store --example reverse_proxy -- ..."
+        .into())
 }
 
 /// Removes what the cache holds for the request's URL.

@@ -342,3 +342,70 @@ fn a_node_killed_mid_upload_leaves_no_record_of_missing_content() {
         );
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_reverse_proxies_share_one_bucket() {
+    let Some(endpoint) = endpoint() else { return };
+    let name = new_bucket(&endpoint, "proxies").await;
+    let origin = common::Origin::start(|_, n| {
+        let mut response = http::Response::new(axum::body::Body::from(format!("n{n}")));
+        response.headers_mut().insert(
+            "cache-control",
+            http::HeaderValue::from_static("max-age=60"),
+        );
+        response
+    })
+    .await;
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ];
+    let args = [
+        "--s3-bucket",
+        name.as_str(),
+        "--s3-endpoint",
+        endpoint.as_str(),
+    ];
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let proxies: Vec<_> = dirs
+        .iter()
+        .map(|dir| common::start_proxy_with_env(&origin.url(""), dir.path(), &args, &env))
+        .collect();
+    let get = |proxy: usize| {
+        let request = http::Request::get(format!("http://{}/page", proxies[proxy].addr))
+            .header("host", "site.example")
+            .body(http_body_util::Full::default())
+            .unwrap();
+        async move {
+            let response = tower::ServiceExt::oneshot(common::client(), request)
+                .await
+                .unwrap();
+            let status = response.headers()["cache-status"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (status, body)
+        }
+    };
+    let (_, first) = get(0).await;
+    assert_eq!(first, "n1");
+    let tier = ObjectStorage::new(bucket(&endpoint, &name));
+    for _ in 0..300 {
+        if !tier.list_records().await.unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, second) = get(1).await;
+    assert_eq!(
+        second, "n1",
+        "the second proxy serves what the first fetched"
+    );
+    assert!(status.contains("hit"), "{status}");
+    assert_eq!(origin.hits(), 1);
+}

@@ -329,6 +329,16 @@ impl Drop for Proxy {
 }
 
 pub fn start_proxy(upstream: &str, cache_dir: &std::path::Path, extra: &[&str]) -> Proxy {
+    start_proxy_with_env(upstream, cache_dir, extra, &[])
+}
+
+/// [`start_proxy`], with environment variables of its own.
+pub fn start_proxy_with_env(
+    upstream: &str,
+    cache_dir: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Proxy {
     // Cargo builds the examples beside the test binaries: target/<profile>/examples/.
     let exe = std::env::current_exe().unwrap();
     let examples = exe.parent().unwrap().parent().unwrap().join("examples");
@@ -349,6 +359,7 @@ pub fn start_proxy(upstream: &str, cache_dir: &std::path::Path, extra: &[&str]) 
         .arg(cache_dir)
         .args(["--timeout-secs", "1", "--allow-purge"])
         .args(extra)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
