@@ -200,6 +200,11 @@ where
 }
 
 impl StreamingBody {
+    /// Whether this is a stored body, read from disk or memory, which a range can cut.
+    pub(crate) fn is_stored(&self) -> bool {
+        matches!(&self.kind, Kind::Disk { .. } | Kind::Bytes { .. })
+    }
+
     /// Whether this is a tee whose writer still takes its chunks.
     fn is_storing(&self) -> bool {
         matches!(&self.kind, Kind::Tee { sink: Some(_), .. })

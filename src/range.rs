@@ -136,7 +136,9 @@ pub(crate) fn apply(
     let (mut head, body) = response.into_parts();
     head.headers
         .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if head.status != StatusCode::OK {
+    // Only a stored body can be cut: one still arriving (read through from a shared tier)
+    // is answered whole, which a server may always do.
+    if head.status != StatusCode::OK || !body.is_stored() {
         return Response::from_parts(head, body);
     }
     match ranged(request, &head.headers, length) {

@@ -257,6 +257,26 @@ pub async fn two_nodes_share_one_tier(tier: Arc<dyn http_cache_streaming::storag
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    // A range asked of a cold node: answered whole or cut right, never the whole body
+    // under a 206.
+    let ranged = http::Request::get(origin.url("/shared"))
+        .header("range", "bytes=0-9")
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let response = nodes[1].clone().oneshot(ranged).await.unwrap();
+    let partial = response.status() == http::StatusCode::PARTIAL_CONTENT;
+    let part = response.into_body().collect().await.unwrap().to_bytes();
+    let expected = if partial {
+        first.slice(..10)
+    } else {
+        first.clone()
+    };
+    assert!(
+        part == expected,
+        "{} bytes under {}, not the range asked",
+        part.len(),
+        if partial { "206" } else { "200" }
+    );
     let (status, body) = get(1, "/shared").await;
     assert_eq!(origin.hits(), 1, "node 1 did not ask the origin: {status}");
     assert_eq!(body, first, "node 1 serves what node 0 fetched");
