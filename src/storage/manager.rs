@@ -118,6 +118,99 @@ impl ObjectStoreManager {
             return Err(e);
         }
         let committed = upload.commit().await?;
+        self.write_entry(key, parts, trailers, policy, url, committed)
+            .await
+    }
+
+    /// Returns `response` at once with a body that hands each frame to the caller as it
+    /// arrives and uploads it to the storage on a task of its own: the entry is stored when
+    /// the body has ended complete (and with exactly its `Content-Length`, when it has one),
+    /// body first, record last. A body that fails or is dropped early is abandoned. The
+    /// caller's stream waits when the upload falls 16 frames behind, so memory
+    /// stays bounded; an upload that fails leaves the stream a plain pass-through.
+    pub fn tee<B>(
+        &self,
+        key: String,
+        response: Response<B>,
+        policy: CachePolicy,
+        url: Url,
+    ) -> Response<StreamingBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (parts, body) = response.into_parts();
+        let (tx, rx) = tokio::sync::mpsc::channel(TEE_QUEUE);
+        let mut head = Response::new(());
+        *head.status_mut() = parts.status;
+        *head.version_mut() = parts.version;
+        *head.headers_mut() = parts.headers.clone();
+        let manager = self.clone();
+        let upload = async move {
+            if let Err(error) = manager.upload_teed(key, head, policy, url, rx).await {
+                crate::log::debug_event!(%error, "not stored in the storage");
+            }
+        };
+        let body = if crate::rt::spawn(upload) {
+            StreamingBody::pass(TeeUp {
+                inner: crate::body::boxed(body),
+                to: Some(tokio_util::sync::PollSender::new(tx)),
+            })
+        } else {
+            StreamingBody::pass(body)
+        };
+        Response::from_parts(parts, body)
+    }
+
+    async fn upload_teed(
+        &self,
+        key: String,
+        head: Response<()>,
+        policy: CachePolicy,
+        url: Url,
+        mut rx: tokio::sync::mpsc::Receiver<Teed>,
+    ) -> Result<()> {
+        let expected = content_length(head.headers());
+        let mut upload = self.storage.upload().await?;
+        let mut trailers: Option<HeaderMap> = None;
+        let mut length = 0u64;
+        let mut complete = false;
+        while let Some(teed) = rx.recv().await {
+            if let Some(data) = teed.data {
+                length += data.len() as u64;
+                if let Err(e) = upload.write(data).await {
+                    let _ = upload.abort().await;
+                    return Err(e);
+                }
+            }
+            if teed.trailers.is_some() {
+                trailers = teed.trailers;
+            }
+            if teed.end {
+                complete = true;
+                break;
+            }
+        }
+        if !complete || expected.is_some_and(|n| n != length) {
+            let _ = upload.abort().await;
+            return Err(Error::new(ErrorKind::Incomplete).with_subject(key));
+        }
+        let committed = upload.commit().await?;
+        let (parts, ()) = head.into_parts();
+        self.write_entry(key, parts, trailers, policy, url, committed)
+            .await
+    }
+
+    /// Writes the record of a committed body.
+    async fn write_entry(
+        &self,
+        key: String,
+        parts: http::response::Parts,
+        trailers: Option<HeaderMap>,
+        policy: CachePolicy,
+        url: Url,
+        committed: super::Committed,
+    ) -> Result<()> {
         let entry = Entry {
             key,
             url: url.to_string(),
@@ -241,6 +334,84 @@ impl ObjectStoreManager {
             }
         }
         Ok(swept)
+    }
+}
+
+/// Frames a [`tee`](ObjectStoreManager::tee) may queue for its upload before the caller
+/// waits for it.
+const TEE_QUEUE: usize = 16;
+
+/// What a tee'd body hands its upload: a frame's data or trailers, and whether the body
+/// ended complete with it.
+struct Teed {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+    end: bool,
+}
+
+/// A body passed through while its frames go to an upload.
+struct TeeUp {
+    inner: http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>,
+    /// `None` once the upload is gone (failed) or told of the end.
+    to: Option<tokio_util::sync::PollSender<Teed>>,
+}
+
+impl Body for TeeUp {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        // Room for what comes next, before reading it: the upload sets the pace.
+        if let Some(to) = this.to.as_mut() {
+            match to.poll_reserve(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => this.to = None,
+            }
+        }
+        let frame = match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(frame) => frame,
+        };
+        let teed = match &frame {
+            Some(Ok(frame)) => Some(Teed {
+                data: frame.data_ref().cloned(),
+                trailers: frame.trailers_ref().cloned(),
+                // The client may stop polling once the body says it is over.
+                end: this.inner.is_end_stream(),
+            }),
+            Some(Err(_)) => None,
+            None => Some(Teed {
+                data: None,
+                trailers: None,
+                end: true,
+            }),
+        };
+        match (teed, this.to.as_mut()) {
+            (Some(teed), Some(to)) => {
+                let end = teed.end;
+                if to.send_item(teed).is_err() || end {
+                    this.to = None;
+                }
+            }
+            // An error: the upload sees the channel close without an end and abandons it.
+            (None, _) => this.to = None,
+            (Some(_), None) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -193,6 +193,43 @@ pub async fn manager_contract(storage: Arc<dyn Storage>) {
     assert_eq!(manager.sweep(Duration::ZERO).await.unwrap().bodies, 1);
     assert!(storage.body_length(orphan).await.unwrap().is_none());
 
+    // A tee: the caller gets every byte as it arrives; the entry is stored once the body
+    // has ended, and not at all when the caller drops it early.
+    let teed = manager.tee(
+        "GET:teed".into(),
+        Response::new(super::Generated::new(3 << 20, 11)),
+        policy("https://example.com/"),
+        url.clone(),
+    );
+    let want = (super::Generated::digest(3 << 20, 11), 3 << 20);
+    let (digest, len, _) = super::drain(teed.into_body()).await.unwrap();
+    assert_eq!((digest, len), want, "the caller's bytes");
+    let mut stored = None;
+    for _ in 0..500 {
+        stored = manager.get("GET:teed").await.unwrap();
+        if stored.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (hit, _) = stored.expect("the tee'd body is stored");
+    let (digest, len, _) = super::drain(hit.into_body()).await.unwrap();
+    assert_eq!((digest, len), want, "stored whole");
+    // In frames of 64 KiB, so that dropping it after the first leaves it incomplete.
+    let dropped = manager.tee(
+        "GET:dropped".into(),
+        Response::new(super::Generated::new(3 << 20, 12)),
+        policy("https://example.com/"),
+        url.clone(),
+    );
+    let mut body = dropped.into_body();
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(manager.get("GET:dropped").await.unwrap().is_none());
+    manager.delete("GET:teed").await.unwrap();
+    manager.sweep(Duration::ZERO).await.unwrap();
+
     // A damaged record is a miss, and is removed.
     let name = Name::of(b"GET:damaged");
     storage
