@@ -462,8 +462,8 @@ impl HttpStreamingCache {
     /// Removes what is stored under `key`: the response, or the variant list and the
     /// variants it names.
     async fn remove(&self, key: &str) -> crate::Result<()> {
-        if let Ok(Some((list, _))) = self.manager.lookup(key).await {
-            self.remove_variants(key, list.headers()).await?;
+        if let Some(list) = self.manager.stored_headers(key).await {
+            self.remove_variants(key, &list).await?;
         }
         self.manager.delete(key).await
     }
@@ -487,7 +487,8 @@ impl HttpStreamingCache {
         let Ok(Some((list, entry))) = self.manager.lookup(key).await else {
             return;
         };
-        let headers = list.headers();
+        drop(list.into_body());
+        let headers = &entry.headers;
         let listed = headers.get_all(STORED_VARIANTS);
         if variants_generation(headers).as_deref() != Some(generation)
             || listed.iter().any(|d| d.as_bytes() == digest.as_bytes())

@@ -711,6 +711,24 @@ impl StreamingManager {
         }
     }
 
+    /// The headers stored under `key`, on disk or else in the shared tier, without reading
+    /// a body.
+    pub(crate) async fn stored_headers(&self, key: &str) -> Option<HeaderMap> {
+        let opened = self.opened().await.ok()?;
+        let key_hash = Hash32::of(key.as_bytes());
+        self.wait_for_commit(key_hash).await;
+        let path = opened.layout.record_path(key_hash);
+        let local = blocking(move || Ok(read_record(&path, key_hash).ok().flatten()))
+            .await
+            .ok()
+            .flatten();
+        match local {
+            Some((entry, _)) if entry.key == key => Some(entry.headers),
+            Some(_) => None,
+            None => self.shared_headers(key).await,
+        }
+    }
+
     /// [`lookup`](Self::lookup) of a body held in memory, without waiting for anything:
     /// `None` unless the store is open, no commit of `key` is under way, and the body is
     /// in memory with its record unchanged on disk.

@@ -98,6 +98,19 @@ impl StreamingManager {
         Ok(Some((teed, Arc::new(entry))))
     }
 
+    /// The headers of `key`'s record in the shared tier, if it has one.
+    pub(crate) async fn shared_headers(&self, key: &str) -> Option<http::HeaderMap> {
+        let tier = self.shared_tier()?;
+        let record = tier
+            .read_record(Name(Hash32::of(key.as_bytes())))
+            .await
+            .ok()??;
+        Entry::decode(&record)
+            .ok()
+            .filter(|entry| entry.key == key)
+            .map(|entry| entry.headers)
+    }
+
     /// Copies the entry just committed under `key_hash` (body `digest`, `length` bytes) to
     /// the shared tier, on a task of its own.
     pub(crate) fn share(&self, key_hash: Hash32, digest: Hash32, length: u64) {

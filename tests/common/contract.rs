@@ -327,4 +327,16 @@ pub async fn two_nodes_share_one_tier(tier: Arc<dyn http_cache_streaming::storag
     assert_eq!(again, first);
     assert!(status.contains("hit"));
     assert_eq!(origin.hits(), 1);
+
+    // An unsafe method through node 1 removes the entry from the tier too: a cold node
+    // asks the origin again.
+    let post = http::Request::post(origin.url("/shared"))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    nodes[1].clone().oneshot(post).await.unwrap();
+    assert!(
+        tier.list_records().await.unwrap().is_empty(),
+        "gone from the tier"
+    );
+    assert_eq!(origin.hits(), 2, "the POST went to the origin");
 }
