@@ -13,11 +13,11 @@ use bytes::Bytes;
 use super::{BodyUpload, BoxFuture, Committed, Listed, Name, Storage};
 use crate::StreamingBody;
 use crate::error::{Error, Result};
-use crate::store::gc::{self, Scratch};
+use crate::store::gc::Scratch;
 use crate::store::layout::Layout;
 use crate::store::reader::ChunkReader;
 use crate::store::writer::{ContentWriter, write_temp};
-use crate::store::{blocking, install_content, remove_if_present};
+use crate::store::{blocking, install_content, prepare, remove_if_present};
 
 /// How much of a body a read hands out at a time.
 const READ_CHUNK: usize = 512 * 1024;
@@ -53,16 +53,7 @@ impl FileStorage {
         if let Some(scratch) = scratch.as_ref() {
             return Ok(Arc::clone(scratch));
         }
-        let layout = &self.inner.layout;
-        for dir in [
-            layout.metadata_dir(),
-            layout.content_dir(),
-            layout.tmp_dir(),
-        ] {
-            fs::create_dir_all(&dir).map_err(|e| Error::io(e, &dir))?;
-        }
-        let tmp = layout.tmp_dir();
-        let (made, _) = gc::sweep_tmp_and_create_scratch(&tmp).map_err(|e| Error::io(e, &tmp))?;
+        let (made, _) = prepare(&self.inner.layout)?;
         let made = Arc::new(made);
         *scratch = Some(Arc::clone(&made));
         Ok(made)

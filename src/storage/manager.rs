@@ -255,38 +255,8 @@ impl ObjectStoreManager {
         key: &str,
         part: Option<(u64, u64)>,
     ) -> Result<Option<(Response<StreamingBody>, CachePolicy)>> {
-        let name = Name::of(key.as_bytes());
-        let Some(bytes) = self.storage.read_record(name).await? else {
+        let Some((entry, body)) = read_entry(&*self.storage, key, part).await? else {
             return Ok(None);
-        };
-        let entry = match Entry::decode(&bytes) {
-            Ok(entry) if entry.key == key => entry,
-            Ok(_) => return Ok(None),
-            Err(why) => {
-                crate::log::warn_event!(%key, %why, "removing unusable record");
-                self.storage.delete_record(name).await?;
-                return Ok(None);
-            }
-        };
-        let digest = Name(entry.digest);
-        let stored = self.storage.body_length(digest).await?;
-        if stored != Some(entry.length) {
-            crate::log::warn_event!(%key, %digest, expected = entry.length, ?stored,
-                "body missing or of the wrong length, removing its record");
-            self.storage.delete_record(name).await?;
-            return Ok(None);
-        }
-        let (start, len) = part.map_or((0, entry.length), |(start, len)| {
-            let start = start.min(entry.length);
-            (start, len.min(entry.length - start))
-        });
-        let Some(body) = self.storage.read_body(digest, start, len).await? else {
-            self.storage.delete_record(name).await?;
-            return Ok(None);
-        };
-        let body = match &entry.trailers {
-            Some(_) if part.is_none() => with_trailers(body, entry.trailers.clone()),
-            _ => body,
         };
         let mut response = Response::new(body);
         *response.status_mut() = entry.status;
@@ -335,6 +305,53 @@ impl ObjectStoreManager {
         }
         Ok(swept)
     }
+}
+
+/// The entry stored under `key` in `storage` and its body (bytes `part` of it, clamped to
+/// the body, or all of it followed by its trailers). A record that is damaged, or whose body
+/// is missing or of another length, is `None` and is removed.
+pub(crate) async fn read_entry(
+    storage: &dyn Storage,
+    key: &str,
+    part: Option<(u64, u64)>,
+) -> Result<Option<(Entry, StreamingBody)>> {
+    let name = Name::of(key.as_bytes());
+    let Some(bytes) = storage.read_record(name).await? else {
+        return Ok(None);
+    };
+    let entry = match Entry::decode(&bytes) {
+        Ok(entry) if entry.key == key => entry,
+        Ok(_) => return Ok(None),
+        Err(why) => {
+            crate::log::warn_event!(%key, %why, "removing unusable record");
+            storage.delete_record(name).await?;
+            return Ok(None);
+        }
+    };
+    let digest = Name(entry.digest);
+    let stored = storage.body_length(digest).await?;
+    if stored != Some(entry.length) {
+        crate::log::warn_event!(%key, %digest, expected = entry.length, ?stored,
+            "body missing or of the wrong length, removing its record");
+        storage.delete_record(name).await?;
+        return Ok(None);
+    }
+    let (start, len) = part.map_or((0, entry.length), |(start, len)| {
+        let start = start.min(entry.length);
+        (start, len.min(entry.length - start))
+    });
+    let Some(body) = storage.read_body(digest, start, len).await? else {
+        storage.delete_record(name).await?;
+        return Ok(None);
+    };
+    let body = match &entry.trailers {
+        Some(trailers) if part.is_none() => {
+            let trailers = trailers.clone();
+            StreamingBody::pass(body.with_trailers(async move { Some(Ok(trailers)) }))
+        }
+        _ => body,
+    };
+    Ok(Some((entry, body)))
 }
 
 /// Frames a [`tee`](ObjectStoreManager::tee) may queue for its upload before the caller
@@ -413,12 +430,4 @@ impl Body for TeeUp {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
-}
-
-/// `body`, followed by stored trailers.
-fn with_trailers(body: StreamingBody, trailers: Option<HeaderMap>) -> StreamingBody {
-    let Some(trailers) = trailers else {
-        return body;
-    };
-    StreamingBody::pass(body.with_trailers(async move { Some(Ok(trailers)) }))
 }

@@ -26,6 +26,7 @@ use crate::error::Result;
 use crate::store::layout::Hash32;
 
 pub use file::FileStorage;
+pub(crate) use manager::read_entry;
 pub use manager::{ObjectStoreManager, Swept};
 #[cfg(feature = "object-store")]
 pub use object::ObjectStorage;

@@ -906,16 +906,7 @@ pub(crate) fn remove_if_present(path: &Path) -> io::Result<()> {
 impl Opened {
     fn open(layout: Layout, options: Options) -> Result<Self> {
         let started = Instant::now();
-        for dir in [
-            layout.metadata_dir(),
-            layout.content_dir(),
-            layout.tmp_dir(),
-        ] {
-            fs::create_dir_all(&dir).map_err(|e| Error::io(e, &dir))?;
-        }
-        let tmp = layout.tmp_dir();
-        let (scratch, leftovers) =
-            gc::sweep_tmp_and_create_scratch(&tmp).map_err(|e| Error::io(e, &tmp))?;
+        let (scratch, leftovers) = prepare(&layout)?;
 
         let mut index = Index::new(options.parsed_records, options.memory_budget);
         let mut dropped = 0usize;
@@ -1472,6 +1463,20 @@ impl Opened {
 
 /// Puts finished content at its digest's path. When a file is there already with the right
 /// length the bytes are stored already, and the temp file is dropped: deduplication.
+/// Makes the layout's directories, sweeps what dead instances left in `tmp/`, and makes
+/// this instance's scratch directory there. Returns it and how many leftovers went.
+pub(crate) fn prepare(layout: &Layout) -> Result<(gc::Scratch, usize)> {
+    for dir in [
+        layout.metadata_dir(),
+        layout.content_dir(),
+        layout.tmp_dir(),
+    ] {
+        fs::create_dir_all(&dir).map_err(|e| Error::io(e, &dir))?;
+    }
+    let tmp = layout.tmp_dir();
+    gc::sweep_tmp_and_create_scratch(&tmp).map_err(|e| Error::io(e, &tmp))
+}
+
 pub(crate) fn install_content(temp: TempFile, path: &Path, length: u64) -> Result<()> {
     match fs::metadata(path) {
         Ok(existing) if existing.len() == length => Ok(()),

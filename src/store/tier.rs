@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::Response;
-use http_body_util::BodyExt as _;
 use url::Url;
 
 use super::layout::Hash32;
@@ -47,34 +46,8 @@ impl StreamingManager {
         tier: &Arc<dyn Storage>,
         key: &str,
     ) -> Result<Option<(Response<StreamingBody>, Arc<Entry>)>> {
-        let name = Name(Hash32::of(key.as_bytes()));
-        let Some(record) = tier.read_record(name).await? else {
+        let Some((entry, body)) = crate::storage::read_entry(&**tier, key, None).await? else {
             return Ok(None);
-        };
-        let entry = match Entry::decode(&record) {
-            Ok(entry) if entry.key == key => entry,
-            Ok(_) => return Ok(None),
-            Err(why) => {
-                crate::log::warn_event!(%key, %why, "removing an unusable record from the shared tier");
-                tier.delete_record(name).await?;
-                return Ok(None);
-            }
-        };
-        let digest = Name(entry.digest);
-        if tier.body_length(digest).await? != Some(entry.length) {
-            crate::log::warn_event!(%key, %digest,
-                "shared tier body missing or of the wrong length; removing its record");
-            tier.delete_record(name).await?;
-            return Ok(None);
-        }
-        let Some(body) = tier.read_body(digest, 0, entry.length).await? else {
-            return Ok(None);
-        };
-        let body = match entry.trailers.clone() {
-            Some(trailers) => {
-                StreamingBody::pass(body.with_trailers(async move { Some(Ok(trailers)) }))
-            }
-            None => body,
         };
         let url = Url::parse(&entry.url).map_err(|e| {
             Error::new(ErrorKind::Record)
