@@ -93,6 +93,14 @@ pub trait Storage: fmt::Debug + Send + Sync + 'static {
     /// Starts writing a body; its chunks follow through the upload.
     fn upload(&self) -> BoxFuture<'_, Result<Box<dyn BodyUpload>>>;
 
+    /// Starts writing a body whose digest is known already (a copy of a stored body), which
+    /// a storage may write under its name directly. The commit still checks the digest,
+    /// and a body that turns out to be another is not kept.
+    fn upload_as(&self, digest: Name) -> BoxFuture<'_, Result<Box<dyn BodyUpload>>> {
+        let _ = digest;
+        self.upload()
+    }
+
     /// `len` bytes of body `digest` from `offset`, streamed; `None` when there is no such
     /// body. The stream fails if the body turns out shorter.
     fn read_body(

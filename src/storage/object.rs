@@ -107,15 +107,28 @@ fn not_found(e: &object_store::Error) -> bool {
     matches!(e, object_store::Error::NotFound { .. })
 }
 
-impl Storage for ObjectStorage {
-    fn upload(&self) -> BoxFuture<'_, Result<Box<dyn BodyUpload>>> {
+impl ObjectStorage {
+    fn start(&self, named: Option<Name>) -> BoxFuture<'_, Result<Box<dyn BodyUpload>>> {
         let upload: Box<dyn BodyUpload> = Box::new(ObjectUpload {
             storage: self.clone(),
+            named,
             hasher: Sha256::new(),
             length: 0,
             state: UploadState::Small(Vec::new()),
         });
         Box::pin(async move { Ok(upload) })
+    }
+}
+
+impl Storage for ObjectStorage {
+    fn upload(&self) -> BoxFuture<'_, Result<Box<dyn BodyUpload>>> {
+        self.start(None)
+    }
+
+    /// Long bodies go up under their digest's name directly: no copy at the end (S3 copies
+    /// objects of at most 5 GiB in one request), and the digest is checked at the commit.
+    fn upload_as(&self, digest: Name) -> BoxFuture<'_, Result<Box<dyn BodyUpload>>> {
+        self.start(Some(digest))
     }
 
     fn read_body(
@@ -220,6 +233,8 @@ enum UploadState {
 
 struct ObjectUpload {
     storage: ObjectStorage,
+    /// The digest the body is said to have: it goes up under that name.
+    named: Option<Name>,
     hasher: Sha256,
     length: u64,
     state: UploadState,
@@ -238,7 +253,10 @@ impl BodyUpload for ObjectUpload {
                 UploadState::Small(held) => {
                     let held = std::mem::take(held);
                     self.state = UploadState::Done;
-                    let temp = self.storage.temp();
+                    let temp = match self.named {
+                        Some(digest) => self.storage.content(digest),
+                        None => self.storage.temp(),
+                    };
                     let upload = self
                         .storage
                         .store
@@ -271,6 +289,7 @@ impl BodyUpload for ObjectUpload {
         Box::pin(async move {
             let ObjectUpload {
                 storage,
+                named,
                 hasher,
                 length,
                 state,
@@ -290,6 +309,17 @@ impl BodyUpload for ObjectUpload {
                         .put(&content, payload)
                         .await
                         .map_err(failed("putting a body"))?;
+                }
+                UploadState::Parts { temp, upload } if named.is_some() => {
+                    upload
+                        .finish()
+                        .await
+                        .map_err(failed("finishing a multipart upload"))?;
+                    if named != Some(digest) {
+                        let _ = storage.store.delete(&temp).await;
+                        return Err(Error::new(ErrorKind::Integrity)
+                            .with_subject(format!("a body uploaded as {named:?} is {digest:?}")));
+                    }
                 }
                 UploadState::Parts { temp, upload } => {
                     upload

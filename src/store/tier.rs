@@ -114,7 +114,7 @@ impl StreamingManager {
             })
             .await?;
             let file = Arc::new(file);
-            let mut upload = tier.upload().await?;
+            let mut upload = tier.upload_as(Name(digest)).await?;
             let mut offset = 0;
             while offset < length {
                 let n = (length - offset).min(SHARE_CHUNK as u64) as usize;

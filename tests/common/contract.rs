@@ -71,6 +71,32 @@ pub async fn contract(storage: Arc<dyn Storage>) {
         aborted.abort().await.unwrap();
         assert_eq!(storage.list_bodies().await.unwrap().len(), before);
     }
+    // A body uploaded under the digest it is said to have: kept when it has it, not
+    // when it has another.
+    let body = bytes_of(11 << 20, 77);
+    let mut named = storage.upload_as(Name::of(&body)).await.unwrap();
+    for piece in body.chunks(1 << 20) {
+        named.write(body.slice_ref(piece)).await.unwrap();
+    }
+    let committed = named.commit().await.unwrap();
+    assert_eq!(committed.digest, Name::of(&body));
+    assert_eq!(
+        read(storage, committed.digest, 0, 11 << 20).await.unwrap(),
+        body
+    );
+    storage.delete_body(committed.digest).await.unwrap();
+    let claimed = Name::of(b"not these bytes");
+    let mut wrong = storage.upload_as(claimed).await.unwrap();
+    for piece in body.chunks(1 << 20) {
+        wrong.write(body.slice_ref(piece)).await.unwrap();
+    }
+    match wrong.commit().await {
+        Ok(committed) => assert_eq!(committed.digest, Name::of(&body), "named by its bytes"),
+        Err(error) => assert_eq!(error.kind(), ErrorKind::Integrity),
+    }
+    assert!(storage.body_length(claimed).await.unwrap().is_none());
+    storage.delete_body(Name::of(&body)).await.unwrap();
+
     // A body that is not there.
     let missing = Name::of(b"never stored");
     assert!(storage.body_length(missing).await.unwrap().is_none());
