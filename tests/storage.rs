@@ -67,3 +67,93 @@ async fn two_nodes_share_a_directory_tier() {
     let dir = tempfile::tempdir().unwrap();
     common::contract::two_nodes_share_one_tier(Arc::new(FileStorage::new(dir.path()))).await;
 }
+
+/// Bytes changed in the storage under a record (same length) are never served as a
+/// complete body: the digest is checked as the body streams.
+async fn changed_bytes_are_refused(storage: Arc<dyn http_cache_streaming::storage::Storage>) {
+    use http_cache_streaming::storage::Name;
+    let manager = ObjectStoreManager::over(Arc::clone(&storage));
+    let body = bytes_of(300_000, 21);
+    manager
+        .put(
+            "GET:changed".into(),
+            common::contract::response(body.clone()),
+            policy("https://example.com/"),
+            Url::parse("https://example.com/").unwrap(),
+        )
+        .await
+        .unwrap();
+    let (hit, _) = manager.get("GET:changed").await.unwrap().unwrap();
+    assert_eq!(hit.into_body().collect().await.unwrap().to_bytes(), body);
+    // The same length, one byte other, where the body was.
+    let mut changed = body.to_vec();
+    changed[123_456] ^= 1;
+    let digest = Name::of(&body);
+    storage.delete_body(digest).await.unwrap();
+    let mut upload = storage.upload_as(digest).await.unwrap();
+    upload.write(changed.into()).await.unwrap();
+    // A storage may refuse to name those bytes by that digest; if it does not, the read must.
+    if upload.commit().await.is_ok_and(|c| c.digest == digest) {
+        let (hit, _) = manager.get("GET:changed").await.unwrap().unwrap();
+        assert!(hit.into_body().collect().await.is_err());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_bytes_in_a_directory_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(FileStorage::new(dir.path()));
+    changed_bytes_are_refused(storage).await;
+    // On disk the bytes can be changed in place, under the digest's name.
+    let manager = ObjectStoreManager::over(Arc::new(FileStorage::new(dir.path())));
+    let body = bytes_of(300_000, 22);
+    manager
+        .put(
+            "GET:flipped".into(),
+            common::contract::response(body.clone()),
+            policy("https://example.com/"),
+            Url::parse("https://example.com/").unwrap(),
+        )
+        .await
+        .unwrap();
+    let path = dir
+        .path()
+        .join("cache-v2/content")
+        .join(http_cache_streaming::storage::Name::of(&body).to_hex());
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[1000] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+    let (hit, _) = manager.get("GET:flipped").await.unwrap().unwrap();
+    let got = hit.into_body().collect().await;
+    assert!(got.is_err(), "a flipped byte ends the body in an error");
+}
+
+#[cfg(feature = "object-store")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_bytes_in_a_bucket_are_refused() {
+    use http_cache_streaming::storage::ObjectStorage;
+    use object_store::memory::InMemory;
+    use object_store::{ObjectStore, ObjectStoreExt};
+    let bucket: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let manager = ObjectStoreManager::new(Arc::clone(&bucket));
+    let body = bytes_of(300_000, 23);
+    manager
+        .put(
+            "GET:flipped".into(),
+            common::contract::response(body.clone()),
+            policy("https://example.com/"),
+            Url::parse("https://example.com/").unwrap(),
+        )
+        .await
+        .unwrap();
+    let path = object_store::path::Path::from(format!(
+        "cache-v2/content/{}",
+        http_cache_streaming::storage::Name::of(&body).to_hex()
+    ));
+    let mut bytes = body.to_vec();
+    bytes[299_999] ^= 0x40;
+    bucket.put(&path, bytes.into()).await.unwrap();
+    let (hit, _) = manager.get("GET:flipped").await.unwrap().unwrap();
+    assert!(hit.into_body().collect().await.is_err());
+    changed_bytes_are_refused(Arc::new(ObjectStorage::new(Arc::new(InMemory::new())))).await;
+}

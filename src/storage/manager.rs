@@ -344,14 +344,87 @@ pub(crate) async fn read_entry(
         storage.delete_record(name).await?;
         return Ok(None);
     };
+    if part.is_some() {
+        return Ok(Some((entry, body)));
+    }
+    // A whole body is checked against its digest as it streams: bytes changed in a shared
+    // bucket are never passed off as a complete body.
+    let verified = Verified {
+        inner: body,
+        hasher: Some(<sha2::Sha256 as sha2::Digest>::new()),
+        expected: entry.digest,
+        held: None,
+    };
     let body = match &entry.trailers {
-        Some(trailers) if part.is_none() => {
+        Some(trailers) => {
             let trailers = trailers.clone();
-            StreamingBody::pass(body.with_trailers(async move { Some(Ok(trailers)) }))
+            StreamingBody::pass(verified.with_trailers(async move { Some(Ok(trailers)) }))
         }
-        _ => body,
+        None => StreamingBody::pass(verified),
     };
     Ok(Some((entry, body)))
+}
+
+/// A body checked against its SHA-256 as it streams: each chunk is handed on only when the
+/// next has arrived, and the last only once the digest matches, so a body whose bytes were
+/// changed ends in an error, never complete.
+struct Verified {
+    inner: StreamingBody,
+    hasher: Option<sha2::Sha256>,
+    expected: crate::store::layout::Hash32,
+    /// The chunk read but not yet handed on.
+    held: Option<Bytes>,
+}
+
+impl Body for Verified {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            let Some(hasher) = this.hasher.as_mut() else {
+                // Checked: hand on what is held, then end.
+                return Poll::Ready(this.held.take().map(|b| Ok(http_body::Frame::data(b))));
+            };
+            match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    sha2::Digest::update(hasher, &data);
+                    if let Some(previous) = this.held.replace(data) {
+                        return Poll::Ready(Some(Ok(http_body::Frame::data(previous))));
+                    }
+                }
+                Poll::Ready(None) => {
+                    let hasher = this.hasher.take().unwrap_or_default();
+                    if crate::store::layout::Hash32::from_hasher(hasher) != this.expected {
+                        this.held = None;
+                        return Poll::Ready(Some(Err(Error::new(ErrorKind::Integrity)
+                            .with_subject("a stored body whose bytes differ from its digest"))));
+                    }
+                }
+            }
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let inner = self.inner.size_hint();
+        let held = self.held.as_ref().map_or(0, |b| b.len() as u64);
+        let mut hint = http_body::SizeHint::new();
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + held);
+        }
+        hint.set_lower(inner.lower() + held);
+        hint
+    }
 }
 
 /// Frames a [`tee`](ObjectStoreManager::tee) may queue for its upload before the caller
