@@ -68,21 +68,26 @@ async fn two_nodes_share_a_directory_tier() {
     common::contract::two_nodes_share_one_tier(Arc::new(FileStorage::new(dir.path()))).await;
 }
 
-/// Bytes changed in the storage under a record (same length) are never served as a
-/// complete body: the digest is checked as the body streams.
-async fn changed_bytes_are_refused(storage: Arc<dyn http_cache_streaming::storage::Storage>) {
-    use http_cache_streaming::storage::Name;
-    let manager = ObjectStoreManager::over(Arc::clone(&storage));
-    let body = bytes_of(300_000, 21);
+/// Stores `body` under `key`.
+async fn put(manager: &ObjectStoreManager, key: &str, body: &bytes::Bytes) {
     manager
         .put(
-            "GET:changed".into(),
+            key.into(),
             common::contract::response(body.clone()),
             policy("https://example.com/"),
             Url::parse("https://example.com/").unwrap(),
         )
         .await
         .unwrap();
+}
+
+/// Bytes changed in the storage under a record (same length) are never served as a
+/// complete body: the digest is checked as the body streams.
+async fn changed_bytes_are_refused(storage: Arc<dyn http_cache_streaming::storage::Storage>) {
+    use http_cache_streaming::storage::Name;
+    let manager = ObjectStoreManager::over(Arc::clone(&storage));
+    let body = bytes_of(300_000, 21);
+    put(&manager, "GET:changed", &body).await;
     let (hit, _) = manager.get("GET:changed").await.unwrap().unwrap();
     assert_eq!(hit.into_body().collect().await.unwrap().to_bytes(), body);
     // The same length, one byte other, where the body was.
@@ -107,15 +112,7 @@ async fn changed_bytes_in_a_directory_are_refused() {
     // On disk the bytes can be changed in place, under the digest's name.
     let manager = ObjectStoreManager::over(Arc::new(FileStorage::new(dir.path())));
     let body = bytes_of(300_000, 22);
-    manager
-        .put(
-            "GET:flipped".into(),
-            common::contract::response(body.clone()),
-            policy("https://example.com/"),
-            Url::parse("https://example.com/").unwrap(),
-        )
-        .await
-        .unwrap();
+    put(&manager, "GET:flipped", &body).await;
     let path = dir
         .path()
         .join("cache-v2/content")
@@ -137,15 +134,7 @@ async fn changed_bytes_in_a_bucket_are_refused() {
     let bucket: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let manager = ObjectStoreManager::new(Arc::clone(&bucket));
     let body = bytes_of(300_000, 23);
-    manager
-        .put(
-            "GET:flipped".into(),
-            common::contract::response(body.clone()),
-            policy("https://example.com/"),
-            Url::parse("https://example.com/").unwrap(),
-        )
-        .await
-        .unwrap();
+    put(&manager, "GET:flipped", &body).await;
     let path = object_store::path::Path::from(format!(
         "cache-v2/content/{}",
         http_cache_streaming::storage::Name::of(&body).to_hex()
