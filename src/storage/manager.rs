@@ -83,43 +83,21 @@ impl ObjectStoreManager {
         B::Error: Into<BoxError>,
     {
         let (parts, body) = response.into_parts();
-        let expected = content_length(&parts.headers);
-        let mut upload = self.storage.upload().await?;
-        let mut body = std::pin::pin!(body);
-        let mut trailers: Option<HeaderMap> = None;
-        let mut length = 0u64;
-        let streamed: Result<()> = async {
+        let (tx, rx) = tokio::sync::mpsc::channel(TEE_QUEUE);
+        let upload = self.upload_teed(key, head_of(&parts), policy, url, rx);
+        let read = async {
+            let mut body = std::pin::pin!(TeeUp {
+                inner: crate::body::boxed(body),
+                to: Some(tokio_util::sync::PollSender::new(tx)),
+            });
             while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| Error::body(e.into()))?;
-                match frame.into_data() {
-                    Ok(data) => {
-                        length += data.len() as u64;
-                        if expected.is_some_and(|n| length > n) {
-                            break;
-                        }
-                        upload.write(data).await?;
-                    }
-                    Err(frame) => {
-                        if let Ok(t) = frame.into_trailers() {
-                            trailers.get_or_insert_with(HeaderMap::new).extend(t);
-                        }
-                    }
-                }
+                frame.map_err(Error::body)?;
             }
-            match expected {
-                Some(n) if n != length => Err(Error::new(ErrorKind::Length)
-                    .with_subject(format!("Content-Length {n}, body {length} bytes"))),
-                _ => Ok(()),
-            }
-        }
-        .await;
-        if let Err(e) = streamed {
-            let _ = upload.abort().await;
-            return Err(e);
-        }
-        let committed = upload.commit().await?;
-        self.write_entry(key, parts, trailers, policy, url, committed)
-            .await
+            Ok::<_, Error>(())
+        };
+        let (read, uploaded) = tokio::join!(read, upload);
+        read?;
+        uploaded
     }
 
     /// Returns `response` at once with a body that hands each frame to the caller as it
@@ -141,10 +119,7 @@ impl ObjectStoreManager {
     {
         let (parts, body) = response.into_parts();
         let (tx, rx) = tokio::sync::mpsc::channel(TEE_QUEUE);
-        let mut head = Response::new(());
-        *head.status_mut() = parts.status;
-        *head.version_mut() = parts.version;
-        *head.headers_mut() = parts.headers.clone();
+        let head = head_of(&parts);
         let manager = self.clone();
         let upload = async move {
             if let Err(error) = manager.upload_teed(key, head, policy, url, rx).await {
@@ -191,9 +166,17 @@ impl ObjectStoreManager {
                 break;
             }
         }
-        if !complete || expected.is_some_and(|n| n != length) {
+        let failed = match expected {
+            _ if !complete => Some(Error::new(ErrorKind::Incomplete).with_subject(key.clone())),
+            Some(n) if n != length => Some(
+                Error::new(ErrorKind::Length)
+                    .with_subject(format!("Content-Length {n}, body {length} bytes")),
+            ),
+            _ => None,
+        };
+        if let Some(error) = failed {
             let _ = upload.abort().await;
-            return Err(Error::new(ErrorKind::Incomplete).with_subject(key));
+            return Err(error);
         }
         let committed = upload.commit().await?;
         let (parts, ()) = head.into_parts();
@@ -258,11 +241,7 @@ impl ObjectStoreManager {
         let Some((entry, body)) = read_entry(&*self.storage, key, part).await? else {
             return Ok(None);
         };
-        let mut response = Response::new(body);
-        *response.status_mut() = entry.status;
-        *response.version_mut() = entry.version;
-        *response.headers_mut() = entry.headers;
-        Ok(Some((response, entry.policy)))
+        Ok(Some((entry.response(body), entry.policy)))
     }
 
     /// Removes what is stored under `key`: its record. Its body stays until a
@@ -425,6 +404,15 @@ impl Body for Verified {
         hint.set_lower(inner.lower() + held);
         hint
     }
+}
+
+/// A response's head, for the record of its body.
+fn head_of(parts: &http::response::Parts) -> Response<()> {
+    let mut head = Response::new(());
+    *head.status_mut() = parts.status;
+    *head.version_mut() = parts.version;
+    *head.headers_mut() = parts.headers.clone();
+    head
 }
 
 /// Frames a [`tee`](ObjectStoreManager::tee) may queue for its upload before the caller

@@ -1016,11 +1016,7 @@ impl Opened {
                 StreamingBody::stored_file(reader, trailers)
             }
         };
-        let mut response = Response::new(body);
-        *response.status_mut() = entry.status;
-        *response.version_mut() = entry.version;
-        *response.headers_mut() = entry.headers.clone();
-        (response, entry)
+        (entry.response(body), entry)
     }
 
     /// The parsed record of `key_hash`, noting the use (in the access log once a minute).

@@ -187,6 +187,15 @@ fn load_headers(stored: Vec<StoredHeader>) -> Result<HeaderMap, DecodeError> {
 }
 
 impl Entry {
+    /// The stored response with `body`: its status, version and headers.
+    pub(crate) fn response<B>(&self, body: B) -> http::Response<B> {
+        let mut response = http::Response::new(body);
+        *response.status_mut() = self.status;
+        *response.version_mut() = self.version;
+        *response.headers_mut() = self.headers.clone();
+        response
+    }
+
     /// Encodes the record as JSON bytes.
     pub(crate) fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
         let stored_at_ms = self

@@ -54,10 +54,7 @@ impl StreamingManager {
                 .with_subject(key)
                 .with_source(e)
         })?;
-        let mut response = Response::new(body);
-        *response.status_mut() = entry.status;
-        *response.version_mut() = entry.version;
-        *response.headers_mut() = entry.headers.clone();
+        let response = entry.response(body);
         // Stored on disk as it streams, and not sent back up.
         let (teed, _) = self.start_tee(
             entry.key.clone(),
