@@ -378,18 +378,8 @@ async fn two_reverse_proxies_share_one_bucket() {
             .body(http_body_util::Full::default())
             .unwrap();
         async move {
-            let response = tower::ServiceExt::oneshot(common::client(), request)
-                .await
-                .unwrap();
-            let status = response.headers()["cache-status"]
-                .to_str()
-                .unwrap()
-                .to_owned();
-            let body = http_body_util::BodyExt::collect(response.into_body())
-                .await
-                .unwrap()
-                .to_bytes();
-            (status, body)
+            let got = common::send(&mut common::client(), request).await;
+            (got.cache_status(), got.body)
         }
     };
     let (_, first) = get(0).await;

@@ -300,15 +300,10 @@ pub async fn two_nodes_share_one_tier(tier: Arc<dyn http_cache_streaming::storag
         let request = http::Request::get(origin.url(path))
             .body(http_body_util::Full::default())
             .unwrap();
-        let node = nodes[node].clone();
+        let mut node = nodes[node].clone();
         async move {
-            let response = node.oneshot(request).await.unwrap();
-            let status = response.headers()["cache-status"]
-                .to_str()
-                .unwrap()
-                .to_owned();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            (status, body)
+            let got = super::send(&mut node, request).await;
+            (got.cache_status(), got.body)
         }
     };
     let (_, first) = get(0, "/shared").await;
