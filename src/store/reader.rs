@@ -1,10 +1,11 @@
-//! Reading content files: large positioned reads on the blocking pool, one chunk ahead of the
+//! Reading content files: large reads on the blocking pool, a couple of chunks ahead of the
 //! consumer, with an optional digest check that withholds the last chunk until it passes.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
-use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
@@ -60,14 +61,14 @@ pub(crate) fn read_owned_chunk(file: &File, offset: u64, len: usize) -> io::Resu
 
 /// The digest check of a body being read.
 pub(crate) struct Verify {
-    hasher: Option<Sha256>,
+    hasher: Sha256,
     expected: Hash32,
 }
 
 impl Verify {
     pub(crate) fn new(expected: Hash32) -> Self {
         Verify {
-            hasher: Some(Sha256::new()),
+            hasher: Sha256::new(),
             expected,
         }
     }
@@ -78,18 +79,49 @@ pub(crate) fn digest_matches(bytes: &[u8], expected: Hash32) -> bool {
     Hash32::of(bytes) == expected
 }
 
-type Read = io::Result<(Bytes, Option<Sha256>)>;
+/// How many chunks a reader keeps read ahead of its consumer.
+const AHEAD: usize = 2;
 
 /// A content file read in chunks from an offset.
+///
+/// The reading runs on the blocking pool as a job that keeps reading while fewer than
+/// [`AHEAD`] chunks wait for the consumer, and ends when that many do (so a slow client holds
+/// memory, never a thread). A consumer that keeps up finds the next chunk read by the time it
+/// asks: the job does not wait for a hand-off between chunks, which costs more than reading a
+/// chunk from the page cache.
 pub(crate) struct ChunkReader {
     file: Arc<File>,
+    /// Where the bytes this reader was made for start.
     offset: u64,
+    /// Bytes not yet handed out.
     remaining: u64,
     chunk: usize,
-    verify: Option<Verify>,
-    inflight: Option<crate::rt::Blocking<Read>>,
+    verify: Option<Box<Verify>>,
     /// What to tell the store when the content turns out to be corrupt.
     on_corrupt: Option<Box<dyn FnOnce() + Send + Sync>>,
+    /// The state shared with the reading job, from the first poll on.
+    ahead: Option<Arc<Mutex<Ahead>>>,
+    job: Option<crate::rt::Blocking<()>>,
+    /// A failure to hand out at the next poll.
+    broken: Option<Error>,
+}
+
+/// What the reading job and the consumer share.
+struct Ahead {
+    ready: VecDeque<Bytes>,
+    failed: Option<io::Error>,
+    /// Where the next read starts, and how much is left to read.
+    next: u64,
+    unread: u64,
+    running: bool,
+    /// The consumer is gone: read no more.
+    stopped: bool,
+    waker: Option<Waker>,
+    verify: Option<Box<Verify>>,
+}
+
+fn lock(ahead: &Mutex<Ahead>) -> MutexGuard<'_, Ahead> {
+    ahead.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl ChunkReader {
@@ -100,8 +132,10 @@ impl ChunkReader {
             remaining: len,
             chunk: chunk.max(1),
             verify: None,
-            inflight: None,
             on_corrupt: None,
+            ahead: None,
+            job: None,
+            broken: None,
         }
     }
 
@@ -110,7 +144,7 @@ impl ChunkReader {
         verify: Verify,
         on_corrupt: Box<dyn FnOnce() + Send + Sync>,
     ) -> Self {
-        self.verify = Some(verify);
+        self.verify = Some(Box::new(verify));
         self.on_corrupt = Some(on_corrupt);
         self
     }
@@ -118,7 +152,7 @@ impl ChunkReader {
     /// Reads only bytes `start..start + len` of what it was made for, before any read: a
     /// digest check, which needs every byte, is dropped.
     pub(crate) fn narrow(&mut self, start: u64, len: u64) {
-        if self.inflight.is_some() {
+        if self.ahead.is_some() {
             return;
         }
         let start = start.min(self.remaining);
@@ -144,94 +178,174 @@ impl ChunkReader {
         self.remaining == 0
     }
 
-    fn start(&mut self) -> Result<(), Error> {
-        let len = usize::try_from(self.remaining.min(self.chunk as u64)).unwrap_or(self.chunk);
-        let offset = self.offset;
-        let last = len as u64 == self.remaining;
+    /// Starts a reading job; the caller has marked the state running.
+    fn start(&mut self, ahead: &Arc<Mutex<Ahead>>) -> Result<(), Error> {
         let file = Arc::clone(&self.file);
-        let mut hasher = self.verify.as_mut().and_then(|v| v.hasher.take());
-        let expected = self.verify.as_ref().map(|v| v.expected);
-        self.inflight = Some(crate::rt::spawn_blocking(move || {
-            // The reader owns its handle and has one read in flight at a time.
-            let bytes = read_owned_chunk(&file, offset, len)?;
-            if let Some(h) = hasher.as_mut() {
-                h.update(&bytes);
+        let chunk = self.chunk;
+        let job = Job(Arc::clone(ahead));
+        match crate::rt::spawn_blocking(move || job.run(&file, chunk)) {
+            Ok(handle) => {
+                self.job = Some(handle);
+                Ok(())
             }
-            if last
-                && let (Some(h), Some(expected)) = (hasher.take(), expected)
-                && Hash32::from_hasher(h) != expected
-            {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, DigestMismatch));
+            Err(e) => {
+                lock(ahead).running = false;
+                Err(e)
             }
-            Ok((bytes, hasher))
-        })?);
-        Ok(())
+        }
     }
 
-    /// The next chunk, or `None` at the end. The chunk after it is already being read when
-    /// this returns, unless a digest check makes the reads sequential.
+    /// The next chunk, or `None` at the end. Chunks after it are already being read when this
+    /// returns.
     pub(crate) fn poll_chunk(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, Error>>> {
-        if self.inflight.is_none() {
-            if self.remaining == 0 {
-                return Poll::Ready(None);
-            }
-            if let Err(e) = self.start() {
-                self.remaining = 0;
-                return Poll::Ready(Some(Err(e)));
+        if let Some(e) = self.broken.take() {
+            self.remaining = 0;
+            return Poll::Ready(Some(Err(e)));
+        }
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let ahead = Arc::clone(self.ahead.get_or_insert_with(|| {
+            Arc::new(Mutex::new(Ahead {
+                ready: VecDeque::with_capacity(AHEAD),
+                failed: None,
+                next: self.offset,
+                unread: self.remaining,
+                running: false,
+                stopped: false,
+                waker: None,
+                verify: self.verify.take(),
+            }))
+        }));
+        let mut state = lock(&ahead);
+        let popped = state.ready.pop_front();
+        if popped.is_none()
+            && let Some(e) = state.failed.take()
+        {
+            drop(state);
+            self.remaining = 0;
+            return Poll::Ready(Some(Err(self.failure(e))));
+        }
+        let start = !state.running && state.unread > 0 && state.failed.is_none();
+        if popped.is_none() {
+            match &mut state.waker {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                waker => *waker = Some(cx.waker().clone()),
             }
         }
-        let Some(inflight) = self.inflight.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let joined = ready!(std::pin::Pin::new(inflight).poll(cx));
-        self.inflight = None;
-        let result = match joined {
-            Ok(Ok((bytes, hasher))) => {
-                if let Some(v) = self.verify.as_mut() {
-                    v.hasher = hasher;
-                }
-                self.offset += bytes.len() as u64;
-                self.remaining -= bytes.len() as u64;
-                if self.remaining > 0
-                    && let Err(e) = self.start()
-                {
+        state.running |= start;
+        drop(state);
+        if start && let Err(e) = self.start(&ahead) {
+            self.broken = Some(e);
+        }
+        match popped {
+            Some(bytes) => {
+                self.remaining = self.remaining.saturating_sub(bytes.len() as u64);
+                Poll::Ready(Some(Ok(bytes)))
+            }
+            None => match self.broken.take() {
+                Some(e) => {
                     self.remaining = 0;
-                    return Poll::Ready(Some(Err(e)));
+                    Poll::Ready(Some(Err(e)))
                 }
-                Ok(bytes)
+                None => Poll::Pending,
+            },
+        }
+    }
+
+    fn failure(&mut self, e: io::Error) -> Error {
+        let is_mismatch = e
+            .get_ref()
+            .is_some_and(|inner| inner.is::<DigestMismatch>());
+        if is_mismatch {
+            if let Some(report) = self.on_corrupt.take() {
+                report();
             }
-            Ok(Err(e)) => {
-                self.remaining = 0;
-                let is_mismatch = e
-                    .get_ref()
-                    .is_some_and(|inner| inner.is::<DigestMismatch>());
-                if is_mismatch {
-                    if let Some(report) = self.on_corrupt.take() {
-                        report();
-                    }
-                    Err(Error::new(ErrorKind::Integrity).with_source(e))
-                } else {
-                    Err(Error::new(ErrorKind::Io).with_source(e))
-                }
-            }
-            Err(lost) => {
-                self.remaining = 0;
-                Err(lost)
-            }
-        };
-        Poll::Ready(Some(result))
+            Error::new(ErrorKind::Integrity).with_source(e)
+        } else {
+            Error::new(ErrorKind::Io).with_source(e)
+        }
     }
 }
 
-use std::future::Future as _;
-
 impl Drop for ChunkReader {
     fn drop(&mut self) {
-        if let Some(handle) = self.inflight.take() {
+        if let Some(ahead) = &self.ahead {
+            lock(ahead).stopped = true;
+        }
+        if let Some(handle) = self.job.take() {
             handle.abort();
+        }
+    }
+}
+
+/// A reading job: reads chunks until [`AHEAD`] wait, the file is read, a read fails or the
+/// consumer is gone. However it ends (a panic too), the state says it is no longer running
+/// and the consumer is woken.
+struct Job(Arc<Mutex<Ahead>>);
+
+impl Job {
+    fn run(&self, file: &File, chunk: usize) {
+        loop {
+            let (offset, len, mut verify) = {
+                let mut state = lock(&self.0);
+                if state.stopped
+                    || state.failed.is_some()
+                    || state.unread == 0
+                    || state.ready.len() >= AHEAD
+                {
+                    return;
+                }
+                let len = usize::try_from(state.unread.min(chunk as u64)).unwrap_or(chunk);
+                (state.next, len, state.verify.take())
+            };
+            let read = read_owned_chunk(file, offset, len);
+            if let (Ok(bytes), Some(v)) = (&read, verify.as_mut()) {
+                v.hasher.update(bytes);
+            }
+            let waker = {
+                let mut state = lock(&self.0);
+                match read {
+                    Ok(bytes) => {
+                        state.next += len as u64;
+                        state.unread -= len as u64;
+                        if state.unread == 0
+                            && let Some(v) = verify.take()
+                            && Hash32::from_hasher(v.hasher) != v.expected
+                        {
+                            state.failed =
+                                Some(io::Error::new(io::ErrorKind::InvalidData, DigestMismatch));
+                        } else {
+                            state.ready.push_back(bytes);
+                        }
+                    }
+                    Err(e) => state.failed = Some(e),
+                }
+                state.verify = verify;
+                state.waker.take()
+            };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        let waker = {
+            let mut state = lock(&self.0);
+            state.running = false;
+            if std::thread::panicking() && state.failed.is_none() {
+                state.failed = Some(io::Error::other("reading the content file panicked"));
+            }
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 }
@@ -246,3 +360,118 @@ impl std::fmt::Display for DigestMismatch {
 }
 
 impl std::error::Error for DigestMismatch {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn file_of(bytes: &[u8]) -> Arc<File> {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(bytes).unwrap();
+        Arc::new(file)
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    /// Every chunk the reader hands out, and the error it ends with, if any.
+    async fn drain(mut reader: ChunkReader) -> (Vec<Bytes>, Option<Error>) {
+        let mut chunks = Vec::new();
+        while let Some(chunk) = std::future::poll_fn(|cx| reader.poll_chunk(cx)).await {
+            match chunk {
+                Ok(bytes) => chunks.push(bytes),
+                Err(e) => return (chunks, Some(e)),
+            }
+        }
+        (chunks, None)
+    }
+
+    #[tokio::test]
+    async fn hands_out_the_file_in_chunks_from_its_offset() {
+        let bytes = pattern(10_000);
+        let reader = ChunkReader::new(file_of(&bytes), 100, 9_000, 1_000 - 1);
+        let (chunks, error) = drain(reader).await;
+        assert!(error.is_none());
+        assert!(chunks.iter().all(|c| c.len() <= 999));
+        assert_eq!(chunks.concat(), bytes[100..9_100]);
+    }
+
+    #[tokio::test]
+    async fn reads_no_more_than_a_couple_of_chunks_ahead_of_a_slow_consumer() {
+        let bytes = pattern(64 * 1024);
+        let mut reader = ChunkReader::new(file_of(&bytes), 0, bytes.len() as u64, 1024);
+        let first = std::future::poll_fn(|cx| reader.poll_chunk(cx)).await;
+        assert_eq!(first.unwrap().unwrap(), bytes[..1024]);
+        // Give the job all the time it wants: it stops once AHEAD chunks wait.
+        let ahead = Arc::clone(reader.ahead.as_ref().unwrap());
+        for _ in 0..200 {
+            if !lock(&ahead).running {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        {
+            let state = lock(&ahead);
+            assert!(!state.running, "the job waits on nobody");
+            assert_eq!(state.ready.len(), AHEAD);
+            assert_eq!(state.unread, bytes.len() as u64 - 1024 * (1 + AHEAD as u64));
+        }
+        let (rest, error) = drain(reader).await;
+        assert!(error.is_none());
+        assert_eq!(rest.concat(), bytes[1024..]);
+    }
+
+    #[tokio::test]
+    async fn withholds_the_last_chunk_of_content_that_fails_its_digest() {
+        let bytes = pattern(10_000);
+        let mut stored = bytes.clone();
+        stored[9_999] ^= 1;
+        let reported = Arc::new(AtomicBool::new(false));
+        let told = Arc::clone(&reported);
+        let reader = ChunkReader::new(file_of(&stored), 0, 10_000, 4_000).verify(
+            Verify::new(Hash32::of(&bytes)),
+            Box::new(move || told.store(true, Ordering::SeqCst)),
+        );
+        let (chunks, error) = drain(reader).await;
+        assert_eq!(chunks.concat(), bytes[..8_000]);
+        assert_eq!(error.unwrap().kind(), ErrorKind::Integrity);
+        assert!(reported.load(Ordering::SeqCst));
+
+        let reader = ChunkReader::new(file_of(&bytes), 0, 10_000, 4_000)
+            .verify(Verify::new(Hash32::of(&bytes)), Box::new(|| ()));
+        let (chunks, error) = drain(reader).await;
+        assert!(error.is_none());
+        assert_eq!(chunks.concat(), bytes);
+    }
+
+    #[tokio::test]
+    async fn a_file_shorter_than_its_record_says_is_an_error() {
+        let bytes = pattern(5_000);
+        let reader = ChunkReader::new(file_of(&bytes), 0, 8_000, 2_000);
+        let (chunks, error) = drain(reader).await;
+        assert_eq!(chunks.concat(), bytes[..4_000]);
+        assert_eq!(error.unwrap().kind(), ErrorKind::Io);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_reader_stops_its_job() {
+        let bytes = pattern(64 * 1024);
+        let mut reader = ChunkReader::new(file_of(&bytes), 0, bytes.len() as u64, 1024);
+        let first = std::future::poll_fn(|cx| reader.poll_chunk(cx)).await;
+        assert!(first.unwrap().is_ok());
+        let ahead = Arc::clone(reader.ahead.as_ref().unwrap());
+        drop(reader);
+        for _ in 0..200 {
+            if !lock(&ahead).running {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let state = lock(&ahead);
+        assert!(state.stopped && !state.running);
+        assert!(state.unread >= bytes.len() as u64 - 1024 * (1 + AHEAD as u64));
+    }
+}

@@ -133,6 +133,24 @@ fn print_table(rows: &[(String, Vec<(String, String)>)], mib: u64) {
             _ => println!(" – |"),
         }
     }
+    let ours = |metric: &str| {
+        rows[0]
+            .1
+            .iter()
+            .find(|(k, _)| k == metric)
+            .and_then(|(_, v)| v.parse::<f64>().ok())
+    };
+    if let (Some(hit), Some(fs), Some(ratio)) = (
+        ours("hit_mb_s_interleaved"),
+        ours("std_fs_mb_s_interleaved"),
+        ours("hit_over_std_fs"),
+    ) {
+        println!(
+            "\n{mib} MiB hit alternating with a std::fs read loop of its own content file, \
+             {HIT_ROUNDS} of each in one process (medians): ours {hit:.0} MB/s, \
+             std::fs {fs:.0} MB/s, ours ÷ std::fs {ratio:.2}"
+        );
+    }
 }
 
 /// Runs one implementation's workloads and prints `metric<TAB>value` lines.
@@ -150,24 +168,19 @@ async fn child(which: &str, mib: u64, small: usize) -> Result<(), Error> {
             }
             file.flush()?;
             drop(file);
-            let started = Instant::now();
-            let mut file = std::fs::File::open(&path)?;
-            let mut buf = vec![0u8; 256 << 10];
-            let mut read = 0u64;
-            loop {
-                let n = file.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                read += n as u64;
-            }
-            report("hit_mb_s", mb_per_s(read, started.elapsed()));
+            report("hit_mb_s", mb_per_s(len, read_loop(&path)?));
         }
         "ours" => {
             use http_cache_streaming::{HttpCacheStreamingLayer, StreamingManager};
-            let manager = StreamingManager::new(dir.path().to_path_buf());
-            let service = HttpCacheStreamingLayer::new(manager).layer(tower::service_fn(origin));
-            workloads(service, len, small).await?;
+            let mut builder = StreamingManager::builder(dir.path());
+            if let Some(chunk) = std::env::var("COMPARE_READ_CHUNK").ok() {
+                builder = builder.read_chunk_size(chunk.parse()?);
+            }
+            let manager = builder.build();
+            let mut service =
+                HttpCacheStreamingLayer::new(manager).layer(tower::service_fn(origin));
+            workloads(&mut service, len, small).await?;
+            hits_beside_std_fs(&mut service, dir.path(), len).await?;
         }
         "http-cache-tower" => {
             use http_cache::{HttpCacheOptions, StreamingManager};
@@ -176,8 +189,8 @@ async fn child(which: &str, mib: u64, small: usize) -> Result<(), Error> {
                 StreamingManager::with_max_body_size(dir.path().to_path_buf(), 10_000, len * 2)
                     .await?;
             let layer = HttpCacheStreamingLayer::with_options(manager, HttpCacheOptions::default());
-            let service = tower::Layer::layer(&layer, tower::service_fn(origin));
-            workloads(service, len, small).await?;
+            let mut service = tower::Layer::layer(&layer, tower::service_fn(origin));
+            workloads(&mut service, len, small).await?;
         }
         other => return Err(format!("unknown implementation {other}").into()),
     }
@@ -203,7 +216,7 @@ async fn origin(request: Request<Full<Bytes>>) -> Result<Response<Pattern>, Infa
     Ok(response)
 }
 
-async fn workloads<S, B>(mut service: S, len: u64, small: usize) -> Result<(), Error>
+async fn workloads<S, B>(service: &mut S, len: u64, small: usize) -> Result<(), Error>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<B>>,
     S::Error: Into<Error>,
@@ -211,17 +224,17 @@ where
     B::Error: Into<Error>,
 {
     let big = format!("http://origin.test/{len}");
-    let (first_byte, total, bytes) = fetch(&mut service, &big).await?;
+    let (first_byte, total, bytes) = fetch(service, &big).await?;
     report("miss_first_byte_ms", first_byte.as_secs_f64() * 1e3);
     report("miss_mb_s", mb_per_s(bytes, total));
-    let (_, total, bytes) = fetch(&mut service, &big).await?;
+    let (_, total, bytes) = fetch(service, &big).await?;
     report("hit_mb_s", mb_per_s(bytes, total));
 
     let small_url = "http://origin.test/4096";
-    fetch(&mut service, small_url).await?;
+    fetch(service, small_url).await?;
     let mut times = Vec::with_capacity(small);
     for _ in 0..small {
-        let (_, total, bytes) = fetch(&mut service, small_url).await?;
+        let (_, total, bytes) = fetch(service, small_url).await?;
         assert_eq!(bytes, 4096);
         times.push(total);
     }
@@ -230,6 +243,58 @@ where
         report("small_hit_median_us", median.as_secs_f64() * 1e6);
     }
     Ok(())
+}
+
+/// The big hit again, alternating with a plain read loop of the very content file it is
+/// served from, in this one process: the two see the same page cache, the same neighbours on
+/// this shared machine and the same moment, so their ratio holds still where the figures
+/// of separate runs do not.
+async fn hits_beside_std_fs<S, B>(
+    service: &mut S,
+    dir: &std::path::Path,
+    len: u64,
+) -> Result<(), Error>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    S::Error: Into<Error>,
+    B: Body,
+    B::Error: Into<Error>,
+{
+    let content = std::fs::read_dir(dir.join("cache-v2/content"))?
+        .filter_map(Result::ok)
+        .find(|e| e.metadata().is_ok_and(|m| m.len() == len))
+        .ok_or("no content file of the big body")?
+        .path();
+    let big = format!("http://origin.test/{len}");
+    let (mut ours, mut plain, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..HIT_ROUNDS {
+        let fs = mb_per_s(len, read_loop(&content)?);
+        let (_, total, bytes) = fetch(service, &big).await?;
+        let hit = mb_per_s(bytes, total);
+        ratios.push(hit / fs);
+        ours.push(hit);
+        plain.push(fs);
+    }
+    report("hit_mb_s_interleaved", median(ours));
+    report("std_fs_mb_s_interleaved", median(plain));
+    report("hit_over_std_fs", median(ratios));
+    Ok(())
+}
+
+const HIT_ROUNDS: usize = 7;
+
+/// A plain sequential read of `path` through one 256 KiB buffer.
+fn read_loop(path: &std::path::Path) -> Result<Duration, Error> {
+    let started = Instant::now();
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 256 << 10];
+    while file.read(&mut buf)? != 0 {}
+    Ok(started.elapsed())
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 /// One request: time to the first body byte, time to the end, bytes.
