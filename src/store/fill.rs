@@ -20,7 +20,7 @@ use http_cache_semantics::CachePolicy;
 use tokio::sync::watch;
 
 use super::layout::Hash32;
-use super::reader::read_chunk;
+use super::reader::read_pooled;
 use crate::error::{Error, ErrorKind};
 
 /// The fills under way in one store, by key.
@@ -448,7 +448,7 @@ impl FollowReader {
                 let until = self.end.map_or(state.written, |end| end.min(state.written));
                 let len = (until - self.offset).min(self.chunk as u64) as usize;
                 let offset = self.offset;
-                match crate::rt::spawn_blocking(move || read_chunk(&file, offset, len)) {
+                match crate::rt::spawn_blocking(move || read_pooled(&file, offset, len)) {
                     Ok(read) => self.inflight = Some(read),
                     Err(e) => return Poll::Ready(Some(Err(e))),
                 }

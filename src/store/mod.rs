@@ -1380,7 +1380,13 @@ impl Opened {
             }));
         }
         // Small: read whole now, and kept in memory for the next hits when it is small enough.
-        let bytes = reader::read_chunk(&file, 0, len).map_err(|e| Error::io(e, &path))?;
+        let keep = len <= self.options.memory_body_limit;
+        let read = if keep {
+            reader::read_chunk(&file, 0, len)
+        } else {
+            reader::read_pooled(&file, 0, len)
+        };
+        let bytes = read.map_err(|e| Error::io(e, &path))?;
         if self.options.verify_on_read && !reader::digest_matches(&bytes, entry.digest) {
             crate::log::warn_event!(%key, path = %path.display(),
                     "content fails its digest check, removing it and its record");
@@ -1388,7 +1394,7 @@ impl Opened {
             self.drop_record(key_hash, Some(entry.digest));
             return Ok(None);
         }
-        if len <= self.options.memory_body_limit {
+        if keep {
             self.index().keep_body(key_hash, stamp, &bytes);
         }
         Ok(Some(Hit {
