@@ -4,10 +4,11 @@
 # and a cached 1 MiB object to wrk. Each server gets one core's worth of threads: nginx one
 # worker process, the proxy one Tokio worker thread. Needs nginx and wrk (Debian packages);
 # installs them with apt-get when missing.
-#   benches/loopback.sh [seconds per run, default 5]
+#   benches/loopback.sh [seconds per run, default 4] [rounds, default 5]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-secs="${1:-5}"
+secs="${1:-4}"
+rounds="${2:-5}"
 for tool in nginx wrk; do
     command -v "$tool" >/dev/null || apt-get install -y nginx-light wrk >/dev/null
 done
@@ -41,15 +42,30 @@ curl -s -D - -o /dev/null http://127.0.0.1:18081/4k | grep -i "^x-cache-status" 
 curl -s -D - -o /dev/null http://127.0.0.1:18082/4k | grep -i "^cache-status" || { echo "the proxy serves no hits"; exit 1; }
 
 run() { # port object -> "requests/s bytes/s"
-    wrk -t1 -c32 -d"${secs}s" --latency "http://127.0.0.1:$1/$2" |
-        awk '/^Requests\/sec/ {r=$2} /^Transfer\/sec/ {t=$2} END {print r, t}'
+    wrk -t1 -c32 -d"${secs}s" "http://127.0.0.1:$1/$2" |
+        awk '/^Requests\/sec/ {r=$2}
+             /^Transfer\/sec/ {t=$2; u=substr(t, length(t)-1); t=substr(t, 1, length(t)-2)
+                              t*=(u=="GB" ? 2^30 : u=="MB" ? 2^20 : u=="KB" ? 2^10 : 1)}
+             END {printf "%.0f %.0f\n", r, t}'
 }
+median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 echo
-echo "| object | server | requests/s | transfer/s |"
-echo "|---|---|---|---|"
+echo "Alternating runs of ${secs} s, ${rounds} rounds per server and object:"
+echo "| object | server | requests/s (each round) | median requests/s | median GB/s |"
+echo "|---|---|---|---|---|"
 for object in 4k 1m; do
-    for round in 1 2; do
-        read -r r t < <(run 18081 "$object"); echo "| $object | nginx proxy_cache (round $round) | $r | $t |"
-        read -r r t < <(run 18082 "$object"); echo "| $object | http-cache-streaming (round $round) | $r | $t |"
+    declare -A reqs=() bytes=()
+    for round in $(seq "$rounds"); do
+        for port in 18081 18082; do
+            read -r r t < <(run "$port" "$object")
+            reqs[$port]+="$r "; bytes[$port]+="$t "
+        done
     done
+    for port in 18081 18082; do
+        name="nginx proxy_cache"; [ "$port" = 18082 ] && name="http-cache-streaming"
+        r=$(tr ' ' '\n' <<<"${reqs[$port]}" | grep . | median)
+        t=$(tr ' ' '\n' <<<"${bytes[$port]}" | grep . | median)
+        echo "| $object | $name | ${reqs[$port]% } | $r | $(awk -v t="$t" 'BEGIN {printf "%.2f", t / 1e9}') |"
+    done
+    unset reqs bytes
 done
