@@ -55,8 +55,9 @@ async fn fill(cache: &HttpCacheStreaming<Origin>, from: u64, to: u64) -> Result<
         for task in batch {
             task.await??;
         }
+        let before = i;
         i = to.min(i + 64);
-        if i.is_multiple_of(50_000) {
+        if i / 50_000 != before / 50_000 {
             eprintln!("  {i} entries stored");
         }
     }

@@ -23,7 +23,7 @@ use crate::store::writer::TeeEnd;
 ///
 /// It implements [`http_body::Body`] with `Data = Bytes` and reports an exact
 /// [`size_hint`](Body::size_hint) for stored bodies. Stored trailers are replayed after the
-/// data. However large the body, it holds at most a couple of read chunks in memory.
+/// data. However large the body, it holds at most three read chunks in memory.
 pub struct StreamingBody {
     kind: Kind,
 }

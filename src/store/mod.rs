@@ -160,11 +160,11 @@ impl StreamingManagerBuilder {
         self
     }
 
-    /// How many bytes a stored body is read in at a time (512 KiB by default; a hit holds
-    /// two such chunks, the one being sent and the one read ahead). Larger chunks read
-    /// faster (1 MiB reads a page-cached file at the speed of a plain `read` loop here) and
-    /// cost more memory per concurrent hit. Bodies no
-    /// larger than this are read whole when looked up.
+    /// How many bytes a stored body is read in at a time (512 KiB by default). A hit's
+    /// reader keeps up to two chunks read ahead of the one being sent, and stops reading
+    /// (freeing its thread) while they wait; larger chunks cost more memory per concurrent
+    /// hit. Chunks go into page-aligned buffers from a pool that they return to when sent.
+    /// Bodies no larger than this are read whole when looked up.
     pub fn read_chunk_size(mut self, bytes: usize) -> Self {
         self.options.read_chunk_size = bytes.max(1);
         self

@@ -93,8 +93,8 @@ fn give_back(buf: Vec<u8>) {
     }
 }
 
-/// The first `len` bytes of a pooled buffer, which goes back to the pool when the last
-/// `Bytes` over it is dropped.
+/// `len` bytes of a pooled buffer from `start` on; the buffer goes back to the pool when the
+/// last `Bytes` over it is dropped.
 struct Pooled {
     buf: Vec<u8>,
     start: usize,
