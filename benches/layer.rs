@@ -95,6 +95,10 @@ impl http_body::Body for Frames {
         std::task::Poll::Ready((n > 0).then(|| Ok(http_body::Frame::data(self.0.split_to(n)))))
     }
 
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
     fn size_hint(&self) -> http_body::SizeHint {
         http_body::SizeHint::with_exact(self.0.len() as u64)
     }
