@@ -310,6 +310,14 @@ impl TeeSink {
         !matches!(self.poll_flush(cx), Poll::Ready(false))
     }
 
+    /// Gives up on the entry. Requests that come from now on ask the origin rather than
+    /// follow a body that is known to fail: closed before the client hears of the failure.
+    fn abandon(self) {
+        if let Some(fill) = &self.fill {
+            fill.close_to_newcomers();
+        }
+    }
+
     fn finish(mut self) {
         if let Some(on_end) = self.on_end.take() {
             on_end();
@@ -434,6 +442,10 @@ impl Drop for StreamingBody {
                     && let Some(Ok(_)) = body.frame().await
                 {}
             });
+        } else if let Kind::Tee { sink, .. } = &mut self.kind
+            && let Some(sink) = sink.take()
+        {
+            sink.abandon();
         }
     }
 }
@@ -459,8 +471,9 @@ fn poll_tee(
             return Poll::Ready(None);
         }
         Poll::Ready(Some(Err(e))) => {
-            // Dropping the sink without finishing it abandons the entry.
-            *sink = None;
+            if let Some(s) = sink.take() {
+                s.abandon();
+            }
             return Poll::Ready(Some(Err(Error::body(e))));
         }
         Poll::Ready(Some(Ok(frame))) => frame,
