@@ -7,6 +7,8 @@ macro_rules! debug_event { ($($t:tt)*) => { ::tracing::debug!($($t)*) } }
 macro_rules! info_event { ($($t:tt)*) => { ::tracing::info!($($t)*) } }
 #[cfg(feature = "tracing")]
 macro_rules! warn_event { ($($t:tt)*) => { ::tracing::warn!($($t)*) } }
+#[cfg(feature = "tracing")]
+macro_rules! error_event { ($($t:tt)*) => { ::tracing::error!($($t)*) } }
 
 #[cfg(not(feature = "tracing"))]
 macro_rules! debug_event {
@@ -20,5 +22,9 @@ macro_rules! info_event {
 macro_rules! warn_event {
     ($($t:tt)*) => {{}};
 }
+#[cfg(not(feature = "tracing"))]
+macro_rules! error_event {
+    ($($t:tt)*) => {{}};
+}
 
-pub(crate) use {debug_event, info_event, warn_event};
+pub(crate) use {debug_event, error_event, info_event, warn_event};

@@ -130,8 +130,14 @@ fn count_files(dir: &Path) -> usize {
 
 /// Removes content files that no record uses and that are older than [`ORPHAN_GRACE`]: what a
 /// crash between committing content and committing its record left. Files whose names are not
-/// digests are not ours and are left alone.
-pub(crate) fn sweep_orphans(content: &Path, in_use: impl Fn(Hash32) -> bool) -> io::Result<usize> {
+/// digests are not ours and are left alone. `remove_unused` removes a file if it is still
+/// unused when it is asked (checked where a commit cannot start using it meanwhile) and says
+/// whether it did.
+pub(crate) fn sweep_orphans(
+    content: &Path,
+    in_use: impl Fn(Hash32) -> bool,
+    remove_unused: impl Fn(Hash32, &Path) -> bool,
+) -> io::Result<usize> {
     let now = SystemTime::now();
     let mut removed = 0;
     for item in fs::read_dir(content)? {
@@ -148,7 +154,7 @@ pub(crate) fn sweep_orphans(content: &Path, in_use: impl Fn(Hash32) -> bool) -> 
             .ok()
             .and_then(|t| now.duration_since(t).ok())
             .is_some_and(|age| age >= ORPHAN_GRACE);
-        if old && fs::remove_file(item.path()).is_ok() {
+        if old && remove_unused(digest, &item.path()) {
             removed += 1;
         }
     }
@@ -205,7 +211,12 @@ mod tests {
         fs::write(dir.path().join(young.to_hex()), b"").unwrap();
         fs::write(dir.path().join("README"), b"not ours").unwrap();
 
-        let removed = sweep_orphans(dir.path(), |d| d == used).unwrap();
+        let removed = sweep_orphans(
+            dir.path(),
+            |d| d == used,
+            |_, path| fs::remove_file(path).is_ok(),
+        )
+        .unwrap();
         assert_eq!(removed, 1);
         assert!(dir.path().join(used.to_hex()).exists());
         assert!(!dir.path().join(orphan.to_hex()).exists());

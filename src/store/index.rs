@@ -1,10 +1,11 @@
 //! The in-memory index: which record names which content, how many records use each content
 //! file, and a bounded set of parsed records so that warm hits parse no JSON.
 //!
-//! The disk stays the truth: the index is rebuilt from `metadata/` when the store opens, and a
-//! key the index does not know is looked up on disk before it counts as a miss.
+//! The disk stays the truth: the index is rebuilt from `metadata/` when the store opens (while
+//! requests are served: see [`Index::loading`]), and a key the index does not know is looked up
+//! on disk before it counts as a miss.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -80,7 +81,19 @@ pub(crate) struct Index {
     clock: VecDeque<Hash32>,
     /// Bytes of content the records use, each content file counted once.
     disk_bytes: u64,
+    /// While the records on disk are being read in (after the store opened), the keys that
+    /// lookups, writes and deletes have put in or taken out meanwhile: what they did is newer
+    /// than what the reading found, which passes them over. Until the reading ends, reference
+    /// counts are partial: content that loses its last known user is left on disk until then
+    /// (see `released`), and nothing is evicted.
+    loading: Option<HashSet<Hash32>>,
+    /// Content that lost its last known user while loading: unused unless a record read in
+    /// later names it.
+    released: Vec<Hash32>,
 }
+
+/// The most content digests kept to be unlinked once the records are read in.
+const RELEASED_WHILE_LOADING: usize = 1 << 20;
 
 /// A lookup writes an entry's use to the access log at most this often (milliseconds): the
 /// eviction order survives a restart to within a minute.
@@ -103,6 +116,36 @@ impl Index {
             body_budget,
             clock: VecDeque::new(),
             disk_bytes: 0,
+            loading: Some(HashSet::new()),
+            released: Vec::new(),
+        }
+    }
+
+    /// Whether the records on disk are still being read in.
+    pub(crate) fn is_loading(&self) -> bool {
+        self.loading.is_some()
+    }
+
+    /// The records on disk are all read in: reference counts are whole from now on. Returns
+    /// the content that lost its last user while loading and that no record read in names,
+    /// for the caller to unlink.
+    pub(crate) fn finish_loading(&mut self) -> Vec<Hash32> {
+        self.loading = None;
+        let mut unused = std::mem::take(&mut self.released);
+        unused.retain(|digest| self.refs(*digest) == 0);
+        unused.sort_unstable();
+        unused.dedup();
+        unused
+    }
+
+    /// Whether the reading-in should pass over `key`: a lookup, write or delete came first.
+    pub(crate) fn is_newer(&self, key: Hash32) -> bool {
+        self.slots.contains_key(&key) || self.loading.as_ref().is_some_and(|t| t.contains(&key))
+    }
+
+    fn touched(&mut self, key: Hash32) {
+        if let Some(touched) = &mut self.loading {
+            touched.insert(key);
         }
     }
 
@@ -164,7 +207,7 @@ impl Index {
     ) -> Vec<(Hash32, Option<Hash32>)> {
         let over_bytes = max_bytes.is_some_and(|max| self.disk_bytes > max);
         let over_entries = max_entries.is_some_and(|max| self.slots.len() > max);
-        if !over_bytes && !over_entries {
+        if (!over_bytes && !over_entries) || self.is_loading() {
             return Vec::new();
         }
         let byte_goal = max_bytes.map(|max| max - max / 10);
@@ -291,11 +334,12 @@ impl Index {
         stamp: Stamp,
     ) -> Option<Hash32> {
         let (digest, length, stored_at) = (entry.digest, entry.length, entry.stored_at);
+        self.touched(key);
         self.place(key, digest, length, stamp, millis(stored_at), Some(entry))
     }
 
-    /// Records a key whose record was read only in summary (when the store opens): its
-    /// parsed form comes on its first lookup.
+    /// Records a key whose record was read in summary by the reading-in (its parsed form
+    /// comes on its first lookup), unless something newer came first ([`Self::is_newer`]).
     pub(crate) fn insert_summary(
         &mut self,
         key: Hash32,
@@ -303,8 +347,10 @@ impl Index {
         length: u64,
         stamp: Stamp,
         stored_at: std::time::SystemTime,
-    ) -> Option<Hash32> {
-        self.place(key, digest, length, stamp, millis(stored_at), None)
+    ) {
+        if !self.is_newer(key) {
+            self.place(key, digest, length, stamp, millis(stored_at), None);
+        }
     }
 
     fn place(
@@ -375,6 +421,7 @@ impl Index {
 
     /// Forgets `key`. Returns the digest of content no record uses any more.
     pub(crate) fn remove(&mut self, key: Hash32) -> Option<Hash32> {
+        self.touched(key);
         let old = self.slots.remove(&key)?;
         self.release(old)
     }
@@ -409,6 +456,14 @@ impl Index {
         if *count == 0 {
             self.refs.remove(&old.digest);
             self.disk_bytes -= old.length;
+            if self.is_loading() {
+                // A record not read in yet may use it. (Past the bound, which only a reading
+                // in that failed reaches, the orphan sweep of the next open takes it.)
+                if self.released.len() < RELEASED_WHILE_LOADING {
+                    self.released.push(old.digest);
+                }
+                return None;
+            }
             return Some(old.digest);
         }
         None
@@ -448,6 +503,7 @@ mod tests {
     #[test]
     fn shared_content_is_released_by_its_last_record() {
         let mut index = Index::new(10, 0);
+        index.finish_loading();
         let (a, b) = (Hash32::of(b"a"), Hash32::of(b"b"));
         assert_eq!(index.insert(a, entry(b"same"), stamp()), None);
         assert_eq!(index.insert(b, entry(b"same"), stamp()), None);
@@ -462,6 +518,7 @@ mod tests {
     #[test]
     fn overwrite_releases_the_old_content() {
         let mut index = Index::new(10, 0);
+        index.finish_loading();
         let a = Hash32::of(b"a");
         index.insert(a, entry(b"one"), stamp());
         assert_eq!(
@@ -476,6 +533,7 @@ mod tests {
     #[test]
     fn parsed_records_stay_within_the_limit_and_the_used_ones_stay() {
         let mut index = Index::new(2, 0);
+        index.finish_loading();
         let [a, b, c] = [b"a", b"b", b"c"].map(|k| Hash32::of(k));
         index.insert(a, entry(b"x"), stamp());
         index.insert(b, entry(b"y"), stamp());
@@ -495,6 +553,7 @@ mod tests {
     #[test]
     fn bodies_stay_within_their_budget() {
         let mut index = Index::new(10, 8);
+        index.finish_loading();
         let [a, b] = [b"a", b"b"].map(|k| Hash32::of(k));
         index.insert(a, entry(b"12345"), stamp());
         index.insert(b, entry(b"67890"), stamp());
@@ -515,6 +574,7 @@ mod tests {
     #[test]
     fn uses_are_logged_at_most_once_a_minute() {
         let mut index = Index::new(4, 0);
+        index.finish_loading();
         let a = Hash32::of(b"a");
         index.insert(a, entry(b"x"), stamp());
         assert!(index.touch(a).is_some(), "the first use is logged");
@@ -535,11 +595,56 @@ mod tests {
     #[test]
     fn overwriting_one_key_again_and_again_keeps_the_clock_small() {
         let mut index = Index::new(4, 0);
+        index.finish_loading();
         let a = Hash32::of(b"a");
         for _ in 0..10_000 {
             index.insert(a, entry(b"x"), stamp());
         }
         assert!(index.clock.len() <= 2 * 4 + 64 + 1);
         assert_eq!(index.parsed, 1);
+    }
+
+    #[test]
+    fn content_released_while_loading_is_unused_once_no_record_read_in_names_it() {
+        let mut index = Index::new(10, 0);
+        let (a, b, c) = (Hash32::of(b"a"), Hash32::of(b"b"), Hash32::of(b"c"));
+        let (shared, alone) = (entry(b"shared"), entry(b"alone"));
+        index.insert(a, Arc::clone(&shared), stamp());
+        index.insert(b, Arc::clone(&alone), stamp());
+        assert_eq!(index.remove(a), None);
+        assert_eq!(index.remove(b), None);
+        // A record read in later names `shared`: it stays.
+        index.insert_summary(c, shared.digest, shared.length, stamp(), shared.stored_at);
+        assert_eq!(index.finish_loading(), vec![alone.digest]);
+        assert_eq!(index.refs(shared.digest), 1);
+    }
+
+    #[test]
+    fn while_loading_no_content_is_released_and_newer_keys_win() {
+        let mut index = Index::new(10, 0);
+        let (a, b, c) = (Hash32::of(b"a"), Hash32::of(b"b"), Hash32::of(b"c"));
+        let (old, new) = (entry(b"old"), entry(b"new"));
+        // A write of `a` and a delete of `b` come before the reading-in gets to them.
+        assert_eq!(index.insert(a, Arc::clone(&new), stamp()), None);
+        assert_eq!(index.remove(b), None);
+        // The last record using content leaves it on disk: another record may name it.
+        assert_eq!(index.remove(a), None);
+        assert_eq!(index.insert(a, Arc::clone(&new), stamp()), None);
+        index.insert_summary(a, old.digest, old.length, stamp(), old.stored_at);
+        index.insert_summary(b, old.digest, old.length, stamp(), old.stored_at);
+        index.insert_summary(c, old.digest, old.length, stamp(), old.stored_at);
+        assert_eq!(index.digest(a), Some(new.digest));
+        assert_eq!(index.digest(b), None, "deleted before it was read in");
+        assert_eq!(index.digest(c), Some(old.digest));
+        assert_eq!(index.refs(old.digest), 1);
+        assert!(
+            index.evict(Some(0), Some(0)).is_empty(),
+            "nothing is evicted while loading"
+        );
+        // `new` lost its user once, but `a` uses it again; `old` is named by `c`.
+        assert_eq!(index.finish_loading(), vec![]);
+        // From now on the counts are whole.
+        assert_eq!(index.remove(c), Some(old.digest));
+        assert_eq!(index.evict(Some(0), None), vec![(a, Some(new.digest))]);
     }
 }

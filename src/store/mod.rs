@@ -54,6 +54,11 @@ struct Options {
     max_body_size: Option<u64>,
     /// The shared tier behind the local disk, if any.
     shared_tier: Option<Arc<dyn crate::storage::Storage>>,
+    /// Stores of up to this many records are read in before serving.
+    read_in_before_serving: usize,
+    /// Holds the reading-in of records until a test lets it go on.
+    #[cfg(test)]
+    read_in_gate: Option<Arc<std::sync::Barrier>>,
 }
 
 impl Default for Options {
@@ -69,6 +74,9 @@ impl Default for Options {
             max_entries: None,
             max_body_size: None,
             shared_tier: None,
+            read_in_before_serving: READ_IN_BEFORE_SERVING,
+            #[cfg(test)]
+            read_in_gate: None,
         }
     }
 }
@@ -131,6 +139,20 @@ struct Opened {
     /// it holds (as far as this process knows).
     access_log: Mutex<Option<File>>,
     access_log_lines: std::sync::atomic::AtomicU64,
+    /// How far reading the records on disk into the index has come.
+    read_in: watch::Sender<ReadIn>,
+}
+
+/// Stores of up to this many records are read in before the first request is served (within
+/// ~0.1 s here); larger ones while requests are served.
+const READ_IN_BEFORE_SERVING: usize = 10_000;
+
+/// How far reading the records on disk into the index has come.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ReadIn {
+    Running,
+    Done,
+    Failed(String),
 }
 
 /// Builds a [`StreamingManager`] with options.
@@ -400,7 +422,12 @@ impl StreamingManager {
             .get_or_try_init(|| {
                 let layout = self.inner.layout.clone();
                 let options = self.inner.options.clone();
-                blocking(move || Opened::open(layout, options).map(Arc::new))
+                blocking(move || {
+                    let (opened, leftovers) = Opened::open(layout, options)?;
+                    let opened = Arc::new(opened);
+                    opened.start_reading_in(leftovers)?;
+                    Ok(opened)
+                })
             })
             .await
             .cloned()
@@ -804,6 +831,7 @@ impl StreamingManager {
         F: Fn(&Entry) -> bool + Send + 'static,
     {
         let opened = self.opened().await?;
+        opened.read_in().await?;
         blocking(move || {
             let keys = opened.index().keys();
             let mut removed = 0;
@@ -828,6 +856,7 @@ impl StreamingManager {
     /// Removes every entry and content file. Writes under way are not committed afterwards.
     pub async fn clear(&self) -> Result<()> {
         let opened = self.opened().await?;
+        opened.read_in().await?;
         lock(&self.inner.deletions).record(None);
         blocking(move || opened.clear()).await
     }
@@ -835,6 +864,7 @@ impl StreamingManager {
     /// What the store holds now.
     pub async fn stats(&self) -> Result<StoreStats> {
         let opened = self.opened().await?;
+        opened.read_in().await?;
         let index = opened.index();
         Ok(StoreStats {
             entries: index.len() as u64,
@@ -904,15 +934,81 @@ pub(crate) fn remove_if_present(path: &Path) -> io::Result<()> {
 }
 
 impl Opened {
-    fn open(layout: Layout, options: Options) -> Result<Self> {
-        let started = Instant::now();
+    /// Prepares the directories and an index that is still to be read in: requests are
+    /// served from here on, while [`start_reading_in`](Self::start_reading_in) reads it.
+    /// Returns how many files an earlier run left in `tmp/` too (removed now).
+    fn open(layout: Layout, options: Options) -> Result<(Self, usize)> {
         let (scratch, leftovers) = prepare(&layout)?;
+        let index = Index::new(options.parsed_records, options.memory_budget);
+        let opened = Opened {
+            layout,
+            options,
+            scratch,
+            index: Mutex::new(index),
+            evictions: std::sync::atomic::AtomicU64::new(0),
+            access_log: Mutex::new(None),
+            access_log_lines: std::sync::atomic::AtomicU64::new(0),
+            read_in: watch::channel(ReadIn::Running).0,
+        };
+        Ok((opened, leftovers))
+    }
 
-        let mut index = Index::new(options.parsed_records, options.memory_budget);
-        let mut dropped = 0usize;
-        let metadata = layout.metadata_dir();
+    /// Reads every record on disk into the index, then removes orphaned content and evicts
+    /// what the bounds ask for. A store of up to [`READ_IN_BEFORE_SERVING`] records is read in
+    /// before this returns; a larger one on a thread of its own while requests are served.
+    /// Until that is done, a key the index does not know is looked up on disk, as always;
+    /// see [`Index::is_loading`] for what waits.
+    fn start_reading_in(self: &Arc<Self>, leftovers: usize) -> Result<()> {
+        let started = Instant::now();
+        let metadata = self.layout.metadata_dir();
+        let mut listing = fs::read_dir(&metadata).map_err(|e| Error::io(e, &metadata))?;
         let mut records = Vec::new();
-        for item in fs::read_dir(&metadata).map_err(|e| Error::io(e, &metadata))? {
+        let limit = self.options.read_in_before_serving;
+        if self.list_records(&mut listing, &mut records, Some(limit + 1))? <= limit {
+            self.read_records_in(started, leftovers, records)?;
+            self.read_in.send_replace(ReadIn::Done);
+            return Ok(());
+        }
+        crate::log::info_event!(dir = %metadata.display(),
+            "serving while the records are read in");
+        let opened = Arc::clone(self);
+        let work = move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                opened.list_records(&mut listing, &mut records, None)?;
+                opened.read_records_in(started, leftovers, records)
+            }));
+            let state = match outcome {
+                Ok(Ok(())) => ReadIn::Done,
+                Ok(Err(e)) => ReadIn::Failed(e.to_string()),
+                Err(_) => ReadIn::Failed("reading the records in panicked".into()),
+            };
+            if let ReadIn::Failed(why) = &state {
+                crate::log::error_event!(dir = %opened.layout.metadata_dir().display(), %why,
+                    "the records could not be read in: entries are served, but no content is \
+                     removed and nothing is evicted until the store is opened again");
+            }
+            opened.read_in.send_replace(state);
+        };
+        std::thread::Builder::new()
+            .name("http-cache-streaming-open".into())
+            .spawn(work)
+            .map(drop)
+            .map_err(|e| Error::new(ErrorKind::Io).with_source(e))
+    }
+
+    /// Adds the record files `listing` names, by key hash, to `records`: all of them, or until
+    /// it holds `up_to`. Returns how many it holds.
+    fn list_records(
+        &self,
+        listing: &mut fs::ReadDir,
+        records: &mut Vec<(Hash32, PathBuf)>,
+        up_to: Option<usize>,
+    ) -> Result<usize> {
+        let metadata = self.layout.metadata_dir();
+        while up_to.is_none_or(|n| records.len() < n) {
+            let Some(item) = listing.next() else {
+                break;
+            };
             let item = item.map_err(|e| Error::io(e, &metadata))?;
             let name = item.file_name();
             if let Some(key_hash) = name
@@ -923,6 +1019,17 @@ impl Opened {
                 records.push((key_hash, item.path()));
             }
         }
+        Ok(records.len())
+    }
+
+    fn read_records_in(
+        &self,
+        started: Instant,
+        leftovers: usize,
+        records: Vec<(Hash32, PathBuf)>,
+    ) -> Result<()> {
+        let mut dropped = 0usize;
+        let metadata = self.layout.metadata_dir();
         // Reading records is a file open and read each: spread over the cores.
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
@@ -942,8 +1049,8 @@ impl Opened {
                     })
                 })
                 .collect();
-            // A reader that failed leaves reference counts unknown: better no store than a
-            // store that might unlink content a record still names.
+            // A reader that failed leaves reference counts unknown: better no removals than
+            // removing content a record still names.
             let mut all = Vec::with_capacity(records.len());
             for reader in readers {
                 all.extend(reader.join().ok()?);
@@ -953,46 +1060,92 @@ impl Opened {
         let summaries = summaries.ok_or_else(|| {
             Error::new(ErrorKind::Io).with_subject(format!("reading {}", metadata.display()))
         })?;
-        for (key_hash, path, summary) in summaries {
-            match summary {
-                Ok(Some((summary, stamp))) => {
-                    let (digest, length) = (summary.digest, summary.length);
-                    index.insert_summary(key_hash, digest, length, stamp, summary.stored_at);
-                }
-                Ok(None) => {}
-                Err(ReadFailure::Unusable(why)) => {
-                    crate::log::warn_event!(path = %path.display(), %why, "removing unusable record");
-                    let _ = remove_if_present(path);
-                    dropped += 1;
-                }
-                Err(ReadFailure::Unavailable(e)) => {
-                    // Its content would look orphaned: better no store than lost entries.
-                    return Err(Error::io(e, path));
+        #[cfg(test)]
+        if let Some(gate) = &self.options.read_in_gate {
+            gate.wait();
+        }
+        // In batches, so that requests get the index lock in between.
+        let mut summaries = summaries.into_iter().peekable();
+        while summaries.peek().is_some() {
+            let mut index = self.index();
+            for (key_hash, path, summary) in summaries.by_ref().take(4096) {
+                match summary {
+                    Ok(Some((summary, stamp))) => {
+                        let (digest, length) = (summary.digest, summary.length);
+                        index.insert_summary(key_hash, digest, length, stamp, summary.stored_at);
+                    }
+                    Ok(None) => {}
+                    // Unless a write replaced it meanwhile (records are installed under the
+                    // index lock, which is held here).
+                    Err(ReadFailure::Unusable(why)) if !index.is_newer(key_hash) => {
+                        crate::log::warn_event!(path = %path.display(), %why, "removing unusable record");
+                        let _ = remove_if_present(path);
+                        dropped += 1;
+                    }
+                    Err(ReadFailure::Unusable(_)) => {}
+                    Err(ReadFailure::Unavailable(e)) => {
+                        // Its content would look orphaned: no removals rather than lost entries.
+                        return Err(Error::io(e, path));
+                    }
                 }
             }
         }
-        let content = layout.content_dir();
-        let orphans = gc::sweep_orphans(&content, |d| index.refs(d) > 0)
-            .map_err(|e| Error::io(e, &content))?;
+        {
+            let mut index = self.index();
+            for digest in index.finish_loading() {
+                let _ = remove_if_present(&self.layout.content_path(digest));
+            }
+        }
+        let content = self.layout.content_dir();
+        let orphans = gc::sweep_orphans(
+            &content,
+            |digest| self.index().refs(digest) > 0,
+            |digest, path| {
+                // Under the index lock: a commit installs content under it too.
+                let index = self.index();
+                index.refs(digest) == 0 && fs::remove_file(path).is_ok()
+            },
+        )
+        .map_err(|e| Error::io(e, &content))?;
         crate::log::info_event!(
-            dir = %layout.metadata_dir().display(),
-            entries = index.len(),
+            dir = %self.layout.metadata_dir().display(),
+            entries = self.index().len(),
             leftovers, dropped, orphans,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "cache opened"
         );
-        let opened = Opened {
-            layout,
-            options,
-            scratch,
-            index: Mutex::new(index),
-            evictions: std::sync::atomic::AtomicU64::new(0),
-            access_log: Mutex::new(None),
-            access_log_lines: std::sync::atomic::AtomicU64::new(0),
-        };
-        opened.read_access_log();
-        opened.evict_if_needed();
-        Ok(opened)
+        self.read_access_log();
+        self.evict_if_needed();
+        Ok(())
+    }
+
+    /// While the records are being read in, reads in the one of `key_hash` ahead of the rest,
+    /// before it is replaced or removed: so that the content it names counts as used by it,
+    /// and is unlinked when no other record names it.
+    fn read_in_key(&self, index: &mut Index, key_hash: Hash32) {
+        if index.is_loading()
+            && !index.is_newer(key_hash)
+            && let Ok(Some((summary, stamp))) =
+                read_summary(&self.layout.record_path(key_hash), key_hash)
+        {
+            let (digest, length) = (summary.digest, summary.length);
+            index.insert_summary(key_hash, digest, length, stamp, summary.stored_at);
+        }
+    }
+
+    /// Waits until the records on disk are read in (for what needs every entry counted).
+    async fn read_in(&self) -> Result<()> {
+        let mut state = self.read_in.subscribe();
+        let state = state
+            .wait_for(|state| *state != ReadIn::Running)
+            .await
+            .map(|state| state.clone())
+            .unwrap_or(ReadIn::Failed("the store was dropped".into()));
+        match state {
+            ReadIn::Failed(why) => Err(Error::new(ErrorKind::Io)
+                .with_subject(format!("reading the records in failed: {why}"))),
+            _ => Ok(()),
+        }
     }
 
     /// Turns a hit into the response a lookup returns.
@@ -1252,6 +1405,7 @@ impl Opened {
         stamp: Stamp,
     ) -> Result<()> {
         let path = self.layout.record_path(key_hash);
+        self.read_in_key(index, key_hash);
         temp.persist(&path).map_err(|e| Error::io(e, &path))?;
         if let Some(unused) = index.insert(key_hash, entry, stamp) {
             let path = self.layout.content_path(unused);
@@ -1422,6 +1576,7 @@ impl Opened {
         if expected.is_some() && current.is_some() && current != expected {
             return;
         }
+        self.read_in_key(&mut index, key_hash);
         let _ = remove_if_present(&self.layout.record_path(key_hash));
         if let Some(unused) = index.remove(key_hash) {
             let _ = remove_if_present(&self.layout.content_path(unused));
@@ -1440,6 +1595,7 @@ impl Opened {
 
     fn delete(&self, key_hash: Hash32) -> Result<()> {
         let mut index = self.index();
+        self.read_in_key(&mut index, key_hash);
         let record = self.layout.record_path(key_hash);
         remove_if_present(&record).map_err(|e| Error::io(e, &record))?;
         if let Some(unused) = index.remove(key_hash) {
@@ -1575,4 +1731,73 @@ fn read_as<T>(
         ));
     }
     Ok(Some((decoded, Stamp::of(&meta))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    fn response(body: &'static str) -> Response<Full<Bytes>> {
+        Response::builder()
+            .header("cache-control", "max-age=3600")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    }
+
+    async fn put(manager: &StreamingManager, key: &str, body: &'static str) {
+        let request = http::Request::get("http://example.com/").body(()).unwrap();
+        let policy = CachePolicy::new(&request, &response(body));
+        let url = Url::parse("http://example.com/").unwrap();
+        let stored = manager.put(key.into(), response(body), policy, url).await;
+        stored.unwrap().into_body().collect().await.unwrap();
+    }
+
+    async fn read(manager: &StreamingManager, key: &str) -> Option<Bytes> {
+        let (response, _) = manager.get(key).await.unwrap()?;
+        Some(response.into_body().collect().await.unwrap().to_bytes())
+    }
+
+    fn content_files(dir: &Path) -> usize {
+        fs::read_dir(dir.join("cache-v2/content")).unwrap().count()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_is_served_while_its_records_are_read_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = StreamingManager::new(dir.path().to_path_buf());
+        put(&manager, "GET:shared-1", "shared").await;
+        put(&manager, "GET:shared-2", "shared").await;
+        put(&manager, "GET:replaced", "old").await;
+        put(&manager, "GET:deleted", "alone").await;
+        put(&manager, "GET:kept", "kept").await;
+        assert_eq!(content_files(dir.path()), 4);
+        drop(manager);
+
+        // Reopened as a large store would be: the records are read in on a thread, held
+        // until the checks below are done.
+        let gate = Arc::new(std::sync::Barrier::new(2));
+        let mut builder = StreamingManager::builder(dir.path());
+        builder.options.read_in_before_serving = 0;
+        builder.options.read_in_gate = Some(Arc::clone(&gate));
+        let manager = builder.build();
+        assert_eq!(read(&manager, "GET:kept").await.unwrap(), "kept");
+        manager.delete("GET:shared-1").await.unwrap();
+        manager.delete("GET:deleted").await.unwrap();
+        put(&manager, "GET:replaced", "new").await;
+        assert_eq!(read(&manager, "GET:replaced").await.unwrap(), "new");
+        assert_eq!(read(&manager, "GET:deleted").await, None);
+        // Nothing is unlinked yet: the counts are not whole.
+        assert_eq!(content_files(dir.path()), 5);
+        let reading = tokio::task::spawn_blocking(move || gate.wait());
+
+        let stats = manager.stats().await.unwrap();
+        reading.await.unwrap();
+        assert_eq!(stats.entries, 3, "shared-2, replaced, kept");
+        // "alone" and "old" are gone; "shared" stays for shared-2.
+        assert_eq!(content_files(dir.path()), 3);
+        assert_eq!(read(&manager, "GET:shared-2").await.unwrap(), "shared");
+        assert_eq!(read(&manager, "GET:shared-1").await, None);
+        assert_eq!(read(&manager, "GET:replaced").await.unwrap(), "new");
+    }
 }
