@@ -59,8 +59,9 @@ pub(crate) fn read_pooled(file: &File, offset: u64, len: usize) -> io::Result<By
     Ok(Bytes::from_owner(Pooled { buf, start, len }))
 }
 
-/// Where the bytes of a pooled buffer start.
-const ALIGN: usize = 4096;
+/// Where the bytes of a pooled buffer start (and of other buffers the page cache is copied
+/// into).
+pub(crate) const ALIGN: usize = 4096;
 
 /// Reads shorter than this take a buffer of their own.
 const POOLED_FROM: usize = 64 * 1024;

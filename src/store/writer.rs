@@ -123,7 +123,6 @@ struct Trail {
     abandoned: AtomicBool,
 }
 
-#[derive(Default)]
 struct TrailState {
     /// Bytes in the file.
     written: u64,
@@ -138,7 +137,12 @@ impl Trail {
 
     /// Hashes `file` from `hashed` on, as far as it is written, until its end.
     fn follow(&self, file: &File, mut hasher: Sha256, mut hashed: u64) -> io::Result<Sha256> {
-        let mut buf = vec![0u8; HASH_READ];
+        let mut buffer = vec![0u8; HASH_READ + super::reader::ALIGN];
+        let start = buffer
+            .as_ptr()
+            .align_offset(super::reader::ALIGN)
+            .min(super::reader::ALIGN);
+        let buf = &mut buffer[start..start + HASH_READ];
         loop {
             let (written, end) = {
                 let mut state = self.state();
