@@ -854,6 +854,8 @@ impl StreamingManager {
     }
 
     /// Removes every entry and content file. Writes under way are not committed afterwards.
+    /// Right after a store of more than 10 000 records is opened, this waits until they are
+    /// all read in.
     pub async fn clear(&self) -> Result<()> {
         let opened = self.opened().await?;
         opened.read_in().await?;
@@ -861,7 +863,8 @@ impl StreamingManager {
         blocking(move || opened.clear()).await
     }
 
-    /// What the store holds now.
+    /// What the store holds now. Right after a store of more than 10 000 records is opened,
+    /// this waits until they are all read in (requests are served meanwhile).
     pub async fn stats(&self) -> Result<StoreStats> {
         let opened = self.opened().await?;
         opened.read_in().await?;
