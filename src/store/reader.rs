@@ -283,6 +283,13 @@ impl ChunkReader {
             self.remaining = 0;
             return Poll::Ready(Some(Err(self.failure(e))));
         }
+        if popped.is_none() && !state.running && state.unread == 0 {
+            // Everything read is handed out, yet bytes are owed: an error, never a hang.
+            drop(state);
+            self.remaining = 0;
+            let short = Error::new(ErrorKind::Io).with_subject("content read ended early");
+            return Poll::Ready(Some(Err(short)));
+        }
         let start = !state.running && state.unread > 0 && state.failed.is_none();
         if popped.is_none() {
             match &mut state.waker {
