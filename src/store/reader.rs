@@ -52,11 +52,16 @@ pub(crate) fn read_pooled(file: &File, offset: u64, len: usize) -> io::Result<By
         return read_chunk(file, offset, len);
     }
     let mut buf = take_buffer(len);
-    // Reads into a page-aligned start: copying from the page cache to an address 16 bytes
-    // past a page boundary (where a large allocation starts) ran at half the speed here.
-    let start = buf.as_ptr().align_offset(ALIGN).min(ALIGN);
+    let start = page_start(&buf);
     read_exact_at(file, &mut buf[start..start + len], offset)?;
     Ok(Bytes::from_owner(Pooled { buf, start, len }))
+}
+
+/// Where a page boundary is in `buf` (which has [`ALIGN`] bytes of room for it). Reads go
+/// there: copying from the page cache to an address 16 bytes past a page boundary (where a
+/// large allocation starts) ran at half the speed here.
+pub(crate) fn page_start(buf: &[u8]) -> usize {
+    buf.as_ptr().align_offset(ALIGN).min(ALIGN)
 }
 
 /// Where the bytes of a pooled buffer start (and of other buffers the page cache is copied

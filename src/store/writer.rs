@@ -138,10 +138,7 @@ impl Trail {
     /// Hashes `file` from `hashed` on, as far as it is written, until its end.
     fn follow(&self, file: &File, mut hasher: Sha256, mut hashed: u64) -> io::Result<Sha256> {
         let mut buffer = vec![0u8; HASH_READ + super::reader::ALIGN];
-        let start = buffer
-            .as_ptr()
-            .align_offset(super::reader::ALIGN)
-            .min(super::reader::ALIGN);
+        let start = super::reader::page_start(&buffer);
         let buf = &mut buffer[start..start + HASH_READ];
         loop {
             let (written, end) = {
