@@ -40,6 +40,9 @@ enum Kind {
     Tee {
         inner: UnsyncBoxBody<Bytes, BoxError>,
         sink: Option<TeeSink>,
+        /// Already handed to a task of its own to be read to its end: dropped again, it gives
+        /// the entry up instead of handing itself off once more.
+        detached: bool,
     },
     Pass {
         inner: UnsyncBoxBody<Bytes, BoxError>,
@@ -177,10 +180,14 @@ impl StreamingBody {
 
     pub(crate) fn tee(inner: UnsyncBoxBody<Bytes, BoxError>, sink: Option<TeeSink>) -> Self {
         let mut body = StreamingBody {
-            kind: Kind::Tee { inner, sink },
+            kind: Kind::Tee {
+                inner,
+                sink,
+                detached: false,
+            },
         };
         // A body that is over before it starts may never be polled: end the entry now.
-        if let Kind::Tee { inner, sink } = &mut body.kind
+        if let Kind::Tee { inner, sink, .. } = &mut body.kind
             && inner.is_end_stream()
             && let Some(sink) = sink.take()
         {
@@ -354,7 +361,7 @@ impl Body for StreamingBody {
                     .map(Ok),
             ),
             Kind::Pass { inner } => Pin::new(inner).poll_frame(cx).map_err(Error::body),
-            Kind::Tee { inner, sink } => poll_tee(inner, sink, cx),
+            Kind::Tee { inner, sink, .. } => poll_tee(inner, sink, cx),
             Kind::Follow { reader } => reader
                 .poll_chunk(cx)
                 .map(|chunk| chunk.map(|c| c.map(Frame::data))),
@@ -421,33 +428,53 @@ impl Body for StreamingBody {
 
 impl Drop for StreamingBody {
     /// A tee that others follow is read to its end even when its own client goes away, on a
-    /// task of its own, so that the followers and the store still get the whole body.
+    /// task of its own, so that the followers and the store still get the whole body. That
+    /// hand-off happens once: a body dropped by its background task (a runtime that shuts
+    /// down drops new and running tasks alike) gives its entry up, so nothing partial is
+    /// committed and the drop never recurses.
     fn drop(&mut self) {
-        if let Kind::Tee { inner, sink } = &mut self.kind
-            && sink.as_ref().is_some_and(TeeSink::wanted)
-            && crate::rt::available()
-        {
-            let inner = std::mem::replace(inner, boxed(http_body_util::Empty::new()));
-            let body = StreamingBody {
-                kind: Kind::Tee {
-                    inner,
-                    sink: sink.take(),
-                },
-            };
-            crate::rt::spawn(async move {
-                use http_body_util::BodyExt as _;
-                let mut body = std::pin::pin!(body);
-                // Until the store has what it wants, or gives up on it (a body too large).
-                while body.is_storing()
-                    && let Some(Ok(_)) = body.frame().await
-                {}
-            });
-        } else if let Kind::Tee { sink, .. } = &mut self.kind
-            && let Some(sink) = sink.take()
-        {
+        let Kind::Tee {
+            inner,
+            sink,
+            detached,
+        } = &mut self.kind
+        else {
+            return;
+        };
+        let Some(sink) = sink.take() else {
+            return;
+        };
+        if *detached || !sink.wanted() || !crate::rt::available() {
             sink.abandon();
+            return;
         }
+        let inner = std::mem::replace(inner, boxed(http_body_util::Empty::new()));
+        complete_in_background(StreamingBody {
+            kind: Kind::Tee {
+                inner,
+                sink: Some(sink),
+                detached: false,
+            },
+        });
     }
+}
+
+/// Reads `body` to its end on a task of its own, for the store and whoever follows its fill,
+/// and stops early once the store has what it wants or gives up on it (a body too large).
+/// When no task can be started, or the task is dropped before it ends (a runtime shutting
+/// down), the body is dropped as it is and its entry given up. `false`: there was no runtime
+/// to start the task on.
+pub(crate) fn complete_in_background(mut body: StreamingBody) -> bool {
+    if let Kind::Tee { detached, .. } = &mut body.kind {
+        *detached = true;
+    }
+    crate::rt::spawn(async move {
+        use http_body_util::BodyExt as _;
+        let mut body = std::pin::pin!(body);
+        while body.is_storing()
+            && let Some(Ok(_)) = body.frame().await
+        {}
+    })
 }
 
 fn poll_tee(

@@ -1443,12 +1443,7 @@ impl Pending {
             return teed;
         };
         let (mut head, body) = teed.into_parts();
-        let spawned = crate::rt::spawn(async move {
-            use http_body_util::BodyExt as _;
-            let mut body = std::pin::pin!(body);
-            while let Some(Ok(_)) = body.frame().await {}
-        });
-        if !spawned {
+        if !crate::body::complete_in_background(body) {
             return Response::from_parts(head, StreamingBody::empty());
         }
         if len == 0 {
