@@ -447,9 +447,10 @@ impl HttpStreamingCache {
         })
     }
 
-    /// Removes what is stored for `url` (every variant of its GET, which HEAD shares). The
-    /// key is computed as for a request, with the custom `cache_key` when there is one.
-    pub async fn purge(&self, url: &str) -> crate::Result<()> {
+    /// Removes what is stored for `url` (every variant of its GET, which HEAD shares), and
+    /// says whether anything was. The key is computed as for a request, with the custom
+    /// `cache_key` when there is one.
+    pub async fn purge(&self, url: &str) -> crate::Result<bool> {
         let request = Request::get(url).body(()).map_err(|e| {
             crate::Error::new(crate::ErrorKind::InvalidInput)
                 .with_subject(url.to_owned())
@@ -460,12 +461,14 @@ impl HttpStreamingCache {
     }
 
     /// Removes what is stored under `key`: the response, or the variant list and the
-    /// variants it names.
-    async fn remove(&self, key: &str) -> crate::Result<()> {
-        if let Some(list) = self.manager.stored_headers(key).await {
-            self.remove_variants(key, &list).await?;
+    /// variants it names. `true` when something was stored.
+    async fn remove(&self, key: &str) -> crate::Result<bool> {
+        let stored = self.manager.stored_headers(key).await;
+        if let Some(list) = &stored {
+            self.remove_variants(key, list).await?;
         }
-        self.manager.delete(key).await
+        self.manager.delete(key).await?;
+        Ok(stored.is_some())
     }
 
     /// Removes the variants a variant list record (`list`, under `key`) names.
@@ -648,6 +651,15 @@ impl HttpStreamingCache {
             // The origin may answer for the Host header's site while the key names the
             // URI's: storing that answer would serve it to the URI's users.
             crate::log::debug_event!(uri = %parts.uri, "Host differs from the URI's authority: not cached");
+            CacheMode::NoStore
+        } else if !key::authority_is_valid(&parts) {
+            // No key is made of what is not a site's name: passed through, never stored,
+            // and no stored entry is invalidated by it.
+            crate::log::debug_event!(uri = %parts.uri, "no valid authority or Host: not cached");
+            CacheMode::NoStore
+        } else if key::is_fat_read(&parts) {
+            // An origin may answer a GET by its body, which the key does not name.
+            crate::log::debug_event!(uri = %parts.uri, "a GET or HEAD with a body: not cached");
             CacheMode::NoStore
         } else {
             self.mode(&parts)
@@ -1221,8 +1233,8 @@ impl Pending {
             for name in [header::LOCATION, header::CONTENT_LOCATION] {
                 let targets = response.headers().get_all(name).iter();
                 for target in targets.filter_map(|v| v.to_str().ok()) {
-                    if let Some(key) = key::same_origin_key(&self.request, target) {
-                        cache.delete(&key).await;
+                    if let Some(get) = key::same_origin_get(&self.request, target) {
+                        cache.delete(&cache.key(&get)).await;
                     }
                 }
             }
@@ -1266,8 +1278,17 @@ impl Pending {
         } = *stale;
         let (stored_parts, stored_body) = stored.into_parts();
         let mut merged = stored_parts.headers.clone();
+        // What the 304 says to the client that caused it alone: in a shared cache a cookie
+        // set on one user's revalidation would be replayed to every user.
+        let mut to_client_only = HeaderMap::new();
         for name in fresh_parts.headers.keys() {
-            if KEPT_ON_REVALIDATION.contains(name) || is_hop_by_hop(name) || *name == VARIANTS {
+            if KEPT_ON_REVALIDATION.contains(name) || is_hop_by_hop(name) || is_internal(name) {
+                continue;
+            }
+            if cache.options.shared && *name == header::SET_COOKIE {
+                for value in fresh_parts.headers.get_all(name) {
+                    to_client_only.append(name.clone(), value.clone());
+                }
                 continue;
             }
             merged.remove(name);
@@ -1285,11 +1306,19 @@ impl Pending {
             cache.options.semantics(),
         );
         let status = "fwd=stale; fwd-status=304".to_owned();
-        match cache
-            .manager
-            .update_headers(&stored_key, merged, policy.clone())
-            .await
-        {
+        // Freshened headers the storing rules refuse (a 304 that makes the response
+        // `private` or `no-store` for this cache) are served, and the entry goes.
+        let storable = policy.is_storable() && !shared_cookie(cache.options.shared, &merged);
+        let updated = if storable || self.mode == CacheMode::IgnoreRules {
+            cache
+                .manager
+                .update_headers(&stored_key, merged, policy.clone())
+                .await
+        } else {
+            cache.delete(&stored_key).await;
+            Ok(None)
+        };
+        let mut response = match updated {
             Ok(Some((response, policy))) => {
                 if let Some(leader) = leader {
                     // Those waiting on this revalidation find the refreshed entry.
@@ -1312,7 +1341,11 @@ impl Pending {
                     status,
                 )
             }
+        };
+        for (name, value) in &to_client_only {
+            response.headers_mut().append(name, value.clone());
         }
+        response
     }
 
     /// A response from the origin: tee'd into the store when it may be stored, else passed.
@@ -1331,15 +1364,14 @@ impl Pending {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(VARIANTS);
+        parts.headers.remove(STORED_VARIANTS);
         let response = Response::from_parts(parts, body);
         let now = cache.now();
         let options = cache.options.semantics();
         let status = response.status();
         // A shared cache that stored a Set-Cookie would hand one user's cookie to the next,
         // unless the origin said the response is public.
-        let sets_cookie = cache.options.shared
-            && response.headers().contains_key(header::SET_COOKIE)
-            && !has_directive(response.headers(), "public");
+        let sets_cookie = shared_cookie(cache.options.shared, response.headers());
         let storable = self.request.method == Method::GET
             && status != StatusCode::PARTIAL_CONTENT
             && (!sets_cookie || self.mode == CacheMode::IgnoreRules)
@@ -1538,6 +1570,19 @@ fn names_as_vary(names: &[HeaderName]) -> HeaderMap {
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name.as_str())
+}
+
+/// Whether a shared cache must not store a response with `headers`: it sets a cookie and
+/// the origin did not say it is public, so storing it would hand one user's cookie to the
+/// next.
+fn shared_cookie(shared: bool, headers: &HeaderMap) -> bool {
+    shared && headers.contains_key(header::SET_COOKIE) && !has_directive(headers, "public")
+}
+
+/// Whether `name` is one of the headers the cache keeps in its own records (a variant
+/// list's generation and members): never taken from an origin's response.
+fn is_internal(name: &HeaderName) -> bool {
+    *name == VARIANTS || *name == STORED_VARIANTS
 }
 
 /// Removes the headers that describe one connection, including those `Connection` names.

@@ -53,6 +53,88 @@ pub(crate) fn host_conflict(parts: &Parts) -> bool {
     })
 }
 
+/// Whether the request names its site by a valid authority, the only kind that may reach a
+/// key: the URI's authority, else exactly one `Host` header, each a host of letters, digits,
+/// `-`, `.`, `_` and `~` (or a bracketed IPv6 address) with an optional port, and no user
+/// information. A `Host` of `victim.example/static` would otherwise store one path under
+/// another's key, and `a@b` or `a\b` name one site to the cache and another to an origin.
+pub(crate) fn authority_is_valid(parts: &Parts) -> bool {
+    match parts.uri.authority() {
+        Some(authority) => is_valid_authority(authority.as_str().as_bytes()),
+        None => {
+            let mut hosts = parts.headers.get_all(HOST).iter();
+            match (hosts.next(), hosts.next()) {
+                (Some(host), None) => is_valid_authority(host.as_bytes()),
+                _ => false,
+            }
+        }
+    }
+}
+
+/// Whether `authority` (a `Host` header's value, or a URI's authority) is one the cache makes
+/// keys of: `host[:port]` (RFC 9110 §7.2) with the host a name of letters, digits, `-`, `.`,
+/// `_` and `~` (RFC 3986 §3.2.2 without percent-encoding or sub-delimiters, which no DNS
+/// name has) or a bracketed IPv6 address, and the port at most five digits. No user
+/// information, no `/`, `\`, `@`, space or control byte.
+///
+/// The layer passes a request whose authority fails this through uncached; a server in
+/// front of the layer (a reverse proxy) can answer it `400 Bad Request` instead:
+///
+/// ```
+/// use http_cache_streaming::is_valid_authority;
+/// assert!(is_valid_authority(b"example.com:8080"));
+/// assert!(!is_valid_authority(b"victim.example/static"));
+/// assert!(!is_valid_authority(b"user@example.com"));
+/// ```
+pub fn is_valid_authority(authority: &[u8]) -> bool {
+    let (host, port) = if authority.first() == Some(&b'[') {
+        let Some(close) = authority.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &authority[1..close];
+        let is_literal = !literal.is_empty()
+            && literal.contains(&b':')
+            && literal
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+        if !is_literal {
+            return false;
+        }
+        (&authority[..=close], &authority[close + 1..])
+    } else {
+        match authority.iter().position(|&b| b == b':') {
+            Some(colon) => (&authority[..colon], &authority[colon..]),
+            None => (authority, &authority[authority.len()..]),
+        }
+    };
+    let host_ok = host.first() == Some(&b'[')
+        || (!host.is_empty()
+            && host
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')));
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    host_ok && port_ok
+}
+
+/// Whether a GET or HEAD says it carries a body (a "fat GET"): a non-zero `Content-Length`
+/// or any `Transfer-Encoding`. Such a request is neither answered from nor stored in the
+/// cache, since an origin may answer it by its body, which no key names.
+pub(crate) fn is_fat_read(parts: &Parts) -> bool {
+    if parts.method != Method::GET && parts.method != Method::HEAD {
+        return false;
+    }
+    parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .any(|length| length.as_bytes().iter().any(|&b| b != b'0'))
+}
+
 /// The header names a response's `Vary` lists, lowercased, sorted and deduplicated. `None`
 /// for `Vary: *`, which no request matches.
 pub(crate) fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
@@ -109,9 +191,9 @@ pub(crate) fn variant_digest(names: &[HeaderName], request: &HeaderMap) -> Strin
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Resolves a `Location` or `Content-Location` value against the request URI, returning the
-/// primary GET key of the target when it is on the same origin.
-pub(crate) fn same_origin_key(parts: &Parts, location: &str) -> Option<String> {
+/// Resolves a `Location` or `Content-Location` value against the request URI, returning a
+/// GET of the target, to be keyed as any request is, when it is on the same origin.
+pub(crate) fn same_origin_get(parts: &Parts, location: &str) -> Option<Parts> {
     let base = url::Url::parse(&effective_uri(parts)).ok()?;
     let target = base.join(location).ok()?;
     if target.origin() != base.origin() {
@@ -122,7 +204,7 @@ pub(crate) fn same_origin_key(parts: &Parts, location: &str) -> Option<String> {
     if let Some(host) = parts.headers.get(HOST) {
         request.headers_mut().insert(HOST, host.clone());
     }
-    Some(primary_key(&request.into_parts().0))
+    Some(request.into_parts().0)
 }
 
 #[cfg(test)]
@@ -147,6 +229,57 @@ mod tests {
         assert_eq!(primary_key(&server), "GET:http://example.com/a?b=1");
         let post = parts(Request::post("http://x/").body(()).unwrap());
         assert_eq!(primary_key(&post), "POST:http://x/");
+    }
+
+    #[test]
+    fn only_host_and_port_make_a_valid_authority() {
+        for good in [
+            "example.com",
+            "Example.COM:8080",
+            "127.0.0.1:3000",
+            "[::1]:443",
+            "[2001:db8::1]",
+            "a_b~c-d.example",
+            "localhost:",
+        ] {
+            assert!(is_valid_authority(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            ":80",
+            "victim.example/static",
+            "user@victim.example",
+            "a\\b",
+            "a b",
+            "a\tb",
+            "a\x00b",
+            "a\x7fb",
+            "example.com:80:80",
+            "example.com:http",
+            "example.com:123456",
+            "[::1",
+            "[]",
+            "[example.com]",
+            "[::1]x",
+            "%65xample.com",
+            "a,b",
+            "é.example",
+        ] {
+            assert!(!is_valid_authority(bad.as_bytes()), "{bad:?}");
+        }
+        let with_host = |hosts: &[&str]| {
+            let mut request = Request::get("/x");
+            for host in hosts {
+                request = request.header("host", *host);
+            }
+            authority_is_valid(&parts(request.body(()).unwrap()))
+        };
+        assert!(with_host(&["example.com"]));
+        assert!(!with_host(&[]));
+        assert!(!with_host(&["example.com", "example.com"]));
+        assert!(!with_host(&["victim.example/static"]));
+        let absolute = parts(Request::get("http://user@example.com/").body(()).unwrap());
+        assert!(!authority_is_valid(&absolute));
     }
 
     #[test]
@@ -192,14 +325,15 @@ mod tests {
                 .body(())
                 .unwrap(),
         );
+        let key = |location| same_origin_get(&post, location).map(|get| primary_key(&get));
         assert_eq!(
-            same_origin_key(&post, "/items/7").as_deref(),
+            key("/items/7").as_deref(),
             Some("GET:http://example.com/items/7")
         );
         assert_eq!(
-            same_origin_key(&post, "http://example.com/x").as_deref(),
+            key("http://example.com/x").as_deref(),
             Some("GET:http://example.com/x")
         );
-        assert_eq!(same_origin_key(&post, "https://other.example/x"), None);
+        assert_eq!(key("https://other.example/x"), None);
     }
 }

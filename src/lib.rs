@@ -94,6 +94,7 @@ pub use body::StreamingBody;
 pub use cache::{CacheStats, HttpCacheOptions, HttpStreamingCache};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use future::ResponseFuture;
+pub use key::is_valid_authority;
 pub use layer::HttpCacheStreamingLayer;
 pub use mode::CacheMode;
 pub use service::HttpCacheStreaming;
