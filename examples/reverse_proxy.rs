@@ -3,8 +3,9 @@
 //! ```text
 //! cargo run --release --example reverse_proxy -- \
 //!     --upstream http://127.0.0.1:8080 --listen 127.0.0.1:3000 --cache-dir ./proxy-cache \
-//!     [--private] [--timeout-secs 30] [--max-size BYTES] [--max-body-size BYTES]
-//!     [--s3-bucket NAME [--s3-endpoint URL]] [--allow-purge] [--quiet]
+//!     [--timeout-secs 30] [--max-size BYTES] [--max-body-size BYTES]
+//!     [--s3-bucket NAME [--s3-endpoint URL]] [--purge-token TOKEN] [--trust-forwarded]
+//!     [--quiet]
 //! ```
 //!
 //! It forwards every method, every end-to-end request and response header (repeated headers
@@ -18,12 +19,30 @@
 //! and region come from the usual `AWS_*` environment variables, and `--s3-endpoint` names
 //! an S3-compatible server instead of AWS. Each
 //! request is logged on one line with what the cache did (`--quiet` turns that off, for
-//! load tests). With `--allow-purge`, a `PURGE` request removes what is stored for its URL
-//! (`200`, never forwarded); without it, `PURGE` is forwarded like any other method.
+//! load tests).
+//!
+//! It is a shared cache in front of one upstream, and no client can change what another
+//! receives:
+//! - Entries are keyed on what is fetched: the upstream's scheme and authority, the path and
+//!   the query (as nginx's `$scheme$proxy_host$request_uri`), never the client's `Host`. A
+//!   request whose `Host` (or URI authority) is not a valid `host[:port]`, or that has several
+//!   `Host` headers, or none in HTTP/1.1, is answered `400`; `CONNECT` is answered `405`.
+//! - It adds `Via` to requests and responses, and the client's address to `X-Forwarded-For`
+//!   and `Forwarded`. Client-sent `Forwarded`, `X-Forwarded-Host`, `X-Forwarded-Proto` (and
+//!   the other `X-Forwarded-*`) are removed unless `--trust-forwarded` says the clients are
+//!   proxies of your own; headers that make an upstream serve another path or method
+//!   (`X-Original-URL`, `X-Rewrite-URL`, `X-HTTP-Method-Override`) are always removed.
+//! - With `--purge-token TOKEN`, `PURGE /path` with `Authorization: Bearer TOKEN` removes what
+//!   is stored for the path (`200`; `404` when nothing was; `401` without the token).
+//!   Without the flag `PURGE` is `405`. A `PURGE` is never forwarded.
+//! - There is no private mode: a proxy serves many users, and a private cache would serve one
+//!   user's private pages to the next (private mode is for a client's own cache, as in
+//!   `examples/hyper_client.rs`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,7 +51,8 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use http_cache_streaming::{
-    HttpCacheOptions, HttpCacheStreaming, HttpCacheStreamingLayer, StreamingManager,
+    HttpCacheOptions, HttpCacheStreaming, HttpCacheStreamingLayer, StreamingBody, StreamingManager,
+    is_valid_authority,
 };
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
@@ -48,19 +68,20 @@ struct Args {
     upstream: Uri,
     listen: SocketAddr,
     cache_dir: PathBuf,
-    private: bool,
     timeout: Duration,
     quiet: bool,
     max_size: Option<u64>,
     max_body_size: Option<u64>,
     s3_bucket: Option<String>,
     s3_endpoint: Option<String>,
-    allow_purge: bool,
+    purge_token: Option<String>,
+    trust_forwarded: bool,
 }
 
 const USAGE: &str = "usage: reverse_proxy --upstream http://HOST[:PORT] --listen ADDR:PORT \
-                     --cache-dir DIR [--private] [--timeout-secs N] [--max-size BYTES] [--max-body-size BYTES] \
-                     [--s3-bucket NAME [--s3-endpoint URL]] [--allow-purge] [--quiet]";
+                     --cache-dir DIR [--timeout-secs N] [--max-size BYTES] [--max-body-size BYTES] \
+                     [--s3-bucket NAME [--s3-endpoint URL]] [--purge-token TOKEN] \
+                     [--trust-forwarded] [--quiet]";
 
 /// A number of bytes given on the command line.
 fn bytes_arg(name: &str, value: &str) -> Result<u64, String> {
@@ -73,13 +94,13 @@ fn parse_args() -> Result<Args, String> {
     let mut upstream = None;
     let mut listen = None;
     let mut cache_dir = None;
-    let mut private = false;
     let mut quiet = false;
     let mut max_size = None;
     let mut max_body_size = None;
     let mut s3_bucket = None;
     let mut s3_endpoint = None;
-    let mut allow_purge = false;
+    let mut purge_token = None;
+    let mut trust_forwarded = false;
     let mut timeout = Duration::from_secs(30);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -88,9 +109,30 @@ fn parse_args() -> Result<Args, String> {
             "--upstream" => upstream = Some(value("--upstream")?),
             "--listen" => listen = Some(value("--listen")?),
             "--cache-dir" => cache_dir = Some(value("--cache-dir")?),
-            "--private" => private = true,
             "--quiet" => quiet = true,
-            "--allow-purge" => allow_purge = true,
+            "--trust-forwarded" => trust_forwarded = true,
+            "--purge-token" => {
+                let token = value(&arg)?;
+                if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err("--purge-token takes a token of visible ASCII characters".into());
+                }
+                purge_token = Some(token);
+            }
+            "--private" => {
+                return Err(
+                    "--private was removed: a proxy serves many users, and a private \
+                            cache keyed without the user serves one user's private pages to \
+                            the next"
+                        .into(),
+                );
+            }
+            "--allow-purge" => {
+                return Err(
+                    "--allow-purge was replaced by --purge-token TOKEN: a PURGE is \
+                            honoured with `Authorization: Bearer TOKEN` only"
+                        .into(),
+                );
+            }
             "--max-size" => max_size = Some(bytes_arg(&arg, &value(&arg)?)?),
             "--max-body-size" => max_body_size = Some(bytes_arg(&arg, &value(&arg)?)?),
             "--s3-bucket" => s3_bucket = Some(value(&arg)?),
@@ -127,14 +169,14 @@ fn parse_args() -> Result<Args, String> {
         upstream,
         listen,
         cache_dir,
-        private,
         timeout,
         quiet,
         max_size,
         max_body_size,
         s3_bucket,
         s3_endpoint,
-        allow_purge,
+        purge_token,
+        trust_forwarded,
     })
 }
 
@@ -328,10 +370,12 @@ async fn run(args: Args) -> Result<(), Error> {
         manager = manager.shared_tier(s3_tier(bucket, args.s3_endpoint.as_deref())?);
     }
     let manager = manager.build();
-    let options = HttpCacheOptions::default().shared(!args.private);
     let Some(authority) = args.upstream.authority().cloned() else {
         return Err("the upstream has no host".into());
     };
+    let options = HttpCacheOptions::default()
+        .shared(true)
+        .cache_key(upstream_key(&authority));
     let upstream = Upstream {
         client: Client::builder(TokioExecutor::new()).build_http(),
         authority,
@@ -343,12 +387,12 @@ async fn run(args: Args) -> Result<(), Error> {
 
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!(
-        "proxying http://{} -> {} (cache in {}, {} cache)",
+        "proxying http://{} -> {} (cache in {})",
         listener.local_addr()?,
         args.upstream,
         args.cache_dir.display(),
-        if args.private { "private" } else { "shared" }
     );
+    let purge_token: Option<Arc<str>> = args.purge_token.as_deref().map(Arc::from);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -358,15 +402,25 @@ async fn run(args: Args) -> Result<(), Error> {
             }
         };
         let service = service.clone();
-        let (quiet, allow_purge) = (args.quiet, args.allow_purge);
+        let (quiet, trust_forwarded) = (args.quiet, args.trust_forwarded);
+        let purge_token = purge_token.clone();
         tokio::spawn(async move {
-            let per_request = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let per_request = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 let service = service.clone();
+                let purge_token = purge_token.clone();
                 async move {
-                    if allow_purge && request.method().as_str() == "PURGE" {
-                        return Ok(purge(&service, &request).await);
+                    if let Some(refused) = refuse(&request) {
+                        return Ok::<_, Infallible>(refused);
                     }
-                    log_request(service, request, quiet).await
+                    if request.method().as_str() == "PURGE" {
+                        return Ok(purge(&service, &request, purge_token.as_deref()).await);
+                    }
+                    forwarded_for(&mut request, peer, trust_forwarded);
+                    let mut response = log_request(service, request, quiet).await?;
+                    response
+                        .headers_mut()
+                        .append(header::VIA, HeaderValue::from_static(VIA_1_1));
+                    Ok(response)
                 }
             });
             let connection = auto::Builder::new(TokioExecutor::new());
@@ -411,32 +465,181 @@ fn s3_tier(
         .into())
 }
 
-/// Removes what the cache holds for the request's URL.
+/// Removes what the cache holds for the request's path, for a client that shows the purge
+/// token: `200` when something was stored, `404` when nothing was, `401` without the token,
+/// `405` when purging is off. Failures are logged; the reply names no local path.
 async fn purge(
     service: &HttpCacheStreaming<Upstream>,
     request: &Request<Incoming>,
-) -> Response<http_cache_streaming::StreamingBody> {
-    // Keys are made from the URL as the client asked for it, Host included.
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
+    token: Option<&str>,
+) -> Response<StreamingBody> {
     let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    let url = format!("http://{host}{path}");
-    let (status, message) = match service.cache().purge(&url).await {
-        Ok(()) => (StatusCode::OK, format!("purged {url}\n")),
-        Err(error) => (
-            StatusCode::BAD_REQUEST,
-            format!("cannot purge {url}: {error}\n"),
-        ),
+    let Some(token) = token else {
+        let mut response = text_response(StatusCode::METHOD_NOT_ALLOWED, "purging is off\n");
+        response.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE"),
+        );
+        return response;
     };
-    println!("PURGE {url} -> {}", status.as_u16());
-    let mut response = Response::new(http_cache_streaming::StreamingBody::from_bytes(
-        Bytes::from(message),
-    ));
+    let shown = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    if !shown.is_some_and(|shown| same_secret(shown, token.as_bytes())) {
+        println!("PURGE {path} -> 401");
+        let mut response = text_response(StatusCode::UNAUTHORIZED, "a purge token is needed\n");
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    // The key names the upstream and the path, whatever the URL's host here.
+    let url = format!("http://purge{path}");
+    let (status, message) = match service.cache().purge(&url).await {
+        Ok(true) => (StatusCode::OK, format!("purged {path}\n")),
+        Ok(false) => (
+            StatusCode::NOT_FOUND,
+            format!("nothing stored for {path}\n"),
+        ),
+        Err(error) => {
+            eprintln!("PURGE {path} failed: {error}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("could not purge {path}\n"),
+            )
+        }
+    };
+    println!("PURGE {path} -> {}", status.as_u16());
+    text_response(status, &message)
+}
+
+/// Whether `shown` is the secret, compared in time that depends on neither (digests of both,
+/// compared byte by byte to the end).
+fn same_secret(shown: &[u8], secret: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(shown), Sha256::digest(secret));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+fn text_response(status: StatusCode, message: &str) -> Response<StreamingBody> {
+    let mut response = Response::new(StreamingBody::from_bytes(Bytes::from(message.to_owned())));
     *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
+}
+
+/// The cache key of a request: what is fetched for it (the upstream's scheme and authority,
+/// the path and the query), so that the Host a client sends neither splits nor poisons
+/// entries, and every proxy in front of the same upstream shares them. HEAD shares GET's.
+fn upstream_key(
+    authority: &Authority,
+) -> impl Fn(&http::request::Parts) -> String + Send + Sync + 'static {
+    let base = format!("http://{}", authority.as_str().to_ascii_lowercase());
+    move |parts| {
+        let method = if parts.method == http::Method::HEAD {
+            "GET"
+        } else {
+            parts.method.as_str()
+        };
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        format!("{method}:{base}{path}")
+    }
+}
+
+/// A request the proxy answers itself, before the cache: `CONNECT` (`405`: it tunnels
+/// nothing), and a request whose site is not a valid `host[:port]` or is named twice, or
+/// an HTTP/1.1 request with no `Host` (`400`, RFC 9112 §3.2).
+fn refuse(request: &Request<Incoming>) -> Option<Response<StreamingBody>> {
+    if request.method() == http::Method::CONNECT {
+        return Some(text_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported\n",
+        ));
+    }
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let authority = request.uri().authority().map(|a| a.as_str().as_bytes());
+    let why = match (hosts.next(), hosts.next(), authority) {
+        (_, Some(_), _) => Some("more than one Host header"),
+        (_, _, Some(authority)) if !is_valid_authority(authority) => Some("invalid authority"),
+        (Some(host), None, _) if !is_valid_authority(host.as_bytes()) => Some("invalid Host"),
+        (None, None, None) if request.version() == http::Version::HTTP_11 => Some("no Host"),
+        _ => None,
+    };
+    why.map(|why| text_response(StatusCode::BAD_REQUEST, &format!("{why}\n")))
+}
+
+/// This proxy in `Via` (RFC 9110 §7.6.3): it speaks HTTP/1.1 to the upstream.
+const VIA_1_1: &str = "1.1 http-cache-streaming";
+
+/// Headers a client may send to make an upstream serve another path or method than the one
+/// the key names: never forwarded.
+const REWRITES: [&str; 5] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Headers in which proxies before this one describe the client's request: forwarded only
+/// from clients trusted to be such proxies (`--trust-forwarded`).
+const FORWARDING: [&str; 8] = [
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-scheme",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-host",
+];
+
+/// Says who asked and through what: `Via` with the client's protocol, the peer appended to
+/// `X-Forwarded-For` and `Forwarded`; drops what an untrusted client claims about itself.
+fn forwarded_for(request: &mut Request<Incoming>, peer: SocketAddr, trusted: bool) {
+    let version = match request.version() {
+        http::Version::HTTP_09 => "0.9",
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    let headers = request.headers_mut();
+    for name in REWRITES {
+        headers.remove(name);
+    }
+    if !trusted {
+        for name in FORWARDING {
+            headers.remove(name);
+        }
+    }
+    let ip = peer.ip();
+    let node = if ip.is_ipv6() {
+        format!("for=\"[{ip}]\";proto=http")
+    } else {
+        format!("for={ip};proto=http")
+    };
+    let appended = [
+        (header::VIA, format!("{version} http-cache-streaming")),
+        (HeaderName::from_static("x-forwarded-for"), ip.to_string()),
+        (header::FORWARDED, node),
+    ];
+    for (name, value) in appended {
+        let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
+            Some(before) => format!("{before}, {value}"),
+            None => value,
+        };
+        if let Ok(value) = HeaderValue::try_from(joined) {
+            headers.insert(name, value);
+        }
+    }
 }
 
 /// Sends one request through the cache and logs it on one line.
@@ -444,7 +647,7 @@ async fn log_request(
     service: HttpCacheStreaming<Upstream>,
     request: Request<Incoming>,
     quiet: bool,
-) -> Result<Response<http_cache_streaming::StreamingBody>, Infallible> {
+) -> Result<Response<StreamingBody>, Infallible> {
     if quiet {
         return service.oneshot(request).await;
     }

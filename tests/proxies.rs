@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::body::Body as AxumBody;
 use bytes::Bytes;
-use common::{Origin, Proxy, client, start_proxy};
+use common::{Origin, PURGE_TOKEN, Proxy, client, start_proxy};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceExt};
@@ -419,6 +419,7 @@ async fn two_proxies_share_one_directory_and_never_serve_a_stale_or_torn_entry()
         .method("PURGE")
         .uri(format!("http://{}/obj/{i}", b.addr))
         .header("host", HOST)
+        .header("authorization", format!("Bearer {PURGE_TOKEN}"))
         .body(Full::default())
         .unwrap();
     let purged = client().ready().await.unwrap().call(purge).await.unwrap();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::body::Body as AxumBody;
 use bytes::Bytes;
-use common::{Proxy, client, start_proxy};
+use common::{PURGE_TOKEN, Proxy, client, start_proxy};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceExt};
@@ -135,6 +135,7 @@ async fn the_reverse_proxy_forwards_strips_caches_and_fails_cleanly() {
         Request::builder()
             .method("PURGE")
             .uri(url("/page?q=1"))
+            .header("authorization", format!("Bearer {PURGE_TOKEN}"))
             .body(Full::default())
             .unwrap(),
     )

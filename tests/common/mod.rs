@@ -315,6 +315,9 @@ pub fn requests_on_this_thread(dir: &Path, n: usize) -> http_cache_streaming::Ca
     })
 }
 
+/// The purge token the proxies of the tests are started with.
+pub const PURGE_TOKEN: &str = "test-purge-token";
+
 /// The proxy process, killed when the test ends.
 pub struct Proxy {
     pub child: std::process::Child,
@@ -339,6 +342,17 @@ pub fn start_proxy_with_env(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Proxy {
+    let cache_dir = cache_dir.to_str().expect("a UTF-8 temp path");
+    let mut args = vec!["--upstream", upstream, "--cache-dir", cache_dir];
+    args.extend(["--timeout-secs", "1", "--purge-token", PURGE_TOKEN]);
+    args.extend(extra);
+    spawn_proxy(&args, env).expect("the proxy starts")
+}
+
+/// The reverse proxy example as a process of its own with exactly `args` (and a listening
+/// address of its choice): the proxy once it says where it listens, or what it printed
+/// before it exited.
+pub fn spawn_proxy(args: &[&str], env: &[(&str, &str)]) -> Result<Proxy, String> {
     // Cargo builds the examples beside the test binaries: target/<profile>/examples/.
     let exe = std::env::current_exe().unwrap();
     let examples = exe.parent().unwrap().parent().unwrap().join("examples");
@@ -349,32 +363,32 @@ pub fn start_proxy_with_env(
         binary.display()
     );
     let mut child = std::process::Command::new(binary)
-        .args([
-            "--upstream",
-            upstream,
-            "--listen",
-            "127.0.0.1:0",
-            "--cache-dir",
-        ])
-        .arg(cache_dir)
-        .args(["--timeout-secs", "1", "--allow-purge"])
-        .args(extra)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
     // "proxying http://127.0.0.1:PORT -> ..."
-    let addr = line
+    let Some(addr) = line
         .split_whitespace()
         .nth(1)
         .and_then(|url| url.strip_prefix("http://"))
-        .unwrap_or_else(|| panic!("the proxy says where it listens: {line:?}"))
-        .to_owned();
+    else {
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        return Err(format!("{status}: {line}{stderr}"));
+    };
+    let addr = addr.to_owned();
+    let mut stderr = child.stderr.take().unwrap();
     std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-    Proxy { child, addr }
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::stderr()));
+    Ok(Proxy { child, addr })
 }
 
 /// A response as a test reads it: status, headers, the whole body.
