@@ -593,20 +593,20 @@ async fn concurrent_put_get_delete_never_serve_a_torn_body() {
         let manager = manager.clone();
         let bodies = Arc::clone(&bodies);
         tasks.push(tokio::spawn(async move {
-            let mut reads = 0;
+            let (mut reads, mut puts) = (0, 0);
             for i in 0..40u32 {
                 let k = ((t + i) % 8) as usize;
                 let key = format!("GET:key{k}");
                 match (t * 7 + i) % 5 {
                     0 | 1 => {
                         let body = bodies[k][((t + i) % 2) as usize].clone();
-                        let put = manager
-                            .put(key, Response::new(Full::new(body)), policy(URL), url())
-                            .await;
-                        // A put that a delete of its key overtakes is not committed.
-                        if let Err(e) = put {
-                            assert_eq!(e.kind(), ErrorKind::Incomplete, "{e}");
-                        }
+                        let sent = Response::new(Full::new(body.clone()));
+                        // Whether a delete or a newer write overtakes it (and nothing is
+                        // committed) or not, the caller gets back the bytes it handed over.
+                        let put = manager.put(key.clone(), sent, policy(URL), url()).await;
+                        let got = put.unwrap().into_body().collect().await.unwrap();
+                        assert_eq!(got.to_bytes(), body, "{key}: put returned other bytes");
+                        puts += 1;
                     }
                     2 => manager.delete(&key).await.unwrap(),
                     _ => {
@@ -622,14 +622,16 @@ async fn concurrent_put_get_delete_never_serve_a_torn_body() {
                     }
                 }
             }
-            reads
+            (reads, puts)
         }));
     }
-    let mut reads = 0;
+    let (mut reads, mut puts) = (0, 0);
     for task in tasks {
-        reads += task.await.unwrap();
+        let (r, p) = task.await.unwrap();
+        (reads, puts) = (reads + r, puts + p);
     }
     assert!(reads > 0, "some reads hit");
+    assert_eq!(puts, 1024, "every put returned its body");
     // What is left on disk is consistent: each record's content exists, nothing else does.
     let manager = StreamingManager::new(dir.path().to_path_buf());
     let stats = manager.stats().await.unwrap();

@@ -371,6 +371,10 @@ struct Committed {
     length: u64,
     trailers: Option<HeaderMap>,
     file: Option<File>,
+    /// Whether the entry is in the store. `false` for a body that arrived whole while a
+    /// delete of its key or a newer write overtook it: nothing is committed, and `file`
+    /// (asked for with `reopen`) reads the bytes from the unlinked temp file.
+    kept: bool,
 }
 
 /// Statistics of what a store holds.
@@ -439,9 +443,13 @@ impl StreamingManager {
     /// The body is hashed as it is written and never held whole in memory. The entry is
     /// committed only if the body ends complete (and with exactly its `Content-Length`, when
     /// it has one); otherwise nothing is stored and the error says why. An existing entry
-    /// under `key` is replaced. A [`delete`](Self::delete) of `key` while the body is being
-    /// written wins: nothing is stored and the error is of kind
-    /// [`Incomplete`](crate::ErrorKind::Incomplete).
+    /// under `key` is replaced.
+    ///
+    /// Once the body has arrived whole, `put` returns a response streaming exactly those
+    /// bytes, whatever happens to the entry meanwhile. A [`delete`](Self::delete) of `key`
+    /// while the body is being written wins, and so does a newer write of `key` that
+    /// commits first: the outcome is "stored, then deleted" (or "then replaced"), the
+    /// entry is not in the store, and the response still reads the bytes it was given.
     pub async fn put<B>(
         &self,
         key: String,
@@ -666,16 +674,19 @@ impl StreamingManager {
             .await;
             if let Some(leader) = leader {
                 leader.fill().end(match &result {
-                    Ok(committed) => FillEnd::Stored(committed.length),
+                    Ok(committed) if committed.kept => FillEnd::Stored(committed.length),
+                    Ok(committed) => FillEnd::Unstored(committed.length),
                     Err(e) => FillEnd::Failed(e.to_string()),
                 });
             }
             if let Ok(c) = &result
                 && how.share
+                && c.kept
             {
                 manager.share(key_hash, c.digest, c.length);
             }
             match &result {
+                Ok(c) if !c.kept => {}
                 Ok(c) => crate::log::debug_event!(digest = ?c.digest, length = c.length, "stored"),
                 Err(e) if e.kind() == ErrorKind::Incomplete || e.is_body() => {
                     crate::log::debug_event!(error = %e, "not stored")
@@ -1324,19 +1335,30 @@ impl Opened {
             length,
             trailers: entry.trailers.clone(),
             file: None,
+            kept: true,
         };
         {
             let mut index = self.index();
             // Checked under the index lock: a delete records itself before it takes the lock.
-            if lock(&deletions).overtakes(key_hash, started) {
-                return Err(Error::new(ErrorKind::Incomplete)
-                    .with_subject(format!("{}: deleted while it was being stored", entry.key)));
-            }
-            if index.has_newer_write(key_hash, seq) {
-                return Err(Error::new(ErrorKind::Incomplete).with_subject(format!(
-                    "{}: a response that arrived later is stored already",
-                    entry.key
-                )));
+            let overtaken = if lock(&deletions).overtakes(key_hash, started) {
+                Some("deleted while it was being stored")
+            } else if index.has_newer_write(key_hash, seq) {
+                Some("a response that arrived later is stored already")
+            } else {
+                None
+            };
+            if let Some(why) = overtaken {
+                if !reopen {
+                    return Err(Error::new(ErrorKind::Incomplete)
+                        .with_subject(format!("{}: {why}", entry.key)));
+                }
+                // `put` handed its body over whole: it gets the bytes back ("stored, then
+                // deleted" or "stored, then replaced"), from the temp file that goes now.
+                let file = File::open(temp.path()).map_err(|e| Error::io(e, temp.path()))?;
+                committed.file = Some(file);
+                committed.kept = false;
+                crate::log::debug_event!(key = %entry.key, why, "stored, then overtaken");
+                return Ok(committed);
             }
             install_content(temp, &content_path, length)?;
             if reopen {
