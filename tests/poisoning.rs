@@ -427,3 +427,113 @@ fn the_proxy_has_no_private_mode_and_no_open_purge() {
         assert!(refused.contains(says), "{refused}");
     }
 }
+
+/// The permission bits of every file and directory under `dir`.
+#[cfg(unix)]
+fn modes_under(dir: &std::path::Path) -> Vec<(String, u32)> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            found.push((
+                path.display().to_string(),
+                meta.permissions().mode() & 0o7777,
+            ));
+            if meta.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_files_are_private_and_no_symlink_is_followed() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let origin = reflecting_origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    // Under the most permissive umask there is.
+    let mut command = std::process::Command::new("sh");
+    command
+        .args(["-c", "umask 000 && exec \"$@\"", "sh"])
+        .arg(proxy_binary())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--quiet",
+            "--upstream",
+            &origin.url(""),
+        ])
+        .arg("--cache-dir")
+        .arg(&cache);
+    let proxy = spawn_proxy_command(command).unwrap();
+    let first = get(&proxy, "/private-doc").await;
+    assert!(get(&proxy, "/private-doc").await.hit());
+    let modes = modes_under(&cache.join("cache-v2"));
+    assert!(modes.len() >= 6, "{modes:?}");
+    for (path, mode) in &modes {
+        let dir = std::path::Path::new(path).is_dir();
+        assert_eq!(*mode, if dir { 0o700 } else { 0o600 }, "{path}");
+    }
+
+    // A content file replaced by a symlink (to a file of the same length) is never read
+    // through: the entry is dropped and fetched again.
+    let content = cache.join("cache-v2/content");
+    let name = std::fs::read_dir(&content)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::write(&elsewhere, vec![b'X'; first.body.len()]).unwrap();
+    std::fs::remove_file(&name).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &name).unwrap();
+    let after = get(&proxy, "/private-doc").await;
+    assert!(!after.body.contains(&b'X'), "read through a symlink");
+    assert!(!after.hit());
+    assert_eq!(origin.hits(), 2);
+
+    // A cache directory every user may write to, or another user's, is refused: requests
+    // are still answered, and nothing is stored there.
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let theirs = if std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .unwrap()
+        .stdout
+        == b"0\n"
+    {
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        let chowned = std::process::Command::new("chown")
+            .args(["65534"])
+            .arg(&theirs)
+            .status()
+            .unwrap();
+        assert!(chowned.success());
+        theirs
+    } else {
+        // Root's, when this is not root.
+        std::path::PathBuf::from("/usr")
+    };
+    for (refused, why) in [
+        (&open, "writable by every user"),
+        (&theirs, "is owned by user"),
+    ] {
+        let store = http_cache_streaming::StreamingManager::new(refused.clone());
+        let error = store.stats().await.unwrap_err();
+        assert!(error.to_string().contains(why), "{error}");
+        let proxy = start_proxy(&origin.url(""), refused, &["--quiet"]);
+        let got = get(&proxy, "/elsewhere").await;
+        assert_eq!(got.status, 200);
+        assert!(!refused.join("cache-v2").exists(), "{}", refused.display());
+    }
+}

@@ -2,7 +2,7 @@
 //! [`StreamingManager`](crate::StreamingManager) (which reads and writes the disk directly,
 //! with its own index, for speed).
 
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -13,6 +13,7 @@ use bytes::Bytes;
 use super::{BodyUpload, BoxFuture, Committed, Listed, Name, Storage};
 use crate::StreamingBody;
 use crate::error::{Error, Result};
+use crate::store::files;
 use crate::store::gc::Scratch;
 use crate::store::layout::Layout;
 use crate::store::reader::ChunkReader;
@@ -99,7 +100,7 @@ impl Storage for FileStorage {
     fn upload(&self) -> BoxFuture<'_, Result<Box<dyn BodyUpload>>> {
         self.run(|this| {
             let scratch = this.scratch()?;
-            let writer = ContentWriter::create(scratch.temp_path())?;
+            let writer = ContentWriter::create(scratch.temp_path(), scratch.mode())?;
             let upload: Box<dyn BodyUpload> = Box::new(FileUpload {
                 storage: this.clone(),
                 writer: Some(writer),
@@ -116,7 +117,7 @@ impl Storage for FileStorage {
     ) -> BoxFuture<'_, Result<Option<StreamingBody>>> {
         self.run(move |this| {
             let path = this.inner.layout.content_path(digest.0);
-            let file = match File::open(&path) {
+            let file = match files::open(&path) {
                 Ok(file) => file,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(Error::io(e, &path)),
@@ -129,7 +130,7 @@ impl Storage for FileStorage {
     fn body_length(&self, digest: Name) -> BoxFuture<'_, Result<Option<u64>>> {
         self.run(move |this| {
             let path = this.inner.layout.content_path(digest.0);
-            match fs::metadata(&path) {
+            match fs::symlink_metadata(&path) {
                 Ok(meta) => Ok(Some(meta.len())),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(Error::io(e, &path)),
@@ -151,7 +152,7 @@ impl Storage for FileStorage {
     fn read_record(&self, name: Name) -> BoxFuture<'_, Result<Option<Bytes>>> {
         self.run(move |this| {
             let path = this.inner.layout.record_path(name.0);
-            match fs::read(&path) {
+            match files::read(&path) {
                 Ok(bytes) => Ok(Some(Bytes::from(bytes))),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(Error::io(e, &path)),
@@ -162,7 +163,7 @@ impl Storage for FileStorage {
     fn write_record(&self, name: Name, record: Bytes) -> BoxFuture<'_, Result<()>> {
         self.run(move |this| {
             let scratch = this.scratch()?;
-            let (temp, _) = write_temp(scratch.temp_path(), &record, false)?;
+            let (temp, _) = write_temp(scratch.temp_path(), &record, false, scratch.mode())?;
             let path = this.inner.layout.record_path(name.0);
             temp.persist(&path).map_err(|e| Error::io(e, &path))
         })

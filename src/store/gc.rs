@@ -8,12 +8,13 @@
 //! partial files go, and a live writer's stay. `tmp/.open.lock` serialises that sweep with the
 //! creation of new instances, so a lock file is never swept between its creation and locking.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use super::files::{self, Mode};
 use super::layout::Hash32;
 
 const LOCK_SUFFIX: &str = ".lock";
@@ -30,9 +31,15 @@ pub(crate) struct Scratch {
     lock_path: PathBuf,
     _lock: File,
     next: AtomicU64,
+    mode: Mode,
 }
 
 impl Scratch {
+    /// The bits of the files made in it.
+    pub(crate) fn mode(&self) -> Mode {
+        self.mode
+    }
+
     pub(crate) fn temp_path(&self) -> PathBuf {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         self.dir.join(format!("{n}.part"))
@@ -46,21 +53,16 @@ impl Drop for Scratch {
     }
 }
 
-fn open_lock(tmp: &Path) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(tmp.join(OPEN_LOCK))?;
+fn open_lock(tmp: &Path, mode: Mode) -> io::Result<File> {
+    let file = files::open_or_create(&tmp.join(OPEN_LOCK), mode, false)?;
     file.lock()?;
     Ok(file)
 }
 
 /// Removes what dead instances left in `tmp/` and creates this instance's scratch directory.
 /// Returns the scratch directory and how many leftovers were removed.
-pub(crate) fn sweep_tmp_and_create_scratch(tmp: &Path) -> io::Result<(Scratch, usize)> {
-    let guard = open_lock(tmp)?;
+pub(crate) fn sweep_tmp_and_create_scratch(tmp: &Path, mode: Mode) -> io::Result<(Scratch, usize)> {
+    let guard = open_lock(tmp, mode)?;
     let mut removed = 0;
     for item in fs::read_dir(tmp)? {
         let item = item?;
@@ -73,7 +75,7 @@ pub(crate) fn sweep_tmp_and_create_scratch(tmp: &Path) -> io::Result<(Scratch, u
         }
         let path = item.path();
         if let Some(stem) = name.strip_suffix(LOCK_SUFFIX) {
-            let Ok(lock) = OpenOptions::new().read(true).write(true).open(&path) else {
+            let Ok(lock) = files::open_rw(&path) else {
                 continue;
             };
             // Taking the lock succeeds only when its owner is gone.
@@ -104,14 +106,10 @@ pub(crate) fn sweep_tmp_and_create_scratch(tmp: &Path) -> io::Result<(Scratch, u
         INSTANCES.fetch_add(1, Ordering::Relaxed)
     );
     let lock_path = tmp.join(format!("{name}{LOCK_SUFFIX}"));
-    let lock = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&lock_path)?;
+    let lock = files::create_new(&lock_path, mode, true)?;
     lock.lock()?;
     let dir = tmp.join(&name);
-    fs::create_dir(&dir)?;
+    files::create_dir(&dir, mode)?;
     drop(guard);
     Ok((
         Scratch {
@@ -119,6 +117,7 @@ pub(crate) fn sweep_tmp_and_create_scratch(tmp: &Path) -> io::Result<(Scratch, u
             lock_path,
             _lock: lock,
             next: AtomicU64::new(0),
+            mode,
         },
         removed,
     ))
@@ -169,7 +168,7 @@ mod tests {
     fn a_live_instance_is_kept_and_a_dead_one_swept() {
         let dir = tempfile::tempdir().unwrap();
         let tmp = dir.path();
-        let (live, _) = sweep_tmp_and_create_scratch(tmp).unwrap();
+        let (live, _) = sweep_tmp_and_create_scratch(tmp, Mode::PRIVATE).unwrap();
         fs::write(live.temp_path(), b"partial").unwrap();
 
         // A dead instance: a directory whose lock file nobody holds, and stray files.
@@ -180,7 +179,7 @@ mod tests {
         fs::write(tmp.join("nolock/1.part"), b"x").unwrap();
         fs::write(tmp.join("stray"), b"x").unwrap();
 
-        let (other, removed) = sweep_tmp_and_create_scratch(tmp).unwrap();
+        let (other, removed) = sweep_tmp_and_create_scratch(tmp, Mode::PRIVATE).unwrap();
         assert_eq!(removed, 3, "dead/0.part, nolock/1.part, stray");
         assert!(!tmp.join("dead").exists());
         assert!(!tmp.join("dead.lock").exists());

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
+use super::files::Mode;
+
 /// The directory under the user's cache directory that holds this format.
 pub(crate) const FORMAT_DIR: &str = "cache-v2";
 
@@ -64,14 +66,39 @@ impl fmt::Debug for Hash32 {
 /// The paths of one store.
 #[derive(Debug, Clone)]
 pub(crate) struct Layout {
+    /// The directory the user gave.
+    dir: PathBuf,
     root: PathBuf,
+    /// The bits of the files and directories the store creates.
+    mode: Mode,
 }
 
 impl Layout {
     pub(crate) fn new(dir: &Path) -> Self {
         Layout {
+            dir: dir.to_path_buf(),
             root: dir.join(FORMAT_DIR),
+            mode: Mode::PRIVATE,
         }
+    }
+
+    pub(crate) fn with_mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    pub(crate) fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The directory the user gave, which holds `cache-v2/`.
+    pub(crate) fn user_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `cache-v2/` itself.
+    pub(crate) fn format_dir(&self) -> &Path {
+        &self.root
     }
 
     pub(crate) fn metadata_dir(&self) -> PathBuf {

@@ -1,6 +1,7 @@
 //! The file-backed store: [`StreamingManager`]. It knows files, digests and records, and
 //! nothing of HTTP caching rules.
 
+pub(crate) mod files;
 pub(crate) mod fill;
 pub(crate) mod gc;
 pub(crate) mod index;
@@ -52,6 +53,8 @@ struct Options {
     max_size: Option<u64>,
     max_entries: Option<usize>,
     max_body_size: Option<u64>,
+    /// The bits of the files and directories the store creates.
+    mode: files::Mode,
     /// The shared tier behind the local disk, if any.
     shared_tier: Option<Arc<dyn crate::storage::Storage>>,
     /// Stores of up to this many records are read in before serving.
@@ -73,6 +76,7 @@ impl Default for Options {
             max_size: None,
             max_entries: None,
             max_body_size: None,
+            mode: files::Mode::PRIVATE,
             shared_tier: None,
             read_in_before_serving: READ_IN_BEFORE_SERVING,
             #[cfg(test)]
@@ -250,6 +254,20 @@ impl StreamingManagerBuilder {
         self
     }
 
+    /// The permission bits of the files the store creates (Unix): `0o600` by default, so
+    /// that no other local user can read what is cached, whatever the umask. Widen it for a
+    /// group that shares the cache directory, for example `0o660` (directories get `0o770`).
+    /// Bits beyond read and write for the owner and group, and read for others, are ignored:
+    /// the store never makes a file others can write or execute.
+    ///
+    /// Whatever the bits, files are opened without following symbolic links, and the
+    /// store refuses to open a cache directory that another user owns or that every user
+    /// may write to (an [`Io`](crate::ErrorKind::Io) error that says so).
+    pub fn file_mode(mut self, bits: u32) -> Self {
+        self.options.mode = files::Mode::new(bits);
+        self
+    }
+
     /// Puts a shared tier behind this store, usually a bucket a fleet shares
     /// (`storage::ObjectStorage`, feature `object-store`): the local
     /// disk stays the fast tier in front of it.
@@ -274,7 +292,7 @@ impl StreamingManagerBuilder {
     pub fn build(self) -> StreamingManager {
         StreamingManager {
             inner: Arc::new(Inner {
-                layout: Layout::new(&self.dir),
+                layout: Layout::new(&self.dir).with_mode(self.options.mode),
                 dir: self.dir,
                 options: self.options,
                 opened: OnceCell::new(),
@@ -629,7 +647,8 @@ impl StreamingManager {
             let result = async {
                 let opened = manager.opened().await?;
                 blocking(move || {
-                    let writer = ContentWriter::create(opened.scratch.temp_path())?;
+                    let writer =
+                        ContentWriter::create(opened.scratch.temp_path(), opened.scratch.mode())?;
                     if let (Some(fill), Some(head)) = (&fill, head) {
                         fill.publish_file(writer.reader()?);
                         fill.publish_head(head);
@@ -1205,11 +1224,7 @@ impl Opened {
         let mut log = lock(&self.access_log);
         if log.is_none() {
             let path = self.layout.access_log();
-            *log = fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(path)
-                .ok();
+            *log = files::open_or_create(&path, self.layout.mode(), true).ok();
         }
         if let Some(file) = log.as_mut() {
             let line = format!("{} {at}\n", key_hash.to_hex());
@@ -1237,8 +1252,12 @@ impl Opened {
             .map(|(key, at)| format!("{} {at}\n", key.to_hex()))
             .collect();
         let mut log = lock(&self.access_log);
-        if let Ok((temp, _)) = writer::write_temp(self.scratch.temp_path(), text.as_bytes(), false)
-            && temp.persist(&self.layout.access_log()).is_ok()
+        if let Ok((temp, _)) = writer::write_temp(
+            self.scratch.temp_path(),
+            text.as_bytes(),
+            false,
+            self.scratch.mode(),
+        ) && temp.persist(&self.layout.access_log()).is_ok()
         {
             // The handle held points at the old file: the next use opens the new one.
             *log = None;
@@ -1252,7 +1271,7 @@ impl Opened {
     fn read_access_log(&self) {
         use std::io::BufRead as _;
         let path = self.layout.access_log();
-        let Ok(file) = File::open(&path) else {
+        let Ok(file) = files::open(&path) else {
             return;
         };
         let mut lines = 0u64;
@@ -1293,8 +1312,8 @@ impl Opened {
     fn unchanged_on_disk(&self, key_hash: Hash32, stamp: Stamp, entry: &Entry) -> bool {
         let record = self.layout.record_path(key_hash);
         let content = self.layout.content_path(entry.digest);
-        fs::metadata(record).is_ok_and(|m| Stamp::of(&m) == stamp)
-            && fs::metadata(content).is_ok_and(|m| m.len() == entry.length)
+        fs::symlink_metadata(record).is_ok_and(|m| Stamp::of(&m) == stamp)
+            && fs::symlink_metadata(content).is_ok_and(|m| m.is_file() && m.len() == entry.length)
     }
 
     fn index(&self) -> MutexGuard<'_, Index> {
@@ -1354,7 +1373,7 @@ impl Opened {
                 }
                 // `put` handed its body over whole: it gets the bytes back ("stored, then
                 // deleted" or "stored, then replaced"), from the temp file that goes now.
-                let file = File::open(temp.path()).map_err(|e| Error::io(e, temp.path()))?;
+                let file = files::open(temp.path()).map_err(|e| Error::io(e, temp.path()))?;
                 committed.file = Some(file);
                 committed.kept = false;
                 crate::log::debug_event!(key = %entry.key, why, "stored, then overtaken");
@@ -1362,7 +1381,7 @@ impl Opened {
             }
             install_content(temp, &content_path, length)?;
             if reopen {
-                let file = File::open(&content_path).map_err(|e| Error::io(e, &content_path))?;
+                let file = files::open(&content_path).map_err(|e| Error::io(e, &content_path))?;
                 committed.file = Some(file);
             }
             self.install_record(&mut index, key_hash, own, record_temp, stamp)?;
@@ -1414,8 +1433,12 @@ impl Opened {
         };
         let json = entry.encode().map_err(|e| record_error(&e))?;
         let own = Entry::decode(&json).map_err(|e| record_error(&e))?;
-        let (temp, stamp) =
-            writer::write_temp(self.scratch.temp_path(), &json, self.options.durable)?;
+        let (temp, stamp) = writer::write_temp(
+            self.scratch.temp_path(),
+            &json,
+            self.options.durable,
+            self.scratch.mode(),
+        )?;
         Ok((temp, stamp, Arc::new(own)))
     }
 
@@ -1485,7 +1508,7 @@ impl Opened {
         let path = self.layout.record_path(key_hash);
         // A parsed record is served only while its file is the one it was parsed from.
         let fresh = cached.and_then(|known| {
-            let now = fs::metadata(&path).ok().map(|m| Stamp::of(&m));
+            let now = fs::symlink_metadata(&path).ok().map(|m| Stamp::of(&m));
             (now == Some(known.stamp)).then_some((known.entry, known.stamp))
         });
         let (entry, stamp) = match fresh {
@@ -1522,7 +1545,7 @@ impl Opened {
             self.log_use(key_hash, at);
         }
         let path = self.layout.content_path(entry.digest);
-        let file = match File::open(&path) {
+        let file = match files::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 crate::log::warn_event!(%key, path = %path.display(), "content missing, removing record");
@@ -1648,21 +1671,27 @@ impl Opened {
 /// length the bytes are stored already, and the temp file is dropped: deduplication.
 /// Makes the layout's directories, sweeps what dead instances left in `tmp/`, and makes
 /// this instance's scratch directory there. Returns it and how many leftovers went.
+/// The user's directory must be this process's user's and writable by no other user, and
+/// the store's own directories real directories with the store's bits (`files`).
 pub(crate) fn prepare(layout: &Layout) -> Result<(gc::Scratch, usize)> {
+    let mode = layout.mode();
+    let dir = layout.user_dir();
+    files::ensure_dir(dir, mode, true).map_err(|e| Error::io(e, dir))?;
     for dir in [
+        layout.format_dir().to_path_buf(),
         layout.metadata_dir(),
         layout.content_dir(),
         layout.tmp_dir(),
     ] {
-        fs::create_dir_all(&dir).map_err(|e| Error::io(e, &dir))?;
+        files::ensure_dir(&dir, mode, false).map_err(|e| Error::io(e, &dir))?;
     }
     let tmp = layout.tmp_dir();
-    gc::sweep_tmp_and_create_scratch(&tmp).map_err(|e| Error::io(e, &tmp))
+    gc::sweep_tmp_and_create_scratch(&tmp, mode).map_err(|e| Error::io(e, &tmp))
 }
 
 pub(crate) fn install_content(temp: TempFile, path: &Path, length: u64) -> Result<()> {
-    match fs::metadata(path) {
-        Ok(existing) if existing.len() == length => Ok(()),
+    match fs::symlink_metadata(path) {
+        Ok(existing) if existing.is_file() && existing.len() == length => Ok(()),
         _ => temp.persist(path).map_err(|e| Error::io(e, path)),
     }
 }
@@ -1735,7 +1764,7 @@ fn read_as<T>(
     key: fn(&T) -> &str,
 ) -> std::result::Result<Option<(T, Stamp)>, ReadFailure> {
     use std::io::Read as _;
-    let mut file = match File::open(path) {
+    let mut file = match files::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),

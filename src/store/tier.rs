@@ -107,7 +107,7 @@ impl StreamingManager {
             let path = opened.layout.content_path(digest);
             let file = blocking({
                 let path = path.clone();
-                move || std::fs::File::open(&path).map_err(|e| Error::io(e, &path))
+                move || super::files::open(&path).map_err(|e| Error::io(e, &path))
             })
             .await?;
             let file = Arc::new(file);
@@ -132,7 +132,7 @@ impl StreamingManager {
         }
         // The record as it is on disk now (a newer write of the key shares itself too).
         let path = opened.layout.record_path(key_hash);
-        let record = blocking(move || match std::fs::read(&path) {
+        let record = blocking(move || match super::files::read(&path) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(e, &path)),

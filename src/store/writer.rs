@@ -2,7 +2,7 @@
 //! committed by rename into `content/<sha256>` (an existing file of that name means the bytes
 //! are already stored, which is how identical bodies end up stored once).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +13,7 @@ use http::HeaderMap;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+use super::files::{self, Mode};
 use super::fill::{Fill, FillEnd};
 use super::index::Stamp;
 use super::layout::Hash32;
@@ -60,14 +61,11 @@ pub(crate) fn write_temp(
     path: PathBuf,
     bytes: &[u8],
     durable: bool,
+    mode: Mode,
 ) -> Result<(TempFile, Stamp), Error> {
     let temp = TempFile::new(path);
     let io = |e| Error::io(e, temp.path());
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(temp.path())
-        .map_err(io)?;
+    let mut file = files::create_new(temp.path(), mode, false).map_err(io)?;
     file.write_all(bytes).map_err(io)?;
     if durable {
         file.sync_all().map_err(io)?;
@@ -175,7 +173,7 @@ impl Trail {
 
 impl Trailing {
     fn start(path: &Path, hasher: Sha256, hashed: u64) -> io::Result<Self> {
-        let file = File::open(path)?;
+        let file = files::open(path)?;
         let trail = Arc::new(Trail {
             state: Mutex::new(TrailState {
                 written: hashed,
@@ -231,12 +229,8 @@ impl Drop for Trailing {
 }
 
 impl ContentWriter {
-    pub(crate) fn create(path: PathBuf) -> Result<Self, Error> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| Error::io(e, &path))?;
+    pub(crate) fn create(path: PathBuf, mode: Mode) -> Result<Self, Error> {
+        let file = files::create_new(&path, mode, false).map_err(|e| Error::io(e, &path))?;
         Ok(ContentWriter {
             file: BufWriter::with_capacity(WRITE_BUFFER, file),
             temp: TempFile::new(path),
@@ -290,7 +284,7 @@ impl ContentWriter {
     /// A second handle on the temp file, for reading it while it is written. It stays
     /// readable after the file is renamed or removed.
     pub(crate) fn reader(&self) -> Result<File, Error> {
-        File::open(self.temp.path()).map_err(|e| Error::io(e, self.temp.path()))
+        files::open(self.temp.path()).map_err(|e| Error::io(e, self.temp.path()))
     }
 
     /// Flushes (and with `durable`, syncs) the file and names its digest.
@@ -476,7 +470,7 @@ mod tests {
     fn a_body_past_the_thread_threshold_is_hashed_whole_and_written_whole() {
         let dir = tempfile::tempdir().unwrap();
         let bytes = pattern((HASH_ON_A_THREAD_AFTER as usize) * 2 + 12_345);
-        let mut writer = ContentWriter::create(dir.path().join("body")).unwrap();
+        let mut writer = ContentWriter::create(dir.path().join("body"), Mode::PRIVATE).unwrap();
         // Chunks smaller and larger than the write buffer, one across the threshold.
         let sizes = [1, 4_000, WRITE_BUFFER + 7, 3 << 20, 65_536, 1_000_003];
         let mut at = 0;
@@ -501,7 +495,7 @@ mod tests {
     fn a_short_body_is_hashed_in_line() {
         let dir = tempfile::tempdir().unwrap();
         let bytes = pattern(100_000);
-        let mut writer = ContentWriter::create(dir.path().join("body")).unwrap();
+        let mut writer = ContentWriter::create(dir.path().join("body"), Mode::PRIVATE).unwrap();
         writer.write(&Bytes::copy_from_slice(&bytes)).unwrap();
         assert!(matches!(writer.hasher, Hashing::Inline(_)));
         let finished = writer.finish(false).unwrap();

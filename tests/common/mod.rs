@@ -353,7 +353,15 @@ pub fn start_proxy_with_env(
 /// address of its choice): the proxy once it says where it listens, or what it printed
 /// before it exited.
 pub fn spawn_proxy(args: &[&str], env: &[(&str, &str)]) -> Result<Proxy, String> {
-    // Cargo builds the examples beside the test binaries: target/<profile>/examples/.
+    let mut command = std::process::Command::new(proxy_binary());
+    command.args(["--listen", "127.0.0.1:0"]).args(args);
+    command.envs(env.iter().copied());
+    spawn_proxy_command(command)
+}
+
+/// The reverse proxy example's binary, built by `cargo test` beside the test binaries:
+/// `target/<profile>/examples/`.
+pub fn proxy_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     let examples = exe.parent().unwrap().parent().unwrap().join("examples");
     let binary = examples.join(format!("reverse_proxy{}", std::env::consts::EXE_SUFFIX));
@@ -362,10 +370,13 @@ pub fn spawn_proxy(args: &[&str], env: &[(&str, &str)]) -> Result<Proxy, String>
         "{} is built by cargo test",
         binary.display()
     );
-    let mut child = std::process::Command::new(binary)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .envs(env.iter().copied())
+    binary
+}
+
+/// Runs `command`, which starts the proxy (perhaps through a shell that sets something
+/// up first), as [`spawn_proxy`] does.
+pub fn spawn_proxy_command(mut command: std::process::Command) -> Result<Proxy, String> {
+    let mut child = command
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
