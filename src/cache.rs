@@ -572,6 +572,9 @@ impl HttpStreamingCache {
             let variant = key::variant_key(key, &generation, &names, &parts.headers);
             (response, entry) = self.manager.lookup_in_memory(&variant)?;
         }
+        if !self.admits(&entry, mode) {
+            return None;
+        }
         let now = self.now();
         let within_cap = self
             .options
@@ -720,7 +723,7 @@ impl HttpStreamingCache {
         let found = if mode == CacheMode::Reload {
             Found::Nothing { fwd: "request" }
         } else {
-            self.find(parts, &key).await
+            self.find(parts, &key, mode).await
         };
         let (response, entry, stored_key) = match found {
             Found::Nothing { fwd } => {
@@ -912,7 +915,7 @@ impl HttpStreamingCache {
                 drop(follower);
                 // Stored or revalidated while this request waited: a hit, unless the
                 // request wants more than the entry now offers.
-                if let Found::Entry(response, entry, _) = self.find(parts, &key).await {
+                if let Found::Entry(response, entry, _) = self.find(parts, &key, mode).await {
                     let now = self.now();
                     if let Judged::Fresh = judge(&entry.policy, parts, now) {
                         let status = "hit; collapsed".to_owned();
@@ -943,12 +946,16 @@ impl HttpStreamingCache {
     }
 
     /// Finds the stored response for a request: under its key, or, when the key holds a
-    /// URL's variant list, under the variant its headers select.
-    async fn find(&self, parts: &request::Parts, key: &str) -> Found {
+    /// URL's variant list, under the variant its headers select. A response this cache's
+    /// storing rules refuse is not found (see [`admits`](Self::admits)).
+    async fn find(&self, parts: &request::Parts, key: &str, mode: CacheMode) -> Found {
         let Some((response, entry)) = self.lookup(key).await else {
             return Found::Nothing { fwd: "uri-miss" };
         };
         let Some(generation) = variants_generation(response.headers()) else {
+            if !self.admits(&entry, mode) {
+                return Found::Nothing { fwd: "uri-miss" };
+            }
             return Found::Entry(response, entry, key.to_owned());
         };
         let Some(names) = key::vary_names(response.headers()) else {
@@ -956,9 +963,30 @@ impl HttpStreamingCache {
         };
         let variant = key::variant_key(key, &generation, &names, &parts.headers);
         match self.lookup(&variant).await {
-            Some((response, entry)) => Found::Entry(response, entry, variant),
-            None => Found::Nothing { fwd: "vary-miss" },
+            Some((response, entry)) if self.admits(&entry, mode) => {
+                Found::Entry(response, entry, variant)
+            }
+            _ => Found::Nothing { fwd: "vary-miss" },
         }
+    }
+
+    /// Whether a stored response may be served by this cache: one that its storing rules
+    /// would have refused (written by a private cache into a shared tier or directory, or
+    /// edited there: `private` or `Set-Cookie` without `public` in a shared cache, or
+    /// `no-store` anywhere) is not, unless the request's mode ignores the rules. Nothing is
+    /// trusted for being on disk or in a bucket.
+    fn admits(&self, entry: &Entry, mode: CacheMode) -> bool {
+        if mode == CacheMode::IgnoreRules {
+            return true;
+        }
+        let headers = &entry.headers;
+        let refused = has_directive(headers, "no-store")
+            || (self.options.shared && has_directive(headers, "private"))
+            || shared_cookie(self.options.shared, headers);
+        if refused {
+            crate::log::debug_event!(key = %entry.key, "a stored response this cache may not serve: a miss");
+        }
+        !refused
     }
 
     /// A store lookup; a store that fails is a miss, never a failed request.

@@ -537,3 +537,37 @@ async fn cache_files_are_private_and_no_symlink_is_followed() {
         assert!(!refused.join("cache-v2").exists(), "{}", refused.display());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_private_cache_stored_in_the_directory_is_not_served() {
+    use http_cache_streaming::{HttpCacheOptions, HttpCacheStreamingLayer, StreamingManager};
+    let origin = Origin::start(|_, n| {
+        Response::builder()
+            .header("cache-control", "private, max-age=600")
+            .body(AxumBody::from(format!("private page #{n}")))
+            .unwrap()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // A client's private cache that shares (by mistake) the proxy's directory.
+    let options = HttpCacheOptions::default().shared(false);
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    let mut private = tower::ServiceBuilder::new()
+        .layer(HttpCacheStreamingLayer::with_options(manager, options))
+        .service(client());
+    let request = Request::get(origin.url("/account"))
+        .body(Full::default())
+        .unwrap();
+    assert!(
+        common::send(&mut private, request)
+            .await
+            .cache_status()
+            .contains("stored")
+    );
+    eventually("stored", || record_files(dir.path()).len() == 1).await;
+
+    let proxy = start_proxy(&origin.url(""), dir.path(), &["--quiet"]);
+    let innocent = get(&proxy, "/account").await;
+    assert!(!innocent.hit(), "{}", innocent.cache_status());
+    assert_eq!(innocent.body, "private page #2");
+}

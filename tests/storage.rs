@@ -144,5 +144,82 @@ async fn changed_bytes_in_a_bucket_are_refused() {
     bucket.put(&path, bytes.into()).await.unwrap();
     let (hit, _) = manager.get("GET:flipped").await.unwrap().unwrap();
     assert!(hit.into_body().collect().await.is_err());
+    // A range of a body never checked is cut from a whole read that checks it: the changed
+    // body fails, even for a range far from the changed byte.
+    let (part, _) = manager.get_range("GET:flipped", 10, 100).await.unwrap().unwrap();
+    assert!(part.into_body().collect().await.is_err());
+
+    // A range of a good body is its bytes, checked first; once the body is known good,
+    // ranges are read as ranges.
+    let good = bytes_of(300_000, 24);
+    put(&ObjectStoreManager::new(Arc::clone(&bucket)), "GET:good", &good).await;
+    for (start, len) in [(10, 100), (299_990, 100), (0, 300_000), (1_000_000, 5)] {
+        let (part, _) = manager.get_range("GET:good", start, len).await.unwrap().unwrap();
+        let got = part.into_body().collect().await.unwrap().to_bytes();
+        let start = (start as usize).min(good.len());
+        let end = (start + len as usize).min(good.len());
+        assert_eq!(got, good.slice(start..end), "{start}+{len}");
+    }
     changed_bytes_are_refused(Arc::new(ObjectStorage::new(Arc::new(InMemory::new())))).await;
+}
+
+/// What a private node wrote into the shared tier (a `private` page, a `Set-Cookie`) is not
+/// served by a shared node: records from the tier pass this node's storing rules first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_node_serves_nothing_its_rules_refuse_from_the_tier() {
+    use http_cache_streaming::{HttpCacheOptions, HttpCacheStreamingLayer, StreamingManager};
+    use tower::ServiceBuilder;
+    let origin = common::Origin::start(|parts, n| {
+        let private = parts.uri.path() == "/me";
+        http::Response::builder()
+            .header(
+                "cache-control",
+                if private {
+                    "private, max-age=600"
+                } else {
+                    "max-age=600"
+                },
+            )
+            .header("set-cookie", format!("sid=user{n}"))
+            .body(axum::body::Body::from(format!("page of user {n}")))
+            .unwrap()
+    })
+    .await;
+    let bucket = tempfile::tempdir().unwrap();
+    let tier: Arc<dyn http_cache_streaming::storage::Storage> =
+        Arc::new(FileStorage::new(bucket.path()));
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let node = |dir: &tempfile::TempDir, shared: bool| {
+        let manager = StreamingManager::builder(dir.path())
+            .shared_tier(Arc::clone(&tier))
+            .build();
+        let options = HttpCacheOptions::default().shared(shared);
+        ServiceBuilder::new()
+            .layer(HttpCacheStreamingLayer::with_options(manager, options))
+            .service(common::client())
+    };
+    let (mut private, mut shared) = (node(&dirs[0], false), node(&dirs[1], true));
+    let get = |path: &str| {
+        http::Request::get(origin.url(path))
+            .body(http_body_util::Full::default())
+            .unwrap()
+    };
+    for path in ["/me", "/cookie"] {
+        let mine = common::send(&mut private, get(path)).await;
+        assert!(mine.cache_status().contains("stored"), "{path}");
+    }
+    common::eventually("both copied to the tier", || {
+        common::record_files(bucket.path()).len() == 2
+    })
+    .await;
+    for (path, n) in [("/me", 3), ("/cookie", 4)] {
+        let theirs = common::send(&mut shared, get(path)).await;
+        assert!(!theirs.hit(), "{path}: {}", theirs.cache_status());
+        assert_eq!(theirs.body, format!("page of user {n}"), "{path}");
+        assert_eq!(origin.hits(), n);
+    }
+    assert!(
+        common::record_files(dirs[1].path()).is_empty(),
+        "nothing of it stored by the shared node"
+    );
 }

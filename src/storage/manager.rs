@@ -2,7 +2,7 @@
 //! above all a bucket shared by a fleet.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -16,6 +16,7 @@ use super::{Name, Storage};
 use crate::StreamingBody;
 use crate::error::{BoxError, Error, ErrorKind, Result};
 use crate::store::content_length;
+use crate::store::layout::Hash32;
 use crate::store::record::Entry;
 
 /// A store of responses in a [`Storage`], by default a bucket of any
@@ -34,6 +35,30 @@ use crate::store::record::Entry;
 #[derive(Debug, Clone)]
 pub struct ObjectStoreManager {
     storage: Arc<dyn Storage>,
+    /// Bodies this manager has read whole and found to match their digest.
+    checked: Arc<CheckedDigests>,
+}
+
+/// The digests of bodies read whole from a storage and found to match: a range of one of
+/// them is read as a range, a range of any other only out of a whole read that checks it.
+/// Forgotten all at once past [`CHECKED_DIGESTS`], so memory stays bounded.
+#[derive(Debug, Default)]
+pub(crate) struct CheckedDigests(Mutex<HashSet<Hash32>>);
+
+const CHECKED_DIGESTS: usize = 16 * 1024;
+
+impl CheckedDigests {
+    fn contains(&self, digest: Hash32) -> bool {
+        crate::store::lock(&self.0).contains(&digest)
+    }
+
+    fn insert(&self, digest: Hash32) {
+        let mut checked = crate::store::lock(&self.0);
+        if checked.len() >= CHECKED_DIGESTS {
+            checked.clear();
+        }
+        checked.insert(digest);
+    }
 }
 
 /// What a [`sweep`](ObjectStoreManager::sweep) found and removed.
@@ -58,7 +83,10 @@ impl ObjectStoreManager {
     /// (`ObjectStorage`, feature `object-store`), a [`FileStorage`](super::FileStorage), or
     /// one of yours.
     pub fn over(storage: Arc<dyn Storage>) -> Self {
-        ObjectStoreManager { storage }
+        ObjectStoreManager {
+            storage,
+            checked: Arc::default(),
+        }
     }
 
     /// The storage it keeps its bytes in.
@@ -224,6 +252,11 @@ impl ObjectStoreManager {
 
     /// [`get`](Self::get) of bytes `start..start + len` of the body only (a `Range`
     /// request), clamped to the body.
+    ///
+    /// Bytes in a bucket are untrusted until checked: the first range of a body this
+    /// manager has not read whole is cut from a whole read that checks the body against its
+    /// digest (its last bytes are held until the check passes), and later ranges of it are
+    /// read as ranges.
     pub async fn get_range(
         &self,
         key: &str,
@@ -238,7 +271,8 @@ impl ObjectStoreManager {
         key: &str,
         part: Option<(u64, u64)>,
     ) -> Result<Option<(Response<StreamingBody>, CachePolicy)>> {
-        let Some((entry, body)) = read_entry(&*self.storage, key, part).await? else {
+        let checked = Some(&self.checked);
+        let Some((entry, body)) = read_entry(&*self.storage, key, part, checked).await? else {
             return Ok(None);
         };
         Ok(Some((entry.response(body), entry.policy)))
@@ -288,11 +322,13 @@ impl ObjectStoreManager {
 
 /// The entry stored under `key` in `storage` and its body (bytes `part` of it, clamped to
 /// the body, or all of it followed by its trailers). A record that is damaged, or whose body
-/// is missing or of another length, is `None` and is removed.
+/// is missing or of another length, is `None` and is removed. A body is checked against its
+/// digest as it streams; a part is read as a part only when `checked` knows the body was.
 pub(crate) async fn read_entry(
     storage: &dyn Storage,
     key: &str,
     part: Option<(u64, u64)>,
+    checked: Option<&Arc<CheckedDigests>>,
 ) -> Result<Option<(Entry, StreamingBody)>> {
     let name = Name::of(key.as_bytes());
     let Some(bytes) = storage.read_record(name).await? else {
@@ -315,47 +351,76 @@ pub(crate) async fn read_entry(
         storage.delete_record(name).await?;
         return Ok(None);
     }
-    let (start, len) = part.map_or((0, entry.length), |(start, len)| {
+    let window = part.map(|(start, len)| {
         let start = start.min(entry.length);
         (start, len.min(entry.length - start))
     });
+    let known_good = checked.is_some_and(|c| c.contains(entry.digest));
+    let (start, len) = match window {
+        Some(window) if known_good => window,
+        _ => (0, entry.length),
+    };
     let Some(body) = storage.read_body(digest, start, len).await? else {
         storage.delete_record(name).await?;
         return Ok(None);
     };
-    if part.is_some() {
+    if window.is_some() && known_good {
         return Ok(Some((entry, body)));
     }
-    // A whole body is checked against its digest as it streams: bytes changed in a shared
-    // bucket are never passed off as a complete body.
-    let verified = Verified {
+    // Bytes changed in a shared bucket are never passed off as a complete body, nor a
+    // range of one.
+    let body = Checked {
         inner: body,
         hasher: Some(<sha2::Sha256 as sha2::Digest>::new()),
         expected: entry.digest,
         held: None,
+        window,
+        position: 0,
+        checked: checked.cloned(),
     };
-    let body = match &entry.trailers {
-        Some(trailers) => {
+    let body = match (&entry.trailers, window) {
+        (Some(trailers), None) => {
             let trailers = trailers.clone();
-            StreamingBody::pass(verified.with_trailers(async move { Some(Ok(trailers)) }))
+            StreamingBody::pass(body.with_trailers(async move { Some(Ok(trailers)) }))
         }
-        None => StreamingBody::pass(verified),
+        _ => StreamingBody::pass(body),
     };
     Ok(Some((entry, body)))
 }
 
 /// A body checked against its SHA-256 as it streams: each chunk is handed on only when the
 /// next has arrived, and the last only once the digest matches, so a body whose bytes were
-/// changed ends in an error, never complete.
-struct Verified {
+/// changed ends in an error, never complete. With a `window`, the whole body is read and
+/// checked, and only the bytes inside the window are handed on.
+struct Checked {
     inner: StreamingBody,
     hasher: Option<sha2::Sha256>,
-    expected: crate::store::layout::Hash32,
+    expected: Hash32,
     /// The chunk read but not yet handed on.
     held: Option<Bytes>,
+    /// `(start, len)` of the bytes to hand on; all of them when `None`.
+    window: Option<(u64, u64)>,
+    /// Bytes of the body read so far.
+    position: u64,
+    /// Told of the digest once the whole body has matched it.
+    checked: Option<Arc<CheckedDigests>>,
 }
 
-impl Body for Verified {
+impl Checked {
+    /// The part of `data` (read at `self.position`) inside the window.
+    fn in_window(&self, data: Bytes) -> Bytes {
+        let Some((start, len)) = self.window else {
+            return data;
+        };
+        let end = start + len;
+        let from = start.saturating_sub(self.position);
+        let to = end.saturating_sub(self.position);
+        let clamp = |at: u64| usize::try_from(at).unwrap_or(usize::MAX).min(data.len());
+        data.slice(clamp(from)..clamp(to).max(clamp(from)))
+    }
+}
+
+impl Body for Checked {
     type Data = Bytes;
     type Error = Error;
 
@@ -378,16 +443,25 @@ impl Body for Verified {
                         continue;
                     };
                     sha2::Digest::update(hasher, &data);
+                    let read = data.len() as u64;
+                    let data = this.in_window(data);
+                    this.position += read;
+                    if data.is_empty() {
+                        continue;
+                    }
                     if let Some(previous) = this.held.replace(data) {
                         return Poll::Ready(Some(Ok(http_body::Frame::data(previous))));
                     }
                 }
                 Poll::Ready(None) => {
                     let hasher = this.hasher.take().unwrap_or_default();
-                    if crate::store::layout::Hash32::from_hasher(hasher) != this.expected {
+                    if Hash32::from_hasher(hasher) != this.expected {
                         this.held = None;
                         return Poll::Ready(Some(Err(Error::new(ErrorKind::Integrity)
                             .with_subject("a stored body whose bytes differ from its digest"))));
+                    }
+                    if let Some(checked) = &this.checked {
+                        checked.insert(this.expected);
                     }
                 }
             }
@@ -395,13 +469,22 @@ impl Body for Verified {
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        let inner = self.inner.size_hint();
         let held = self.held.as_ref().map_or(0, |b| b.len() as u64);
         let mut hint = http_body::SizeHint::new();
-        if let Some(upper) = inner.upper() {
-            hint.set_upper(upper + held);
+        match self.window {
+            Some((start, len)) if self.hasher.is_some() => {
+                let ahead = (start + len).saturating_sub(self.position.max(start));
+                hint.set_upper(ahead + held);
+            }
+            Some(_) => hint.set_exact(held),
+            None => {
+                let inner = self.inner.size_hint();
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + held);
+                }
+                hint.set_lower(inner.lower() + held);
+            }
         }
-        hint.set_lower(inner.lower() + held);
         hint
     }
 }

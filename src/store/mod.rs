@@ -915,7 +915,7 @@ impl Inner {
 }
 
 /// Locks state that is updated in single statements, which a panic elsewhere leaves usable.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -46,7 +46,8 @@ impl StreamingManager {
         tier: &Arc<dyn Storage>,
         key: &str,
     ) -> Result<Option<(Response<StreamingBody>, Arc<Entry>)>> {
-        let Some((entry, body)) = crate::storage::read_entry(&**tier, key, None).await? else {
+        let Some((entry, body)) = crate::storage::read_entry(&**tier, key, None, None).await?
+        else {
             return Ok(None);
         };
         let url = Url::parse(&entry.url).map_err(|e| {
