@@ -29,7 +29,8 @@ pub(crate) enum Ranged {
     Whole,
     /// Bytes `start..start + len`.
     Part { start: u64, len: u64 },
-    /// Several ranges, in the order asked, each `(start, len)`.
+    /// Several ranges, each `(start, len)`: in the order asked, or, when some overlapped or
+    /// touched, merged and in the order of the body.
     Parts(Vec<(u64, u64)>),
     /// No byte of the range exists.
     Unsatisfiable,
@@ -60,6 +61,17 @@ pub(crate) fn ranged(request: &HeaderMap, stored: &HeaderMap, length: u64) -> Ra
             None => return Ranged::Whole,
         }
     }
+    // Ranges that ask for more bytes than the body has (the same bytes many times over) get
+    // the body once; overlapping or adjacent ones are merged (RFC 9110 §14.2 lets a server
+    // do both), so that no request multiplies what is sent.
+    let asked: u64 = parts
+        .iter()
+        .map(|(_, len)| len)
+        .fold(0, |a, b| a.saturating_add(*b));
+    if asked > length {
+        return Ranged::Whole;
+    }
+    let parts = merged(parts);
     match parts.as_slice() {
         [] => Ranged::Unsatisfiable,
         [(start, len)] => Ranged::Part {
@@ -72,6 +84,27 @@ pub(crate) fn ranged(request: &HeaderMap, stored: &HeaderMap, length: u64) -> Ra
 
 /// Ranges beyond this many are answered with the whole body: cheaper than hundreds of parts.
 const MAX_PARTS: usize = 16;
+
+/// `parts` as asked when no two overlap or touch; else sorted, with those that overlap or
+/// touch made one.
+fn merged(mut parts: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    let mut sorted = parts.clone();
+    sorted.sort_unstable();
+    let apart = sorted.windows(2).all(|w| w[0].0 + w[0].1 < w[1].0);
+    if apart {
+        return parts;
+    }
+    parts.clear();
+    for (start, len) in sorted {
+        match parts.last_mut() {
+            Some((first, merged_len)) if start <= *first + *merged_len => {
+                *merged_len = (*merged_len).max(start + len - *first);
+            }
+            _ => parts.push((start, len)),
+        }
+    }
+    parts
+}
 
 /// One `first-last`, `first-` or `-suffix` range: `None` when it cannot be read,
 /// `Some(None)` when no byte of it exists, else its `(start, len)`.
@@ -233,6 +266,23 @@ mod tests {
             ranged(&range("bytes=200-,500-"), &stored, 100),
             Ranged::Unsatisfiable
         );
+        // Overlapping and adjacent ranges are merged; more bytes than the body, the body.
+        assert_eq!(ranged(&range("bytes=0-9,5-14"), &stored, 100), part(0, 15));
+        assert_eq!(ranged(&range("bytes=10-19,0-9"), &stored, 100), part(0, 20));
+        assert_eq!(
+            ranged(&range("bytes=50-59,0-4,3-7"), &stored, 100),
+            Ranged::Parts(vec![(0, 8), (50, 10)])
+        );
+        assert_eq!(
+            ranged(&range("bytes=50-59,0-4"), &stored, 100),
+            Ranged::Parts(vec![(50, 10), (0, 5)]),
+            "apart: as asked"
+        );
+        let same = format!("bytes={}", ["0-49"; 3].join(","));
+        assert_eq!(ranged(&range(&same), &stored, 100), Ranged::Whole);
+        let overlapping = format!("bytes={}", ["0-9"; 16].join(","));
+        assert_eq!(ranged(&range(&overlapping), &stored, 100), Ranged::Whole);
+        assert_eq!(ranged(&range("bytes=0-9,0-9"), &stored, 100), part(0, 10));
         let many = format!("bytes={}", vec!["0-0"; 17].join(","));
         assert_eq!(ranged(&range(&many), &stored, 100), Ranged::Whole);
         assert_eq!(ranged(&range("items=0-1"), &stored, 100), Ranged::Whole);

@@ -146,15 +146,28 @@ async fn changed_bytes_in_a_bucket_are_refused() {
     assert!(hit.into_body().collect().await.is_err());
     // A range of a body never checked is cut from a whole read that checks it: the changed
     // body fails, even for a range far from the changed byte.
-    let (part, _) = manager.get_range("GET:flipped", 10, 100).await.unwrap().unwrap();
+    let (part, _) = manager
+        .get_range("GET:flipped", 10, 100)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(part.into_body().collect().await.is_err());
 
     // A range of a good body is its bytes, checked first; once the body is known good,
     // ranges are read as ranges.
     let good = bytes_of(300_000, 24);
-    put(&ObjectStoreManager::new(Arc::clone(&bucket)), "GET:good", &good).await;
+    put(
+        &ObjectStoreManager::new(Arc::clone(&bucket)),
+        "GET:good",
+        &good,
+    )
+    .await;
     for (start, len) in [(10, 100), (299_990, 100), (0, 300_000), (1_000_000, 5)] {
-        let (part, _) = manager.get_range("GET:good", start, len).await.unwrap().unwrap();
+        let (part, _) = manager
+            .get_range("GET:good", start, len)
+            .await
+            .unwrap()
+            .unwrap();
         let got = part.into_body().collect().await.unwrap().to_bytes();
         let start = (start as usize).min(good.len());
         let end = (start + len as usize).min(good.len());
