@@ -216,6 +216,16 @@ impl StreamingBody {
     fn is_storing(&self) -> bool {
         matches!(&self.kind, Kind::Tee { sink: Some(_), .. })
     }
+
+    /// The fill this tee's writer is storing, when others may follow it.
+    fn fill(&self) -> Option<&Arc<Fill>> {
+        match &self.kind {
+            Kind::Tee {
+                sink: Some(sink), ..
+            } => sink.fill.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Debug for StreamingBody {
@@ -461,19 +471,42 @@ impl Drop for StreamingBody {
 
 /// Reads `body` to its end on a task of its own, for the store and whoever follows its fill,
 /// and stops early once the store has what it wants or gives up on it (a body too large).
-/// When no task can be started, or the task is dropped before it ends (a runtime shutting
-/// down), the body is dropped as it is and its entry given up. `false`: there was no runtime
-/// to start the task on.
+/// While others follow the fill it reads on for them; with nobody following, only within
+/// the cache's budget for fills completing in the background (so many at once, so many
+/// bytes each), and a fill that finds no room is given up. When no task can be started, or
+/// the task is dropped before it ends (a runtime shutting down), the body is dropped as it
+/// is and its entry given up. `false`: there was no runtime to start the task on.
 pub(crate) fn complete_in_background(mut body: StreamingBody) -> bool {
     if let Kind::Tee { detached, .. } = &mut body.kind {
         *detached = true;
     }
+    let followed = |body: &StreamingBody| body.fill().is_some_and(|fill| fill.followed());
+    let budget = body.fill().and_then(|fill| fill.background_budget());
+    if budget.is_none() && !followed(&body) {
+        crate::log::debug_event!("not stored: no room to complete another fill in the background");
+        drop(body);
+        return true;
+    }
     crate::rt::spawn(async move {
         use http_body_util::BodyExt as _;
+        let (permit, allowed) = budget.unzip();
+        let mut read = 0u64;
         let mut body = std::pin::pin!(body);
-        while body.is_storing()
-            && let Some(Ok(_)) = body.frame().await
-        {}
+        while body.is_storing() {
+            let on_its_own = !followed(&body);
+            if on_its_own && (permit.is_none() || allowed.is_some_and(|bytes| read > bytes)) {
+                crate::log::debug_event!(
+                    read,
+                    "not stored: a fill nobody reads went past its budget"
+                );
+                break;
+            }
+            match body.frame().await {
+                Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len() as u64),
+                _ => break,
+            }
+        }
+        drop(permit);
     })
 }
 

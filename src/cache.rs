@@ -20,7 +20,7 @@ use crate::error::BoxError;
 use crate::key;
 use crate::mode::CacheMode;
 use crate::range;
-use crate::store::fill::{FillEnd, FillHead, FillLeader, Followed, Role};
+use crate::store::fill::{Background, FillEnd, FillHead, FillLeader, Followed, Role};
 use crate::store::record::Entry;
 use crate::store::{StoreStats, StreamingManager};
 
@@ -61,6 +61,11 @@ const KEPT_ON_REVALIDATION: [HeaderName; 4] = [
     header::CONTENT_RANGE,
 ];
 
+/// Fills read on at once with nobody reading them, by default.
+const BACKGROUND_FILLS: usize = 8;
+/// How far each of them reads once alone, by default.
+const BACKGROUND_BYTES: u64 = 1 << 30;
+
 /// How the cache behaves: options that users of http-cache rely on, with builder methods.
 ///
 /// ```
@@ -93,6 +98,7 @@ pub struct HttpCacheOptions {
     coalesce: bool,
     coalesce_wait: Duration,
     complete_on_disconnect: Option<bool>,
+    background: Background,
     stale_if_error: Option<Duration>,
     sweep_every: Option<Duration>,
     fetch_whole_on_range_miss: bool,
@@ -113,6 +119,7 @@ impl Default for HttpCacheOptions {
             coalesce: true,
             coalesce_wait: Duration::from_secs(10),
             complete_on_disconnect: None,
+            background: Background::new(BACKGROUND_FILLS, BACKGROUND_BYTES),
             stale_if_error: None,
             sweep_every: None,
             fetch_whole_on_range_miss: false,
@@ -134,6 +141,7 @@ impl fmt::Debug for HttpCacheOptions {
             .field("coalesce", &self.coalesce)
             .field("coalesce_wait", &self.coalesce_wait)
             .field("complete_on_disconnect", &self.complete_on_disconnect)
+            .field("background_fills", &self.background.limits())
             .field("stale_if_error", &self.stale_if_error)
             .field("sweep_every", &self.sweep_every)
             .field("fetch_whole_on_range_miss", &self.fetch_whole_on_range_miss)
@@ -237,6 +245,17 @@ impl HttpCacheOptions {
     /// private one. With followers it is always read to its end.
     pub fn complete_on_disconnect(mut self, complete: bool) -> Self {
         self.complete_on_disconnect = Some(complete);
+        self
+    }
+
+    /// Bounds the fills read on with nobody reading them (`complete_on_disconnect`, and
+    /// the whole body behind a ranged miss once its client is gone): at most `at_once` at a
+    /// time, each reading at most `bytes_each` more once alone. Past that a fill whose last
+    /// reader left is given up and nothing is stored, so clients that ask and go away cannot
+    /// make the cache fetch without end. Fills others follow are read on for them whatever
+    /// the bound. Default: 8 at once, 1 GiB each.
+    pub fn background_fills(mut self, at_once: usize, bytes_each: u64) -> Self {
+        self.background = Background::new(at_once, bytes_each);
         self
     }
 
@@ -806,7 +825,8 @@ impl HttpStreamingCache {
         );
         let status = "hit; detail=stale-while-revalidate".to_owned();
         let served = self.hit(parts, response, &entry.policy, now, status);
-        let Role::Leader(leader) = self.manager.join_fill(&key, true) else {
+        let background = Some(self.options.background.clone());
+        let Role::Leader(leader) = self.manager.join_fill(&key, background) else {
             return Plan::Respond(served); // a revalidation is under way
         };
         // The revalidation needs a handle on the stored response of its own.
@@ -879,7 +899,8 @@ impl HttpStreamingCache {
             return self.forward(parts, key, mode, action(None), conditional);
         }
         let complete = options.complete_on_disconnect.unwrap_or(options.shared);
-        let mut follower = match self.manager.join_fill(&key, complete) {
+        let background = complete.then(|| options.background.clone());
+        let mut follower = match self.manager.join_fill(&key, background) {
             Role::Leader(leader) => {
                 let mut plan = self.forward(parts, key, mode, action(Some(leader)), conditional);
                 if let Plan::Forward { pending, .. } = &mut plan
@@ -1499,7 +1520,8 @@ impl Pending {
             range::Ranged::Unsatisfiable => (0, 0),
             range::Ranged::Whole | range::Ranged::Parts(_) => return teed,
         };
-        let Role::Follower(follower) = self.cache.manager.join_fill(&self.key, true) else {
+        let background = Some(self.cache.options.background.clone());
+        let Role::Follower(follower) = self.cache.manager.join_fill(&self.key, background) else {
             return teed;
         };
         let (mut head, body) = teed.into_parts();

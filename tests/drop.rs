@@ -86,8 +86,8 @@ impl Origin {
 enum Dropped {
     /// The response to a miss, its body not read at all.
     Miss,
-    /// The response to a miss and the response of a request that followed its fill (a
-    /// private cache: only the follower makes the fill worth finishing).
+    /// The response to a miss whose fill another request follows (a private cache: only
+    /// the follower, which reads on afterwards, makes the fill worth finishing).
     FollowedFill,
     /// A hit read through from a shared tier, being stored locally as it streams.
     SharedTierTee,
@@ -141,18 +141,22 @@ async fn get(cache: &HttpCacheStreaming<Client>, request: Request<()>) -> Respon
 }
 
 /// The responses to drop, made on `runtime` by a cache in `dir` (and a shared tier beside
-/// it).
+/// it), and one to read afterwards, if any.
 fn responses(
     what: Dropped,
     runtime: &Runtime,
     origin: &Origin,
     dir: &std::path::Path,
-) -> Vec<Response<StreamingBody>> {
+) -> (
+    Vec<Response<StreamingBody>>,
+    Option<Response<StreamingBody>>,
+) {
     runtime.block_on(async {
         match what {
             Dropped::Miss => {
                 let cache = layer(dir, HttpCacheOptions::default());
-                vec![get(&cache, Request::get(&origin.url).body(()).unwrap()).await]
+                let miss = get(&cache, Request::get(&origin.url).body(()).unwrap()).await;
+                (vec![miss], None)
             }
             Dropped::RangedMiss => {
                 let options = HttpCacheOptions::default().fetch_whole_on_range_miss(true);
@@ -160,7 +164,7 @@ fn responses(
                 let ranged = Request::get(&origin.url).header("range", "bytes=100-199");
                 let response = get(&cache, ranged.body(()).unwrap()).await;
                 assert_eq!(response.status(), 206);
-                vec![response]
+                (vec![response], None)
             }
             Dropped::FollowedFill => {
                 let cache = layer(dir, HttpCacheOptions::default().shared(false));
@@ -168,7 +172,7 @@ fn responses(
                 let follower = get(&cache, Request::get(&origin.url).body(()).unwrap()).await;
                 let status = follower.headers()["cache-status"].to_str().unwrap();
                 assert!(status.contains("collapsed"), "{status}");
-                vec![leader, follower]
+                (vec![leader], Some(follower))
             }
             Dropped::SharedTierTee => {
                 let bucket = dir.with_file_name("bucket");
@@ -186,7 +190,7 @@ fn responses(
                     .shared_tier(Arc::new(FileStorage::new(bucket)))
                     .build();
                 let (hit, _) = node.get(key).await.unwrap().expect("read through");
-                vec![hit]
+                (vec![hit], None)
             }
         }
     })
@@ -257,8 +261,8 @@ fn dropped_unread(what: Dropped, place: Where) {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("local");
     let runtime = Runtime::new().unwrap();
-    let responses = responses(what, &runtime, &origin, &cache);
-    let runtime = drop_there(place, runtime, responses);
+    let (dropped, kept) = responses(what, &runtime, &origin, &cache);
+    let runtime = drop_there(place, runtime, dropped);
     // Still here: the drop neither recursed nor aborted.
     origin.release();
 
@@ -273,6 +277,16 @@ fn dropped_unread(what: Dropped, place: Where) {
         Dropped::RangedMiss => runtime.is_some(),
         Dropped::Miss | Dropped::FollowedFill => place.can_finish(),
     };
+    // The follower reads on: the whole body when the fill went on without its leader,
+    // else an error, never a body cut short passed off as whole.
+    if let (Some(runtime), Some(follower)) = (&runtime, kept) {
+        use http_body_util::BodyExt as _;
+        let read = runtime.block_on(follower.into_body().collect());
+        match read {
+            Ok(body) => assert!(finishes && body.to_bytes() == body_bytes()),
+            Err(_) => assert!(!finishes, "{place:?}: the follower's body failed"),
+        }
+    }
     if finishes {
         wait_for("the body stored whole", || record_files(&cache).len() == 1);
         assert_eq!(content_files(&cache), vec![whole.clone()]);
@@ -358,4 +372,33 @@ contexts! {
     ranged_miss_dropped_in_spawn_blocking: RangedMiss, SpawnBlocking;
     ranged_miss_dropped_on_smol: RangedMiss, Smol, cfg(feature = "smol");
     ranged_miss_dropped_while_unwinding: RangedMiss, Unwind;
+}
+
+/// Fills nobody reads any more are completed within the cache's budget only: `at_once` of
+/// them, each reading at most `bytes_each` once alone; the others are given up, and
+/// nothing of them is stored.
+#[test]
+fn fills_nobody_reads_complete_within_the_background_budget() {
+    for (at_once, bytes_each, stored) in [(2, 1 << 20, 2), (8, 10 * 1024, 0)] {
+        let origin = Origin::start();
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = Runtime::new().unwrap();
+        let options = HttpCacheOptions::default().background_fills(at_once, bytes_each);
+        runtime.block_on(async {
+            let cache = layer(dir.path(), options);
+            for i in 0..5 {
+                let url = format!("{}?i={i}", origin.url);
+                drop(get(&cache, Request::get(url).body(()).unwrap()).await);
+            }
+        });
+        origin.release();
+        let budget = format!("{at_once} at once, {bytes_each} bytes each");
+        if stored > 0 {
+            wait_for(&budget, || record_files(dir.path()).len() == stored);
+        }
+        wait_for("no temp file left", || temp_files(dir.path()).is_empty());
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(record_files(dir.path()).len(), stored, "{budget}");
+        assert_eq!(origin.hits.load(Ordering::SeqCst), 5);
+    }
 }

@@ -29,12 +29,39 @@ pub(crate) struct Fills {
     by_key: Mutex<HashMap<Hash32, Arc<Fill>>>,
 }
 
+/// How much the fills of one cache may read on their own once nobody reads them: at most
+/// `permits` such fills at once, each at most `bytes` more. Past that a fill whose last
+/// reader left is given up and nothing is stored.
+#[derive(Clone, Debug)]
+pub(crate) struct Background {
+    permits: Arc<tokio::sync::Semaphore>,
+    bytes: u64,
+}
+
+impl Background {
+    pub(crate) fn new(at_once: usize, bytes: u64) -> Self {
+        Background {
+            permits: Arc::new(tokio::sync::Semaphore::new(at_once)),
+            bytes,
+        }
+    }
+
+    /// `(at once, bytes each)`.
+    pub(crate) fn limits(&self) -> (usize, u64) {
+        (self.permits.available_permits(), self.bytes)
+    }
+}
+
+/// The right of a fill to read on with nobody reading it, and how far.
+pub(crate) type BackgroundBudget = (tokio::sync::OwnedSemaphorePermit, u64);
+
 /// One entry being written.
 pub(crate) struct Fill {
     state: watch::Sender<FillState>,
     followers: AtomicUsize,
-    /// Keep writing when the leader's client goes away, even with nobody following.
-    complete_on_disconnect: bool,
+    /// Keep writing when the leader's client goes away, even with nobody following, within
+    /// this budget.
+    complete_on_disconnect: Option<Background>,
     /// Where each body reader is: what the relay must keep.
     positions: Mutex<Vec<Weak<AtomicU64>>>,
     /// The rest of the body, when the store failed while others were following it.
@@ -174,7 +201,11 @@ impl Fills {
     /// Leads a new fill of `key`, or follows the one under way (or just stored: its
     /// followers then look the entry up). A fill that failed or was released gets a new
     /// leader.
-    pub(crate) fn join(self: &Arc<Self>, key: Hash32, complete_on_disconnect: bool) -> Role {
+    pub(crate) fn join(
+        self: &Arc<Self>,
+        key: Hash32,
+        complete_on_disconnect: Option<Background>,
+    ) -> Role {
         let mut by_key = lock(&self.by_key);
         if let Some(fill) = by_key.get(&key)
             && fill.joinable()
@@ -227,9 +258,17 @@ impl Fill {
         self.followers.load(Ordering::SeqCst) > 0
     }
 
+    /// A share of the cache's budget for reading on with nobody reading, when this fill
+    /// completes on disconnect and the budget has room.
+    pub(crate) fn background_budget(&self) -> Option<BackgroundBudget> {
+        let background = self.complete_on_disconnect.as_ref()?;
+        let permit = Arc::clone(&background.permits).try_acquire_owned().ok()?;
+        Some((permit, background.bytes))
+    }
+
     /// Whether a tee whose client went away should finish writing anyway.
     pub(crate) fn wanted(&self) -> bool {
-        self.complete_on_disconnect || self.followers.load(Ordering::SeqCst) > 0
+        self.complete_on_disconnect.is_some() || self.followers.load(Ordering::SeqCst) > 0
     }
 
     pub(crate) fn publish_head(&self, head: FillHead) {

@@ -539,7 +539,11 @@ impl StreamingManager {
     }
 
     /// Leads a fill of `key` (see [`fill`]), or follows the one under way.
-    pub(crate) fn join_fill(&self, key: &str, complete_on_disconnect: bool) -> Role {
+    pub(crate) fn join_fill(
+        &self,
+        key: &str,
+        complete_on_disconnect: Option<fill::Background>,
+    ) -> Role {
         self.inner
             .fills
             .join(Hash32::of(key.as_bytes()), complete_on_disconnect)
