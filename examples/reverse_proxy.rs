@@ -5,8 +5,17 @@
 //!     --upstream http://127.0.0.1:8080 --listen 127.0.0.1:3000 --cache-dir ./proxy-cache \
 //!     [--timeout-secs 30] [--max-size BYTES] [--max-body-size BYTES]
 //!     [--s3-bucket NAME [--s3-endpoint URL]] [--purge-token TOKEN] [--trust-forwarded]
-//!     [--quiet]
+//!     [--max-entries N] [--background-fills 8] [--max-connections 4096]
+//!     [--header-timeout-secs 30] [--idle-timeout-secs 75] [--send-timeout-secs 60] [--quiet]
 //! ```
+//!
+//! Slow and many clients cannot take it down, as with nginx: request headers must arrive
+//! within `--header-timeout-secs`, a connection with nothing read or written for
+//! `--idle-timeout-secs` is closed, a client that takes no byte of a response for
+//! `--send-timeout-secs` is dropped (the response is abandoned like any whose client left),
+//! at most `--max-connections` are served at once (more wait in the listen backlog), and an
+//! accept that fails for want of file descriptors waits instead of spinning. Of the fills
+//! whose clients left, at most `--background-fills` are still read to their end at once.
 //!
 //! It forwards every method, every end-to-end request and response header (repeated headers
 //! kept; hop-by-hop headers removed, RFC 9110 §7.6.1) and any status code the upstream sends.
@@ -56,7 +65,7 @@ use http_cache_streaming::{
 };
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
@@ -76,18 +85,56 @@ struct Args {
     s3_endpoint: Option<String>,
     purge_token: Option<String>,
     trust_forwarded: bool,
+    max_entries: Option<usize>,
+    clients: ClientLimits,
+    background_fills: usize,
+}
+
+/// What one client may hold, so that slow or many clients cannot take the proxy down.
+#[derive(Clone, Copy)]
+struct ClientLimits {
+    /// Time to send a request's headers (HTTP/1): nginx's `client_header_timeout`.
+    header_timeout: Duration,
+    /// A connection with nothing read or written for this long is closed (keep-alive idle).
+    idle_timeout: Duration,
+    /// A client that takes no byte of a response for this long is dropped (nginx's
+    /// `send_timeout`): what it was sent is abandoned like any response whose client left.
+    send_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    max_connections: usize,
 }
 
 const USAGE: &str = "usage: reverse_proxy --upstream http://HOST[:PORT] --listen ADDR:PORT \
                      --cache-dir DIR [--timeout-secs N] [--max-size BYTES] [--max-body-size BYTES] \
                      [--s3-bucket NAME [--s3-endpoint URL]] [--purge-token TOKEN] \
-                     [--trust-forwarded] [--quiet]";
+                     [--trust-forwarded] [--max-entries N] [--background-fills N] \
+                     [--max-connections N] [--header-timeout-secs N] [--idle-timeout-secs N] \
+                     [--send-timeout-secs N] [--quiet]";
 
 /// A number of bytes given on the command line.
 fn bytes_arg(name: &str, value: &str) -> Result<u64, String> {
     value
         .parse()
         .map_err(|_| format!("{name} takes a number of bytes, not {value:?}"))
+}
+
+/// A count given on the command line: at least one.
+fn count_arg(name: &str, value: &str) -> Result<usize, String> {
+    value
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{name} takes a number above zero, not {value:?}"))
+}
+
+/// Whole seconds given on the command line: at least one.
+fn secs_arg(name: &str, value: &str) -> Result<Duration, String> {
+    let secs = value
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{name} takes whole seconds above zero, not {value:?}"))?;
+    Ok(Duration::from_secs(secs))
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -101,6 +148,14 @@ fn parse_args() -> Result<Args, String> {
     let mut s3_endpoint = None;
     let mut purge_token = None;
     let mut trust_forwarded = false;
+    let mut max_entries = None;
+    let mut background_fills = 8;
+    let mut clients = ClientLimits {
+        header_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(75),
+        send_timeout: Duration::from_secs(60),
+        max_connections: 4096,
+    };
     let mut timeout = Duration::from_secs(30);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -137,13 +192,13 @@ fn parse_args() -> Result<Args, String> {
             "--max-body-size" => max_body_size = Some(bytes_arg(&arg, &value(&arg)?)?),
             "--s3-bucket" => s3_bucket = Some(value(&arg)?),
             "--s3-endpoint" => s3_endpoint = Some(value(&arg)?),
-            "--timeout-secs" => {
-                let secs = value("--timeout-secs")?;
-                let secs: u64 = secs
-                    .parse()
-                    .map_err(|_| format!("--timeout-secs takes whole seconds, not {secs:?}"))?;
-                timeout = Duration::from_secs(secs);
-            }
+            "--timeout-secs" => timeout = secs_arg(&arg, &value(&arg)?)?,
+            "--max-entries" => max_entries = Some(count_arg(&arg, &value(&arg)?)?),
+            "--background-fills" => background_fills = count_arg(&arg, &value(&arg)?)?,
+            "--max-connections" => clients.max_connections = count_arg(&arg, &value(&arg)?)?,
+            "--header-timeout-secs" => clients.header_timeout = secs_arg(&arg, &value(&arg)?)?,
+            "--idle-timeout-secs" => clients.idle_timeout = secs_arg(&arg, &value(&arg)?)?,
+            "--send-timeout-secs" => clients.send_timeout = secs_arg(&arg, &value(&arg)?)?,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -177,6 +232,9 @@ fn parse_args() -> Result<Args, String> {
         s3_endpoint,
         purge_token,
         trust_forwarded,
+        max_entries,
+        clients,
+        background_fills,
     })
 }
 
@@ -366,6 +424,9 @@ async fn run(args: Args) -> Result<(), Error> {
     if let Some(bytes) = args.max_body_size {
         manager = manager.max_body_size(bytes);
     }
+    if let Some(entries) = args.max_entries {
+        manager = manager.max_entries(entries);
+    }
     if let Some(bucket) = &args.s3_bucket {
         manager = manager.shared_tier(s3_tier(bucket, args.s3_endpoint.as_deref())?);
     }
@@ -375,7 +436,8 @@ async fn run(args: Args) -> Result<(), Error> {
     };
     let options = HttpCacheOptions::default()
         .shared(true)
-        .cache_key(upstream_key(&authority));
+        .cache_key(upstream_key(&authority))
+        .background_fills(args.background_fills, 1 << 30);
     let upstream = Upstream {
         client: Client::builder(TokioExecutor::new()).build_http(),
         authority,
@@ -393,14 +455,40 @@ async fn run(args: Args) -> Result<(), Error> {
         args.cache_dir.display(),
     );
     let purge_token: Option<Arc<str>> = args.purge_token.as_deref().map(Arc::from);
+    let limits = args.clients;
+    let mut connection = auto::Builder::new(TokioExecutor::new());
+    connection
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    connection.http2().timer(TokioTimer::new());
+    let connection = Arc::new(connection);
+    // Past the cap, connections wait in the listen backlog until one closes.
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut last_complaint: Option<Instant> = None;
     loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return Ok(());
+        };
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
-                eprintln!("accept failed: {error}");
+                // Out of file descriptors or memory: retrying at once would spin. Wait for
+                // connections to close, and say so at most once a second.
+                if last_complaint.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                    eprintln!("accept failed: {error}; retrying in 100 ms");
+                    last_complaint = Some(Instant::now());
+                }
+                if !matches!(
+                    error.kind(),
+                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+                ) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 continue;
             }
         };
+        let connection = Arc::clone(&connection);
         let service = service.clone();
         let (quiet, trust_forwarded) = (args.quiet, args.trust_forwarded);
         let purge_token = purge_token.clone();
@@ -423,7 +511,7 @@ async fn run(args: Args) -> Result<(), Error> {
                     Ok(response)
                 }
             });
-            let connection = auto::Builder::new(TokioExecutor::new());
+            let stream = Watched::new(stream, limits);
             let served = connection
                 .serve_connection(TokioIo::new(stream), per_request)
                 .await;
@@ -432,7 +520,128 @@ async fn run(args: Args) -> Result<(), Error> {
             {
                 eprintln!("{peer}: connection error: {error}");
             }
+            drop(slot);
         });
+    }
+}
+
+/// A client connection that is dropped when the client takes no byte of a response for
+/// `send_timeout`, or when nothing is read or written for `idle_timeout`: a slow or silent
+/// client holds neither a connection slot nor the response being sent to it for ever.
+struct Watched {
+    stream: tokio::net::TcpStream,
+    limits: ClientLimits,
+    /// Armed when a write finds the client's window full; disarmed by any write.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Reset by every byte read or written.
+    idle: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Watched {
+    fn new(stream: tokio::net::TcpStream, limits: ClientLimits) -> Self {
+        Watched {
+            stream,
+            limits,
+            stalled: None,
+            idle: Box::pin(tokio::time::sleep(limits.idle_timeout)),
+        }
+    }
+
+    fn active(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.limits.idle_timeout;
+        self.idle.as_mut().reset(deadline);
+    }
+
+    fn timed_out(what: &str) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, what.to_owned())
+    }
+
+    /// What a write to the client came to, with the send timeout applied.
+    fn written(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        written: std::task::Poll<std::io::Result<usize>>,
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        match written {
+            Poll::Ready(Ok(n)) => {
+                self.stalled = None;
+                self.active();
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => {
+                let send_timeout = self.limits.send_timeout;
+                let stalled = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(send_timeout)));
+                if stalled.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(Self::timed_out("client takes no bytes")));
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                self.active();
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if self.idle.as_mut().poll(cx).is_ready() => {
+                Poll::Ready(Err(Self::timed_out("client idle")))
+            }
+            other => other,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.stream).poll_write(cx, data);
+        self.written(cx, written)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.written(cx, written)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

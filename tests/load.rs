@@ -1,0 +1,220 @@
+//! Hostile load through the real reverse proxy: slow, silent and many clients, and requests
+//! that would multiply what the proxy sends or stores. Each test asserts what an innocent
+//! client meanwhile receives, and how soon.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use axum::body::Body as AxumBody;
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use tower::{Service, ServiceExt};
+
+/// An origin of small pages and, under `/big`, 16 MiB bodies.
+async fn origin() -> Origin {
+    static BIG: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let big = BIG.get_or_init(|| Bytes::from(vec![b'b'; BIG_LEN]));
+    Origin::start(move |parts, n| {
+        let body = if parts.uri.path().starts_with("/big") {
+            AxumBody::from(big.clone())
+        } else {
+            AxumBody::from(format!("page {} #{n}", parts.uri))
+        };
+        Response::builder()
+            .header("cache-control", "public, max-age=600")
+            .body(body)
+            .unwrap()
+    })
+    .await
+}
+
+const BIG_LEN: usize = 16 << 20;
+
+/// Fetches `path` through the proxy on a connection of its own, and how long that took.
+async fn innocent(proxy: &Proxy, path: &str) -> (Got, Duration) {
+    let started = Instant::now();
+    let request = Request::get(format!("http://{}{path}", proxy.addr))
+        .body(Full::default())
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), async {
+        let response = client().ready().await.unwrap().call(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        Got {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        }
+    })
+    .await
+    .expect("answered within 10 s");
+    (response, started.elapsed())
+}
+
+/// Whether the proxy has closed `stream`: a read finds its end (or a reset) at once.
+fn closed(stream: &mut TcpStream) -> bool {
+    stream.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_finish_their_headers_are_cut_off() {
+    let origin = origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(
+        &origin.url(""),
+        dir.path(),
+        &["--quiet", "--header-timeout-secs", "2"],
+    );
+    let started = Instant::now();
+    let mut slow: Vec<TcpStream> = (0..2000)
+        .map(|_| {
+            let mut stream = TcpStream::connect(&proxy.addr).unwrap();
+            stream
+                .write_all(b"GET /page HTTP/1.1\r\nHost: a\r\n")
+                .unwrap();
+            stream
+        })
+        .collect();
+    let (got, took) = innocent(&proxy, "/page").await;
+    assert_eq!(got.status, 200);
+    assert!(took < Duration::from_secs(1), "answered in {took:?}");
+    // Past the header timeout every one of them is closed.
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(started.elapsed())).await;
+    let mut open = slow.len();
+    for _ in 0..50 {
+        slow.retain_mut(|stream| !closed(stream));
+        open = slow.len();
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        open,
+        0,
+        "connections still open {:?} after they began",
+        started.elapsed()
+    );
+    assert_eq!(origin.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_take_no_bytes_are_dropped_after_the_send_timeout() {
+    let origin = origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(
+        &origin.url(""),
+        dir.path(),
+        &[
+            "--quiet",
+            "--send-timeout-secs",
+            "2",
+            "--background-fills",
+            "2",
+        ],
+    );
+    let started = Instant::now();
+    let mut stalled = Vec::new();
+    for i in 0..20 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(proxy.addr.parse().unwrap()).await.unwrap();
+        let mut stream = stream.into_std().unwrap();
+        stream.set_nonblocking(false).unwrap();
+        let request = format!("GET /big?i={i} HTTP/1.1\r\nHost: a\r\n\r\n");
+        stream.write_all(request.as_bytes()).unwrap();
+        stalled.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (got, took) = innocent(&proxy, "/page").await;
+    assert_eq!(got.status, 200);
+    assert!(took < Duration::from_secs(1), "answered in {took:?}");
+
+    // After the send timeout each stalled client has been dropped: it can read what was
+    // sent before, then the end, never the whole body.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for stream in &mut stalled {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let mut received = 0usize;
+        let mut buf = vec![0u8; 1 << 20];
+        let end = loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break "closed",
+                Ok(n) => received += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break "still open",
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => break "still open",
+                Err(_) => break "reset",
+            }
+        };
+        assert_ne!(end, "still open", "after {:?}", started.elapsed());
+        assert!(
+            received < BIG_LEN,
+            "{received} bytes reached a client that read nothing"
+        );
+    }
+    // Of the fills they left, those that found no room in the background budget (2 at
+    // once) were given up: not all of them are stored, as they were before the budget.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stored = record_files(dir.path()).len();
+    assert!(
+        stored < stalled.len(),
+        "{stored} of {} stored",
+        stalled.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_cannot_multiply_what_is_sent() {
+    let origin = Origin::start(|_, _| {
+        Response::builder()
+            .header("cache-control", "public, max-age=600")
+            .body(AxumBody::from(vec![b'r'; 100_000]))
+            .unwrap()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(&origin.url(""), dir.path(), &["--quiet"]);
+    assert_eq!(innocent(&proxy, "/video").await.0.body.len(), 100_000);
+    let ranges = format!("bytes={}", ["0-"; 16].join(","));
+    let request = Request::get(format!("http://{}/video", proxy.addr))
+        .header("range", ranges)
+        .body(Full::default())
+        .unwrap();
+    let response = client().ready().await.unwrap().call(request).await.unwrap();
+    assert_eq!(response.status(), 200, "the whole body, once");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), 100_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distinct_urls_requested_once_stay_within_max_entries() {
+    let origin = origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(
+        &origin.url(""),
+        dir.path(),
+        &["--quiet", "--max-entries", "200"],
+    );
+    for i in 0..2000 {
+        let (got, _) = innocent(&proxy, &format!("/once?i={i}")).await;
+        assert_eq!(got.status, 200);
+    }
+    let records = record_files(dir.path()).len();
+    assert!(records <= 200, "{records} records under --max-entries 200");
+    assert!(records >= 100, "the most recent are kept: {records}");
+}
