@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release --example reverse_proxy -- \
 //!     --upstream http://127.0.0.1:8080 --listen 127.0.0.1:3000 --cache-dir ./proxy-cache \
-//!     [--timeout-secs 30] [--max-size BYTES] [--max-body-size BYTES]
+//!     [--timeout-secs 30] [--max-size BYTES (10 GiB)] [--max-body-size BYTES]
 //!     [--s3-bucket NAME [--s3-endpoint URL]] [--purge-token TOKEN] [--trust-forwarded]
 //!     [--max-entries N] [--background-fills 8] [--max-connections 4096]
 //!     [--header-timeout-secs 30] [--idle-timeout-secs 75] [--send-timeout-secs 60] [--quiet]
@@ -142,7 +142,9 @@ fn parse_args() -> Result<Args, String> {
     let mut listen = None;
     let mut cache_dir = None;
     let mut quiet = false;
-    let mut max_size = None;
+    // A proxy keeps its disk bounded by default; the store also keeps 5 % of the file
+    // system (at most 1 GiB) free whatever this says.
+    let mut max_size = Some(10 << 30);
     let mut max_body_size = None;
     let mut s3_bucket = None;
     let mut s3_endpoint = None;

@@ -158,8 +158,10 @@ async fn a_full_disk_never_fails_a_request_nor_commits_a_partial_entry() {
         }
     };
     let cache_dir = disk.path.join("cache");
+    // Without the free-space floor, which would evict before the disk fills (tested below).
     let manager = StreamingManager::builder(&cache_dir)
         .memory_bodies(0, 0)
+        .min_free(0)
         .build();
     let cache = layer_over(manager.clone());
     let origin = generating_origin().await;
@@ -202,6 +204,64 @@ async fn a_full_disk_never_fails_a_request_nor_commits_a_partial_entry() {
     let before = origin.hits();
     fetch_all(&cache, &origin, 3 << 20, 2, 4).await;
     assert_eq!(origin.hits(), before, "stored once space returned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_keeps_its_free_space_floor() {
+    let disk = match SmallDisk::mount(16 << 20) {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("SKIPPED: the free-space test needs to mount a tmpfs (run as root): {why}");
+            return;
+        }
+    };
+    let cache_dir = disk.path.join("cache");
+    // The default floor: 5 % of 16 MiB, about 820 KiB.
+    let manager = StreamingManager::builder(&cache_dir)
+        .memory_bodies(0, 0)
+        .build();
+    let cache = layer_over(manager.clone());
+    let origin = generating_origin().await;
+    for seed in 1..4 {
+        fetch_all(&cache, &origin, 1 << 20, seed, 1).await;
+    }
+    assert_eq!(manager.stats().await.unwrap().entries, 3);
+
+    // Something else leaves the file system 400 KiB free: the store evicts its least
+    // recently used entries until the floor is met again, and every request is answered
+    // whole meanwhile.
+    disk.fill_leaving(400 << 10);
+    for seed in 4..7 {
+        // Past the second that free space is cached for, each commit looks again.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        fetch_all(&cache, &origin, 200_000, seed, 2).await;
+    }
+    let stats = manager.stats().await.unwrap();
+    assert!(stats.evictions >= 1, "{stats:?}");
+    let free = free_bytes(&disk.path);
+    assert!(
+        free >= 600 << 10,
+        "{free} bytes free: the floor is about 820 KiB"
+    );
+
+    // When evicting cannot make room (the store holds nothing), nothing is stored, and
+    // requests are still answered whole.
+    manager.clear().await.unwrap();
+    disk.fill_leaving(100 << 10);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let hits = origin.hits();
+    fetch_all(&cache, &origin, 50_000, 9, 1).await;
+    fetch_all(&cache, &origin, 50_000, 9, 1).await;
+    assert_eq!(origin.hits(), hits + 2, "not stored under the floor");
+    assert_eq!(manager.stats().await.unwrap().entries, 0);
+
+    // Space returns: stored again.
+    disk.free_ballast();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    fetch_all(&cache, &origin, 200_000, 10, 1).await;
+    let hits = origin.hits();
+    fetch_all(&cache, &origin, 200_000, 10, 2).await;
+    assert_eq!(origin.hits(), hits, "stored once space returned");
 }
 
 /// A small deterministic generator, so that a failing run can be replayed from its seed.

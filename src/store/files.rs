@@ -195,6 +195,62 @@ fn set_dir_mode(dir: &Path, mode: Mode) -> io::Result<()> {
     Ok(())
 }
 
+/// The free space a store keeps on its file system, as nginx's `min_free` does: under it,
+/// the store evicts its least recently used entries and commits nothing new until there is
+/// room again. Read with `statvfs` at most once a second.
+#[derive(Debug)]
+pub(crate) struct FreeSpace {
+    /// The floor asked for; `None`: 5 % of the file system, at most 1 GiB.
+    floor: Option<u64>,
+    /// When the file system was last looked at, and how many bytes short of the floor it
+    /// was then.
+    checked: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
+}
+
+/// The most the default floor asks for.
+const DEFAULT_FLOOR_CAP: u64 = 1 << 30;
+
+impl FreeSpace {
+    pub(crate) fn new(floor: Option<u64>) -> Self {
+        FreeSpace {
+            floor,
+            checked: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// How many bytes the file system holding `dir` is short of the floor (0: none), as of
+    /// at most a second ago unless `now` asks for a fresh look.
+    pub(crate) fn shortfall(&self, dir: &Path, now: bool) -> u64 {
+        let mut checked = super::lock(&self.checked);
+        if let Some((at, short)) = *checked
+            && !now
+            && at.elapsed() < std::time::Duration::from_secs(1)
+        {
+            return short;
+        }
+        let short = self.measure(dir).unwrap_or(0);
+        *checked = Some((std::time::Instant::now(), short));
+        short
+    }
+
+    #[cfg(unix)]
+    fn measure(&self, dir: &Path) -> Option<u64> {
+        let stats = rustix::fs::statvfs(dir).ok()?;
+        let unit = stats.f_frsize.max(1);
+        let total = stats.f_blocks.saturating_mul(unit);
+        let free = stats.f_bavail.saturating_mul(unit);
+        let floor = self
+            .floor
+            .unwrap_or_else(|| (total / 20).min(DEFAULT_FLOOR_CAP));
+        Some(floor.saturating_sub(free))
+    }
+
+    #[cfg(not(unix))]
+    fn measure(&self, _dir: &Path) -> Option<u64> {
+        None
+    }
+}
+
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
@@ -202,6 +258,20 @@ mod tests {
 
     fn bits(path: &Path) -> u32 {
         fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn the_floor_is_what_the_file_system_lacks_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(FreeSpace::new(Some(0)).shortfall(dir.path(), true), 0);
+        let all = FreeSpace::new(Some(u64::MAX));
+        let short = all.shortfall(dir.path(), true);
+        assert!(short > 0 && short < u64::MAX, "{short}");
+        assert_eq!(
+            all.shortfall(dir.path(), false),
+            short,
+            "cached for a second"
+        );
     }
 
     #[test]

@@ -55,6 +55,8 @@ struct Options {
     max_body_size: Option<u64>,
     /// The bits of the files and directories the store creates.
     mode: files::Mode,
+    /// The free space kept on the file system; `None`: 5 %, at most 1 GiB.
+    min_free: Option<u64>,
     /// The shared tier behind the local disk, if any.
     shared_tier: Option<Arc<dyn crate::storage::Storage>>,
     /// Stores of up to this many records are read in before serving.
@@ -77,6 +79,7 @@ impl Default for Options {
             max_entries: None,
             max_body_size: None,
             mode: files::Mode::PRIVATE,
+            min_free: None,
             shared_tier: None,
             read_in_before_serving: READ_IN_BEFORE_SERVING,
             #[cfg(test)]
@@ -145,6 +148,8 @@ struct Opened {
     access_log_lines: std::sync::atomic::AtomicU64,
     /// How far reading the records on disk into the index has come.
     read_in: watch::Sender<ReadIn>,
+    /// The free space kept on the file system.
+    free_space: files::FreeSpace,
 }
 
 /// Stores of up to this many records are read in before the first request is served (within
@@ -265,6 +270,16 @@ impl StreamingManagerBuilder {
     /// may write to (an [`Io`](crate::ErrorKind::Io) error that says so).
     pub fn file_mode(mut self, bits: u32) -> Self {
         self.options.mode = files::Mode::new(bits);
+        self
+    }
+
+    /// The free space to keep on the cache directory's file system (Unix), as nginx's
+    /// `min_free`: when it has less, the least recently used entries are evicted, and
+    /// nothing new is stored while evicting does not make room (requests still pass
+    /// through). By default 5 % of the file system, at most 1 GiB, so that a cache without
+    /// [`max_size`](Self::max_size) never fills the disk; `0` turns it off.
+    pub fn min_free(mut self, bytes: u64) -> Self {
+        self.options.min_free = Some(bytes);
         self
     }
 
@@ -651,6 +666,7 @@ impl StreamingManager {
             let result = async {
                 let opened = manager.opened().await?;
                 blocking(move || {
+                    opened.make_room()?;
                     let writer =
                         ContentWriter::create(opened.scratch.temp_path(), opened.scratch.mode())?;
                     if let (Some(fill), Some(head)) = (&fill, head) {
@@ -977,6 +993,7 @@ impl Opened {
     fn open(layout: Layout, options: Options) -> Result<(Self, usize)> {
         let (scratch, leftovers) = prepare(&layout)?;
         let index = Index::new(options.parsed_records, options.memory_budget);
+        let free_space = files::FreeSpace::new(options.min_free);
         let opened = Opened {
             layout,
             options,
@@ -986,6 +1003,7 @@ impl Opened {
             access_log: Mutex::new(None),
             access_log_lines: std::sync::atomic::AtomicU64::new(0),
             read_in: watch::channel(ReadIn::Running).0,
+            free_space,
         };
         Ok((opened, leftovers))
     }
@@ -1324,6 +1342,28 @@ impl Opened {
         lock(&self.index)
     }
 
+    /// Whether there is room to store: the file system is not under the free-space floor,
+    /// or evicting brought it back over.
+    fn make_room(&self) -> Result<()> {
+        let dir = self.layout.content_dir();
+        if self.free_space.shortfall(&dir, false) == 0 {
+            return Ok(());
+        }
+        self.evict_if_needed();
+        match self.free_space.shortfall(&dir, true) {
+            0 => Ok(()),
+            short => {
+                crate::log::warn_event!(
+                    short,
+                    "file system under its free-space floor: not stored"
+                );
+                Err(Error::new(ErrorKind::Io).with_subject(format!(
+                    "the file system is {short} bytes under the store's free-space floor"
+                )))
+            }
+        }
+    }
+
     /// Renames the content and then the record into place and records both in the index.
     fn commit(
         &self,
@@ -1351,6 +1391,7 @@ impl Opened {
             stored_at: SystemTime::now(),
         };
         let key_hash = Hash32::of(entry.key.as_bytes());
+        self.make_room()?;
         let (record_temp, stamp, own) = self.record_temp(&entry)?;
         let content_path = self.layout.content_path(digest);
         let mut committed = Committed {
@@ -1396,22 +1437,44 @@ impl Opened {
         Ok(committed)
     }
 
-    /// Removes the least recently used entries while the store is over its bounds.
+    /// Removes the least recently used entries while the store is over its bounds, or its
+    /// file system under the free-space floor. Content files are moved out of the way while
+    /// the index is locked and unlinked after (freeing a large file's blocks takes time), so
+    /// that a large eviction never holds up lookups.
     fn evict_if_needed(&self) {
         let (max_size, max_entries) = (self.options.max_size, self.options.max_entries);
-        if max_size.is_none() && max_entries.is_none() {
+        let short = self.free_space.shortfall(&self.layout.content_dir(), false);
+        if max_size.is_none() && max_entries.is_none() && short == 0 {
             return;
         }
+        let mut doomed = Vec::new();
         let mut index = self.index();
+        let max_size = match short {
+            0 => max_size,
+            short => {
+                let room = index.content_bytes().saturating_sub(short);
+                Some(max_size.map_or(room, |max| max.min(room)))
+            }
+        };
         let evicted = index.evict(max_size, max_entries);
         for (key, unused) in &evicted {
             let _ = remove_if_present(&self.layout.record_path(*key));
             if let Some(digest) = unused {
-                let _ = remove_if_present(&self.layout.content_path(*digest));
+                let content = self.layout.content_path(*digest);
+                let aside = self.scratch.temp_path();
+                match fs::rename(&content, &aside) {
+                    Ok(()) => doomed.push(aside),
+                    Err(_) => {
+                        let _ = remove_if_present(&content);
+                    }
+                }
             }
         }
         let (entries, bytes) = (index.len(), index.content_bytes());
         drop(index);
+        for path in doomed {
+            let _ = fs::remove_file(path);
+        }
         let count = evicted.len() as u64;
         self.evictions
             .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
