@@ -66,6 +66,8 @@ pub(crate) struct Fill {
     positions: Mutex<Vec<Weak<AtomicU64>>>,
     /// The rest of the body, when the store failed while others were following it.
     relay: Relay,
+    /// Woken when a request starts following: the writer then writes through what it holds.
+    joined: tokio::sync::Notify,
 }
 
 /// What followers see of a fill.
@@ -211,6 +213,7 @@ impl Fills {
             && fill.joinable()
         {
             fill.followers.fetch_add(1, Ordering::SeqCst);
+            fill.joined.notify_waiters();
             return Role::Follower(FillFollower {
                 fill: Arc::clone(fill),
                 state: fill.state.subscribe(),
@@ -222,6 +225,7 @@ impl Fills {
             complete_on_disconnect,
             positions: Mutex::default(),
             relay: Relay::default(),
+            joined: tokio::sync::Notify::new(),
         });
         by_key.insert(key, Arc::clone(&fill));
         Role::Leader(FillLeader {
@@ -251,6 +255,16 @@ impl Fill {
         self.state.send_modify(|s| {
             s.closed = true;
         });
+    }
+
+    /// Waits until a request starts following this fill, unless one does already.
+    pub(crate) async fn until_followed(&self) {
+        let joined = self.joined.notified();
+        let mut joined = std::pin::pin!(joined);
+        joined.as_mut().enable();
+        if !self.followed() {
+            joined.await;
+        }
     }
 
     /// Whether anyone follows this fill.

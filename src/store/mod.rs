@@ -665,50 +665,46 @@ impl StreamingManager {
         let write = async move {
             let result = async {
                 let opened = manager.opened().await?;
-                blocking(move || {
-                    opened.make_room()?;
-                    let writer =
-                        ContentWriter::create(opened.scratch.temp_path(), opened.scratch.mode())?;
-                    if let (Some(fill), Some(head)) = (&fill, head) {
+                // Each step is a short job on the writers' pool: while the body waits for
+                // bytes, no thread is held for it.
+                let started = Arc::clone(&opened);
+                let publish = fill.clone();
+                let writer = writer::on_pool(move || {
+                    started.make_room()?;
+                    let scratch = &started.scratch;
+                    let writer = ContentWriter::create(scratch.temp_path(), scratch.mode())?;
+                    if let (Some(fill), Some(head)) = (&publish, head) {
                         fill.publish_file(writer.reader()?);
                         fill.publish_head(head);
                     }
-                    // Followers read the file itself: with a fill, every chunk is written
-                    // through at once instead of gathered in the write buffer.
-                    let mut progress = |w: &mut ContentWriter| match &fill {
-                        Some(fill) => {
-                            w.flush()?;
-                            fill.publish_written(w.flushed());
-                            Ok(())
-                        }
-                        None => Ok(()),
-                    };
-                    let (writer, trailers) = writer::run_tee(
-                        rx,
-                        end_rx,
-                        writer,
-                        writer::Expected {
-                            length: expected_length,
-                            limit,
-                        },
-                        &mut progress,
-                        fill.as_deref(),
-                    )?;
-                    let length = writer.length();
-                    let committed = writer.finish(opened.options.durable).and_then(|content| {
-                        if let Some(fill) = &fill {
+                    Ok::<_, Error>(writer)
+                })
+                .await??;
+                let expected = writer::Expected {
+                    length: expected_length,
+                    limit,
+                };
+                let (writer, hasher, trailers) =
+                    writer::run_tee(rx, end_rx, writer, expected, fill.clone()).await?;
+                let length = writer.length();
+                let durable = opened.options.durable;
+                let publish = fill.clone();
+                writer::on_pool(move || {
+                    let finished = writer.finish_hashed(durable, hasher);
+                    let committed = finished.and_then(|content| {
+                        if let Some(fill) = &publish {
                             fill.publish_written(content.length);
                         }
                         opened.commit(draft, content, trailers)
                     });
-                    if let (Err(_), Some(fill)) = (&committed, &fill) {
+                    if let (Err(_), Some(fill)) = (&committed, &publish) {
                         // The whole body is in the temp file, which the followers hold
                         // open: they finish reading it even though it is not kept.
                         fill.end(FillEnd::Unstored(length));
                     }
                     committed
                 })
-                .await
+                .await?
             }
             .await;
             if let Some(leader) = leader {

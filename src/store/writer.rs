@@ -5,8 +5,7 @@
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -82,151 +81,19 @@ pub(crate) struct FinishedContent {
     pub(crate) length: u64,
 }
 
-/// Streams a body into a temp file, computing its SHA-256 and length as it goes.
+/// Streams a body into a temp file, computing its SHA-256 and length as it goes (or leaving
+/// the hashing to its caller, see [`take_hasher`](Self::take_hasher)).
 pub(crate) struct ContentWriter {
     file: BufWriter<File>,
     temp: TempFile,
-    hasher: Hashing,
+    hasher: Option<Sha256>,
     length: u64,
 }
 
-/// Bodies longer than this are hashed by a thread of their own that reads the temp file behind
-/// the writer: the writer, and so the client of a tee, never waits for the hashing (SHA-256
-/// runs at ~1.7 GB/s on one core, slower than a write to the page cache), and no chunk is
-/// held in memory for it. The commit waits for the hashing to catch up.
-const HASH_ON_A_THREAD_AFTER: u64 = 4 << 20;
-
-/// What the hashing thread reads at a time.
-const HASH_READ: usize = 256 * 1024;
-
-/// The SHA-256 of a body being written: computed in line, or by a thread that follows the file.
-enum Hashing {
-    Inline(Sha256),
-    Trailing(Trailing),
-    /// The thread could not be started.
-    Lost,
-}
-
-/// A thread hashing the temp file up to where the writer has written it.
-struct Trailing {
-    trail: Arc<Trail>,
-    done: Option<std::thread::JoinHandle<io::Result<Sha256>>>,
-}
-
-/// What the writer tells the hashing thread.
-struct Trail {
-    state: Mutex<TrailState>,
-    moved: Condvar,
-    /// The body was abandoned: stop hashing.
-    abandoned: AtomicBool,
-}
-
-struct TrailState {
-    /// Bytes in the file.
-    written: u64,
-    /// The body's length, once it is complete.
-    end: Option<u64>,
-}
-
-impl Trail {
-    fn state(&self) -> MutexGuard<'_, TrailState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Hashes `file` from `hashed` on, as far as it is written, until its end.
-    fn follow(&self, file: &File, mut hasher: Sha256, mut hashed: u64) -> io::Result<Sha256> {
-        let mut buffer = vec![0u8; HASH_READ + super::reader::ALIGN];
-        let start = super::reader::page_start(&buffer);
-        let buf = &mut buffer[start..start + HASH_READ];
-        loop {
-            let (written, end) = {
-                let mut state = self.state();
-                while state.written == hashed
-                    && state.end.is_none()
-                    && !self.abandoned.load(Ordering::Relaxed)
-                {
-                    state = self
-                        .moved
-                        .wait(state)
-                        .unwrap_or_else(PoisonError::into_inner);
-                }
-                (state.written, state.end)
-            };
-            while hashed < written {
-                if self.abandoned.load(Ordering::Relaxed) {
-                    return Err(io::Error::other("the body was abandoned"));
-                }
-                let n = usize::try_from(written - hashed).map_or(HASH_READ, |n| n.min(HASH_READ));
-                super::reader::read_exact_at(file, &mut buf[..n], hashed)?;
-                hasher.update(&buf[..n]);
-                hashed += n as u64;
-            }
-            if self.abandoned.load(Ordering::Relaxed) {
-                return Err(io::Error::other("the body was abandoned"));
-            }
-            if end == Some(hashed) {
-                return Ok(hasher);
-            }
-        }
-    }
-}
-
-impl Trailing {
-    fn start(path: &Path, hasher: Sha256, hashed: u64) -> io::Result<Self> {
-        let file = files::open(path)?;
-        let trail = Arc::new(Trail {
-            state: Mutex::new(TrailState {
-                written: hashed,
-                end: None,
-            }),
-            moved: Condvar::new(),
-            abandoned: AtomicBool::new(false),
-        });
-        let follower = Arc::clone(&trail);
-        let done = std::thread::Builder::new()
-            .name("http-cache-streaming-hash".into())
-            .spawn(move || follower.follow(&file, hasher, hashed))?;
-        Ok(Trailing {
-            trail,
-            done: Some(done),
-        })
-    }
-
-    /// The file holds `written` bytes.
-    fn written(&self, written: u64) {
-        let mut state = self.trail.state();
-        if written > state.written {
-            state.written = written;
-            drop(state);
-            self.trail.moved.notify_one();
-        }
-    }
-
-    /// The file is complete at `length` bytes: the hash of all of it, once the thread is there.
-    fn finish(mut self, length: u64) -> io::Result<Sha256> {
-        {
-            let mut state = self.trail.state();
-            state.written = length;
-            state.end = Some(length);
-        }
-        self.trail.moved.notify_one();
-        match self.done.take().map(std::thread::JoinHandle::join) {
-            Some(Ok(hashed)) => hashed,
-            _ => Err(io::Error::other("the hashing thread failed")),
-        }
-    }
-}
-
-impl Drop for Trailing {
-    fn drop(&mut self) {
-        if self.done.is_some() {
-            self.trail.abandoned.store(true, Ordering::Relaxed);
-            // Taking the lock orders the flag before a waiting thread's check.
-            drop(self.trail.state());
-            self.trail.moved.notify_one();
-        }
-    }
-}
+/// A tee hashes this much of a body in the jobs that write it; past that, jobs of their own
+/// hash the file behind the writer (SHA-256 runs at ~1.7 GB/s on one core, slower than a
+/// write to the page cache), so that the client of a tee does not wait for it.
+const HASH_INLINE: u64 = 4 << 20;
 
 impl ContentWriter {
     pub(crate) fn create(path: PathBuf, mode: Mode) -> Result<Self, Error> {
@@ -234,35 +101,26 @@ impl ContentWriter {
         Ok(ContentWriter {
             file: BufWriter::with_capacity(WRITE_BUFFER, file),
             temp: TempFile::new(path),
-            hasher: Hashing::Inline(Sha256::new()),
+            hasher: Some(Sha256::new()),
             length: 0,
         })
     }
 
     pub(crate) fn write(&mut self, bytes: &Bytes) -> Result<(), Error> {
-        let io = |e| Error::io(e, self.temp.path());
-        self.hasher = match std::mem::replace(&mut self.hasher, Hashing::Lost) {
-            Hashing::Inline(mut hasher)
-                if self.length + bytes.len() as u64 <= HASH_ON_A_THREAD_AFTER =>
-            {
-                hasher.update(bytes);
-                Hashing::Inline(hasher)
-            }
-            Hashing::Inline(hasher) => {
-                // From here on a thread hashes what reaches the file; everything before was
-                // hashed in line, and the write buffer is emptied first.
-                self.file.flush().map_err(io)?;
-                Trailing::start(self.temp.path(), hasher, self.length)
-                    .map_or(Hashing::Lost, Hashing::Trailing)
-            }
-            other => other,
-        };
-        self.file.write_all(bytes).map_err(io)?;
-        self.length += bytes.len() as u64;
-        if let Hashing::Trailing(trailing) = &self.hasher {
-            trailing.written(self.flushed());
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(bytes);
         }
+        self.file
+            .write_all(bytes)
+            .map_err(|e| Error::io(e, self.temp.path()))?;
+        self.length += bytes.len() as u64;
         Ok(())
+    }
+
+    /// Hands the hashing of what is written from now on to the caller, who gives the hasher
+    /// back to [`finish_hashed`](Self::finish_hashed) having fed it every later byte.
+    pub(crate) fn take_hasher(&mut self) -> Option<Sha256> {
+        self.hasher.take()
     }
 
     pub(crate) fn length(&self) -> u64 {
@@ -289,6 +147,16 @@ impl ContentWriter {
 
     /// Flushes (and with `durable`, syncs) the file and names its digest.
     pub(crate) fn finish(self, durable: bool) -> Result<FinishedContent, Error> {
+        self.finish_hashed(durable, None)
+    }
+
+    /// [`finish`](Self::finish), with the hasher taken by [`take_hasher`](Self::take_hasher)
+    /// when it was.
+    pub(crate) fn finish_hashed(
+        self,
+        durable: bool,
+        hashed: Option<Sha256>,
+    ) -> Result<FinishedContent, Error> {
         let ContentWriter {
             file,
             temp,
@@ -300,13 +168,8 @@ impl ContentWriter {
         if durable {
             file.sync_all().map_err(io)?;
         }
-        let hasher = match hasher {
-            Hashing::Inline(hasher) => hasher,
-            Hashing::Trailing(trailing) => trailing.finish(length).map_err(io)?,
-            Hashing::Lost => {
-                return Err(Error::new(ErrorKind::Io)
-                    .with_subject("the hashing thread of a body being stored"));
-            }
+        let Some(hasher) = hasher.or(hashed) else {
+            return Err(Error::new(ErrorKind::Io).with_subject("a body whose hashing was lost"));
         };
         Ok(FinishedContent {
             temp,
@@ -314,6 +177,68 @@ impl ContentWriter {
             length,
         })
     }
+}
+
+/// The threads that write and hash the bodies being stored, shared by every store of the
+/// process. However many bodies are in flight (a thousand slow clients), they hold no thread
+/// while they wait for bytes: each batch of bytes that arrived is one short job here. Reads
+/// of hits run on the runtime's blocking pool and never queue behind these.
+struct Pool {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Threads of the pool: enough for a write and a hash beside it on a few bodies at once.
+fn pool_threads() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get().clamp(4, 16))
+}
+
+fn pool() -> Option<&'static Pool> {
+    static POOL: std::sync::OnceLock<Option<Pool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        let mut started = 0;
+        for n in 0..pool_threads() {
+            let queue = Arc::clone(&queue);
+            let thread = std::thread::Builder::new()
+                .name(format!("http-cache-streaming-writer-{n}"))
+                .spawn(move || {
+                    loop {
+                        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        let Ok(job) = job else {
+                            return;
+                        };
+                        // A job that panics fails its caller (its result is dropped unsent),
+                        // not the thread.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                });
+            started += usize::from(thread.is_ok());
+        }
+        (started > 0).then_some(Pool { jobs })
+    })
+    .as_ref()
+}
+
+/// Runs `work` on the writers' pool and waits for it without holding a thread.
+pub(crate) async fn on_pool<T, F>(work: F) -> Result<T, Error>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let failed = || Error::new(ErrorKind::Io).with_subject("a job of the store's writer threads");
+    let (done, result) = oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = done.send(work());
+    });
+    pool()
+        .ok_or_else(failed)?
+        .jobs
+        .send(job)
+        .map_err(|_| failed())?;
+    result.await.map_err(|_| failed())
 }
 
 /// How a tee'd body ended, sent once by the body to its writer. A body dropped before its
@@ -325,13 +250,6 @@ pub(crate) struct TeeEnd {
     pub(crate) trailers: Option<HeaderMap>,
 }
 
-/// Runs on a blocking thread: writes what the tee'd body sends until the body ends, then
-/// checks that the body was complete. The writer it returns is ready to be finished.
-///
-/// `progress` hears of each write with the writer, so that readers following the file can be
-/// told how much of it they can read. When writing fails, or the body runs past the store's
-/// limit, and others follow the body through `fill`, the rest of the body is relayed to them
-/// in memory (see [`Fill::relay`]) before the failure is returned.
 /// What a tee'd body is held to.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Expected {
@@ -353,70 +271,301 @@ impl Expected {
     }
 }
 
-pub(crate) fn run_tee(
+/// Writes what the tee'd body sends, in batches of what has arrived, as jobs on the writers'
+/// pool, until the body ends; then checks that the body was complete. Returns the writer,
+/// ready to be finished, and the hasher when it was taken out of it (past [`HASH_INLINE`]).
+///
+/// With a `fill`, every chunk is written through and its followers told how far they can
+/// read. When writing fails, or the body runs past the store's limit, while others follow,
+/// the rest of the body is relayed to them in memory (see [`Fill::relay`]) before the failure
+/// is returned.
+pub(crate) async fn run_tee(
     mut chunks: mpsc::UnboundedReceiver<Queued>,
     end: oneshot::Receiver<TeeEnd>,
     mut writer: ContentWriter,
     expected: Expected,
-    progress: &mut dyn FnMut(&mut ContentWriter) -> Result<(), Error>,
-    fill: Option<&Fill>,
-) -> Result<(ContentWriter, Option<HeaderMap>), Error> {
-    let expected_length = expected.length;
+    fill: Option<Arc<Fill>>,
+) -> Result<(ContentWriter, Option<Sha256>, Option<HeaderMap>), Error> {
+    let mut trail: Option<Trail> = None;
     let mut end = Some(end);
-    // Writes a chunk and reports it; `Err`: the store gives up on the body.
-    let mut take = |writer: &mut ContentWriter, chunk: &Bytes| {
-        expected
-            .within_limit(writer.length() + chunk.len() as u64)
-            .and_then(|()| writer.write(chunk))
-            .and_then(|()| progress(writer))
-    };
-    while let Some((chunk, room)) = chunks.blocking_recv() {
-        let at = writer.length();
-        if let Err(e) = take(&mut writer, &chunk) {
-            drop(room);
-            if let Some(fill) = fill {
-                relay(fill, at, chunk, chunks, end.take(), expected_length);
+    while let Some(first) = chunks.recv().await {
+        let mut batch = vec![first];
+        let mut size = batch[0].0.len();
+        loop {
+            while size < BATCH_BYTES
+                && let Ok(next) = chunks.try_recv()
+            {
+                size += next.0.len();
+                batch.push(next);
             }
-            return Err(e);
+            // Nobody reads the file yet: gather a larger batch, each batch costing hand-offs
+            // between threads, until a request follows (it reads only what is written).
+            if size >= MIN_BATCH || fill.as_ref().is_some_and(|fill| fill.followed()) {
+                break;
+            }
+            let followed = async {
+                match &fill {
+                    Some(fill) => fill.until_followed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                next = chunks.recv() => match next {
+                    Some(next) => {
+                        size += next.0.len();
+                        batch.push(next);
+                    }
+                    None => break,
+                },
+                () = followed => break,
+            }
         }
-        drop(room);
-        if expected_length.is_some_and(|n| writer.length() > n) {
-            return Err(length_mismatch(expected_length, writer.length()));
+        let data = batch.iter().map(|(chunk, _)| chunk.clone()).collect();
+        if trail.is_none() && writer.length() >= HASH_INLINE {
+            let (handed, started) = Trail::start(writer).await?;
+            (writer, trail) = (handed, started);
+        }
+        let step = write_batch(writer, data, expected, fill.clone()).await;
+        // Their room in the queue is free once they are written.
+        drop(batch);
+        match step {
+            Ok(written) => {
+                writer = written;
+                if let Some(trail) = &mut trail {
+                    trail.advance(writer.flushed())?;
+                }
+            }
+            Err(failed) => {
+                if let (Some(fill), Some(Failed { at, rest, .. })) = (&fill, &failed.relay) {
+                    relay_off_thread(fill, *at, rest.clone(), chunks, end.take(), expected).await;
+                }
+                return Err(failed.error);
+            }
+        }
+        if expected.length.is_some_and(|n| writer.length() > n) {
+            return Err(length_mismatch(expected.length, writer.length()));
         }
     }
-    let Some(Ok(end)) = end.map(|end| end.blocking_recv()) else {
+    let Some(Ok(end)) = (match end {
+        Some(end) => Some(end.await),
+        None => None,
+    }) else {
         return Err(Error::new(ErrorKind::Incomplete));
     };
     if let Some(tail) = end.tail {
-        let at = writer.length();
-        if let Err(e) = take(&mut writer, &tail) {
-            if let Some(fill) = fill {
-                let (_, empty) = mpsc::unbounded_channel();
-                let (ended, end) = oneshot::channel();
-                let _ = ended.send(TeeEnd {
-                    tail: None,
-                    trailers: None,
-                });
-                relay(fill, at, tail, empty, Some(end), expected_length);
+        match write_batch(writer, vec![tail], expected, fill.clone()).await {
+            Ok(written) => writer = written,
+            Err(failed) => {
+                if let (Some(fill), Some(Failed { at, rest, .. })) = (&fill, &failed.relay) {
+                    let (_, empty) = mpsc::unbounded_channel();
+                    let (ended, end) = oneshot::channel();
+                    let _ = ended.send(TeeEnd {
+                        tail: None,
+                        trailers: None,
+                    });
+                    relay_off_thread(fill, *at, rest.clone(), empty, Some(end), expected).await;
+                }
+                return Err(failed.error);
             }
-            return Err(e);
         }
     }
-    if let Some(expected) = expected_length
+    if let Some(expected) = expected.length
         && writer.length() != expected
     {
-        return Err(length_mismatch(expected_length, writer.length()));
+        return Err(length_mismatch(Some(expected), writer.length()));
     }
-    Ok((writer, end.trailers))
+    // The hashing catches up with the whole file.
+    let hasher = match trail {
+        Some(trail) => {
+            let mut flushing = writer;
+            writer = on_pool(move || flushing.flush().map(|()| flushing)).await??;
+            Some(trail.finish(writer.length()).await?)
+        }
+        None => None,
+    };
+    Ok((writer, hasher, end.trailers))
 }
 
-/// The store failed at body offset `at` (`first` is the chunk that did not make it): hands
+/// The hashing of a body past [`HASH_INLINE`]: jobs on the writers' pool that read the temp
+/// file behind the writer (from the page cache), one at a time, so that the writer never
+/// waits for SHA-256 and no chunk is held for it. The commit waits for it to catch up.
+struct Trail {
+    file: Arc<File>,
+    /// The hasher while no job has it, and how far it has hashed.
+    idle: Option<Sha256>,
+    hashed: u64,
+    job: Option<HashJob>,
+}
+
+type HashJob =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(Sha256, u64), Error>> + Send>>;
+
+impl Trail {
+    /// Takes the hashing over from `writer`, which has hashed all it has written so far.
+    async fn start(writer: ContentWriter) -> Result<(ContentWriter, Option<Trail>), Error> {
+        let (mut writer, file) = on_pool(move || {
+            let file = writer.reader();
+            (writer, file)
+        })
+        .await?;
+        let file = match file {
+            Ok(file) => Arc::new(file),
+            // Hashed in line to the end, then.
+            Err(_) => return Ok((writer, None)),
+        };
+        let hashed = writer.length();
+        let trail = writer.take_hasher().map(|hasher| Trail {
+            file,
+            idle: Some(hasher),
+            hashed,
+            job: None,
+        });
+        Ok((writer, trail))
+    }
+
+    /// Takes back the job under way if it has finished, without waiting for it.
+    fn reap(&mut self) -> Result<(), Error> {
+        let Some(job) = &mut self.job else {
+            return Ok(());
+        };
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(done) = job.as_mut().poll(&mut cx) {
+            self.job = None;
+            (self.idle, self.hashed) = done.map(|(hasher, hashed)| (Some(hasher), hashed))?;
+        }
+        Ok(())
+    }
+
+    /// Hashes on up to `written` bytes, unless a job is under way.
+    fn advance(&mut self, written: u64) -> Result<(), Error> {
+        self.reap()?;
+        if self.job.is_some() || self.hashed >= written {
+            return Ok(());
+        }
+        let Some(hasher) = self.idle.take() else {
+            return Err(Error::new(ErrorKind::Io).with_subject("a body whose hashing was lost"));
+        };
+        let (file, from) = (Arc::clone(&self.file), self.hashed);
+        self.job = Some(Box::pin(async move {
+            let hashed = on_pool(move || hash_file(&file, hasher, from, written)).await?;
+            hashed.map_err(|e| Error::new(ErrorKind::Io).with_source(e))
+        }));
+        Ok(())
+    }
+
+    /// Waits until the first `length` bytes are hashed: their hasher.
+    async fn finish(mut self, length: u64) -> Result<Sha256, Error> {
+        loop {
+            if let Some(job) = self.job.take() {
+                let (hasher, hashed) = job.await?;
+                (self.idle, self.hashed) = (Some(hasher), hashed);
+            }
+            if self.hashed >= length {
+                return self.idle.take().ok_or_else(|| {
+                    Error::new(ErrorKind::Io).with_subject("a body whose hashing was lost")
+                });
+            }
+            self.advance(length)?;
+        }
+    }
+}
+
+/// What a hashing job reads at a time.
+const HASH_READ: usize = 256 * 1024;
+
+/// Feeds bytes `from..to` of `file` to `hasher`.
+fn hash_file(file: &File, mut hasher: Sha256, from: u64, to: u64) -> io::Result<(Sha256, u64)> {
+    let mut buffer = vec![0u8; HASH_READ + super::reader::ALIGN];
+    let start = super::reader::page_start(&buffer);
+    let buf = &mut buffer[start..start + HASH_READ];
+    let mut at = from;
+    while at < to {
+        let n = usize::try_from(to - at).map_or(HASH_READ, |n| n.min(HASH_READ));
+        super::reader::read_exact_at(file, &mut buf[..n], at)?;
+        hasher.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok((hasher, at))
+}
+
+/// What a write job takes at most: the chunks that wait in the queue when it starts.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// What a write job waits for while nobody follows the body (the queue holds up to 4 MiB).
+const MIN_BATCH: usize = 256 * 1024;
+
+/// Why a batch was not written, and what of it followers still need.
+struct Failure {
+    error: Error,
+    relay: Option<Failed>,
+}
+
+/// The body offset of the first byte that did not reach the file, and the bytes from there.
+struct Failed {
+    at: u64,
+    rest: Vec<Bytes>,
+}
+
+/// Writes `data` as one job, written through and published at its end with a fill.
+async fn write_batch(
+    mut writer: ContentWriter,
+    data: Vec<Bytes>,
+    expected: Expected,
+    fill: Option<Arc<Fill>>,
+) -> Result<ContentWriter, Failure> {
+    let written = on_pool(move || {
+        // Followers read what is published: the batch is written through and published at
+        // its end, and a failure anywhere in it relays all of it from where it began.
+        let at = writer.length();
+        let mut write_all = || {
+            for chunk in &data {
+                expected.within_limit(writer.length() + chunk.len() as u64)?;
+                writer.write(chunk)?;
+            }
+            if let Some(fill) = &fill {
+                writer.flush()?;
+                fill.publish_written(writer.flushed());
+            }
+            Ok::<_, Error>(())
+        };
+        match write_all() {
+            Ok(()) => Ok(writer),
+            Err(error) => Err(Failure {
+                error,
+                relay: Some(Failed { at, rest: data }),
+            }),
+        }
+    })
+    .await;
+    written.map_err(|error| Failure { error, relay: None })?
+}
+
+/// [`relay`] on a blocking thread (it waits for slow followers): the rare path of a store that
+/// failed while others follow the body.
+async fn relay_off_thread(
+    fill: &Arc<Fill>,
+    at: u64,
+    rest: Vec<Bytes>,
+    chunks: mpsc::UnboundedReceiver<Queued>,
+    end: Option<oneshot::Receiver<TeeEnd>>,
+    expected: Expected,
+) {
+    let fill = Arc::clone(fill);
+    let relaying = crate::rt::spawn_blocking(move || {
+        relay(&fill, at, rest, chunks, end, expected.length);
+    });
+    if let Ok(relaying) = relaying {
+        let _ = relaying.await;
+    }
+}
+
+/// The store failed at body offset `at` (`first` are the chunks that did not make it): hands
 /// the rest of the body to the fill's followers, and ends the fill `Unstored` once it is
 /// complete. A body that fails or falls short leaves the fill for the caller to fail.
 fn relay(
     fill: &Fill,
     at: u64,
-    first: Bytes,
+    first: Vec<Bytes>,
     mut chunks: mpsc::UnboundedReceiver<Queued>,
     end: Option<oneshot::Receiver<TeeEnd>>,
     expected_length: Option<u64>,
@@ -427,8 +576,12 @@ fn relay(
     if !fill.followed() {
         return;
     }
-    let mut length = at + first.len() as u64;
-    fill.relay(at, first);
+    let mut length = at;
+    for chunk in first {
+        let len = chunk.len() as u64;
+        fill.relay(length, chunk);
+        length += len;
+    }
     while let Some((chunk, room)) = chunks.blocking_recv() {
         drop(room);
         if !fill.followed() {
@@ -467,57 +620,62 @@ mod tests {
     }
 
     #[test]
-    fn a_body_past_the_thread_threshold_is_hashed_whole_and_written_whole() {
+    fn a_body_is_hashed_whole_in_line_or_by_its_caller() {
         let dir = tempfile::tempdir().unwrap();
-        let bytes = pattern((HASH_ON_A_THREAD_AFTER as usize) * 2 + 12_345);
-        let mut writer = ContentWriter::create(dir.path().join("body"), Mode::PRIVATE).unwrap();
-        // Chunks smaller and larger than the write buffer, one across the threshold.
-        let sizes = [1, 4_000, WRITE_BUFFER + 7, 3 << 20, 65_536, 1_000_003];
-        let mut at = 0;
-        for size in sizes.iter().cycle() {
-            if at == bytes.len() {
-                break;
+        let bytes = pattern((HASH_INLINE as usize) * 2 + 12_345);
+        for handed_over in [false, true] {
+            let path = dir.path().join(format!("body-{handed_over}"));
+            let mut writer = ContentWriter::create(path, Mode::PRIVATE).unwrap();
+            let mut outside = None;
+            // Chunks smaller and larger than the write buffer.
+            let sizes = [1, 4_000, WRITE_BUFFER + 7, 3 << 20, 65_536, 1_000_003];
+            let mut at = 0;
+            for size in sizes.iter().cycle() {
+                if at == bytes.len() {
+                    break;
+                }
+                if handed_over && outside.is_none() && at >= HASH_INLINE as usize {
+                    outside = writer.take_hasher();
+                }
+                let end = (at + size).min(bytes.len());
+                let chunk = Bytes::copy_from_slice(&bytes[at..end]);
+                writer.write(&chunk).unwrap();
+                if let Some(hasher) = &mut outside {
+                    hasher.update(&chunk);
+                }
+                at = end;
             }
-            let end = (at + size).min(bytes.len());
-            writer
-                .write(&Bytes::copy_from_slice(&bytes[at..end]))
-                .unwrap();
-            at = end;
+            assert_eq!(outside.is_some(), handed_over);
+            let finished = writer.finish_hashed(false, outside).unwrap();
+            assert_eq!(finished.length, bytes.len() as u64);
+            assert_eq!(finished.digest, Hash32::of(&bytes));
+            assert_eq!(fs::read(finished.temp.path()).unwrap(), bytes);
         }
-        assert!(matches!(writer.hasher, Hashing::Trailing(_)));
-        let finished = writer.finish(false).unwrap();
-        assert_eq!(finished.length, bytes.len() as u64);
-        assert_eq!(finished.digest, Hash32::of(&bytes));
-        assert_eq!(fs::read(finished.temp.path()).unwrap(), bytes);
     }
 
     #[test]
-    fn a_short_body_is_hashed_in_line() {
+    fn a_body_whose_hasher_was_taken_and_not_given_back_has_no_digest() {
         let dir = tempfile::tempdir().unwrap();
-        let bytes = pattern(100_000);
         let mut writer = ContentWriter::create(dir.path().join("body"), Mode::PRIVATE).unwrap();
-        writer.write(&Bytes::copy_from_slice(&bytes)).unwrap();
-        assert!(matches!(writer.hasher, Hashing::Inline(_)));
-        let finished = writer.finish(false).unwrap();
-        assert_eq!(finished.digest, Hash32::of(&bytes));
+        writer.write(&Bytes::from_static(b"abc")).unwrap();
+        drop(writer.take_hasher());
+        assert!(writer.finish(false).is_err());
     }
 
     #[test]
-    fn the_hashing_thread_of_an_abandoned_body_ends() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("body");
-        fs::write(&path, pattern(1_000)).unwrap();
-        let trailing = Trailing::start(&path, Sha256::new(), 0).unwrap();
-        trailing.written(1_000);
-        let trail = Arc::clone(&trailing.trail);
-        let mut trailing = trailing;
-        // Keep the hashing thread's handle to join it here; a stand-in goes in its place.
-        let done = trailing.done.take().unwrap();
-        trailing.done = Some(std::thread::spawn(|| Ok(Sha256::new())));
-        // The thread has hashed what was written and waits for more; the writer goes away.
-        drop(trailing);
-        assert!(trail.abandoned.load(Ordering::Relaxed));
-        let ended = done.join().unwrap();
-        assert!(ended.is_err(), "an abandoned body has no digest");
+    fn the_pool_runs_jobs_and_survives_a_panicking_one() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let panicked = on_pool(|| -> u8 { panic!("a job that panics") }).await;
+            assert!(panicked.is_err());
+            let jobs: Vec<_> = (0..64u64).map(|n| on_pool(move || n * 2)).collect();
+            for (n, job) in jobs.into_iter().enumerate() {
+                assert_eq!(job.await.unwrap(), n as u64 * 2);
+            }
+        });
+        let threads = std::fs::read_dir("/proc/self/task").map_or(0, |t| t.count());
+        assert!(threads < 64, "{threads} threads for 64 jobs");
     }
 }
