@@ -38,7 +38,7 @@ const VARIANTS: HeaderName = HeaderName::from_static("x-http-cache-streaming-var
 /// The header of a variant list record naming (by digest) the variants stored under it, so
 /// that removing the list removes them too rather than leaving them on disk.
 const STORED_VARIANTS: HeaderName = HeaderName::from_static("x-http-cache-streaming-stored");
-/// The most variants a list names; more are left for eviction.
+/// The most variants a URL keeps, each named by its list; more pass through unstored.
 const MAX_LISTED_VARIANTS: usize = 64;
 
 /// Response headers that describe one connection, not the response (RFC 9110 §7.6.1).
@@ -504,31 +504,41 @@ impl HttpStreamingCache {
         Ok(())
     }
 
-    /// Names a variant just being stored in its URL's list, so that it goes with the list.
-    async fn list_variant(&self, key: &str, generation: &str, digest: &str) {
+    /// Names a variant about to be stored in its URL's list, so that it goes with the list.
+    /// `false`: it cannot be named (the list is full, gone or unreadable) and must not be
+    /// stored.
+    async fn list_variant(&self, key: &str, generation: &str, digest: &str) -> bool {
         let Ok(Some((list, entry))) = self.manager.lookup(key).await else {
-            return;
+            return false;
         };
         drop(list.into_body());
         let headers = &entry.headers;
         let listed = headers.get_all(STORED_VARIANTS);
-        if variants_generation(headers).as_deref() != Some(generation)
-            || listed.iter().any(|d| d.as_bytes() == digest.as_bytes())
-            || listed.iter().count() >= MAX_LISTED_VARIANTS
-        {
-            return;
+        if variants_generation(headers).as_deref() != Some(generation) {
+            return false;
+        }
+        if listed.iter().any(|d| d.as_bytes() == digest.as_bytes()) {
+            return true;
+        }
+        if listed.iter().count() >= MAX_LISTED_VARIANTS {
+            crate::log::debug_event!(%key, "variant list full: a new variant passes unstored");
+            return false;
         }
         let Ok(value) = HeaderValue::from_str(digest) else {
-            return;
+            return false;
         };
         let mut headers = headers.clone();
         headers.append(STORED_VARIANTS, value);
-        if let Err(error) = self
+        match self
             .manager
             .update_headers(key, headers, entry.policy.clone())
             .await
         {
-            crate::log::warn_event!(%key, %error, "could not list a variant");
+            Ok(_) => true,
+            Err(error) => {
+                crate::log::warn_event!(%key, %error, "could not list a variant");
+                false
+            }
         }
     }
 
@@ -1478,20 +1488,32 @@ impl Pending {
             let generation = cache
                 .variant_generation(&self.key, &names, &url, &policy)
                 .await;
-            let mut response = match generation {
-                Some(generation) => {
-                    let digest = key::variant_digest(&names, &self.request.headers);
-                    cache.list_variant(&self.key, &generation, &digest).await;
+            let digest = key::variant_digest(&names, &self.request.headers);
+            let listed = match &generation {
+                Some(generation) => cache.list_variant(&self.key, generation, &digest).await,
+                None => false,
+            };
+            let (mut response, status) = match generation {
+                Some(generation) if listed => {
                     let key = key::variant_key_of(&self.key, &generation, &digest);
-                    match leader {
+                    let teed = match leader {
                         Some((leader, head)) => {
                             let manager = &cache.manager;
                             manager.tee_filling(key, response, policy, url, leader, head)
                         }
                         None => cache.manager.tee(key, response, policy, url),
-                    }
+                    };
+                    (teed, status)
                 }
-                None => response.map(StreamingBody::pass),
+                // A URL keeps at most so many variants, each named by its list so that they
+                // go with it: past that (an attacker varying a header at will) they pass.
+                _ => {
+                    let status = format!(
+                        "fwd={fwd}; fwd-status={}; detail=variant-not-stored",
+                        response.status().as_u16()
+                    );
+                    (response.map(StreamingBody::pass), status)
+                }
             };
             cache.annotate(response.headers_mut(), &status, false, found);
             response

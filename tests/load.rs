@@ -218,3 +218,52 @@ async fn distinct_urls_requested_once_stay_within_max_entries() {
     assert!(records <= 200, "{records} records under --max-entries 200");
     assert!(records >= 100, "the most recent are kept: {records}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_urls_variants_are_bounded_and_go_with_it() {
+    let origin = Origin::start(|parts, _| {
+        let evil = parts.headers.get("x-evil").cloned();
+        Response::builder()
+            .header("cache-control", "public, max-age=600")
+            .header("vary", "X-Evil")
+            .body(AxumBody::from(format!("{evil:?}")))
+            .unwrap()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(&origin.url(""), dir.path(), &["--quiet"]);
+    let send = |request: http::request::Builder| {
+        let request = request.body(Full::default()).unwrap();
+        async move {
+            let response = client().ready().await.unwrap().call(request).await.unwrap();
+            let status = response.headers().get("cache-status");
+            let status = status.map_or("", |s| s.to_str().unwrap()).to_owned();
+            response.into_body().collect().await.unwrap();
+            status
+        }
+    };
+    let url = format!("http://{}/varied", proxy.addr);
+    let mut passed = 0;
+    for i in 0..100 {
+        let status = send(Request::get(&url).header("x-evil", format!("v{i}"))).await;
+        passed += usize::from(status.contains("variant-not-stored"));
+    }
+    eventually("variants stored", || record_files(dir.path()).len() == 65).await;
+    assert_eq!(passed, 36, "past 64 variants, none is stored");
+    assert!(
+        send(Request::get(&url).header("x-evil", "v3"))
+            .await
+            .contains("hit")
+    );
+
+    let purge = Request::builder()
+        .method("PURGE")
+        .uri(&url)
+        .header("authorization", format!("Bearer {PURGE_TOKEN}"));
+    send(purge).await;
+    assert_eq!(
+        record_files(dir.path()),
+        Vec::<String>::new(),
+        "all went with the URL"
+    );
+}
