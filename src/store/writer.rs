@@ -280,7 +280,7 @@ impl Expected {
 /// the rest of the body is relayed to them in memory (see [`Fill::relay`]) before the failure
 /// is returned.
 pub(crate) async fn run_tee(
-    mut chunks: mpsc::UnboundedReceiver<Queued>,
+    chunks: mpsc::UnboundedReceiver<Queued>,
     end: oneshot::Receiver<TeeEnd>,
     mut writer: ContentWriter,
     expected: Expected,
@@ -288,17 +288,20 @@ pub(crate) async fn run_tee(
 ) -> Result<(ContentWriter, Option<Sha256>, Option<HeaderMap>), Error> {
     let mut trail: Option<Trail> = None;
     let mut end = Some(end);
-    while let Some(first) = chunks.recv().await {
+    let mut chunks = Some(chunks);
+    while let Some(mut queue) = chunks.take()
+        && let Some(first) = queue.recv().await
+    {
         let mut batch = vec![first];
         let mut size = batch[0].0.len();
         loop {
-            while size < BATCH_BYTES
-                && let Ok(next) = chunks.try_recv()
+            while size < MIN_BATCH
+                && let Ok(next) = queue.try_recv()
             {
                 size += next.0.len();
                 batch.push(next);
             }
-            // Nobody reads the file yet: gather a larger batch, each batch costing hand-offs
+            // Nobody reads the file yet: gather a larger batch, each job costing hand-offs
             // between threads, until a request follows (it reads only what is written).
             if size >= MIN_BATCH || fill.as_ref().is_some_and(|fill| fill.followed()) {
                 break;
@@ -310,7 +313,7 @@ pub(crate) async fn run_tee(
                 }
             };
             tokio::select! {
-                next = chunks.recv() => match next {
+                next = queue.recv() => match next {
                     Some(next) => {
                         size += next.0.len();
                         batch.push(next);
@@ -320,24 +323,24 @@ pub(crate) async fn run_tee(
                 () = followed => break,
             }
         }
-        let data = batch.iter().map(|(chunk, _)| chunk.clone()).collect();
         if trail.is_none() && writer.length() >= HASH_INLINE {
             let (handed, started) = Trail::start(writer).await?;
             (writer, trail) = (handed, started);
         }
-        let step = write_batch(writer, data, expected, fill.clone()).await;
-        // Their room in the queue is free once they are written.
-        drop(batch);
+        let (step, queue) = write_batch(writer, batch, Some(queue), expected, fill.clone()).await;
         match step {
             Ok(written) => {
                 writer = written;
+                chunks = queue;
                 if let Some(trail) = &mut trail {
                     trail.advance(writer.flushed())?;
                 }
             }
             Err(failed) => {
-                if let (Some(fill), Some(Failed { at, rest, .. })) = (&fill, &failed.relay) {
-                    relay_off_thread(fill, *at, rest.clone(), chunks, end.take(), expected).await;
+                if let (Some(fill), Some(Failed { at, rest, .. }), Some(queue)) =
+                    (&fill, &failed.relay, queue)
+                {
+                    relay_off_thread(fill, *at, rest.clone(), queue, end.take(), expected).await;
                 }
                 return Err(failed.error);
             }
@@ -353,7 +356,11 @@ pub(crate) async fn run_tee(
         return Err(Error::new(ErrorKind::Incomplete));
     };
     if let Some(tail) = end.tail {
-        match write_batch(writer, vec![tail], expected, fill.clone()).await {
+        let tail = vec![(tail, None)];
+        match write_batch(writer, tail, None, expected, fill.clone())
+            .await
+            .0
+        {
             Ok(written) => writer = written,
             Err(failed) => {
                 if let (Some(fill), Some(Failed { at, rest, .. })) = (&fill, &failed.relay) {
@@ -450,7 +457,8 @@ impl Trail {
             let hashed = on_pool(move || hash_file(&file, hasher, from, written)).await?;
             hashed.map_err(|e| Error::new(ErrorKind::Io).with_source(e))
         }));
-        Ok(())
+        // Polled once now, which hands the job to the pool: it runs while the writer goes on.
+        self.reap()
     }
 
     /// Waits until the first `length` bytes are hashed: their hasher.
@@ -488,9 +496,6 @@ fn hash_file(file: &File, mut hasher: Sha256, from: u64, to: u64) -> io::Result<
     Ok((hasher, at))
 }
 
-/// What a write job takes at most: the chunks that wait in the queue when it starts.
-const BATCH_BYTES: usize = 1 << 20;
-
 /// What a write job waits for while nobody follows the body (the queue holds up to 4 MiB).
 const MIN_BATCH: usize = 256 * 1024;
 
@@ -506,39 +511,111 @@ struct Failed {
     rest: Vec<Bytes>,
 }
 
-/// Writes `data` as one job, written through and published at its end with a fill.
-async fn write_batch(
+/// A chunk to write, holding its room in the tee's queue (the tail of a body holds none).
+type ToWrite = (Bytes, Option<tokio::sync::OwnedSemaphorePermit>);
+
+/// Writes `batch`, then whatever else waits in `queue`, as one job: up to [`JOB_BYTES`],
+/// so that a body arriving fast is written without a hand-off per batch, and the pool still
+/// takes turns between bodies. Each chunk's room in the queue is freed once it is written.
+/// With a fill, what is written is flushed and published every [`PUBLISH_EVERY`] bytes and
+/// at the end; a failure relays everything since the last publication.
+async fn write_batch<Q: IntoQueued>(
     mut writer: ContentWriter,
-    data: Vec<Bytes>,
+    batch: Vec<Q>,
+    queue: Option<mpsc::UnboundedReceiver<Queued>>,
     expected: Expected,
     fill: Option<Arc<Fill>>,
-) -> Result<ContentWriter, Failure> {
-    let written = on_pool(move || {
-        // Followers read what is published: the batch is written through and published at
-        // its end, and a failure anywhere in it relays all of it from where it began.
-        let at = writer.length();
-        let mut write_all = || {
-            for chunk in &data {
-                expected.within_limit(writer.length() + chunk.len() as u64)?;
-                writer.write(chunk)?;
-            }
+) -> (
+    Result<ContentWriter, Failure>,
+    Option<mpsc::UnboundedReceiver<Queued>>,
+) {
+    let batch: Vec<ToWrite> = batch.into_iter().map(IntoQueued::into_queued).collect();
+    let job = on_pool(move || {
+        let mut queue = queue;
+        let mut batch = batch.into_iter();
+        let mut at = writer.length();
+        let mut unpublished: Vec<Bytes> = Vec::new();
+        let mut pending = 0;
+        let mut written = 0;
+        let publish = |writer: &mut ContentWriter, unpublished: &mut Vec<Bytes>| {
             if let Some(fill) = &fill {
                 writer.flush()?;
                 fill.publish_written(writer.flushed());
             }
+            unpublished.clear();
             Ok::<_, Error>(())
         };
-        match write_all() {
-            Ok(()) => Ok(writer),
-            Err(error) => Err(Failure {
-                error,
-                relay: Some(Failed { at, rest: data }),
-            }),
+        loop {
+            let next = batch.next().or_else(|| {
+                let more = queue.as_mut().filter(|_| written < JOB_BYTES)?;
+                more.try_recv()
+                    .ok()
+                    .map(|(chunk, room)| (chunk, Some(room)))
+            });
+            let Some((chunk, room)) = next else {
+                break;
+            };
+            let len = chunk.len();
+            unpublished.push(chunk.clone());
+            let step = expected
+                .within_limit(writer.length() + len as u64)
+                .and_then(|()| writer.write(&chunk));
+            let step = step.and_then(|()| {
+                pending += len;
+                if pending >= PUBLISH_EVERY {
+                    pending = 0;
+                    publish(&mut writer, &mut unpublished)?;
+                    at = writer.length();
+                }
+                Ok(())
+            });
+            if let Err(error) = step {
+                let relay = Some(Failed {
+                    at,
+                    rest: unpublished,
+                });
+                return (Err(Failure { error, relay }), queue);
+            }
+            drop(room);
+            written += len;
         }
-    })
-    .await;
-    written.map_err(|error| Failure { error, relay: None })?
+        if let Err(error) = publish(&mut writer, &mut unpublished) {
+            let relay = Some(Failed {
+                at,
+                rest: unpublished,
+            });
+            return (Err(Failure { error, relay }), queue);
+        }
+        (Ok(writer), queue)
+    });
+    match job.await {
+        Ok(done) => done,
+        Err(error) => (Err(Failure { error, relay: None }), None),
+    }
 }
+
+/// What a write job is given: the queue's chunks, or the tail of a body.
+trait IntoQueued: Send + 'static {
+    fn into_queued(self) -> ToWrite;
+}
+
+impl IntoQueued for Queued {
+    fn into_queued(self) -> ToWrite {
+        (self.0, Some(self.1))
+    }
+}
+
+impl IntoQueued for ToWrite {
+    fn into_queued(self) -> ToWrite {
+        self
+    }
+}
+
+/// The most one write job takes from a body's queue before the pool turns to another.
+const JOB_BYTES: usize = 8 << 20;
+
+/// How often a write job tells the fill's followers how far they can read.
+const PUBLISH_EVERY: usize = 256 * 1024;
 
 /// [`relay`] on a blocking thread (it waits for slow followers): the rare path of a store that
 /// failed while others follow the body.
