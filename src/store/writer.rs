@@ -271,14 +271,15 @@ impl Expected {
     }
 }
 
-/// Writes what the tee'd body sends, in batches of what has arrived, as jobs on the writers'
-/// pool, until the body ends; then checks that the body was complete. Returns the writer,
-/// ready to be finished, and the hasher when it was taken out of it (past [`HASH_INLINE`]).
+/// Writes what the tee'd body sends, as jobs on the writers' pool (each takes what has
+/// arrived and what keeps arriving, see [`write_batch`]), until the body ends; then checks
+/// that the body was complete. Returns the writer, ready to be finished, and, for a body
+/// past [`HASH_INLINE`], the hasher of the [`Trail`] once it has caught up with the file.
 ///
-/// With a `fill`, every chunk is written through and its followers told how far they can
-/// read. When writing fails, or the body runs past the store's limit, while others follow,
-/// the rest of the body is relayed to them in memory (see [`Fill::relay`]) before the failure
-/// is returned.
+/// With a `fill`, what is written is flushed and its followers told how far they can read
+/// at least every [`PUBLISH_EVERY`] bytes. When writing fails, or the body runs past the
+/// store's limit, while others follow, the rest of the body is relayed to them in memory
+/// (see [`Fill::relay`]) before the failure is returned.
 pub(crate) async fn run_tee(
     chunks: mpsc::UnboundedReceiver<Queued>,
     end: oneshot::Receiver<TeeEnd>,
