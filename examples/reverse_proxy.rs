@@ -403,8 +403,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args = match parse_args() {
         Ok(args) => args,
         Err(message) => {
@@ -412,11 +411,28 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(error) = run(args).await {
+    // Lookups and hit reads are short jobs on the blocking pool: hundreds of requests at
+    // once queue for a bounded set of threads rather than start one each.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .build();
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(run(args)),
+        Err(error) => Err(error.into()),
+    };
+    if let Err(error) = result {
         eprintln!("reverse_proxy: {error}");
         std::process::exit(1);
     }
 }
+
+/// Threads for lookups and reads of hits (Tokio's default is 512).
+const BLOCKING_THREADS: usize = 32;
+
+/// What hyper buffers per connection, each way: at most this much of a response waits for a
+/// client that reads slowly, or of an upstream body for a tee that is not polled.
+const CONNECTION_BUFFER: usize = 64 * 1024;
 
 async fn run(args: Args) -> Result<(), Error> {
     let mut manager = StreamingManager::builder(args.cache_dir.clone());
@@ -441,7 +457,9 @@ async fn run(args: Args) -> Result<(), Error> {
         .cache_key(upstream_key(&authority))
         .background_fills(args.background_fills, 1 << 30);
     let upstream = Upstream {
-        client: Client::builder(TokioExecutor::new()).build_http(),
+        client: Client::builder(TokioExecutor::new())
+            .http1_max_buf_size(CONNECTION_BUFFER)
+            .build_http(),
         authority,
         timeout: args.timeout,
     };
@@ -462,7 +480,8 @@ async fn run(args: Args) -> Result<(), Error> {
     connection
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(CONNECTION_BUFFER);
     connection.http2().timer(TokioTimer::new());
     let connection = Arc::new(connection);
     // Past the cap, connections wait in the listen backlog until one closes.
