@@ -33,7 +33,7 @@ async fn origin() -> Origin {
     .await
 }
 
-const BIG_LEN: usize = 16 << 20;
+const BIG_LEN: usize = 64 << 20;
 
 /// Fetches `path` through the proxy on a connection of its own, and how long that took.
 async fn innocent(proxy: &Proxy, path: &str) -> (Got, Duration) {
@@ -265,5 +265,105 @@ async fn a_urls_variants_are_bounded_and_go_with_it() {
         record_files(dir.path()),
         Vec::<String>::new(),
         "all went with the URL"
+    );
+}
+
+/// The proxy's resident memory (MiB) and threads, from `/proc`.
+#[cfg(target_os = "linux")]
+fn rss_and_threads(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:") / 1024, field("Threads:"))
+}
+
+/// Bytes of the files under `dir`.
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            // Temp files come and go while this looks.
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    total
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_hundred_clients_that_never_read_cannot_take_the_proxy_down() {
+    let origin = origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(
+        &origin.url(""),
+        dir.path(),
+        &[
+            "--quiet",
+            "--max-size",
+            "268435456",
+            "--send-timeout-secs",
+            "3",
+        ],
+    );
+    let pid = proxy.child.id();
+    let mut stalled = Vec::new();
+    for i in 0..600 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(proxy.addr.parse().unwrap()).await.unwrap();
+        let request = format!("GET /big?i={i} HTTP/1.1\r\nHost: a\r\n\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+            .await
+            .unwrap();
+        stalled.push(stream);
+    }
+    let (mut worst, mut peak_rss, mut peak_threads, mut peak_disk) = (Duration::ZERO, 0, 0, 0);
+    let mut watch = |worst: &mut Duration, took: Duration| {
+        let (rss, threads) = rss_and_threads(pid);
+        *worst = (*worst).max(took);
+        peak_rss = peak_rss.max(rss);
+        peak_threads = peak_threads.max(threads);
+        peak_disk = peak_disk.max(disk_bytes(dir.path()));
+    };
+    for i in 0..15 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (got, took) = innocent(&proxy, &format!("/page?while={i}")).await;
+        assert_eq!(got.status, 200);
+        watch(&mut worst, took);
+    }
+    drop(stalled);
+    for i in 0..15 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (got, took) = innocent(&proxy, &format!("/page?after={i}")).await;
+        assert_eq!(got.status, 200);
+        watch(&mut worst, took);
+    }
+    eprintln!(
+        "600 stalled clients: worst innocent request {worst:?}, peak RSS {peak_rss} MiB, \
+         {peak_threads} threads, {peak_disk} bytes on disk"
+    );
+    assert!(worst < Duration::from_secs(1), "{worst:?}");
+    assert!(peak_threads <= 100, "{peak_threads} threads");
+    // A debug build, and generous: the release proxy peaked at ~220 MiB by hand.
+    assert!(peak_rss <= 512, "{peak_rss} MiB");
+    // The bound plus what each fill's client took before it stalled (its temp file): about
+    // 1 MiB each here, against 38 GiB had every fill gone on.
+    assert!(
+        peak_disk <= (256 << 20) + 600 * (2 << 20),
+        "{peak_disk} bytes"
     );
 }
