@@ -55,6 +55,18 @@ async fn innocent(proxy: &Proxy, path: &str) -> (Got, Duration) {
     (response, started.elapsed())
 }
 
+/// A client with a 4 KiB receive buffer that asks for `/big?i=N` and will read nothing.
+async fn stalled_client(proxy: &Proxy, i: usize) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(proxy.addr.parse().unwrap()).await.unwrap();
+    let request = format!("GET /big?i={i} HTTP/1.1\r\nHost: a\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .unwrap();
+    stream
+}
+
 /// Whether the proxy has closed `stream`: a read finds its end (or a reset) at once.
 fn closed(stream: &mut TcpStream) -> bool {
     stream.set_nonblocking(true).unwrap();
@@ -129,13 +141,8 @@ async fn clients_that_take_no_bytes_are_dropped_after_the_send_timeout() {
     let started = Instant::now();
     let mut stalled = Vec::new();
     for i in 0..20 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let stream = socket.connect(proxy.addr.parse().unwrap()).await.unwrap();
-        let mut stream = stream.into_std().unwrap();
+        let stream = stalled_client(&proxy, i).await.into_std().unwrap();
         stream.set_nonblocking(false).unwrap();
-        let request = format!("GET /big?i={i} HTTP/1.1\r\nHost: a\r\n\r\n");
-        stream.write_all(request.as_bytes()).unwrap();
         stalled.push(stream);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -322,14 +329,7 @@ async fn six_hundred_clients_that_never_read_cannot_take_the_proxy_down() {
     let pid = proxy.child.id();
     let mut stalled = Vec::new();
     for i in 0..600 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut stream = socket.connect(proxy.addr.parse().unwrap()).await.unwrap();
-        let request = format!("GET /big?i={i} HTTP/1.1\r\nHost: a\r\n\r\n");
-        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
-            .await
-            .unwrap();
-        stalled.push(stream);
+        stalled.push(stalled_client(&proxy, i).await);
     }
     let (mut worst, mut peak_rss, mut peak_threads, mut peak_disk) = (Duration::ZERO, 0, 0, 0);
     let mut watch = |worst: &mut Duration, took: Duration| {
