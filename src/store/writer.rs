@@ -329,6 +329,8 @@ pub(crate) async fn run_tee(
             let (handed, started) = Trail::start(writer).await?;
             (writer, trail) = (handed, started);
         }
+        let batch = batch.into_iter().map(|(chunk, room)| (chunk, Some(room)));
+        let batch = batch.collect();
         let (step, queue) = write_batch(writer, batch, Some(queue), expected, fill.clone()).await;
         match step {
             Ok(written) => {
@@ -521,95 +523,71 @@ type ToWrite = (Bytes, Option<tokio::sync::OwnedSemaphorePermit>);
 /// takes turns between bodies. Each chunk's room in the queue is freed once it is written.
 /// With a fill, what is written is flushed and published every [`PUBLISH_EVERY`] bytes and
 /// at the end; a failure relays everything since the last publication.
-async fn write_batch<Q: IntoQueued>(
+async fn write_batch(
     mut writer: ContentWriter,
-    batch: Vec<Q>,
-    queue: Option<mpsc::UnboundedReceiver<Queued>>,
+    batch: Vec<ToWrite>,
+    mut queue: Option<mpsc::UnboundedReceiver<Queued>>,
     expected: Expected,
     fill: Option<Arc<Fill>>,
 ) -> (
     Result<ContentWriter, Failure>,
     Option<mpsc::UnboundedReceiver<Queued>>,
 ) {
-    let batch: Vec<ToWrite> = batch.into_iter().map(IntoQueued::into_queued).collect();
     let job = on_pool(move || {
-        let mut queue = queue;
         let mut batch = batch.into_iter();
+        // Where the last publication left the body, and what has been written since.
         let mut at = writer.length();
         let mut unpublished: Vec<Bytes> = Vec::new();
-        let mut pending = 0;
-        let mut written = 0;
-        let publish = |writer: &mut ContentWriter, unpublished: &mut Vec<Bytes>| {
-            if let Some(fill) = &fill {
-                writer.flush()?;
-                fill.publish_written(writer.flushed());
-            }
-            unpublished.clear();
-            Ok::<_, Error>(())
-        };
-        loop {
-            let next = batch.next().or_else(|| {
-                let more = queue.as_mut().filter(|_| written < JOB_BYTES)?;
-                more.try_recv()
-                    .ok()
-                    .map(|(chunk, room)| (chunk, Some(room)))
-            });
-            let Some((chunk, room)) = next else {
-                break;
+        let mut write_all = || {
+            let mut publish = |writer: &mut ContentWriter, unpublished: &mut Vec<Bytes>| {
+                if let Some(fill) = &fill {
+                    writer.flush()?;
+                    fill.publish_written(writer.flushed());
+                }
+                unpublished.clear();
+                at = writer.length();
+                Ok::<_, Error>(())
             };
-            let len = chunk.len();
-            unpublished.push(chunk.clone());
-            let step = expected
-                .within_limit(writer.length() + len as u64)
-                .and_then(|()| writer.write(&chunk));
-            let step = step.and_then(|()| {
+            let (mut pending, mut written) = (0, 0);
+            loop {
+                let next = batch.next().or_else(|| {
+                    let more = queue.as_mut().filter(|_| written < JOB_BYTES)?;
+                    let (chunk, room) = more.try_recv().ok()?;
+                    Some((chunk, Some(room)))
+                });
+                let Some((chunk, room)) = next else {
+                    break;
+                };
+                let len = chunk.len();
+                unpublished.push(chunk.clone());
+                expected.within_limit(writer.length() + len as u64)?;
+                writer.write(&chunk)?;
+                drop(room);
+                written += len;
                 pending += len;
                 if pending >= PUBLISH_EVERY {
                     pending = 0;
                     publish(&mut writer, &mut unpublished)?;
-                    at = writer.length();
                 }
-                Ok(())
-            });
-            if let Err(error) = step {
+            }
+            publish(&mut writer, &mut unpublished)
+        };
+        let written = write_all();
+        let result = match written {
+            Ok(()) => Ok(writer),
+            Err(error) => {
                 let relay = Some(Failed {
                     at,
                     rest: unpublished,
                 });
-                return (Err(Failure { error, relay }), queue);
+                Err(Failure { error, relay })
             }
-            drop(room);
-            written += len;
-        }
-        if let Err(error) = publish(&mut writer, &mut unpublished) {
-            let relay = Some(Failed {
-                at,
-                rest: unpublished,
-            });
-            return (Err(Failure { error, relay }), queue);
-        }
-        (Ok(writer), queue)
+        };
+        (result, queue)
     });
     match job.await {
         Ok(done) => done,
         Err(error) => (Err(Failure { error, relay: None }), None),
-    }
-}
-
-/// What a write job is given: the queue's chunks, or the tail of a body.
-trait IntoQueued: Send + 'static {
-    fn into_queued(self) -> ToWrite;
-}
-
-impl IntoQueued for Queued {
-    fn into_queued(self) -> ToWrite {
-        (self.0, Some(self.1))
-    }
-}
-
-impl IntoQueued for ToWrite {
-    fn into_queued(self) -> ToWrite {
-        self
     }
 }
 
