@@ -100,7 +100,8 @@ impl Storage for FileStorage {
     fn upload(&self) -> BoxFuture<'_, Result<Box<dyn BodyUpload>>> {
         self.run(|this| {
             let scratch = this.scratch()?;
-            let writer = ContentWriter::create(scratch.temp_path(), scratch.mode())?;
+            let mode = this.inner.layout.mode();
+            let writer = ContentWriter::create(scratch.temp_path(), mode)?;
             let upload: Box<dyn BodyUpload> = Box::new(FileUpload {
                 storage: this.clone(),
                 writer: Some(writer),
@@ -163,7 +164,8 @@ impl Storage for FileStorage {
     fn write_record(&self, name: Name, record: Bytes) -> BoxFuture<'_, Result<()>> {
         self.run(move |this| {
             let scratch = this.scratch()?;
-            let (temp, _) = write_temp(scratch.temp_path(), &record, false, scratch.mode())?;
+            let mode = this.inner.layout.mode();
+            let (temp, _) = write_temp(scratch.temp_path(), &record, false, mode)?;
             let path = this.inner.layout.record_path(name.0);
             temp.persist(&path).map_err(|e| Error::io(e, &path))
         })

@@ -31,15 +31,9 @@ pub(crate) struct Scratch {
     lock_path: PathBuf,
     _lock: File,
     next: AtomicU64,
-    mode: Mode,
 }
 
 impl Scratch {
-    /// The bits of the files made in it.
-    pub(crate) fn mode(&self) -> Mode {
-        self.mode
-    }
-
     pub(crate) fn temp_path(&self) -> PathBuf {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         self.dir.join(format!("{n}.part"))
@@ -117,7 +111,6 @@ pub(crate) fn sweep_tmp_and_create_scratch(tmp: &Path, mode: Mode) -> io::Result
             lock_path,
             _lock: lock,
             next: AtomicU64::new(0),
-            mode,
         },
         removed,
     ))

@@ -672,7 +672,8 @@ impl StreamingManager {
                 let writer = writer::on_pool(move || {
                     started.make_room()?;
                     let scratch = &started.scratch;
-                    let writer = ContentWriter::create(scratch.temp_path(), scratch.mode())?;
+                    let mode = started.layout.mode();
+                    let writer = ContentWriter::create(scratch.temp_path(), mode)?;
                     if let (Some(fill), Some(head)) = (&publish, head) {
                         fill.publish_file(writer.reader()?);
                         fill.publish_head(head);
@@ -1274,7 +1275,7 @@ impl Opened {
             self.scratch.temp_path(),
             text.as_bytes(),
             false,
-            self.scratch.mode(),
+            self.layout.mode(),
         ) && temp.persist(&self.layout.access_log()).is_ok()
         {
             // The handle held points at the old file: the next use opens the new one.
@@ -1500,7 +1501,7 @@ impl Opened {
             self.scratch.temp_path(),
             &json,
             self.options.durable,
-            self.scratch.mode(),
+            self.layout.mode(),
         )?;
         Ok((temp, stamp, Arc::new(own)))
     }
