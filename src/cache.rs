@@ -1422,8 +1422,9 @@ impl Pending {
         let cache = &self.cache;
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(VARIANTS);
-        parts.headers.remove(STORED_VARIANTS);
+        for name in INTERNAL {
+            parts.headers.remove(name);
+        }
         let response = Response::from_parts(parts, body);
         let now = cache.now();
         let options = cache.options.semantics();
@@ -1654,8 +1655,11 @@ fn shared_cookie(shared: bool, headers: &HeaderMap) -> bool {
 /// Whether `name` is one of the headers the cache keeps in its own records (a variant
 /// list's generation and members): never taken from an origin's response.
 fn is_internal(name: &HeaderName) -> bool {
-    *name == VARIANTS || *name == STORED_VARIANTS
+    INTERNAL.contains(name)
 }
+
+/// The headers the cache keeps in its own records.
+const INTERNAL: [HeaderName; 2] = [VARIANTS, STORED_VARIANTS];
 
 /// Removes the headers that describe one connection, including those `Connection` names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
