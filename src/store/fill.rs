@@ -35,6 +35,7 @@ pub(crate) struct Fills {
 #[derive(Clone, Debug)]
 pub(crate) struct Background {
     permits: Arc<tokio::sync::Semaphore>,
+    at_once: usize,
     bytes: u64,
 }
 
@@ -42,13 +43,14 @@ impl Background {
     pub(crate) fn new(at_once: usize, bytes: u64) -> Self {
         Background {
             permits: Arc::new(tokio::sync::Semaphore::new(at_once)),
+            at_once,
             bytes,
         }
     }
 
     /// `(at once, bytes each)`.
     pub(crate) fn limits(&self) -> (usize, u64) {
-        (self.permits.available_permits(), self.bytes)
+        (self.at_once, self.bytes)
     }
 }
 
