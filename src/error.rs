@@ -30,6 +30,9 @@ pub enum ErrorKind {
     /// The body is longer than the store keeps
     /// ([`max_body_size`](crate::StreamingManagerBuilder::max_body_size)).
     TooLarge,
+    /// The bodies being stored at once take all of the store's
+    /// [`max_size`](crate::StreamingManagerBuilder::max_size): this one is not stored.
+    NoRoom,
 }
 
 impl ErrorKind {
@@ -43,6 +46,7 @@ impl ErrorKind {
             ErrorKind::Incomplete => "body did not complete, entry not stored",
             ErrorKind::InvalidInput => "invalid input",
             ErrorKind::TooLarge => "body longer than the store keeps",
+            ErrorKind::NoRoom => "no room in the store for another body being stored",
         }
     }
 }

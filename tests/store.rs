@@ -854,6 +854,74 @@ async fn a_bounded_store_stays_under_its_size_and_keeps_what_is_used() {
     assert!(content_bytes_on_disk(dir.path()) <= bound / 4);
 }
 
+/// Bytes of every file under `dir`: content, records and the temp files of bodies being
+/// written.
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        total += if meta.is_dir() {
+            bytes_under(&entry.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
+}
+
+#[tokio::test]
+async fn bodies_being_stored_count_against_max_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let bound = 1 << 20;
+    let manager = StreamingManager::builder(dir.path())
+        .max_size(bound)
+        .build();
+    let frame = |i: usize, n: u8| Bytes::from(vec![i as u8 ^ n; 256 << 10]);
+    put_body(&manager, "GET:stored", frame(99, 0)).await;
+    // Six bodies start at once, each 256 KiB in and waiting for the rest: 1.5 MiB in temp
+    // files, were they all written, in a store bounded to 1 MiB.
+    let mut senders = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let (tx, body) = channel_body();
+        tx.send(Ok(Frame::data(frame(i, 1)))).await.unwrap();
+        let response = Response::new(body);
+        let teed = manager.tee(format!("GET:{i}"), response, policy(URL), url());
+        clients.push(tokio::spawn(teed.into_body().collect()));
+        senders.push(tx);
+    }
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        seen.push(bytes_under(dir.path()));
+    }
+    let peak = seen.iter().copied().max().unwrap();
+    assert!(peak <= bound + (64 << 10), "{peak} bytes on disk: {seen:?}");
+    assert!(
+        peak >= 3 * (256 << 10),
+        "the bodies that fit are written: {seen:?}"
+    );
+    for (i, tx) in senders.into_iter().enumerate() {
+        tx.send(Ok(Frame::data(frame(i, 2)))).await.unwrap();
+    }
+    // Every client gets its whole body, stored or not.
+    for (i, client) in clients.into_iter().enumerate() {
+        let got = client.await.unwrap().unwrap().to_bytes();
+        assert_eq!(got, [frame(i, 1), frame(i, 2)].concat());
+    }
+    let mut stored = 0;
+    for i in 0..6 {
+        if let Some(body) = read(&manager, &format!("GET:{i}")).await {
+            assert_eq!(body, [frame(i, 1), frame(i, 2)].concat());
+            stored += 1;
+        }
+    }
+    assert!((1..=2).contains(&stored), "{stored} of the six stored");
+    assert!(content_bytes_on_disk(dir.path()) <= bound);
+}
+
 #[tokio::test]
 async fn a_store_bounded_in_entries_keeps_at_most_that_many() {
     let dir = tempfile::tempdir().unwrap();

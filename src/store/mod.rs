@@ -150,6 +150,9 @@ struct Opened {
     read_in: watch::Sender<ReadIn>,
     /// The free space kept on the file system.
     free_space: files::FreeSpace,
+    /// Bytes in the temp files of the bodies being stored, claimed through [`writer::Room`]:
+    /// they count against `max_size` as stored entries do.
+    in_flight: std::sync::atomic::AtomicU64,
 }
 
 /// Stores of up to this many records are read in before the first request is served (within
@@ -234,8 +237,11 @@ impl StreamingManagerBuilder {
     /// Keeps the content on disk within `bytes` (each deduplicated file counted once): when a
     /// commit takes the store over it, the least recently used entries are removed until it
     /// is back under 90% of it. Content that several entries share goes with the last of
-    /// them. A reader of an evicted entry that has its file open reads on. Unbounded by
-    /// default. Uses are appended to `cache-v2/access.log` (at most once a minute per
+    /// them. A reader of an evicted entry that has its file open reads on. Bodies being
+    /// stored count too, from their first byte written: they evict stored entries to make
+    /// room, and once they alone take all of `bytes`, a body that finds no room is not
+    /// stored ([`ErrorKind::NoRoom`](crate::ErrorKind::NoRoom); its client is served all
+    /// the same). Unbounded by default. Uses are appended to `cache-v2/access.log` (at most once a minute per
     /// entry), so the order survives a restart.
     pub fn max_size(mut self, bytes: u64) -> Self {
         self.options.max_size = Some(bytes);
@@ -673,7 +679,8 @@ impl StreamingManager {
                     started.make_room()?;
                     let scratch = &started.scratch;
                     let mode = started.layout.mode();
-                    let writer = ContentWriter::create(scratch.temp_path(), mode)?;
+                    let room: Arc<dyn writer::Room> = Arc::clone(&started) as _;
+                    let writer = ContentWriter::create(scratch.temp_path(), mode)?.within(room);
                     if let (Some(fill), Some(head)) = (&publish, head) {
                         fill.publish_file(writer.reader()?);
                         fill.publish_head(head);
@@ -724,7 +731,11 @@ impl StreamingManager {
             match &result {
                 Ok(c) if !c.kept => {}
                 Ok(c) => crate::log::debug_event!(digest = ?c.digest, length = c.length, "stored"),
-                Err(e) if e.kind() == ErrorKind::Incomplete || e.is_body() => {
+                Err(e)
+                    if e.kind() == ErrorKind::Incomplete
+                        || e.kind() == ErrorKind::NoRoom
+                        || e.is_body() =>
+                {
                     crate::log::debug_event!(error = %e, "not stored")
                 }
                 Err(e) => crate::log::warn_event!(error = %e, "not stored"),
@@ -983,6 +994,41 @@ pub(crate) fn remove_if_present(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Bodies being stored take room within `max_size` as they are written, evicting stored
+/// entries (least recently used first) to get it; once they alone take all of it, the next
+/// byte written finds none and its body is not stored. So the directory never holds more
+/// than `max_size`, plus what the write jobs running now wrote since they last settled.
+impl writer::Room for Opened {
+    fn claim(&self, bytes: u64) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let before = self.in_flight.fetch_add(bytes, Relaxed);
+        match self.options.max_size {
+            Some(max) if before + bytes > max => {
+                self.in_flight.fetch_sub(bytes, Relaxed);
+                Err(Error::new(ErrorKind::NoRoom).with_subject(format!(
+                    "{before} bytes of bodies being stored, max_size {max}"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn release(&self, bytes: u64) {
+        self.in_flight
+            .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn settle(&self) {
+        let Some(max) = self.options.max_size else {
+            return;
+        };
+        let in_flight = self.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+        if self.index().content_bytes() + in_flight > max {
+            self.evict_if_needed();
+        }
+    }
+}
+
 impl Opened {
     /// Prepares the directories and an index that is still to be read in: requests are
     /// served from here on, while [`start_reading_in`](Self::start_reading_in) reads it.
@@ -1001,6 +1047,7 @@ impl Opened {
             access_log_lines: std::sync::atomic::AtomicU64::new(0),
             read_in: watch::channel(ReadIn::Running).0,
             free_space,
+            in_flight: std::sync::atomic::AtomicU64::new(0),
         };
         Ok((opened, leftovers))
     }
@@ -1372,6 +1419,7 @@ impl Opened {
             temp,
             digest,
             length,
+            claim,
         } = content;
         let reopen = draft.reopen;
         let (started, deletions, seq) = (draft.started, draft.deletions, draft.seq);
@@ -1422,6 +1470,8 @@ impl Opened {
                 return Ok(committed);
             }
             install_content(temp, &content_path, length)?;
+            // Its bytes count as stored from here on.
+            drop(claim);
             if reopen {
                 let file = files::open(&content_path).map_err(|e| Error::io(e, &content_path))?;
                 committed.file = Some(file);
@@ -1434,10 +1484,10 @@ impl Opened {
         Ok(committed)
     }
 
-    /// Removes the least recently used entries while the store is over its bounds, or its
-    /// file system under the free-space floor. Content files are moved out of the way while
-    /// the index is locked and unlinked after (freeing a large file's blocks takes time), so
-    /// that a large eviction never holds up lookups.
+    /// Removes the least recently used entries while the store (with the bodies being stored)
+    /// is over its bounds, or its file system under the free-space floor. Content files are
+    /// moved out of the way while the index is locked and unlinked after (freeing a large
+    /// file's blocks takes time), so that a large eviction never holds up lookups.
     fn evict_if_needed(&self) {
         let (max_size, max_entries) = (self.options.max_size, self.options.max_entries);
         let short = self.free_space.shortfall(&self.layout.content_dir(), false);
@@ -1446,6 +1496,9 @@ impl Opened {
         }
         let mut doomed = Vec::new();
         let mut index = self.index();
+        // Bodies being stored take their room first.
+        let in_flight = self.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+        let max_size = max_size.map(|max| max.saturating_sub(in_flight));
         let max_size = match short {
             0 => max_size,
             short => {

@@ -80,6 +80,52 @@ pub(crate) struct FinishedContent {
     pub(crate) temp: TempFile,
     pub(crate) digest: Hash32,
     pub(crate) length: u64,
+    /// The room its bytes take in the store, given back when this is dropped.
+    pub(crate) claim: Option<Claim>,
+}
+
+/// The room a store gives the bodies it is writing, so that with them its directory stays
+/// within its bounds: a body that finds none is not stored (its client is served all the
+/// same). Bytes are claimed as they are written and given back once the body is committed
+/// (then they count as stored) or abandoned.
+pub(crate) trait Room: Send + Sync {
+    /// Claims `bytes` more for a body being written; `Err`: there is no room for them.
+    fn claim(&self, bytes: u64) -> Result<(), Error>;
+    /// Gives back `bytes` claimed before.
+    fn release(&self, bytes: u64);
+    /// Makes room for what was claimed: evicts stored entries while they and the bodies
+    /// being written are over the store's bounds.
+    fn settle(&self);
+}
+
+/// Bytes claimed from a [`Room`], given back when dropped.
+pub(crate) struct Claim {
+    room: Arc<dyn Room>,
+    bytes: u64,
+}
+
+impl Claim {
+    pub(crate) fn new(room: Arc<dyn Room>) -> Self {
+        Claim { room, bytes: 0 }
+    }
+
+    fn more(&mut self, bytes: u64) -> Result<(), Error> {
+        self.room.claim(bytes)?;
+        self.bytes += bytes;
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claim").field("bytes", &self.bytes).finish()
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.room.release(self.bytes);
+    }
 }
 
 /// Streams a body into a temp file, computing its SHA-256 and length as it goes (or leaving
@@ -89,6 +135,7 @@ pub(crate) struct ContentWriter {
     temp: TempFile,
     hasher: Option<Sha256>,
     length: u64,
+    claim: Option<Claim>,
 }
 
 /// A tee hashes this much of a body in the jobs that write it; past that, jobs of their own
@@ -104,10 +151,27 @@ impl ContentWriter {
             temp: TempFile::new(path),
             hasher: Some(Sha256::new()),
             length: 0,
+            claim: None,
         })
     }
 
+    /// Claims the room for each write from `room` first; a write it refuses fails.
+    pub(crate) fn within(mut self, room: Arc<dyn Room>) -> Self {
+        self.claim = Some(Claim::new(room));
+        self
+    }
+
+    /// Lets the store make room for what this writer has claimed (see [`Room::settle`]).
+    pub(crate) fn settle(&self) {
+        if let Some(claim) = &self.claim {
+            claim.room.settle();
+        }
+    }
+
     pub(crate) fn write(&mut self, bytes: &Bytes) -> Result<(), Error> {
+        if let Some(claim) = &mut self.claim {
+            claim.more(bytes.len() as u64)?;
+        }
         if let Some(hasher) = &mut self.hasher {
             hasher.update(bytes);
         }
@@ -163,6 +227,7 @@ impl ContentWriter {
             temp,
             hasher,
             length,
+            claim,
         } = self;
         let io = |e| Error::io(e, temp.path());
         let file = file.into_inner().map_err(|e| io(e.into_error()))?;
@@ -176,6 +241,7 @@ impl ContentWriter {
             temp,
             digest: Hash32::from_hasher(hasher),
             length,
+            claim,
         })
     }
 }
@@ -570,7 +636,9 @@ async fn write_batch(
                     publish(&mut writer, &mut unpublished)?;
                 }
             }
-            publish(&mut writer, &mut unpublished)
+            publish(&mut writer, &mut unpublished)?;
+            writer.settle();
+            Ok(())
         };
         let written = write_all();
         let result = match written {
