@@ -5,6 +5,7 @@
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -251,42 +252,120 @@ impl ContentWriter {
 /// while they wait for bytes: each batch of bytes that arrived is one short job here. Reads
 /// of hits run on the runtime's blocking pool and never queue behind these.
 struct Pool {
-    jobs: std::sync::mpsc::Sender<Job>,
+    state: Mutex<PoolState>,
+}
+
+#[derive(Default)]
+struct PoolState {
+    /// Writes and commits: clients, or the requests after them, wait for these.
+    jobs: std::collections::VecDeque<Job>,
+    /// Hashing, which only the commit waits for: taken when no write waits, so that the
+    /// writes of a new body never queue behind the hashing of earlier ones.
+    hashing: std::collections::VecDeque<Job>,
+    /// Threads waiting for a job, the one that went idle last on top.
+    idle: Vec<std::thread::Thread>,
+}
+
+/// Which queue of the pool a job joins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Write,
+    Hash,
+}
+
+impl PoolState {
+    fn queue(&mut self, lane: Lane) -> &mut std::collections::VecDeque<Job> {
+        match lane {
+            Lane::Write => &mut self.jobs,
+            Lane::Hash => &mut self.hashing,
+        }
+    }
+
+    fn next(&mut self) -> Option<Job> {
+        self.jobs.pop_front().or_else(|| self.hashing.pop_front())
+    }
 }
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Threads of the pool: enough for a write and a hash beside it on a few bodies at once.
+/// Threads of the pool: one per core (at least two, for a write and a hash beside it). More
+/// lose to fewer here: a body's jobs then wander between threads and cores, and the 1 GiB
+/// miss of `benches/compare` reached its client 5 % slower with four threads on two cores.
 fn pool_threads() -> usize {
-    std::thread::available_parallelism().map_or(4, |n| n.get().clamp(4, 16))
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 16))
+}
+
+impl Pool {
+    fn state(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `job` and wakes the thread that went idle last: a body's jobs, each started
+    /// when the one before ended, keep to one thread and its core instead of going round.
+    fn submit(&self, lane: Lane, job: Job) {
+        let mut state = self.state();
+        state.queue(lane).push_back(job);
+        let wake = state.idle.pop();
+        drop(state);
+        if let Some(thread) = wake {
+            thread.unpark();
+        }
+    }
+
+    /// Queues the sequel of the job running on this thread, which takes it next unless other
+    /// jobs wait: then it wakes another thread for them, as [`submit`](Self::submit) does.
+    fn requeue(&self, lane: Lane, job: Job) {
+        let mut state = self.state();
+        state.queue(lane).push_back(job);
+        let wake = if state.jobs.len() + state.hashing.len() > 1 {
+            state.idle.pop()
+        } else {
+            None
+        };
+        drop(state);
+        if let Some(thread) = wake {
+            thread.unpark();
+        }
+    }
+
+    /// A thread of the pool: takes jobs until the process ends.
+    fn serve(&self) {
+        let me = std::thread::current();
+        loop {
+            let mut state = self.state();
+            let Some(job) = state.next() else {
+                if !state.idle.iter().any(|t| t.id() == me.id()) {
+                    state.idle.push(me.clone());
+                }
+                drop(state);
+                std::thread::park();
+                continue;
+            };
+            drop(state);
+            // A job that panics fails its caller (its result is dropped unsent), not the
+            // thread.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+        }
+    }
 }
 
 fn pool() -> Option<&'static Pool> {
-    static POOL: std::sync::OnceLock<Option<Pool>> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
-        let queue = Arc::new(Mutex::new(queue));
+    static POOL: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
+    static STARTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let pool: &'static Pool = POOL.get_or_init(|| Pool {
+        state: Mutex::default(),
+    });
+    let started = STARTED.get_or_init(|| {
         let mut started = 0;
         for n in 0..pool_threads() {
-            let queue = Arc::clone(&queue);
             let thread = std::thread::Builder::new()
                 .name(format!("http-cache-streaming-writer-{n}"))
-                .spawn(move || {
-                    loop {
-                        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
-                        let Ok(job) = job else {
-                            return;
-                        };
-                        // A job that panics fails its caller (its result is dropped unsent),
-                        // not the thread.
-                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-                    }
-                });
+                .spawn(move || pool.serve());
             started += usize::from(thread.is_ok());
         }
-        (started > 0).then_some(Pool { jobs })
-    })
-    .as_ref()
+        started > 0
+    });
+    started.then_some(pool)
 }
 
 /// Runs `work` on the writers' pool and waits for it without holding a thread.
@@ -300,11 +379,7 @@ where
     let job: Job = Box::new(move || {
         let _ = done.send(work());
     });
-    pool()
-        .ok_or_else(failed)?
-        .jobs
-        .send(job)
-        .map_err(|_| failed())?;
+    pool().ok_or_else(failed)?.submit(Lane::Write, job);
     result.await.map_err(|_| failed())
 }
 
@@ -395,15 +470,24 @@ pub(crate) async fn run_tee(
             let (handed, started) = Trail::start(writer).await?;
             (writer, trail) = (handed, started);
         }
+        // The hashing follows this job's writes as they reach the file.
+        let follow = match &mut trail {
+            Some(trail) => {
+                trail.advance()?;
+                Some(Arc::clone(&trail.written))
+            }
+            None => None,
+        };
         let batch = batch.into_iter().map(|(chunk, room)| (chunk, Some(room)));
         let batch = batch.collect();
-        let (step, queue) = write_batch(writer, batch, Some(queue), expected, fill.clone()).await;
+        let (step, queue) =
+            write_batch(writer, batch, Some(queue), expected, fill.clone(), follow).await;
         match step {
             Ok(written) => {
                 writer = written;
                 chunks = queue;
                 if let Some(trail) = &mut trail {
-                    trail.advance(writer.flushed())?;
+                    trail.advance()?;
                 }
             }
             Err(failed) => {
@@ -427,7 +511,8 @@ pub(crate) async fn run_tee(
     };
     if let Some(tail) = end.tail {
         let tail = vec![(tail, None)];
-        match write_batch(writer, tail, None, expected, fill.clone())
+        let follow = trail.as_ref().map(|trail| Arc::clone(&trail.written));
+        match write_batch(writer, tail, None, expected, fill.clone(), follow)
             .await
             .0
         {
@@ -466,8 +551,14 @@ pub(crate) async fn run_tee(
 /// The hashing of a body past [`HASH_INLINE`]: jobs on the writers' pool that read the temp
 /// file behind the writer (from the page cache), one at a time, so that the writer never
 /// waits for SHA-256 and no chunk is held for it. The commit waits for it to catch up.
+///
+/// A job goes on for as long as the writer keeps ahead of it (up to [`HASH_JOB_BYTES`]), so
+/// a body arriving fast is hashed by one thread that stays on its core, as the writer's
+/// jobs do, instead of by short jobs that the scheduler moves about.
 struct Trail {
     file: Arc<File>,
+    /// How far the file holds the body: set by the write jobs, followed by the hashing.
+    written: Arc<AtomicU64>,
     /// The hasher while no job has it, and how far it has hashed.
     idle: Option<Sha256>,
     hashed: u64,
@@ -493,6 +584,7 @@ impl Trail {
         let hashed = writer.length();
         let trail = writer.take_hasher().map(|hasher| Trail {
             file,
+            written: Arc::new(AtomicU64::new(writer.flushed())),
             idle: Some(hasher),
             hashed,
             job: None,
@@ -513,26 +605,36 @@ impl Trail {
         Ok(())
     }
 
-    /// Hashes on up to `written` bytes, unless a job is under way.
-    fn advance(&mut self, written: u64) -> Result<(), Error> {
+    /// Hashes on as far as the file is written, unless a job is under way.
+    fn advance(&mut self) -> Result<(), Error> {
         self.reap()?;
-        if self.job.is_some() || self.hashed >= written {
+        if self.job.is_some() || self.hashed >= self.written.load(Ordering::Acquire) {
             return Ok(());
         }
         let Some(hasher) = self.idle.take() else {
             return Err(Error::new(ErrorKind::Io).with_subject("a body whose hashing was lost"));
         };
-        let (file, from) = (Arc::clone(&self.file), self.hashed);
+        let (file, written, from) = (
+            Arc::clone(&self.file),
+            Arc::clone(&self.written),
+            self.hashed,
+        );
+        let failed = || Error::new(ErrorKind::Io).with_subject("the hashing of a body");
+        let (done, hashed) = oneshot::channel();
+        let pool = pool().ok_or_else(failed)?;
+        let job = Box::new(move || hash_on(file, written, hasher, from, done));
+        pool.submit(Lane::Hash, job);
         self.job = Some(Box::pin(async move {
-            let hashed = on_pool(move || hash_file(&file, hasher, from, written)).await?;
-            hashed.map_err(|e| Error::new(ErrorKind::Io).with_source(e))
+            let hashed = hashed.await.map_err(|_| failed())?;
+            hashed.map_err(|e: io::Error| failed().with_source(e))
         }));
         // Polled once now, which hands the job to the pool: it runs while the writer goes on.
         self.reap()
     }
 
-    /// Waits until the first `length` bytes are hashed: their hasher.
+    /// Waits until the first `length` bytes, all written, are hashed: their hasher.
     async fn finish(mut self, length: u64) -> Result<Sha256, Error> {
+        self.written.fetch_max(length, Ordering::AcqRel);
         loop {
             if let Some(job) = self.job.take() {
                 let (hasher, hashed) = job.await?;
@@ -543,13 +645,54 @@ impl Trail {
                     Error::new(ErrorKind::Io).with_subject("a body whose hashing was lost")
                 });
             }
-            self.advance(length)?;
+            self.advance()?;
         }
     }
 }
 
+/// A hashing job: hashes `file` from `at` as far as `written` says it holds the body, up to
+/// [`HASH_JOB_BYTES`]; then, if the writer is still ahead, queues its sequel behind the
+/// pool's other hashing (and any write), and otherwise sends the hasher and how far it got.
+fn hash_on(
+    file: Arc<File>,
+    written: Arc<AtomicU64>,
+    mut hasher: Sha256,
+    mut at: u64,
+    done: oneshot::Sender<io::Result<(Sha256, u64)>>,
+) {
+    let from = at;
+    loop {
+        let to = written.load(Ordering::Acquire).min(from + HASH_JOB_BYTES);
+        if at >= to {
+            break;
+        }
+        match hash_file(&file, hasher, at, to) {
+            Ok(hashed) => (hasher, at) = hashed,
+            Err(e) => {
+                let _ = done.send(Err(e));
+                return;
+            }
+        }
+    }
+    // Nobody waits for the hash of an abandoned body.
+    if at < written.load(Ordering::Acquire)
+        && !done.is_closed()
+        && let Some(pool) = pool()
+    {
+        pool.requeue(
+            Lane::Hash,
+            Box::new(move || hash_on(file, written, hasher, at, done)),
+        );
+        return;
+    }
+    let _ = done.send(Ok((hasher, at)));
+}
+
 /// What a hashing job reads at a time.
 const HASH_READ: usize = 256 * 1024;
+
+/// The most one hashing job hashes before the pool turns to other work (~10 ms of SHA-256).
+const HASH_JOB_BYTES: u64 = 16 << 20;
 
 /// Feeds bytes `from..to` of `file` to `hasher`.
 fn hash_file(file: &File, mut hasher: Sha256, from: u64, to: u64) -> io::Result<(Sha256, u64)> {
@@ -595,6 +738,7 @@ async fn write_batch(
     mut queue: Option<mpsc::UnboundedReceiver<Queued>>,
     expected: Expected,
     fill: Option<Arc<Fill>>,
+    follow: Option<Arc<AtomicU64>>,
 ) -> (
     Result<ContentWriter, Failure>,
     Option<mpsc::UnboundedReceiver<Queued>>,
@@ -629,6 +773,9 @@ async fn write_batch(
                 expected.within_limit(writer.length() + len as u64)?;
                 writer.write(&chunk)?;
                 drop(room);
+                if let Some(follow) = &follow {
+                    follow.store(writer.flushed(), Ordering::Release);
+                }
                 written += len;
                 pending += len;
                 if pending >= PUBLISH_EVERY {
@@ -637,6 +784,9 @@ async fn write_batch(
                 }
             }
             publish(&mut writer, &mut unpublished)?;
+            if let Some(follow) = &follow {
+                follow.store(writer.flushed(), Ordering::Release);
+            }
             writer.settle();
             Ok(())
         };
@@ -785,6 +935,53 @@ mod tests {
         writer.write(&Bytes::from_static(b"abc")).unwrap();
         drop(writer.take_hasher());
         assert!(writer.finish(false).is_err());
+    }
+
+    #[test]
+    fn a_write_queued_after_hashing_runs_before_it() {
+        let pool = pool().unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        // Every thread of the pool busy with a hashing job until released, and more queued.
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let wait = Arc::new(Mutex::new(wait));
+        let (started, running) = std::sync::mpsc::channel();
+        for _ in 0..pool_threads() {
+            let (wait, started) = (Arc::clone(&wait), started.clone());
+            pool.submit(
+                Lane::Hash,
+                Box::new(move || {
+                    started.send(()).unwrap();
+                    let _ = wait.lock().unwrap().recv();
+                }),
+            );
+        }
+        for _ in 0..pool_threads() {
+            running.recv().unwrap();
+        }
+        for n in 0..5 {
+            let order = Arc::clone(&order);
+            pool.submit(
+                Lane::Hash,
+                Box::new(move || order.lock().unwrap().push(format!("hash {n}"))),
+            );
+        }
+        let (written, done) = std::sync::mpsc::channel();
+        let write_order = Arc::clone(&order);
+        pool.submit(
+            Lane::Write,
+            Box::new(move || {
+                write_order.lock().unwrap().push("write".to_string());
+                written.send(()).unwrap();
+            }),
+        );
+        // One thread comes free: it takes the write, queued last.
+        release.send(()).unwrap();
+        done.recv().unwrap();
+        drop(release);
+        assert_eq!(
+            order.lock().unwrap().first().map(String::as_str),
+            Some("write")
+        );
     }
 
     #[test]
