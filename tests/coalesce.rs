@@ -246,6 +246,76 @@ async fn an_origin_failure_reaches_every_follower_and_stores_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_of_fills_that_find_no_room_get_every_byte() {
+    const FILLS: usize = 40;
+    const FRAME: usize = 64 << 10;
+    let origin = gated_origin("max-age=60").await;
+    let dir = tempfile::tempdir().unwrap();
+    // Room for one 256 KiB body being stored at a time, for forty 1 MiB bodies: every
+    // store fails, and each fill's follower reads the rest from the leader's relay.
+    let manager = StreamingManager::builder(dir.path())
+        .max_size(4 * FRAME as u64)
+        .build();
+    let cache = ServiceBuilder::new()
+        .layer(HttpCacheStreamingLayer::with_options(
+            manager,
+            HttpCacheOptions::default(),
+        ))
+        .service(client());
+    let frame = |i: usize, n: usize| Bytes::from(vec![(i * 16 + n) as u8; FRAME]);
+    let feeds: Vec<_> = (0..FILLS).map(|_| origin.feed()).collect();
+    origin.open();
+    let urls: Vec<_> = (0..FILLS)
+        .map(|i| format!("{}?k={i}", origin.url))
+        .collect();
+    let mut leaders = Vec::new();
+    for (i, feed) in feeds.iter().enumerate() {
+        feed.send(Ok(Frame::data(frame(i, 0)))).await.unwrap();
+        leaders.push(spawn_request(&cache, &urls[i]).await.unwrap());
+    }
+    let mut followers = Vec::new();
+    for url in &urls {
+        let follower = spawn_request(&cache, url).await.unwrap();
+        assert!(cache_status(&follower).contains("collapsed"));
+        followers.push(follower);
+    }
+    // Each leader reads on while the origin sends the next three frames, then waits for
+    // more: its relay waits for the body's next bytes.
+    let mut readers = Vec::new();
+    for (i, leader) in leaders.into_iter().enumerate() {
+        readers.push(tokio::spawn(leader.into_body().collect()));
+        for n in 1..4 {
+            feeds[i].send(Ok(Frame::data(frame(i, n)))).await.unwrap();
+        }
+    }
+    settle().await;
+    for (i, feed) in feeds.into_iter().enumerate() {
+        for n in 4..16 {
+            feed.send(Ok(Frame::data(frame(i, n)))).await.unwrap();
+        }
+    }
+    let whole = |i: usize| {
+        (0..16)
+            .flat_map(|n| frame(i, n).to_vec())
+            .collect::<Vec<u8>>()
+    };
+    for (i, (reader, follower)) in readers.into_iter().zip(followers).enumerate() {
+        let led = reader.await.unwrap().unwrap().to_bytes();
+        assert_eq!(led.len(), 16 * FRAME);
+        assert!(led == whole(i), "the leader of fill {i} got other bytes");
+        let followed = follower.into_body().collect().await.unwrap().to_bytes();
+        // Not one byte skipped where the store failed in the middle of a batch.
+        assert!(
+            followed == whole(i),
+            "the follower of fill {i} got {} bytes, not those sent",
+            followed.len()
+        );
+    }
+    assert!(record_files(dir.path()).is_empty(), "none stored");
+    assert_eq!(origin.hits(), FILLS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_that_is_not_stored_is_not_shared() {
     for cache_control in ["private, max-age=60", "no-store"] {
         let origin = gated_origin(cache_control).await;

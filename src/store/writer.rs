@@ -794,6 +794,8 @@ async fn write_batch(
         let result = match written {
             Ok(()) => Ok(writer),
             Err(error) => {
+                // The batch's chunks after the one that failed are the body's next bytes.
+                unpublished.extend(batch.map(|(chunk, _)| chunk));
                 let relay = Some(Failed {
                     at,
                     rest: unpublished,
