@@ -395,6 +395,10 @@ async fn two_proxies_share_one_directory_and_never_serve_a_stale_or_torn_entry()
     };
     let i = 5;
     exchange(&c, &a.addr, "GET", i, "en", sent).await;
+    // A hit in A once A has committed it (a lookup waits for a commit under way): from
+    // then on it is on disk for B too.
+    let again = object(&exchange(&c, &a.addr, "GET", i, "en", sent).await);
+    assert!(again.contains("hit"), "stored by A: {again}");
     let before = origin.origin.hits();
     let status = object(&exchange(&c, &b.addr, "GET", i, "en", sent).await);
     assert!(status.contains("hit"), "stored by A, a hit in B: {status}");
