@@ -246,7 +246,7 @@ async fn an_origin_failure_reaches_every_follower_and_stores_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn followers_of_fills_that_find_no_room_get_every_byte() {
+async fn followers_of_fills_that_find_no_room_get_every_byte_and_hold_no_thread() {
     const FILLS: usize = 40;
     const FRAME: usize = 64 << 10;
     let origin = gated_origin("max-age=60").await;
@@ -262,6 +262,7 @@ async fn followers_of_fills_that_find_no_room_get_every_byte() {
             HttpCacheOptions::default(),
         ))
         .service(client());
+    let threads = || std::fs::read_dir("/proc/self/task").map_or(0, |t| t.count());
     let frame = |i: usize, n: usize| Bytes::from(vec![(i * 16 + n) as u8; FRAME]);
     let feeds: Vec<_> = (0..FILLS).map(|_| origin.feed()).collect();
     origin.open();
@@ -273,6 +274,7 @@ async fn followers_of_fills_that_find_no_room_get_every_byte() {
         feed.send(Ok(Frame::data(frame(i, 0)))).await.unwrap();
         leaders.push(spawn_request(&cache, &urls[i]).await.unwrap());
     }
+    let before = threads();
     let mut followers = Vec::new();
     for url in &urls {
         let follower = spawn_request(&cache, url).await.unwrap();
@@ -289,6 +291,12 @@ async fn followers_of_fills_that_find_no_room_get_every_byte() {
         }
     }
     settle().await;
+    let waiting = threads();
+    eprintln!("{FILLS} relays waiting: {before} threads before, {waiting} now");
+    assert!(
+        waiting < before + FILLS / 2,
+        "{before} threads before the fills failed, {waiting} while their relays wait"
+    );
     for (i, feed) in feeds.into_iter().enumerate() {
         for n in 4..16 {
             feed.send(Ok(Frame::data(frame(i, n)))).await.unwrap();

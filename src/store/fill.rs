@@ -10,7 +10,7 @@ use std::fs::File;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -123,8 +123,8 @@ const RELAY_PATIENCE: Duration = Duration::from_secs(10);
 #[derive(Default)]
 struct Relay {
     chunks: Mutex<Option<Relayed>>,
-    /// Signalled as followers read on.
-    room: Condvar,
+    /// Signalled as followers read on, or leave.
+    room: tokio::sync::Notify,
 }
 
 struct Relayed {
@@ -308,49 +308,41 @@ impl Fill {
     /// file): hands `chunk`, the bytes from `from` on, to the followers. Waits while the
     /// relay holds [`RELAY_WINDOW`] bytes that some follower has yet to read, at most
     /// [`RELAY_PATIENCE`]; a follower that slow then fails rather than stall the others.
-    pub(crate) fn relay(&self, from: u64, chunk: Bytes) {
-        let mut relay = lock(&self.relay.chunks);
-        if relay.is_none() {
-            *relay = Some(Relayed {
-                from,
-                chunks: VecDeque::new(),
-                bytes: 0,
-            });
-        }
+    pub(crate) async fn relay(&self, from: u64, chunk: Bytes) {
         let deadline = Instant::now() + RELAY_PATIENCE;
         loop {
-            let needed = self.slowest_reader();
-            let Some(relayed) = relay.as_mut() else {
-                return;
-            };
-            relayed.trim(needed.unwrap_or(u64::MAX));
-            if relayed.bytes < RELAY_WINDOW {
-                break;
+            let room = self.relay.room.notified();
+            let mut room = std::pin::pin!(room);
+            // From here on a follower's move wakes this, even before it waits.
+            room.as_mut().enable();
+            {
+                let mut relay = lock(&self.relay.chunks);
+                let relayed = relay.get_or_insert_with(|| Relayed {
+                    from,
+                    chunks: VecDeque::new(),
+                    bytes: 0,
+                });
+                relayed.trim(self.slowest_reader().unwrap_or(u64::MAX));
+                let waited_enough = Instant::now() >= deadline;
+                if waited_enough {
+                    relayed.trim(u64::MAX);
+                }
+                if relayed.bytes < RELAY_WINDOW || waited_enough {
+                    relayed.bytes += chunk.len();
+                    relayed.chunks.push_back(chunk);
+                    let until = relayed.until();
+                    drop(relay);
+                    self.state.send_modify(|s| s.relayed = Some(until));
+                    return;
+                }
             }
-            let now = Instant::now();
-            if now >= deadline {
-                relayed.trim(u64::MAX);
-                break;
+            tokio::select! {
+                () = room => {}
+                () = crate::rt::sleep_until(deadline) => {}
             }
-            relay = self
-                .relay
-                .room
-                .wait_timeout(relay, (deadline - now).min(Duration::from_millis(100)))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
         }
-        let Some(relayed) = relay.as_mut() else {
-            return;
-        };
-        relayed.bytes += chunk.len();
-        relayed.chunks.push_back(chunk);
-        let until = relayed.until();
-        drop(relay);
-        self.state.send_modify(|s| s.relayed = Some(until));
     }
 
-    /// The offset of the reader furthest behind, if any reader is left. A follower that
-    /// has its head but no reader yet will read from the start.
     fn slowest_reader(&self) -> Option<u64> {
         let mut positions = lock(&self.positions);
         positions.retain(|p| p.strong_count() > 0);
@@ -433,6 +425,7 @@ impl Drop for FillFollower {
     fn drop(&mut self) {
         // A follower that reads on counts again through its reader.
         self.fill.followers.fetch_sub(1, Ordering::SeqCst);
+        self.fill.relay.room.notify_waiters();
     }
 }
 
@@ -442,6 +435,7 @@ struct FollowerCount(Arc<Fill>);
 impl Drop for FollowerCount {
     fn drop(&mut self) {
         self.0.followers.fetch_sub(1, Ordering::SeqCst);
+        self.0.relay.room.notify_waiters();
     }
 }
 
@@ -561,7 +555,7 @@ impl FollowReader {
         self.offset += n as u64;
         self.position.store(self.offset, Ordering::Release);
         if self.state.borrow().relayed.is_some() {
-            self.fill().relay.room.notify_all();
+            self.fill().relay.room.notify_waiters();
         }
     }
 

@@ -494,7 +494,7 @@ pub(crate) async fn run_tee(
                 if let (Some(fill), Some(Failed { at, rest, .. }), Some(queue)) =
                     (&fill, &failed.relay, queue)
                 {
-                    relay_off_thread(fill, *at, rest.clone(), queue, end.take(), expected).await;
+                    relay(fill, *at, rest.clone(), queue, end.take(), expected.length).await;
                 }
                 return Err(failed.error);
             }
@@ -525,7 +525,7 @@ pub(crate) async fn run_tee(
                         tail: None,
                         trailers: None,
                     });
-                    relay_off_thread(fill, *at, rest.clone(), empty, Some(end), expected).await;
+                    relay(fill, *at, rest.clone(), empty, Some(end), expected.length).await;
                 }
                 return Err(failed.error);
             }
@@ -817,29 +817,11 @@ const JOB_BYTES: usize = 8 << 20;
 /// How often a write job tells the fill's followers how far they can read.
 const PUBLISH_EVERY: usize = 256 * 1024;
 
-/// [`relay`] on a blocking thread (it waits for slow followers): the rare path of a store that
-/// failed while others follow the body.
-async fn relay_off_thread(
-    fill: &Arc<Fill>,
-    at: u64,
-    rest: Vec<Bytes>,
-    chunks: mpsc::UnboundedReceiver<Queued>,
-    end: Option<oneshot::Receiver<TeeEnd>>,
-    expected: Expected,
-) {
-    let fill = Arc::clone(fill);
-    let relaying = crate::rt::spawn_blocking(move || {
-        relay(&fill, at, rest, chunks, end, expected.length);
-    });
-    if let Ok(relaying) = relaying {
-        let _ = relaying.await;
-    }
-}
-
 /// The store failed at body offset `at` (`first` are the chunks that did not make it): hands
 /// the rest of the body to the fill's followers, and ends the fill `Unstored` once it is
-/// complete. A body that fails or falls short leaves the fill for the caller to fail.
-fn relay(
+/// complete. A body that fails or falls short leaves the fill for the caller to fail. It
+/// holds no thread while it waits for the body or for slow followers.
+async fn relay(
     fill: &Fill,
     at: u64,
     first: Vec<Bytes>,
@@ -856,24 +838,27 @@ fn relay(
     let mut length = at;
     for chunk in first {
         let len = chunk.len() as u64;
-        fill.relay(length, chunk);
+        fill.relay(length, chunk).await;
         length += len;
     }
-    while let Some((chunk, room)) = chunks.blocking_recv() {
+    while let Some((chunk, room)) = chunks.recv().await {
         drop(room);
         if !fill.followed() {
             return;
         }
         let len = chunk.len() as u64;
-        fill.relay(length, chunk);
+        fill.relay(length, chunk).await;
         length += len;
     }
-    let Some(Ok(end)) = end.map(|end| end.blocking_recv()) else {
+    let Some(Ok(end)) = (match end {
+        Some(end) => Some(end.await),
+        None => None,
+    }) else {
         return;
     };
     if let Some(tail) = end.tail {
         let len = tail.len() as u64;
-        fill.relay(length, tail);
+        fill.relay(length, tail).await;
         length += len;
     }
     if expected_length.is_none_or(|n| n == length) {
