@@ -1,0 +1,187 @@
+//! Header rules that need no store: `Cache-Control` directives, freshness judged for a
+//! request, validators, hop-by-hop and shared-cache header rules.
+
+use std::time::{Duration, SystemTime};
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Method, Request, StatusCode, request};
+use http_cache_semantics::{BeforeRequest, CachePolicy};
+
+use crate::store::record::Entry;
+
+use super::variants::variants_generation;
+
+/// Response headers that describe one connection, not the response (RFC 9110 §7.6.1).
+pub(super) const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Header fields a `304` may not change in the stored response, since the stored body stays.
+pub(super) const KEPT_ON_REVALIDATION: [HeaderName; 4] = [
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    header::TRANSFER_ENCODING,
+    header::CONTENT_RANGE,
+];
+
+/// A request as cache policies see it. The cache key already names the resource (and a
+/// custom key may name one resource for several URLs), so every view has the same URI and no
+/// `Host`: what a policy still matches is the method and the headers `Vary` names. A HEAD is
+/// judged as the GET it is answered from.
+pub(super) fn policy_view(method: &Method, mut headers: HeaderMap) -> request::Parts {
+    headers.remove(header::HOST);
+    let mut request = Request::new(());
+    *request.method_mut() = if *method == Method::HEAD {
+        Method::GET
+    } else {
+        method.clone()
+    };
+    *request.uri_mut() = http::Uri::from_static("/");
+    *request.headers_mut() = headers;
+    request.into_parts().0
+}
+
+pub(super) fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name.as_str())
+}
+
+/// Whether a shared cache must not store a response with `headers`: it sets a cookie and
+/// the origin did not say it is public, so storing it would hand one user's cookie to the
+/// next.
+pub(super) fn shared_cookie(shared: bool, headers: &HeaderMap) -> bool {
+    shared && headers.contains_key(header::SET_COOKIE) && !has_directive(headers, "public")
+}
+
+/// Removes the headers that describe one connection, including those `Connection` names.
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(&HOP_BY_HOP.map(HeaderName::from_static)) {
+        headers.remove(name);
+    }
+}
+
+/// Whether a `Cache-Control` header in `headers` has `directive`.
+pub(super) fn has_directive(headers: &HeaderMap, directive: &str) -> bool {
+    directive_value(headers, directive).is_some()
+}
+
+/// The value of a `Cache-Control` directive in `headers` (empty when it has none).
+pub(super) fn directive_value<'h>(headers: &'h HeaderMap, directive: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|d| {
+            let (name, value) = d.split_once('=').unwrap_or((d, ""));
+            name.trim()
+                .eq_ignore_ascii_case(directive)
+                .then(|| value.trim().trim_matches('"'))
+        })
+}
+
+pub(super) fn has_pragma_no_cache(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::PRAGMA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("no-cache"))
+}
+
+/// Whether a stored response may never be served without a successful revalidation.
+pub(super) fn must_revalidate(headers: &HeaderMap, shared: bool) -> bool {
+    has_directive(headers, "must-revalidate")
+        || has_directive(headers, "no-cache")
+        || (shared && has_directive(headers, "proxy-revalidate"))
+}
+
+/// Whether a stored response can no longer be used: stale, without a validator to
+/// revalidate it, and past every window in which it could be served stale.
+pub(super) fn unusable(entry: &Entry, now: SystemTime, default_window: Option<Duration>) -> bool {
+    let headers = &entry.headers;
+    if !entry.policy.is_stale(now)
+        || headers.contains_key(header::ETAG)
+        || headers.contains_key(header::LAST_MODIFIED)
+        || variants_generation(headers).is_some()
+    {
+        return false;
+    }
+    let window = ["stale-while-revalidate", "stale-if-error"]
+        .iter()
+        .filter_map(|d| directive_value(headers, d)?.parse().ok())
+        .map(Duration::from_secs)
+        .chain(default_window)
+        .max();
+    !window.is_some_and(|window| stale_for_at_most(&entry.policy, now, window))
+}
+
+/// Whether the origin's answer is a failure that a stale response may stand in for.
+pub(super) fn is_origin_failure(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 500 | 502 | 503 | 504)
+}
+
+/// Whether the response `policy` describes has been stale for no longer than `window`:
+/// `window` ago it was still fresh.
+pub(super) fn stale_for_at_most(policy: &CachePolicy, now: SystemTime, window: Duration) -> bool {
+    now.checked_sub(window)
+        .is_some_and(|then| !policy.is_stale(then))
+}
+
+/// How a stored response stands for a request.
+pub(super) enum Judged {
+    Fresh,
+    Stale,
+    /// Stored for other request headers than the ones `Vary` names in this request.
+    Mismatch,
+}
+
+/// Judges a stored response for a request. A request without `Cache-Control` or `Pragma`
+/// asks nothing but freshness, and the key (and variant key) already matched it, so its
+/// answer is `is_stale`; any other request is judged by http-cache-semantics in full.
+pub(super) fn judge(policy: &CachePolicy, parts: &request::Parts, now: SystemTime) -> Judged {
+    let plain = !parts.headers.contains_key(header::CACHE_CONTROL)
+        && !parts.headers.contains_key(header::PRAGMA);
+    if plain {
+        return if policy.is_stale(now) {
+            Judged::Stale
+        } else {
+            Judged::Fresh
+        };
+    }
+    let view = policy_view(&parts.method, parts.headers.clone());
+    match policy.before_request(&view, now) {
+        BeforeRequest::Fresh(_) => Judged::Fresh,
+        BeforeRequest::Stale { matches: true, .. } => Judged::Stale,
+        BeforeRequest::Stale { matches: false, .. } => Judged::Mismatch,
+    }
+}
+
+/// The validators (`If-None-Match`, `If-Modified-Since`) to revalidate a stored response
+/// with, as http-cache-semantics computes them.
+pub(super) fn validators(policy: &CachePolicy, parts: &request::Parts) -> HeaderMap {
+    // Judged a century on, every stored response is stale, and the answer carries the
+    // revalidation request this response allows, whether or not it is stale now.
+    let later = SystemTime::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+    let mut validators = HeaderMap::new();
+    if let BeforeRequest::Stale { request, .. } = policy.before_request(parts, later) {
+        for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
+            for value in request.headers.get_all(&name) {
+                validators.append(name.clone(), value.clone());
+            }
+        }
+    }
+    validators
+}

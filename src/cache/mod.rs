@@ -1,0 +1,459 @@
+//! [`HttpStreamingCache`]: the RFC 9111 decisions (lookup, freshness, revalidation, storing,
+//! invalidation) over a [`StreamingManager`]. It knows nothing of files: every byte goes
+//! through the manager.
+
+mod directives;
+mod options;
+mod pending;
+mod plan;
+mod variants;
+
+pub use options::HttpCacheOptions;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, request};
+use http_body::Body;
+use http_cache_semantics::CachePolicy;
+
+use crate::body::StreamingBody;
+use crate::key;
+use crate::mode::CacheMode;
+use crate::range;
+use crate::store::fill::FillLeader;
+use crate::store::record::Entry;
+use crate::store::{StoreStats, StreamingManager};
+
+use directives::{Judged, judge, unusable};
+use variants::variants_generation;
+
+/// A boxed future the cache's slower steps run as.
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The HTTP cache: RFC 9111 decisions over a [`StreamingManager`]. Wrap a service with it
+/// through [`HttpCacheStreamingLayer`](crate::HttpCacheStreamingLayer).
+///
+/// ```
+/// use http_cache_streaming::{HttpCacheOptions, HttpCacheStreamingLayer, HttpStreamingCache};
+/// use http_cache_streaming::StreamingManager;
+///
+/// let manager = StreamingManager::new("./cache".into());
+/// let cache = HttpStreamingCache::new(manager)
+///     .with_options(HttpCacheOptions::default().shared(false));
+/// let layer = HttpCacheStreamingLayer::from(cache);
+/// ```
+#[derive(Clone)]
+pub struct HttpStreamingCache {
+    manager: StreamingManager,
+    options: Arc<HttpCacheOptions>,
+    counters: Arc<Counters>,
+}
+
+/// What the cache has done since it was made, counted as it happens.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Whether the background sweep of expired entries has been started.
+    sweeping: std::sync::atomic::AtomicBool,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    stale_served: AtomicU64,
+    revalidations: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// Counts one event in `counter` and, with the `metrics` feature, in the `metrics` counter
+/// `name`.
+fn count(counter: &AtomicU64, name: &'static str) {
+    counter.fetch_add(1, Ordering::Relaxed);
+    #[cfg(feature = "metrics")]
+    metrics::counter!(name).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = name;
+}
+
+/// What a cache holds and has done: [`HttpStreamingCache::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// What the store holds, and how many entries it evicted.
+    pub store: StoreStats,
+    /// Responses served from the store without asking the origin.
+    pub hits: u64,
+    /// Requests that found nothing usable stored and went to the origin.
+    pub misses: u64,
+    /// Stale responses served: within `stale-while-revalidate` or `stale-if-error`.
+    pub stale_served: u64,
+    /// Stored responses the origin confirmed with `304 Not Modified`.
+    pub revalidations: u64,
+    /// Store failures that requests passed through.
+    pub errors: u64,
+}
+
+impl fmt::Debug for HttpStreamingCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpStreamingCache")
+            .field("manager", &self.manager)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+// Values of these enums are returned and moved once, never kept: their size costs nothing.
+/// How a request starts: answered at once (a hit in memory), straight to the inner
+/// service, or after a lookup.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Start {
+    Ready(Response<StreamingBody>),
+    Forward(request::Parts, Pending),
+    Lookup(BoxFuture<(Plan, request::Parts)>),
+}
+
+/// What a lookup decided.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Plan {
+    /// Answer with this; the inner service is not called.
+    Respond(Response<StreamingBody>),
+    /// Call the inner service, with `conditional` replacing the request's validators when
+    /// it is a revalidation.
+    Forward {
+        conditional: Option<HeaderMap>,
+        pending: Pending,
+    },
+    /// Answer with `response` (a stale entry, within `stale-while-revalidate`) and
+    /// revalidate it in the background: the inner service is called as for `Forward`, and
+    /// its answer stored, on a task of its own.
+    Background {
+        response: Response<StreamingBody>,
+        conditional: Option<HeaderMap>,
+        pending: Pending,
+    },
+}
+
+/// What the cache does with the inner service's answer.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Finished {
+    Ready(Response<StreamingBody>),
+    Later(BoxFuture<Response<StreamingBody>>),
+}
+
+/// A request forwarded to the inner service, and what to do with its answer.
+pub(crate) struct Pending {
+    cache: HttpStreamingCache,
+    request: request::Parts,
+    key: String,
+    mode: CacheMode,
+    action: Action,
+    /// A ranged miss fetching the whole response: the client's range, answered from the
+    /// stored body as it is written.
+    range: Option<HeaderMap>,
+}
+
+enum Action {
+    /// Not the cache's business (mode `NoStore`, or a method it does not cache).
+    Pass,
+    /// An unsafe method: on success, remove what is stored for its URL.
+    Invalidate,
+    /// A miss or a revalidation: store the answer if it may be stored.
+    Fetch {
+        fwd: &'static str,
+        stale: Option<Box<Stale>>,
+        lookup_found: bool,
+        /// Requests for the same key that arrive meanwhile follow this one's fill.
+        leader: Option<FillLeader>,
+    },
+}
+
+/// A stored response being revalidated.
+struct Stale {
+    response: Response<StreamingBody>,
+    entry: Arc<Entry>,
+    key: String,
+}
+
+/// What a lookup found under a request's key.
+#[allow(clippy::large_enum_variant)]
+enum Found {
+    Nothing { fwd: &'static str },
+    Entry(Response<StreamingBody>, Arc<Entry>, String),
+}
+
+impl HttpStreamingCache {
+    /// A cache over `manager` with default options: a shared cache, RFC 9111 rules.
+    pub fn new(manager: StreamingManager) -> Self {
+        HttpStreamingCache {
+            manager,
+            options: Arc::new(HttpCacheOptions::default()),
+            counters: Arc::default(),
+        }
+    }
+
+    /// What the store holds and what this cache has done since it was made.
+    pub async fn stats(&self) -> crate::Result<CacheStats> {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let counters = &self.counters;
+        Ok(CacheStats {
+            store: self.manager.stats().await?,
+            hits: load(&counters.hits),
+            misses: load(&counters.misses),
+            stale_served: load(&counters.stale_served),
+            revalidations: load(&counters.revalidations),
+            errors: load(&counters.errors),
+        })
+    }
+
+    /// Removes what is stored for `url` (every variant of its GET, which HEAD shares), and
+    /// says whether anything was. The key is computed as for a request, with the custom
+    /// `cache_key` when there is one.
+    pub async fn purge(&self, url: &str) -> crate::Result<bool> {
+        let request = Request::get(url).body(()).map_err(|e| {
+            crate::Error::new(crate::ErrorKind::InvalidInput)
+                .with_subject(url.to_owned())
+                .with_source(e)
+        })?;
+        let key = self.key(&request.into_parts().0);
+        self.remove(&key).await
+    }
+
+    /// Removes what is stored under `key`: the response, or the variant list and the
+    /// variants it names. `true` when something was stored.
+    async fn remove(&self, key: &str) -> crate::Result<bool> {
+        let stored = self.manager.stored_headers(key).await;
+        if let Some(list) = &stored {
+            self.remove_variants(key, list).await?;
+        }
+        self.manager.delete(key).await?;
+        Ok(stored.is_some())
+    }
+
+    /// Replaces the options.
+    pub fn with_options(mut self, options: HttpCacheOptions) -> Self {
+        self.options = Arc::new(options);
+        self
+    }
+
+    /// The store this cache uses.
+    pub fn manager(&self) -> &StreamingManager {
+        &self.manager
+    }
+
+    /// The options this cache uses.
+    pub fn options(&self) -> &HttpCacheOptions {
+        &self.options
+    }
+
+    fn now(&self) -> SystemTime {
+        (self.options.clock)()
+    }
+
+    fn key(&self, parts: &request::Parts) -> String {
+        match &self.options.cache_key {
+            Some(f) => f(parts),
+            None => key::primary_key(parts),
+        }
+    }
+
+    fn mode(&self, parts: &request::Parts) -> CacheMode {
+        parts
+            .extensions
+            .get::<CacheMode>()
+            .copied()
+            .or_else(|| self.options.mode_fn.as_ref().map(|f| f(parts)))
+            .unwrap_or(self.options.mode)
+    }
+
+    /// Answers a request at once when it is a hit on a body held in memory: no lookup
+    /// future, no hand-off. `None` sends it down the full path, which decides anew.
+    fn hit_in_memory(
+        &self,
+        parts: &request::Parts,
+        key: &str,
+        mode: CacheMode,
+    ) -> Option<Response<StreamingBody>> {
+        let simple = (parts.method == Method::GET || parts.method == Method::HEAD)
+            && !matches!(
+                mode,
+                CacheMode::NoStore | CacheMode::Reload | CacheMode::NoCache
+            )
+            && self.options.cache_bust.is_none();
+        if !simple {
+            return None;
+        }
+        let (mut response, mut entry) = self.manager.lookup_in_memory(key)?;
+        if let Some(generation) = variants_generation(response.headers()) {
+            let names = key::vary_names(response.headers())?;
+            let variant = key::variant_key(key, &generation, &names, &parts.headers);
+            (response, entry) = self.manager.lookup_in_memory(&variant)?;
+        }
+        if !self.admits(&entry, mode) {
+            return None;
+        }
+        let now = self.now();
+        let within_cap = self
+            .options
+            .max_ttl
+            .is_none_or(|cap| entry.policy.age(now) < cap);
+        let usable = match judge(&entry.policy, parts, now) {
+            Judged::Fresh => within_cap || mode.ignores_staleness(),
+            Judged::Stale => mode.ignores_staleness(),
+            Judged::Mismatch => false,
+        };
+        usable.then(|| self.hit(parts, response, &entry.policy, now, "hit".into()))
+    }
+
+    /// Removes every stored response whose URL starts with `prefix` (every method and
+    /// variant), and returns how many there were. It visits every entry.
+    pub async fn purge_prefix(&self, prefix: &str) -> crate::Result<u64> {
+        let prefix = prefix.to_owned();
+        self.manager
+            .remove_where(move |entry| entry.url.starts_with(&prefix))
+            .await
+    }
+
+    /// Removes the stored responses that can no longer be used (see
+    /// [`HttpCacheOptions::sweep_expired_every`]) and returns how many there were.
+    pub async fn sweep_expired(&self) -> crate::Result<u64> {
+        let now = self.now();
+        let default_window = self.options.stale_if_error;
+        self.manager
+            .remove_where(move |entry| unusable(entry, now, default_window))
+            .await
+    }
+
+    /// Starts the background sweep once, when one is asked for.
+    fn start_sweeping(&self) {
+        let Some(interval) = self.options.sweep_every else {
+            return;
+        };
+        if self.counters.sweeping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.counters.sweeping.store(false, Ordering::Relaxed);
+            return;
+        };
+        // The task holds the cache weakly: it ends once the cache is dropped.
+        let weak = (
+            Arc::downgrade(&self.options),
+            Arc::downgrade(&self.counters),
+        );
+        let manager = self.manager.clone();
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let (Some(options), Some(counters)) = (weak.0.upgrade(), weak.1.upgrade()) else {
+                    return;
+                };
+                let cache = HttpStreamingCache {
+                    manager: manager.clone(),
+                    options,
+                    counters,
+                };
+                match cache.sweep_expired().await {
+                    Ok(0) => {}
+                    Ok(removed) => crate::log::info_event!(removed, "swept expired entries"),
+                    Err(error) => {
+                        crate::log::warn_event!(%error, "sweeping expired entries failed")
+                    }
+                }
+            }
+        });
+    }
+
+    async fn delete(&self, key: &str) {
+        if let Err(error) = self.remove(key).await {
+            count(&self.counters.errors, "http_cache_streaming_errors_total");
+            crate::log::warn_event!(%key, %error, "could not invalidate a cache entry");
+        }
+    }
+
+    async fn bust(&self, parts: &request::Parts, key: &str) {
+        if let Some(bust) = &self.options.cache_bust {
+            for key in bust(parts, key) {
+                self.delete(&key).await;
+            }
+        }
+    }
+
+    /// A stored response served: `Age` generated, the body dropped for a HEAD.
+    fn hit(
+        &self,
+        parts: &request::Parts,
+        response: Response<StreamingBody>,
+        policy: &CachePolicy,
+        now: SystemTime,
+        status: String,
+    ) -> Response<StreamingBody> {
+        if status.starts_with("hit") && !status.contains("stale") {
+            count(&self.counters.hits, "http_cache_streaming_hits_total");
+        }
+        let length = response.body().size_hint().exact();
+        let (mut head, body) = response.into_parts();
+        let age = policy.age(now).as_secs();
+        head.headers.insert(header::AGE, HeaderValue::from(age));
+        head.version = parts.version;
+        let body = if parts.method == Method::HEAD {
+            StreamingBody::empty()
+        } else {
+            body
+        };
+        let mut response = Response::from_parts(head, body);
+        if parts.method == Method::GET
+            && let Some(length) = length
+        {
+            response = range::apply(&parts.headers, response, length);
+        }
+        let ttl = self.ttl(policy, now);
+        self.annotate(
+            response.headers_mut(),
+            &format!("{status}; ttl={ttl}"),
+            true,
+            true,
+        );
+        response
+    }
+
+    /// Seconds the response stays fresh (0 once stale), within `max_ttl`.
+    fn ttl(&self, policy: &CachePolicy, now: SystemTime) -> u64 {
+        let ttl = policy.time_to_live(now);
+        let ttl = match self.options.max_ttl {
+            Some(cap) => ttl.min(cap.saturating_sub(policy.age(now))),
+            None => ttl,
+        };
+        ttl.as_secs()
+    }
+
+    fn gateway_timeout(&self, fwd: &str, detail: &str) -> Response<StreamingBody> {
+        let mut response = Response::new(StreamingBody::empty());
+        *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+        self.annotate(
+            response.headers_mut(),
+            &format!("fwd={fwd}; detail={detail}"),
+            false,
+            fwd == "stale",
+        );
+        response
+    }
+
+    /// Adds this cache's `Cache-Status` entry (and the http-cache style headers if asked).
+    fn annotate(&self, headers: &mut HeaderMap, status: &str, hit: bool, found: bool) {
+        if let Some(name) = &self.options.cache_status
+            && let Ok(value) = HeaderValue::try_from(format!("{name}; {status}"))
+        {
+            headers.append(HeaderName::from_static("cache-status"), value);
+        }
+        if self.options.x_cache {
+            let word = |yes| HeaderValue::from_static(if yes { "HIT" } else { "MISS" });
+            headers.insert(HeaderName::from_static("x-cache"), word(hit));
+            headers.insert(HeaderName::from_static("x-cache-lookup"), word(found));
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! [`HttpCacheOptions`]: how the cache behaves, and the function types its options hold.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::request;
+use http_cache_semantics::CacheOptions;
+
+use crate::mode::CacheMode;
+use crate::store::fill::Background;
+
+pub(super) type KeyFn = Arc<dyn Fn(&request::Parts) -> String + Send + Sync>;
+
+pub(super) type ModeFn = Arc<dyn Fn(&request::Parts) -> CacheMode + Send + Sync>;
+
+pub(super) type BustFn = Arc<dyn Fn(&request::Parts, &str) -> Vec<String> + Send + Sync>;
+
+pub(super) type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// Fills read on at once with nobody reading them, by default.
+pub(super) const BACKGROUND_FILLS: usize = 8;
+
+/// How far each of them reads once alone, by default.
+pub(super) const BACKGROUND_BYTES: u64 = 1 << 30;
+
+/// How the cache behaves: options that users of http-cache rely on, with builder methods.
+///
+/// ```
+/// use std::time::Duration;
+/// use http_cache_streaming::{CacheMode, HttpCacheOptions};
+///
+/// let options = HttpCacheOptions::default()
+///     .shared(false)
+///     .max_ttl(Duration::from_secs(600))
+///     .cache_key(|parts| format!("{}:{}", parts.method, parts.uri))
+///     .mode_fn(|parts| {
+///         if parts.uri.path().starts_with("/admin") {
+///             CacheMode::NoStore
+///         } else {
+///             CacheMode::Default
+///         }
+///     });
+/// ```
+#[derive(Clone)]
+pub struct HttpCacheOptions {
+    pub(super) shared: bool,
+    pub(super) mode: CacheMode,
+    pub(super) mode_fn: Option<ModeFn>,
+    pub(super) cache_key: Option<KeyFn>,
+    pub(super) cache_bust: Option<BustFn>,
+    pub(super) max_ttl: Option<Duration>,
+    pub(super) cache_status: Option<String>,
+    pub(super) x_cache: bool,
+    pub(super) clock: Clock,
+    pub(super) coalesce: bool,
+    pub(super) coalesce_wait: Duration,
+    pub(super) complete_on_disconnect: Option<bool>,
+    pub(super) background: Background,
+    pub(super) stale_if_error: Option<Duration>,
+    pub(super) sweep_every: Option<Duration>,
+    pub(super) fetch_whole_on_range_miss: bool,
+}
+
+impl Default for HttpCacheOptions {
+    fn default() -> Self {
+        HttpCacheOptions {
+            shared: true,
+            mode: CacheMode::Default,
+            mode_fn: None,
+            cache_key: None,
+            cache_bust: None,
+            max_ttl: None,
+            cache_status: Some("http-cache-streaming".into()),
+            x_cache: false,
+            clock: Arc::new(SystemTime::now),
+            coalesce: true,
+            coalesce_wait: Duration::from_secs(10),
+            complete_on_disconnect: None,
+            background: Background::new(BACKGROUND_FILLS, BACKGROUND_BYTES),
+            stale_if_error: None,
+            sweep_every: None,
+            fetch_whole_on_range_miss: false,
+        }
+    }
+}
+
+impl fmt::Debug for HttpCacheOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpCacheOptions")
+            .field("shared", &self.shared)
+            .field("mode", &self.mode)
+            .field("mode_fn", &self.mode_fn.is_some())
+            .field("cache_key", &self.cache_key.is_some())
+            .field("cache_bust", &self.cache_bust.is_some())
+            .field("max_ttl", &self.max_ttl)
+            .field("cache_status", &self.cache_status)
+            .field("x_cache", &self.x_cache)
+            .field("coalesce", &self.coalesce)
+            .field("coalesce_wait", &self.coalesce_wait)
+            .field("complete_on_disconnect", &self.complete_on_disconnect)
+            .field("background_fills", &self.background.limits())
+            .field("stale_if_error", &self.stale_if_error)
+            .field("sweep_every", &self.sweep_every)
+            .field("fetch_whole_on_range_miss", &self.fetch_whole_on_range_miss)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpCacheOptions {
+    /// A shared cache (the default: right for a server or a proxy) stores no `private`
+    /// responses and honours `s-maxage`; a private cache (`false`: right for one user's
+    /// client) stores `private` responses and ignores `s-maxage`.
+    pub fn shared(mut self, shared: bool) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// The mode of every request that neither [`mode_fn`](Self::mode_fn) nor a request
+    /// extension sets.
+    pub fn mode(mut self, mode: CacheMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Chooses the mode of each request from its head. A [`CacheMode`] in the request's
+    /// extensions still wins.
+    pub fn mode_fn(
+        mut self,
+        f: impl Fn(&request::Parts) -> CacheMode + Send + Sync + 'static,
+    ) -> Self {
+        self.mode_fn = Some(Arc::new(f));
+        self
+    }
+
+    /// Computes the key a request's response is stored under, in place of
+    /// `METHOD:scheme://authority/path?query`. GET and HEAD requests must map to the same
+    /// key for a HEAD to be answered from a stored GET.
+    pub fn cache_key(
+        mut self,
+        f: impl Fn(&request::Parts) -> String + Send + Sync + 'static,
+    ) -> Self {
+        self.cache_key = Some(Arc::new(f));
+        self
+    }
+
+    /// Names further keys to remove when a request arrives: given the request and its own
+    /// key, the keys to invalidate.
+    pub fn cache_bust(
+        mut self,
+        f: impl Fn(&request::Parts, &str) -> Vec<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.cache_bust = Some(Arc::new(f));
+        self
+    }
+
+    /// Caps how long a stored response counts as fresh, whatever its headers say; past the
+    /// cap it is revalidated.
+    pub fn max_ttl(mut self, max_ttl: Duration) -> Self {
+        self.max_ttl = Some(max_ttl);
+        self
+    }
+
+    /// Names the cache in the RFC 9211 `Cache-Status` header added to every response
+    /// (`http-cache-streaming` by default); `None` adds no such header.
+    pub fn cache_status(mut self, name: Option<&str>) -> Self {
+        self.cache_status = name.map(str::to_owned);
+        self
+    }
+
+    /// Adds `x-cache` (`HIT`/`MISS`) and `x-cache-lookup` (whether anything was stored)
+    /// headers, as http-cache does (off by default).
+    pub fn x_cache_headers(mut self, on: bool) -> Self {
+        self.x_cache = on;
+        self
+    }
+
+    /// The clock freshness is computed with (the system clock by default); tests use it to
+    /// let time pass.
+    pub fn clock(mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Collapses concurrent misses for one key into one request to the inner service (on by
+    /// default). The others follow it: they get its response head as soon as it arrives and
+    /// read its body from the file it is being written to, as it grows. A response that is
+    /// not stored (or is another `Vary` variant) sends them to the inner service themselves.
+    pub fn coalesce(mut self, on: bool) -> Self {
+        self.coalesce = on;
+        self
+    }
+
+    /// How long a collapsed request waits for the first one's response head before it asks
+    /// the inner service itself (10 s by default).
+    pub fn coalesce_wait(mut self, wait: Duration) -> Self {
+        self.coalesce_wait = wait;
+        self
+    }
+
+    /// Whether a miss being stored is read to its end when its client goes away and nobody
+    /// follows it. Default: yes in a shared cache (the next client wants it), no in a
+    /// private one. With followers it is always read to its end.
+    pub fn complete_on_disconnect(mut self, complete: bool) -> Self {
+        self.complete_on_disconnect = Some(complete);
+        self
+    }
+
+    /// Bounds the fills read on with nobody reading them (`complete_on_disconnect`, and
+    /// the whole body behind a ranged miss once its client is gone): at most `at_once` at a
+    /// time, each reading at most `bytes_each` more once alone. Past that a fill whose last
+    /// reader left is given up and nothing is stored, so clients that ask and go away cannot
+    /// make the cache fetch without end. Fills others follow are read on for them whatever
+    /// the bound. Default: 8 at once, 1 GiB each.
+    pub fn background_fills(mut self, at_once: usize, bytes_each: u64) -> Self {
+        self.background = Background::new(at_once, bytes_each);
+        self
+    }
+
+    /// Serves a stored response that has been stale for up to `window` when the origin
+    /// fails to revalidate it (an error, or a 500, 502, 503 or 504), as if every response
+    /// said `stale-if-error` (RFC 5861). Off by default; `must-revalidate` always wins.
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = Some(window);
+        self
+    }
+
+    /// Every `interval`, removes stored responses that can no longer be used: stale, with
+    /// no validator to revalidate them with (no `ETag`, no `Last-Modified`), and past every
+    /// stale window (`stale-while-revalidate`, `stale-if-error`, this layer's
+    /// [`stale_if_error`](Self::stale_if_error)). Off by default (modes such as
+    /// `ForceCache` serve such responses). The sweep runs on a task of its own, started
+    /// with the first request, and ends with the cache.
+    pub fn sweep_expired_every(mut self, interval: Duration) -> Self {
+        self.sweep_every = Some(interval);
+        self
+    }
+
+    /// What a `Range` request that misses does: by default it goes to the origin as it is,
+    /// and the partial answer is not stored. With `true`, the whole response is fetched
+    /// (without `Range`) and stored, and the client is answered its range from the file as
+    /// it is written; the next requests, ranged or not, are hits.
+    pub fn fetch_whole_on_range_miss(mut self, on: bool) -> Self {
+        self.fetch_whole_on_range_miss = on;
+        self
+    }
+
+    pub(super) fn semantics(&self) -> CacheOptions {
+        CacheOptions {
+            shared: self.shared,
+            ..CacheOptions::default()
+        }
+    }
+}

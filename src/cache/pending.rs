@@ -1,0 +1,441 @@
+//! What the cache does with the inner service's answer: store it, freshen a stored entry
+//! with a `304`, serve stale on an error, invalidate, or pass it on.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, request};
+use http_body::Body;
+use http_cache_semantics::{AfterResponse, CachePolicy};
+
+use crate::body::StreamingBody;
+use crate::error::BoxError;
+use crate::key;
+use crate::mode::CacheMode;
+use crate::range;
+use crate::store::fill::{FillEnd, FillHead, FillLeader, Role};
+
+use super::directives::{
+    KEPT_ON_REVALIDATION, directive_value, is_hop_by_hop, is_origin_failure, must_revalidate,
+    policy_view, shared_cookie, stale_for_at_most, strip_hop_by_hop,
+};
+use super::variants::{INTERNAL, is_internal, names_as_vary};
+use super::{Action, Finished, Pending, Stale, count};
+
+impl Pending {
+    /// What the cache does with the inner service's response.
+    pub(crate) fn finish<B>(mut self, response: Response<B>) -> Finished
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        match std::mem::replace(&mut self.action, Action::Pass) {
+            Action::Pass => Finished::Ready(self.pass(response, "fwd=request")),
+            Action::Invalidate => Finished::Later(Box::pin(self.invalidate(response))),
+            Action::Fetch {
+                fwd,
+                stale,
+                lookup_found,
+                leader,
+            } => match stale {
+                Some(stale) if response.status() == StatusCode::NOT_MODIFIED => {
+                    Finished::Later(Box::pin(self.revalidated(stale, response, leader)))
+                }
+                Some(stale)
+                    if is_origin_failure(response.status()) && self.stale_on_error(&stale) =>
+                {
+                    let status = format!("fwd=stale; fwd-status={}", response.status().as_u16());
+                    Finished::Ready(self.serve_stale(*stale, &status))
+                }
+                _ => self.store(response, fwd, lookup_found, leader),
+            },
+        }
+    }
+
+    /// Whether the request goes to the inner service without its `Range`: a ranged miss
+    /// that fetches the whole response.
+    pub(crate) fn fetches_whole(&self) -> bool {
+        self.range.is_some()
+    }
+
+    /// What the cache answers when the inner service fails: a stored response that must not
+    /// be served stale becomes a 504; otherwise the error stands.
+    pub(crate) fn on_error<E>(mut self, error: E) -> Result<Response<StreamingBody>, E> {
+        let Action::Fetch {
+            stale: Some(stale), ..
+        } = std::mem::replace(&mut self.action, Action::Pass)
+        else {
+            return Err(error);
+        };
+        if must_revalidate(stale.response.headers(), self.cache.options.shared) {
+            return Ok(self.cache.gateway_timeout("stale", "origin-unreachable"));
+        }
+        if self.stale_on_error(&stale) {
+            return Ok(self.serve_stale(*stale, "fwd=stale"));
+        }
+        Err(error)
+    }
+
+    /// Whether `stale` may stand in for an origin that failed: within a `stale-if-error`
+    /// window of the response, of the request or of the layer's option (RFC 5861), and
+    /// never when the response must be revalidated.
+    pub(super) fn stale_on_error(&self, stale: &Stale) -> bool {
+        let headers = stale.response.headers();
+        if must_revalidate(headers, self.cache.options.shared) {
+            return false;
+        }
+        let seconds = |h: &HeaderMap| {
+            directive_value(h, "stale-if-error")
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_secs)
+        };
+        let window = [
+            seconds(headers),
+            seconds(&self.request.headers),
+            self.cache.options.stale_if_error,
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        window
+            .is_some_and(|window| stale_for_at_most(&stale.entry.policy, self.cache.now(), window))
+    }
+
+    /// A stale response served in place of the origin's answer, saying so in
+    /// `Cache-Status`.
+    pub(super) fn serve_stale(&self, stale: Stale, status: &str) -> Response<StreamingBody> {
+        count(
+            &self.cache.counters.stale_served,
+            "http_cache_streaming_stale_served_total",
+        );
+        let now = self.cache.now();
+        let status = format!("{status}; detail=stale-if-error");
+        self.cache.hit(
+            &self.request,
+            stale.response,
+            &stale.entry.policy,
+            now,
+            status,
+        )
+    }
+
+    pub(super) fn pass<B>(&self, response: Response<B>, status: &str) -> Response<StreamingBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let mut response = response.map(StreamingBody::pass);
+        self.cache
+            .annotate(response.headers_mut(), status, false, false);
+        response
+    }
+
+    pub(super) async fn invalidate<B>(self, response: Response<B>) -> Response<StreamingBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let cache = &self.cache;
+        cache.bust(&self.request, &self.key).await;
+        let status = response.status();
+        if status.is_success() || status.is_redirection() {
+            let mut get = self.request.clone();
+            get.method = Method::GET;
+            cache.delete(&cache.key(&get)).await;
+            for name in [header::LOCATION, header::CONTENT_LOCATION] {
+                let targets = response.headers().get_all(name).iter();
+                for target in targets.filter_map(|v| v.to_str().ok()) {
+                    if let Some(get) = key::same_origin_get(&self.request, target) {
+                        cache.delete(&cache.key(&get)).await;
+                    }
+                }
+            }
+        }
+        self.pass(response, "fwd=request")
+    }
+
+    /// A `304` to a revalidation: the stored response, with the `304`'s headers, served
+    /// from disk and stored with them.
+    pub(super) async fn revalidated<B>(
+        self,
+        stale: Box<Stale>,
+        response: Response<B>,
+        leader: Option<FillLeader>,
+    ) -> Response<StreamingBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let cache = &self.cache;
+        let now = cache.now();
+        let (fresh_parts, _) = response.into_parts();
+        if let AfterResponse::Modified(..) =
+            stale
+                .entry
+                .policy
+                .after_response(&self.request, &fresh_parts, now)
+        {
+            // The 304 answers validators of the client's own, not the stored response.
+            let response = Response::from_parts(fresh_parts, http_body_util::Empty::<Bytes>::new());
+            return self.pass(response, "fwd=stale; fwd-status=304");
+        }
+        count(
+            &cache.counters.revalidations,
+            "http_cache_streaming_revalidations_total",
+        );
+        let Stale {
+            response: stored,
+            entry: _,
+            key: stored_key,
+        } = *stale;
+        let (stored_parts, stored_body) = stored.into_parts();
+        let mut merged = stored_parts.headers.clone();
+        // What the 304 says to the client that caused it alone: in a shared cache a cookie
+        // set on one user's revalidation would be replayed to every user.
+        let mut to_client_only = HeaderMap::new();
+        for name in fresh_parts.headers.keys() {
+            if KEPT_ON_REVALIDATION.contains(name) || is_hop_by_hop(name) || is_internal(name) {
+                continue;
+            }
+            if cache.options.shared && *name == header::SET_COOKIE {
+                for value in fresh_parts.headers.get_all(name) {
+                    to_client_only.append(name.clone(), value.clone());
+                }
+                continue;
+            }
+            merged.remove(name);
+            for value in fresh_parts.headers.get_all(name) {
+                merged.append(name.clone(), value.clone());
+            }
+        }
+        let mut head = Response::new(());
+        *head.status_mut() = stored_parts.status;
+        *head.headers_mut() = merged.clone();
+        let policy = CachePolicy::new_options(
+            &self.stored_request(&merged),
+            &head,
+            now,
+            cache.options.semantics(),
+        );
+        let status = "fwd=stale; fwd-status=304".to_owned();
+        // Freshened headers the storing rules refuse (a 304 that makes the response
+        // `private` or `no-store` for this cache) are served, and the entry goes.
+        let storable = policy.is_storable() && !shared_cookie(cache.options.shared, &merged);
+        let updated = if storable || self.mode == CacheMode::IgnoreRules {
+            cache
+                .manager
+                .update_headers(&stored_key, merged, policy.clone())
+                .await
+        } else {
+            cache.delete(&stored_key).await;
+            Ok(None)
+        };
+        let mut response = match updated {
+            Ok(Some((response, policy))) => {
+                if let Some(leader) = leader {
+                    // Those waiting on this revalidation find the refreshed entry.
+                    leader.fill().end(FillEnd::Updated);
+                }
+                cache.hit(&self.request, response, &policy, now, status)
+            }
+            result => {
+                if let Err(error) = result {
+                    crate::log::warn_event!(key = %stored_key, %error, "could not store revalidated headers");
+                }
+                // Serve the body already open, with the headers the origin just confirmed.
+                let (mut parts, ()) = head.into_parts();
+                parts.version = stored_parts.version;
+                cache.hit(
+                    &self.request,
+                    Response::from_parts(parts, stored_body),
+                    &policy,
+                    now,
+                    status,
+                )
+            }
+        };
+        for (name, value) in &to_client_only {
+            response.headers_mut().append(name, value.clone());
+        }
+        response
+    }
+
+    /// A response from the origin: tee'd into the store when it may be stored, else passed.
+    pub(super) fn store<B>(
+        self,
+        response: Response<B>,
+        fwd: &'static str,
+        found: bool,
+        leader: Option<FillLeader>,
+    ) -> Finished
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let cache = &self.cache;
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        for name in INTERNAL {
+            parts.headers.remove(name);
+        }
+        let response = Response::from_parts(parts, body);
+        let now = cache.now();
+        let options = cache.options.semantics();
+        let status = response.status();
+        // A shared cache that stored a Set-Cookie would hand one user's cookie to the next,
+        // unless the origin said the response is public.
+        let sets_cookie = shared_cookie(cache.options.shared, response.headers());
+        let storable = self.request.method == Method::GET
+            && status != StatusCode::PARTIAL_CONTENT
+            && (!sets_cookie || self.mode == CacheMode::IgnoreRules)
+            && match self.mode {
+                CacheMode::IgnoreRules => status.is_success(),
+                _ => CachePolicy::new_options(&self.request, &response, now, options).is_storable(),
+            };
+        let names = key::vary_names(response.headers());
+        let url = url::Url::parse(&key::effective_uri(&self.request));
+        let (Some(names), Ok(url), true) = (names, url, storable) else {
+            let fwd_status = format!("fwd={fwd}; fwd-status={}", status.as_u16());
+            let mut response = self.pass(response, &fwd_status);
+            if found && cache.options.x_cache {
+                response.headers_mut().insert(
+                    HeaderName::from_static("x-cache-lookup"),
+                    HeaderValue::from_static("HIT"),
+                );
+            }
+            return Finished::Ready(response);
+        };
+        let stored_request = self.stored_request(&names_as_vary(&names));
+        let policy = CachePolicy::new_options(&stored_request, &response, now, options);
+        let leader = leader.map(|leader| {
+            let mut head = Response::new(());
+            *head.status_mut() = response.status();
+            *head.version_mut() = response.version();
+            *head.headers_mut() = response.headers().clone();
+            let head = FillHead {
+                parts: head.into_parts().0,
+                policy: policy.clone(),
+                varying: stored_request.headers,
+            };
+            (leader, head)
+        });
+        let status = format!(
+            "fwd={fwd}; fwd-status={}; stored; ttl={}",
+            status.as_u16(),
+            cache.ttl(&policy, now)
+        );
+        if names.is_empty() {
+            let mut response = match leader {
+                Some((leader, head)) => {
+                    let manager = &cache.manager;
+                    let teed =
+                        manager.tee_filling(self.key.clone(), response, policy, url, leader, head);
+                    self.answer_range(teed)
+                }
+                None => cache.manager.tee(self.key, response, policy, url),
+            };
+            cache.annotate(response.headers_mut(), &status, false, found);
+            return Finished::Ready(response);
+        }
+        Finished::Later(Box::pin(async move {
+            let cache = &self.cache;
+            let generation = cache
+                .variant_generation(&self.key, &names, &url, &policy)
+                .await;
+            let digest = key::variant_digest(&names, &self.request.headers);
+            let listed = match &generation {
+                Some(generation) => cache.list_variant(&self.key, generation, &digest).await,
+                None => false,
+            };
+            let (mut response, status) = match generation {
+                Some(generation) if listed => {
+                    let key = key::variant_key_of(&self.key, &generation, &digest);
+                    let teed = match leader {
+                        Some((leader, head)) => {
+                            let manager = &cache.manager;
+                            manager.tee_filling(key, response, policy, url, leader, head)
+                        }
+                        None => cache.manager.tee(key, response, policy, url),
+                    };
+                    (teed, status)
+                }
+                // A URL keeps at most so many variants, each named by its list so that they
+                // go with it: past that (an attacker varying a header at will) they pass.
+                _ => {
+                    let status = format!(
+                        "fwd={fwd}; fwd-status={}; detail=variant-not-stored",
+                        response.status().as_u16()
+                    );
+                    (response.map(StreamingBody::pass), status)
+                }
+            };
+            cache.annotate(response.headers_mut(), &status, false, found);
+            response
+        }))
+    }
+
+    /// For a ranged miss that fetched the whole response: reads the whole body into the
+    /// store on a task of its own and answers the client's range from the file as it is
+    /// written. Anything it cannot do that for (no `Content-Length`, several ranges, no
+    /// fill to follow) is answered with the whole response.
+    pub(super) fn answer_range(&self, teed: Response<StreamingBody>) -> Response<StreamingBody> {
+        let Some(range) = &self.range else {
+            return teed;
+        };
+        let length = teed
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let Some(length) = length else {
+            return teed;
+        };
+        let ranged = range::ranged(range, teed.headers(), length);
+        let (start, len) = match ranged {
+            range::Ranged::Part { start, len } => (start, len),
+            range::Ranged::Unsatisfiable => (0, 0),
+            range::Ranged::Whole | range::Ranged::Parts(_) => return teed,
+        };
+        let background = Some(self.cache.options.background.clone());
+        let Role::Follower(follower) = self.cache.manager.join_fill(&self.key, background) else {
+            return teed;
+        };
+        let (mut head, body) = teed.into_parts();
+        if !crate::body::complete_in_background(body) {
+            return Response::from_parts(head, StreamingBody::empty());
+        }
+        if len == 0 {
+            head.status = StatusCode::RANGE_NOT_SATISFIABLE;
+            if let Ok(value) = HeaderValue::try_from(format!("bytes */{length}")) {
+                head.headers.insert(header::CONTENT_RANGE, value);
+            }
+            head.headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            return Response::from_parts(head, StreamingBody::empty());
+        }
+        head.status = StatusCode::PARTIAL_CONTENT;
+        let value = format!("bytes {start}-{}/{length}", start + len - 1);
+        if let Ok(value) = HeaderValue::try_from(value) {
+            head.headers.insert(header::CONTENT_RANGE, value);
+        }
+        head.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        head.headers
+            .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        let reader = follower.body(256 * 1024).narrow(start, len);
+        Response::from_parts(head, StreamingBody::follow(reader))
+    }
+
+    /// The request as the stored policy sees it: only the headers the response's `Vary`
+    /// names, so that no credential or cookie is stored.
+    pub(super) fn stored_request(&self, response_headers: &HeaderMap) -> request::Parts {
+        let mut headers = HeaderMap::new();
+        for name in key::vary_names(response_headers).unwrap_or_default() {
+            for value in self.request.headers.get_all(&name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        policy_view(&self.request.method, headers)
+    }
+}

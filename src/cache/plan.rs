@@ -1,0 +1,379 @@
+//! What a request needs before the inner service is called: an answer from the store, a
+//! revalidation, a miss that leads a fill or follows one, or a pass.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::header::{self, HeaderMap};
+use http::{Method, Response, request};
+
+use crate::body::StreamingBody;
+use crate::key;
+use crate::mode::CacheMode;
+use crate::store::fill::{FillLeader, Followed, Role};
+use crate::store::record::Entry;
+
+use super::directives::{
+    Judged, directive_value, has_directive, has_pragma_no_cache, judge, must_revalidate,
+    policy_view, shared_cookie, stale_for_at_most, validators,
+};
+use super::variants::{same_variant, variants_generation};
+use super::{Action, Found, HttpStreamingCache, Pending, Plan, Stale, Start, count};
+
+impl HttpStreamingCache {
+    /// Decides how a request starts.
+    pub(crate) fn start(&self, parts: request::Parts) -> Start {
+        self.start_sweeping();
+        let mode = if key::host_conflict(&parts) {
+            // The origin may answer for the Host header's site while the key names the
+            // URI's: storing that answer would serve it to the URI's users.
+            crate::log::debug_event!(uri = %parts.uri, "Host differs from the URI's authority: not cached");
+            CacheMode::NoStore
+        } else if !key::authority_is_valid(&parts) {
+            // No key is made of what is not a site's name: passed through, never stored,
+            // and no stored entry is invalidated by it.
+            crate::log::debug_event!(uri = %parts.uri, "no valid authority or Host: not cached");
+            CacheMode::NoStore
+        } else if key::is_fat_read(&parts) {
+            // An origin may answer a GET by its body, which the key does not name.
+            crate::log::debug_event!(uri = %parts.uri, "a GET or HEAD with a body: not cached");
+            CacheMode::NoStore
+        } else {
+            self.mode(&parts)
+        };
+        let key = self.key(&parts);
+        if let Some(response) = self.hit_in_memory(&parts, &key, mode) {
+            return Start::Ready(response);
+        }
+        let action = if mode == CacheMode::NoStore {
+            Action::Pass
+        } else if parts.method == Method::GET || parts.method == Method::HEAD {
+            let cache = self.clone();
+            #[cfg(feature = "tracing")]
+            let span = tracing::debug_span!("http_cache.lookup", %key, method = %parts.method);
+            let lookup = async move {
+                let plan = cache.plan(&parts, key, mode).await;
+                (plan, parts)
+            };
+            #[cfg(feature = "tracing")]
+            let lookup = tracing::Instrument::instrument(lookup, span);
+            return Start::Lookup(Box::pin(lookup));
+        } else if parts.method == Method::OPTIONS || parts.method == Method::TRACE {
+            Action::Pass
+        } else {
+            Action::Invalidate
+        };
+        let pending = self.pending(&parts, key, mode, action);
+        Start::Forward(parts, pending)
+    }
+
+    pub(super) fn pending(
+        &self,
+        parts: &request::Parts,
+        key: String,
+        mode: CacheMode,
+        action: Action,
+    ) -> Pending {
+        let mut request = request::Request::new(());
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = parts.uri.clone();
+        *request.version_mut() = parts.version;
+        *request.headers_mut() = parts.headers.clone();
+        Pending {
+            cache: self.clone(),
+            request: request.into_parts().0,
+            key,
+            mode,
+            action,
+            range: None,
+        }
+    }
+
+    /// Looks the request up and decides: answer from the store, revalidate, or fetch.
+    pub(super) async fn plan(&self, parts: &request::Parts, key: String, mode: CacheMode) -> Plan {
+        self.bust(parts, &key).await;
+        let only_if_cached =
+            mode == CacheMode::OnlyIfCached || has_directive(&parts.headers, "only-if-cached");
+        let found = if mode == CacheMode::Reload {
+            Found::Nothing { fwd: "request" }
+        } else {
+            self.find(parts, &key, mode).await
+        };
+        let (response, entry, stored_key) = match found {
+            Found::Nothing { fwd } => {
+                if only_if_cached {
+                    return Plan::Respond(self.gateway_timeout(fwd, "only-if-cached"));
+                }
+                return self.miss(parts, key, mode, fwd, false).await;
+            }
+            Found::Entry(response, entry, stored_key) => (response, entry, stored_key),
+        };
+        let policy = &entry.policy;
+
+        let now = self.now();
+        let judged = judge(policy, parts, now);
+        let within_cap = self.options.max_ttl.is_none_or(|cap| policy.age(now) < cap);
+        match judged {
+            Judged::Fresh if mode != CacheMode::NoCache && within_cap => {
+                Plan::Respond(self.hit(parts, response, policy, now, "hit".into()))
+            }
+            Judged::Fresh | Judged::Stale if mode.ignores_staleness() => {
+                Plan::Respond(self.hit(parts, response, policy, now, "hit".into()))
+            }
+            Judged::Mismatch => {
+                // Stored for another variant or another host: this request's miss.
+                if only_if_cached {
+                    return Plan::Respond(self.gateway_timeout("miss", "only-if-cached"));
+                }
+                self.miss(parts, key, mode, "miss", true).await
+            }
+            Judged::Fresh | Judged::Stale if only_if_cached => {
+                Plan::Respond(self.gateway_timeout("stale", "only-if-cached"))
+            }
+            Judged::Stale
+                if mode == CacheMode::Default
+                    && !must_revalidate(response.headers(), self.options.shared)
+                    && directive_value(response.headers(), "stale-while-revalidate")
+                        .and_then(|v| v.parse().ok())
+                        .is_some_and(|s| {
+                            stale_for_at_most(policy, now, Duration::from_secs(s))
+                        }) =>
+            {
+                self.stale_while_revalidate(parts, key, response, &entry, stored_key, now)
+                    .await
+            }
+            Judged::Fresh | Judged::Stale => {
+                let view = policy_view(&parts.method, parts.headers.clone());
+                let revalidation = validators(policy, &view);
+                let stale = Box::new(Stale {
+                    response,
+                    entry: Arc::clone(&entry),
+                    key: stored_key,
+                });
+                let revalidate = |leader| Action::Fetch {
+                    fwd: "stale",
+                    stale: Some(stale),
+                    lookup_found: true,
+                    leader,
+                };
+                let conditional = Some(revalidation);
+                self.coalesced(parts, key, mode, ("stale", true), revalidate, conditional)
+                    .await
+            }
+        }
+    }
+
+    /// Serves a stale entry within its `stale-while-revalidate` window at once, and starts
+    /// its revalidation in the background unless one is under way for the key already.
+    pub(super) async fn stale_while_revalidate(
+        &self,
+        parts: &request::Parts,
+        key: String,
+        response: Response<StreamingBody>,
+        entry: &Arc<Entry>,
+        stored_key: String,
+        now: SystemTime,
+    ) -> Plan {
+        count(
+            &self.counters.stale_served,
+            "http_cache_streaming_stale_served_total",
+        );
+        let status = "hit; detail=stale-while-revalidate".to_owned();
+        let served = self.hit(parts, response, &entry.policy, now, status);
+        let background = Some(self.options.background.clone());
+        let Role::Leader(leader) = self.manager.join_fill(&key, background) else {
+            return Plan::Respond(served); // a revalidation is under way
+        };
+        // The revalidation needs a handle on the stored response of its own.
+        let Some((again, entry)) = self.lookup(&stored_key).await else {
+            return Plan::Respond(served);
+        };
+        let view = policy_view(&parts.method, parts.headers.clone());
+        let conditional = Some(validators(&entry.policy, &view));
+        let stale = Box::new(Stale {
+            response: again,
+            entry,
+            key: stored_key,
+        });
+        let action = Action::Fetch {
+            fwd: "stale",
+            stale: Some(stale),
+            lookup_found: true,
+            leader: Some(leader),
+        };
+        Plan::Background {
+            response: served,
+            conditional,
+            pending: self.pending(parts, key, CacheMode::Default, action),
+        }
+    }
+
+    /// A miss: lead a fill of the key, or follow the one under way and answer from it.
+    pub(super) async fn miss(
+        &self,
+        parts: &request::Parts,
+        key: String,
+        mode: CacheMode,
+        fwd: &'static str,
+        found: bool,
+    ) -> Plan {
+        count(&self.counters.misses, "http_cache_streaming_misses_total");
+        let fetch = |leader| Action::Fetch {
+            fwd,
+            stale: None,
+            lookup_found: found,
+            leader,
+        };
+        self.coalesced(parts, key, mode, (fwd, found), fetch, None)
+            .await
+    }
+
+    /// Sends the request on to the inner service as the leader of a fill of `key`, or
+    /// follows the fill under way: its response head and body, or the entry it stored.
+    /// Requests that could not take a stored response, and followers the leader's
+    /// response is not for, go to the inner service on their own.
+    pub(super) async fn coalesced(
+        &self,
+        parts: &request::Parts,
+        key: String,
+        mode: CacheMode,
+        (fwd, found): (&'static str, bool),
+        action: impl FnOnce(Option<FillLeader>) -> Action,
+        conditional: Option<HeaderMap>,
+    ) -> Plan {
+        let options = &self.options;
+        // Only a request that would take a stored response may take one being stored.
+        let takes_stored = matches!(
+            mode,
+            CacheMode::Default | CacheMode::ForceCache | CacheMode::IgnoreRules
+        ) && !has_directive(&parts.headers, "no-cache")
+            && !has_directive(&parts.headers, "no-store")
+            && directive_value(&parts.headers, "max-age") != Some("0")
+            && !has_pragma_no_cache(&parts.headers);
+        if !options.coalesce || parts.method != Method::GET || !takes_stored {
+            return self.forward(parts, key, mode, action(None), conditional);
+        }
+        let complete = options.complete_on_disconnect.unwrap_or(options.shared);
+        let background = complete.then(|| options.background.clone());
+        let mut follower = match self.manager.join_fill(&key, background) {
+            Role::Leader(leader) => {
+                let mut plan = self.forward(parts, key, mode, action(Some(leader)), conditional);
+                if let Plan::Forward { pending, .. } = &mut plan
+                    && options.fetch_whole_on_range_miss
+                    && parts.headers.contains_key(header::RANGE)
+                {
+                    let mut range = HeaderMap::new();
+                    for name in [header::RANGE, header::IF_RANGE] {
+                        if let Some(value) = parts.headers.get(&name) {
+                            range.insert(name, value.clone());
+                        }
+                    }
+                    pending.range = Some(range);
+                }
+                return plan;
+            }
+            Role::Follower(follower) => follower,
+        };
+        match follower.head(options.coalesce_wait).await {
+            Followed::Head(head) if same_variant(&head, &parts.headers) => {
+                let (mut head_parts, policy) = (head.parts.clone(), head.policy.clone());
+                head_parts.version = parts.version;
+                // Followers are many: smaller reads keep each one's memory small.
+                let chunk = 64 * 1024;
+                let body = StreamingBody::follow(follower.body(chunk));
+                let mut response = Response::from_parts(head_parts, body);
+                let ttl = self.ttl(&policy, self.now());
+                let status = format!("fwd={fwd}; collapsed; ttl={ttl}");
+                self.annotate(response.headers_mut(), &status, false, found);
+                Plan::Respond(response)
+            }
+            Followed::Stored => {
+                drop(follower);
+                // Stored or revalidated while this request waited: a hit, unless the
+                // request wants more than the entry now offers.
+                if let Found::Entry(response, entry, _) = self.find(parts, &key, mode).await {
+                    let now = self.now();
+                    if let Judged::Fresh = judge(&entry.policy, parts, now) {
+                        let status = "hit; collapsed".to_owned();
+                        let hit = self.hit(parts, response, &entry.policy, now, status);
+                        return Plan::Respond(hit);
+                    }
+                }
+                self.forward(parts, key, mode, action(None), conditional)
+            }
+            Followed::Head(_) | Followed::Alone => {
+                self.forward(parts, key, mode, action(None), conditional)
+            }
+        }
+    }
+
+    pub(super) fn forward(
+        &self,
+        parts: &request::Parts,
+        key: String,
+        mode: CacheMode,
+        action: Action,
+        conditional: Option<HeaderMap>,
+    ) -> Plan {
+        Plan::Forward {
+            conditional,
+            pending: self.pending(parts, key, mode, action),
+        }
+    }
+
+    /// Finds the stored response for a request: under its key, or, when the key holds a
+    /// URL's variant list, under the variant its headers select. A response this cache's
+    /// storing rules refuse is not found (see [`admits`](Self::admits)).
+    pub(super) async fn find(&self, parts: &request::Parts, key: &str, mode: CacheMode) -> Found {
+        let Some((response, entry)) = self.lookup(key).await else {
+            return Found::Nothing { fwd: "uri-miss" };
+        };
+        let Some(generation) = variants_generation(response.headers()) else {
+            if !self.admits(&entry, mode) {
+                return Found::Nothing { fwd: "uri-miss" };
+            }
+            return Found::Entry(response, entry, key.to_owned());
+        };
+        let Some(names) = key::vary_names(response.headers()) else {
+            return Found::Nothing { fwd: "vary-miss" };
+        };
+        let variant = key::variant_key(key, &generation, &names, &parts.headers);
+        match self.lookup(&variant).await {
+            Some((response, entry)) if self.admits(&entry, mode) => {
+                Found::Entry(response, entry, variant)
+            }
+            _ => Found::Nothing { fwd: "vary-miss" },
+        }
+    }
+
+    /// Whether a stored response may be served by this cache: one that its storing rules
+    /// would have refused (written by a private cache into a shared tier or directory, or
+    /// edited there: `private` or `Set-Cookie` without `public` in a shared cache, or
+    /// `no-store` anywhere) is not, unless the request's mode ignores the rules. Nothing is
+    /// trusted for being on disk or in a bucket.
+    pub(super) fn admits(&self, entry: &Entry, mode: CacheMode) -> bool {
+        if mode == CacheMode::IgnoreRules {
+            return true;
+        }
+        let headers = &entry.headers;
+        let refused = has_directive(headers, "no-store")
+            || (self.options.shared && has_directive(headers, "private"))
+            || shared_cookie(self.options.shared, headers);
+        if refused {
+            crate::log::debug_event!(key = %entry.key, "a stored response this cache may not serve: a miss");
+        }
+        !refused
+    }
+
+    /// A store lookup; a store that fails is a miss, never a failed request.
+    pub(super) async fn lookup(&self, key: &str) -> Option<(Response<StreamingBody>, Arc<Entry>)> {
+        match self.manager.lookup(key).await {
+            Ok(found) => found,
+            Err(error) => {
+                count(&self.counters.errors, "http_cache_streaming_errors_total");
+                crate::log::warn_event!(%key, %error, "cache lookup failed; forwarding the request");
+                None
+            }
+        }
+    }
+}

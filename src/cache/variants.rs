@@ -1,0 +1,172 @@
+//! A URL's variants: the list record that names them (so they go with it), its
+//! generation, and which stored variant a request selects.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::Response;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_cache_semantics::CachePolicy;
+
+use crate::key;
+use crate::store::fill::FillHead;
+
+use super::HttpStreamingCache;
+
+/// The header of a URL's variant list record: the list's generation. Origin responses that
+/// carry it lose it before they are stored, so that no response can pass for a list.
+pub(super) const VARIANTS: HeaderName = HeaderName::from_static("x-http-cache-streaming-variants");
+
+/// The header of a variant list record naming (by digest) the variants stored under it, so
+/// that removing the list removes them too rather than leaving them on disk.
+pub(super) const STORED_VARIANTS: HeaderName =
+    HeaderName::from_static("x-http-cache-streaming-stored");
+
+/// The most variants a URL keeps, each named by its list; more pass through unstored.
+pub(super) const MAX_LISTED_VARIANTS: usize = 64;
+
+/// The headers the cache keeps in its own records.
+pub(super) const INTERNAL: [HeaderName; 2] = [VARIANTS, STORED_VARIANTS];
+
+impl HttpStreamingCache {
+    /// Removes the variants a variant list record (`list`, under `key`) names.
+    pub(super) async fn remove_variants(&self, key: &str, list: &HeaderMap) -> crate::Result<()> {
+        let Some(generation) = variants_generation(list) else {
+            return Ok(());
+        };
+        for digest in list.get_all(STORED_VARIANTS).iter() {
+            if let Ok(digest) = digest.to_str() {
+                let variant = key::variant_key_of(key, &generation, digest);
+                self.manager.delete(&variant).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Names a variant about to be stored in its URL's list, so that it goes with the list.
+    /// `false`: it cannot be named (the list is full, gone or unreadable) and must not be
+    /// stored.
+    pub(super) async fn list_variant(&self, key: &str, generation: &str, digest: &str) -> bool {
+        let Ok(Some((list, entry))) = self.manager.lookup(key).await else {
+            return false;
+        };
+        drop(list.into_body());
+        let headers = &entry.headers;
+        let listed = headers.get_all(STORED_VARIANTS);
+        if variants_generation(headers).as_deref() != Some(generation) {
+            return false;
+        }
+        if listed.iter().any(|d| d.as_bytes() == digest.as_bytes()) {
+            return true;
+        }
+        if listed.iter().count() >= MAX_LISTED_VARIANTS {
+            crate::log::debug_event!(%key, "variant list full: a new variant passes unstored");
+            return false;
+        }
+        let Ok(value) = HeaderValue::from_str(digest) else {
+            return false;
+        };
+        let mut headers = headers.clone();
+        headers.append(STORED_VARIANTS, value);
+        match self
+            .manager
+            .update_headers(key, headers, entry.policy.clone())
+            .await
+        {
+            Ok(_) => true,
+            Err(error) => {
+                crate::log::warn_event!(%key, %error, "could not list a variant");
+                false
+            }
+        }
+    }
+
+    /// The generation of a URL's variant list for `names`, writing a new list when there is
+    /// none for them.
+    pub(super) async fn variant_generation(
+        &self,
+        key: &str,
+        names: &[HeaderName],
+        url: &url::Url,
+        policy: &CachePolicy,
+    ) -> Option<String> {
+        if let Some((list, _)) = self.lookup(key).await
+            && let Some(generation) = variants_generation(list.headers())
+        {
+            if key::vary_names(list.headers()).as_deref() == Some(names) {
+                return Some(generation);
+            }
+            // The response now varies on other headers: the old list's variants go with it.
+            if let Err(error) = self.remove_variants(key, list.headers()).await {
+                crate::log::warn_event!(%key, %error, "could not remove old variants");
+            }
+        }
+        let generation = new_generation();
+        let vary = names
+            .iter()
+            .map(HeaderName::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let list = Response::builder()
+            .header(header::VARY, vary)
+            .header(VARIANTS, &generation)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .ok()?;
+        match self
+            .manager
+            .put(key.to_owned(), list, policy.clone(), url.clone())
+            .await
+        {
+            Ok(_) => Some(generation),
+            Err(error) => {
+                crate::log::warn_event!(%key, %error, "could not store a variant list");
+                None
+            }
+        }
+    }
+}
+
+/// Whether a request asks for the variant a fill is storing: the same values for every
+/// header its response's `Vary` names. `Vary: *` matches nothing.
+pub(super) fn same_variant(head: &FillHead, request: &HeaderMap) -> bool {
+    let Some(names) = key::vary_names(&head.parts.headers) else {
+        return false;
+    };
+    names.iter().all(|name| {
+        head.varying
+            .get_all(name)
+            .iter()
+            .eq(request.get_all(name).iter())
+    })
+}
+
+/// The generation a variant list record carries, when the response is one.
+pub(super) fn variants_generation(headers: &HeaderMap) -> Option<String> {
+    Some(headers.get(VARIANTS)?.to_str().ok()?.to_owned())
+}
+
+pub(super) fn new_generation() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{nanos:x}.{:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+pub(super) fn names_as_vary(names: &[HeaderName]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for name in names {
+        if let Ok(value) = HeaderValue::from_str(name.as_str()) {
+            headers.append(header::VARY, value);
+        }
+    }
+    headers
+}
+
+/// Whether `name` is one of the headers the cache keeps in its own records (a variant
+/// list's generation and members): never taken from an origin's response.
+pub(super) fn is_internal(name: &HeaderName) -> bool {
+    INTERNAL.contains(name)
+}
