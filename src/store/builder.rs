@@ -1,0 +1,219 @@
+//! [`StreamingManagerBuilder`] and the options a store is built with.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use std::collections::HashMap;
+
+use tokio::sync::OnceCell;
+
+use layout::Layout;
+
+use super::read_in::READ_IN_BEFORE_SERVING;
+use super::{Inner, StreamingManager, files, layout};
+
+/// Options of a [`StreamingManager`], set through [`StreamingManager::builder`].
+#[derive(Debug, Clone)]
+pub(super) struct Options {
+    pub(super) durable: bool,
+    pub(super) read_chunk_size: usize,
+    pub(super) verify_on_read: bool,
+    pub(super) parsed_records: usize,
+    pub(super) memory_body_limit: usize,
+    pub(super) memory_budget: usize,
+    pub(super) max_size: Option<u64>,
+    pub(super) max_entries: Option<usize>,
+    pub(super) max_body_size: Option<u64>,
+    /// The bits of the files and directories the store creates.
+    pub(super) mode: files::Mode,
+    /// The free space kept on the file system; `None`: 5 %, at most 1 GiB.
+    pub(super) min_free: Option<u64>,
+    /// The shared tier behind the local disk, if any.
+    pub(super) shared_tier: Option<Arc<dyn crate::storage::Storage>>,
+    /// Stores of up to this many records are read in before serving.
+    pub(super) read_in_before_serving: usize,
+    /// Holds the reading-in of records until a test lets it go on.
+    #[cfg(test)]
+    pub(super) read_in_gate: Option<Arc<std::sync::Barrier>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            durable: false,
+            read_chunk_size: 512 * 1024,
+            verify_on_read: false,
+            parsed_records: 16 * 1024,
+            memory_body_limit: 64 * 1024,
+            memory_budget: 32 << 20,
+            max_size: None,
+            max_entries: None,
+            max_body_size: None,
+            mode: files::Mode::PRIVATE,
+            min_free: None,
+            shared_tier: None,
+            read_in_before_serving: READ_IN_BEFORE_SERVING,
+            #[cfg(test)]
+            read_in_gate: None,
+        }
+    }
+}
+
+/// Builds a [`StreamingManager`] with options.
+///
+/// ```
+/// use http_cache_streaming::StreamingManager;
+/// let manager = StreamingManager::builder("./cache")
+///     .durable(true)
+///     .read_chunk_size(1 << 20)
+///     .verify_on_read(true)
+///     .build();
+/// ```
+#[derive(Debug, Clone)]
+pub struct StreamingManagerBuilder {
+    pub(super) dir: PathBuf,
+    pub(super) options: Options,
+}
+
+impl StreamingManagerBuilder {
+    /// Syncs each content file and record to disk before it is renamed into place, and the
+    /// directories after. Off by default: without it an entry written just before a power
+    /// loss may be missing afterwards (never corrupt: a record whose content is missing or
+    /// short is a miss). A process crash loses nothing either way. Durable writes cost one
+    /// or more disk flushes per stored response.
+    pub fn durable(mut self, durable: bool) -> Self {
+        self.options.durable = durable;
+        self
+    }
+
+    /// How many bytes a stored body is read in at a time (512 KiB by default). A hit's
+    /// reader keeps up to two chunks read ahead of the one being sent, and stops reading
+    /// (freeing its thread) while they wait; larger chunks cost more memory per concurrent
+    /// hit. Chunks go into page-aligned buffers from a pool that they return to when sent.
+    /// Bodies no larger than this are read whole when looked up.
+    pub fn read_chunk_size(mut self, bytes: usize) -> Self {
+        self.options.read_chunk_size = bytes.max(1);
+        self
+    }
+
+    /// Checks each stored body against its SHA-256 while it is read (off by default). A body
+    /// that fails the check ends with an [`Integrity`](crate::ErrorKind::Integrity) error in
+    /// place of its last chunk, so a client never receives a complete body of wrong bytes;
+    /// one that fits in a read chunk is checked before it is served and is a miss when it
+    /// fails. The damaged content file is removed.
+    pub fn verify_on_read(mut self, verify: bool) -> Self {
+        self.options.verify_on_read = verify;
+        self
+    }
+
+    /// How many parsed records the store keeps in memory so that hits on them parse no JSON
+    /// (16384 by default). Records beyond this are read from disk on each hit.
+    pub fn parsed_records(mut self, records: usize) -> Self {
+        self.options.parsed_records = records;
+        self
+    }
+
+    /// Keeps bodies of up to `max_len` bytes in memory once they have been read, up to
+    /// `budget` bytes in all (64 KiB and 32 MiB by default; `0` turns it off). A hit on such
+    /// a body `stat`s its record and content file on the calling thread, to see that no
+    /// other process replaced or removed them, and reads nothing else: no hand-off to a
+    /// blocking thread. Such a body was checked when read (with
+    /// [`verify_on_read`](Self::verify_on_read)); bytes damaged on disk later are not served
+    /// from memory, and are found once the body is read from disk again.
+    pub fn memory_bodies(mut self, max_len: usize, budget: usize) -> Self {
+        self.options.memory_body_limit = max_len;
+        self.options.memory_budget = budget;
+        self
+    }
+
+    /// Keeps the content on disk within `bytes` (each deduplicated file counted once): when a
+    /// commit takes the store over it, the least recently used entries are removed until it
+    /// is back under 90% of it. Content that several entries share goes with the last of
+    /// them. A reader of an evicted entry that has its file open reads on. Bodies being
+    /// stored count too, from their first byte written: they evict stored entries to make
+    /// room, and once they alone take all of `bytes`, a body that finds no room is not
+    /// stored ([`ErrorKind::NoRoom`](crate::ErrorKind::NoRoom); its client is served all
+    /// the same). Unbounded by default. Uses are appended to `cache-v2/access.log` (at most once a minute per
+    /// entry), so the order survives a restart.
+    pub fn max_size(mut self, bytes: u64) -> Self {
+        self.options.max_size = Some(bytes);
+        self
+    }
+
+    /// Keeps at most `entries` entries, evicting the least recently used as
+    /// [`max_size`](Self::max_size) does. Unbounded by default.
+    pub fn max_entries(mut self, entries: usize) -> Self {
+        self.options.max_entries = Some(entries);
+        self
+    }
+
+    /// Stores no body longer than `bytes`: a response whose `Content-Length` is larger is
+    /// passed through without being written, and a body without one is abandoned (its
+    /// partial file removed) once it runs past the limit, while its client goes on
+    /// receiving it. A body that never ends is then never driven to its end for the store
+    /// either. Unbounded by default.
+    pub fn max_body_size(mut self, bytes: u64) -> Self {
+        self.options.max_body_size = Some(bytes);
+        self
+    }
+
+    /// The permission bits of the files the store creates (Unix): `0o600` by default, so
+    /// that no other local user can read what is cached, whatever the umask. Widen it for a
+    /// group that shares the cache directory, for example `0o660` (directories get `0o770`).
+    /// Bits beyond read and write for the owner and group, and read for others, are ignored:
+    /// the store never makes a file others can write or execute.
+    ///
+    /// Whatever the bits, files are opened without following symbolic links, and the
+    /// store refuses to open a cache directory that another user owns or that every user
+    /// may write to (an [`Io`](crate::ErrorKind::Io) error that says so).
+    pub fn file_mode(mut self, bits: u32) -> Self {
+        self.options.mode = files::Mode::new(bits);
+        self
+    }
+
+    /// The free space to keep on the cache directory's file system (Unix), as nginx's
+    /// `min_free`: when it has less, the least recently used entries are evicted, and
+    /// nothing new is stored while evicting does not make room (requests still pass
+    /// through). By default 5 % of the file system, at most 1 GiB, so that a cache without
+    /// [`max_size`](Self::max_size) never fills the disk; `0` turns it off.
+    pub fn min_free(mut self, bytes: u64) -> Self {
+        self.options.min_free = Some(bytes);
+        self
+    }
+
+    /// Puts a shared tier behind this store, usually a bucket a fleet shares
+    /// (`storage::ObjectStorage`, feature `object-store`): the local
+    /// disk stays the fast tier in front of it.
+    ///
+    /// - Read-through: a key missing on disk is looked up in the shared tier; a hit there is
+    ///   served from it and stored on disk while it streams.
+    /// - Write-through: an entry committed on disk (a `put`, a `tee`, a refresh of its
+    ///   headers) is then copied to the shared tier in the background, its body first (not
+    ///   again when the tier has it) and its record after.
+    /// - A `delete` removes the entry from both tiers; other machines' disks keep their
+    ///   copies for as long as those stay fresh. [`max_size`](Self::max_size) and
+    ///   [`max_entries`](Self::max_entries) bound the local tier only, and `clear` empties
+    ///   only the local tier.
+    ///
+    /// The shared tier never fails a request: its errors are logged and taken as misses.
+    pub fn shared_tier(mut self, storage: Arc<dyn crate::storage::Storage>) -> Self {
+        self.options.shared_tier = Some(storage);
+        self
+    }
+
+    /// Builds the manager. Nothing touches the disk until it is first used.
+    pub fn build(self) -> StreamingManager {
+        StreamingManager {
+            inner: Arc::new(Inner {
+                layout: Layout::new(&self.dir).with_mode(self.options.mode),
+                dir: self.dir,
+                options: self.options,
+                opened: OnceCell::new(),
+                committing: Mutex::new(HashMap::new()),
+                deletions: Arc::default(),
+                fills: Arc::default(),
+                writes: std::sync::atomic::AtomicU64::new(0),
+            }),
+        }
+    }
+}

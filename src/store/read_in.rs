@@ -1,0 +1,463 @@
+//! Reading the records on disk into the index when a store opens (on a thread of its own
+//! for a large store, while requests are served), and reading one record file.
+
+use std::fs::{self};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::error::{Error, ErrorKind, Result};
+use index::{Index, Known, Stamp};
+use layout::Hash32;
+use record::Entry;
+
+use super::opened::Opened;
+use super::{Hit, HitBody, files, gc, index, layout, reader, record, remove_if_present};
+
+/// Records larger than this are damage, not records: decoding them could take unbounded
+/// memory.
+pub(super) const MAX_RECORD_BYTES: u64 = 64 << 20;
+
+/// Stores of up to this many records are read in before the first request is served (within
+/// ~0.1 s here); larger ones while requests are served.
+pub(super) const READ_IN_BEFORE_SERVING: usize = 10_000;
+
+/// How far reading the records on disk into the index has come.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ReadIn {
+    Running,
+    Done,
+    Failed(String),
+}
+
+impl Opened {
+    /// Reads every record on disk into the index, then removes orphaned content and evicts
+    /// what the bounds ask for. A store of up to [`READ_IN_BEFORE_SERVING`] records is read in
+    /// before this returns; a larger one on a thread of its own while requests are served.
+    /// Until that is done, a key the index does not know is looked up on disk, as always;
+    /// see [`Index::is_loading`] for what waits.
+    pub(super) fn start_reading_in(self: &Arc<Self>, leftovers: usize) -> Result<()> {
+        let started = Instant::now();
+        let metadata = self.layout.metadata_dir();
+        let mut listing = fs::read_dir(&metadata).map_err(|e| Error::io(e, &metadata))?;
+        let mut records = Vec::new();
+        let limit = self.options.read_in_before_serving;
+        if self.list_records(&mut listing, &mut records, Some(limit + 1))? <= limit {
+            self.read_records_in(started, leftovers, records)?;
+            self.read_in.send_replace(ReadIn::Done);
+            return Ok(());
+        }
+        crate::log::info_event!(dir = %metadata.display(),
+            "serving while the records are read in");
+        let opened = Arc::clone(self);
+        let work = move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                opened.list_records(&mut listing, &mut records, None)?;
+                opened.read_records_in(started, leftovers, records)
+            }));
+            let state = match outcome {
+                Ok(Ok(())) => ReadIn::Done,
+                Ok(Err(e)) => ReadIn::Failed(e.to_string()),
+                Err(_) => ReadIn::Failed("reading the records in panicked".into()),
+            };
+            if let ReadIn::Failed(why) = &state {
+                crate::log::error_event!(dir = %opened.layout.metadata_dir().display(), %why,
+                    "the records could not be read in: entries are served, but no content is \
+                     removed and nothing is evicted until the store is opened again");
+            }
+            opened.read_in.send_replace(state);
+        };
+        std::thread::Builder::new()
+            .name("http-cache-streaming-open".into())
+            .spawn(work)
+            .map(drop)
+            .map_err(|e| Error::new(ErrorKind::Io).with_source(e))
+    }
+
+    /// Adds the record files `listing` names, by key hash, to `records`: all of them, or until
+    /// it holds `up_to`. Returns how many it holds.
+    pub(super) fn list_records(
+        &self,
+        listing: &mut fs::ReadDir,
+        records: &mut Vec<(Hash32, PathBuf)>,
+        up_to: Option<usize>,
+    ) -> Result<usize> {
+        let metadata = self.layout.metadata_dir();
+        while up_to.is_none_or(|n| records.len() < n) {
+            let Some(item) = listing.next() else {
+                break;
+            };
+            let item = item.map_err(|e| Error::io(e, &metadata))?;
+            let name = item.file_name();
+            if let Some(key_hash) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(Hash32::from_hex)
+            {
+                records.push((key_hash, item.path()));
+            }
+        }
+        Ok(records.len())
+    }
+
+    pub(super) fn read_records_in(
+        &self,
+        started: Instant,
+        leftovers: usize,
+        records: Vec<(Hash32, PathBuf)>,
+    ) -> Result<()> {
+        let mut dropped = 0usize;
+        let metadata = self.layout.metadata_dir();
+        // Reading records is a file open and read each: spread over the cores.
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8);
+        let per_thread = records.len().div_ceil(threads).max(1);
+        let summaries: Option<Vec<_>> = std::thread::scope(|scope| {
+            let readers: Vec<_> = records
+                .chunks(per_thread)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|(key_hash, path)| {
+                                (*key_hash, path, read_summary(path, *key_hash))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            // A reader that failed leaves reference counts unknown: better no removals than
+            // removing content a record still names.
+            let mut all = Vec::with_capacity(records.len());
+            for reader in readers {
+                all.extend(reader.join().ok()?);
+            }
+            Some(all)
+        });
+        let summaries = summaries.ok_or_else(|| {
+            Error::new(ErrorKind::Io).with_subject(format!("reading {}", metadata.display()))
+        })?;
+        #[cfg(test)]
+        if let Some(gate) = &self.options.read_in_gate {
+            gate.wait();
+        }
+        // In batches, so that requests get the index lock in between.
+        let mut summaries = summaries.into_iter().peekable();
+        while summaries.peek().is_some() {
+            let mut index = self.index();
+            for (key_hash, path, summary) in summaries.by_ref().take(4096) {
+                match summary {
+                    Ok(Some((summary, stamp))) => {
+                        let (digest, length) = (summary.digest, summary.length);
+                        index.insert_summary(key_hash, digest, length, stamp, summary.stored_at);
+                    }
+                    Ok(None) => {}
+                    // Unless a write replaced it meanwhile (records are installed under the
+                    // index lock, which is held here).
+                    Err(ReadFailure::Unusable(why)) if !index.is_newer(key_hash) => {
+                        crate::log::warn_event!(path = %path.display(), %why, "removing unusable record");
+                        let _ = remove_if_present(path);
+                        dropped += 1;
+                    }
+                    Err(ReadFailure::Unusable(_)) => {}
+                    Err(ReadFailure::Unavailable(e)) => {
+                        // Its content would look orphaned: no removals rather than lost entries.
+                        return Err(Error::io(e, path));
+                    }
+                }
+            }
+        }
+        {
+            let mut index = self.index();
+            for digest in index.finish_loading() {
+                let _ = remove_if_present(&self.layout.content_path(digest));
+            }
+        }
+        let content = self.layout.content_dir();
+        let orphans = gc::sweep_orphans(
+            &content,
+            |digest| self.index().refs(digest) > 0,
+            |digest, path| {
+                // Under the index lock: a commit installs content under it too.
+                let index = self.index();
+                index.refs(digest) == 0 && fs::remove_file(path).is_ok()
+            },
+        )
+        .map_err(|e| Error::io(e, &content))?;
+        crate::log::info_event!(
+            dir = %self.layout.metadata_dir().display(),
+            entries = self.index().len(),
+            leftovers, dropped, orphans,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "cache opened"
+        );
+        self.read_access_log();
+        self.evict_if_needed();
+        Ok(())
+    }
+
+    /// While the records are being read in, reads in the one of `key_hash` ahead of the rest,
+    /// before it is replaced or removed: so that the content it names counts as used by it,
+    /// and is unlinked when no other record names it.
+    pub(super) fn read_in_key(&self, index: &mut Index, key_hash: Hash32) {
+        if index.is_loading()
+            && !index.is_newer(key_hash)
+            && let Ok(Some((summary, stamp))) =
+                read_summary(&self.layout.record_path(key_hash), key_hash)
+        {
+            let (digest, length) = (summary.digest, summary.length);
+            index.insert_summary(key_hash, digest, length, stamp, summary.stored_at);
+        }
+    }
+
+    /// Waits until the records on disk are read in (for what needs every entry counted).
+    pub(super) async fn read_in(&self) -> Result<()> {
+        let mut state = self.read_in.subscribe();
+        let state = state
+            .wait_for(|state| *state != ReadIn::Running)
+            .await
+            .map(|state| state.clone())
+            .unwrap_or(ReadIn::Failed("the store was dropped".into()));
+        match state {
+            ReadIn::Failed(why) => Err(Error::new(ErrorKind::Io)
+                .with_subject(format!("reading the records in failed: {why}"))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Finds a key's record and opens its content, dropping whatever turns out broken.
+    pub(super) fn load(
+        &self,
+        key_hash: Hash32,
+        key: &str,
+        cached: Option<Known>,
+    ) -> Result<Option<Hit>> {
+        let path = self.layout.record_path(key_hash);
+        // A parsed record is served only while its file is the one it was parsed from.
+        let fresh = cached.and_then(|known| {
+            let now = fs::symlink_metadata(&path).ok().map(|m| Stamp::of(&m));
+            (now == Some(known.stamp)).then_some((known.entry, known.stamp))
+        });
+        let (entry, stamp) = match fresh {
+            Some(fresh) => fresh,
+            None => match read_record(&path, key_hash) {
+                Ok(Some((entry, stamp))) => {
+                    let entry = Arc::new(entry);
+                    self.learn(key_hash, &entry, stamp);
+                    (entry, stamp)
+                }
+                Ok(None) => {
+                    // Gone from disk (another process deleted it): forget it here too.
+                    let known = self.index().digest(key_hash);
+                    if known.is_some() {
+                        crate::log::info_event!(%key, path = %path.display(),
+                            "record gone from disk, forgetting it");
+                    }
+                    self.drop_record(key_hash, known);
+                    return Ok(None);
+                }
+                Err(ReadFailure::Unusable(why)) => {
+                    crate::log::warn_event!(path = %path.display(), %why, "removing unusable record");
+                    self.drop_record(key_hash, None);
+                    return Ok(None);
+                }
+                Err(ReadFailure::Unavailable(e)) => return Err(Error::io(e, &path)),
+            },
+        };
+        if entry.key != key {
+            return Ok(None);
+        }
+        let logged = self.index().touch(key_hash);
+        if let Some(at) = logged {
+            self.log_use(key_hash, at);
+        }
+        let path = self.layout.content_path(entry.digest);
+        let file = match files::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                crate::log::warn_event!(%key, path = %path.display(), "content missing, removing record");
+                self.drop_record(key_hash, Some(entry.digest));
+                return Ok(None);
+            }
+            Err(e) if !is_transient(&e) => {
+                crate::log::warn_event!(%key, path = %path.display(), error = %e,
+                    "content unreadable, removing it and its record");
+                self.forget_content(entry.digest);
+                self.drop_record(key_hash, Some(entry.digest));
+                return Ok(None);
+            }
+            Err(e) => return Err(Error::io(e, &path)),
+        };
+        let actual = file.metadata().map_err(|e| Error::io(e, &path))?.len();
+        if actual != entry.length {
+            crate::log::warn_event!(%key, path = %path.display(), expected = entry.length, actual,
+                "content has the wrong length, removing it and its record");
+            self.forget_content(entry.digest);
+            self.drop_record(key_hash, Some(entry.digest));
+            return Ok(None);
+        }
+        let Ok(len) = usize::try_from(entry.length) else {
+            return Ok(Some(Hit {
+                entry,
+                body: HitBody::File(file),
+            }));
+        };
+        if len > self.options.read_chunk_size {
+            return Ok(Some(Hit {
+                entry,
+                body: HitBody::File(file),
+            }));
+        }
+        // Small: read whole now, and kept in memory for the next hits when it is small enough.
+        let keep = len <= self.options.memory_body_limit;
+        let read = if keep {
+            reader::read_chunk(&file, 0, len)
+        } else {
+            reader::read_pooled(&file, 0, len)
+        };
+        let bytes = read.map_err(|e| Error::io(e, &path))?;
+        if self.options.verify_on_read && !reader::digest_matches(&bytes, entry.digest) {
+            crate::log::warn_event!(%key, path = %path.display(),
+                    "content fails its digest check, removing it and its record");
+            self.forget_content(entry.digest);
+            self.drop_record(key_hash, Some(entry.digest));
+            return Ok(None);
+        }
+        if keep {
+            self.index().keep_body(key_hash, stamp, &bytes);
+        }
+        Ok(Some(Hit {
+            entry,
+            body: HitBody::Bytes(bytes),
+        }))
+    }
+
+    /// Takes in a record read from disk: one this index did not know (another process wrote
+    /// it) or one whose parsed form was not kept.
+    pub(super) fn learn(&self, key_hash: Hash32, entry: &Arc<Entry>, stamp: Stamp) {
+        let mut index = self.index();
+        if index.digest(key_hash) == Some(entry.digest) {
+            index.remember(key_hash, entry, stamp);
+        } else if let Some(unused) = index.insert(key_hash, Arc::clone(entry), stamp) {
+            let _ = remove_if_present(&self.layout.content_path(unused));
+        }
+    }
+
+    /// Removes a broken record, unless a newer commit replaced it meanwhile (`expected` is the
+    /// digest the broken record named, when known).
+    pub(super) fn drop_record(&self, key_hash: Hash32, expected: Option<Hash32>) {
+        let mut index = self.index();
+        let current = index.digest(key_hash);
+        if expected.is_some() && current.is_some() && current != expected {
+            return;
+        }
+        self.read_in_key(&mut index, key_hash);
+        let _ = remove_if_present(&self.layout.record_path(key_hash));
+        if let Some(unused) = index.remove(key_hash) {
+            let _ = remove_if_present(&self.layout.content_path(unused));
+        }
+    }
+
+    /// Removes a damaged content file; the records naming it become misses.
+    pub(super) fn forget_content(&self, digest: Hash32) {
+        let mut index = self.index();
+        index.forget_bodies(digest);
+        let path = self.layout.content_path(digest);
+        if let Err(e) = remove_if_present(&path) {
+            crate::log::warn_event!(path = %path.display(), error = %e, "could not remove damaged content");
+        }
+    }
+}
+
+/// Why a record could not be read.
+#[derive(Debug)]
+pub(super) enum ReadFailure {
+    /// The file is damaged, unreadable or not a record: remove it.
+    Unusable(String),
+    /// The system cannot read it now (out of file handles or memory): the record may be
+    /// fine, so it must not be removed, nor its content taken for an orphan.
+    Unavailable(io::Error),
+}
+
+impl std::fmt::Display for ReadFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadFailure::Unusable(why) => f.write_str(why),
+            ReadFailure::Unavailable(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<io::Error> for ReadFailure {
+    fn from(e: io::Error) -> Self {
+        if is_transient(&e) {
+            ReadFailure::Unavailable(e)
+        } else {
+            ReadFailure::Unusable(e.to_string())
+        }
+    }
+}
+
+/// Errors that say nothing about the file: the process or the system is short of something.
+pub(super) fn is_transient(e: &io::Error) -> bool {
+    // ENOMEM, EAGAIN, ENFILE, EMFILE have these numbers on Linux and the BSDs alike.
+    #[cfg(unix)]
+    if matches!(e.raw_os_error(), Some(12 | 11 | 23 | 24 | 35)) {
+        return true;
+    }
+    matches!(
+        e.kind(),
+        io::ErrorKind::OutOfMemory | io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Reads a record in summary (what the store opens with), with the stamp of the file read.
+/// `Ok(None)`: there is none.
+pub(super) fn read_summary(
+    path: &Path,
+    key_hash: Hash32,
+) -> std::result::Result<Option<(record::Summary, Stamp)>, ReadFailure> {
+    read_as(path, key_hash, Entry::summarize, |summary| &summary.key)
+}
+
+/// Reads and decodes a record, with the stamp of the file read. `Ok(None)`: there is none.
+pub(super) fn read_record(
+    path: &Path,
+    key_hash: Hash32,
+) -> std::result::Result<Option<(Entry, Stamp)>, ReadFailure> {
+    read_as(path, key_hash, Entry::decode, |entry| &entry.key)
+}
+
+/// Reads a record file and decodes it with `decode`, checking that the key it holds is the
+/// one its file name is the hash of.
+pub(super) fn read_as<T>(
+    path: &Path,
+    key_hash: Hash32,
+    decode: fn(&[u8]) -> std::result::Result<T, record::DecodeError>,
+    key: fn(&T) -> &str,
+) -> std::result::Result<Option<(T, Stamp)>, ReadFailure> {
+    use std::io::Read as _;
+    let mut file = match files::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let meta = file.metadata()?;
+    if meta.len() > MAX_RECORD_BYTES {
+        return Err(ReadFailure::Unusable(format!(
+            "record of {} bytes is larger than any this store writes",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.read_to_end(&mut bytes)?;
+    let decoded = decode(&bytes).map_err(|e| ReadFailure::Unusable(e.to_string()))?;
+    if Hash32::of(key(&decoded).as_bytes()) != key_hash {
+        return Err(ReadFailure::Unusable(
+            "record is filed under another key's name".into(),
+        ));
+    }
+    Ok(Some((decoded, Stamp::of(&meta))))
+}
