@@ -14,9 +14,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::PollSemaphore;
 
 use crate::error::{BoxError, Error};
+use crate::format::reader::ChunkReader;
 use crate::store::fill::{Fill, FollowReader};
-use crate::store::reader::ChunkReader;
-use crate::store::writer::TeeEnd;
 
 /// A response body that streams from a stored file, is being stored while it streams (a tee),
 /// or passes another body through.
@@ -245,6 +244,15 @@ impl Default for StreamingBody {
     fn default() -> Self {
         StreamingBody::empty()
     }
+}
+
+/// How a tee'd body ended, sent once by the body to its writer. A body dropped before its
+/// end sends nothing, and the writer then abandons the entry.
+#[derive(Debug)]
+pub(crate) struct TeeEnd {
+    /// A last chunk that the bounded queue had no room for when the body ended.
+    pub(crate) tail: Option<Bytes>,
+    pub(crate) trailers: Option<HeaderMap>,
 }
 
 /// A chunk on its way to the writer, holding its share of the queue's room until written.

@@ -3,7 +3,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::store::record::Entry;
+use crate::format::record::Entry;
 
 /// Decodes `bytes` as a stored record (in full and in summary). A record that decodes is
 /// encoded again and must decode to the same fields.
@@ -89,7 +89,7 @@ pub fn record_edits(bytes: &[u8]) {
         headers,
         trailers: None,
         policy: http_cache_semantics::CachePolicy::new(&request, &response),
-        digest: crate::store::layout::Hash32::of(b"body"),
+        digest: crate::format::layout::Hash32::of(b"body"),
         length: 4,
         stored_at: std::time::UNIX_EPOCH,
     };

@@ -76,6 +76,7 @@ struct ReadmeDoctests;
 mod body;
 mod cache;
 mod error;
+mod format;
 mod future;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

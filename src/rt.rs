@@ -9,6 +9,23 @@ use std::task::{Context, Poll};
 
 use crate::error::{Error, ErrorKind};
 
+/// Locks state that is updated in single statements, which a panic elsewhere leaves usable:
+/// the one lock helper of the crate.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs blocking file work on the runtime's blocking pool.
+pub(crate) async fn blocking<T, F>(work: F) -> crate::error::Result<T>
+where
+    F: FnOnce() -> crate::error::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    spawn_blocking(work)?.await?
+}
+
 /// Blocking work running on a thread pool.
 pub(crate) enum Blocking<T> {
     Tokio(tokio::task::JoinHandle<T>),

@@ -7,7 +7,7 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Request, StatusCode, request};
 use http_cache_semantics::{BeforeRequest, CachePolicy};
 
-use crate::store::record::Entry;
+use crate::format::record::Entry;
 
 use super::variants::variants_generation;
 

@@ -23,11 +23,11 @@ use http_body::Body;
 use http_cache_semantics::CachePolicy;
 
 use crate::body::StreamingBody;
+use crate::format::record::Entry;
 use crate::key;
 use crate::mode::CacheMode;
 use crate::range;
 use crate::store::fill::FillLeader;
-use crate::store::record::Entry;
 use crate::store::{StoreStats, StreamingManager};
 
 use directives::{Judged, judge, unusable};

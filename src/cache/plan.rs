@@ -8,10 +8,10 @@ use http::header::{self, HeaderMap};
 use http::{Method, Response, request};
 
 use crate::body::StreamingBody;
+use crate::format::record::Entry;
 use crate::key;
 use crate::mode::CacheMode;
 use crate::store::fill::{FillLeader, Followed, Role};
-use crate::store::record::Entry;
 
 use super::directives::{
     Judged, directive_value, has_directive, has_pragma_no_cache, judge, must_revalidate,

@@ -13,12 +13,15 @@ use bytes::Bytes;
 use super::{BodyUpload, BoxFuture, Committed, Listed, Name, Storage};
 use crate::StreamingBody;
 use crate::error::{Error, Result};
-use crate::store::files;
-use crate::store::gc::Scratch;
-use crate::store::layout::Layout;
-use crate::store::reader::ChunkReader;
-use crate::store::writer::{ContentWriter, write_temp};
-use crate::store::{blocking, install_content, prepare, remove_if_present};
+use crate::format::content::install_content;
+use crate::format::content::remove_if_present;
+use crate::format::content::{ContentWriter, write_temp};
+use crate::format::files;
+use crate::format::layout::Layout;
+use crate::format::reader::ChunkReader;
+use crate::format::scratch::Scratch;
+use crate::format::scratch::prepare;
+use crate::rt::blocking;
 
 /// How much of a body a read hands out at a time.
 const READ_CHUNK: usize = 512 * 1024;

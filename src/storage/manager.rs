@@ -15,9 +15,9 @@ use url::Url;
 use super::{Name, Storage};
 use crate::StreamingBody;
 use crate::error::{BoxError, Error, ErrorKind, Result};
-use crate::store::content_length;
-use crate::store::layout::Hash32;
-use crate::store::record::Entry;
+use crate::format::layout::Hash32;
+use crate::format::record::Entry;
+use crate::format::record::content_length;
 
 /// A store of responses in a [`Storage`], by default a bucket of any
 /// [`object_store`](https://docs.rs/object_store) backend (feature `object-store`), laid
@@ -49,11 +49,11 @@ const CHECKED_DIGESTS: usize = 16 * 1024;
 
 impl CheckedDigests {
     fn contains(&self, digest: Hash32) -> bool {
-        crate::store::lock(&self.0).contains(&digest)
+        crate::rt::lock(&self.0).contains(&digest)
     }
 
     fn insert(&self, digest: Hash32) {
-        let mut checked = crate::store::lock(&self.0);
+        let mut checked = crate::rt::lock(&self.0);
         if checked.len() >= CHECKED_DIGESTS {
             checked.clear();
         }

@@ -23,7 +23,7 @@ use bytes::Bytes;
 
 use crate::StreamingBody;
 use crate::error::Result;
-use crate::store::layout::Hash32;
+use crate::format::layout::Hash32;
 
 pub use file::FileStorage;
 pub(crate) use manager::read_entry;

@@ -20,7 +20,7 @@ use sha2::{Digest as _, Sha256};
 use super::{BodyUpload, BoxFuture, Committed, Listed, Name, Storage};
 use crate::StreamingBody;
 use crate::error::{Error, ErrorKind, Result};
-use crate::store::layout::{FORMAT_DIR, Hash32};
+use crate::format::layout::{FORMAT_DIR, Hash32};
 
 /// Bodies up to this size are uploaded in one request; longer ones in parts of it.
 const DEFAULT_PART_SIZE: usize = 8 << 20;

@@ -1,11 +1,13 @@
 //! The access log: uses appended to `cache-v2/access.log` so that the eviction order
 //! survives a restart, rewritten short when it grows.
 
+use crate::format::layout::Hash32;
 use index::Known;
-use layout::Hash32;
 
+use super::index;
 use super::opened::Opened;
-use super::{files, index, layout, lock, writer};
+use crate::format::files;
+use crate::rt::lock;
 
 impl Opened {
     /// The parsed record of `key_hash`, noting the use (in the access log once a minute).
@@ -55,7 +57,7 @@ impl Opened {
             .map(|(key, at)| format!("{} {at}\n", key.to_hex()))
             .collect();
         let mut log = lock(&self.access_log);
-        if let Ok((temp, _)) = writer::write_temp(
+        if let Ok((temp, _)) = crate::format::content::write_temp(
             self.scratch.temp_path(),
             text.as_bytes(),
             false,

@@ -7,10 +7,11 @@ use std::collections::HashMap;
 
 use tokio::sync::OnceCell;
 
-use layout::Layout;
+use crate::format::layout::Layout;
 
 use super::read_in::READ_IN_BEFORE_SERVING;
-use super::{Inner, StreamingManager, files, layout};
+use super::{Inner, StreamingManager};
+use crate::format::files;
 
 /// Options of a [`StreamingManager`], set through [`StreamingManager::builder`].
 #[derive(Debug, Clone)]

@@ -4,6 +4,7 @@
 //! known and read the body from the growing temp file, woken as it grows, never asking the
 //! origin themselves.
 
+use crate::rt::lock;
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::fs::File;
@@ -19,9 +20,9 @@ use http::HeaderMap;
 use http_cache_semantics::CachePolicy;
 use tokio::sync::watch;
 
-use super::layout::Hash32;
-use super::reader::read_pooled;
 use crate::error::{Error, ErrorKind};
+use crate::format::layout::Hash32;
+use crate::format::reader::read_pooled;
 
 /// The fills under way in one store, by key.
 #[derive(Default)]
@@ -166,10 +167,6 @@ impl Relayed {
         }
         None
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A request's part in a fill.

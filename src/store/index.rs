@@ -5,37 +5,14 @@
 //! requests are served: see [`Index::loading`]), and a key the index does not know is looked up
 //! on disk before it counts as a miss.
 
+use crate::format::files::Stamp;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::layout::Hash32;
-use super::record::Entry;
-
-/// What a record file looked like when it was parsed. A hit compares it with a fresh `stat`
-/// of the file, so a record that another process replaced, removed or damaged is read again
-/// instead of served from memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Stamp {
-    len: u64,
-    modified: Option<std::time::SystemTime>,
-    inode: u64,
-}
-
-impl Stamp {
-    pub(crate) fn of(meta: &std::fs::Metadata) -> Self {
-        #[cfg(unix)]
-        let inode = std::os::unix::fs::MetadataExt::ino(meta);
-        #[cfg(not(unix))]
-        let inode = 0;
-        Stamp {
-            len: meta.len(),
-            modified: meta.modified().ok(),
-            inode,
-        }
-    }
-}
+use crate::format::layout::Hash32;
+use crate::format::record::Entry;
 
 #[derive(Debug)]
 struct Slot {
@@ -476,11 +453,7 @@ mod tests {
     use std::time::UNIX_EPOCH;
 
     fn stamp() -> Stamp {
-        Stamp {
-            len: 0,
-            modified: None,
-            inode: 0,
-        }
+        Stamp::default()
     }
 
     fn entry(body: &[u8]) -> Arc<Entry> {

@@ -1,13 +1,9 @@
 //! The file-backed store: [`StreamingManager`]. It knows files, digests and records, and
 //! nothing of HTTP caching rules.
 
-pub(crate) mod files;
 pub(crate) mod fill;
-pub(crate) mod gc;
 pub(crate) mod index;
-pub(crate) mod layout;
-pub(crate) mod reader;
-pub(crate) mod record;
+pub(crate) mod pool;
 mod tier;
 pub(crate) mod writer;
 
@@ -20,8 +16,7 @@ mod tee;
 pub use builder::StreamingManagerBuilder;
 pub(crate) use tee::Teeing;
 
-use std::fs::{self, File};
-use std::io;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -33,11 +28,11 @@ use std::collections::HashMap;
 use tokio::sync::{OnceCell, watch};
 
 use crate::body::StreamingBody;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::format::layout::{Hash32, Layout};
+use crate::format::record::Entry;
+use crate::rt::{blocking, lock};
 use fill::Fills;
-use layout::{Hash32, Layout};
-use record::Entry;
-use writer::TempFile;
 
 use builder::Options;
 use opened::Opened;
@@ -333,32 +328,6 @@ impl Inner {
     }
 }
 
-/// Locks state that is updated in single statements, which a panic elsewhere leaves usable.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Runs blocking file work on the runtime's blocking pool.
-pub(crate) async fn blocking<T, F>(work: F) -> Result<T>
-where
-    F: FnOnce() -> Result<T> + Send + 'static,
-    T: Send + 'static,
-{
-    crate::rt::spawn_blocking(work)?.await?
-}
-
-pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 fn clone_parts(parts: &http::response::Parts) -> http::response::Parts {
     let mut response = Response::new(());
     *response.status_mut() = parts.status;
@@ -378,46 +347,11 @@ enum HitBody {
     File(File),
 }
 
-pub(crate) fn remove_if_present(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
-/// Puts finished content at its digest's path. When a file is there already with the right
-/// length the bytes are stored already, and the temp file is dropped: deduplication.
-/// Makes the layout's directories, sweeps what dead instances left in `tmp/`, and makes
-/// this instance's scratch directory there. Returns it and how many leftovers went.
-/// The user's directory must be this process's user's and writable by no other user, and
-/// the store's own directories real directories with the store's bits (`files`).
-pub(crate) fn prepare(layout: &Layout) -> Result<(gc::Scratch, usize)> {
-    let mode = layout.mode();
-    let dir = layout.user_dir();
-    files::ensure_dir(dir, mode, true).map_err(|e| Error::io(e, dir))?;
-    for dir in [
-        layout.format_dir().to_path_buf(),
-        layout.metadata_dir(),
-        layout.content_dir(),
-        layout.tmp_dir(),
-    ] {
-        files::ensure_dir(&dir, mode, false).map_err(|e| Error::io(e, &dir))?;
-    }
-    let tmp = layout.tmp_dir();
-    gc::sweep_tmp_and_create_scratch(&tmp, mode).map_err(|e| Error::io(e, &tmp))
-}
-
-pub(crate) fn install_content(temp: TempFile, path: &Path, length: u64) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(existing) if existing.is_file() && existing.len() == length => Ok(()),
-        _ => temp.persist(path).map_err(|e| Error::io(e, path)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::{BodyExt as _, Full};
+    use std::fs;
     use url::Url;
 
     fn response(body: &'static str) -> Response<Full<Bytes>> {

@@ -13,20 +13,23 @@ use tokio::sync::watch;
 
 use crate::body::StreamingBody;
 use crate::error::{Error, ErrorKind, Result};
-use gc::Scratch;
-use index::{Index, Known, Stamp};
-use layout::{Hash32, Layout};
-use reader::{ChunkReader, Verify};
-use record::Entry;
-use writer::{FinishedContent, TempFile};
+use crate::format::content::{FinishedContent, TempFile};
+use crate::format::files::Stamp;
+use crate::format::layout::{Hash32, Layout};
+use crate::format::reader::{ChunkReader, Verify};
+use crate::format::record::Entry;
+use crate::format::scratch::Scratch;
+use index::{Index, Known};
 
 use super::builder::Options;
 use super::read_in::ReadIn;
 use super::tee::{Committed, Draft};
-use super::{
-    Hit, HitBody, files, gc, index, install_content, layout, lock, prepare, reader, record,
-    remove_if_present, writer,
-};
+use super::{Hit, HitBody, index};
+use crate::format::content::install_content;
+use crate::format::content::remove_if_present;
+use crate::format::files;
+use crate::format::scratch::prepare;
+use crate::rt::lock;
 
 /// The state of a store whose directories exist and whose index is loaded.
 pub(super) struct Opened {
@@ -43,7 +46,7 @@ pub(super) struct Opened {
     pub(super) read_in: watch::Sender<ReadIn>,
     /// The free space kept on the file system.
     pub(super) free_space: files::FreeSpace,
-    /// Bytes in the temp files of the bodies being stored, claimed through [`writer::Room`]:
+    /// Bytes in the temp files of the bodies being stored, claimed through [`crate::format::content::Room`]:
     /// they count against `max_size` as stored entries do.
     pub(super) in_flight: std::sync::atomic::AtomicU64,
 }
@@ -52,7 +55,7 @@ pub(super) struct Opened {
 /// entries (least recently used first) to get it; once they alone take all of it, the next
 /// byte written finds none and its body is not stored. So the directory never holds more
 /// than `max_size`, plus what the write jobs running now wrote since they last settled.
-impl writer::Room for Opened {
+impl crate::format::content::Room for Opened {
     fn claim(&self, bytes: u64) -> Result<()> {
         use std::sync::atomic::Ordering::Relaxed;
         let before = self.in_flight.fetch_add(bytes, Relaxed);
@@ -319,7 +322,7 @@ impl Opened {
         };
         let json = entry.encode().map_err(|e| record_error(&e))?;
         let own = Entry::decode(&json).map_err(|e| record_error(&e))?;
-        let (temp, stamp) = writer::write_temp(
+        let (temp, stamp) = crate::format::content::write_temp(
             self.scratch.temp_path(),
             &json,
             self.options.durable,

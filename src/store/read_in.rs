@@ -8,12 +8,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::{Error, ErrorKind, Result};
-use index::{Index, Known, Stamp};
-use layout::Hash32;
-use record::Entry;
+use crate::format::files::Stamp;
+use crate::format::layout::Hash32;
+use crate::format::record::Entry;
+use index::{Index, Known};
 
 use super::opened::Opened;
-use super::{Hit, HitBody, files, gc, index, layout, reader, record, remove_if_present};
+use super::{Hit, HitBody, index};
+use crate::format::content::remove_if_present;
+use crate::format::files;
+use crate::format::reader;
+use crate::format::record;
+use crate::format::scratch;
 
 /// Records larger than this are damage, not records: decoding them could take unbounded
 /// memory.
@@ -176,7 +182,7 @@ impl Opened {
             }
         }
         let content = self.layout.content_dir();
-        let orphans = gc::sweep_orphans(
+        let orphans = scratch::sweep_orphans(
             &content,
             |digest| self.index().refs(digest) > 0,
             |digest, path| {

@@ -16,14 +16,16 @@ use url::Url;
 
 use crate::body::{StreamingBody, TeeSink, boxed};
 use crate::error::{BoxError, Error, ErrorKind, Result};
+use crate::format::content::ContentWriter;
+use crate::format::layout::Hash32;
+use crate::format::reader::ChunkReader;
 use fill::{FillEnd, FillHead, FillLeader, Role};
-use layout::Hash32;
-use reader::ChunkReader;
-use writer::ContentWriter;
 
-use super::{
-    StreamingManager, blocking, clone_parts, content_length, fill, layout, lock, reader, writer,
-};
+use super::{StreamingManager, clone_parts, fill, pool, writer};
+use crate::format::reader;
+use crate::format::record::content_length;
+use crate::rt::blocking;
+use crate::rt::lock;
 
 /// What a tee does besides storing the body.
 #[derive(Debug, Clone, Copy)]
@@ -315,11 +317,11 @@ impl StreamingManager {
                 // bytes, no thread is held for it.
                 let started = Arc::clone(&opened);
                 let publish = fill.clone();
-                let writer = writer::on_pool(move || {
+                let writer = pool::on_pool(move || {
                     started.make_room()?;
                     let scratch = &started.scratch;
                     let mode = started.layout.mode();
-                    let room: Arc<dyn writer::Room> = Arc::clone(&started) as _;
+                    let room: Arc<dyn crate::format::content::Room> = Arc::clone(&started) as _;
                     let writer = ContentWriter::create(scratch.temp_path(), mode)?.within(room);
                     if let (Some(fill), Some(head)) = (&publish, head) {
                         fill.publish_file(writer.reader()?);
@@ -337,7 +339,7 @@ impl StreamingManager {
                 let length = writer.length();
                 let durable = opened.options.durable;
                 let publish = fill.clone();
-                writer::on_pool(move || {
+                pool::on_pool(move || {
                     let finished = writer.finish_hashed(durable, hasher);
                     let committed = finished.and_then(|content| {
                         if let Some(fill) = &publish {

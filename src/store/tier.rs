@@ -10,11 +10,13 @@ use bytes::Bytes;
 use http::Response;
 use url::Url;
 
-use super::layout::Hash32;
-use super::record::Entry;
-use super::{StreamingManager, Teeing, blocking, reader};
+use super::{StreamingManager, Teeing};
 use crate::StreamingBody;
 use crate::error::{Error, ErrorKind, Result};
+use crate::format::layout::Hash32;
+use crate::format::reader;
+use crate::format::record::Entry;
+use crate::rt::blocking;
 use crate::storage::{Name, Storage};
 
 /// How much of a body is read from disk at a time to go up to the shared tier.
@@ -108,7 +110,7 @@ impl StreamingManager {
             let path = opened.layout.content_path(digest);
             let file = blocking({
                 let path = path.clone();
-                move || super::files::open(&path).map_err(|e| Error::io(e, &path))
+                move || crate::format::files::open(&path).map_err(|e| Error::io(e, &path))
             })
             .await?;
             let file = Arc::new(file);
@@ -133,7 +135,7 @@ impl StreamingManager {
         }
         // The record as it is on disk now (a newer write of the key shares itself too).
         let path = opened.layout.record_path(key_hash);
-        let record = blocking(move || match super::files::read(&path) {
+        let record = blocking(move || match crate::format::files::read(&path) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(e, &path)),

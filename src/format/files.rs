@@ -221,7 +221,7 @@ impl FreeSpace {
     /// How many bytes the file system holding `dir` is short of the floor (0: none), as of
     /// at most a second ago unless `now` asks for a fresh look.
     pub(crate) fn shortfall(&self, dir: &Path, now: bool) -> u64 {
-        let mut checked = super::lock(&self.checked);
+        let mut checked = crate::rt::lock(&self.checked);
         if let Some((at, short)) = *checked
             && !now
             && at.elapsed() < std::time::Duration::from_secs(1)
@@ -323,5 +323,29 @@ mod tests {
             refused.to_string().contains("writable by every user"),
             "{refused}"
         );
+    }
+}
+
+/// What a record file looked like when it was parsed. A hit compares it with a fresh `stat`
+/// of the file, so a record that another process replaced, removed or damaged is read again
+/// instead of served from memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+}
+
+impl Stamp {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> Self {
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Stamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            inode,
+        }
     }
 }

@@ -1,10 +1,11 @@
 //! Reading content files: large reads on the blocking pool, a couple of chunks ahead of the
 //! consumer, with an optional digest check that withholds the last chunk until it passes.
 
+use crate::rt::lock;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -178,10 +179,6 @@ struct Ahead {
     stopped: bool,
     waker: Option<Waker>,
     verify: Option<Box<Verify>>,
-}
-
-fn lock(ahead: &Mutex<Ahead>) -> MutexGuard<'_, Ahead> {
-    ahead.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl ChunkReader {

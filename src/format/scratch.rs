@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use super::files::{self, Mode};
-use super::layout::Hash32;
+use super::layout::{Hash32, Layout};
+use crate::error::{Error, Result};
 
 const LOCK_SUFFIX: &str = ".lock";
 const OPEN_LOCK: &str = ".open.lock";
@@ -151,6 +152,26 @@ pub(crate) fn sweep_orphans(
         }
     }
     Ok(removed)
+}
+
+/// Makes the layout's directories, sweeps what dead instances left in `tmp/`, and makes
+/// this instance's scratch directory there. Returns it and how many leftovers went.
+/// The user's directory must be this process's user's and writable by no other user, and
+/// the store's own directories real directories with the store's bits (`files`).
+pub(crate) fn prepare(layout: &Layout) -> Result<(Scratch, usize)> {
+    let mode = layout.mode();
+    let dir = layout.user_dir();
+    files::ensure_dir(dir, mode, true).map_err(|e| Error::io(e, dir))?;
+    for dir in [
+        layout.format_dir().to_path_buf(),
+        layout.metadata_dir(),
+        layout.content_dir(),
+        layout.tmp_dir(),
+    ] {
+        files::ensure_dir(&dir, mode, false).map_err(|e| Error::io(e, &dir))?;
+    }
+    let tmp = layout.tmp_dir();
+    sweep_tmp_and_create_scratch(&tmp, mode).map_err(|e| Error::io(e, &tmp))
 }
 
 #[cfg(test)]
