@@ -1,10 +1,10 @@
-//! The seed document's "Basic Usage" example: a manager and the cache over it.
+//! The "Basic Usage" example of http-cache's `StreamingManager` documentation: a manager and
+//! the cache over it. The documentation also imports `StreamingBody` (the body of every
+//! response the cache gives) without using it; here the cache is printed so that it is used.
 //!
 //! `cargo run --example basic` (it stores under `./streaming-cache` once used).
-// The seed imports `StreamingBody` and keeps `cache` without using either.
-#![allow(unused_imports, unused_variables)]
 
-use http_cache_streaming::{HttpStreamingCache, StreamingBody, StreamingManager};
+use http_cache_streaming::{HttpStreamingCache, StreamingManager};
 use std::path::PathBuf;
 
 #[tokio::main]
@@ -15,6 +15,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Use with streaming cache
     let cache = HttpStreamingCache::new(manager);
+    println!("{cache:?}");
 
     Ok(())
 }

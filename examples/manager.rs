@@ -1,5 +1,6 @@
-//! The seed document's "Working with the manager directly" code, run as one program: create a
-//! manager, cache a 10 MB response, read it back as a stream, delete it.
+//! The "Working with the manager directly" code of http-cache's `StreamingManager`
+//! documentation, run as one program: create a manager, cache a 10 MB response, read it back
+//! as a stream, delete it.
 //!
 //! `cargo run --example manager` (it stores under `./cache`).
 
@@ -41,7 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         &Response::builder()
             .status(200)
             .header("cache-control", "max-age=3600, public")
-            // The seed writes `vec![]`, whose element type Rust cannot infer here.
+            // The documentation writes `vec![]`, whose element type Rust cannot infer here.
             .body(Vec::<u8>::new())?,
     );
 

@@ -1,10 +1,12 @@
-//! The seed document's "Usage with Tower" example.
+//! The "Usage with Tower" example of http-cache's `StreamingManager` documentation.
 //!
-//! `cargo run --example tower` (it stores under `./cache`). The seed's handler uses `?` on
+//! `cargo run --example tower` (it stores under `./cache`). Its handler uses `?` on
 //! `Response::builder()` inside a block that returns `Result<_, Infallible>`, which cannot
 //! compile; here that block's error type is `http::Error`.
-// `Ok(...?)` is kept as the seed writes it.
-#![allow(clippy::needless_question_mark)]
+#![expect(
+    clippy::needless_question_mark,
+    reason = "`Ok(...?)` is kept as the documentation writes it"
+)]
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};

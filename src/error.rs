@@ -97,6 +97,21 @@ impl Error {
         self
     }
 
+    /// An error of `kind` caused by `source`: how an implementation of
+    /// [`Storage`](crate::storage::Storage) outside this crate reports its failures.
+    ///
+    /// ```
+    /// use http_cache_streaming::{Error, ErrorKind};
+    ///
+    /// let refused = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "bucket policy");
+    /// let error = Error::other(ErrorKind::Io, refused);
+    /// assert!(error.is_io());
+    /// assert!(std::error::Error::source(&error).is_some());
+    /// ```
+    pub fn other(kind: ErrorKind, source: impl Into<BoxError>) -> Self {
+        Error::new(kind).with_source(source)
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         self.kind
@@ -123,6 +138,13 @@ impl Error {
     /// True when stored bytes failed their digest check.
     pub fn is_integrity(&self) -> bool {
         self.kind == ErrorKind::Integrity
+    }
+}
+
+/// An I/O failure: [`ErrorKind::Io`], with the I/O error as its source.
+impl From<std::io::Error> for Error {
+    fn from(error: std::io::Error) -> Self {
+        Error::new(ErrorKind::Io).with_source(error)
     }
 }
 

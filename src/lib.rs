@@ -64,8 +64,6 @@
 //! [`StreamingManager::tee`] is the other way in: it answers at once and stores the body as
 //! the caller reads it, committing the entry only if the body ends complete.
 #![deny(unsafe_code, unreachable_pub)]
-// Values computed only to be logged go unused when the `tracing` feature is off.
-#![cfg_attr(not(feature = "tracing"), allow(unused_variables, unused_assignments))]
 #![warn(missing_docs)]
 
 // The README's examples run as doctests.

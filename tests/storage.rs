@@ -6,11 +6,15 @@ mod common;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use common::contract::{bytes_of, contract, manager_contract, response};
 use common::policy;
 use http_body_util::BodyExt;
 use http_cache_streaming::ObjectStoreManager;
-use http_cache_streaming::storage::FileStorage;
+use http_cache_streaming::storage::{BodyUpload, BoxFuture, FileStorage, Listed, Name, Storage};
+use http_cache_streaming::{
+    Error, ErrorKind, Result as CacheResult, StreamingBody, StreamingManager,
+};
 use url::Url;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,4 +239,83 @@ async fn a_shared_node_serves_nothing_its_rules_refuse_from_the_tier() {
         common::record_files(dirs[1].path()).is_empty(),
         "nothing of it stored by the shared node"
     );
+}
+
+/// A shared tier written outside the crate, as a user would write one: every call fails, with
+/// errors made through the public constructors.
+#[derive(Debug)]
+struct Offline;
+
+impl Offline {
+    fn fail<'a, T: Send + 'a>(&self, doing: &'static str) -> BoxFuture<'a, CacheResult<T>> {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, doing);
+        let error = if doing.starts_with("list") {
+            Error::from(refused)
+        } else {
+            Error::other(ErrorKind::Io, refused)
+        };
+        Box::pin(async move { Err(error) })
+    }
+}
+
+impl Storage for Offline {
+    fn upload(&self) -> BoxFuture<'_, CacheResult<Box<dyn BodyUpload>>> {
+        self.fail("upload")
+    }
+    fn read_body(
+        &self,
+        _: Name,
+        _: u64,
+        _: u64,
+    ) -> BoxFuture<'_, CacheResult<Option<StreamingBody>>> {
+        self.fail("read a body")
+    }
+    fn body_length(&self, _: Name) -> BoxFuture<'_, CacheResult<Option<u64>>> {
+        self.fail("stat a body")
+    }
+    fn delete_body(&self, _: Name) -> BoxFuture<'_, CacheResult<()>> {
+        self.fail("delete a body")
+    }
+    fn list_bodies(&self) -> BoxFuture<'_, CacheResult<Vec<Listed>>> {
+        self.fail("list bodies")
+    }
+    fn read_record(&self, _: Name) -> BoxFuture<'_, CacheResult<Option<Bytes>>> {
+        self.fail("read a record")
+    }
+    fn write_record(&self, _: Name, _: Bytes) -> BoxFuture<'_, CacheResult<()>> {
+        self.fail("write a record")
+    }
+    fn delete_record(&self, _: Name) -> BoxFuture<'_, CacheResult<()>> {
+        self.fail("delete a record")
+    }
+    fn list_records(&self) -> BoxFuture<'_, CacheResult<Vec<Listed>>> {
+        self.fail("list records")
+    }
+}
+
+#[tokio::test]
+async fn a_storage_written_outside_the_crate_plugs_in_and_its_failures_fail_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::builder(dir.path())
+        .shared_tier(std::sync::Arc::new(Offline))
+        .build();
+    // A miss whose tier cannot be read is a miss, not an error.
+    assert!(manager.get("GET:absent").await.unwrap().is_none());
+    // What is stored stays stored locally, whatever the tier says, and is read back whole.
+    let response = http::Response::builder()
+        .header("cache-control", "max-age=600")
+        .body(http_body_util::Full::new(Bytes::from_static(b"local")))
+        .unwrap();
+    let request = http::Request::get("http://example.com/").body(()).unwrap();
+    let policy = http_cache_semantics::CachePolicy::new(&request, &response);
+    let url = url::Url::parse("http://example.com/").unwrap();
+    manager
+        .put("GET:here".into(), response, policy, url)
+        .await
+        .unwrap();
+    let (hit, _) = manager.get("GET:here").await.unwrap().unwrap();
+    let body = http_body_util::BodyExt::collect(hit.into_body())
+        .await
+        .unwrap();
+    assert_eq!(body.to_bytes(), "local");
 }

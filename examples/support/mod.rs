@@ -1,6 +1,6 @@
 //! What the demo programs share: a generated body and a peak-memory report. Not an example
 //! itself (Cargo runs `examples/*.rs`); the demos include it with `mod support;`.
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each demo uses some of these")]
 
 use std::convert::Infallible;
 use std::pin::Pin;

@@ -104,10 +104,12 @@ impl fmt::Debug for HttpStreamingCache {
     }
 }
 
-// Values of these enums are returned and moved once, never kept: their size costs nothing.
 /// How a request starts: answered at once (a hit in memory), straight to the inner
 /// service, or after a lookup.
-#[allow(clippy::large_enum_variant)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned and moved once, never kept"
+)]
 pub(crate) enum Start {
     Ready(Response<StreamingBody>),
     Forward(request::Parts, Pending),
@@ -115,7 +117,10 @@ pub(crate) enum Start {
 }
 
 /// What a lookup decided.
-#[allow(clippy::large_enum_variant)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned and moved once, never kept"
+)]
 pub(crate) enum Plan {
     /// Answer with this; the inner service is not called.
     Respond(Response<StreamingBody>),
@@ -136,7 +141,10 @@ pub(crate) enum Plan {
 }
 
 /// What the cache does with the inner service's answer.
-#[allow(clippy::large_enum_variant)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned and moved once, never kept"
+)]
 pub(crate) enum Finished {
     Ready(Response<StreamingBody>),
     Later(BoxFuture<Response<StreamingBody>>),
@@ -177,7 +185,10 @@ struct Stale {
 }
 
 /// What a lookup found under a request's key.
-#[allow(clippy::large_enum_variant)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned and moved once, never kept"
+)]
 enum Found {
     Nothing { fwd: &'static str },
     Entry(Response<StreamingBody>, Arc<Entry>, String),

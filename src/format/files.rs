@@ -45,7 +45,7 @@ impl Default for Mode {
 /// Options for a file opened in the cache directory: no symlink followed, not inherited by
 /// child processes.
 fn options() -> OpenOptions {
-    #[allow(unused_mut)]
+    #[cfg_attr(not(unix), expect(unused_mut, reason = "only Unix sets options here"))]
     let mut options = OpenOptions::new();
     #[cfg(unix)]
     {

@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests: generated bodies that are never held in memory,
 //! bodies fed from a channel, and digests.
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses some of these")]
 
 pub mod contract;
 
