@@ -6,6 +6,7 @@ mod directives;
 mod options;
 mod pending;
 mod plan;
+mod status;
 mod variants;
 
 pub use options::HttpCacheOptions;
@@ -31,6 +32,7 @@ use crate::store::fill::FillLeader;
 use crate::store::{StoreStats, StreamingManager};
 
 use directives::{Judged, judge, unusable};
+use status::{Fwd, Status};
 use variants::variants_generation;
 
 /// A boxed future the cache's slower steps run as.
@@ -169,7 +171,7 @@ enum Action {
     Invalidate,
     /// A miss or a revalidation: store the answer if it may be stored.
     Fetch {
-        fwd: &'static str,
+        fwd: Fwd,
         stale: Option<Box<Stale>>,
         lookup_found: bool,
         /// Requests for the same key that arrive meanwhile follow this one's fill.
@@ -190,7 +192,7 @@ struct Stale {
     reason = "returned and moved once, never kept"
 )]
 enum Found {
-    Nothing { fwd: &'static str },
+    Nothing { fwd: Fwd },
     Entry(Response<StreamingBody>, Arc<Entry>, String),
 }
 
@@ -314,7 +316,7 @@ impl HttpStreamingCache {
             Judged::Stale => mode.ignores_staleness(),
             Judged::Mismatch => false,
         };
-        usable.then(|| self.hit(parts, response, &entry.policy, now, "hit".into()))
+        usable.then(|| self.hit(parts, response, &entry.policy, now, Status::hit()))
     }
 
     /// Removes every stored response whose URL starts with `prefix` (every method and
@@ -398,9 +400,9 @@ impl HttpStreamingCache {
         response: Response<StreamingBody>,
         policy: &CachePolicy,
         now: SystemTime,
-        status: String,
+        status: Status,
     ) -> Response<StreamingBody> {
-        if status.starts_with("hit") && !status.contains("stale") {
+        if status.is_fresh_hit() {
             count(&self.counters.hits, "http_cache_streaming_hits_total");
         }
         let length = response.body().size_hint().exact();
@@ -420,12 +422,7 @@ impl HttpStreamingCache {
             response = range::apply(&parts.headers, response, length);
         }
         let ttl = self.ttl(policy, now);
-        self.annotate(
-            response.headers_mut(),
-            &format!("{status}; ttl={ttl}"),
-            true,
-            true,
-        );
+        self.annotate(response.headers_mut(), &status.ttl(ttl), true, true);
         response
     }
 
@@ -439,23 +436,20 @@ impl HttpStreamingCache {
         ttl.as_secs()
     }
 
-    fn gateway_timeout(&self, fwd: &str, detail: &str) -> Response<StreamingBody> {
+    fn gateway_timeout(&self, fwd: Fwd, detail: &'static str) -> Response<StreamingBody> {
         let mut response = Response::new(StreamingBody::empty());
         *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
         response
             .headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-        self.annotate(
-            response.headers_mut(),
-            &format!("fwd={fwd}; detail={detail}"),
-            false,
-            fwd == "stale",
-        );
+        let status = Status::forward(fwd).detail(detail);
+        let found = status.forwarded_for_stale();
+        self.annotate(response.headers_mut(), &status, false, found);
         response
     }
 
     /// Adds this cache's `Cache-Status` entry (and the http-cache style headers if asked).
-    fn annotate(&self, headers: &mut HeaderMap, status: &str, hit: bool, found: bool) {
+    fn annotate(&self, headers: &mut HeaderMap, status: &Status, hit: bool, found: bool) {
         if let Some(name) = &self.options.cache_status
             && let Ok(value) = HeaderValue::try_from(format!("{name}; {status}"))
         {

@@ -20,6 +20,7 @@ use super::directives::{
     KEPT_ON_REVALIDATION, directive_value, is_hop_by_hop, is_origin_failure, must_revalidate,
     policy_view, shared_cookie, stale_for_at_most, strip_hop_by_hop,
 };
+use super::status::{Fwd, Status};
 use super::variants::{INTERNAL, is_internal, names_as_vary};
 use super::{Action, Finished, Pending, Stale, count};
 
@@ -31,7 +32,7 @@ impl Pending {
         B::Error: Into<BoxError>,
     {
         match std::mem::replace(&mut self.action, Action::Pass) {
-            Action::Pass => Finished::Ready(self.pass(response, "fwd=request")),
+            Action::Pass => Finished::Ready(self.pass(response, Status::forward(Fwd::Request))),
             Action::Invalidate => Finished::Later(Box::pin(self.invalidate(response))),
             Action::Fetch {
                 fwd,
@@ -45,8 +46,8 @@ impl Pending {
                 Some(stale)
                     if is_origin_failure(response.status()) && self.stale_on_error(&stale) =>
                 {
-                    let status = format!("fwd=stale; fwd-status={}", response.status().as_u16());
-                    Finished::Ready(self.serve_stale(*stale, &status))
+                    let status = Status::forward(Fwd::Stale).fwd_status(response.status());
+                    Finished::Ready(self.serve_stale(*stale, status))
                 }
                 _ => self.store(response, fwd, lookup_found, leader),
             },
@@ -69,10 +70,10 @@ impl Pending {
             return Err(error);
         };
         if must_revalidate(stale.response.headers(), self.cache.options.shared) {
-            return Ok(self.cache.gateway_timeout("stale", "origin-unreachable"));
+            return Ok(self.cache.gateway_timeout(Fwd::Stale, "origin-unreachable"));
         }
         if self.stale_on_error(&stale) {
-            return Ok(self.serve_stale(*stale, "fwd=stale"));
+            return Ok(self.serve_stale(*stale, Status::forward(Fwd::Stale)));
         }
         Err(error)
     }
@@ -104,13 +105,13 @@ impl Pending {
 
     /// A stale response served in place of the origin's answer, saying so in
     /// `Cache-Status`.
-    pub(super) fn serve_stale(&self, stale: Stale, status: &str) -> Response<StreamingBody> {
+    pub(super) fn serve_stale(&self, stale: Stale, status: Status) -> Response<StreamingBody> {
         count(
             &self.cache.counters.stale_served,
             "http_cache_streaming_stale_served_total",
         );
         let now = self.cache.now();
-        let status = format!("{status}; detail=stale-if-error");
+        let status = status.detail("stale-if-error");
         self.cache.hit(
             &self.request,
             stale.response,
@@ -120,14 +121,14 @@ impl Pending {
         )
     }
 
-    pub(super) fn pass<B>(&self, response: Response<B>, status: &str) -> Response<StreamingBody>
+    pub(super) fn pass<B>(&self, response: Response<B>, status: Status) -> Response<StreamingBody>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let mut response = response.map(StreamingBody::pass);
         self.cache
-            .annotate(response.headers_mut(), status, false, false);
+            .annotate(response.headers_mut(), &status, false, false);
         response
     }
 
@@ -152,7 +153,7 @@ impl Pending {
                 }
             }
         }
-        self.pass(response, "fwd=request")
+        self.pass(response, Status::forward(Fwd::Request))
     }
 
     /// A `304` to a revalidation: the stored response, with the `304`'s headers, served
@@ -178,7 +179,8 @@ impl Pending {
         {
             // The 304 answers validators of the client's own, not the stored response.
             let response = Response::from_parts(fresh_parts, http_body_util::Empty::<Bytes>::new());
-            return self.pass(response, "fwd=stale; fwd-status=304");
+            let status = Status::forward(Fwd::Stale).fwd_status(StatusCode::NOT_MODIFIED);
+            return self.pass(response, status);
         }
         count(
             &cache.counters.revalidations,
@@ -218,7 +220,7 @@ impl Pending {
             now,
             cache.options.semantics(),
         );
-        let status = "fwd=stale; fwd-status=304".to_owned();
+        let status = Status::forward(Fwd::Stale).fwd_status(StatusCode::NOT_MODIFIED);
         // Freshened headers the storing rules refuse (a 304 that makes the response
         // `private` or `no-store` for this cache) are served, and the entry goes.
         let storable = policy.is_storable() && !shared_cookie(cache.options.shared, &merged);
@@ -265,7 +267,7 @@ impl Pending {
     pub(super) fn store<B>(
         self,
         response: Response<B>,
-        fwd: &'static str,
+        fwd: Fwd,
         found: bool,
         leader: Option<FillLeader>,
     ) -> Finished
@@ -296,8 +298,7 @@ impl Pending {
         let names = key::vary_names(response.headers());
         let url = url::Url::parse(&key::effective_uri(&self.request));
         let (Some(names), Ok(url), true) = (names, url, storable) else {
-            let fwd_status = format!("fwd={fwd}; fwd-status={}", status.as_u16());
-            let mut response = self.pass(response, &fwd_status);
+            let mut response = self.pass(response, Status::forward(fwd).fwd_status(status));
             if found && cache.options.x_cache {
                 response.headers_mut().insert(
                     HeaderName::from_static("x-cache-lookup"),
@@ -320,11 +321,8 @@ impl Pending {
             };
             (leader, head)
         });
-        let status = format!(
-            "fwd={fwd}; fwd-status={}; stored; ttl={}",
-            status.as_u16(),
-            cache.ttl(&policy, now)
-        );
+        let ttl = cache.ttl(&policy, now);
+        let status = Status::forward(fwd).fwd_status(status).stored().ttl(ttl);
         if names.is_empty() {
             let mut response = match leader {
                 Some((leader, head)) => {
@@ -363,10 +361,9 @@ impl Pending {
                 // A URL keeps at most so many variants, each named by its list so that they
                 // go with it: past that (an attacker varying a header at will) they pass.
                 _ => {
-                    let status = format!(
-                        "fwd={fwd}; fwd-status={}; detail=variant-not-stored",
-                        response.status().as_u16()
-                    );
+                    let status = Status::forward(fwd)
+                        .fwd_status(response.status())
+                        .detail("variant-not-stored");
                     (response.map(StreamingBody::pass), status)
                 }
             };

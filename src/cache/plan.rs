@@ -17,6 +17,7 @@ use super::directives::{
     Judged, directive_value, has_directive, has_pragma_no_cache, judge, must_revalidate,
     policy_view, shared_cookie, stale_for_at_most, validators,
 };
+use super::status::{Forwarded, Fwd, Status};
 use super::variants::{same_variant, variants_generation};
 use super::{Action, Found, HttpStreamingCache, Pending, Plan, Stale, Start, count};
 
@@ -95,7 +96,7 @@ impl HttpStreamingCache {
         let only_if_cached =
             mode == CacheMode::OnlyIfCached || has_directive(&parts.headers, "only-if-cached");
         let found = if mode == CacheMode::Reload {
-            Found::Nothing { fwd: "request" }
+            Found::Nothing { fwd: Fwd::Request }
         } else {
             self.find(parts, &key, mode).await
         };
@@ -115,20 +116,20 @@ impl HttpStreamingCache {
         let within_cap = self.options.max_ttl.is_none_or(|cap| policy.age(now) < cap);
         match judged {
             Judged::Fresh if mode != CacheMode::NoCache && within_cap => {
-                Plan::Respond(self.hit(parts, response, policy, now, "hit".into()))
+                Plan::Respond(self.hit(parts, response, policy, now, Status::hit()))
             }
             Judged::Fresh | Judged::Stale if mode.ignores_staleness() => {
-                Plan::Respond(self.hit(parts, response, policy, now, "hit".into()))
+                Plan::Respond(self.hit(parts, response, policy, now, Status::hit()))
             }
             Judged::Mismatch => {
                 // Stored for another variant or another host: this request's miss.
                 if only_if_cached {
-                    return Plan::Respond(self.gateway_timeout("miss", "only-if-cached"));
+                    return Plan::Respond(self.gateway_timeout(Fwd::Miss, "only-if-cached"));
                 }
-                self.miss(parts, key, mode, "miss", true).await
+                self.miss(parts, key, mode, Fwd::Miss, true).await
             }
             Judged::Fresh | Judged::Stale if only_if_cached => {
-                Plan::Respond(self.gateway_timeout("stale", "only-if-cached"))
+                Plan::Respond(self.gateway_timeout(Fwd::Stale, "only-if-cached"))
             }
             Judged::Stale
                 if mode == CacheMode::Default
@@ -151,13 +152,17 @@ impl HttpStreamingCache {
                     key: stored_key,
                 });
                 let revalidate = |leader| Action::Fetch {
-                    fwd: "stale",
+                    fwd: Fwd::Stale,
                     stale: Some(stale),
                     lookup_found: true,
                     leader,
                 };
                 let conditional = Some(revalidation);
-                self.coalesced(parts, key, mode, ("stale", true), revalidate, conditional)
+                let forwarded = Forwarded {
+                    fwd: Fwd::Stale,
+                    found: true,
+                };
+                self.coalesced(parts, key, mode, forwarded, revalidate, conditional)
                     .await
             }
         }
@@ -178,7 +183,7 @@ impl HttpStreamingCache {
             &self.counters.stale_served,
             "http_cache_streaming_stale_served_total",
         );
-        let status = "hit; detail=stale-while-revalidate".to_owned();
+        let status = Status::stale_while_revalidate();
         let served = self.hit(parts, response, &entry.policy, now, status);
         let background = Some(self.options.background.clone());
         let Role::Leader(leader) = self.manager.join_fill(&key, background) else {
@@ -196,7 +201,7 @@ impl HttpStreamingCache {
             key: stored_key,
         });
         let action = Action::Fetch {
-            fwd: "stale",
+            fwd: Fwd::Stale,
             stale: Some(stale),
             lookup_found: true,
             leader: Some(leader),
@@ -214,7 +219,7 @@ impl HttpStreamingCache {
         parts: &request::Parts,
         key: String,
         mode: CacheMode,
-        fwd: &'static str,
+        fwd: Fwd,
         found: bool,
     ) -> Plan {
         count(&self.counters.misses, "http_cache_streaming_misses_total");
@@ -224,7 +229,7 @@ impl HttpStreamingCache {
             lookup_found: found,
             leader,
         };
-        self.coalesced(parts, key, mode, (fwd, found), fetch, None)
+        self.coalesced(parts, key, mode, Forwarded { fwd, found }, fetch, None)
             .await
     }
 
@@ -237,7 +242,7 @@ impl HttpStreamingCache {
         parts: &request::Parts,
         key: String,
         mode: CacheMode,
-        (fwd, found): (&'static str, bool),
+        Forwarded { fwd, found }: Forwarded,
         action: impl FnOnce(Option<FillLeader>) -> Action,
         conditional: Option<HeaderMap>,
     ) -> Plan {
@@ -283,7 +288,7 @@ impl HttpStreamingCache {
                 let body = StreamingBody::follow(follower.body(chunk));
                 let mut response = Response::from_parts(head_parts, body);
                 let ttl = self.ttl(&policy, self.now());
-                let status = format!("fwd={fwd}; collapsed; ttl={ttl}");
+                let status = Status::forward(fwd).collapsed().ttl(ttl);
                 self.annotate(response.headers_mut(), &status, false, found);
                 Plan::Respond(response)
             }
@@ -294,7 +299,7 @@ impl HttpStreamingCache {
                 if let Found::Entry(response, entry, _) = self.find(parts, &key, mode).await {
                     let now = self.now();
                     if let Judged::Fresh = judge(&entry.policy, parts, now) {
-                        let status = "hit; collapsed".to_owned();
+                        let status = Status::hit().collapsed();
                         let hit = self.hit(parts, response, &entry.policy, now, status);
                         return Plan::Respond(hit);
                     }
@@ -326,23 +331,23 @@ impl HttpStreamingCache {
     /// storing rules refuse is not found (see [`admits`](Self::admits)).
     pub(super) async fn find(&self, parts: &request::Parts, key: &str, mode: CacheMode) -> Found {
         let Some((response, entry)) = self.lookup(key).await else {
-            return Found::Nothing { fwd: "uri-miss" };
+            return Found::Nothing { fwd: Fwd::UriMiss };
         };
         let Some(generation) = variants_generation(response.headers()) else {
             if !self.admits(&entry, mode) {
-                return Found::Nothing { fwd: "uri-miss" };
+                return Found::Nothing { fwd: Fwd::UriMiss };
             }
             return Found::Entry(response, entry, key.to_owned());
         };
         let Some(names) = key::vary_names(response.headers()) else {
-            return Found::Nothing { fwd: "vary-miss" };
+            return Found::Nothing { fwd: Fwd::VaryMiss };
         };
         let variant = key::variant_key(key, &generation, &names, &parts.headers);
         match self.lookup(&variant).await {
             Some((response, entry)) if self.admits(&entry, mode) => {
                 Found::Entry(response, entry, variant)
             }
-            _ => Found::Nothing { fwd: "vary-miss" },
+            _ => Found::Nothing { fwd: Fwd::VaryMiss },
         }
     }
 

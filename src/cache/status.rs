@@ -1,0 +1,198 @@
+//! This cache's entry of the `Cache-Status` header (RFC 9211) as a value: what kind of answer
+//! a response is and the parameters that go with it, formatted in one place.
+
+use std::fmt;
+
+/// Why a request went to the origin: the `fwd` parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fwd {
+    /// Nothing is stored for the URL.
+    UriMiss,
+    /// The URL has stored variants, none of them this request's.
+    VaryMiss,
+    /// Nothing usable is stored (an `only-if-cached` request that found nothing).
+    Miss,
+    /// The stored response is stale: the origin was asked to revalidate it.
+    Stale,
+    /// The request asked for the origin (`no-cache`, a method the cache does not serve).
+    Request,
+}
+
+impl Fwd {
+    fn as_str(self) -> &'static str {
+        match self {
+            Fwd::UriMiss => "uri-miss",
+            Fwd::VaryMiss => "vary-miss",
+            Fwd::Miss => "miss",
+            Fwd::Stale => "stale",
+            Fwd::Request => "request",
+        }
+    }
+}
+
+/// Why a request goes to the origin, and whether its lookup found a stored response (what
+/// `x-cache-lookup` reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Forwarded {
+    pub(super) fwd: Fwd,
+    pub(super) found: bool,
+}
+
+/// A parameter after the first, written in the order it was added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Param {
+    FwdStatus(u16),
+    Collapsed,
+    Stored,
+    Ttl(u64),
+    Detail(&'static str),
+}
+
+/// This cache's `Cache-Status` entry for one response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Status {
+    /// `None`: a hit.
+    fwd: Option<Fwd>,
+    /// A stored response served while stale (`stale-while-revalidate`).
+    stale: bool,
+    params: Vec<Param>,
+}
+
+impl Status {
+    /// A response served from the store.
+    pub(super) fn hit() -> Self {
+        Status {
+            fwd: None,
+            stale: false,
+            params: Vec::new(),
+        }
+    }
+
+    /// A stale response served from the store while it is revalidated in the background.
+    pub(super) fn stale_while_revalidate() -> Self {
+        Status {
+            stale: true,
+            ..Status::hit()
+        }
+        .detail("stale-while-revalidate")
+    }
+
+    /// A request that went to the origin, for `fwd`.
+    pub(super) fn forward(fwd: Fwd) -> Self {
+        Status {
+            fwd: Some(fwd),
+            stale: false,
+            params: Vec::new(),
+        }
+    }
+
+    /// The origin's status code.
+    pub(super) fn fwd_status(self, status: http::StatusCode) -> Self {
+        self.with(Param::FwdStatus(status.as_u16()))
+    }
+
+    /// Answered by following another request's fill of the same key.
+    pub(super) fn collapsed(self) -> Self {
+        self.with(Param::Collapsed)
+    }
+
+    /// The response was stored.
+    pub(super) fn stored(self) -> Self {
+        self.with(Param::Stored)
+    }
+
+    /// Seconds of freshness left.
+    pub(super) fn ttl(self, seconds: u64) -> Self {
+        self.with(Param::Ttl(seconds))
+    }
+
+    /// What else happened (`stale-if-error`, `only-if-cached`, `variant-not-stored`...).
+    pub(super) fn detail(self, detail: &'static str) -> Self {
+        self.with(Param::Detail(detail))
+    }
+
+    fn with(mut self, param: Param) -> Self {
+        self.params.push(param);
+        self
+    }
+
+    /// A fresh response served from the store: what the hit counter counts.
+    pub(super) fn is_fresh_hit(&self) -> bool {
+        self.fwd.is_none() && !self.stale
+    }
+
+    /// Whether the request found a stored response (stale, revalidated), for `x-cache-lookup`.
+    pub(super) fn forwarded_for_stale(&self) -> bool {
+        self.fwd == Some(Fwd::Stale)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.fwd {
+            None => f.write_str("hit")?,
+            Some(fwd) => write!(f, "fwd={}", fwd.as_str())?,
+        }
+        for param in &self.params {
+            match param {
+                Param::FwdStatus(status) => write!(f, "; fwd-status={status}")?,
+                Param::Collapsed => f.write_str("; collapsed")?,
+                Param::Stored => f.write_str("; stored")?,
+                Param::Ttl(seconds) => write!(f, "; ttl={seconds}")?,
+                Param::Detail(detail) => write!(f, "; detail={detail}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    #[test]
+    fn each_kind_of_answer_is_written_as_before() {
+        let cases = [
+            (Status::hit().ttl(60), "hit; ttl=60"),
+            (Status::hit().collapsed().ttl(5), "hit; collapsed; ttl=5"),
+            (
+                Status::stale_while_revalidate().ttl(0),
+                "hit; detail=stale-while-revalidate; ttl=0",
+            ),
+            (
+                Status::forward(Fwd::UriMiss)
+                    .fwd_status(StatusCode::OK)
+                    .stored()
+                    .ttl(3600),
+                "fwd=uri-miss; fwd-status=200; stored; ttl=3600",
+            ),
+            (
+                Status::forward(Fwd::VaryMiss).collapsed().ttl(9),
+                "fwd=vary-miss; collapsed; ttl=9",
+            ),
+            (
+                Status::forward(Fwd::Stale)
+                    .fwd_status(StatusCode::BAD_GATEWAY)
+                    .detail("stale-if-error")
+                    .ttl(0),
+                "fwd=stale; fwd-status=502; detail=stale-if-error; ttl=0",
+            ),
+            (
+                Status::forward(Fwd::Miss).detail("only-if-cached"),
+                "fwd=miss; detail=only-if-cached",
+            ),
+            (Status::forward(Fwd::Request), "fwd=request"),
+        ];
+        for (status, written) in cases {
+            assert_eq!(status.to_string(), written);
+        }
+        assert!(Status::hit().collapsed().is_fresh_hit());
+        assert!(!Status::stale_while_revalidate().is_fresh_hit());
+        assert!(
+            !Status::forward(Fwd::Stale)
+                .detail("stale-if-error")
+                .is_fresh_hit()
+        );
+    }
+}
