@@ -79,6 +79,7 @@ mod future;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod head;
 mod key;
 mod layer;
 mod log;

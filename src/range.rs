@@ -177,13 +177,7 @@ pub(crate) fn apply(
     match ranged(request, &head.headers, length) {
         Ranged::Whole => Response::from_parts(head, body),
         Ranged::Part { start, len } => {
-            head.status = StatusCode::PARTIAL_CONTENT;
-            let range = format!("bytes {start}-{}/{length}", start + len - 1);
-            if let Ok(range) = HeaderValue::try_from(range) {
-                head.headers.insert(header::CONTENT_RANGE, range);
-            }
-            head.headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            partial(&mut head, start, len, length);
             Response::from_parts(head, body.part(start, len))
         }
         Ranged::Parts(parts) => {
@@ -218,15 +212,31 @@ pub(crate) fn apply(
             Response::from_parts(head, body.parts(segments))
         }
         Ranged::Unsatisfiable => {
-            head.status = StatusCode::RANGE_NOT_SATISFIABLE;
-            if let Ok(range) = HeaderValue::try_from(format!("bytes */{length}")) {
-                head.headers.insert(header::CONTENT_RANGE, range);
-            }
-            head.headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            unsatisfiable(&mut head, length);
             Response::from_parts(head, StreamingBody::empty())
         }
     }
+}
+
+/// Makes `head` that of a `206` with bytes `start..start + len` of a body of `length`.
+pub(crate) fn partial(head: &mut http::response::Parts, start: u64, len: u64, length: u64) {
+    head.status = StatusCode::PARTIAL_CONTENT;
+    let range = format!("bytes {start}-{}/{length}", start + len - 1);
+    if let Ok(range) = HeaderValue::try_from(range) {
+        head.headers.insert(header::CONTENT_RANGE, range);
+    }
+    head.headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+}
+
+/// Makes `head` that of a `416` for a body of `length`, whose `Content-Range` it names.
+pub(crate) fn unsatisfiable(head: &mut http::response::Parts, length: u64) {
+    head.status = StatusCode::RANGE_NOT_SATISFIABLE;
+    if let Ok(range) = HeaderValue::try_from(format!("bytes */{length}")) {
+        head.headers.insert(header::CONTENT_RANGE, range);
+    }
+    head.headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
 }
 
 #[cfg(test)]

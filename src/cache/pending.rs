@@ -310,12 +310,9 @@ impl Pending {
         let stored_request = self.stored_request(&names_as_vary(&names));
         let policy = CachePolicy::new_options(&stored_request, &response, now, options);
         let leader = leader.map(|leader| {
-            let mut head = Response::new(());
-            *head.status_mut() = response.status();
-            *head.version_mut() = response.version();
-            *head.headers_mut() = response.headers().clone();
+            let (status, version) = (response.status(), response.version());
             let head = FillHead {
-                parts: head.into_parts().0,
+                parts: crate::head::response_head(status, version, response.headers()),
                 policy: policy.clone(),
                 varying: stored_request.headers,
             };
@@ -403,21 +400,10 @@ impl Pending {
             return Response::from_parts(head, StreamingBody::empty());
         }
         if len == 0 {
-            head.status = StatusCode::RANGE_NOT_SATISFIABLE;
-            if let Ok(value) = HeaderValue::try_from(format!("bytes */{length}")) {
-                head.headers.insert(header::CONTENT_RANGE, value);
-            }
-            head.headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            range::unsatisfiable(&mut head, length);
             return Response::from_parts(head, StreamingBody::empty());
         }
-        head.status = StatusCode::PARTIAL_CONTENT;
-        let value = format!("bytes {start}-{}/{length}", start + len - 1);
-        if let Ok(value) = HeaderValue::try_from(value) {
-            head.headers.insert(header::CONTENT_RANGE, value);
-        }
-        head.headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        range::partial(&mut head, start, len, length);
         head.headers
             .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         let reader = follower.body(256 * 1024).narrow(start, len);

@@ -75,14 +75,9 @@ impl HttpStreamingCache {
         mode: CacheMode,
         action: Action,
     ) -> Pending {
-        let mut request = request::Request::new(());
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = parts.uri.clone();
-        *request.version_mut() = parts.version;
-        *request.headers_mut() = parts.headers.clone();
         Pending {
             cache: self.clone(),
-            request: request.into_parts().0,
+            request: crate::head::request_head(parts),
             key,
             mode,
             action,

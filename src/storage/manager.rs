@@ -491,11 +491,8 @@ impl Body for Checked {
 
 /// A response's head, for the record of its body.
 fn head_of(parts: &http::response::Parts) -> Response<()> {
-    let mut head = Response::new(());
-    *head.status_mut() = parts.status;
-    *head.version_mut() = parts.version;
-    *head.headers_mut() = parts.headers.clone();
-    head
+    let head = crate::head::response_head(parts.status, parts.version, &parts.headers);
+    Response::from_parts(head, ())
 }
 
 /// Frames a [`tee`](ObjectStoreManager::tee) may queue for its upload before the caller

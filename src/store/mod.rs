@@ -328,14 +328,6 @@ impl Inner {
     }
 }
 
-fn clone_parts(parts: &http::response::Parts) -> http::response::Parts {
-    let mut response = Response::new(());
-    *response.status_mut() = parts.status;
-    *response.version_mut() = parts.version;
-    *response.headers_mut() = parts.headers.clone();
-    response.into_parts().0
-}
-
 /// A hit: the record, and its body whole when small, else its open content file.
 struct Hit {
     entry: Arc<Entry>,

@@ -21,7 +21,7 @@ use crate::format::layout::Hash32;
 use crate::format::reader::ChunkReader;
 use fill::{FillEnd, FillHead, FillLeader, Role};
 
-use super::{StreamingManager, clone_parts, fill, pool, writer};
+use super::{StreamingManager, fill, pool, writer};
 use crate::format::reader;
 use crate::format::record::content_length;
 use crate::rt::blocking;
@@ -294,7 +294,7 @@ impl StreamingManager {
         let draft = Draft {
             key,
             url: url.to_string(),
-            parts: clone_parts(&parts),
+            parts: crate::head::response_head(parts.status, parts.version, &parts.headers),
             policy,
             reopen: how.reopen,
             started: lock(&self.inner.deletions).count,
