@@ -1,0 +1,312 @@
+//! Freshness: fresh responses served from disk, stale ones revalidated, request directives, sweeps.
+
+use super::*;
+
+#[tokio::test]
+async fn a_fresh_response_is_served_from_disk_without_the_origin() {
+    let mut s = setup(HttpCacheOptions::default(), |_, n| {
+        reply(
+            &[("cache-control", "max-age=60"), ("x-n", &n.to_string())],
+            "hello",
+        )
+    })
+    .await;
+    let url = s.origin.url("/a");
+    let first = send(&mut s.cache, get(&url)).await;
+    assert_eq!(
+        (first.status, &first.body[..]),
+        (StatusCode::OK, &b"hello"[..])
+    );
+    assert!(
+        first.cache_status().contains("fwd=uri-miss"),
+        "{}",
+        first.cache_status()
+    );
+    assert!(first.cache_status().contains("stored"));
+
+    s.clock.advance(5);
+    let second = send(&mut s.cache, get(&url)).await;
+    assert_eq!(&second.body[..], b"hello");
+    assert_eq!(second.header("x-n"), Some("1"), "the stored response");
+    assert_eq!(s.origin.hits(), 1, "the origin is not asked again");
+    assert!(
+        second
+            .cache_status()
+            .starts_with("http-cache-streaming; hit; ttl=")
+    );
+    let age: u64 = second.header("age").unwrap().parse().unwrap();
+    assert!((5..=6).contains(&age), "Age is generated: {age}");
+    assert_eq!(
+        second.header("date"),
+        first.header("date"),
+        "Date is not rewritten"
+    );
+    assert_eq!(
+        (
+            record_files(s.dir.path()).len(),
+            content_files(s.dir.path()).len()
+        ),
+        (1, 1)
+    );
+    let stats = s.cache.cache().stats().await.unwrap();
+    assert_eq!((stats.hits, stats.misses, stats.store.entries), (1, 1, 1));
+
+    // Purged: the next request goes to the origin again.
+    s.cache.cache().purge(&url).await.unwrap();
+    assert_eq!(&send(&mut s.cache, get(&url)).await.body[..], b"hello");
+    assert_eq!(s.origin.hits(), 2, "purged");
+
+    // Purged by prefix: everything under /a goes, the rest stays.
+    send(&mut s.cache, get(&s.origin.url("/a/b"))).await;
+    send(&mut s.cache, get(&s.origin.url("/other"))).await;
+    let dir = s.dir.path().to_path_buf();
+    eventually("three entries", || record_files(&dir).len() == 3).await;
+    let removed = s
+        .cache
+        .cache()
+        .purge_prefix(&s.origin.url("/a"))
+        .await
+        .unwrap();
+    assert_eq!(removed, 2);
+    assert_eq!(record_files(&dir).len(), 1);
+}
+
+#[tokio::test]
+async fn stale_responses_are_revalidated_and_a_304_refreshes_headers_only() {
+    let changed = Arc::new(AtomicBool::new(false));
+    let origin_changed = changed.clone();
+    let mut s = setup(HttpCacheOptions::default(), move |parts, n| {
+        let changed = origin_changed.load(Ordering::SeqCst);
+        let etag = if changed { "\"v2\"" } else { "\"v1\"" };
+        if parts
+            .headers
+            .get("if-none-match")
+            .is_some_and(|v| v == etag)
+        {
+            let mut not_modified = reply(
+                &[
+                    ("cache-control", "max-age=10"),
+                    ("etag", etag),
+                    ("x-rev", &n.to_string()),
+                ],
+                "",
+            );
+            *not_modified.status_mut() = StatusCode::NOT_MODIFIED;
+            return not_modified;
+        }
+        let body = if changed { "body two" } else { "body one" };
+        reply(
+            &[
+                ("cache-control", "max-age=10"),
+                ("etag", etag),
+                ("x-rev", &n.to_string()),
+            ],
+            body,
+        )
+    })
+    .await;
+    let url = s.origin.url("/doc");
+    send(&mut s.cache, get(&url)).await;
+    let dir = s.dir.path().to_path_buf();
+    eventually("the body is committed", || content_files(&dir).len() == 1).await;
+    let content = content_files(&dir);
+
+    s.clock.advance(20);
+    let revalidated = send(&mut s.cache, get(&url)).await;
+    assert_eq!(s.origin.hits(), 2);
+    assert_eq!(
+        s.origin
+            .last_request()
+            .headers
+            .get("if-none-match")
+            .unwrap(),
+        "\"v1\"",
+        "a conditional request"
+    );
+    assert_eq!(revalidated.status, StatusCode::OK);
+    assert_eq!(&revalidated.body[..], b"body one", "the stored body");
+    assert_eq!(revalidated.header("x-rev"), Some("2"), "the 304's headers");
+    assert!(
+        revalidated
+            .cache_status()
+            .contains("fwd=stale; fwd-status=304")
+    );
+    assert_eq!(
+        content_files(s.dir.path()),
+        content,
+        "the content file is kept"
+    );
+
+    assert_eq!(s.cache.cache().stats().await.unwrap().revalidations, 1);
+    let fresh_again = send(&mut s.cache, get(&url)).await;
+    assert_eq!(s.origin.hits(), 2, "fresh again after the 304");
+    assert_eq!(
+        fresh_again.header("x-rev"),
+        Some("2"),
+        "the updated headers are stored"
+    );
+
+    changed.store(true, Ordering::SeqCst);
+    s.clock.advance(20);
+    let replaced = send(&mut s.cache, get(&url)).await;
+    assert_eq!(&replaced.body[..], b"body two");
+    let hit = send(&mut s.cache, get(&url)).await;
+    assert_eq!((&hit.body[..], s.origin.hits()), (&b"body two"[..], 3));
+    let now = content_files(s.dir.path());
+    assert_eq!(now.len(), 1);
+    assert_ne!(now, content, "the replaced body's content is removed");
+}
+
+#[tokio::test]
+async fn must_revalidate_with_an_unreachable_origin_is_a_504() {
+    let mut s = setup(HttpCacheOptions::default(), |_, _| {
+        reply(
+            &[("cache-control", "max-age=10, must-revalidate")],
+            "strict",
+        )
+    })
+    .await;
+    let url = s.origin.url("/strict");
+    send(&mut s.cache, get(&url)).await;
+    s.origin.stop().await;
+    let fresh = send(&mut s.cache, get(&url)).await;
+    assert_eq!(&fresh.body[..], b"strict", "fresh: served");
+    s.clock.advance(60);
+    let stale = send(&mut s.cache, get(&url)).await;
+    assert_eq!(stale.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(stale.body.is_empty(), "never a stale body");
+}
+
+#[tokio::test]
+async fn request_cache_control_is_honoured() {
+    let mut s = setup(HttpCacheOptions::default(), |parts, n| {
+        let etag = "\"e\"";
+        if parts
+            .headers
+            .get("if-none-match")
+            .is_some_and(|v| v == etag)
+        {
+            let mut r = reply(&[("cache-control", "max-age=60"), ("etag", etag)], "");
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            return r;
+        }
+        reply(
+            &[("cache-control", "max-age=60"), ("etag", etag)],
+            format!("n{n}"),
+        )
+    })
+    .await;
+    let url = s.origin.url("/r");
+    send(&mut s.cache, get(&url)).await;
+    for directive in ["no-cache", "max-age=0"] {
+        let hits = s.origin.hits();
+        let got = send(
+            &mut s.cache,
+            with("GET", &url, &[("cache-control", directive)]),
+        )
+        .await;
+        assert_eq!(s.origin.hits(), hits + 1, "{directive} goes to the origin");
+        assert!(
+            s.origin
+                .last_request()
+                .headers
+                .contains_key("if-none-match")
+        );
+        assert_eq!(
+            &got.body[..],
+            b"n1",
+            "{directive}: validated, served from disk"
+        );
+    }
+    let hits = s.origin.hits();
+    let cached = send(
+        &mut s.cache,
+        with("GET", &url, &[("cache-control", "only-if-cached")]),
+    )
+    .await;
+    assert_eq!(&cached.body[..], b"n1");
+    let missing = send(
+        &mut s.cache,
+        with(
+            "GET",
+            &s.origin.url("/never"),
+            &[("cache-control", "only-if-cached")],
+        ),
+    )
+    .await;
+    assert_eq!(missing.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        s.origin.hits(),
+        hits,
+        "only-if-cached never asks the origin"
+    );
+
+    // max-stale accepts a stale entry; min-fresh refuses one about to go stale.
+    s.clock.advance(90);
+    let stale_ok = send(
+        &mut s.cache,
+        with("GET", &url, &[("cache-control", "max-stale=60")]),
+    )
+    .await;
+    assert_eq!((&stale_ok.body[..], s.origin.hits()), (&b"n1"[..], hits));
+    send(&mut s.cache, get(&url)).await; // revalidated: fresh for 60 s again
+    let hits = s.origin.hits();
+    s.clock.advance(50);
+    send(
+        &mut s.cache,
+        with("GET", &url, &[("cache-control", "min-fresh=30")]),
+    )
+    .await;
+    assert_eq!(
+        s.origin.hits(),
+        hits + 1,
+        "min-fresh=30 with 10 s left goes to the origin"
+    );
+
+    // A request's no-store keeps its response out of the store.
+    let other = s.origin.url("/not-kept");
+    send(
+        &mut s.cache,
+        with("GET", &other, &[("cache-control", "no-store")]),
+    )
+    .await;
+    let hits = s.origin.hits();
+    send(&mut s.cache, get(&other)).await;
+    assert_eq!(s.origin.hits(), hits + 1, "nothing was stored");
+}
+
+#[tokio::test]
+async fn responses_that_can_no_longer_be_used_are_swept() {
+    let options = HttpCacheOptions::default().sweep_expired_every(Duration::from_millis(50));
+    let mut s = setup(options, |parts, n| {
+        let extra: &[(&str, &str)] = match parts.uri.path() {
+            "/validated" => &[("etag", "\"e\"")],
+            "/windowed" => &[("cache-control", "max-age=10, stale-if-error=1000")],
+            _ => &[],
+        };
+        let mut response = reply(&[("cache-control", "max-age=10")], format!("n{n}"));
+        for (name, value) in extra {
+            response.headers_mut().insert(*name, value.parse().unwrap());
+        }
+        response
+    })
+    .await;
+    for path in ["/plain", "/validated", "/windowed"] {
+        send(&mut s.cache, get(&s.origin.url(path))).await;
+    }
+    let dir = s.dir.path().to_path_buf();
+    eventually("three entries stored", || record_files(&dir).len() == 3).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(record_files(&dir).len(), 3, "nothing is swept while fresh");
+
+    s.clock.advance(100);
+    eventually("the unusable entry is swept", || {
+        record_files(&dir).len() == 2
+    })
+    .await;
+    let removed = s.cache.cache().sweep_expired().await.unwrap();
+    assert_eq!(removed, 0, "the others can still be used");
+    let hits = s.origin.hits();
+    send(&mut s.cache, get(&s.origin.url("/plain"))).await;
+    assert_eq!(s.origin.hits(), hits + 1, "the swept entry is a miss");
+}

@@ -1,0 +1,90 @@
+//! What may be stored, and what a shared or a private cache stores.
+
+use super::*;
+
+/// Whether the second of two requests is answered from the store.
+async fn twice(s: &mut Setup, request: fn(&str) -> Request<Full<Bytes>>, path: &str) -> bool {
+    let url = s.origin.url(path);
+    let a = send(&mut s.cache, request(&url)).await.body;
+    let b = send(&mut s.cache, request(&url)).await.body;
+    a == b
+}
+
+#[tokio::test]
+async fn what_must_not_be_stored_is_not() {
+    let mut s = setup(HttpCacheOptions::default(), |parts, n| {
+        let cc = match parts.uri.path() {
+            "/no-store" => "max-age=60, no-store",
+            "/private" => "max-age=60, private",
+            "/public" => "max-age=60, public",
+            _ => "max-age=60",
+        };
+        if parts.uri.path() == "/partial" {
+            let mut partial = reply(
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("content-range", "bytes 0-1/10"),
+                ],
+                format!("{n}"),
+            );
+            *partial.status_mut() = StatusCode::PARTIAL_CONTENT;
+            return partial;
+        }
+        if parts.uri.path() == "/found" {
+            let mut found = reply(&[("location", "/elsewhere")], format!("n{n}"));
+            *found.status_mut() = StatusCode::FOUND;
+            return found;
+        }
+        if parts.uri.path() == "/cookie" {
+            return reply(
+                &[("cache-control", cc), ("set-cookie", "session=abc")],
+                format!("n{n}"),
+            );
+        }
+        reply(&[("cache-control", cc)], format!("n{n}"))
+    })
+    .await;
+    assert!(!twice(&mut s, get, "/no-store").await, "no-store");
+    assert!(
+        !twice(&mut s, get, "/private").await,
+        "private in a shared cache"
+    );
+    let authorized = |url: &str| with("GET", url, &[("authorization", "Bearer secret-token")]);
+    assert!(
+        !twice(&mut s, authorized, "/plain").await,
+        "Authorization without public"
+    );
+    assert!(
+        twice(&mut s, authorized, "/public").await,
+        "Authorization with public"
+    );
+    let records = record_files(s.dir.path());
+    for record in &records {
+        let text =
+            std::fs::read_to_string(s.dir.path().join("cache-v2/metadata").join(record)).unwrap();
+        assert!(
+            !text.contains("secret-token"),
+            "credentials are never stored"
+        );
+    }
+    assert_eq!(records.len(), 1);
+}
+
+#[tokio::test]
+async fn private_responses_are_stored_by_a_private_cache() {
+    let mut s = setup(HttpCacheOptions::default().shared(false), |_, n| {
+        reply(
+            &[
+                ("cache-control", "max-age=60, private"),
+                ("set-cookie", "session=mine"),
+            ],
+            format!("n{n}"),
+        )
+    })
+    .await;
+    let url = s.origin.url("/mine");
+    send(&mut s.cache, get(&url)).await;
+    let again = send(&mut s.cache, get(&url)).await;
+    assert_eq!(&again.body[..], b"n1");
+    assert_eq!(again.header("set-cookie"), Some("session=mine"));
+}

@@ -1,0 +1,111 @@
+//! Deduplication: identical bodies stored once and freed with their last record.
+
+use super::*;
+
+#[tokio::test]
+async fn identical_bodies_are_stored_once_and_freed_with_their_last_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    let body = Bytes::from(vec![7u8; 300_000]);
+    for key in ["GET:a", "GET:b"] {
+        manager
+            .put(
+                key.into(),
+                Response::new(Full::new(body.clone())),
+                policy(URL),
+                url(),
+            )
+            .await
+            .unwrap();
+    }
+    let hex: String = sha256(&body).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(content_files(dir.path()), [hex]);
+    assert_eq!(record_files(dir.path()).len(), 2);
+
+    manager.delete("GET:a").await.unwrap();
+    assert_eq!(
+        content_files(dir.path()).len(),
+        1,
+        "b still uses the content"
+    );
+    let (response, _) = manager.get("GET:b").await.unwrap().unwrap();
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        body
+    );
+
+    manager.delete("GET:b").await.unwrap();
+    assert!(content_files(dir.path()).is_empty());
+    assert!(record_files(dir.path()).is_empty());
+    manager
+        .delete("GET:b")
+        .await
+        .expect("deleting a missing key is fine");
+
+    // Reference counts are rebuilt from the records after a restart.
+    for key in ["GET:c", "GET:d"] {
+        manager
+            .put(
+                key.into(),
+                Response::new(Full::new(body.clone())),
+                policy(URL),
+                url(),
+            )
+            .await
+            .unwrap();
+    }
+    // Deletes right after the restart may come while the records are still being read in:
+    // content is then unlinked once they are (which `stats` waits for).
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    manager.delete("GET:c").await.unwrap();
+    assert_eq!(content_files(dir.path()).len(), 1);
+    manager.delete("GET:d").await.unwrap();
+    assert_eq!(manager.stats().await.unwrap().entries, 0);
+    assert!(content_files(dir.path()).is_empty());
+}
+
+#[tokio::test]
+async fn overwriting_a_key_serves_the_new_body_and_frees_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    for body in ["first version", "second version"] {
+        manager
+            .put(
+                "GET:k".into(),
+                Response::new(Full::new(Bytes::from(body))),
+                policy(URL),
+                url(),
+            )
+            .await
+            .unwrap();
+    }
+    let (response, _) = manager.get("GET:k").await.unwrap().unwrap();
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "second version"
+    );
+    assert_eq!(content_files(dir.path()).len(), 1);
+    assert_eq!(record_files(dir.path()).len(), 1);
+}
+
+#[tokio::test]
+async fn clear_removes_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    for key in ["GET:x", "GET:y"] {
+        manager
+            .put(
+                key.into(),
+                Response::new(Full::new(Bytes::from(key))),
+                policy(URL),
+                url(),
+            )
+            .await
+            .unwrap();
+    }
+    manager.clear().await.unwrap();
+    assert!(manager.get("GET:x").await.unwrap().is_none());
+    assert!(content_files(dir.path()).is_empty());
+    assert!(record_files(dir.path()).is_empty());
+    assert_eq!(manager.stats().await.unwrap().entries, 0);
+}
