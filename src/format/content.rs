@@ -251,6 +251,7 @@ pub(crate) fn install_content(temp: TempFile, path: &Path, length: u64) -> Resul
     }
 }
 
+/// Removes `path`; a file that is gone already is not an error.
 pub(crate) fn remove_if_present(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
