@@ -91,7 +91,7 @@ pub mod storage;
 mod store;
 
 pub use body::StreamingBody;
-pub use cache::{CacheStats, HttpCacheOptions, HttpStreamingCache};
+pub use cache::{CacheStats, HttpCacheOptions, HttpStreamingCache, strip_hop_by_hop};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use future::ResponseFuture;
 pub use key::is_valid_authority;

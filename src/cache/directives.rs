@@ -11,8 +11,9 @@ use crate::format::record::Entry;
 
 use super::variants::variants_generation;
 
-/// Response headers that describe one connection, not the response (RFC 9110 §7.6.1).
-pub(super) const HOP_BY_HOP: [&str; 8] = [
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1; RFC 9112 §6.1
+/// for `Transfer-Encoding`, which the next hop frames anew).
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -20,6 +21,7 @@ pub(super) const HOP_BY_HOP: [&str; 8] = [
     "proxy-authorization",
     "te",
     "trailer",
+    "transfer-encoding",
     "upgrade",
 ];
 
@@ -59,8 +61,25 @@ pub(super) fn shared_cookie(shared: bool, headers: &HeaderMap) -> bool {
     shared && headers.contains_key(header::SET_COOKIE) && !has_directive(headers, "public")
 }
 
-/// Removes the headers that describe one connection, including those `Connection` names.
-pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes the headers that describe one connection, not the message: `Connection`, every
+/// header it names, and the hop-by-hop headers of RFC 9110 §7.6.1 (`Keep-Alive`,
+/// `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`, `Trailer`,
+/// `Transfer-Encoding`, `Upgrade`). The cache does this to every response before it stores
+/// or forwards it; a proxy in front of it does the same to what it forwards either way.
+///
+/// ```
+/// use http::HeaderMap;
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("connection", "close, x-session".parse().unwrap());
+/// headers.insert("x-session", "abc".parse().unwrap());
+/// headers.insert("transfer-encoding", "chunked".parse().unwrap());
+/// headers.insert("cache-control", "max-age=60".parse().unwrap());
+/// http_cache_streaming::strip_hop_by_hop(&mut headers);
+/// assert_eq!(headers.len(), 1);
+/// assert!(headers.contains_key("cache-control"));
+/// ```
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

@@ -9,6 +9,7 @@ mod plan;
 mod status;
 mod variants;
 
+pub use directives::strip_hop_by_hop;
 pub use options::HttpCacheOptions;
 
 use std::fmt;

@@ -88,3 +88,49 @@ async fn private_responses_are_stored_by_a_private_cache() {
     assert_eq!(&again.body[..], b"n1");
     assert_eq!(again.header("set-cookie"), Some("session=mine"));
 }
+
+/// A body of unknown length, which the origin sends chunked.
+struct Unsized(Option<Bytes>);
+
+impl http_body::Body for Unsized {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.take().map(|data| Ok(http_body::Frame::data(data))))
+    }
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_neither_stored_nor_served() {
+    let mut s = setup(HttpCacheOptions::default(), |_, _| {
+        let mut response = Response::new(AxumBody::new(Unsized(Some(Bytes::from("framed")))));
+        let headers = response.headers_mut();
+        headers.insert("cache-control", "max-age=60".parse().unwrap());
+        headers.insert("connection", "x-session".parse().unwrap());
+        headers.insert("x-session", "one connection's".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        response
+    })
+    .await;
+    let url = s.origin.url("/framed");
+    for expected in ["fwd=uri-miss", "hit"] {
+        let got = send(&mut s.cache, get(&url)).await;
+        assert!(
+            got.cache_status().contains(expected),
+            "{}",
+            got.cache_status()
+        );
+        for name in ["transfer-encoding", "connection", "x-session", "keep-alive"] {
+            assert!(
+                !got.headers.contains_key(name),
+                "{name} in the {expected} response"
+            );
+        }
+        assert_eq!(got.body, "framed");
+    }
+    assert_eq!(s.origin.hits(), 1);
+}
