@@ -46,9 +46,10 @@ pub fn vary_and_range(bytes: &[u8]) {
     let split = bytes.iter().position(|&b| b == 0xff).unwrap_or(bytes.len());
     let response = headers(&bytes[..split]);
     let request = headers(bytes.get(split + 1..).unwrap_or_default());
-    if let Some(names) = crate::key::vary_names(&response) {
-        let key = crate::key::variant_key("GET:https://example.com/", "1", &names, &request);
-        let again = crate::key::variant_key("GET:https://example.com/", "1", &names, &request);
+    if let Some(names) = crate::cache::key::vary_names(&response) {
+        let key = crate::cache::key::variant_key("GET:https://example.com/", "1", &names, &request);
+        let again =
+            crate::cache::key::variant_key("GET:https://example.com/", "1", &names, &request);
         assert_eq!(key, again);
         assert!(
             key.len() < 128,
@@ -59,10 +60,10 @@ pub fn vary_and_range(bytes: &[u8]) {
         let within = |&(start, len): &(u64, u64)| {
             len > 0 && start.checked_add(len).is_some_and(|end| end <= length)
         };
-        match crate::range::ranged(&request, &response, length) {
-            crate::range::Ranged::Part { start, len } => assert!(within(&(start, len))),
-            crate::range::Ranged::Parts(parts) => assert!(parts.iter().all(within)),
-            crate::range::Ranged::Whole | crate::range::Ranged::Unsatisfiable => {}
+        match crate::cache::range::ranged(&request, &response, length) {
+            crate::cache::range::Ranged::Part { start, len } => assert!(within(&(start, len))),
+            crate::cache::range::Ranged::Parts(parts) => assert!(parts.iter().all(within)),
+            crate::cache::range::Ranged::Whole | crate::cache::range::Ranged::Unsatisfiable => {}
         }
     }
 }

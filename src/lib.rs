@@ -80,23 +80,20 @@ mod future;
 #[doc(hidden)]
 pub mod fuzzing;
 mod head;
-mod key;
 mod layer;
 mod log;
-mod mode;
-mod range;
 mod rt;
 mod service;
 pub mod storage;
 mod store;
 
 pub use body::StreamingBody;
+pub use cache::CacheMode;
+pub use cache::is_valid_authority;
 pub use cache::{CacheStats, HttpCacheOptions, HttpStreamingCache, strip_hop_by_hop};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use future::ResponseFuture;
-pub use key::is_valid_authority;
 pub use layer::HttpCacheStreamingLayer;
-pub use mode::CacheMode;
 pub use service::HttpCacheStreaming;
 pub use storage::ObjectStoreManager;
 pub use store::{StoreStats, StreamingManager, StreamingManagerBuilder};

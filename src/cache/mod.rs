@@ -3,13 +3,18 @@
 //! through the manager.
 
 mod directives;
+pub(crate) mod key;
+pub(crate) mod mode;
 mod options;
 mod pending;
 mod plan;
+pub(crate) mod range;
 mod status;
 mod variants;
 
 pub use directives::strip_hop_by_hop;
+pub use key::is_valid_authority;
+pub use mode::CacheMode;
 pub use options::HttpCacheOptions;
 
 use std::fmt;
@@ -26,9 +31,6 @@ use http_cache_semantics::CachePolicy;
 
 use crate::body::StreamingBody;
 use crate::format::record::Entry;
-use crate::key;
-use crate::mode::CacheMode;
-use crate::range;
 use crate::store::fill::FillLeader;
 use crate::store::{StoreStats, StreamingManager};
 

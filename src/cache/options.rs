@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use http::request;
 use http_cache_semantics::CacheOptions;
 
-use crate::mode::CacheMode;
+use super::mode::CacheMode;
 use crate::store::fill::Background;
 
 pub(super) type KeyFn = Arc<dyn Fn(&request::Parts) -> String + Send + Sync>;

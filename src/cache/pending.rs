@@ -9,11 +9,11 @@ use http::{Method, Response, StatusCode, request};
 use http_body::Body;
 use http_cache_semantics::{AfterResponse, CachePolicy};
 
+use super::key;
+use super::mode::CacheMode;
+use super::range;
 use crate::body::StreamingBody;
 use crate::error::BoxError;
-use crate::key;
-use crate::mode::CacheMode;
-use crate::range;
 use crate::store::fill::{FillEnd, FillHead, FillLeader, Role};
 
 use super::directives::{

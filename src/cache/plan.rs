@@ -7,10 +7,10 @@ use std::time::{Duration, SystemTime};
 use http::header::{self, HeaderMap};
 use http::{Method, Response, request};
 
+use super::key;
+use super::mode::CacheMode;
 use crate::body::StreamingBody;
 use crate::format::record::Entry;
-use crate::key;
-use crate::mode::CacheMode;
 use crate::store::fill::{FillLeader, Followed, Role};
 
 use super::directives::{

@@ -9,7 +9,7 @@ use http::Response;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http_cache_semantics::CachePolicy;
 
-use crate::key;
+use super::key;
 use crate::store::fill::FillHead;
 
 use super::HttpStreamingCache;
