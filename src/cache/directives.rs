@@ -10,6 +10,7 @@ use http_cache_semantics::{BeforeRequest, CachePolicy};
 use crate::format::record::Entry;
 
 use super::variants::variants_generation;
+use super::view;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1; RFC 9112 §6.1
 /// for `Transfer-Encoding`, which the next hop frames anew).
@@ -39,6 +40,7 @@ pub(super) const KEPT_ON_REVALIDATION: [HeaderName; 4] = [
 /// judged as the GET it is answered from.
 pub(super) fn policy_view(method: &Method, mut headers: HeaderMap) -> request::Parts {
     headers.remove(header::HOST);
+    let headers = view::normalized(&headers);
     let mut request = Request::new(());
     *request.method_mut() = if *method == Method::HEAD {
         Method::GET
@@ -97,19 +99,11 @@ pub(super) fn has_directive(headers: &HeaderMap, directive: &str) -> bool {
     directive_value(headers, directive).is_some()
 }
 
-/// The value of a `Cache-Control` directive in `headers` (empty when it has none).
-pub(super) fn directive_value<'h>(headers: &'h HeaderMap, directive: &str) -> Option<&'h str> {
-    headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .find_map(|d| {
-            let (name, value) = d.split_once('=').unwrap_or((d, ""));
-            name.trim()
-                .eq_ignore_ascii_case(directive)
-                .then(|| value.trim().trim_matches('"'))
-        })
+/// The value of a `Cache-Control` directive in `headers`, named in any case, the first if
+/// it is repeated (empty when it has none).
+pub(super) fn directive_value(headers: &HeaderMap, directive: &str) -> Option<String> {
+    let value = view::directive_value(headers, &directive.to_ascii_lowercase())?;
+    Some(value.unwrap_or_default())
 }
 
 pub(super) fn has_pragma_no_cache(headers: &HeaderMap) -> bool {

@@ -11,6 +11,7 @@ mod plan;
 pub(crate) mod range;
 mod status;
 mod variants;
+mod view;
 
 pub use directives::strip_hop_by_hop;
 pub use key::is_valid_authority;

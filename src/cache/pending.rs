@@ -22,6 +22,7 @@ use super::directives::{
 };
 use super::status::{Fwd, Status};
 use super::variants::{INTERNAL, is_internal, names_as_vary};
+use super::view;
 use super::{Action, Finished, Pending, Stale, count};
 
 impl Pending {
@@ -171,12 +172,15 @@ impl Pending {
         let cache = &self.cache;
         let now = cache.now();
         let (fresh_parts, _) = response.into_parts();
-        if let AfterResponse::Modified(..) =
-            stale
-                .entry
-                .policy
-                .after_response(&self.request, &fresh_parts, now)
-        {
+        if let AfterResponse::Modified(..) = stale.entry.policy.after_response(
+            &view::request(&self.request),
+            &view::response_head(
+                fresh_parts.status,
+                fresh_parts.version,
+                &fresh_parts.headers,
+            ),
+            now,
+        ) {
             // The 304 answers validators of the client's own, not the stored response.
             let response = Response::from_parts(fresh_parts, http_body_util::Empty::<Bytes>::new());
             let status = Status::forward(Fwd::Stale).fwd_status(StatusCode::NOT_MODIFIED);
@@ -213,7 +217,7 @@ impl Pending {
         }
         let mut head = Response::new(());
         *head.status_mut() = stored_parts.status;
-        *head.headers_mut() = merged.clone();
+        *head.headers_mut() = view::normalized(&merged);
         let policy = CachePolicy::new_options(
             &self.stored_request(&merged),
             &head,
@@ -293,7 +297,11 @@ impl Pending {
             && (!sets_cookie || self.mode == CacheMode::IgnoreRules)
             && match self.mode {
                 CacheMode::IgnoreRules => status.is_success(),
-                _ => CachePolicy::new_options(&self.request, &response, now, options).is_storable(),
+                _ => {
+                    let (request, response) =
+                        (view::request(&self.request), view::response(&response));
+                    CachePolicy::new_options(&request, &response, now, options).is_storable()
+                }
             };
         let names = key::vary_names(response.headers());
         let url = url::Url::parse(&key::effective_uri(&self.request));
@@ -308,7 +316,8 @@ impl Pending {
             return Finished::Ready(response);
         };
         let stored_request = self.stored_request(&names_as_vary(&names));
-        let policy = CachePolicy::new_options(&stored_request, &response, now, options);
+        let policy =
+            CachePolicy::new_options(&stored_request, &view::response(&response), now, options);
         let leader = leader.map(|leader| {
             let (status, version) = (response.status(), response.version());
             let head = FillHead {

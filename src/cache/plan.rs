@@ -248,7 +248,7 @@ impl HttpStreamingCache {
             CacheMode::Default | CacheMode::ForceCache | CacheMode::IgnoreRules
         ) && !has_directive(&parts.headers, "no-cache")
             && !has_directive(&parts.headers, "no-store")
-            && directive_value(&parts.headers, "max-age") != Some("0")
+            && directive_value(&parts.headers, "max-age").as_deref() != Some("0")
             && !has_pragma_no_cache(&parts.headers);
         if !options.coalesce || parts.method != Method::GET || !takes_stored {
             return self.forward(parts, key, mode, action(None), conditional);

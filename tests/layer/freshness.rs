@@ -310,3 +310,78 @@ async fn responses_that_can_no_longer_be_used_are_swept() {
     send(&mut s.cache, get(&s.origin.url("/plain"))).await;
     assert_eq!(s.origin.hits(), hits + 1, "the swept entry is a miss");
 }
+
+/// Whether the second of two GETs of `path`, a second apart, is answered without the origin,
+/// the origin answering with `headers` each time.
+async fn reused(
+    headers: &'static [(&'static str, &'static str)],
+    request: &[(&str, &str)],
+) -> bool {
+    let mut s = setup(HttpCacheOptions::default(), move |_, _| {
+        reply(headers, "body")
+    })
+    .await;
+    let url = s.origin.url("/r");
+    assert_eq!(send(&mut s.cache, get(&url)).await.body, "body");
+    s.clock.advance(1);
+    assert_eq!(
+        send(&mut s.cache, with("GET", &url, request)).await.body,
+        "body"
+    );
+    s.origin.hits() == 1
+}
+
+#[tokio::test]
+async fn cache_control_directive_names_are_matched_in_any_case() {
+    assert!(reused(&[("cache-control", "MaX-AgE=3600")], &[]).await);
+    assert!(!reused(&[("cache-control", "max-age=3600, No-CaChE")], &[]).await);
+    assert!(!reused(&[("cache-control", "max-age=3600, NO-STORE")], &[]).await);
+    assert!(
+        !reused(
+            &[("cache-control", "max-age=3600")],
+            &[("cache-control", "No-CaChE")]
+        )
+        .await
+    );
+    assert!(
+        !reused(
+            &[("cache-control", "max-age=3600")],
+            &[("cache-control", "Max-Age=0")]
+        )
+        .await
+    );
+}
+
+#[tokio::test]
+async fn malformed_freshness_is_not_trusted() {
+    // Fresh when well formed, each of these.
+    assert!(reused(&[("cache-control", "max-age=3600")], &[]).await);
+    assert!(reused(&[("cache-control", "max-age=3600"), ("age", "10")], &[]).await);
+    // A max-age that is not 1*DIGIT, or a repeat after max-age=0, gives no freshness.
+    for malformed in [
+        "max-age = 3600",
+        "max-age=3600.0",
+        "max-age=3600s",
+        "max-age=0, max-age=3600",
+    ] {
+        let headers: &'static [(&str, &str)] = Box::leak(Box::new([("cache-control", malformed)]));
+        assert!(!reused(headers, &[]).await, "{malformed}");
+    }
+    // An Age that is not one non-negative integer does not make a response look fresh.
+    assert!(!reused(&[("cache-control", "max-age=3600"), ("age", "old, 0")], &[]).await);
+    // An Expires that is no valid HTTP-date means already expired.
+    assert!(!reused(&[("expires", "Fri,  01 Jan 2049 00:00:00 GMT")], &[]).await);
+    assert!(!reused(&[("expires", "tomorrow")], &[]).await);
+}
+
+#[tokio::test]
+async fn expires_is_read_in_every_http_date_form() {
+    for expires in [
+        "Fri, 01 Jan 2049 00:00:00 GMT",
+        "Friday, 01-Jan-49 00:00:00 GMT",
+        "Fri Jan  1 00:00:00 2049",
+    ] {
+        let headers: &'static [(&str, &str)] = Box::leak(Box::new([("expires", expires)]));
+        assert!(reused(headers, &[]).await, "{expires}");
+    }
+}

@@ -1,0 +1,319 @@
+//! What the policy engine (http-cache-semantics) is shown of a message: its headers read as
+//! RFC 9111 asks of a recipient, where the engine itself is lenient or strict in the wrong
+//! places.
+//!
+//! - `Cache-Control` directive names in any case (§5.2), the first of a repeated directive,
+//!   and commas inside quoted strings kept inside their directive.
+//! - A delta-seconds value (`max-age`, `s-maxage`, `min-fresh`, `max-stale`,
+//!   `stale-while-revalidate`, `stale-if-error`) that is not `1*DIGIT` (spaces around `=`, a
+//!   decimal point, letters) gives no freshness: it is shown as 0. One past 2^31 is 2^31
+//!   (§1.2.2).
+//! - An `Age` that is not one non-negative integer makes the response stale rather than
+//!   fresh (§5.1).
+//! - `Expires` and `Date` in any of the three HTTP-date forms, obsolete RFC 850 and asctime
+//!   included (RFC 9110 §5.6.7); an `Expires` that is no valid date means "already
+//!   expired" (§5.3).
+//!
+//! Only the copy the engine reads changes: responses are stored and served with the
+//! headers the origin sent.
+
+use http::HeaderMap;
+use http::header::{self, HeaderValue};
+
+/// A directive of a `Cache-Control` field: its name in lower case, and its value, unquoted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Directive {
+    pub(super) name: String,
+    pub(super) value: Option<String>,
+    /// The value was malformed: `name = value`, or an unterminated quoted string.
+    malformed: bool,
+}
+
+/// The directives of every `Cache-Control` field in `headers`, in order, the first of each
+/// name only.
+pub(super) fn cache_control(headers: &HeaderMap) -> Vec<Directive> {
+    let mut directives: Vec<Directive> = Vec::new();
+    for value in headers.get_all(header::CACHE_CONTROL) {
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        for element in split_list(value) {
+            let Some(directive) = directive(element) else {
+                continue;
+            };
+            if directives.iter().all(|d| d.name != directive.name) {
+                directives.push(directive);
+            }
+        }
+    }
+    directives
+}
+
+/// The elements of a comma-separated list, commas inside quoted strings kept.
+fn split_list(value: &str) -> Vec<&str> {
+    let mut elements = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                elements.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    elements.push(&value[start..]);
+    elements
+}
+
+fn directive(element: &str) -> Option<Directive> {
+    let element = element.trim_matches([' ', '\t']);
+    if element.is_empty() {
+        return None;
+    }
+    let (name, value) = match element.split_once('=') {
+        Some((name, value)) => (name, Some(value)),
+        None => (element, None),
+    };
+    let name_is_token = !name.is_empty() && name.bytes().all(is_tchar);
+    let trimmed = name.trim_matches([' ', '\t']);
+    if trimmed.is_empty() || !trimmed.bytes().all(is_tchar) {
+        return None;
+    }
+    let mut malformed = !name_is_token;
+    let value = value.map(|value| {
+        if value.starts_with([' ', '\t']) || value.is_empty() {
+            malformed = true;
+        }
+        let value = value.trim_matches([' ', '\t']);
+        match value.strip_prefix('"') {
+            Some(rest) => match rest.strip_suffix('"') {
+                Some(inner) => inner.replace("\\\"", "\"").replace("\\\\", "\\"),
+                None => {
+                    malformed = true;
+                    rest.to_owned()
+                }
+            },
+            None => value.to_owned(),
+        }
+    });
+    Some(Directive {
+        name: trimmed.to_ascii_lowercase(),
+        value,
+        malformed,
+    })
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Directives whose value is delta-seconds.
+const DELTA_SECONDS: [&str; 6] = [
+    "max-age",
+    "s-maxage",
+    "min-fresh",
+    "max-stale",
+    "stale-while-revalidate",
+    "stale-if-error",
+];
+
+/// The greatest delta-seconds a recipient keeps (RFC 9111 §1.2.2).
+const MAX_DELTA: u64 = 1 << 31;
+
+/// A delta-seconds value: `1*DIGIT`, at most 2^31; `None` when it is not one.
+fn delta_seconds(value: &str) -> Option<u64> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(value.parse::<u64>().map_or(MAX_DELTA, |n| n.min(MAX_DELTA)))
+}
+
+/// The value of `name` (lower case) among the `Cache-Control` directives of `headers`:
+/// `Some(None)` for a directive without one.
+pub(super) fn directive_value(headers: &HeaderMap, name: &str) -> Option<Option<String>> {
+    cache_control(headers)
+        .into_iter()
+        .find(|d| d.name == name)
+        .map(|d| d.value)
+}
+
+/// `headers` as the policy engine is to read them (see the module's documentation).
+pub(super) fn normalized(headers: &HeaderMap) -> HeaderMap {
+    let mut view = headers.clone();
+    if headers.contains_key(header::CACHE_CONTROL) {
+        let written: Vec<String> = cache_control(headers)
+            .into_iter()
+            .map(|d| {
+                let delta = DELTA_SECONDS.contains(&d.name.as_str());
+                match d.value {
+                    Some(value) if delta => {
+                        let seconds = delta_seconds(&value).filter(|_| !d.malformed);
+                        format!("{}={}", d.name, seconds.unwrap_or(0))
+                    }
+                    // A name alone, or a value the engine does not read: the name keeps
+                    // its meaning (no-cache="Set-Cookie" still forbids reuse without
+                    // revalidation).
+                    _ if d.name == "max-stale" || !delta => d.name,
+                    _ => format!("{}=0", d.name),
+                }
+            })
+            .collect();
+        view.remove(header::CACHE_CONTROL);
+        if let Ok(value) = HeaderValue::try_from(written.join(", ")) {
+            view.insert(header::CACHE_CONTROL, value);
+        }
+    }
+    if let Some(age) = headers.get(header::AGE) {
+        let first = age
+            .to_str()
+            .ok()
+            .and_then(|v| split_list(v).first().map(|s| s.trim().to_owned()));
+        let seconds = first
+            .as_deref()
+            .and_then(delta_seconds)
+            .unwrap_or(MAX_DELTA);
+        view.insert(header::AGE, HeaderValue::from(seconds));
+    }
+    if headers.contains_key(header::EXPIRES) {
+        let expires = first_date(headers, header::EXPIRES);
+        view.insert(
+            header::EXPIRES,
+            expires.unwrap_or_else(|| HeaderValue::from_static("0")),
+        );
+    }
+    if headers.contains_key(header::DATE) {
+        match first_date(headers, header::DATE) {
+            Some(date) => view.insert(header::DATE, date),
+            None => view.remove(header::DATE),
+        };
+    }
+    view
+}
+
+/// `request` as the policy engine is to read it: its head, headers normalized.
+pub(super) fn request(request: &http::request::Parts) -> http::request::Parts {
+    let mut view = crate::head::request_head(request);
+    view.headers = normalized(&request.headers);
+    view
+}
+
+/// `response` as the policy engine is to read it: its head, headers normalized.
+pub(super) fn response<B>(response: &http::Response<B>) -> http::response::Parts {
+    response_head(response.status(), response.version(), response.headers())
+}
+
+/// A response head of `status`, `version` and `headers` normalized.
+pub(super) fn response_head(
+    status: http::StatusCode,
+    version: http::Version,
+    headers: &HeaderMap,
+) -> http::response::Parts {
+    crate::head::response_head(status, version, &normalized(headers))
+}
+
+/// The first `name` field of `headers` as an IMF-fixdate, if it is a valid HTTP-date.
+fn first_date(headers: &HeaderMap, name: header::HeaderName) -> Option<HeaderValue> {
+    let value = headers.get(name)?.to_str().ok()?;
+    let date = httpdate::parse_http_date(value).ok()?;
+    HeaderValue::try_from(httpdate::fmt_http_date(date)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(fields: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in fields {
+            headers.append(
+                header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        headers
+    }
+
+    fn shown(fields: &[(&str, &str)], name: &str) -> Option<String> {
+        let view = normalized(&headers(fields));
+        view.get(name).map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    #[test]
+    fn directive_names_are_read_in_any_case_and_the_first_of_a_name_wins() {
+        let cc = |v| shown(&[("cache-control", v)], "cache-control");
+        assert_eq!(cc("No-CaChE").as_deref(), Some("no-cache"));
+        assert_eq!(cc("MaX-AgE=3600").as_deref(), Some("max-age=3600"));
+        assert_eq!(
+            cc("max-age=60, max-age=3600").as_deref(),
+            Some("max-age=60")
+        );
+        assert_eq!(
+            cc(r#"private="a, b", max-age=5"#).as_deref(),
+            Some("private, max-age=5")
+        );
+        let two = headers(&[
+            ("cache-control", "max-age=1"),
+            ("cache-control", "Max-Age=9"),
+        ]);
+        assert_eq!(
+            normalized(&two)
+                .get_all(header::CACHE_CONTROL)
+                .iter()
+                .count(),
+            1
+        );
+        assert_eq!(directive_value(&two, "max-age"), Some(Some("1".to_owned())));
+    }
+
+    #[test]
+    fn malformed_delta_seconds_give_no_freshness() {
+        let cc = |v| shown(&[("cache-control", v)], "cache-control");
+        for bad in [
+            "max-age = 3600",
+            "max-age= 3600",
+            "max-age=3600.0",
+            "max-age=36a0",
+            "max-age=-5",
+            "max-age=",
+            "max-age=\"36",
+        ] {
+            assert_eq!(cc(bad).as_deref(), Some("max-age=0"), "{bad}");
+        }
+        assert_eq!(cc("max-age=\"3600\"").as_deref(), Some("max-age=3600"));
+        assert_eq!(
+            cc("s-maxage=99999999999").as_deref(),
+            Some("s-maxage=2147483648")
+        );
+        assert_eq!(cc("max-stale").as_deref(), Some("max-stale"));
+    }
+
+    #[test]
+    fn an_age_that_is_not_one_integer_makes_the_response_stale() {
+        let age = |v| shown(&[("age", v)], "age");
+        assert_eq!(age("30").as_deref(), Some("30"));
+        assert_eq!(age("30, 40").as_deref(), Some("30"));
+        for bad in ["old, 0", "1.5", "-3", "abc"] {
+            assert_eq!(age(bad).as_deref(), Some("2147483648"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn expires_in_any_http_date_form_and_otherwise_expired() {
+        let expires = |v| shown(&[("expires", v)], "expires");
+        let imf = "Sun, 06 Nov 1994 08:49:37 GMT";
+        assert_eq!(expires(imf).as_deref(), Some(imf));
+        assert_eq!(
+            expires("Sunday, 06-Nov-94 08:49:37 GMT").as_deref(),
+            Some(imf)
+        );
+        assert_eq!(expires("Sun Nov  6 08:49:37 1994").as_deref(), Some(imf));
+        for bad in ["Sun,  06 Nov 1994 08:49:37 GMT", "0", "tomorrow", "-1"] {
+            assert_eq!(expires(bad).as_deref(), Some("0"), "{bad}");
+        }
+        assert_eq!(shown(&[("date", "yesterday")], "date"), None);
+    }
+}
