@@ -114,6 +114,36 @@ pub(super) fn has_pragma_no_cache(headers: &HeaderMap) -> bool {
         .any(|v| v.to_ascii_lowercase().contains("no-cache"))
 }
 
+/// Whether a request carries validators of its own (`If-None-Match`, `If-Modified-Since`).
+pub(super) fn is_conditional(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::IF_NONE_MATCH) || headers.contains_key(header::IF_MODIFIED_SINCE)
+}
+
+/// Whether a `304` with `fresh` headers selects the stored response with `stored` headers
+/// for update (RFC 9111 §4.3.4): the same strong entity tag, the same weak one, the same
+/// `Last-Modified`, or no validator at all (then it answers the one response validated).
+pub(super) fn selects(stored: &HeaderMap, fresh: &HeaderMap) -> bool {
+    fn value(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+        headers.get(name)?.to_str().ok().map(str::trim)
+    }
+    match (
+        value(fresh, header::ETAG),
+        value(fresh, header::LAST_MODIFIED),
+    ) {
+        (Some(fresh_tag), _) => {
+            let opaque = |tag: &str| tag.strip_prefix("W/").unwrap_or(tag).to_owned();
+            match value(stored, header::ETAG) {
+                // A strong tag selects only the same strong tag; a weak one, either form.
+                Some(stored_tag) if !fresh_tag.starts_with("W/") => stored_tag == fresh_tag,
+                Some(stored_tag) => opaque(stored_tag) == opaque(fresh_tag),
+                None => false,
+            }
+        }
+        (None, Some(modified)) => value(stored, header::LAST_MODIFIED) == Some(modified),
+        (None, None) => true,
+    }
+}
+
 /// Whether a stored response may never be served without a successful revalidation.
 pub(super) fn must_revalidate(headers: &HeaderMap, shared: bool) -> bool {
     has_directive(headers, "must-revalidate")

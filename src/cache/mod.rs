@@ -440,6 +440,17 @@ impl HttpStreamingCache {
         ttl.as_secs()
     }
 
+    /// A `502` the cache answers itself, with `status` saying why.
+    fn bad_gateway(&self, status: Status) -> Response<StreamingBody> {
+        let mut response = Response::new(StreamingBody::empty());
+        *response.status_mut() = StatusCode::BAD_GATEWAY;
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+        self.annotate(response.headers_mut(), &status, false, true);
+        response
+    }
+
     fn gateway_timeout(&self, fwd: Fwd, detail: &'static str) -> Response<StreamingBody> {
         let mut response = Response::new(StreamingBody::empty());
         *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;

@@ -17,8 +17,8 @@ use crate::error::BoxError;
 use crate::store::fill::{FillEnd, FillHead, FillLeader, Role};
 
 use super::directives::{
-    KEPT_ON_REVALIDATION, directive_value, is_hop_by_hop, is_origin_failure, must_revalidate,
-    policy_view, shared_cookie, stale_for_at_most, strip_hop_by_hop,
+    KEPT_ON_REVALIDATION, directive_value, is_conditional, is_hop_by_hop, is_origin_failure,
+    must_revalidate, policy_view, selects, shared_cookie, stale_for_at_most, strip_hop_by_hop,
 };
 use super::status::{Fwd, Status};
 use super::variants::{INTERNAL, is_internal, names_as_vary};
@@ -172,19 +172,33 @@ impl Pending {
         let cache = &self.cache;
         let now = cache.now();
         let (fresh_parts, _) = response.into_parts();
-        if let AfterResponse::Modified(..) = stale.entry.policy.after_response(
-            &view::request(&self.request),
-            &view::response_head(
-                fresh_parts.status,
-                fresh_parts.version,
-                &fresh_parts.headers,
-            ),
-            now,
-        ) {
-            // The 304 answers validators of the client's own, not the stored response.
-            let response = Response::from_parts(fresh_parts, http_body_util::Empty::<Bytes>::new());
+        let fresh_view = view::response_head(
+            fresh_parts.status,
+            fresh_parts.version,
+            &fresh_parts.headers,
+        );
+        let after =
+            stale
+                .entry
+                .policy
+                .after_response(&view::request(&self.request), &fresh_view, now);
+        if let AfterResponse::Modified(..) = after {
             let status = Status::forward(Fwd::Stale).fwd_status(StatusCode::NOT_MODIFIED);
-            return self.pass(response, status);
+            if is_conditional(&self.request.headers) {
+                // The 304 may answer validators of the client's own: it is the client's.
+                let empty = http_body_util::Empty::<Bytes>::new();
+                return self.pass(Response::from_parts(fresh_parts, empty), status);
+            }
+            // A client that asked unconditionally never gets a 304. One with no validator
+            // selects the one response validated (RFC 9111 §4.3.4); one naming another
+            // representation selects nothing, and this request cannot be sent again.
+            if !selects(stale.response.headers(), &fresh_parts.headers) {
+                crate::log::warn_event!(
+                    key = %stale.key,
+                    "a 304 to a revalidation named another representation"
+                );
+                return cache.bad_gateway(status.detail("revalidation-not-selected"));
+            }
         }
         count(
             &cache.counters.revalidations,

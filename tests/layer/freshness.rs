@@ -385,3 +385,77 @@ async fn expires_is_read_in_every_http_date_form() {
         assert!(reused(headers, &[]).await, "{expires}");
     }
 }
+
+/// An origin whose first answer is `"stored body"` with `ETag: "abcdef"`, fresh for a
+/// second, and which answers revalidations with a `304` carrying `etag_304` (or none).
+async fn revalidated_by(etag_304: Option<&'static str>) -> Setup {
+    setup(HttpCacheOptions::default(), move |parts, _| {
+        if parts.headers.contains_key("if-none-match") {
+            let mut headers = vec![("cache-control", "max-age=60")];
+            headers.extend(etag_304.map(|tag| ("etag", tag)));
+            let mut not_modified = reply(&headers, "");
+            *not_modified.status_mut() = StatusCode::NOT_MODIFIED;
+            return not_modified;
+        }
+        reply(
+            &[("cache-control", "max-age=1"), ("etag", "\"abcdef\"")],
+            "stored body",
+        )
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_304_without_a_validator_freshens_the_response_it_answers() {
+    let mut s = revalidated_by(None).await;
+    let url = s.origin.url("/v");
+    assert_eq!(send(&mut s.cache, get(&url)).await.body, "stored body");
+    s.clock.advance(5);
+    // The client asked unconditionally: it gets the stored body, never the 304.
+    let got = send(&mut s.cache, get(&url)).await;
+    assert_eq!(
+        (got.status, &got.body[..]),
+        (StatusCode::OK, &b"stored body"[..])
+    );
+    assert!(
+        got.cache_status().contains("fwd=stale; fwd-status=304"),
+        "{}",
+        got.cache_status()
+    );
+    assert_eq!(
+        s.origin.last_request().headers["if-none-match"],
+        "\"abcdef\"",
+        "revalidated with the stored validator"
+    );
+    // Freshened by the 304: a hit for its max-age.
+    s.clock.advance(5);
+    let hit = send(&mut s.cache, get(&url)).await;
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    assert_eq!(hit.body, "stored body");
+    assert_eq!(s.origin.hits(), 2);
+}
+
+#[tokio::test]
+async fn a_304_that_names_another_representation_is_never_passed_to_an_unconditional_client() {
+    let mut s = revalidated_by(Some("\"other\"")).await;
+    let url = s.origin.url("/v");
+    send(&mut s.cache, get(&url)).await;
+    s.clock.advance(5);
+    let got = send(&mut s.cache, get(&url)).await;
+    assert_eq!(
+        got.status,
+        StatusCode::BAD_GATEWAY,
+        "{}",
+        got.cache_status()
+    );
+    assert!(
+        got.cache_status()
+            .contains("detail=revalidation-not-selected")
+    );
+    // A client with validators of its own gets the origin's 304: it may answer them.
+    let conditional = with("GET", &url, &[("if-none-match", "\"other\"")]);
+    assert_eq!(
+        send(&mut s.cache, conditional).await.status,
+        StatusCode::NOT_MODIFIED
+    );
+}
