@@ -440,6 +440,25 @@ impl HttpStreamingCache {
         ttl.as_secs()
     }
 
+    /// The headers of a response as this cache decides its freshness and storability by:
+    /// with a targeted field of its own (`CDN-Cache-Control`) in place of `Cache-Control`.
+    fn decides_by<'h>(&self, headers: &'h HeaderMap) -> std::borrow::Cow<'h, HeaderMap> {
+        match view::targeted(headers, self.options.targeted()) {
+            Some(view) => std::borrow::Cow::Owned(view),
+            None => std::borrow::Cow::Borrowed(headers),
+        }
+    }
+
+    /// A response head as the policy engine is to read it, for this cache.
+    fn policy_response(
+        &self,
+        status: StatusCode,
+        version: http::Version,
+        headers: &HeaderMap,
+    ) -> http::response::Parts {
+        view::response_head(status, version, &self.decides_by(headers))
+    }
+
     /// A `502` the cache answers itself, with `status` saying why.
     fn bad_gateway(&self, status: Status) -> Response<StreamingBody> {
         let mut response = Response::new(StreamingBody::empty());

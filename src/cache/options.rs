@@ -60,6 +60,7 @@ pub struct HttpCacheOptions {
     pub(super) stale_if_error: Option<Duration>,
     pub(super) sweep_every: Option<Duration>,
     pub(super) fetch_whole_on_range_miss: bool,
+    pub(super) targeted: Vec<http::HeaderName>,
 }
 
 impl Default for HttpCacheOptions {
@@ -78,6 +79,7 @@ impl Default for HttpCacheOptions {
             coalesce_wait: Duration::from_secs(10),
             complete_on_disconnect: None,
             background: Background::new(BACKGROUND_FILLS, BACKGROUND_BYTES),
+            targeted: vec![http::HeaderName::from_static("cdn-cache-control")],
             stale_if_error: None,
             sweep_every: None,
             fetch_whole_on_range_miss: false,
@@ -103,6 +105,7 @@ impl fmt::Debug for HttpCacheOptions {
             .field("stale_if_error", &self.stale_if_error)
             .field("sweep_every", &self.sweep_every)
             .field("fetch_whole_on_range_miss", &self.fetch_whole_on_range_miss)
+            .field("targeted_cache_control", &self.targeted)
             .finish_non_exhaustive()
     }
 }
@@ -243,6 +246,34 @@ impl HttpCacheOptions {
     pub fn fetch_whole_on_range_miss(mut self, on: bool) -> Self {
         self.fetch_whole_on_range_miss = on;
         self
+    }
+
+    /// The targeted cache-control fields (RFC 9213) a shared cache obeys, the first present
+    /// and valid of them winning: `CDN-Cache-Control` by default. When one is present and
+    /// a valid structured dictionary, it alone decides freshness and storability for this
+    /// cache, and `Cache-Control` and `Expires` are ignored here (they still go to the
+    /// client). An empty list turns this off; a private cache ignores targeted fields.
+    ///
+    /// ```
+    /// use http::HeaderName;
+    /// use http_cache_streaming::HttpCacheOptions;
+    ///
+    /// let options = HttpCacheOptions::default().targeted_cache_control([
+    ///     HeaderName::from_static("example-cache-control"),
+    ///     HeaderName::from_static("cdn-cache-control"),
+    /// ]);
+    /// ```
+    pub fn targeted_cache_control<I>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = http::HeaderName>,
+    {
+        self.targeted = names.into_iter().collect();
+        self
+    }
+
+    /// The targeted fields this cache obeys: none for a private cache.
+    pub(super) fn targeted(&self) -> &[http::HeaderName] {
+        if self.shared { &self.targeted } else { &[] }
     }
 
     pub(super) fn semantics(&self) -> CacheOptions {

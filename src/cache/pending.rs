@@ -70,7 +70,10 @@ impl Pending {
         else {
             return Err(error);
         };
-        if must_revalidate(stale.response.headers(), self.cache.options.shared) {
+        if must_revalidate(
+            &self.cache.decides_by(stale.response.headers()),
+            self.cache.options.shared,
+        ) {
             return Ok(self.cache.gateway_timeout(Fwd::Stale, "origin-unreachable"));
         }
         if self.stale_on_error(&stale) {
@@ -83,7 +86,8 @@ impl Pending {
     /// window of the response, of the request or of the layer's option (RFC 5861), and
     /// never when the response must be revalidated.
     pub(super) fn stale_on_error(&self, stale: &Stale) -> bool {
-        let headers = stale.response.headers();
+        let decided = self.cache.decides_by(stale.response.headers());
+        let headers = &*decided;
         if must_revalidate(headers, self.cache.options.shared) {
             return false;
         }
@@ -172,7 +176,7 @@ impl Pending {
         let cache = &self.cache;
         let now = cache.now();
         let (fresh_parts, _) = response.into_parts();
-        let fresh_view = view::response_head(
+        let fresh_view = cache.policy_response(
             fresh_parts.status,
             fresh_parts.version,
             &fresh_parts.headers,
@@ -231,7 +235,7 @@ impl Pending {
         }
         let mut head = Response::new(());
         *head.status_mut() = stored_parts.status;
-        *head.headers_mut() = view::normalized(&merged);
+        *head.headers_mut() = view::normalized(&cache.decides_by(&merged));
         let policy = CachePolicy::new_options(
             &self.stored_request(&merged),
             &head,
@@ -241,7 +245,8 @@ impl Pending {
         let status = Status::forward(Fwd::Stale).fwd_status(StatusCode::NOT_MODIFIED);
         // Freshened headers the storing rules refuse (a 304 that makes the response
         // `private` or `no-store` for this cache) are served, and the entry goes.
-        let storable = policy.is_storable() && !shared_cookie(cache.options.shared, &merged);
+        let storable = policy.is_storable()
+            && !shared_cookie(cache.options.shared, &cache.decides_by(&merged));
         let updated = if storable || self.mode == CacheMode::IgnoreRules {
             cache
                 .manager
@@ -305,15 +310,18 @@ impl Pending {
         let status = response.status();
         // A shared cache that stored a Set-Cookie would hand one user's cookie to the next,
         // unless the origin said the response is public.
-        let sets_cookie = shared_cookie(cache.options.shared, response.headers());
+        let sets_cookie =
+            shared_cookie(cache.options.shared, &cache.decides_by(response.headers()));
         let storable = self.request.method == Method::GET
             && status != StatusCode::PARTIAL_CONTENT
             && (!sets_cookie || self.mode == CacheMode::IgnoreRules)
             && match self.mode {
                 CacheMode::IgnoreRules => status.is_success(),
                 _ => {
-                    let (request, response) =
-                        (view::request(&self.request), view::response(&response));
+                    let (request, response) = (
+                        view::request(&self.request),
+                        cache.policy_response(status, response.version(), response.headers()),
+                    );
                     CachePolicy::new_options(&request, &response, now, options).is_storable()
                 }
             };
@@ -330,8 +338,8 @@ impl Pending {
             return Finished::Ready(response);
         };
         let stored_request = self.stored_request(&names_as_vary(&names));
-        let policy =
-            CachePolicy::new_options(&stored_request, &view::response(&response), now, options);
+        let head = cache.policy_response(status, response.version(), response.headers());
+        let policy = CachePolicy::new_options(&stored_request, &head, now, options);
         let leader = leader.map(|leader| {
             let (status, version) = (response.status(), response.version());
             let head = FillHead {

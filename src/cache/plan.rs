@@ -128,12 +128,16 @@ impl HttpStreamingCache {
             }
             Judged::Stale
                 if mode == CacheMode::Default
-                    && !must_revalidate(response.headers(), self.options.shared)
-                    && directive_value(response.headers(), "stale-while-revalidate")
-                        .and_then(|v| v.parse().ok())
-                        .is_some_and(|s| {
-                            stale_for_at_most(policy, now, Duration::from_secs(s))
-                        }) =>
+                    && !must_revalidate(
+                        &self.decides_by(response.headers()),
+                        self.options.shared,
+                    )
+                    && directive_value(
+                        &self.decides_by(response.headers()),
+                        "stale-while-revalidate",
+                    )
+                    .and_then(|v| v.parse().ok())
+                    .is_some_and(|s| stale_for_at_most(policy, now, Duration::from_secs(s))) =>
             {
                 self.stale_while_revalidate(parts, key, response, &entry, stored_key, now)
                     .await
@@ -355,7 +359,7 @@ impl HttpStreamingCache {
         if mode == CacheMode::IgnoreRules {
             return true;
         }
-        let headers = &entry.headers;
+        let headers = &*self.decides_by(&entry.headers);
         let refused = has_directive(headers, "no-store")
             || (self.options.shared && has_directive(headers, "private"))
             || shared_cookie(self.options.shared, headers);

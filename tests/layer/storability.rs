@@ -134,3 +134,109 @@ async fn hop_by_hop_headers_are_neither_stored_nor_served() {
     }
     assert_eq!(s.origin.hits(), 1);
 }
+
+/// Whether the second of two GETs is answered without the origin, the origin answering
+/// with `headers` each time, and whether the client saw the origin's `Cache-Control`.
+async fn reused_with(
+    options: HttpCacheOptions,
+    headers: &'static [(&'static str, &'static str)],
+) -> bool {
+    let mut s = setup(options, move |_, _| reply(headers, "body")).await;
+    let url = s.origin.url("/t");
+    for _ in 0..2 {
+        let got = send(&mut s.cache, get(&url)).await;
+        assert_eq!(got.body, "body");
+        let sent = headers.iter().find(|(name, _)| *name == "cache-control");
+        assert_eq!(
+            got.header("cache-control"),
+            sent.map(|(_, v)| *v),
+            "passed on as sent"
+        );
+    }
+    s.origin.hits() == 1
+}
+
+#[tokio::test]
+async fn a_targeted_cdn_cache_control_field_decides_for_a_shared_cache() {
+    let shared = HttpCacheOptions::default;
+    // CDN-Cache-Control (RFC 9213) overrides Cache-Control and Expires for this cache...
+    assert!(
+        reused_with(
+            shared(),
+            &[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "max-age=60")
+            ]
+        )
+        .await
+    );
+    assert!(
+        !reused_with(
+            shared(),
+            &[
+                ("cache-control", "max-age=3600"),
+                ("cdn-cache-control", "no-store")
+            ]
+        )
+        .await
+    );
+    assert!(
+        !reused_with(
+            shared(),
+            &[
+                ("expires", "Fri, 01 Jan 2049 00:00:00 GMT"),
+                ("cdn-cache-control", "max-age=0")
+            ]
+        )
+        .await
+    );
+    // ...when it is a valid structured dictionary: upper-case keys are not.
+    assert!(
+        reused_with(
+            shared(),
+            &[
+                ("cache-control", "max-age=3600"),
+                ("cdn-cache-control", "Max-Age=0")
+            ]
+        )
+        .await
+    );
+    // A deployment can name its own field, ahead of CDN-Cache-Control.
+    let own = || {
+        shared().targeted_cache_control([
+            http::HeaderName::from_static("example-cache-control"),
+            http::HeaderName::from_static("cdn-cache-control"),
+        ])
+    };
+    assert!(
+        reused_with(
+            own(),
+            &[
+                ("cdn-cache-control", "no-store"),
+                ("example-cache-control", "max-age=60")
+            ]
+        )
+        .await
+    );
+    // Turned off, or in a private cache, the field is only passed on.
+    assert!(
+        !reused_with(
+            shared().targeted_cache_control([]),
+            &[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "max-age=60")
+            ]
+        )
+        .await
+    );
+    assert!(
+        !reused_with(
+            shared().shared(false),
+            &[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "max-age=60")
+            ]
+        )
+        .await
+    );
+}
