@@ -2,6 +2,7 @@
 //! invalidation) over a [`StreamingManager`]. It knows nothing of files: every byte goes
 //! through the manager.
 
+mod conditional;
 mod directives;
 pub(crate) mod key;
 pub(crate) mod mode;
@@ -419,8 +420,20 @@ impl HttpStreamingCache {
         } else {
             body
         };
-        let mut response = Response::from_parts(head, body);
-        if parts.method == Method::GET
+        // A client's validators that the stored 200 meets: a 304, before any range
+        // (RFC 9110 §13.2.2).
+        let conditional = self.options.answer_conditionals
+            && head.status == StatusCode::OK
+            && (parts.method == Method::GET || parts.method == Method::HEAD)
+            && conditional::not_modified(&parts.headers, &head.headers);
+        let mut response = if conditional {
+            drop(body);
+            Response::from_parts(conditional::not_modified_head(head), StreamingBody::empty())
+        } else {
+            Response::from_parts(head, body)
+        };
+        if !conditional
+            && parts.method == Method::GET
             && let Some(length) = length
         {
             response = range::apply(&parts.headers, response, length);

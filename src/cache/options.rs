@@ -61,6 +61,7 @@ pub struct HttpCacheOptions {
     pub(super) sweep_every: Option<Duration>,
     pub(super) fetch_whole_on_range_miss: bool,
     pub(super) targeted: Vec<http::HeaderName>,
+    pub(super) answer_conditionals: bool,
 }
 
 impl Default for HttpCacheOptions {
@@ -80,6 +81,7 @@ impl Default for HttpCacheOptions {
             complete_on_disconnect: None,
             background: Background::new(BACKGROUND_FILLS, BACKGROUND_BYTES),
             targeted: vec![http::HeaderName::from_static("cdn-cache-control")],
+            answer_conditionals: true,
             stale_if_error: None,
             sweep_every: None,
             fetch_whole_on_range_miss: false,
@@ -106,6 +108,7 @@ impl fmt::Debug for HttpCacheOptions {
             .field("sweep_every", &self.sweep_every)
             .field("fetch_whole_on_range_miss", &self.fetch_whole_on_range_miss)
             .field("targeted_cache_control", &self.targeted)
+            .field("answer_conditionals", &self.answer_conditionals)
             .finish_non_exhaustive()
     }
 }
@@ -268,6 +271,14 @@ impl HttpCacheOptions {
         I: IntoIterator<Item = http::HeaderName>,
     {
         self.targeted = names.into_iter().collect();
+        self
+    }
+
+    /// Whether a client's `If-None-Match` (weak comparison) or `If-Modified-Since` that a
+    /// stored `200` meets is answered `304` from the store, without the origin (RFC 9111
+    /// §4.3.2). On by default; off, such requests get the `200`.
+    pub fn answer_conditionals(mut self, answer: bool) -> Self {
+        self.answer_conditionals = answer;
         self
     }
 

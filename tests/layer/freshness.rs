@@ -459,3 +459,69 @@ async fn a_304_that_names_another_representation_is_never_passed_to_an_unconditi
         StatusCode::NOT_MODIFIED
     );
 }
+
+#[tokio::test]
+async fn a_conditional_request_is_answered_304_from_a_fresh_entry() {
+    let origin_headers = [
+        ("cache-control", "max-age=60"),
+        ("etag", "\"v1\""),
+        ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ("x-extra", "kept for a 200"),
+    ];
+    let mut s = setup(HttpCacheOptions::default(), move |_, _| {
+        reply(&origin_headers, "the body")
+    })
+    .await;
+    let url = s.origin.url("/c");
+    send(&mut s.cache, get(&url)).await;
+    let not_modified = [
+        vec![("if-none-match", "\"v1\"")],
+        vec![("if-none-match", "W/\"v1\", \"v0\"")],
+        vec![("if-modified-since", "Mon, 07 Nov 1994 08:49:37 GMT")],
+    ];
+    for validators in &not_modified {
+        let got = send(&mut s.cache, with("GET", &url, validators)).await;
+        assert_eq!(got.status, StatusCode::NOT_MODIFIED, "{validators:?}");
+        assert!(got.body.is_empty());
+        assert_eq!(got.header("etag"), Some("\"v1\""));
+        assert_eq!(got.header("cache-control"), Some("max-age=60"));
+        assert_eq!(
+            got.header("x-extra"),
+            None,
+            "representation metadata stays out"
+        );
+        assert!(got.cache_status().contains("hit"), "{}", got.cache_status());
+    }
+    let modified = [
+        vec![("if-none-match", "\"v2\"")],
+        vec![("if-modified-since", "Sat, 05 Nov 1994 08:49:37 GMT")],
+        vec![
+            ("if-none-match", "\"v2\""),
+            ("if-modified-since", "Mon, 07 Nov 1994 08:49:37 GMT"),
+        ],
+    ];
+    for validators in &modified {
+        let got = send(&mut s.cache, with("GET", &url, validators)).await;
+        assert_eq!(
+            (got.status, &got.body[..]),
+            (StatusCode::OK, &b"the body"[..]),
+            "{validators:?}"
+        );
+    }
+    assert_eq!(s.origin.hits(), 1, "all answered from the store");
+
+    // Turned off, the client gets the 200.
+    let mut s = setup(
+        HttpCacheOptions::default().answer_conditionals(false),
+        move |_, _| reply(&origin_headers, "the body"),
+    )
+    .await;
+    let url = s.origin.url("/c");
+    send(&mut s.cache, get(&url)).await;
+    let got = send(
+        &mut s.cache,
+        with("GET", &url, &[("if-none-match", "\"v1\"")]),
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::OK);
+}
