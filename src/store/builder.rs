@@ -134,8 +134,8 @@ impl StreamingManagerBuilder {
     /// stored count too, from their first byte written: they evict stored entries to make
     /// room, and once they alone take all of `bytes`, a body that finds no room is not
     /// stored ([`ErrorKind::NoRoom`](crate::ErrorKind::NoRoom); its client is served all
-    /// the same). Unbounded by default. Uses are appended to `cache-v2/access.log` (at most once a minute per
-    /// entry), so the order survives a restart.
+    /// the same). Unbounded by default. Uses are appended to `cache-v2/access.log` (at most
+    /// once a minute per entry), so the order survives a restart.
     pub fn max_size(mut self, bytes: u64) -> Self {
         self.options.max_size = Some(bytes);
         self

@@ -46,8 +46,9 @@ pub(super) struct Opened {
     pub(super) read_in: watch::Sender<ReadIn>,
     /// The free space kept on the file system.
     pub(super) free_space: files::FreeSpace,
-    /// Bytes in the temp files of the bodies being stored, claimed through [`crate::format::content::Room`]:
-    /// they count against `max_size` as stored entries do.
+    /// Bytes in the temp files of the bodies being stored, claimed through
+    /// [`Room`](crate::format::content::Room): they count against `max_size` as stored
+    /// entries do.
     pub(super) in_flight: std::sync::atomic::AtomicU64,
 }
 
