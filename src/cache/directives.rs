@@ -194,7 +194,12 @@ pub(super) enum Judged {
 /// Judges a stored response for a request. A request without `Cache-Control` or `Pragma`
 /// asks nothing but freshness, and the key (and variant key) already matched it, so its
 /// answer is `is_stale`; any other request is judged by http-cache-semantics in full.
-pub(super) fn judge(policy: &CachePolicy, parts: &request::Parts, now: SystemTime) -> Judged {
+pub(super) fn judge(
+    policy: &CachePolicy,
+    parts: &request::Parts,
+    stored: &HeaderMap,
+    now: SystemTime,
+) -> Judged {
     let plain = !parts.headers.contains_key(header::CACHE_CONTROL)
         && !parts.headers.contains_key(header::PRAGMA);
     if plain {
@@ -204,7 +209,10 @@ pub(super) fn judge(policy: &CachePolicy, parts: &request::Parts, now: SystemTim
             Judged::Fresh
         };
     }
-    let view = policy_view(&parts.method, parts.headers.clone());
+    // Compared with the request the response was stored for as the variant was chosen.
+    let names = super::key::vary_names(stored).unwrap_or_default();
+    let headers = super::key::normalize_selecting(&names, &parts.headers);
+    let view = policy_view(&parts.method, headers);
     match policy.before_request(&view, now) {
         BeforeRequest::Fresh(_) => Judged::Fresh,
         BeforeRequest::Stale { matches: true, .. } => Judged::Stale,

@@ -171,19 +171,58 @@ pub(crate) fn variant_key_of(primary: &str, generation: &str, digest: &str) -> S
     format!("{primary} vary={generation}:{digest}")
 }
 
+/// The value a request's `name` header selects a variant by, `None` when it has none: its
+/// field lines as one list, each member without the whitespace around it (`a,b` is
+/// `a , b`); for `Accept-Language` also lower-cased, without any whitespace, and sorted, so
+/// that `en-US, fr;q=0.5` and `FR; q=0.5,en-us` select the same variant.
+pub(crate) fn selecting_value(name: &HeaderName, request: &HeaderMap) -> Option<Vec<u8>> {
+    let mut values = request.get_all(name).iter().peekable();
+    values.peek()?;
+    let language = name == http::header::ACCEPT_LANGUAGE;
+    let mut members: Vec<Vec<u8>> = values
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(|member| {
+            let member = member.trim_ascii();
+            if language {
+                let no_space = member.iter().filter(|b| !b.is_ascii_whitespace());
+                no_space.map(u8::to_ascii_lowercase).collect()
+            } else {
+                member.to_vec()
+            }
+        })
+        .collect();
+    if language {
+        members.sort();
+    }
+    Some(members.join(&b","[..]))
+}
+
+/// `request`'s headers named in `names` as one normalised field each (see
+/// [`selecting_value`]), for comparing a request with the one a variant was stored for.
+pub(crate) fn normalize_selecting(names: &[HeaderName], request: &HeaderMap) -> HeaderMap {
+    let mut headers = request.clone();
+    for name in names {
+        if let Some(value) = selecting_value(name, request)
+            && let Ok(value) = http::HeaderValue::from_bytes(&value)
+        {
+            headers.insert(name.clone(), value);
+        }
+    }
+    headers
+}
+
 /// The digest of the values a request has for the varying headers `names` (absent and
-/// empty differ), as 32 hex digits.
+/// empty differ, values compared as [`selecting_value`] reads them), as 32 hex digits.
 pub(crate) fn variant_digest(names: &[HeaderName], request: &HeaderMap) -> String {
     let mut hasher = Sha256::new();
     for name in names {
         hasher.update(name.as_str());
-        let mut values = request.get_all(name).iter().peekable();
-        if values.peek().is_none() {
-            hasher.update(b"\x00absent");
-        }
-        for value in values {
-            hasher.update(b"\x00=");
-            hasher.update(value.as_bytes());
+        match selecting_value(name, request) {
+            None => hasher.update(b"\x00absent"),
+            Some(value) => {
+                hasher.update(b"\x00=");
+                hasher.update(value);
+            }
         }
         hasher.update(b"\x00\x00");
     }
@@ -291,6 +330,34 @@ mod tests {
         assert_eq!(names, ["accept-encoding", "accept-language"]);
         headers.append("vary", "*".parse().unwrap());
         assert_eq!(vary_names(&headers), None);
+    }
+
+    #[test]
+    fn selecting_values_ignore_spacing_and_for_languages_order_and_case() {
+        let value = |name: &'static str, lines: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for line in lines {
+                headers.append(name, line.parse().unwrap());
+            }
+            selecting_value(&HeaderName::from_static(name), &headers)
+        };
+        let language = |lines: &[&str]| value("accept-language", lines);
+        assert_eq!(
+            language(&["en-US, fr;q=0.5"]),
+            language(&["FR; q=0.5,en-us"])
+        );
+        assert_eq!(
+            language(&["en-US", "fr;q=0.5"]),
+            language(&["fr;q=0.5, en-us"])
+        );
+        assert_ne!(language(&["en"]), language(&["de"]));
+        let flavor = |lines: &[&str]| value("x-flavor", lines);
+        assert_eq!(flavor(&["a , b"]), flavor(&["a,b"]));
+        assert_eq!(flavor(&["a", "b"]), flavor(&["a, b"]));
+        assert_ne!(flavor(&["a, b"]), flavor(&["b, a"]));
+        assert_ne!(flavor(&["A"]), flavor(&["a"]));
+        assert_eq!(flavor(&[]), None);
+        assert_eq!(flavor(&[""]), Some(Vec::new()));
     }
 
     #[test]

@@ -316,7 +316,7 @@ impl HttpStreamingCache {
             .options
             .max_ttl
             .is_none_or(|cap| entry.policy.age(now) < cap);
-        let usable = match judge(&entry.policy, parts, now) {
+        let usable = match judge(&entry.policy, parts, &entry.headers, now) {
             Judged::Fresh => within_cap || mode.ignores_staleness(),
             Judged::Stale => mode.ignores_staleness(),
             Judged::Mismatch => false,

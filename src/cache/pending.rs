@@ -444,12 +444,14 @@ impl Pending {
     /// The request as the stored policy sees it: only the headers the response's `Vary`
     /// names, so that no credential or cookie is stored.
     pub(super) fn stored_request(&self, response_headers: &HeaderMap) -> request::Parts {
+        let names = key::vary_names(response_headers).unwrap_or_default();
         let mut headers = HeaderMap::new();
-        for name in key::vary_names(response_headers).unwrap_or_default() {
-            for value in self.request.headers.get_all(&name) {
+        for name in &names {
+            for value in self.request.headers.get_all(name) {
                 headers.append(name.clone(), value.clone());
             }
         }
+        let headers = key::normalize_selecting(&names, &headers);
         policy_view(&self.request.method, headers)
     }
 }

@@ -107,7 +107,7 @@ impl HttpStreamingCache {
         let policy = &entry.policy;
 
         let now = self.now();
-        let judged = judge(policy, parts, now);
+        let judged = judge(policy, parts, &entry.headers, now);
         let within_cap = self.options.max_ttl.is_none_or(|cap| policy.age(now) < cap);
         match judged {
             Judged::Fresh if mode != CacheMode::NoCache && within_cap => {
@@ -297,7 +297,7 @@ impl HttpStreamingCache {
                 // request wants more than the entry now offers.
                 if let Found::Entry(response, entry, _) = self.find(parts, &key, mode).await {
                     let now = self.now();
-                    if let Judged::Fresh = judge(&entry.policy, parts, now) {
+                    if let Judged::Fresh = judge(&entry.policy, parts, &entry.headers, now) {
                         let status = Status::hit().collapsed();
                         let hit = self.hit(parts, response, &entry.policy, now, status);
                         return Plan::Respond(hit);

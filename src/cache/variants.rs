@@ -134,10 +134,7 @@ pub(super) fn same_variant(head: &FillHead, request: &HeaderMap) -> bool {
         return false;
     };
     names.iter().all(|name| {
-        head.varying
-            .get_all(name)
-            .iter()
-            .eq(request.get_all(name).iter())
+        key::selecting_value(name, &head.varying) == key::selecting_value(name, request)
     })
 }
 

@@ -142,3 +142,42 @@ async fn unsafe_methods_invalidate_their_url_and_location() {
         "a failed POST invalidates nothing"
     );
 }
+
+#[tokio::test]
+async fn what_vary_compares_is_normalised() {
+    let mut s = setup(HttpCacheOptions::default(), |parts, n| {
+        let language = parts.headers.get("accept-language").cloned();
+        reply(
+            &[
+                ("cache-control", "max-age=60"),
+                ("vary", "Accept-Language, X-Flavor"),
+            ],
+            format!("{language:?} #{n}"),
+        )
+    })
+    .await;
+    let url = s.origin.url("/v");
+    let ask = |language: &'static str, flavor: &'static str| {
+        with(
+            "GET",
+            &url,
+            &[("accept-language", language), ("x-flavor", flavor)],
+        )
+    };
+    let first = send(&mut s.cache, ask("en-US, fr;q=0.5", "a, b")).await;
+    // Accept-Language in another order, case and spacing; X-Flavor without the space.
+    let same = send(&mut s.cache, ask("FR; q=0.5,en-us", "a,b")).await;
+    assert!(
+        same.cache_status().contains("hit"),
+        "{}",
+        same.cache_status()
+    );
+    assert_eq!(same.body, first.body);
+    assert_eq!(s.origin.hits(), 1);
+    // Other values are other variants: the order of X-Flavor's members counts.
+    for (language, flavor) in [("de", "a, b"), ("en-US, fr;q=0.5", "b, a")] {
+        let other = send(&mut s.cache, ask(language, flavor)).await;
+        assert!(!other.cache_status().contains("hit"), "{language} {flavor}");
+    }
+    assert_eq!(s.origin.hits(), 3);
+}
