@@ -453,7 +453,10 @@ async fn two_proxies_share_one_directory_and_never_serve_a_stale_or_torn_entry()
     let new = refreshed.headers()["x-object"].to_str().unwrap().to_owned();
     refreshed.into_body().collect().await.unwrap();
     assert_eq!(new.trim_end(), format!("{i} {}", version(i)));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // B has committed its overwrite once a request through B is a hit on it (a lookup
+    // waits for a commit under way); a fixed pause raced it under load.
+    let again = object(&exchange(&c, &b.addr, "GET", i, "en", sent).await);
+    assert!(again.contains("hit"), "stored by B: {again}");
     let request = Request::get(format!("http://{}/obj/{i}", a.addr))
         .header("host", HOST)
         .body(Full::default())
