@@ -19,6 +19,7 @@ use super::directives::{
 };
 use super::status::{Forwarded, Fwd, Status};
 use super::variants::{same_variant, variants_generation};
+use super::view;
 use super::{Action, Found, HttpStreamingCache, Pending, Plan, Stale, Start, count};
 
 impl HttpStreamingCache {
@@ -360,7 +361,9 @@ impl HttpStreamingCache {
             return true;
         }
         let headers = &*self.decides_by(&entry.headers);
-        let refused = has_directive(headers, "no-store")
+        let understood =
+            has_directive(headers, "must-understand") && view::understands(entry.status);
+        let refused = (has_directive(headers, "no-store") && !understood)
             || (self.options.shared && has_directive(headers, "private"))
             || shared_cookie(self.options.shared, headers);
         if refused {

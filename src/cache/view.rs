@@ -292,13 +292,57 @@ pub(super) fn request(request: &http::request::Parts) -> http::request::Parts {
     view
 }
 
-/// A response head of `status`, `version` and `headers` normalized.
+/// Statuses the policy engine does not store but this cache does when the origin gives
+/// them explicit freshness (`max-age`, `s-maxage`, `Expires`) or marks them `public`
+/// (RFC 9111 §3): errors an origin asks to be cached, so that a cache absorbs them.
+const STORED_WITH_EXPLICIT_FRESHNESS: [u16; 7] = [299, 400, 500, 502, 503, 504, 599];
+
+/// Statuses this cache understands (RFC 9111 §5.2.2.3): the policy engine's and those above.
+const UNDERSTOOD: [u16; 21] = [
+    200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501, 299, 400, 500, 502, 503,
+    504, 599,
+];
+
+/// Whether this cache understands `status`: what lets `must-understand` override `no-store`.
+pub(super) fn understands(status: http::StatusCode) -> bool {
+    UNDERSTOOD.contains(&status.as_u16())
+}
+
+/// A response head of `status`, `version` and `headers` normalized, as the policy engine is
+/// to judge it. A status of [`STORED_WITH_EXPLICIT_FRESHNESS`] with explicit freshness or
+/// `public` is shown as a `200`, which the engine stores and reuses as the origin asked; a
+/// `no-store` with `must-understand` on an understood status is dropped (§5.2.2.3), since
+/// this cache understands it.
 pub(super) fn response_head(
     status: http::StatusCode,
     version: http::Version,
     headers: &HeaderMap,
 ) -> http::response::Parts {
-    crate::head::response_head(status, version, &normalized(headers))
+    let mut view = normalized(headers);
+    let directives = cache_control(&view);
+    let has = |name: &str| directives.iter().any(|d| d.name == name);
+    if has("must-understand") && has("no-store") && understands(status) {
+        let kept: Vec<String> = directives
+            .iter()
+            .filter(|d| d.name != "no-store")
+            .map(|d| match &d.value {
+                Some(value) => format!("{}={value}", d.name),
+                None => d.name.clone(),
+            })
+            .collect();
+        view.remove(header::CACHE_CONTROL);
+        if let Ok(value) = HeaderValue::try_from(kept.join(", ")) {
+            view.insert(header::CACHE_CONTROL, value);
+        }
+    }
+    let explicit =
+        has("max-age") || has("s-maxage") || has("public") || view.contains_key(header::EXPIRES);
+    let shown = if explicit && STORED_WITH_EXPLICIT_FRESHNESS.contains(&status.as_u16()) {
+        http::StatusCode::OK
+    } else {
+        status
+    };
+    crate::head::response_head(shown, version, &view)
 }
 
 /// The first `name` field of `headers` as an IMF-fixdate, if it is a valid HTTP-date.

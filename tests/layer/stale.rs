@@ -2,7 +2,8 @@
 
 use super::*;
 
-/// An origin that answers `max-age=10` plus `extra` until it is told to fail with `failure`.
+/// An origin that answers `max-age=10` plus `extra` until it is told to fail with `failure`,
+/// an error without freshness of its own (one with it would be stored: see storability).
 async fn failing_later(
     options: HttpCacheOptions,
     extra: &'static str,
@@ -17,6 +18,7 @@ async fn failing_later(
         );
         if code != 0 {
             *response.status_mut() = StatusCode::from_u16(code).unwrap();
+            response.headers_mut().remove("cache-control");
         }
         response
     })

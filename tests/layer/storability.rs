@@ -240,3 +240,44 @@ async fn a_targeted_cdn_cache_control_field_decides_for_a_shared_cache() {
         .await
     );
 }
+
+/// Whether the second of two GETs is answered from the store, the origin answering with
+/// `status` and `headers` each time; the client gets `status` both times.
+async fn status_reused(status: u16, headers: &'static [(&'static str, &'static str)]) -> bool {
+    let mut s = setup(HttpCacheOptions::default(), move |_, _| {
+        let mut response = reply(headers, "answer");
+        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+        response
+    })
+    .await;
+    let url = s.origin.url("/s");
+    for _ in 0..2 {
+        let got = send(&mut s.cache, get(&url)).await;
+        assert_eq!(
+            (got.status.as_u16(), &got.body[..]),
+            (status, &b"answer"[..])
+        );
+    }
+    s.origin.hits() == 1
+}
+
+#[tokio::test]
+async fn statuses_the_cache_understands_are_reused_with_explicit_freshness() {
+    for status in [299, 400, 404, 410, 500, 502, 503, 504, 599] {
+        assert!(
+            status_reused(status, &[("cache-control", "max-age=60")]).await,
+            "{status}"
+        );
+    }
+    assert!(status_reused(500, &[("expires", "Fri, 01 Jan 2049 00:00:00 GMT")]).await);
+    // Without explicit freshness an error is not stored.
+    for status in [500, 503] {
+        assert!(!status_reused(status, &[]).await, "{status}");
+    }
+    // must-understand lets no-store give way for a status the cache understands only.
+    let understood: &[(&str, &str)] = &[("cache-control", "max-age=60, no-store, must-understand")];
+    assert!(status_reused(200, understood).await);
+    assert!(status_reused(404, understood).await);
+    assert!(!status_reused(418, understood).await);
+    assert!(!status_reused(200, &[("cache-control", "max-age=60, no-store")]).await);
+}
