@@ -144,11 +144,14 @@ pub(super) fn selects(stored: &HeaderMap, fresh: &HeaderMap) -> bool {
     }
 }
 
-/// Whether a stored response may never be served without a successful revalidation.
+/// Whether a stored response may never be served stale, only after a successful
+/// revalidation (RFC 9111 §4.2.4): `must-revalidate`, `no-cache`, and in a shared cache
+/// `proxy-revalidate` and `s-maxage`, which carries its semantics there (§5.2.2.10).
 pub(super) fn must_revalidate(headers: &HeaderMap, shared: bool) -> bool {
     has_directive(headers, "must-revalidate")
         || has_directive(headers, "no-cache")
-        || (shared && has_directive(headers, "proxy-revalidate"))
+        || (shared
+            && (has_directive(headers, "proxy-revalidate") || has_directive(headers, "s-maxage")))
 }
 
 /// Whether a stored response can no longer be used: stale, without a validator to

@@ -102,6 +102,23 @@ async fn must_revalidate_wins_over_stale_if_error() {
 }
 
 #[tokio::test]
+async fn s_maxage_forbids_a_shared_cache_to_serve_stale() {
+    for (shared, status) in [
+        (true, StatusCode::SERVICE_UNAVAILABLE),
+        (false, StatusCode::OK),
+    ] {
+        let options = HttpCacheOptions::default().shared(shared);
+        let (mut s, failure) = failing_later(options, ", s-maxage=10, stale-if-error=600").await;
+        let url = s.origin.url("/s-maxage");
+        send(&mut s.cache, get(&url)).await;
+        failure.store(503, Ordering::SeqCst);
+        s.clock.advance(30);
+        let got = send(&mut s.cache, get(&url)).await;
+        assert_eq!(got.status, status, "shared: {shared}");
+    }
+}
+
+#[tokio::test]
 async fn stale_while_revalidate_answers_at_once_and_revalidates_once_in_the_background() {
     let mut s = setup(HttpCacheOptions::default(), |_, n| {
         reply(
