@@ -14,8 +14,13 @@
 //!   included (RFC 9110 §5.6.7); an `Expires` that is no valid date means "already
 //!   expired" (§5.3).
 //!
+//! - A targeted field (`CDN-Cache-Control`, RFC 9213) stands in for `Cache-Control` and
+//!   `Expires` when it is a valid structured dictionary ([`targeted`]).
+//! - Error statuses the origin gives explicit freshness are shown as `200`s, and `no-store`
+//!   gives way to `must-understand` on an understood status ([`response_head`]).
+//!
 //! Only the copy the engine reads changes: responses are stored and served with the
-//! headers the origin sent.
+//! headers and status the origin sent.
 
 use http::HeaderMap;
 use http::header::{self, HeaderValue};
@@ -141,9 +146,9 @@ pub(super) fn directive_value(headers: &HeaderMap, name: &str) -> Option<Option<
         .map(|d| d.value)
 }
 
-/// The response headers this cache decides freshness and storability by: the first of the
-/// `targeted` fields (RFC 9213) present as a valid structured dictionary stands in for
-/// `Cache-Control`, and `Expires` goes; otherwise the headers as they are.
+/// The response headers this cache decides freshness and storability by when one of the
+/// `targeted` fields (RFC 9213) is present as a valid structured dictionary: the first such
+/// stands in for `Cache-Control`, and `Expires` goes. `None` when there is none.
 pub(super) fn targeted(headers: &HeaderMap, targeted: &[header::HeaderName]) -> Option<HeaderMap> {
     let directives = targeted.iter().find_map(|name| {
         let lines: Vec<&str> = headers
