@@ -144,6 +144,19 @@ pub(super) fn selects(stored: &HeaderMap, fresh: &HeaderMap) -> bool {
     }
 }
 
+/// Whether a `200` to a `HEAD` with `head` headers selects the stored `GET` response with
+/// `stored` headers for update (RFC 9111 §4.3.5): it names it by a validator (see
+/// [`selects`]), and where both have a `Content-Length`, they agree.
+pub(super) fn head_selects(stored: &HeaderMap, head: &HeaderMap) -> bool {
+    let validated = head.contains_key(header::ETAG) || head.contains_key(header::LAST_MODIFIED);
+    let length = |h: &HeaderMap| h.get(header::CONTENT_LENGTH).cloned();
+    let lengths_agree = match (length(stored), length(head)) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    };
+    validated && lengths_agree && selects(stored, head)
+}
+
 /// Whether a stored response may never be served stale, only after a successful
 /// revalidation (RFC 9111 §4.2.4): `must-revalidate`, `no-cache`, and in a shared cache
 /// `proxy-revalidate` and `s-maxage`, which carries its semantics there (§5.2.2.10).

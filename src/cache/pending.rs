@@ -17,8 +17,9 @@ use crate::error::BoxError;
 use crate::store::fill::{FillEnd, FillHead, FillLeader, Role};
 
 use super::directives::{
-    KEPT_ON_REVALIDATION, directive_value, is_conditional, is_hop_by_hop, is_origin_failure,
-    must_revalidate, policy_view, selects, shared_cookie, stale_for_at_most, strip_hop_by_hop,
+    KEPT_ON_REVALIDATION, directive_value, head_selects, is_conditional, is_hop_by_hop,
+    is_origin_failure, must_revalidate, policy_view, selects, shared_cookie, stale_for_at_most,
+    strip_hop_by_hop,
 };
 use super::status::{Fwd, Status};
 use super::variants::{INTERNAL, is_internal, names_as_vary};
@@ -42,6 +43,15 @@ impl Pending {
                 leader,
             } => match stale {
                 Some(stale) if response.status() == StatusCode::NOT_MODIFIED => {
+                    Finished::Later(Box::pin(self.revalidated(stale, response, leader)))
+                }
+                // A 200 to a HEAD freshens the stored GET it selects (RFC 9111 §4.3.5): its
+                // headers are updated as a 304's would be, the body left as it is.
+                Some(stale)
+                    if self.request.method == Method::HEAD
+                        && response.status() == StatusCode::OK
+                        && head_selects(stale.response.headers(), response.headers()) =>
+                {
                     Finished::Later(Box::pin(self.revalidated(stale, response, leader)))
                 }
                 Some(stale)
@@ -187,7 +197,7 @@ impl Pending {
                 .policy
                 .after_response(&view::request(&self.request), &fresh_view, now);
         if let AfterResponse::Modified(..) = after {
-            let status = Status::forward(Fwd::Stale).fwd_status(StatusCode::NOT_MODIFIED);
+            let status = Status::forward(Fwd::Stale).fwd_status(fresh_parts.status);
             if is_conditional(&self.request.headers) {
                 // The 304 may answer validators of the client's own: it is the client's.
                 let empty = http_body_util::Empty::<Bytes>::new();
@@ -242,7 +252,7 @@ impl Pending {
             now,
             cache.options.semantics(),
         );
-        let status = Status::forward(Fwd::Stale).fwd_status(StatusCode::NOT_MODIFIED);
+        let status = Status::forward(Fwd::Stale).fwd_status(fresh_parts.status);
         // Freshened headers the storing rules refuse (a 304 that makes the response
         // `private` or `no-store` for this cache) are served, and the entry goes.
         let storable = policy.is_storable()

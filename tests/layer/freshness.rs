@@ -525,3 +525,54 @@ async fn a_conditional_request_is_answered_304_from_a_fresh_entry() {
     .await;
     assert_eq!(got.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_200_to_a_head_freshens_the_stored_get_it_names() {
+    for (head_tag, freshened) in [("\"v1\"", true), ("\"v2\"", false)] {
+        let mut s = setup(HttpCacheOptions::default(), move |parts, n| {
+            if parts.method == http::Method::HEAD {
+                // Validators ignored: a 200 with new metadata for the same representation.
+                return reply(
+                    &[
+                        ("cache-control", "max-age=60"),
+                        ("etag", head_tag),
+                        ("x-version", "2"),
+                    ],
+                    "body",
+                );
+            }
+            reply(
+                &[
+                    ("cache-control", "max-age=1"),
+                    ("etag", "\"v1\""),
+                    ("x-version", &n.to_string()),
+                ],
+                "body",
+            )
+        })
+        .await;
+        let url = s.origin.url("/h");
+        send(&mut s.cache, get(&url)).await;
+        s.clock.advance(5);
+        let head = send(&mut s.cache, with("HEAD", &url, &[])).await;
+        assert_eq!(
+            (head.status, head.header("x-version")),
+            (StatusCode::OK, Some("2"))
+        );
+        assert!(head.body.is_empty());
+        s.clock.advance(5);
+        let got = send(&mut s.cache, get(&url)).await;
+        assert_eq!(got.body, "body");
+        if freshened {
+            assert!(got.cache_status().contains("hit"), "{}", got.cache_status());
+            assert_eq!(got.header("x-version"), Some("2"), "the HEAD's headers");
+            assert_eq!(s.origin.hits(), 2);
+        } else {
+            assert!(
+                !got.cache_status().contains("hit"),
+                "another representation"
+            );
+            assert_eq!(s.origin.hits(), 3);
+        }
+    }
+}
