@@ -459,8 +459,16 @@ async fn damage_while_serving(captured: Captured) {
                         // Damage found only at the end of a body streamed in chunks (its
                         // last chunk withheld): the client sees a cut-short body, never a
                         // complete wrong one. Bodies read in one piece are checked first.
+                        // A request collapsed onto the refetch of a dropped entry reads
+                        // the file as it is stored, which the damage may truncate once it
+                        // is committed: cut short too, whatever its size.
                         Err(e) => {
-                            assert!(len > 512 * 1024, "{}: a small body failed: {e}", urls[i]);
+                            let following = e.to_string().contains("a body being stored");
+                            assert!(
+                                len > 512 * 1024 || following,
+                                "{}: a small body failed: {e}",
+                                urls[i]
+                            );
                             aborted += 1;
                         }
                     }
