@@ -169,8 +169,15 @@ pub(super) fn must_revalidate(headers: &HeaderMap, shared: bool) -> bool {
 
 /// Whether a stored response can no longer be used: stale, without a validator to
 /// revalidate it, and past every window in which it could be served stale.
-pub(super) fn unusable(entry: &Entry, now: SystemTime, default_window: Option<Duration>) -> bool {
-    let headers = &entry.headers;
+/// Its stale windows are read as this cache reads them, from a `targeted` field if it has one.
+pub(super) fn unusable(
+    entry: &Entry,
+    now: SystemTime,
+    default_window: Option<Duration>,
+    targeted: &[HeaderName],
+) -> bool {
+    let decided = view::targeted(&entry.headers, targeted);
+    let headers = decided.as_ref().unwrap_or(&entry.headers);
     if !entry.policy.is_stale(now)
         || headers.contains_key(header::ETAG)
         || headers.contains_key(header::LAST_MODIFIED)

@@ -338,8 +338,9 @@ impl HttpStreamingCache {
     pub async fn sweep_expired(&self) -> crate::Result<u64> {
         let now = self.now();
         let default_window = self.options.stale_if_error;
+        let targeted = self.options.targeted().to_vec();
         self.manager
-            .remove_where(move |entry| unusable(entry, now, default_window))
+            .remove_where(move |entry| unusable(entry, now, default_window, &targeted))
             .await
     }
 

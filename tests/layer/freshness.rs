@@ -282,6 +282,12 @@ async fn responses_that_can_no_longer_be_used_are_swept() {
         let extra: &[(&str, &str)] = match parts.uri.path() {
             "/validated" => &[("etag", "\"e\"")],
             "/windowed" => &[("cache-control", "max-age=10, stale-if-error=1000")],
+            // The targeted field's window counts for this (shared) cache, not Cache-Control's.
+            "/targeted" => &[("cdn-cache-control", "max-age=10, stale-if-error=1000")],
+            "/overridden" => &[
+                ("cache-control", "max-age=10, stale-if-error=1000"),
+                ("cdn-cache-control", "max-age=10"),
+            ],
             _ => &[],
         };
         let mut response = reply(&[("cache-control", "max-age=10")], format!("n{n}"));
@@ -291,17 +297,23 @@ async fn responses_that_can_no_longer_be_used_are_swept() {
         response
     })
     .await;
-    for path in ["/plain", "/validated", "/windowed"] {
+    for path in [
+        "/plain",
+        "/validated",
+        "/windowed",
+        "/targeted",
+        "/overridden",
+    ] {
         send(&mut s.cache, get(&s.origin.url(path))).await;
     }
     let dir = s.dir.path().to_path_buf();
-    eventually("three entries stored", || record_files(&dir).len() == 3).await;
+    eventually("five entries stored", || record_files(&dir).len() == 5).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(record_files(&dir).len(), 3, "nothing is swept while fresh");
+    assert_eq!(record_files(&dir).len(), 5, "nothing is swept while fresh");
 
     s.clock.advance(100);
-    eventually("the unusable entry is swept", || {
-        record_files(&dir).len() == 2
+    eventually("the unusable entries are swept", || {
+        record_files(&dir).len() == 3
     })
     .await;
     let removed = s.cache.cache().sweep_expired().await.unwrap();
@@ -309,6 +321,15 @@ async fn responses_that_can_no_longer_be_used_are_swept() {
     let hits = s.origin.hits();
     send(&mut s.cache, get(&s.origin.url("/plain"))).await;
     assert_eq!(s.origin.hits(), hits + 1, "the swept entry is a miss");
+    // Which were swept: those whose window, read as this cache reads it, has passed.
+    for (path, expected) in [("/overridden", "fwd=uri-miss"), ("/targeted", "fwd=stale")] {
+        let got = send(&mut s.cache, get(&s.origin.url(path))).await;
+        assert!(
+            got.cache_status().contains(expected),
+            "{path}: {}",
+            got.cache_status()
+        );
+    }
 }
 
 /// Whether the second of two GETs of `path`, a second apart, is answered without the origin,
