@@ -128,17 +128,13 @@ impl HttpStreamingCache {
                 Plan::Respond(self.gateway_timeout(Fwd::Stale, "only-if-cached"))
             }
             Judged::Stale
-                if mode == CacheMode::Default
-                    && !must_revalidate(
-                        &self.decides_by(response.headers()),
-                        self.options.shared,
-                    )
-                    && directive_value(
-                        &self.decides_by(response.headers()),
-                        "stale-while-revalidate",
-                    )
-                    .and_then(|v| v.parse().ok())
-                    .is_some_and(|s| stale_for_at_most(policy, now, Duration::from_secs(s))) =>
+                if mode == CacheMode::Default && {
+                    let decided = self.decides_by(response.headers());
+                    !must_revalidate(&decided, self.options.shared)
+                        && directive_value(&decided, "stale-while-revalidate")
+                            .and_then(|v| v.parse().ok())
+                            .is_some_and(|s| stale_for_at_most(policy, now, Duration::from_secs(s)))
+                } =>
             {
                 self.stale_while_revalidate(parts, key, response, &entry, stored_key, now)
                     .await
@@ -361,10 +357,12 @@ impl HttpStreamingCache {
             return true;
         }
         let headers = &*self.decides_by(&entry.headers);
-        let understood =
-            has_directive(headers, "must-understand") && view::understands(entry.status);
-        let refused = (has_directive(headers, "no-store") && !understood)
-            || (self.options.shared && has_directive(headers, "private"))
+        // Read once: this runs on every hit.
+        let directives = view::cache_control(headers);
+        let has = |name: &str| directives.iter().any(|d| d.name == name);
+        let understood = has("must-understand") && view::understands(entry.status);
+        let refused = (has("no-store") && !understood)
+            || (self.options.shared && has("private"))
             || shared_cookie(self.options.shared, headers);
         if refused {
             crate::log::debug_event!(key = %entry.key, "a stored response this cache may not serve: a miss");
