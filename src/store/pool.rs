@@ -110,22 +110,21 @@ impl Pool {
 }
 
 pub(super) fn pool() -> Option<&'static Pool> {
-    static POOL: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
-    static STARTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let pool: &'static Pool = POOL.get_or_init(|| Pool {
-        state: Mutex::default(),
-    });
-    let started = STARTED.get_or_init(|| {
-        let mut started = 0;
-        for n in 0..pool_threads() {
-            let thread = std::thread::Builder::new()
-                .name(format!("http-cache-streaming-writer-{n}"))
-                .spawn(move || pool.serve());
-            started += usize::from(thread.is_ok());
-        }
-        started > 0
-    });
-    started.then_some(pool)
+    static POOL: std::sync::OnceLock<Option<&'static Pool>> = std::sync::OnceLock::new();
+    *POOL.get_or_init(|| {
+        let pool: &'static Pool = Box::leak(Box::new(Pool {
+            state: Mutex::default(),
+        }));
+        let started = (0..pool_threads())
+            .filter(|n| {
+                std::thread::Builder::new()
+                    .name(format!("http-cache-streaming-writer-{n}"))
+                    .spawn(move || pool.serve())
+                    .is_ok()
+            })
+            .count();
+        (started > 0).then_some(pool)
+    })
 }
 
 /// Runs `work` on the writers' pool and waits for it without holding a thread.
