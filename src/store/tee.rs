@@ -184,8 +184,9 @@ impl StreamingManager {
     /// and exactly `Content-Length` bytes where the header is present. If the body fails, is
     /// dropped early or ends short, the partial file is removed and nothing is committed. A
     /// store failure never fails or stalls the caller's stream: the body carries on as a plain
-    /// pass-through and the failure is logged. Writing happens on a blocking thread behind a
-    /// bounded queue, so memory stays flat when the disk is slower than the body.
+    /// pass-through and the failure is logged. Writing happens in short jobs on the store's
+    /// writer threads behind a bounded queue, so memory stays flat when the disk is slower
+    /// than the body, and a body waiting for bytes holds no thread.
     pub fn tee<B>(
         &self,
         key: String,
