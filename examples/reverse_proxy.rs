@@ -6,7 +6,8 @@
 //!     [--timeout-secs 30] [--max-size BYTES (10 GiB)] [--max-body-size BYTES]
 //!     [--s3-bucket NAME [--s3-endpoint URL]] [--purge-token TOKEN] [--trust-forwarded]
 //!     [--max-entries N] [--background-fills 8] [--max-connections 4096]
-//!     [--header-timeout-secs 30] [--idle-timeout-secs 75] [--send-timeout-secs 60] [--quiet]
+//!     [--header-timeout-secs 30] [--idle-timeout-secs 75] [--send-timeout-secs 60]
+//!     [--stale-on-error SECS] [--quiet]
 //! ```
 //!
 //! Slow and many clients cannot take it down, as with nginx: request headers must arrive
@@ -22,7 +23,11 @@
 //! It adds no freshness of its own: what is stored and for how long is the upstream's say.
 //! An unreachable upstream is a `502`, one that does not answer in time a `504`; a body
 //! that stalls for as long is cut off (the client sees a truncated response, nothing is
-//! stored). Bodies over `--max-body-size` are passed through without being stored. With
+//! stored). With `--stale-on-error SECS` (off by default, like nginx's
+//! `proxy_cache_use_stale`), a stored response stale for at most that long is served in place
+//! of such a failure or of any `5xx`, unless it must not be served stale (`must-revalidate`,
+//! `proxy-revalidate`, `no-cache`, `s-maxage`); `Cache-Status` says `fwd=stale;
+//! fwd-status=502; detail=stale-on-error`. Bodies over `--max-body-size` are passed through without being stored. With
 //! `--s3-bucket` (built with `--features object-store`), the cache directory is a fast local
 //! tier in front of that bucket, which proxies on other ports or machines share: credentials
 //! and region come from the usual `AWS_*` environment variables, and `--s3-endpoint` names
@@ -58,7 +63,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::{Either, Full};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Either, Full};
 use http_cache_streaming::{
     HttpCacheOptions, HttpCacheStreaming, HttpCacheStreamingLayer, StreamingBody, StreamingManager,
     is_valid_authority, strip_hop_by_hop,
@@ -71,6 +77,9 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 type ProxyBody = Either<Idle, Full<Bytes>>;
+/// A client's request body, boxed: a body type the cache can make anew (empty), so that a
+/// request whose revalidation the origin answers with a stray `304` is sent again.
+type RequestBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// What the command line asks for.
 struct Args {
@@ -88,6 +97,7 @@ struct Args {
     max_entries: Option<usize>,
     clients: ClientLimits,
     background_fills: usize,
+    stale_on_error: Option<Duration>,
 }
 
 /// What one client may hold, so that slow or many clients cannot take the proxy down.
@@ -109,7 +119,7 @@ const USAGE: &str = "usage: reverse_proxy --upstream http://HOST[:PORT] --listen
                      [--s3-bucket NAME [--s3-endpoint URL]] [--purge-token TOKEN] \
                      [--trust-forwarded] [--max-entries N] [--background-fills N] \
                      [--max-connections N] [--header-timeout-secs N] [--idle-timeout-secs N] \
-                     [--send-timeout-secs N] [--quiet]";
+                     [--send-timeout-secs N] [--stale-on-error SECS] [--quiet]";
 
 /// A number of bytes given on the command line.
 fn bytes_arg(name: &str, value: &str) -> Result<u64, String> {
@@ -152,6 +162,7 @@ fn parse_args() -> Result<Args, String> {
     let mut trust_forwarded = false;
     let mut max_entries = None;
     let mut background_fills = 8;
+    let mut stale_on_error = None;
     let mut clients = ClientLimits {
         header_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_secs(75),
@@ -201,6 +212,7 @@ fn parse_args() -> Result<Args, String> {
             "--header-timeout-secs" => clients.header_timeout = secs_arg(&arg, &value(&arg)?)?,
             "--idle-timeout-secs" => clients.idle_timeout = secs_arg(&arg, &value(&arg)?)?,
             "--send-timeout-secs" => clients.send_timeout = secs_arg(&arg, &value(&arg)?)?,
+            "--stale-on-error" => stale_on_error = Some(secs_arg(&arg, &value(&arg)?)?),
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -237,19 +249,20 @@ fn parse_args() -> Result<Args, String> {
         max_entries,
         clients,
         background_fills,
+        stale_on_error,
     })
 }
 
 /// The inner service: sends a request to the upstream and returns its answer, or a 502/504.
 #[derive(Clone)]
 struct Upstream {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, RequestBody>,
     authority: Authority,
     timeout: Duration,
 }
 
 impl Upstream {
-    async fn forward(self, request: Request<Incoming>) -> Response<ProxyBody> {
+    async fn forward(self, request: Request<RequestBody>) -> Response<ProxyBody> {
         let (mut parts, body) = request.into_parts();
         let path = parts
             .uri
@@ -292,7 +305,7 @@ impl Upstream {
     }
 }
 
-impl Service<Request<Incoming>> for Upstream {
+impl Service<Request<RequestBody>> for Upstream {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
     type Future = std::pin::Pin<
@@ -306,7 +319,7 @@ impl Service<Request<Incoming>> for Upstream {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move { Ok(this.forward(request).await) })
     }
@@ -424,10 +437,13 @@ async fn run(args: Args) -> Result<(), Error> {
     let Some(authority) = args.upstream.authority().cloned() else {
         return Err("the upstream has no host".into());
     };
-    let options = HttpCacheOptions::default()
+    let mut options = HttpCacheOptions::default()
         .shared(true)
         .cache_key(upstream_key(&authority))
         .background_fills(args.background_fills, 1 << 30);
+    if let Some(window) = args.stale_on_error {
+        options = options.stale_on_error(window);
+    }
     let upstream = Upstream {
         client: Client::builder(TokioExecutor::new())
             .http1_max_buf_size(CONNECTION_BUFFER)
@@ -497,6 +513,8 @@ async fn run(args: Args) -> Result<(), Error> {
                         return Ok(purge(&service, &request, purge_token.as_deref()).await);
                     }
                     forwarded_for(&mut request, peer, trust_forwarded);
+                    let request =
+                        request.map(|body| body.map_err(std::io::Error::other).boxed_unsync());
                     let mut response = log_request(service, request, quiet).await?;
                     response
                         .headers_mut()
@@ -847,7 +865,7 @@ fn forwarded_for(request: &mut Request<Incoming>, peer: SocketAddr, trusted: boo
 /// Sends one request through the cache and logs it on one line.
 async fn log_request(
     service: HttpCacheStreaming<Upstream>,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     quiet: bool,
 ) -> Result<Response<StreamingBody>, Infallible> {
     if quiet {

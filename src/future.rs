@@ -40,6 +40,13 @@ pin_project! {
             #[pin]
             future: F,
             pending: Option<Pending>,
+            again: Option<Again<S, ReqB>>,
+        },
+        /// A revalidation's 304 selected nothing: the request goes again, unconditionally,
+        /// once the service is ready.
+        Again {
+            again: Option<Again<S, ReqB>>,
+            pending: Option<Pending>,
         },
         /// The cache finishes with the inner answer (a revalidation, an invalidation).
         Finish {
@@ -84,8 +91,31 @@ where
             state: State::Inner {
                 future,
                 pending: Some(pending),
+                again: None,
             },
         }
+    }
+}
+
+/// The request to send again if a revalidation's `304` selects nothing: a clone of the
+/// service and the request as the client sent it, with an empty body made anew.
+struct Again<S, ReqB> {
+    service: S,
+    request: Request<ReqB>,
+}
+
+impl<S: Clone, ReqB: 'static> Again<S, ReqB> {
+    /// Kept for a revalidation of a client's unconditional request, when its body type can
+    /// be made anew.
+    fn prepare(service: &S, parts: &request::Parts, conditional: bool) -> Option<Self> {
+        if !conditional {
+            return None;
+        }
+        let body = crate::empty_body::empty::<ReqB>()?;
+        Some(Again {
+            service: service.clone(),
+            request: Request::from_parts(parts.clone(), body),
+        })
     }
 }
 
@@ -106,6 +136,7 @@ async fn revalidate_in_background<S, ReqB, ResB>(
     mut service: S,
     request: Request<ReqB>,
     pending: Pending,
+    again: Option<Again<S, ReqB>>,
 ) where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     ResB: Body<Data = Bytes> + Send + 'static,
@@ -118,6 +149,29 @@ async fn revalidate_in_background<S, ReqB, ResB>(
     let response = match pending.finish(answer) {
         Finished::Ready(response) => response,
         Finished::Later(future) => future.await,
+        Finished::Again(pending) => {
+            let Some(Again {
+                mut service,
+                request,
+            }) = again
+            else {
+                return;
+            };
+            if std::future::poll_fn(|cx| service.poll_ready(cx))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let Ok(answer) = service.call(request).await else {
+                return;
+            };
+            match pending.finish(answer) {
+                Finished::Ready(response) => response,
+                Finished::Later(future) => future.await,
+                Finished::Again(pending) => pending.not_selected(),
+            }
+        }
     };
     let mut body = std::pin::pin!(response.into_body());
     while let Some(Ok(_)) = body.frame().await {}
@@ -125,7 +179,7 @@ async fn revalidate_in_background<S, ReqB, ResB>(
 
 impl<S, ReqB, ResB> Future for ResponseFuture<S, ReqB>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     ReqB: Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
@@ -152,7 +206,6 @@ where
                             conditional,
                             pending,
                         } => {
-                            apply_validators(&mut parts, conditional);
                             if pending.fetches_whole() {
                                 parts.headers.remove(http::header::RANGE);
                                 parts.headers.remove(http::header::IF_RANGE);
@@ -161,10 +214,13 @@ where
                             else {
                                 panic!("ResponseFuture polled after completion");
                             };
+                            let again = Again::prepare(&service, &parts, conditional.is_some());
+                            apply_validators(&mut parts, conditional);
                             let future = service.call(Request::from_parts(parts, body));
                             state.set(State::Inner {
                                 future,
                                 pending: Some(pending),
+                                again,
                             });
                         }
                         Plan::Background {
@@ -172,21 +228,28 @@ where
                             conditional,
                             pending,
                         } => {
-                            apply_validators(&mut parts, conditional);
                             if let (Some(service), Some(body), Ok(runtime)) = (
                                 service.take(),
                                 body.take(),
                                 tokio::runtime::Handle::try_current(),
                             ) {
+                                let again = Again::prepare(&service, &parts, conditional.is_some());
+                                apply_validators(&mut parts, conditional);
                                 let request = Request::from_parts(parts, body);
-                                runtime.spawn(revalidate_in_background(service, request, pending));
+                                runtime.spawn(revalidate_in_background(
+                                    service, request, pending, again,
+                                ));
                             }
                             state.set(State::Done);
                             return Poll::Ready(Ok(response));
                         }
                     }
                 }
-                StateProj::Inner { future, pending } => {
+                StateProj::Inner {
+                    future,
+                    pending,
+                    again,
+                } => {
                     let result = ready!(future.poll(cx));
                     let Some(pending) = pending.take() else {
                         panic!("ResponseFuture polled after completion");
@@ -198,12 +261,48 @@ where
                                 return Poll::Ready(Ok(response));
                             }
                             Finished::Later(future) => state.set(State::Finish { future }),
+                            Finished::Again(pending) => match again.take() {
+                                Some(again) => state.set(State::Again {
+                                    again: Some(again),
+                                    pending: Some(pending),
+                                }),
+                                None => {
+                                    state.set(State::Done);
+                                    return Poll::Ready(Ok(pending.not_selected()));
+                                }
+                            },
                         },
                         Err(error) => {
                             state.set(State::Done);
                             return Poll::Ready(pending.on_error(error));
                         }
                     }
+                }
+                StateProj::Again { again, pending } => {
+                    let Some(Again { service, .. }) = again.as_mut() else {
+                        panic!("ResponseFuture polled after completion");
+                    };
+                    let ready = ready!(service.poll_ready(cx));
+                    let (
+                        Some(Again {
+                            mut service,
+                            request,
+                        }),
+                        Some(pending),
+                    ) = (again.take(), pending.take())
+                    else {
+                        panic!("ResponseFuture polled after completion");
+                    };
+                    if let Err(error) = ready {
+                        state.set(State::Done);
+                        return Poll::Ready(pending.on_error(error));
+                    }
+                    let future = service.call(request);
+                    state.set(State::Inner {
+                        future,
+                        pending: Some(pending),
+                        again: None,
+                    });
                 }
                 StateProj::Finish { future } => {
                     let response = ready!(future.as_mut().poll(cx));

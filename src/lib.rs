@@ -73,6 +73,7 @@ struct ReadmeDoctests;
 
 mod body;
 mod cache;
+mod empty_body;
 mod error;
 mod format;
 mod future;

@@ -18,6 +18,18 @@ use crate::layer::HttpCacheStreamingLayer;
 ///
 /// Its error is `S`'s: the cache adds no failure of its own. A store that cannot be read or
 /// written is logged and the request passes through to `S`.
+///
+/// # Sending a request again
+///
+/// When the origin answers a revalidation with a `304` that names another representation
+/// than the one stored (RFC 9111 §4.3.4), the request is sent to `S` a second time, without
+/// the cache's validators. That needs a new (empty) request body, which the cache can make
+/// for these body types: `http_body_util::{Empty<Bytes>, Full<Bytes>}`,
+/// `BoxBody<Bytes, E>` and `UnsyncBoxBody<Bytes, E>` with `E` one of `BoxError`,
+/// `std::io::Error` or `Infallible`, `String`, `Vec<u8>`, `Bytes`, `()`, and with the
+/// `axum` feature (a default) `axum::body::Body`. With any other (hyper's `Incoming`) the
+/// client gets a `502` with `Cache-Status: …; detail=revalidation-not-selected`; box the
+/// body before the layer to avoid it.
 #[derive(Debug, Clone)]
 pub struct HttpCacheStreaming<S> {
     inner: S,

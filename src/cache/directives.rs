@@ -199,11 +199,20 @@ pub(super) fn is_origin_failure(status: StatusCode) -> bool {
     matches!(status.as_u16(), 500 | 502 | 503 | 504)
 }
 
-/// Whether the response `policy` describes has been stale for no longer than `window`:
-/// `window` ago it was still fresh.
+/// Whether the response `policy` describes has been stale for no longer than `window`
+/// (its age past its freshness lifetime, RFC 9111 §4.2).
+///
+/// The lifetime is read as the time to live plus the age on arrival (`Age`; a time before
+/// arrival counts no resident time). A response that arrived already stale (`Age` past its
+/// lifetime) hides its lifetime; it is taken as zero, so that such a response is never
+/// served staler than `window`.
 pub(super) fn stale_for_at_most(policy: &CachePolicy, now: SystemTime, window: Duration) -> bool {
-    now.checked_sub(window)
-        .is_some_and(|then| !policy.is_stale(then))
+    let before_arrival = SystemTime::UNIX_EPOCH;
+    let lifetime = match policy.time_to_live(before_arrival) {
+        Duration::ZERO => Duration::ZERO,
+        left => left + policy.age(before_arrival),
+    };
+    policy.age(now).saturating_sub(lifetime) <= window
 }
 
 /// How a stored response stands for a request.

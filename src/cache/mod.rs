@@ -148,13 +148,12 @@ pub(crate) enum Plan {
 }
 
 /// What the cache does with the inner service's answer.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "returned and moved once, never kept"
-)]
 pub(crate) enum Finished {
     Ready(Response<StreamingBody>),
     Later(BoxFuture<Response<StreamingBody>>),
+    /// The request goes to the inner service again, unconditionally: its answer to the
+    /// revalidation selected nothing.
+    Again(Pending),
 }
 
 /// A request forwarded to the inner service, and what to do with its answer.
@@ -337,7 +336,7 @@ impl HttpStreamingCache {
     /// [`HttpCacheOptions::sweep_expired_every`]) and returns how many there were.
     pub async fn sweep_expired(&self) -> crate::Result<u64> {
         let now = self.now();
-        let default_window = self.options.stale_if_error;
+        let default_window = self.options.stale_on_error;
         let targeted = self.options.targeted().to_vec();
         self.manager
             .remove_where(move |entry| unusable(entry, now, default_window, &targeted))

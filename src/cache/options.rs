@@ -57,7 +57,7 @@ pub struct HttpCacheOptions {
     pub(super) coalesce_wait: Duration,
     pub(super) complete_on_disconnect: Option<bool>,
     pub(super) background: Background,
-    pub(super) stale_if_error: Option<Duration>,
+    pub(super) stale_on_error: Option<Duration>,
     pub(super) sweep_every: Option<Duration>,
     pub(super) fetch_whole_on_range_miss: bool,
     pub(super) targeted: Vec<http::HeaderName>,
@@ -82,7 +82,7 @@ impl Default for HttpCacheOptions {
             background: Background::new(BACKGROUND_FILLS, BACKGROUND_BYTES),
             targeted: vec![http::HeaderName::from_static("cdn-cache-control")],
             answer_conditionals: true,
-            stale_if_error: None,
+            stale_on_error: None,
             sweep_every: None,
             fetch_whole_on_range_miss: false,
         }
@@ -104,7 +104,7 @@ impl fmt::Debug for HttpCacheOptions {
             .field("coalesce_wait", &self.coalesce_wait)
             .field("complete_on_disconnect", &self.complete_on_disconnect)
             .field("background_fills", &self.background.limits())
-            .field("stale_if_error", &self.stale_if_error)
+            .field("stale_on_error", &self.stale_on_error)
             .field("sweep_every", &self.sweep_every)
             .field("fetch_whole_on_range_miss", &self.fetch_whole_on_range_miss)
             .field("targeted_cache_control", &self.targeted)
@@ -224,17 +224,24 @@ impl HttpCacheOptions {
     }
 
     /// Serves a stored response that has been stale for up to `window` when the origin
-    /// fails to revalidate it (an error, or a 500, 502, 503 or 504), as if every response
-    /// said `stale-if-error` (RFC 5861). Off by default; `must-revalidate` always wins.
-    pub fn stale_if_error(mut self, window: Duration) -> Self {
-        self.stale_if_error = Some(window);
+    /// fails to revalidate it: the inner service fails (a refused or reset connection, a
+    /// timeout) or answers any `5xx`, as nginx's `proxy_cache_use_stale` does. Off by
+    /// default. A response that must not be served stale (`must-revalidate`, `no-cache`,
+    /// and in a shared cache `proxy-revalidate` and `s-maxage`) never is; an unreachable
+    /// origin is then a `504`. The response served says `Cache-Status: …; fwd=stale;
+    /// fwd-status=<the origin's status>; detail=stale-on-error`.
+    ///
+    /// Responses and requests may ask the same for themselves with `stale-if-error`
+    /// (RFC 5861), which covers errors and `500`, `502`, `503`, `504`.
+    pub fn stale_on_error(mut self, window: Duration) -> Self {
+        self.stale_on_error = Some(window);
         self
     }
 
     /// Every `interval`, removes stored responses that can no longer be used: stale, with
     /// no validator to revalidate them with (no `ETag`, no `Last-Modified`), and past every
     /// stale window (`stale-while-revalidate`, `stale-if-error`, this layer's
-    /// [`stale_if_error`](Self::stale_if_error)). Off by default (modes such as
+    /// [`stale_on_error`](Self::stale_on_error)). Off by default (modes such as
     /// `ForceCache` serve such responses). The sweep runs on a task of its own, started
     /// with the first request, and ends with the cache.
     pub fn sweep_expired_every(mut self, interval: Duration) -> Self {

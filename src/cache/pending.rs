@@ -42,6 +42,26 @@ impl Pending {
                 lookup_found,
                 leader,
             } => match stale {
+                // A 304 naming another representation selects nothing the client asked for
+                // (RFC 9111 §4.3.4): the request goes again, unconditionally, and what it
+                // answers is stored as on a miss.
+                Some(stale)
+                    if response.status() == StatusCode::NOT_MODIFIED
+                        && !is_conditional(&self.request.headers)
+                        && !selects(stale.response.headers(), response.headers()) =>
+                {
+                    crate::log::warn_event!(
+                        key = %stale.key,
+                        "a 304 to a revalidation named another representation; fetching again"
+                    );
+                    self.action = Action::Fetch {
+                        fwd,
+                        stale: None,
+                        lookup_found,
+                        leader,
+                    };
+                    Finished::Again(self)
+                }
                 Some(stale) if response.status() == StatusCode::NOT_MODIFIED => {
                     Finished::Later(Box::pin(self.revalidated(stale, response, leader)))
                 }
@@ -54,15 +74,30 @@ impl Pending {
                 {
                     Finished::Later(Box::pin(self.revalidated(stale, response, leader)))
                 }
-                Some(stale)
-                    if is_origin_failure(response.status()) && self.stale_on_error(&stale) =>
-                {
-                    let status = Status::forward(Fwd::Stale).fwd_status(response.status());
-                    Finished::Ready(self.serve_stale(*stale, status))
+                Some(stale) if response.status().is_server_error() => {
+                    match self.stale_on_error(&stale, Some(response.status())) {
+                        Some(detail) => {
+                            let status = Status::forward(Fwd::Stale)
+                                .fwd_status(response.status())
+                                .detail(detail);
+                            Finished::Ready(self.serve_stale(*stale, status))
+                        }
+                        None => self.store(response, fwd, lookup_found, leader),
+                    }
                 }
                 _ => self.store(response, fwd, lookup_found, leader),
             },
         }
+    }
+
+    /// The answer when a 304 selected nothing and the request cannot be sent again (its
+    /// body type cannot be made anew; see [`HttpCacheStreaming`](crate::HttpCacheStreaming)):
+    /// a `502`, never the 304 to a client that did not ask conditionally.
+    pub(crate) fn not_selected(self) -> Response<StreamingBody> {
+        let status = Status::forward(Fwd::Stale)
+            .fwd_status(StatusCode::NOT_MODIFIED)
+            .detail("revalidation-not-selected");
+        self.cache.bad_gateway(status)
     }
 
     /// Whether the request goes to the inner service without its `Range`: a ranged miss
@@ -86,36 +121,44 @@ impl Pending {
         ) {
             return Ok(self.cache.gateway_timeout(Fwd::Stale, "origin-unreachable"));
         }
-        if self.stale_on_error(&stale) {
-            return Ok(self.serve_stale(*stale, Status::forward(Fwd::Stale)));
+        if let Some(detail) = self.stale_on_error(&stale, None) {
+            return Ok(self.serve_stale(*stale, Status::forward(Fwd::Stale).detail(detail)));
         }
         Err(error)
     }
 
-    /// Whether `stale` may stand in for an origin that failed: within a `stale-if-error`
-    /// window of the response, of the request or of the layer's option (RFC 5861), and
-    /// never when the response must be revalidated.
-    pub(super) fn stale_on_error(&self, stale: &Stale) -> bool {
+    /// Whether `stale` may stand in for an origin that failed (`status` it answered, or
+    /// none when the inner service failed), and the `Cache-Status` detail that says why:
+    /// `stale-if-error` within such a window of the response or the request (RFC 5861:
+    /// errors, 500, 502, 503, 504), `stale-on-error` within the layer's window (errors and
+    /// every 5xx). Never when the response must be revalidated.
+    pub(super) fn stale_on_error(
+        &self,
+        stale: &Stale,
+        status: Option<StatusCode>,
+    ) -> Option<&'static str> {
         let decided = self.cache.decides_by(stale.response.headers());
         let headers = &*decided;
         if must_revalidate(headers, self.cache.options.shared) {
-            return false;
+            return None;
         }
+        let within =
+            |window: Duration| stale_for_at_most(&stale.entry.policy, self.cache.now(), window);
         let seconds = |h: &HeaderMap| {
             directive_value(h, "stale-if-error")
                 .and_then(|v| v.parse().ok())
                 .map(Duration::from_secs)
         };
-        let window = [
-            seconds(headers),
-            seconds(&self.request.headers),
-            self.cache.options.stale_if_error,
-        ]
-        .into_iter()
-        .flatten()
-        .max();
-        window
-            .is_some_and(|window| stale_for_at_most(&stale.entry.policy, self.cache.now(), window))
+        let directive = [seconds(headers), seconds(&self.request.headers)]
+            .into_iter()
+            .flatten()
+            .max();
+        if status.is_none_or(is_origin_failure) && directive.is_some_and(within) {
+            return Some("stale-if-error");
+        }
+        let option = self.cache.options.stale_on_error;
+        let failed = status.is_none_or(|status| status.is_server_error());
+        (failed && option.is_some_and(within)).then_some("stale-on-error")
     }
 
     /// A stale response served in place of the origin's answer, saying so in
@@ -126,7 +169,6 @@ impl Pending {
             "http_cache_streaming_stale_served_total",
         );
         let now = self.cache.now();
-        let status = status.detail("stale-if-error");
         self.cache.hit(
             &self.request,
             stale.response,
@@ -196,23 +238,12 @@ impl Pending {
                 .entry
                 .policy
                 .after_response(&view::request(&self.request), &fresh_view, now);
-        if let AfterResponse::Modified(..) = after {
+        // A 304 that may answer validators of the client's own is the client's. (One that
+        // selects nothing never reaches here for an unconditional client: see `finish`.)
+        if matches!(after, AfterResponse::Modified(..)) && is_conditional(&self.request.headers) {
             let status = Status::forward(Fwd::Stale).fwd_status(fresh_parts.status);
-            if is_conditional(&self.request.headers) {
-                // The 304 may answer validators of the client's own: it is the client's.
-                let empty = http_body_util::Empty::<Bytes>::new();
-                return self.pass(Response::from_parts(fresh_parts, empty), status);
-            }
-            // A client that asked unconditionally never gets a 304. One with no validator
-            // selects the one response validated (RFC 9111 §4.3.4); one naming another
-            // representation selects nothing, and this request cannot be sent again.
-            if !selects(stale.response.headers(), &fresh_parts.headers) {
-                crate::log::warn_event!(
-                    key = %stale.key,
-                    "a 304 to a revalidation named another representation"
-                );
-                return cache.bad_gateway(status.detail("revalidation-not-selected"));
-            }
+            let empty = http_body_util::Empty::<Bytes>::new();
+            return self.pass(Response::from_parts(fresh_parts, empty), status);
         }
         count(
             &cache.counters.revalidations,

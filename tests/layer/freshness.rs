@@ -456,29 +456,92 @@ async fn a_304_without_a_validator_freshens_the_response_it_answers() {
     assert_eq!(s.origin.hits(), 2);
 }
 
+/// An origin that answers an unconditional request with `version N` (`ETag: "vN"`, fresh
+/// for a second) and every revalidation with a `304` naming `ETag: "other"`.
+fn versions_and_a_stray_304(parts: &http::request::Parts, n: usize) -> Response<AxumBody> {
+    if parts.headers.contains_key("if-none-match") {
+        let mut not_modified = reply(
+            &[("cache-control", "max-age=60"), ("etag", "\"other\"")],
+            "",
+        );
+        *not_modified.status_mut() = StatusCode::NOT_MODIFIED;
+        return not_modified;
+    }
+    let tag = format!("\"v{n}\"");
+    reply(
+        &[("cache-control", "max-age=1"), ("etag", &tag)],
+        format!("version {n}"),
+    )
+}
+
 #[tokio::test]
-async fn a_304_that_names_another_representation_is_never_passed_to_an_unconditional_client() {
-    let mut s = revalidated_by(Some("\"other\"")).await;
+async fn a_304_that_selects_nothing_is_followed_by_an_unconditional_request() {
+    let mut s = setup(HttpCacheOptions::default(), versions_and_a_stray_304).await;
     let url = s.origin.url("/v");
-    send(&mut s.cache, get(&url)).await;
+    assert_eq!(send(&mut s.cache, get(&url)).await.body, "version 1");
     s.clock.advance(5);
     let got = send(&mut s.cache, get(&url)).await;
+    // Not the 304, not the stored body it did not select: the origin's answer to the same
+    // request sent again without validators, and that is what is stored.
     assert_eq!(
-        got.status,
-        StatusCode::BAD_GATEWAY,
+        (got.status, &got.body[..]),
+        (StatusCode::OK, &b"version 3"[..]),
         "{}",
         got.cache_status()
     );
+    assert_eq!(s.origin.hits(), 3);
+    let last = s.origin.last_request();
     assert!(
-        got.cache_status()
-            .contains("detail=revalidation-not-selected")
+        !last.headers.contains_key("if-none-match"),
+        "{:?}",
+        last.headers
     );
+    let hit = send(&mut s.cache, get(&url)).await;
+    assert!(hit.hit(), "{}", hit.cache_status());
+    assert_eq!(hit.body, "version 3");
+    assert_eq!(s.origin.hits(), 3);
     // A client with validators of its own gets the origin's 304: it may answer them.
+    s.clock.advance(5);
     let conditional = with("GET", &url, &[("if-none-match", "\"other\"")]);
     assert_eq!(
         send(&mut s.cache, conditional).await.status,
         StatusCode::NOT_MODIFIED
     );
+}
+
+/// A request body type the cache cannot make anew.
+struct Opaque(Full<Bytes>);
+
+#[tokio::test]
+async fn a_304_that_selects_nothing_is_a_502_when_the_request_cannot_be_sent_again() {
+    let origin = Origin::start(versions_and_a_stray_304).await;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::default();
+    let now = clock.clone();
+    let options = HttpCacheOptions::default().clock(move || now.now());
+    let mut cache = ServiceBuilder::new()
+        .layer(HttpCacheStreamingLayer::with_options(
+            StreamingManager::new(dir.path().to_path_buf()),
+            options,
+        ))
+        .map_request(|request: Request<Opaque>| request.map(|Opaque(body)| body))
+        .service(client());
+    let url = origin.url("/v");
+    let get = || Request::get(&url).body(Opaque(Full::default())).unwrap();
+    let first = cache.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(
+        first.into_body().collect().await.unwrap().to_bytes(),
+        "version 1"
+    );
+    clock.advance(5);
+    let got = cache.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(got.status(), StatusCode::BAD_GATEWAY);
+    let cache_status = got.headers()["cache-status"].to_str().unwrap();
+    assert!(
+        cache_status.contains("fwd-status=304; detail=revalidation-not-selected"),
+        "{cache_status}"
+    );
+    assert_eq!(origin.hits(), 2);
 }
 
 #[tokio::test]

@@ -61,19 +61,34 @@ async fn stale_if_error_serves_the_stale_entry_within_its_window_only() {
 }
 
 #[tokio::test]
-async fn stale_if_error_covers_an_unreachable_origin_and_the_layer_option() {
-    let options = HttpCacheOptions::default().stale_if_error(Duration::from_secs(120));
+async fn stale_on_error_covers_every_5xx_and_an_unreachable_origin_within_its_window() {
+    let options = HttpCacheOptions::default().stale_on_error(Duration::from_secs(120));
     let (mut s, failure) = failing_later(options, "").await;
     let url = s.origin.url("/opt");
+    let other = s.origin.url("/other");
     send(&mut s.cache, get(&url)).await;
-    failure.store(500, Ordering::SeqCst);
+    send(&mut s.cache, get(&other)).await;
     s.clock.advance(60);
-    let on_500 = send(&mut s.cache, get(&url)).await;
+    // Every 5xx, not only RFC 5861's four; never a 4xx, which is the origin's answer.
+    for code in [500, 507, 599] {
+        failure.store(code, Ordering::SeqCst);
+        let got = send(&mut s.cache, get(&url)).await;
+        assert_eq!((got.status, &got.body[..]), (StatusCode::OK, &b"n1"[..]));
+        assert!(
+            got.cache_status().contains(&format!(
+                "fwd=stale; fwd-status={code}; detail=stale-on-error"
+            )),
+            "{}",
+            got.cache_status()
+        );
+    }
+    failure.store(404, Ordering::SeqCst);
     assert_eq!(
-        (on_500.status, &on_500.body[..]),
-        (StatusCode::OK, &b"n1"[..])
+        send(&mut s.cache, get(&other)).await.status,
+        StatusCode::NOT_FOUND
     );
 
+    failure.store(500, Ordering::SeqCst);
     s.origin.stop().await;
     let unreachable = send(&mut s.cache, get(&url)).await;
     assert_eq!(
@@ -81,9 +96,28 @@ async fn stale_if_error_covers_an_unreachable_origin_and_the_layer_option() {
         b"n1",
         "an unreachable origin, within the window"
     );
+    assert!(
+        unreachable
+            .cache_status()
+            .contains("fwd=stale; detail=stale-on-error"),
+        "{}",
+        unreachable.cache_status()
+    );
     s.clock.advance(600);
     let response = s.cache.ready().await.unwrap().call(get(&url)).await;
     assert!(response.is_err(), "outside the window the error stands");
+}
+
+#[tokio::test]
+async fn stale_if_error_in_a_response_covers_rfc_5861s_four_statuses_only() {
+    let (mut s, failure) = failing_later(HttpCacheOptions::default(), ", stale-if-error=600").await;
+    let url = s.origin.url("/four");
+    send(&mut s.cache, get(&url)).await;
+    s.clock.advance(30);
+    failure.store(502, Ordering::SeqCst);
+    assert_eq!(&send(&mut s.cache, get(&url)).await.body[..], b"n1");
+    failure.store(507, Ordering::SeqCst);
+    assert_eq!(send(&mut s.cache, get(&url)).await.status.as_u16(), 507);
 }
 
 #[tokio::test]

@@ -1,0 +1,297 @@
+//! RFC 9111 behaviours as a proxy's clients see them: the `reverse_proxy` binary between a
+//! client and a loopback origin, for each row of README's "RFC 9111 behaviours" table that
+//! is about what a proxy answers. (The same rules are tested through the layer, with a
+//! clock of their own, in tests/layer.)
+//!
+//! Entries are made stale without waiting: the origin sends an `Age` past their `max-age`.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use axum::body::Body as AxumBody;
+use bytes::Bytes;
+use common::{Got, Origin, Proxy, client, send, start_proxy};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+
+/// A response with `headers` and `body`.
+fn reply(headers: &[(&str, &str)], body: impl Into<Bytes>) -> Response<AxumBody> {
+    let mut response = Response::new(AxumBody::from(body.into()));
+    for (name, value) in headers {
+        let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+        response.headers_mut().append(name, value.parse().unwrap());
+    }
+    response
+}
+
+fn with_status(mut response: Response<AxumBody>, status: u16) -> Response<AxumBody> {
+    *response.status_mut() = StatusCode::from_u16(status).unwrap();
+    response
+}
+
+/// A proxy in front of `origin`, with `extra` flags, and its cache directory.
+fn proxy(origin: &Origin, extra: &[&str]) -> (Proxy, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(&origin.url(""), dir.path(), extra);
+    (proxy, dir)
+}
+
+async fn get(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> Got {
+    request(proxy, "GET", path, headers).await
+}
+
+async fn request(proxy: &Proxy, method: &str, path: &str, headers: &[(&str, &str)]) -> Got {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", proxy.addr));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    send(&mut client(), request.body(Full::default()).unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconditional_client_never_gets_a_304_even_when_the_origin_sends_a_stray_one() {
+    // Revalidations get a 304 naming another representation; plain requests a new version.
+    let origin = Origin::start(|parts, n| {
+        if parts.headers.contains_key("if-none-match") {
+            return with_status(reply(&[("etag", "\"other\"")], ""), 304);
+        }
+        let tag = format!("\"v{n}\"");
+        let headers = [
+            ("cache-control", "max-age=60"),
+            ("age", "100"),
+            ("etag", &tag),
+        ];
+        reply(&headers, format!("version {n}"))
+    })
+    .await;
+    let (proxy, _dir) = proxy(&origin, &[]);
+    assert_eq!(get(&proxy, "/v", &[]).await.body, "version 1");
+    let got = get(&proxy, "/v", &[]).await;
+    assert_eq!(
+        (got.status, &got.body[..]),
+        (StatusCode::OK, &b"version 3"[..]),
+        "{}",
+        got.cache_status()
+    );
+    assert_eq!(origin.hits(), 3, "the revalidation, then the request again");
+    assert!(!origin.last_request().headers.contains_key("if-none-match"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directive_names_are_case_insensitive_and_malformed_freshness_is_not_trusted() {
+    let origin = Origin::start(|parts, n| {
+        let headers: &[(&str, &str)] = match parts.uri.path() {
+            "/mixed-max-age" => &[("cache-control", "MaX-AgE=3600")],
+            "/mixed-no-cache" => &[("cache-control", "max-age=3600, No-CaChE")],
+            "/bad-age" => &[("cache-control", "max-age=3600"), ("age", "old, 0")],
+            "/bad-expires" => &[("expires", "Fri,  01 Jan 2049 00:00:00 GMT")],
+            "/spaced" => &[("cache-control", "max-age = 3600")],
+            _ => &[("cache-control", "max-age=3600")],
+        };
+        reply(headers, format!("n{n}"))
+    })
+    .await;
+    let (proxy, _dir) = proxy(&origin, &[]);
+    let mut expected_hits = 0;
+    for (path, reused) in [
+        ("/plain", true),
+        ("/mixed-max-age", true),
+        ("/mixed-no-cache", false),
+        ("/bad-age", false),
+        ("/bad-expires", false),
+        ("/spaced", false),
+    ] {
+        get(&proxy, path, &[]).await;
+        let again = get(&proxy, path, &[]).await;
+        expected_hits += if reused { 1 } else { 2 };
+        assert_eq!(again.hit(), reused, "{path}: {}", again.cache_status());
+        assert_eq!(origin.hits(), expected_hits, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdn_cache_control_decides_for_the_proxy_and_cache_control_still_reaches_clients() {
+    let origin = Origin::start(|_, n| {
+        let headers = [
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=3600"),
+        ];
+        reply(&headers, format!("n{n}"))
+    })
+    .await;
+    let (proxy, _dir) = proxy(&origin, &[]);
+    get(&proxy, "/cdn", &[]).await;
+    let again = get(&proxy, "/cdn", &[]).await;
+    assert!(again.hit(), "{}", again.cache_status());
+    assert_eq!(again.body, "n1");
+    assert_eq!(again.header("cache-control"), Some("no-store"));
+    assert_eq!(origin.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_requests_and_understood_error_statuses_are_answered_from_the_cache() {
+    let origin = Origin::start(|parts, n| {
+        let headers = [("cache-control", "max-age=3600"), ("etag", "\"v1\"")];
+        let response = reply(&headers, format!("n{n}"));
+        match parts.uri.path() {
+            "/gone" => with_status(response, 404),
+            "/down" => with_status(response, 503),
+            _ => response,
+        }
+    })
+    .await;
+    let (proxy, _dir) = proxy(&origin, &[]);
+    get(&proxy, "/page", &[]).await;
+    let conditional = get(&proxy, "/page", &[("if-none-match", "W/\"v1\", \"v0\"")]).await;
+    assert_eq!(conditional.status, StatusCode::NOT_MODIFIED);
+    assert!(conditional.body.is_empty());
+    assert_eq!(conditional.header("etag"), Some("\"v1\""));
+    let changed = get(&proxy, "/page", &[("if-none-match", "\"v0\"")]).await;
+    assert_eq!(
+        (changed.status, &changed.body[..]),
+        (StatusCode::OK, &b"n1"[..])
+    );
+    assert_eq!(origin.hits(), 1, "both answered without the origin");
+
+    for (path, status) in [("/gone", 404), ("/down", 503)] {
+        let first = get(&proxy, path, &[]).await;
+        let again = get(&proxy, path, &[]).await;
+        assert_eq!(again.status.as_u16(), status);
+        assert!(again.hit(), "{path}: {}", again.cache_status());
+        assert_eq!(again.body, first.body);
+    }
+    assert_eq!(origin.hits(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_to_head_freshens_the_stored_get_and_vary_compares_normalised_values() {
+    let origin = Origin::start(|parts, n| {
+        if parts.uri.path() == "/lang" {
+            let headers = [
+                ("cache-control", "max-age=3600"),
+                ("vary", "Accept-Language"),
+            ];
+            return reply(&headers, format!("n{n}"));
+        }
+        // The GET arrives stale; the HEAD's answer is fresh.
+        let age = if parts.method == http::Method::HEAD {
+            "0"
+        } else {
+            "100"
+        };
+        let headers = [
+            ("cache-control", "max-age=60"),
+            ("age", age),
+            ("etag", "\"v1\""),
+        ];
+        reply(&headers, format!("n{n}"))
+    })
+    .await;
+    let (proxy, _dir) = proxy(&origin, &[]);
+    assert_eq!(get(&proxy, "/head", &[]).await.body, "n1");
+    let head = request(&proxy, "HEAD", "/head", &[]).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(origin.last_request().method, http::Method::HEAD);
+    let after = get(&proxy, "/head", &[]).await;
+    assert!(after.hit(), "{}", after.cache_status());
+    assert_eq!(after.body, "n1", "the body is the stored one");
+    assert_eq!(origin.hits(), 2);
+
+    get(&proxy, "/lang", &[("accept-language", "en-GB, fr;q=0.5")]).await;
+    let reordered = get(&proxy, "/lang", &[("accept-language", "FR;q=0.5,en-gb")]).await;
+    assert!(reordered.hit(), "{}", reordered.cache_status());
+    let other = get(&proxy, "/lang", &[("accept-language", "de")]).await;
+    assert!(!other.hit());
+    assert_eq!(origin.hits(), 4);
+}
+
+/// An origin whose `/page` is `n<request number>`, stale on arrival (`max-age=10`, `Age:
+/// 20`) plus `extra` directives, until `failure` holds a status to answer instead.
+async fn failing_origin(extra: &'static str) -> (Origin, Arc<AtomicU16>) {
+    let failure = Arc::new(AtomicU16::new(0));
+    let fail = failure.clone();
+    let origin = Origin::start(move |_, n| match fail.load(Ordering::SeqCst) {
+        0 => {
+            let control = format!("max-age=10{extra}");
+            reply(
+                &[("cache-control", &control), ("age", "20")],
+                format!("n{n}"),
+            )
+        }
+        // Slow: longer than the proxy's --timeout-secs 1.
+        1 => {
+            std::thread::sleep(std::time::Duration::from_millis(2500));
+            reply(&[], "too late")
+        }
+        code => with_status(reply(&[], "origin error"), code),
+    })
+    .await;
+    (origin, failure)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stale_on_error_serves_stale_for_5xx_timeouts_and_refusals_only_when_allowed() {
+    let (mut origin, failure) = failing_origin("").await;
+    let (proxy, _dir) = proxy(&origin, &["--stale-on-error", "60"]);
+    let (off, _off_dir) = self::proxy(&origin, &[]);
+    assert_eq!(get(&proxy, "/page", &[]).await.body, "n1");
+    assert_eq!(get(&off, "/page", &[]).await.body, "n2");
+
+    failure.store(503, Ordering::SeqCst);
+    let got = get(&proxy, "/page", &[]).await;
+    assert_eq!((got.status, &got.body[..]), (StatusCode::OK, &b"n1"[..]));
+    assert!(
+        got.cache_status()
+            .contains("fwd=stale; fwd-status=503; detail=stale-on-error"),
+        "{}",
+        got.cache_status()
+    );
+    assert_eq!(
+        get(&off, "/page", &[]).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    failure.store(1, Ordering::SeqCst);
+    let timed_out = get(&proxy, "/page", &[]).await;
+    assert_eq!(timed_out.body, "n1");
+    assert!(
+        timed_out.cache_status().contains("fwd-status=504"),
+        "{}",
+        timed_out.cache_status()
+    );
+
+    origin.stop().await;
+    let refused = get(&proxy, "/page", &[]).await;
+    assert_eq!(refused.body, "n1");
+    assert!(
+        refused.cache_status().contains("fwd-status=502"),
+        "{}",
+        refused.cache_status()
+    );
+    assert_eq!(
+        get(&off, "/page", &[]).await.status,
+        StatusCode::BAD_GATEWAY
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_on_error_never_serves_what_must_be_revalidated() {
+    for extra in [
+        ", must-revalidate",
+        ", proxy-revalidate",
+        ", s-maxage=10",
+        ", no-cache",
+    ] {
+        let (origin, failure) = failing_origin(extra).await;
+        let (proxy, _dir) = proxy(&origin, &["--stale-on-error", "60"]);
+        get(&proxy, "/page", &[]).await;
+        failure.store(503, Ordering::SeqCst);
+        let got = get(&proxy, "/page", &[]).await;
+        assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE, "{extra}");
+        assert_eq!(got.body, "origin error", "{extra}");
+    }
+}
