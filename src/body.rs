@@ -16,6 +16,7 @@ use tokio_util::sync::PollSemaphore;
 use crate::error::{BoxError, Error};
 use crate::format::reader::ChunkReader;
 use crate::store::fill::{Fill, FollowReader};
+use crate::store::partial::PartialSink;
 
 /// A response body that streams from a stored file, is being stored while it streams (a tee),
 /// or passes another body through.
@@ -66,6 +67,24 @@ pub(crate) enum Segment {
 enum Part {
     Bytes(Bytes),
     Disk(ChunkReader),
+    /// `left` bytes from the origin, stored as they pass when there is a sink.
+    Net {
+        inner: UnsyncBoxBody<Bytes, BoxError>,
+        sink: Option<PartialSink>,
+        left: u64,
+    },
+}
+
+/// A piece of a body put together from a partial entry and the origin.
+pub(crate) enum Piece {
+    /// Held bytes, read from the partial entry's file.
+    Held(ChunkReader),
+    /// Exactly `len` bytes of `body`, each stored through `sink` as it passes.
+    Fetched {
+        body: UnsyncBoxBody<Bytes, BoxError>,
+        sink: Option<PartialSink>,
+        len: u64,
+    },
 }
 
 impl StreamingBody {
@@ -161,6 +180,25 @@ impl StreamingBody {
         };
         StreamingBody {
             kind: Kind::Parts { segments: parts },
+        }
+    }
+
+    /// The pieces one after the other: bytes a partial entry holds around those fetched
+    /// now. A fetched piece that ends short of its length, or runs past it, fails the body.
+    pub(crate) fn pieces(pieces: Vec<Piece>) -> Self {
+        let segments = pieces
+            .into_iter()
+            .map(|piece| match piece {
+                Piece::Held(reader) => Part::Disk(reader),
+                Piece::Fetched { body, sink, len } => Part::Net {
+                    inner: body,
+                    sink,
+                    left: len,
+                },
+            })
+            .collect();
+        StreamingBody {
+            kind: Kind::Parts { segments },
         }
     }
 
@@ -406,6 +444,37 @@ impl Body for StreamingBody {
                             return Poll::Ready(Some(Err(e)));
                         }
                     },
+                    Some(Part::Net { inner, sink, left }) => {
+                        match std::task::ready!(Pin::new(inner).poll_frame(cx)) {
+                            Some(Ok(frame)) => {
+                                let Ok(data) = frame.into_data() else {
+                                    continue; // the range's trailers: not the whole body's
+                                };
+                                let Some(after) = left.checked_sub(data.len() as u64) else {
+                                    segments.clear();
+                                    let error = "the origin sent more than the range it named";
+                                    return Poll::Ready(Some(Err(Error::body(error))));
+                                };
+                                *left = after;
+                                if let Some(sink) = sink {
+                                    sink.push(&data);
+                                }
+                                return Poll::Ready(Some(Ok(Frame::data(data))));
+                            }
+                            Some(Err(e)) => {
+                                segments.clear();
+                                return Poll::Ready(Some(Err(Error::body(e))));
+                            }
+                            None if *left > 0 => {
+                                segments.clear();
+                                let error = "the origin's range ended short";
+                                return Poll::Ready(Some(Err(Error::body(error))));
+                            }
+                            None => {
+                                segments.pop_front();
+                            }
+                        }
+                    }
                 }
             },
         }
@@ -437,6 +506,7 @@ impl Body for StreamingBody {
                     .map(|part| match part {
                         Part::Bytes(bytes) => bytes.len() as u64,
                         Part::Disk(reader) => reader.remaining(),
+                        Part::Net { left, .. } => *left,
                     })
                     .sum(),
             ),

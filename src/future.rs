@@ -105,10 +105,9 @@ struct Again<S, ReqB> {
 }
 
 impl<S: Clone, ReqB: 'static> Again<S, ReqB> {
-    /// Kept for a revalidation of a client's unconditional request, when its body type can
-    /// be made anew.
-    fn prepare(service: &S, parts: &request::Parts, conditional: bool) -> Option<Self> {
-        if !conditional {
+    /// Kept for a revalidation, when the request's body type can be made anew.
+    fn prepare(service: &S, parts: &request::Parts, revalidates: bool) -> Option<Self> {
+        if !revalidates {
             return None;
         }
         let body = crate::empty_body::empty::<ReqB>()?;
@@ -119,11 +118,16 @@ impl<S: Clone, ReqB: 'static> Again<S, ReqB> {
     }
 }
 
-/// Replaces a request's validators with those of a revalidation.
+/// Replaces a request's validators with those of a revalidation (or its `Range` and
+/// `If-Range` with those of a partial entry's fetch): each header named replaces the
+/// client's.
 fn apply_validators(parts: &mut request::Parts, conditional: Option<http::HeaderMap>) {
     if let Some(validators) = conditional {
         parts.headers.remove(http::header::IF_NONE_MATCH);
         parts.headers.remove(http::header::IF_MODIFIED_SINCE);
+        for name in validators.keys() {
+            parts.headers.remove(name);
+        }
         for (name, value) in &validators {
             parts.headers.append(name.clone(), value.clone());
         }
@@ -214,7 +218,7 @@ where
                             else {
                                 panic!("ResponseFuture polled after completion");
                             };
-                            let again = Again::prepare(&service, &parts, conditional.is_some());
+                            let again = Again::prepare(&service, &parts, pending.revalidates());
                             apply_validators(&mut parts, conditional);
                             let future = service.call(Request::from_parts(parts, body));
                             state.set(State::Inner {
@@ -233,7 +237,7 @@ where
                                 body.take(),
                                 tokio::runtime::Handle::try_current(),
                             ) {
-                                let again = Again::prepare(&service, &parts, conditional.is_some());
+                                let again = Again::prepare(&service, &parts, pending.revalidates());
                                 apply_validators(&mut parts, conditional);
                                 let request = Request::from_parts(parts, body);
                                 runtime.spawn(revalidate_in_background(

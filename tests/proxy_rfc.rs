@@ -295,3 +295,70 @@ async fn stale_on_error_never_serves_what_must_be_revalidated() {
         assert_eq!(got.body, "origin error", "{extra}");
     }
 }
+
+/// An origin serving `body` with a strong `ETag`, honouring one byte range `a-b` or `a-`.
+fn ranged_origin(body: Vec<u8>) -> impl Fn(&http::request::Parts, usize) -> Response<AxumBody> {
+    move |parts, _| {
+        let headers = [("cache-control", "max-age=3600"), ("etag", "\"v1\"")];
+        let range = parts
+            .headers
+            .get("range")
+            .and_then(|v| v.to_str().ok()?.strip_prefix("bytes=")?.split_once('-'))
+            .map(|(first, last)| {
+                let start: usize = first.parse().unwrap();
+                let end = match last {
+                    "" => body.len(),
+                    last => last.parse::<usize>().unwrap() + 1,
+                };
+                (start, end.min(body.len()))
+            });
+        let Some((start, end)) = range else {
+            return reply(&headers, body.clone());
+        };
+        let mut response = with_status(reply(&headers, body[start..end].to_vec()), 206);
+        let content_range = format!("bytes {start}-{}/{}", end - 1, body.len());
+        response
+            .headers_mut()
+            .insert("content-range", content_range.parse().unwrap());
+        response
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_content_is_kept_completed_from_missing_spans_and_stored_whole() {
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let origin = Origin::start(ranged_origin(body.clone())).await;
+    let (proxy, dir) = proxy(&origin, &[]);
+    let first = get(&proxy, "/movie", &[("range", "bytes=0-39999")]).await;
+    assert_eq!(first.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(first.body.as_ref(), &body[..40_000]);
+    let inside = get(&proxy, "/movie", &[("range", "bytes=1000-1999")]).await;
+    assert!(inside.hit(), "{}", inside.cache_status());
+    assert_eq!(inside.body.as_ref(), &body[1000..2000]);
+    let across = get(&proxy, "/movie", &[("range", "bytes=30000-69999")]).await;
+    assert_eq!(
+        across.header("content-range"),
+        Some("bytes 30000-69999/100000")
+    );
+    assert_eq!(across.body.as_ref(), &body[30_000..70_000]);
+    let fetched = origin.last_request().headers["range"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(fetched, "bytes=40000-69999", "only the missing span");
+    get(&proxy, "/movie", &[("range", "bytes=70000-")]).await;
+    assert_eq!(origin.hits(), 3);
+    // Whole now: stored as a complete entry, served to a request without a range.
+    let cache = dir.path().to_path_buf();
+    common::eventually("the complete entry", || {
+        !common::content_files(&cache).is_empty()
+    })
+    .await;
+    let whole = get(&proxy, "/movie", &[]).await;
+    assert!(whole.hit(), "{}", whole.cache_status());
+    assert_eq!(
+        (whole.status, whole.body.as_ref()),
+        (StatusCode::OK, &body[..])
+    );
+    assert_eq!(origin.hits(), 3);
+}

@@ -7,6 +7,7 @@ mod directives;
 pub(crate) mod key;
 pub(crate) mod mode;
 mod options;
+mod partial;
 mod pending;
 mod plan;
 pub(crate) mod range;
@@ -166,6 +167,15 @@ pub(crate) struct Pending {
     /// A ranged miss fetching the whole response: the client's range, answered from the
     /// stored body as it is written.
     range: Option<HeaderMap>,
+    /// A ranged miss that keeps or completes a partial entry.
+    partial: Option<partial::PartialPlan>,
+}
+
+impl Pending {
+    /// Whether this is the revalidation of a stored response.
+    pub(crate) fn revalidates(&self) -> bool {
+        matches!(self.action, Action::Fetch { stale: Some(_), .. })
+    }
 }
 
 enum Action {

@@ -60,6 +60,7 @@ pub struct HttpCacheOptions {
     pub(super) stale_on_error: Option<Duration>,
     pub(super) sweep_every: Option<Duration>,
     pub(super) fetch_whole_on_range_miss: bool,
+    pub(super) store_partial: bool,
     pub(super) targeted: Vec<http::HeaderName>,
     pub(super) answer_conditionals: bool,
 }
@@ -85,6 +86,7 @@ impl Default for HttpCacheOptions {
             stale_on_error: None,
             sweep_every: None,
             fetch_whole_on_range_miss: false,
+            store_partial: true,
         }
     }
 }
@@ -107,6 +109,7 @@ impl fmt::Debug for HttpCacheOptions {
             .field("stale_on_error", &self.stale_on_error)
             .field("sweep_every", &self.sweep_every)
             .field("fetch_whole_on_range_miss", &self.fetch_whole_on_range_miss)
+            .field("store_partial_content", &self.store_partial)
             .field("targeted_cache_control", &self.targeted)
             .field("answer_conditionals", &self.answer_conditionals)
             .finish_non_exhaustive()
@@ -250,11 +253,27 @@ impl HttpCacheOptions {
     }
 
     /// What a `Range` request that misses does: by default it goes to the origin as it is,
-    /// and the partial answer is not stored. With `true`, the whole response is fetched
-    /// (without `Range`) and stored, and the client is answered its range from the file as
-    /// it is written; the next requests, ranged or not, are hits.
+    /// and its `206` is kept as a partial entry (see
+    /// [`store_partial_content`](Self::store_partial_content)). With `true`, the whole
+    /// response is fetched (without `Range`) and stored, and the client is answered its
+    /// range from the file as it is written; the next requests, ranged or not, are hits.
     pub fn fetch_whole_on_range_miss(mut self, on: bool) -> Self {
         self.fetch_whole_on_range_miss = on;
+        self
+    }
+
+    /// Whether `206` answers to ranged misses are kept as partial entries (RFC 9111 §3.3,
+    /// §3.4): on by default. A range a partial entry holds is then a hit; one it holds in
+    /// part fetches only the span it lacks (with `If-Range`, so that a changed
+    /// representation comes back whole), answered from the entry around the fetched bytes;
+    /// and once its ranges cover the whole body it is hashed, checked against the origin's
+    /// `Repr-Digest` when there is one, and stored as a complete entry. Kept: a single byte
+    /// range with the whole length in its `Content-Range`, a strong `ETag`, no `Vary`, and
+    /// the storing rules a `200` would meet. Partial entries live in the store's scratch
+    /// directory, count against its `max_size`, and do not outlive the process (a restart
+    /// starts them over); at most 256 are kept, the least recently used going first.
+    pub fn store_partial_content(mut self, on: bool) -> Self {
+        self.store_partial = on;
         self
     }
 

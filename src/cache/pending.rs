@@ -85,7 +85,16 @@ impl Pending {
                         None => self.store(response, fwd, lookup_found, leader),
                     }
                 }
-                _ => self.store(response, fwd, lookup_found, leader),
+                Some(_) => self.store(response, fwd, lookup_found, leader),
+                None if self.partial.is_some()
+                    && response.status() == StatusCode::PARTIAL_CONTENT =>
+                {
+                    self.partial_answer(response, fwd)
+                }
+                None => {
+                    self.partial_gives_way();
+                    self.store(response, fwd, lookup_found, leader)
+                }
             },
         }
     }
@@ -341,10 +350,7 @@ impl Pending {
     {
         let cache = &self.cache;
         let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        for name in INTERNAL {
-            parts.headers.remove(name);
-        }
+        keepable(&mut parts.headers);
         let response = Response::from_parts(parts, body);
         let now = cache.now();
         let options = cache.options.semantics();
@@ -494,5 +500,14 @@ impl Pending {
         }
         let headers = key::normalize_selecting(&names, &headers);
         policy_view(&self.request.method, headers)
+    }
+}
+
+/// An origin's headers as the cache keeps them: without hop-by-hop headers and without the
+/// headers it uses for itself.
+pub(super) fn keepable(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    for name in INTERNAL {
+        headers.remove(name);
     }
 }

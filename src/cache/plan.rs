@@ -83,6 +83,7 @@ impl HttpStreamingCache {
             mode,
             action,
             range: None,
+            partial: None,
         }
     }
 
@@ -100,6 +101,9 @@ impl HttpStreamingCache {
             Found::Nothing { fwd } => {
                 if only_if_cached {
                     return Plan::Respond(self.gateway_timeout(fwd, "only-if-cached"));
+                }
+                if let Some(plan) = self.partial_plan(parts, &key, mode, fwd).await {
+                    return plan;
                 }
                 return self.miss(parts, key, mode, fwd, false).await;
             }

@@ -105,7 +105,7 @@ impl Claim {
         Claim { room, bytes: 0 }
     }
 
-    fn more(&mut self, bytes: u64) -> Result<(), Error> {
+    pub(crate) fn more(&mut self, bytes: u64) -> Result<(), Error> {
         self.room.claim(bytes)?;
         self.bytes += bytes;
         Ok(())

@@ -214,6 +214,7 @@ impl StreamingManagerBuilder {
                 deletions: Arc::default(),
                 fills: Arc::default(),
                 writes: std::sync::atomic::AtomicU64::new(0),
+                partials: Default::default(),
             }),
         }
     }

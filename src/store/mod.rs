@@ -3,6 +3,7 @@
 
 pub(crate) mod fill;
 pub(crate) mod index;
+pub(crate) mod partial;
 pub(crate) mod pool;
 mod tier;
 pub(crate) mod writer;
@@ -84,6 +85,8 @@ struct Inner {
     deletions: Arc<Mutex<Deletions>>,
     fills: Arc<Fills>,
     writes: std::sync::atomic::AtomicU64,
+    /// Responses received in ranges so far.
+    partials: partial::Partials,
 }
 
 /// Statistics of what a store holds.
@@ -262,6 +265,7 @@ impl StreamingManager {
         let opened = self.opened().await?;
         let key_hash = Hash32::of(key.as_bytes());
         lock(&self.inner.deletions).record(Some(key_hash));
+        self.drop_partial(key);
         blocking(move || opened.delete(key_hash)).await?;
         self.unshare(key_hash).await;
         Ok(())
@@ -304,6 +308,7 @@ impl StreamingManager {
         let opened = self.opened().await?;
         opened.read_in().await?;
         lock(&self.inner.deletions).record(None);
+        self.clear_partials();
         blocking(move || opened.clear()).await
     }
 

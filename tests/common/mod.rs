@@ -249,6 +249,11 @@ impl Origin {
         self.hits.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// The heads of the requests answered so far, in order.
+    pub fn requests(&self) -> Vec<http::request::Parts> {
+        self.seen.lock().unwrap().clone()
+    }
+
     /// The head of the last request answered.
     pub fn last_request(&self) -> http::request::Parts {
         self.seen

@@ -7,6 +7,7 @@ mod common;
 mod bodies;
 mod freshness;
 mod options;
+mod partial;
 mod range;
 mod stacks;
 mod stale;
@@ -52,12 +53,24 @@ async fn setup<F>(options: HttpCacheOptions, handler: F) -> Setup
 where
     F: Fn(&http::request::Parts, usize) -> Response<AxumBody> + Send + Sync + 'static,
 {
+    setup_sized(options, None, handler).await
+}
+
+/// [`setup`], with a store of at most `max_size` bytes.
+async fn setup_sized<F>(options: HttpCacheOptions, max_size: Option<u64>, handler: F) -> Setup
+where
+    F: Fn(&http::request::Parts, usize) -> Response<AxumBody> + Send + Sync + 'static,
+{
     let origin = Origin::start(handler).await;
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::default();
     let now = clock.clone();
     let options = options.clock(move || now.now());
-    let manager = StreamingManager::new(dir.path().to_path_buf());
+    let mut manager = StreamingManager::builder(dir.path());
+    if let Some(bytes) = max_size {
+        manager = manager.max_size(bytes);
+    }
+    let manager = manager.build();
     let cache = ServiceBuilder::new()
         .layer(HttpCacheStreamingLayer::with_options(manager, options))
         .service(client());

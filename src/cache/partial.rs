@@ -1,0 +1,331 @@
+//! Ranged misses and partial entries (RFC 9111 §3.3–§3.4): a `206` to a ranged request is
+//! kept as a partial entry of its representation; later ranges it holds are hits, and
+//! ranges it holds in part fetch only the span that is missing, answered from the entry's
+//! file around the fetched bytes. Once the ranges cover the whole body, the store makes it
+//! an ordinary entry (see `store::partial`).
+//!
+//! Only what can be combined safely is: a single byte range, a response with a strong
+//! entity tag (ranges are combined only under the same one, and fetched with `If-Range`
+//! naming it, so that a changed representation comes back whole), the length of the whole
+//! body in its `Content-Range`, no `Vary`, and the storing rules a `200` of it would meet.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response, StatusCode, request};
+use http_body::Body;
+use http_cache_semantics::CachePolicy;
+
+use super::directives::{Judged, is_conditional, judge, shared_cookie};
+use super::mode::CacheMode;
+use super::pending::keepable;
+use super::range::{self, Ranged};
+use super::status::{Fwd, Status};
+use super::{Finished, HttpStreamingCache, Pending, Plan, count, key};
+use crate::body::{Piece, StreamingBody, boxed};
+use crate::error::BoxError;
+use crate::store::partial::{PartialEntry, PartialHead};
+
+/// What a ranged miss does with the origin's answer.
+pub(super) enum PartialPlan {
+    /// Keep a `206` as (part of) a partial entry; the client asked what was sent on.
+    Store,
+    /// The client asked `start..end` of `entry`, which holds all of it but `fetch`: the
+    /// origin was asked for that span only, with `If-Range`.
+    Complete {
+        entry: Arc<PartialEntry>,
+        start: u64,
+        end: u64,
+        fetch: (u64, u64),
+    },
+}
+
+impl HttpStreamingCache {
+    /// A ranged `GET` that found no stored response: answered from a partial entry that
+    /// holds its range and is fresh, or sent on for the span the entry lacks, or as it is.
+    /// `None` when partial entries have no part in it.
+    pub(super) async fn partial_plan(
+        &self,
+        parts: &request::Parts,
+        key: &str,
+        mode: CacheMode,
+        fwd: Fwd,
+    ) -> Option<Plan> {
+        let eligible = self.options.store_partial
+            && !self.options.fetch_whole_on_range_miss
+            && mode == CacheMode::Default
+            && parts.method == Method::GET
+            && parts.headers.contains_key(header::RANGE)
+            && !parts.headers.contains_key(header::IF_RANGE)
+            && !is_conditional(&parts.headers);
+        if !eligible {
+            return None;
+        }
+        let forward = |conditional, plan| {
+            count(&self.counters.misses, "http_cache_streaming_misses_total");
+            let action = super::Action::Fetch {
+                fwd,
+                stale: None,
+                lookup_found: false,
+                leader: None,
+            };
+            let mut pending = self.pending(parts, key.to_owned(), mode, action);
+            pending.partial = Some(plan);
+            Some(Plan::Forward {
+                conditional,
+                pending,
+            })
+        };
+        let Some(entry) = self.manager.partial(key) else {
+            return forward(None, PartialPlan::Store);
+        };
+        // A range that has just been read to its end is held for the request after it.
+        entry.settled(std::time::Duration::from_secs(1)).await;
+        let head = entry.head();
+        let Ranged::Part { start, len } =
+            range::ranged(&parts.headers, &head.parts.headers, entry.total)
+        else {
+            // Several ranges, or none that exist: the origin answers those.
+            return forward(None, PartialPlan::Store);
+        };
+        let end = start + len;
+        let now = self.now();
+        let within_cap = self
+            .options
+            .max_ttl
+            .is_none_or(|cap| head.policy.age(now) < cap);
+        let fresh = within_cap
+            && matches!(
+                judge(&head.policy, parts, &head.parts.headers, now),
+                Judged::Fresh
+            );
+        if fresh && entry.covers(start, end) {
+            return Some(Plan::Respond(
+                self.partial_hit(parts, &entry, head, start, end),
+            ));
+        }
+        // A stale entry is confirmed by the 206 its If-Range gets; all of the range is
+        // fetched again then, since the held bytes are as stale as the entry.
+        let fetch = match entry.missing(start, end) {
+            Some(span) if fresh => span,
+            _ => (start, end),
+        };
+        let mut conditional = HeaderMap::new();
+        let range = format!("bytes={}-{}", fetch.0, fetch.1 - 1);
+        let (Ok(range), Ok(etag)) = (
+            HeaderValue::try_from(range),
+            HeaderValue::try_from(entry.etag.as_str()),
+        ) else {
+            return forward(None, PartialPlan::Store);
+        };
+        conditional.insert(header::RANGE, range);
+        conditional.insert(header::IF_RANGE, etag);
+        let plan = PartialPlan::Complete {
+            entry,
+            start,
+            end,
+            fetch,
+        };
+        forward(Some(conditional), plan)
+    }
+
+    /// Bytes `start..end`, all held, of a fresh partial entry: a `206` from its file.
+    fn partial_hit(
+        &self,
+        parts: &request::Parts,
+        entry: &PartialEntry,
+        head: PartialHead,
+        start: u64,
+        end: u64,
+    ) -> Response<StreamingBody> {
+        count(&self.counters.hits, "http_cache_streaming_hits_total");
+        let now = self.now();
+        let mut head_parts = head.parts;
+        head_parts.version = parts.version;
+        let age = head.policy.age(now).as_secs();
+        head_parts
+            .headers
+            .insert(header::AGE, HeaderValue::from(age));
+        head_parts
+            .headers
+            .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        range::partial(&mut head_parts, start, end - start, entry.total);
+        let body = StreamingBody::stored_file(entry.reader(start, end), None);
+        let mut response = Response::from_parts(head_parts, body);
+        let status = Status::hit()
+            .detail("partial")
+            .ttl(self.ttl(&head.policy, now));
+        self.annotate(response.headers_mut(), &status, true, true);
+        response
+    }
+}
+
+/// `bytes first-last/complete` of a single-part `206`: `(first, last + 1, complete)`.
+fn content_range(headers: &HeaderMap) -> Option<(u64, u64, u64)> {
+    let value = headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
+    let (span, complete) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = span.split_once('-')?;
+    let (first, last): (u64, u64) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
+    let complete: u64 = complete.trim().parse().ok()?;
+    (first <= last && last < complete).then_some((first, last + 1, complete))
+}
+
+/// A strong entity tag: the only validator ranges are combined under (RFC 9111 §3.4).
+fn strong_etag(headers: &HeaderMap) -> Option<String> {
+    let etag = headers.get(header::ETAG)?.to_str().ok()?.trim();
+    (etag.starts_with('"') && etag.ends_with('"') && etag.len() >= 2).then(|| etag.to_owned())
+}
+
+impl Pending {
+    /// A ranged miss's `206`: kept as (part of) a partial entry and passed on, or, for the
+    /// span fetched for one, answered with the entry's bytes around it.
+    pub(super) fn partial_answer<B>(mut self, response: Response<B>, fwd: Fwd) -> Finished
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let plan = self.partial.take().unwrap_or(PartialPlan::Store);
+        Finished::Later(Box::pin(self.keep_partial(response, plan, fwd)))
+    }
+
+    /// A ranged miss answered otherwise (a `200`: the representation changed, or the
+    /// origin ignores ranges) is stored whole as any miss's answer, and a partial entry of
+    /// another representation goes.
+    pub(super) fn partial_gives_way(&mut self) {
+        if let Some(PartialPlan::Complete { entry, .. }) = self.partial.take() {
+            self.cache.manager.drop_partial(&entry.key);
+        }
+    }
+
+    async fn keep_partial<B>(
+        self,
+        response: Response<B>,
+        plan: PartialPlan,
+        fwd: Fwd,
+    ) -> Response<StreamingBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let cache = &self.cache;
+        let (mut parts, body) = response.into_parts();
+        keepable(&mut parts.headers);
+        let sent = content_range(&parts.headers);
+        let etag = strong_etag(&parts.headers);
+        let head = match (sent, &etag) {
+            (Some((_, _, total)), Some(_)) => self.whole_head(&parts, total),
+            _ => None,
+        };
+        let status = Status::forward(fwd).fwd_status(StatusCode::PARTIAL_CONTENT);
+        let kept = match (head, sent, &etag) {
+            (Some(head), Some((_, _, total)), Some(etag)) => {
+                match cache
+                    .manager
+                    .partial_for(&self.key, etag, total, head)
+                    .await
+                {
+                    Ok(entry) => Some(entry),
+                    Err(error) => {
+                        crate::log::warn_event!(key = %self.key, %error, "could not keep a partial response");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let Some((first, end, total)) = sent else {
+            return self.pass(Response::from_parts(parts, body), status);
+        };
+        let body = boxed(body);
+        match plan {
+            PartialPlan::Complete {
+                entry: planned,
+                start,
+                end: asked_end,
+                fetch,
+            } => {
+                let same = kept
+                    .as_ref()
+                    .is_some_and(|kept| Arc::ptr_eq(kept, &planned))
+                    && (first, end) == fetch
+                    && planned.covers(start, first)
+                    && planned.covers(end, asked_end);
+                if !same {
+                    // Not the span asked for, or of another representation: nothing to
+                    // put the client's range together with.
+                    crate::log::warn_event!(key = %self.key, "a 206 that does not answer the span asked for");
+                    return cache.bad_gateway(status.detail("partial-mismatch"));
+                }
+                let mut pieces = Vec::with_capacity(3);
+                if start < first {
+                    pieces.push(Piece::Held(planned.reader(start, first)));
+                }
+                pieces.push(Piece::Fetched {
+                    body,
+                    sink: Some(planned.sink(first, end)),
+                    len: end - first,
+                });
+                if end < asked_end {
+                    pieces.push(Piece::Held(planned.reader(end, asked_end)));
+                }
+                let mut head = http::response::Parts::clone(&planned.head().parts);
+                head.version = parts.version;
+                head.headers
+                    .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+                range::partial(&mut head, start, asked_end - start, total);
+                let mut response = Response::from_parts(head, StreamingBody::pieces(pieces));
+                let status = status.stored().detail("partial");
+                cache.annotate(response.headers_mut(), &status, false, true);
+                response
+            }
+            PartialPlan::Store => {
+                let sink = kept.map(|entry| entry.sink(first, end));
+                let stored = sink.is_some();
+                let piece = Piece::Fetched {
+                    body,
+                    sink,
+                    len: end - first,
+                };
+                let mut response = Response::from_parts(parts, StreamingBody::pieces(vec![piece]));
+                let status = if stored {
+                    status.stored().detail("partial")
+                } else {
+                    status
+                };
+                cache.annotate(response.headers_mut(), &status, false, false);
+                response
+            }
+        }
+    }
+
+    /// The head a `200` of the whole body would have, and its policy, when it may be
+    /// stored: `None` when the storing rules refuse it (or it varies).
+    fn whole_head(&self, parts: &http::response::Parts, total: u64) -> Option<PartialHead> {
+        let cache = &self.cache;
+        let mut whole = http::response::Parts::clone(parts);
+        whole.status = StatusCode::OK;
+        whole.headers.remove(header::CONTENT_RANGE);
+        whole
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+        let varies = !key::vary_names(&whole.headers)?.is_empty();
+        if varies || shared_cookie(cache.options.shared, &cache.decides_by(&whole.headers)) {
+            return None;
+        }
+        let now = cache.now();
+        let view = cache.policy_response(whole.status, whole.version, &whole.headers);
+        let policy = CachePolicy::new_options(
+            &self.stored_request(&whole.headers),
+            &view,
+            now,
+            cache.options.semantics(),
+        );
+        let url = url::Url::parse(&key::effective_uri(&self.request)).ok()?;
+        policy.is_storable().then(|| PartialHead {
+            parts: whole,
+            policy,
+            url,
+        })
+    }
+}
