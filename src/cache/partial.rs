@@ -22,7 +22,7 @@ use super::mode::CacheMode;
 use super::pending::keepable;
 use super::range::{self, Ranged};
 use super::status::{Fwd, Status};
-use super::{Finished, HttpStreamingCache, Pending, Plan, count, key};
+use super::{Finished, HttpStreamingCache, Pending, Plan, count, key, view};
 use crate::body::{Piece, StreamingBody, boxed};
 use crate::error::BoxError;
 use crate::store::partial::{PartialEntry, PartialHead};
@@ -313,16 +313,18 @@ impl Pending {
         if varies || shared_cookie(cache.options.shared, &cache.decides_by(&whole.headers)) {
             return None;
         }
-        let now = cache.now();
+        let (now, options) = (cache.now(), cache.options.semantics());
         let view = cache.policy_response(whole.status, whole.version, &whole.headers);
-        let policy = CachePolicy::new_options(
-            &self.stored_request(&whole.headers),
-            &view,
-            now,
-            cache.options.semantics(),
-        );
+        // Judged with the request as it came (its Authorization above all), kept with the
+        // headers it varies on only, as a miss's 200 is.
+        let asked = view::request(&self.request);
+        if !CachePolicy::new_options(&asked, &view, now, options).is_storable() {
+            return None;
+        }
+        let stored_request = self.stored_request(&whole.headers);
+        let policy = CachePolicy::new_options(&stored_request, &view, now, options);
         let url = url::Url::parse(&key::effective_uri(&self.request)).ok()?;
-        policy.is_storable().then(|| PartialHead {
+        Some(PartialHead {
             parts: whole,
             policy,
             url,

@@ -285,6 +285,21 @@ async fn parts_without_a_strong_validator_or_with_a_cookie_are_not_kept() {
 }
 
 #[tokio::test]
+async fn a_range_asked_with_authorization_is_not_kept_for_others_in_a_shared_cache() {
+    let (mut s, _) = ranged_origin(HttpCacheOptions::default(), 500).await;
+    let url = s.origin.url("/private-video");
+    let asked = with(
+        "GET",
+        &url,
+        &[("range", "bytes=0-99"), ("authorization", "Bearer alice")],
+    );
+    send(&mut s.cache, asked).await;
+    let other = send(&mut s.cache, ranged(&url, "bytes=0-99")).await;
+    assert!(!other.hit(), "{}", other.cache_status());
+    assert_eq!(s.origin.hits(), 2);
+}
+
+#[tokio::test]
 async fn store_partial_content_false_keeps_nothing() {
     let options = HttpCacheOptions::default().store_partial_content(false);
     let (mut s, _) = ranged_origin(options, 500).await;
