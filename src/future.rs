@@ -97,6 +97,25 @@ where
     }
 }
 
+impl<S, ReqB> std::fmt::Debug for ResponseFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Lookup { .. } => "looking up",
+            State::Inner { .. } => "waiting for the inner service",
+            State::Again { .. } => "sending the request again",
+            State::Finish { .. } => "finishing",
+            State::Ready { .. } => "answered",
+            State::Done => "done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
 /// The request to send again if a revalidation's `304` selects nothing: a clone of the
 /// service and the request as the client sent it, with an empty body made anew.
 struct Again<S, ReqB> {

@@ -63,8 +63,19 @@
 //!
 //! [`StreamingManager::tee`] is the other way in: it answers at once and stores the body as
 //! the caller reads it, committing the entry only if the body ends complete.
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `tracing` | yes | events (entries stored, damaged records removed, evictions, failures) through [`tracing`](https://docs.rs/tracing) |
+//! | `axum` | yes | requests with axum's body are sent again when a revalidation's `304` selects nothing (see [`HttpCacheStreaming`]) |
+//! | `metrics` | no | the cache's counters as [`metrics`](https://docs.rs/metrics) counters |
+//! | `smol` | no | the store runs its file work on smol's thread pool, for services on the smol runtime |
+//! | `object-store` | no | a shared tier in any [`object_store`] bucket (S3, GCS, Azure): [`storage::ObjectStorage`], [`ObjectStoreManager::new`] |
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code, unreachable_pub)]
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations)]
 
 // The README's examples run as doctests.
 #[cfg(doctest)]
@@ -98,3 +109,15 @@ pub use layer::HttpCacheStreamingLayer;
 pub use service::HttpCacheStreaming;
 pub use storage::ObjectStoreManager;
 pub use store::{StoreStats, StreamingManager, StreamingManagerBuilder};
+
+/// The policy engine whose [`CachePolicy`](http_cache_semantics::CachePolicy) public
+/// signatures take, re-exported so that its version always matches.
+pub use http_cache_semantics;
+/// The [`object_store`](https://docs.rs/object_store) crate the shared tier is built on,
+/// re-exported so that its version always matches.
+#[cfg(feature = "object-store")]
+#[cfg_attr(docsrs, doc(cfg(feature = "object-store")))]
+pub use object_store;
+/// The URL type [`StreamingManager::put`] takes, re-exported so that its version always
+/// matches.
+pub use url;

@@ -75,6 +75,7 @@ pub struct Swept {
 impl ObjectStoreManager {
     /// A manager of the cache under `cache-v2/` in `store`.
     #[cfg(feature = "object-store")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "object-store")))]
     pub fn new(store: Arc<dyn object_store::ObjectStore>) -> Self {
         Self::over(Arc::new(super::ObjectStorage::new(store)))
     }

@@ -29,6 +29,7 @@ pub use file::FileStorage;
 pub(crate) use manager::read_entry;
 pub use manager::{ObjectStoreManager, Swept};
 #[cfg(feature = "object-store")]
+#[cfg_attr(docsrs, doc(cfg(feature = "object-store")))]
 pub use object::ObjectStorage;
 
 /// A boxed future, as the seam's methods return.
