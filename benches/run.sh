@@ -5,6 +5,6 @@
 #   benches/run.sh [--mib 1024] [--small 2000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo bench --bench store --bench layer -- --warm-up-time 1 --measurement-time 3
+cargo bench -p http-cache-streaming-benches --bench store --bench layer -- --warm-up-time 1 --measurement-time 3
 (cd benches/compare && cargo run --release -- "$@")
 benches/loopback.sh

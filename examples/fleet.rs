@@ -1,7 +1,7 @@
 //! Two nodes of a fleet sharing one bucket: what each tier costs and buys.
 //!
 //! ```text
-//! cargo run --release --features object-store --example fleet -- \
+//! cargo run --release --features s3 --example fleet -- \
 //!     --s3-endpoint http://127.0.0.1:5055 [--mib 256]
 //! ```
 //!

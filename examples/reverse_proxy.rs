@@ -28,7 +28,7 @@
 //! of such a failure or of any `5xx`, unless it must not be served stale (`must-revalidate`,
 //! `proxy-revalidate`, `no-cache`, `s-maxage`); `Cache-Status` says `fwd=stale;
 //! fwd-status=502; detail=stale-on-error`. Bodies over `--max-body-size` are passed through without being stored. With
-//! `--s3-bucket` (built with `--features object-store`), the cache directory is a fast local
+//! `--s3-bucket` (built with `--features s3`), the cache directory is a fast local
 //! tier in front of that bucket, which proxies on other ports or machines share: credentials
 //! and region come from the usual `AWS_*` environment variables, and `--s3-endpoint` names
 //! an S3-compatible server instead of AWS. Each
@@ -658,7 +658,7 @@ impl tokio::io::AsyncWrite for Watched {
 
 /// The bucket behind the cache directory: credentials and region from the `AWS_*`
 /// environment variables, the endpoint from `--s3-endpoint` when given.
-#[cfg(feature = "object-store")]
+#[cfg(feature = "s3")]
 fn s3_tier(
     bucket: &str,
     endpoint: Option<&str>,
@@ -675,13 +675,13 @@ fn s3_tier(
     ))
 }
 
-#[cfg(not(feature = "object-store"))]
+#[cfg(not(feature = "s3"))]
 fn s3_tier(
     _bucket: &str,
     _endpoint: Option<&str>,
 ) -> Result<std::sync::Arc<dyn http_cache_streaming::storage::Storage>, Error> {
-    Err("--s3-bucket needs the object-store feature: \
-         cargo run --release --features object-store --example reverse_proxy -- ..."
+    Err("--s3-bucket needs the s3 feature: \
+         cargo run --release --features s3 --example reverse_proxy -- ..."
         .into())
 }
 

@@ -72,7 +72,8 @@
 //! | `axum` | yes | requests with axum's body are sent again when a revalidation's `304` selects nothing (see [`HttpCacheStreaming`]) |
 //! | `metrics` | no | the cache's counters as [`metrics`](https://docs.rs/metrics) counters |
 //! | `smol` | no | the store runs its file work on smol's thread pool, for services on the smol runtime |
-//! | `object-store` | no | a shared tier in any [`object_store`] bucket (S3, GCS, Azure): [`storage::ObjectStorage`], [`ObjectStoreManager::new`] |
+//! | `object-store` | no | a shared tier in any [`object_store`](https://docs.rs/object_store) bucket (S3, GCS, Azure): `storage::ObjectStorage`, `ObjectStoreManager::new` |
+//! | `s3` | no | `object-store` with object_store's S3 client (`object_store::aws`); builds a C library for its TLS, so kept apart |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code, unreachable_pub)]
 #![warn(missing_docs, missing_debug_implementations)]

@@ -149,14 +149,9 @@ async fn fetch_all(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_never_fails_a_request_nor_commits_a_partial_entry() {
-    let disk = match SmallDisk::mount(16 << 20) {
-        Ok(disk) => disk,
-        Err(why) => {
-            eprintln!("SKIPPED: the disk-full test needs to mount a tmpfs (run as root): {why}");
-            return;
-        }
-    };
+#[ignore = "mounts a tmpfs, which needs root: cargo test --all-features --test faults -- --ignored tmpfs (.ci/run does)"]
+async fn tmpfs_a_full_disk_never_fails_a_request_nor_commits_a_partial_entry() {
+    let disk = SmallDisk::mount(16 << 20).expect("a 16 MiB tmpfs (this test needs root)");
     let cache_dir = disk.path.join("cache");
     // Without the free-space floor, which would evict before the disk fills (tested below).
     let manager = StreamingManager::builder(&cache_dir)
@@ -207,14 +202,9 @@ async fn a_full_disk_never_fails_a_request_nor_commits_a_partial_entry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_keeps_its_free_space_floor() {
-    let disk = match SmallDisk::mount(16 << 20) {
-        Ok(disk) => disk,
-        Err(why) => {
-            eprintln!("SKIPPED: the free-space test needs to mount a tmpfs (run as root): {why}");
-            return;
-        }
-    };
+#[ignore = "mounts a tmpfs, which needs root: cargo test --all-features --test faults -- --ignored tmpfs (.ci/run does)"]
+async fn tmpfs_a_store_keeps_its_free_space_floor() {
+    let disk = SmallDisk::mount(16 << 20).expect("a 16 MiB tmpfs (this test needs root)");
     let cache_dir = disk.path.join("cache");
     // The default floor: 5 % of 16 MiB, about 820 KiB.
     let manager = StreamingManager::builder(&cache_dir)

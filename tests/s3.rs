@@ -1,6 +1,7 @@
-//! The store on a real S3 API: `HCS_S3_ENDPOINT` names one on loopback (`.ci/run` starts
-//! `moto_server` for these tests). Without it every test here says it skipped.
-#![cfg(feature = "object-store")]
+//! The store on a real S3 API: the one `HCS_S3_ENDPOINT` names, or else `moto_server` (PyPI's
+//! `moto[server]`, an S3 emulator) started here on loopback, installed on first use into a
+//! virtual environment under the temp directory. Without Python and PyPI these tests fail,
+//! saying so: none of them passes without an S3 API to run against.
 
 mod common;
 
@@ -22,12 +23,62 @@ const ENDPOINT: &str = "HCS_S3_ENDPOINT";
 const BUCKET: &str = "HCS_S3_BUCKET";
 const ROLE: &str = "HCS_S3_CHILD";
 
-fn endpoint() -> Option<String> {
-    let endpoint = std::env::var(ENDPOINT).ok();
-    if endpoint.is_none() {
-        eprintln!("SKIPPED: set {ENDPOINT} to an S3 API (`.ci/run` starts moto_server)");
+fn endpoint() -> String {
+    if let Ok(endpoint) = std::env::var(ENDPOINT) {
+        return endpoint;
     }
-    endpoint
+    static MOTO: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MOTO.get_or_init(start_moto).clone()
+}
+
+/// Starts `moto_server` on a free loopback port (installing it first if need be) and returns
+/// its URL once it answers. It stops when this test process ends: it is run by a shell that
+/// kills it when its standard input, a pipe this process holds, closes.
+fn start_moto() -> String {
+    let venv = std::env::temp_dir().join("http-cache-streaming-moto");
+    let server = venv.join("bin").join("moto_server");
+    if !server.exists() {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .and_then(|_| {
+                Command::new(venv.join("bin").join("pip"))
+                    .args(["install", "--quiet", "moto[server]"])
+                    .status()
+            });
+        assert!(
+            made.as_ref().is_ok_and(|status| status.success()),
+            "these tests need an S3 API: installing moto_server into {} failed ({made:?}); \
+             set {ENDPOINT} to one instead",
+            venv.display()
+        );
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap()
+        .port();
+    let script = format!(
+        "'{}' -H 127.0.0.1 -p {port} >/dev/null 2>&1 & server=$!; read _; kill $server",
+        server.display()
+    );
+    let child = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("sh starts moto_server");
+    // The pipe stays open for as long as this process lives.
+    std::mem::forget(child);
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "moto_server did not start on {url}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    url
 }
 
 /// A client of `bucket` at `endpoint`, as a node of a fleet would make one.
@@ -67,7 +118,7 @@ async fn new_bucket(endpoint: &str, test: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_contract_holds_on_s3() {
-    let Some(endpoint) = endpoint() else { return };
+    let endpoint = endpoint();
     let name = new_bucket(&endpoint, "contract").await;
     contract(Arc::new(ObjectStorage::new(bucket(&endpoint, &name)))).await;
     let name = new_bucket(&endpoint, "manager").await;
@@ -76,14 +127,14 @@ async fn the_contract_holds_on_s3() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_layer_nodes_on_one_bucket() {
-    let Some(endpoint) = endpoint() else { return };
+    let endpoint = endpoint();
     let name = new_bucket(&endpoint, "layers").await;
     two_nodes_share_one_tier(Arc::new(ObjectStorage::new(bucket(&endpoint, &name)))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_one_node_stores_another_serves() {
-    let Some(endpoint) = endpoint() else { return };
+    let endpoint = endpoint();
     let name = new_bucket(&endpoint, "fleet").await;
     // Two nodes: two clients of their own on one bucket.
     let first = ObjectStoreManager::new(bucket(&endpoint, &name));
@@ -254,7 +305,7 @@ fn run_child(role: &str, endpoint: &str, name: &str) -> (Vec<String>, u64) {
 
 #[test]
 fn a_256_mib_miss_through_the_layer_reaches_the_bucket_in_bounded_memory() {
-    let Some(endpoint) = endpoint() else { return };
+    let endpoint = endpoint();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let name = runtime.block_on(new_bucket(&endpoint, "layer"));
     let (lines, peak_kib) = run_child("layer", &endpoint, &name);
@@ -300,7 +351,7 @@ fn a_256_mib_miss_through_the_layer_reaches_the_bucket_in_bounded_memory() {
 
 #[test]
 fn a_256_mib_body_goes_up_and_down_in_bounded_memory() {
-    let Some(endpoint) = endpoint() else { return };
+    let endpoint = endpoint();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let name = runtime.block_on(new_bucket(&endpoint, "big"));
     let (_, peak_kib) = run_child("big", &endpoint, &name);
@@ -313,7 +364,7 @@ fn a_256_mib_body_goes_up_and_down_in_bounded_memory() {
 
 #[test]
 fn a_node_killed_mid_upload_leaves_no_record_of_missing_content() {
-    let Some(endpoint) = endpoint() else { return };
+    let endpoint = endpoint();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let name = runtime.block_on(new_bucket(&endpoint, "killed"));
     let mut process = child("endless", &endpoint, &name);
@@ -345,7 +396,7 @@ fn a_node_killed_mid_upload_leaves_no_record_of_missing_content() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_reverse_proxies_share_one_bucket() {
-    let Some(endpoint) = endpoint() else { return };
+    let endpoint = endpoint();
     let name = new_bucket(&endpoint, "proxies").await;
     let origin = common::Origin::start(|_, n| {
         let mut response = http::Response::new(axum::body::Body::from(format!("n{n}")));
