@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Over loopback, the reverse_proxy example (this crate's layer in a hyper server) against
+# Over loopback, http-cache-proxy (this crate's layer in a hyper server) against
 # nginx proxy_cache, both in front of the same nginx origin and both serving a cached 4 KiB
 # and a cached 1 MiB object to wrk. Each server gets one core's worth of threads: nginx one
 # worker process, the proxy one Tokio worker thread. Needs nginx and wrk (Debian packages);
@@ -12,7 +12,7 @@ rounds="${2:-5}"
 for tool in nginx wrk; do
     command -v "$tool" >/dev/null || apt-get install -y nginx-light wrk >/dev/null
 done
-cargo build --release --example reverse_proxy
+cargo build --release --features proxy --bin http-cache-proxy
 
 work="$(mktemp -d)"
 cleanup() {
@@ -26,7 +26,7 @@ head -c 4096 /dev/urandom > "$work/www/4k"
 head -c 1048576 /dev/urandom > "$work/www/1m"
 sed "s|WORK|$work|g" benches/nginx/nginx.conf > "$work/nginx.conf"
 nginx -c "$work/nginx.conf" &
-TOKIO_WORKER_THREADS=1 target/release/examples/reverse_proxy --upstream http://127.0.0.1:18080 \
+TOKIO_WORKER_THREADS=1 target/release/http-cache-proxy --upstream http://127.0.0.1:18080 \
     --listen 127.0.0.1:18082 --cache-dir "$work/ours" --quiet > /dev/null &
 proxy=$!
 sleep 1

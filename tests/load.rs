@@ -134,7 +134,7 @@ async fn clients_that_never_finish_their_headers_are_cut_off() {
     let proxy = start_proxy(
         &origin.url(""),
         dir.path(),
-        &["--quiet", "--header-timeout-secs", "2"],
+        &["--quiet", "--header-timeout", "2"],
     );
     let started = Instant::now();
     let mut slow: Vec<TcpStream> = (0..2000)
@@ -187,13 +187,7 @@ async fn clients_that_take_no_bytes_are_dropped_after_the_send_timeout() {
     let proxy = start_proxy(
         &origin.url(""),
         dir.path(),
-        &[
-            "--quiet",
-            "--send-timeout-secs",
-            "2",
-            "--background-fills",
-            "2",
-        ],
+        &["--quiet", "--send-timeout", "2", "--background-fills", "2"],
     );
     let started = Instant::now();
     let mut stalled = Vec::new();
@@ -406,13 +400,7 @@ async fn six_hundred_clients_that_never_read_cannot_take_the_proxy_down() {
     let proxy = start_proxy(
         &origin.url(""),
         dir.path(),
-        &[
-            "--quiet",
-            "--max-size",
-            "268435456",
-            "--send-timeout-secs",
-            "3",
-        ],
+        &["--quiet", "--max-size", "268435456", "--send-timeout", "3"],
     );
     let pid = proxy.child.id();
     let mut stalled = Vec::new();

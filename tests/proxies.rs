@@ -288,7 +288,7 @@ fn proxy(origin: &FleetOrigin, dir: &std::path::Path) -> Proxy {
     start_proxy(
         &origin.origin.url(""),
         dir,
-        &["--timeout-secs", "20", "--quiet"],
+        &["--upstream-timeout", "20s", "--quiet"],
     )
 }
 

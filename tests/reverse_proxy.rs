@@ -412,3 +412,43 @@ async fn upstream_failures_reach_the_client_cleanly_and_nothing_is_stored() {
     let temp = common::temp_files(dir.path());
     assert!(temp.is_empty(), "no partial files left: {temp:?}");
 }
+
+/// The short `reverse_proxy` example (the layer between a hyper server and client), which
+/// `cargo test` builds beside the test binaries: a miss, then a hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_short_example_caches_between_a_hyper_server_and_client() {
+    let (upstream_url, _task) = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(format!("reverse_proxy{}", std::env::consts::EXE_SUFFIX));
+    let mut command = std::process::Command::new(example);
+    command
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--quiet",
+            "--upstream",
+            &upstream_url,
+        ])
+        .arg("--cache-dir")
+        .arg(dir.path());
+    let proxy = common::spawn_proxy_command(command).expect("the example starts");
+    let url = format!("http://{}/page", proxy.addr);
+    let first = send(Request::get(&url).body(Full::default()).unwrap()).await;
+    let second = send(Request::get(&url).body(Full::default()).unwrap()).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(second.body, first.body);
+    let status = |got: &Got| got.headers["cache-status"].to_str().unwrap().to_owned();
+    assert!(
+        status(&first).contains("fwd=uri-miss"),
+        "{}",
+        status(&first)
+    );
+    assert!(status(&second).contains("hit"), "{}", status(&second));
+}

@@ -101,6 +101,9 @@ pub struct CacheStats {
     pub revalidations: u64,
     /// Store failures that requests passed through.
     pub errors: u64,
+    /// Responses being fetched and stored now (each followed by the requests for the same
+    /// key that arrived meanwhile).
+    pub fills_in_flight: u64,
 }
 
 impl fmt::Debug for HttpStreamingCache {
@@ -231,6 +234,7 @@ impl HttpStreamingCache {
             stale_served: load(&counters.stale_served),
             revalidations: load(&counters.revalidations),
             errors: load(&counters.errors),
+            fills_in_flight: self.manager.fills_in_flight() as u64,
         })
     }
 

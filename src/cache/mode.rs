@@ -43,3 +43,57 @@ impl CacheMode {
         )
     }
 }
+
+/// The name of each mode, as [`FromStr`](std::str::FromStr) reads it and
+/// [`Display`](std::fmt::Display) writes it (as the Fetch standard's `cache` modes are
+/// written).
+const NAMES: [(CacheMode, &str); 7] = [
+    (CacheMode::Default, "default"),
+    (CacheMode::NoStore, "no-store"),
+    (CacheMode::Reload, "reload"),
+    (CacheMode::NoCache, "no-cache"),
+    (CacheMode::ForceCache, "force-cache"),
+    (CacheMode::OnlyIfCached, "only-if-cached"),
+    (CacheMode::IgnoreRules, "ignore-rules"),
+];
+
+impl CacheMode {
+    /// The names of every mode: `default`, `no-store`, `reload`, `no-cache`, `force-cache`,
+    /// `only-if-cached`, `ignore-rules`.
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        NAMES.iter().map(|(_, name)| *name)
+    }
+}
+
+impl std::fmt::Display for CacheMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = NAMES
+            .iter()
+            .find(|(mode, _)| mode == self)
+            .map_or("default", |(_, name)| name);
+        f.write_str(name)
+    }
+}
+
+/// Reads a mode by its name (`no-store`, `force-cache`...), as configuration files and
+/// command lines write it.
+///
+/// ```
+/// use http_cache_streaming::CacheMode;
+/// assert_eq!("force-cache".parse::<CacheMode>(), Ok(CacheMode::ForceCache));
+/// assert!("sometimes".parse::<CacheMode>().is_err());
+/// ```
+impl std::str::FromStr for CacheMode {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        NAMES
+            .iter()
+            .find(|(_, known)| known.eq_ignore_ascii_case(name.trim()))
+            .map(|(mode, _)| *mode)
+            .ok_or_else(|| {
+                let names: Vec<_> = CacheMode::names().collect();
+                format!("{name:?} is not a cache mode ({})", names.join(", "))
+            })
+    }
+}

@@ -30,6 +30,13 @@ pub(crate) struct Fills {
     by_key: Mutex<HashMap<Hash32, Arc<Fill>>>,
 }
 
+impl Fills {
+    /// Fills under way.
+    pub(crate) fn len(&self) -> usize {
+        crate::rt::lock(&self.by_key).len()
+    }
+}
+
 /// How much the fills of one cache may read on their own once nobody reads them: at most
 /// `permits` such fills at once, each at most `bytes` more. Past that a fill whose last
 /// reader left is given up and nothing is stored.

@@ -132,6 +132,14 @@ impl StreamingManager {
         &self.inner.dir
     }
 
+    /// Opens the store now: creates its directories, checks that the cache directory is
+    /// usable (this user's, writable by no other), sweeps what a crashed run left, and starts
+    /// reading its records in. Every other method opens the store on first use; a service
+    /// calls this at start-up to fail early, with the reason, on a directory it cannot use.
+    pub async fn open(&self) -> Result<()> {
+        self.opened().await.map(|_| ())
+    }
+
     async fn opened(&self) -> Result<Arc<Opened>> {
         self.inner
             .opened

@@ -203,6 +203,11 @@ impl StreamingManager {
     }
 
     /// Leads a fill of `key` (see [`fill`]), or follows the one under way.
+    /// Fills under way now.
+    pub(crate) fn fills_in_flight(&self) -> usize {
+        self.inner.fills.len()
+    }
+
     pub(crate) fn join_fill(
         &self,
         key: &str,

@@ -349,7 +349,7 @@ pub fn start_proxy_with_env(
 ) -> Proxy {
     let cache_dir = cache_dir.to_str().expect("a UTF-8 temp path");
     let mut args = vec!["--upstream", upstream, "--cache-dir", cache_dir];
-    args.extend(["--timeout-secs", "1", "--purge-token", PURGE_TOKEN]);
+    args.extend(["--upstream-timeout", "1s", "--purge-token", PURGE_TOKEN]);
     args.extend(extra);
     spawn_proxy(&args, env).expect("the proxy starts")
 }
@@ -364,18 +364,13 @@ pub fn spawn_proxy(args: &[&str], env: &[(&str, &str)]) -> Result<Proxy, String>
     spawn_proxy_command(command)
 }
 
-/// The reverse proxy example's binary, built by `cargo test` beside the test binaries:
-/// `target/<profile>/examples/`.
+/// The `http-cache-proxy` binary, which `cargo test` builds for the tests that need it
+/// (they require the `proxy` feature).
 pub fn proxy_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let examples = exe.parent().unwrap().parent().unwrap().join("examples");
-    let binary = examples.join(format!("reverse_proxy{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.exists(),
-        "{} is built by cargo test",
-        binary.display()
-    );
-    binary
+    match option_env!("CARGO_BIN_EXE_http-cache-proxy") {
+        Some(binary) => binary.into(),
+        None => panic!("the http-cache-proxy binary is built with --features proxy"),
+    }
 }
 
 /// Runs `command`, which starts the proxy (perhaps through a shell that sets something
@@ -390,11 +385,10 @@ pub fn spawn_proxy_command(mut command: std::process::Command) -> Result<Proxy, 
     let mut line = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
     // "proxying http://127.0.0.1:PORT -> ..."
-    let Some(addr) = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|url| url.strip_prefix("http://"))
-    else {
+    let Some(addr) = line.split_whitespace().nth(1).and_then(|url| {
+        url.strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+    }) else {
         let status = child.wait().unwrap();
         let mut stderr = String::new();
         std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();

@@ -1,0 +1,279 @@
+//! The command line: every flag also an environment variable (`HTTP_CACHE_PROXY_<FLAG>`),
+//! sizes and durations written as operators write them for nginx (`10G`, `512M`, `30s`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use http::Uri;
+use http_cache_streaming::CacheMode;
+
+/// A caching reverse proxy: every request goes to one upstream through an RFC 9111 cache
+/// on disk.
+#[derive(Parser, Debug)]
+#[command(
+    name = "http-cache-proxy",
+    version,
+    max_term_width = 100,
+    args_override_self = true
+)]
+pub(crate) struct Args {
+    /// The origin: http://HOST or https://HOST, with :PORT if need be.
+    #[arg(long, env = "HTTP_CACHE_PROXY_UPSTREAM", value_parser = upstream)]
+    pub(crate) upstream: Uri,
+
+    /// Where clients connect.
+    #[arg(long, env = "HTTP_CACHE_PROXY_LISTEN")]
+    pub(crate) listen: SocketAddr,
+
+    /// The cache directory (created if missing; it must be this user's).
+    #[arg(long, env = "HTTP_CACHE_PROXY_CACHE_DIR")]
+    pub(crate) cache_dir: PathBuf,
+
+    /// Bytes the cache directory may hold: 10G, 512M, 64k, or bytes. The store also keeps
+    /// 5 % of the file system (at most 1 GiB) free.
+    #[arg(long, env = "HTTP_CACHE_PROXY_MAX_SIZE", value_parser = size, default_value = "10G")]
+    pub(crate) max_size: u64,
+
+    /// Entries the cache may hold; least recently used go first. Unbounded by default.
+    #[arg(long, env = "HTTP_CACHE_PROXY_MAX_ENTRIES", value_parser = count)]
+    pub(crate) max_entries: Option<usize>,
+
+    /// Bodies larger than this are passed through unstored. Unbounded by default.
+    #[arg(long, env = "HTTP_CACHE_PROXY_MAX_BODY_SIZE", value_parser = size)]
+    pub(crate) max_body_size: Option<u64>,
+
+    /// How the cache treats requests: default (RFC 9111), no-store, reload, no-cache,
+    /// force-cache, only-if-cached, ignore-rules.
+    #[arg(long, env = "HTTP_CACHE_PROXY_MODE", value_parser = mode, default_value = "default")]
+    pub(crate) mode: CacheMode,
+
+    /// Serve a stored response up to this stale when the upstream fails or answers 5xx
+    /// (like nginx's proxy_cache_use_stale). Off by default.
+    #[arg(long, env = "HTTP_CACHE_PROXY_STALE_ON_ERROR", value_parser = duration)]
+    pub(crate) stale_on_error: Option<Duration>,
+
+    /// No response is served from the cache once older than this, whatever its freshness.
+    #[arg(long, env = "HTTP_CACHE_PROXY_MAX_TTL", value_parser = duration)]
+    pub(crate) max_ttl: Option<Duration>,
+
+    /// How long a request for what another request is fetching waits for its response head
+    /// before going to the upstream itself.
+    #[arg(long, env = "HTTP_CACHE_PROXY_COALESCE_WAIT", value_parser = duration, default_value = "10s")]
+    pub(crate) coalesce_wait: Duration,
+
+    /// The name in the Cache-Status header (RFC 9211).
+    #[arg(
+        long,
+        env = "HTTP_CACHE_PROXY_CACHE_STATUS",
+        default_value = "http-cache-streaming"
+    )]
+    pub(crate) cache_status: String,
+
+    /// Time the upstream has to answer, and the longest it may pause in a body.
+    #[arg(long, env = "HTTP_CACHE_PROXY_UPSTREAM_TIMEOUT", value_parser = duration, default_value = "30s")]
+    pub(crate) upstream_timeout: Duration,
+
+    /// A PEM file of CA certificates trusted for an https upstream, besides the system's.
+    #[arg(long, env = "HTTP_CACHE_PROXY_UPSTREAM_CA")]
+    pub(crate) upstream_ca: Option<PathBuf>,
+
+    /// A PEM certificate chain: clients connect with TLS (HTTP/2 by ALPN). Needs --tls-key.
+    #[arg(long, env = "HTTP_CACHE_PROXY_TLS_CERT", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "HTTP_CACHE_PROXY_TLS_KEY", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+
+    /// Time a client has to send a request's headers (nginx's client_header_timeout).
+    #[arg(long, env = "HTTP_CACHE_PROXY_HEADER_TIMEOUT", value_parser = duration, default_value = "30s")]
+    pub(crate) header_timeout: Duration,
+
+    /// A connection with nothing read or written for this long is closed.
+    #[arg(long, env = "HTTP_CACHE_PROXY_IDLE_TIMEOUT", value_parser = duration, default_value = "75s")]
+    pub(crate) idle_timeout: Duration,
+
+    /// A client that takes no byte of a response for this long is dropped (nginx's
+    /// send_timeout).
+    #[arg(long, env = "HTTP_CACHE_PROXY_SEND_TIMEOUT", value_parser = duration, default_value = "60s")]
+    pub(crate) send_timeout: Duration,
+
+    /// Client connections served at once; more wait in the listen backlog.
+    #[arg(long, env = "HTTP_CACHE_PROXY_MAX_CONNECTIONS", value_parser = count, default_value = "4096")]
+    pub(crate) max_connections: usize,
+
+    /// Fills whose clients left that are still read to their end, at once.
+    #[arg(long, env = "HTTP_CACHE_PROXY_BACKGROUND_FILLS", value_parser = count, default_value = "8")]
+    pub(crate) background_fills: usize,
+
+    /// On SIGTERM or SIGINT, how long responses in flight may take to finish.
+    #[arg(long, env = "HTTP_CACHE_PROXY_SHUTDOWN_TIMEOUT", value_parser = duration, default_value = "30s")]
+    pub(crate) shutdown_timeout: Duration,
+
+    /// A bucket shared with other proxies behind the cache directory (AWS_* variables give
+    /// credentials and region).
+    #[arg(long, env = "HTTP_CACHE_PROXY_S3_BUCKET")]
+    pub(crate) s3_bucket: Option<String>,
+
+    /// An S3-compatible server instead of AWS, for --s3-bucket.
+    #[arg(long, env = "HTTP_CACHE_PROXY_S3_ENDPOINT", requires = "s3_bucket")]
+    pub(crate) s3_endpoint: Option<String>,
+
+    /// `PURGE /path` with `Authorization: Bearer TOKEN` removes what is stored for the path.
+    #[arg(long, env = "HTTP_CACHE_PROXY_PURGE_TOKEN", value_parser = token)]
+    pub(crate) purge_token: Option<String>,
+
+    /// Clients are proxies of your own: keep the Forwarded and X-Forwarded-* they send.
+    #[arg(long, env = "HTTP_CACHE_PROXY_TRUST_FORWARDED")]
+    pub(crate) trust_forwarded: bool,
+
+    /// Serve /metrics (Prometheus), /stats (JSON) and /healthz here. Off by default.
+    #[arg(long, env = "HTTP_CACHE_PROXY_ADMIN_LISTEN")]
+    pub(crate) admin_listen: Option<SocketAddr>,
+
+    /// Let --admin-listen be an address other than loopback.
+    #[arg(long, env = "HTTP_CACHE_PROXY_ADMIN_ALLOW_REMOTE")]
+    pub(crate) admin_allow_remote: bool,
+
+    /// Log lines as text or as JSON objects. What is logged: RUST_LOG (default `info`).
+    #[arg(long, env = "HTTP_CACHE_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+
+    /// No access log line per response.
+    #[arg(long, env = "HTTP_CACHE_PROXY_QUIET")]
+    pub(crate) quiet: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+fn mode(value: &str) -> Result<CacheMode, String> {
+    value.parse()
+}
+
+fn upstream(value: &str) -> Result<Uri, String> {
+    let uri: Uri = value.parse().map_err(|e| format!("not a URL: {e}"))?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    let bare = uri.path_and_query().is_none_or(|p| p.as_str() == "/");
+    if !scheme_ok || uri.authority().is_none() || !bare {
+        return Err("an http:// or https:// URL with a host and no path".into());
+    }
+    Ok(uri)
+}
+
+/// A size as nginx takes one: bytes, or a number with `k`, `m`, `g` or `t` (powers of
+/// 1024; `KiB`, `MB` and the like read the same way).
+pub(crate) fn size(value: &str) -> Result<u64, String> {
+    let trimmed = value.trim();
+    let digits = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} is not a size (10G, 512M, 64k, 1048576)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(format!("{value:?}: unknown unit {unit:?} (k, m, g, t)")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{value:?} is too large"))
+}
+
+/// A duration as nginx takes one: `30s`, `500ms`, `5m`, `1h`, `1d`, several added up
+/// (`1m30s`), or whole seconds. Zero is refused: it would mean "at once, always".
+pub(crate) fn duration(value: &str) -> Result<Duration, String> {
+    let bad = || format!("{value:?} is not a duration (30s, 500ms, 5m, 1h, 1m30s)");
+    let mut rest = value.trim();
+    if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) {
+        let secs: u64 = rest.parse().map_err(|_| bad())?;
+        return nonzero(Duration::from_secs(secs), value);
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (number, tail) = rest.split_at(digits);
+        let number: u64 = number.parse().map_err(|_| bad())?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let millis = match unit.trim() {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(bad()),
+        };
+        let part = number.checked_mul(millis).ok_or_else(bad)?;
+        total = total
+            .checked_add(Duration::from_millis(part))
+            .ok_or_else(bad)?;
+        rest = tail.trim_start();
+    }
+    nonzero(total, value)
+}
+
+fn nonzero(duration: Duration, value: &str) -> Result<Duration, String> {
+    if duration.is_zero() {
+        return Err(format!("{value:?}: a duration above zero"));
+    }
+    Ok(duration)
+}
+
+/// A count above zero.
+fn count(value: &str) -> Result<usize, String> {
+    value
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{value:?}: a whole number above zero"))
+}
+
+/// A purge token: visible ASCII, as an `Authorization` header carries it.
+fn token(value: &str) -> Result<String, String> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("a token of visible ASCII characters".into());
+    }
+    Ok(value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_as_nginx_writes_them() {
+        assert_eq!(size("10G"), Ok(10 << 30));
+        assert_eq!(size("512M"), Ok(512 << 20));
+        assert_eq!(size("64k"), Ok(64 << 10));
+        assert_eq!(size("2GiB"), Ok(2 << 30));
+        assert_eq!(size("1048576"), Ok(1 << 20));
+        assert!(size("10X").is_err());
+        assert!(size("G").is_err());
+        assert!(size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn durations_read_as_nginx_writes_them() {
+        assert_eq!(duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(duration("45"), Ok(Duration::from_secs(45)));
+        assert!(duration("0s").is_err());
+        assert!(duration("30x").is_err());
+        assert!(duration("s").is_err());
+    }
+}

@@ -1,0 +1,311 @@
+//! What the proxy does for and against clients before the cache: connections that stall or
+//! idle are dropped, requests that name no valid site are refused, forwarding headers are
+//! set, and `PURGE` with the token removes what is stored.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_cache_streaming::{HttpCacheStreaming, StreamingBody, is_valid_authority};
+
+use crate::upstream::Upstream;
+
+/// What one client may hold, so that slow or many clients cannot take the proxy down.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ClientLimits {
+    /// Time to send a request's headers (HTTP/1): nginx's `client_header_timeout`.
+    pub(crate) header_timeout: Duration,
+    /// A connection with nothing read or written for this long is closed (keep-alive idle).
+    pub(crate) idle_timeout: Duration,
+    /// A client that takes no byte of a response for this long is dropped (nginx's
+    /// `send_timeout`): what it was sent is abandoned like any response whose client left.
+    pub(crate) send_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub(crate) max_connections: usize,
+}
+
+/// A client connection that is dropped when the client takes no byte of a response for
+/// `send_timeout`, or when nothing is read or written for `idle_timeout`: a slow or silent
+/// client holds neither a connection slot nor the response being sent to it for ever.
+pub(crate) struct Watched<S> {
+    stream: S,
+    limits: ClientLimits,
+    /// Armed when a write finds the client's window full; disarmed by any write.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Reset by every byte read or written.
+    idle: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<S> Watched<S> {
+    pub(crate) fn new(stream: S, limits: ClientLimits) -> Self {
+        Watched {
+            stream,
+            limits,
+            stalled: None,
+            idle: Box::pin(tokio::time::sleep(limits.idle_timeout)),
+        }
+    }
+
+    fn active(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.limits.idle_timeout;
+        self.idle.as_mut().reset(deadline);
+    }
+
+    fn timed_out(what: &str) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, what.to_owned())
+    }
+
+    /// What a write to the client came to, with the send timeout applied.
+    fn written(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        written: std::task::Poll<std::io::Result<usize>>,
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        match written {
+            Poll::Ready(Ok(n)) => {
+                self.stalled = None;
+                self.active();
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => {
+                let send_timeout = self.limits.send_timeout;
+                let stalled = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(send_timeout)));
+                if stalled.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(Self::timed_out("client takes no bytes")));
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                self.active();
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if self.idle.as_mut().poll(cx).is_ready() => {
+                Poll::Ready(Err(Self::timed_out("client idle")))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.stream).poll_write(cx, data);
+        self.written(cx, written)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.written(cx, written)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Removes what the cache holds for the request's path, for a client that shows the purge
+/// token: `200` when something was stored, `404` when nothing was, `401` without the token,
+/// `405` when purging is off. Failures are logged; the reply names no local path.
+pub(crate) async fn purge<B>(
+    service: &HttpCacheStreaming<Upstream>,
+    request: &Request<B>,
+    token: Option<&str>,
+) -> Response<StreamingBody> {
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let Some(token) = token else {
+        let mut response = text_response(StatusCode::METHOD_NOT_ALLOWED, "purging is off\n");
+        response.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE"),
+        );
+        return response;
+    };
+    let shown = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    if !shown.is_some_and(|shown| same_secret(shown, token.as_bytes())) {
+        tracing::info!(%path, status = 401, "PURGE");
+        let mut response = text_response(StatusCode::UNAUTHORIZED, "a purge token is needed\n");
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    // The key names the upstream and the path, whatever the URL's host here.
+    let url = format!("http://purge{path}");
+    let (status, message) = match service.cache().purge(&url).await {
+        Ok(true) => (StatusCode::OK, format!("purged {path}\n")),
+        Ok(false) => (
+            StatusCode::NOT_FOUND,
+            format!("nothing stored for {path}\n"),
+        ),
+        Err(error) => {
+            tracing::error!(%path, %error, "PURGE failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("could not purge {path}\n"),
+            )
+        }
+    };
+    tracing::info!(%path, status = status.as_u16(), "PURGE");
+    text_response(status, &message)
+}
+
+/// Whether `shown` is the secret, compared in time that depends on neither (digests of both,
+/// compared byte by byte to the end).
+fn same_secret(shown: &[u8], secret: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(shown), Sha256::digest(secret));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+pub(crate) fn text_response(status: StatusCode, message: &str) -> Response<StreamingBody> {
+    let mut response = Response::new(StreamingBody::from_bytes(Bytes::from(message.to_owned())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// A request the proxy answers itself, before the cache: `CONNECT` (`405`: it tunnels
+/// nothing), and a request whose site is not a valid `host[:port]` or is named twice, or
+/// an HTTP/1.1 request with no `Host` (`400`, RFC 9112 §3.2).
+pub(crate) fn refuse<B>(request: &Request<B>) -> Option<Response<StreamingBody>> {
+    if request.method() == http::Method::CONNECT {
+        return Some(text_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported\n",
+        ));
+    }
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let authority = request.uri().authority().map(|a| a.as_str().as_bytes());
+    let why = match (hosts.next(), hosts.next(), authority) {
+        (_, Some(_), _) => Some("more than one Host header"),
+        (_, _, Some(authority)) if !is_valid_authority(authority) => Some("invalid authority"),
+        (Some(host), None, _) if !is_valid_authority(host.as_bytes()) => Some("invalid Host"),
+        (None, None, None) if request.version() == http::Version::HTTP_11 => Some("no Host"),
+        _ => None,
+    };
+    why.map(|why| text_response(StatusCode::BAD_REQUEST, &format!("{why}\n")))
+}
+
+/// This proxy in `Via` (RFC 9110 §7.6.3): it speaks HTTP/1.1 to the upstream.
+pub(crate) const VIA_1_1: &str = "1.1 http-cache-streaming";
+
+/// Headers a client may send to make an upstream serve another path or method than the one
+/// the key names: never forwarded.
+const REWRITES: [&str; 5] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Headers in which proxies before this one describe the client's request: forwarded only
+/// from clients trusted to be such proxies (`--trust-forwarded`).
+const FORWARDING: [&str; 8] = [
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-scheme",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-host",
+];
+
+/// Says who asked and through what: `Via` with the client's protocol, the peer appended to
+/// `X-Forwarded-For` and `Forwarded`; drops what an untrusted client claims about itself.
+pub(crate) fn forwarded_for<B>(
+    request: &mut Request<B>,
+    peer: SocketAddr,
+    trusted: bool,
+    proto: &str,
+) {
+    let version = match request.version() {
+        http::Version::HTTP_09 => "0.9",
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    let headers = request.headers_mut();
+    for name in REWRITES {
+        headers.remove(name);
+    }
+    if !trusted {
+        for name in FORWARDING {
+            headers.remove(name);
+        }
+    }
+    let ip = peer.ip();
+    let node = if ip.is_ipv6() {
+        format!("for=\"[{ip}]\";proto={proto}")
+    } else {
+        format!("for={ip};proto={proto}")
+    };
+    let appended = [
+        (header::VIA, format!("{version} http-cache-streaming")),
+        (HeaderName::from_static("x-forwarded-for"), ip.to_string()),
+        (header::FORWARDED, node),
+    ];
+    for (name, value) in appended {
+        let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
+            Some(before) => format!("{before}, {value}"),
+            None => value,
+        };
+        if let Ok(value) = HeaderValue::try_from(joined) {
+            headers.insert(name, value);
+        }
+    }
+}

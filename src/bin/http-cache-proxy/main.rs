@@ -1,0 +1,399 @@
+//! `http-cache-proxy`: a caching reverse proxy in front of one origin, as nginx or Varnish
+//! are run, built on http-cache-streaming's layer.
+//!
+//! ```text
+//! cargo install http-cache-streaming --features proxy
+//! http-cache-proxy --upstream https://origin.example --listen 0.0.0.0:8080 \
+//!     --cache-dir /var/cache/http-cache-proxy --max-size 20G --admin-listen 127.0.0.1:9090
+//! ```
+//!
+//! `http-cache-proxy --help` lists every flag; each is also an environment variable
+//! (`HTTP_CACHE_PROXY_MAX_SIZE=20G`). What it does for clients and against them:
+//! - It is a shared cache, keyed on what is fetched (the upstream's scheme and authority,
+//!   the path and the query), never the client's `Host`. A request whose `Host` is not a
+//!   valid `host[:port]`, or that has several, or none in HTTP/1.1, is answered `400`;
+//!   `CONNECT` is `405`.
+//! - Slow and many clients cannot take it down: headers must arrive within
+//!   `--header-timeout`, an idle connection is closed after `--idle-timeout`, a client that
+//!   takes no byte for `--send-timeout` is dropped, at most `--max-connections` are served
+//!   at once, and of the fills whose clients left at most `--background-fills` go on.
+//! - It adds `Via`, `X-Forwarded-For` and `Forwarded`; client-sent `Forwarded` and
+//!   `X-Forwarded-*` are removed unless `--trust-forwarded`; `X-Original-URL` and the
+//!   method-override headers always are.
+//! - With `--purge-token TOKEN`, `PURGE /path` with `Authorization: Bearer TOKEN` removes
+//!   what is stored for the path.
+//! - The upstream may be `https://` (system roots, plus `--upstream-ca FILE`; HTTP/2 when it
+//!   offers it); clients may connect with TLS (`--tls-cert`, `--tls-key`; HTTP/2 by ALPN).
+//! - Logs go to stderr through `tracing` (`RUST_LOG`, `--log-format json`), one access line
+//!   per response when its body ends; `--admin-listen` serves `/metrics`, `/stats` and
+//!   `/healthz`.
+//! - The store is opened before anything is accepted: an unusable cache directory is an
+//!   error with the reason. SIGTERM and SIGINT stop accepting, let responses in flight finish
+//!   (at most `--shutdown-timeout`), and exit 0.
+
+mod access;
+mod admin;
+mod args;
+mod clients;
+mod tls;
+mod upstream;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser as _;
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use http_body_util::BodyExt as _;
+use http_cache_streaming::{
+    HttpCacheOptions, HttpCacheStreaming, HttpCacheStreamingLayer, StreamingManager,
+};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tower::{ServiceBuilder, ServiceExt as _};
+
+use args::{Args, LogFormat};
+use clients::{ClientLimits, Watched};
+use upstream::{CONNECTION_BUFFER, RequestBody, Upstream};
+
+pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Threads for lookups and reads of hits (Tokio's default is 512).
+const BLOCKING_THREADS: usize = 32;
+
+fn main() {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    // Lookups and hit reads are short jobs on the blocking pool: hundreds of requests at
+    // once queue for a bounded set of threads rather than start one each.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .build();
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(run(args)),
+        Err(error) => Err(error.into()),
+    };
+    if let Err(error) = result {
+        tracing::error!("{error}");
+        eprintln!("http-cache-proxy: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The cache in front of the upstream, as the flags ask.
+fn cache(args: &Args, upstream: &Upstream) -> Result<HttpCacheStreamingLayer, Error> {
+    let mut manager = StreamingManager::builder(args.cache_dir.clone()).max_size(args.max_size);
+    if let Some(bytes) = args.max_body_size {
+        manager = manager.max_body_size(bytes);
+    }
+    if let Some(entries) = args.max_entries {
+        manager = manager.max_entries(entries);
+    }
+    if let Some(bucket) = &args.s3_bucket {
+        manager = manager.shared_tier(s3_tier(bucket, args.s3_endpoint.as_deref())?);
+    }
+    let mut options = HttpCacheOptions::default()
+        .shared(true)
+        .mode(args.mode)
+        .cache_key(upstream::key(upstream.base()))
+        .cache_status(Some(&args.cache_status))
+        .coalesce_wait(args.coalesce_wait)
+        .background_fills(args.background_fills, 1 << 30);
+    if let Some(window) = args.stale_on_error {
+        options = options.stale_on_error(window);
+    }
+    if let Some(cap) = args.max_ttl {
+        options = options.max_ttl(cap);
+    }
+    Ok(HttpCacheStreamingLayer::with_options(
+        manager.build(),
+        options,
+    ))
+}
+
+async fn run(args: Args) -> Result<(), Error> {
+    let metrics = admin::recorder()?;
+    let upstream = Upstream::new(
+        &args.upstream,
+        args.upstream_ca.as_deref(),
+        args.upstream_timeout,
+    )?;
+    let layer = cache(&args, &upstream)?;
+    let service: HttpCacheStreaming<Upstream> =
+        ServiceBuilder::new().layer(layer).service(upstream);
+    // Before anything is accepted: a directory the store cannot use is an error now.
+    let cache_dir = args.cache_dir.display();
+    service
+        .cache()
+        .manager()
+        .open()
+        .await
+        .map_err(|e| format!("the cache directory {cache_dir} cannot be used: {e}"))?;
+    let acceptor = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    if let Some(addr) = args.admin_listen {
+        let admin = admin::Admin {
+            cache: service.cache().clone(),
+            metrics,
+            max_size: args.max_size,
+        };
+        let bound = admin::serve(addr, args.admin_allow_remote, admin).await?;
+        tracing::info!(%bound, "admin endpoints: /metrics /stats /healthz");
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("--listen {}: {e}", args.listen))?;
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    let local = listener.local_addr()?;
+    // The first line on stdout says where clients connect (scripts and tests read it).
+    println!(
+        "proxying {scheme}://{local} -> {} (cache in {cache_dir})",
+        args.upstream
+    );
+    tracing::info!(listen = %local, upstream = %args.upstream, cache_dir = %cache_dir, "proxying");
+
+    let shared = Arc::new(Shared {
+        service,
+        purge_token: args.purge_token.as_deref().map(Arc::from),
+        trust_forwarded: args.trust_forwarded,
+        quiet: args.quiet,
+        acceptor,
+        limits: ClientLimits {
+            header_timeout: args.header_timeout,
+            idle_timeout: args.idle_timeout,
+            send_timeout: args.send_timeout,
+            max_connections: args.max_connections,
+        },
+    });
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    accept(listener, Arc::clone(&shared), &graceful).await;
+    tracing::info!(timeout = ?args.shutdown_timeout, "shutting down: no new connections; finishing the responses in flight");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("every response in flight finished"),
+        () = tokio::time::sleep(args.shutdown_timeout) => {
+            tracing::warn!("--shutdown-timeout passed: the responses still in flight are cut off");
+        }
+    }
+    Ok(())
+}
+
+/// What every connection's task shares.
+struct Shared {
+    service: HttpCacheStreaming<Upstream>,
+    purge_token: Option<Arc<str>>,
+    trust_forwarded: bool,
+    quiet: bool,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    limits: ClientLimits,
+}
+
+/// Accepts connections until SIGTERM or SIGINT, serving each on a task of its own watched
+/// by `graceful`.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    graceful: &hyper_util::server::graceful::GracefulShutdown,
+) {
+    let mut connection = auto::Builder::new(TokioExecutor::new());
+    connection
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.limits.header_timeout)
+        .max_buf_size(CONNECTION_BUFFER);
+    connection.http2().timer(TokioTimer::new());
+    let connection = Arc::new(connection);
+    // Past the cap, connections wait in the listen backlog until one closes.
+    let slots = Arc::new(tokio::sync::Semaphore::new(shared.limits.max_connections));
+    let mut last_complaint: Option<Instant> = None;
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    loop {
+        let slot = tokio::select! {
+            () = &mut stop => return,
+            slot = Arc::clone(&slots).acquire_owned() => slot,
+        };
+        let Ok(slot) = slot else { return };
+        let accepted = tokio::select! {
+            () = &mut stop => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors or memory: retrying at once would spin. Wait for
+                // connections to close, and say so at most once a second.
+                if last_complaint.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(%error, "accept failed; retrying in 100 ms");
+                    last_complaint = Some(Instant::now());
+                }
+                if !matches!(
+                    error.kind(),
+                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+                ) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                continue;
+            }
+        };
+        let (connection, shared) = (Arc::clone(&connection), Arc::clone(&shared));
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let stream = Watched::new(stream, shared.limits);
+            let served = match &shared.acceptor {
+                None => {
+                    let proto = "http";
+                    let service = per_request(Arc::clone(&shared), peer, proto);
+                    let conn = connection.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(conn).await
+                }
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(tls) => {
+                        let service = per_request(Arc::clone(&shared), peer, "https");
+                        let conn = connection.serve_connection(TokioIo::new(tls), service);
+                        watcher.watch(conn).await
+                    }
+                    Err(error) => {
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        Ok(())
+                    }
+                },
+            };
+            if let Err(error) = served {
+                tracing::debug!(%peer, %error, "connection error");
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The service of one client connection.
+fn per_request(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    proto: &'static str,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<access::Logged>,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<Response<access::Logged>, Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        let shared = Arc::clone(&shared);
+        async move {
+            let started = Instant::now();
+            let (method, uri) = (request.method().clone(), request.uri().to_string());
+            let response = if let Some(refused) = clients::refuse(&request) {
+                refused
+            } else if request.method().as_str() == "PURGE" {
+                let token = shared.purge_token.as_deref();
+                clients::purge(&shared.service, &request, token).await
+            } else {
+                clients::forwarded_for(&mut request, peer, shared.trust_forwarded, proto);
+                let request = request.map(boxed);
+                let mut response = send(shared.service.clone(), request).await;
+                response
+                    .headers_mut()
+                    .append(header::VIA, HeaderValue::from_static(clients::VIA_1_1));
+                response
+            };
+            let (parts, body) = response.into_parts();
+            let cache_status = parts
+                .headers
+                .get("cache-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned();
+            let line = access::Line {
+                method,
+                uri,
+                peer,
+                status: parts.status.as_u16(),
+                cache_status,
+                started,
+                head_sent: Instant::now(),
+                quiet: shared.quiet,
+            };
+            Ok(Response::from_parts(parts, access::Logged::new(body, line)))
+        }
+    })
+}
+
+fn boxed(body: Incoming) -> RequestBody {
+    body.map_err(std::io::Error::other).boxed_unsync()
+}
+
+/// One request through the cache. (Boxed: the compiler cannot otherwise prove the future
+/// `Send` here.)
+fn send(
+    service: HttpCacheStreaming<Upstream>,
+    request: Request<RequestBody>,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Response<http_cache_streaming::StreamingBody>> + Send>,
+> {
+    Box::pin(async move {
+        match service.oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    })
+}
+
+/// The bucket behind the cache directory: credentials and region from the `AWS_*`
+/// environment variables, the endpoint from `--s3-endpoint` when given.
+fn s3_tier(
+    bucket: &str,
+    endpoint: Option<&str>,
+) -> Result<Arc<dyn http_cache_streaming::storage::Storage>, Error> {
+    let mut builder = http_cache_streaming::object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket);
+    if let Some(endpoint) = endpoint {
+        builder = builder
+            .with_endpoint(endpoint)
+            .with_allow_http(endpoint.starts_with("http://"));
+    }
+    let store = builder.build()?;
+    Ok(Arc::new(http_cache_streaming::storage::ObjectStorage::new(
+        Arc::new(store),
+    )))
+}
