@@ -1,0 +1,2 @@
+//! Tests only: `tests/` runs http-cache-streaming's store under the http-cache family's
+//! layers.
