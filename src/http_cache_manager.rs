@@ -26,6 +26,7 @@ use url::Url;
 use crate::{BoxError, StreamingBody, StreamingManager};
 use bytes::Buf as _;
 
+#[cfg_attr(docsrs, doc(cfg(feature = "http-cache")))]
 impl From<crate::Error> for StreamingError {
     fn from(error: crate::Error) -> Self {
         StreamingError::new(error)
@@ -65,6 +66,7 @@ where
         .map_err(|error| Box::new(error.into()) as BoxError)
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "http-cache")))]
 impl StreamingCacheManager for StreamingManager {
     type Body = StreamingBody;
 

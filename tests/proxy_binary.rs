@@ -301,3 +301,41 @@ async fn tls_on_both_sides_metrics_and_a_graceful_shutdown() {
     };
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_flag_is_also_an_environment_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().to_str().unwrap();
+    // The upstream and the cache directory from the environment; a size with a unit.
+    let env = [
+        ("HTTP_CACHE_PROXY_UPSTREAM", "http://127.0.0.1:9"),
+        ("HTTP_CACHE_PROXY_CACHE_DIR", cache_dir),
+        ("HTTP_CACHE_PROXY_MAX_SIZE", "64M"),
+        ("HTTP_CACHE_PROXY_CACHE_STATUS", "edge-7"),
+    ];
+    let proxy = common::spawn_proxy(&["--quiet"], &env).expect("started from the environment");
+    let got = common::client()
+        .request(
+            Request::get(format!("http://{}/x", proxy.addr))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        got.status(),
+        StatusCode::BAD_GATEWAY,
+        "nothing listens on port 9"
+    );
+    let cache_status = got.headers()["cache-status"].to_str().unwrap();
+    assert!(cache_status.starts_with("edge-7;"), "{cache_status}");
+    // A value the flag refuses is refused from the environment too, saying which.
+    let refused = common::spawn_proxy(
+        &[],
+        &[("HTTP_CACHE_PROXY_MAX_SIZE", "64 apples"), env[0], env[1]],
+    )
+    .err()
+    .expect("refused");
+    assert!(refused.contains("exit status: 2"), "{refused}");
+    assert!(refused.contains("--max-size"), "{refused}");
+}
