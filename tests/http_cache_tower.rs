@@ -1,5 +1,5 @@
 //! http-cache-tower's streaming layer over http-cache-streaming's store (feature
-//! `http-cache`): a miss, a hit from disk, a `304` that freshens, what each side wrote read by
+//! `http-cache`; these tests need `interop-tests`): a miss, a hit from disk, a `304` that freshens, what each side wrote read by
 //! the other, and a 256 MiB body in bounded memory.
 
 use std::convert::Infallible;

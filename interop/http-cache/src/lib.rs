@@ -1,2 +1,0 @@
-//! Tests only: `tests/` runs http-cache-streaming's store under the http-cache family's
-//! layers.
