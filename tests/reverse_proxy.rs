@@ -272,7 +272,7 @@ impl RawUpstream {
                 stream.flush().await?;
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 // A zero linger makes the close a reset (and a drop that does not block).
-                #[expect(deprecated, reason = "a zero linger is what makes the close a reset")]
+                #[allow(deprecated, reason = "a zero linger is what makes the close a reset")]
                 stream.set_linger(Some(Duration::ZERO))?;
             }
             "/short" => {
