@@ -1,7 +1,7 @@
 //! [`StreamingManager`] as http-cache's [`StreamingCacheManager`](http_cache::StreamingCacheManager)
 //! (feature `http-cache`), so that the http-cache family (http-cache-tower's streaming layer,
-//! and any client middleware built on http-cache's streaming interface) can keep its
-//! responses in this store.
+//! http-cache-reqwest's `StreamingCache`, and anything else built on http-cache's streaming
+//! interface) can keep its responses in this store.
 //!
 //! The store is the same: entries written through this trait are read by this crate's layer
 //! and the other way round, under the keys each side makes (http-cache's are

@@ -73,7 +73,7 @@
 //! | `metrics` | no | the cache's counters as [`metrics`](https://docs.rs/metrics) counters |
 //! | `smol` | no | the store runs its file work on smol's thread pool, for services on the smol runtime |
 //! | `object-store` | no | a shared tier in any [`object_store`](https://docs.rs/object_store) bucket (S3, GCS, Azure): `storage::ObjectStorage`, `ObjectStoreManager::new` |
-//! | `http-cache` | no | [`StreamingManager`] implements http-cache's `StreamingCacheManager`, for http-cache-tower's streaming layer and the rest of the http-cache family |
+//! | `http-cache` | no | [`StreamingManager`] implements http-cache's `StreamingCacheManager`, for http-cache-tower's streaming layer, http-cache-reqwest's `StreamingCache` and the rest of the http-cache family |
 //! | `proxy` | no | the `http-cache-proxy` binary: `cargo install http-cache-streaming --features proxy` |
 //! | `s3` | no | `object-store` with object_store's S3 client (`object_store::aws`); builds a C library for its TLS, so kept apart |
 #![cfg_attr(docsrs, feature(doc_cfg))]
