@@ -9,15 +9,7 @@ async fn stored(
     body: &'static [u8],
 ) -> (std::path::PathBuf, std::path::PathBuf) {
     let manager = StreamingManager::new(dir.to_path_buf());
-    manager
-        .put(
-            key.into(),
-            Response::new(Full::new(Bytes::from_static(body))),
-            policy(URL),
-            url(),
-        )
-        .await
-        .unwrap();
+    put_body(&manager, key, Bytes::from_static(body)).await;
     let records = record_files(dir);
     let contents = content_files(dir);
     assert_eq!((records.len(), contents.len()), (1, 1));
@@ -74,20 +66,8 @@ async fn damaged_entries_are_misses_and_are_removed() {
             assert!(matches!(got, Ok(None)), "{what} (reopen {reopen}): {got:?}");
             assert!(!record.exists(), "{what} (reopen {reopen}): record removed");
             // The key can be stored again afterwards.
-            manager
-                .put(
-                    "GET:k".into(),
-                    Response::new(Full::new(Bytes::from("again"))),
-                    policy(URL),
-                    url(),
-                )
-                .await
-                .unwrap();
-            let (response, _) = manager.get("GET:k").await.unwrap().unwrap();
-            assert_eq!(
-                response.into_body().collect().await.unwrap().to_bytes(),
-                "again"
-            );
+            put_body(&manager, "GET:k", Bytes::from("again")).await;
+            assert_eq!(read(&manager, "GET:k").await.unwrap(), "again");
         }
     }
 }
@@ -105,21 +85,9 @@ async fn verify_on_read_refuses_flipped_bytes() {
     let small = Bytes::from(vec![1u8; 100]);
     let large = Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<_>>());
     for (key, body) in [("GET:small", &small), ("GET:large", &large)] {
-        manager
-            .put(
-                key.into(),
-                Response::new(Full::new(body.clone())),
-                policy(URL),
-                url(),
-            )
-            .await
-            .unwrap();
+        put_body(&manager, key, body.clone()).await;
         // Intact bodies pass the check.
-        let (response, _) = manager.get(key).await.unwrap().unwrap();
-        assert_eq!(
-            &response.into_body().collect().await.unwrap().to_bytes(),
-            body
-        );
+        assert_eq!(&read(&manager, key).await.unwrap(), body);
     }
     for body in [&small, &large] {
         let path = dir.path().join("cache-v2/content").join(

@@ -8,15 +8,7 @@ async fn identical_bodies_are_stored_once_and_freed_with_their_last_record() {
     let manager = StreamingManager::new(dir.path().to_path_buf());
     let body = Bytes::from(vec![7u8; 300_000]);
     for key in ["GET:a", "GET:b"] {
-        manager
-            .put(
-                key.into(),
-                Response::new(Full::new(body.clone())),
-                policy(URL),
-                url(),
-            )
-            .await
-            .unwrap();
+        put_body(&manager, key, body.clone()).await;
     }
     let hex: String = sha256(&body).iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(content_files(dir.path()), [hex]);
@@ -28,11 +20,7 @@ async fn identical_bodies_are_stored_once_and_freed_with_their_last_record() {
         1,
         "b still uses the content"
     );
-    let (response, _) = manager.get("GET:b").await.unwrap().unwrap();
-    assert_eq!(
-        response.into_body().collect().await.unwrap().to_bytes(),
-        body
-    );
+    assert_eq!(read(&manager, "GET:b").await.unwrap(), body);
 
     manager.delete("GET:b").await.unwrap();
     assert!(content_files(dir.path()).is_empty());
@@ -44,15 +32,7 @@ async fn identical_bodies_are_stored_once_and_freed_with_their_last_record() {
 
     // Reference counts are rebuilt from the records after a restart.
     for key in ["GET:c", "GET:d"] {
-        manager
-            .put(
-                key.into(),
-                Response::new(Full::new(body.clone())),
-                policy(URL),
-                url(),
-            )
-            .await
-            .unwrap();
+        put_body(&manager, key, body.clone()).await;
     }
     // Deletes right after the restart may come while the records are still being read in:
     // content is then unlinked once they are (which `stats` waits for).
@@ -69,21 +49,9 @@ async fn overwriting_a_key_serves_the_new_body_and_frees_the_old() {
     let dir = tempfile::tempdir().unwrap();
     let manager = StreamingManager::new(dir.path().to_path_buf());
     for body in ["first version", "second version"] {
-        manager
-            .put(
-                "GET:k".into(),
-                Response::new(Full::new(Bytes::from(body))),
-                policy(URL),
-                url(),
-            )
-            .await
-            .unwrap();
+        put_body(&manager, "GET:k", Bytes::from(body)).await;
     }
-    let (response, _) = manager.get("GET:k").await.unwrap().unwrap();
-    assert_eq!(
-        response.into_body().collect().await.unwrap().to_bytes(),
-        "second version"
-    );
+    assert_eq!(read(&manager, "GET:k").await.unwrap(), "second version");
     assert_eq!(content_files(dir.path()).len(), 1);
     assert_eq!(record_files(dir.path()).len(), 1);
 }
@@ -93,15 +61,7 @@ async fn clear_removes_everything() {
     let dir = tempfile::tempdir().unwrap();
     let manager = StreamingManager::new(dir.path().to_path_buf());
     for key in ["GET:x", "GET:y"] {
-        manager
-            .put(
-                key.into(),
-                Response::new(Full::new(Bytes::from(key))),
-                policy(URL),
-                url(),
-            )
-            .await
-            .unwrap();
+        put_body(&manager, key, Bytes::from(key)).await;
     }
     manager.clear().await.unwrap();
     assert!(manager.get("GET:x").await.unwrap().is_none());

@@ -106,19 +106,10 @@ async fn a_body_held_in_memory_is_the_one_stored() {
         .verify_on_read(true)
         .build();
     let body = Bytes::from(vec![7u8; 1000]);
-    manager
-        .put(
-            "GET:m".into(),
-            Response::new(Full::new(body.clone())),
-            policy(URL),
-            url(),
-        )
-        .await
-        .unwrap();
+    put_body(&manager, "GET:m", body.clone()).await;
     for _ in 0..2 {
         // The first read checks and keeps the body; the second is served from memory.
-        let (hit, _) = manager.get("GET:m").await.unwrap().unwrap();
-        assert_eq!(hit.into_body().collect().await.unwrap().to_bytes(), body);
+        assert_eq!(read(&manager, "GET:m").await.unwrap(), body);
     }
     // Bytes flipped on disk afterwards never reach a client: the checked copy is served.
     let content = dir.path().join("cache-v2/content").join(
@@ -130,24 +121,11 @@ async fn a_body_held_in_memory_is_the_one_stored() {
     let mut bytes = std::fs::read(&content).unwrap();
     bytes[10] ^= 0xff;
     std::fs::write(&content, bytes).unwrap();
-    let (hit, _) = manager.get("GET:m").await.unwrap().unwrap();
-    assert_eq!(hit.into_body().collect().await.unwrap().to_bytes(), body);
+    assert_eq!(read(&manager, "GET:m").await.unwrap(), body);
     // Another process replacing the record is seen at once: its stat differs.
     let other = StreamingManager::new(dir.path().to_path_buf());
-    other
-        .put(
-            "GET:m".into(),
-            Response::new(Full::new(Bytes::from("replaced"))),
-            policy(URL),
-            url(),
-        )
-        .await
-        .unwrap();
-    let (hit, _) = manager.get("GET:m").await.unwrap().unwrap();
-    assert_eq!(
-        hit.into_body().collect().await.unwrap().to_bytes(),
-        "replaced"
-    );
+    put_body(&other, "GET:m", Bytes::from("replaced")).await;
+    assert_eq!(read(&manager, "GET:m").await.unwrap(), "replaced");
 }
 
 #[tokio::test]
@@ -163,22 +141,10 @@ async fn keys_of_any_length_and_character_are_safe() {
         "",
     ];
     for (i, key) in keys.iter().enumerate() {
-        manager
-            .put(
-                key.to_string(),
-                Response::new(Full::new(Bytes::from(vec![i as u8; 10]))),
-                policy(URL),
-                url(),
-            )
-            .await
-            .unwrap();
+        put_body(&manager, key, Bytes::from(vec![i as u8; 10])).await;
     }
     for (i, key) in keys.iter().enumerate() {
-        let (response, _) = manager.get(key).await.unwrap().unwrap();
-        assert_eq!(
-            response.into_body().collect().await.unwrap().to_bytes(),
-            vec![i as u8; 10]
-        );
+        assert_eq!(read(&manager, key).await.unwrap(), vec![i as u8; 10]);
     }
     // Nothing was created outside the store's three directories and its access log.
     assert_eq!(files_in(dir.path()), ["cache-v2"]);
