@@ -212,26 +212,14 @@ impl Pending {
         let (mut parts, body) = response.into_parts();
         keepable(&mut parts.headers);
         let sent = content_range(&parts.headers);
-        let etag = strong_etag(&parts.headers);
-        let head = match (sent, &etag) {
-            (Some((_, _, total)), Some(_)) => self.whole_head(&parts, total),
-            _ => None,
-        };
         let status = Status::forward(fwd).fwd_status(StatusCode::PARTIAL_CONTENT);
-        let kept = match (head, sent, &etag) {
-            (Some(head), Some((_, _, total)), Some(etag)) => {
-                match cache
-                    .manager
-                    .partial_for(&self.key, etag, total, head)
-                    .await
-                {
-                    Ok(entry) => Some(entry),
-                    Err(error) => {
-                        crate::log::warn_event!(key = %self.key, %error, "could not keep a partial response");
-                        None
-                    }
+        let kept = match (sent, strong_etag(&parts.headers)) {
+            (Some((_, _, total)), Some(etag)) => match self.whole_head(&parts, total) {
+                Some(head) => {
+                    partial_entry(&self.cache.manager, &self.key, &etag, total, head).await
                 }
-            }
+                None => None,
+            },
             _ => None,
         };
         let Some((first, end, total)) = sent else {
@@ -329,5 +317,23 @@ impl Pending {
             policy,
             url,
         })
+    }
+}
+
+/// The partial entry of `key` a `206` of the representation `etag`, `total` bytes long, goes
+/// into, with `head`; `None` when the store cannot keep it (logged).
+async fn partial_entry(
+    manager: &crate::StreamingManager,
+    key: &str,
+    etag: &str,
+    total: u64,
+    head: PartialHead,
+) -> Option<Arc<PartialEntry>> {
+    match manager.partial_for(key, etag, total, head).await {
+        Ok(entry) => Some(entry),
+        Err(error) => {
+            crate::log::warn_event!(%key, %error, "could not keep a partial response");
+            None
+        }
     }
 }

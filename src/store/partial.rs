@@ -467,14 +467,11 @@ impl StreamingManager {
             settling: tokio::sync::watch::Sender::new(0),
         });
         let mut book = lock(&self.inner.partials);
-        if book.len() >= MAX_PARTIALS && !book.contains_key(key) {
-            let oldest = book
-                .iter()
-                .min_by_key(|(_, entry)| lock(&entry.state).used)
-                .map(|(key, _)| key.clone());
-            if let Some(oldest) = oldest {
-                book.remove(&oldest);
-            }
+        if book.len() >= MAX_PARTIALS
+            && !book.contains_key(key)
+            && let Some(oldest) = least_used(&book, None)
+        {
+            book.remove(&oldest);
         }
         book.insert(key.to_owned(), Arc::clone(&entry));
         Ok(entry)
@@ -500,12 +497,7 @@ impl StreamingManager {
     /// room; `false` when there is none.
     fn drop_least_used_partial(&self, keep: &Arc<PartialEntry>) -> bool {
         let mut book = lock(&self.inner.partials);
-        let oldest = book
-            .iter()
-            .filter(|(_, entry)| !Arc::ptr_eq(entry, keep))
-            .min_by_key(|(_, entry)| lock(&entry.state).used)
-            .map(|(key, _)| key.clone());
-        oldest.is_some_and(|key| book.remove(&key).is_some())
+        least_used(&book, Some(keep)).is_some_and(|key| book.remove(&key).is_some())
     }
 
     /// Forgets every partial entry.
@@ -515,6 +507,17 @@ impl StreamingManager {
 }
 
 pub(crate) type Partials = Mutex<HashMap<String, Arc<PartialEntry>>>;
+
+/// The key of the least recently used partial entry in `book`, other than `except`.
+fn least_used(
+    book: &HashMap<String, Arc<PartialEntry>>,
+    except: Option<&Arc<PartialEntry>>,
+) -> Option<String> {
+    book.iter()
+        .filter(|(_, entry)| except.is_none_or(|except| !Arc::ptr_eq(entry, except)))
+        .min_by_key(|(_, entry)| lock(&entry.state).used)
+        .map(|(key, _)| key.clone())
+}
 
 #[cfg(test)]
 mod tests {
