@@ -370,26 +370,6 @@ fn rss_and_threads(pid: u32) -> (u64, u64) {
     (field("VmRSS:") / 1024, field("Threads:"))
 }
 
-/// Bytes of the files under `dir`.
-fn disk_bytes(dir: &std::path::Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            // Temp files come and go while this looks.
-            let Ok(meta) = entry.metadata() else {
-                continue;
-            };
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else {
-                total += meta.len();
-            }
-        }
-    }
-    total
-}
-
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn six_hundred_clients_that_never_read_cannot_take_the_proxy_down() {

@@ -378,7 +378,7 @@ async fn partial_entries_take_room_within_max_size() {
         &body[..],
         "the client gets every byte all the same"
     );
-    let on_disk: u64 = walk(s.dir.path()).iter().map(|m| m.len()).sum();
+    let on_disk = disk_bytes(s.dir.path());
     assert!(
         on_disk <= max_size,
         "{on_disk} bytes in the cache directory, max_size {max_size}"
@@ -387,19 +387,4 @@ async fn partial_entries_take_room_within_max_size() {
     let start = send(&mut s.cache, ranged(&url, "bytes=0-9999")).await;
     assert!(start.hit(), "{}", start.cache_status());
     assert_eq!(&start.body[..], &body[..10_000]);
-}
-
-/// The metadata of every file under `dir`.
-fn walk(dir: &std::path::Path) -> Vec<std::fs::Metadata> {
-    let mut found = Vec::new();
-    for item in std::fs::read_dir(dir).unwrap() {
-        let item = item.unwrap();
-        let meta = item.metadata().unwrap();
-        if meta.is_dir() {
-            found.extend(walk(&item.path()));
-        } else {
-            found.push(meta);
-        }
-    }
-    found
 }
