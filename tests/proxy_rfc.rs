@@ -362,3 +362,28 @@ async fn partial_content_is_kept_completed_from_missing_spans_and_stored_whole()
     );
     assert_eq!(origin.hits(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_entries_are_neither_shared_from_authorized_requests_nor_past_max_size() {
+    let body: Vec<u8> = (0..2_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let origin = Origin::start(ranged_origin(body.clone())).await;
+    // A range fetched for a client with credentials is never kept for the next client.
+    let (shared, _dir) = proxy(&origin, &[]);
+    let private = [("range", "bytes=0-999"), ("authorization", "Bearer alice")];
+    get(&shared, "/private-movie", &private).await;
+    let other = get(&shared, "/private-movie", &[("range", "bytes=0-999")]).await;
+    assert!(!other.hit(), "{}", other.cache_status());
+    assert_eq!(origin.hits(), 2);
+    // Partial entries take room within --max-size: a 2 MB range into a 256 KiB cache.
+    let (small, dir) = proxy(&origin, &["--max-size", "256k"]);
+    let whole = get(&small, "/movie", &[("range", "bytes=0-")]).await;
+    assert_eq!(whole.body.as_ref(), &body[..], "the client gets every byte");
+    let on_disk = common::disk_bytes(dir.path());
+    assert!(
+        on_disk <= 256 * 1024,
+        "{on_disk} bytes in the cache directory"
+    );
+    let start = get(&small, "/movie", &[("range", "bytes=0-9999")]).await;
+    assert!(start.hit(), "what fitted is held: {}", start.cache_status());
+    assert_eq!(start.body.as_ref(), &body[..10_000]);
+}
