@@ -319,3 +319,123 @@ async fn a_storage_written_outside_the_crate_plugs_in_and_its_failures_fail_no_r
         .unwrap();
     assert_eq!(body.to_bytes(), "local");
 }
+
+/// A directory tier that counts what is read from it.
+#[derive(Debug)]
+struct Counted {
+    inner: FileStorage,
+    records_read: std::sync::atomic::AtomicUsize,
+    bodies_read: std::sync::atomic::AtomicUsize,
+}
+
+impl Storage for Counted {
+    fn upload(&self) -> BoxFuture<'_, CacheResult<Box<dyn BodyUpload>>> {
+        self.inner.upload()
+    }
+    fn read_body(
+        &self,
+        digest: Name,
+        offset: u64,
+        len: u64,
+    ) -> BoxFuture<'_, CacheResult<Option<StreamingBody>>> {
+        self.bodies_read
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.read_body(digest, offset, len)
+    }
+    fn body_length(&self, digest: Name) -> BoxFuture<'_, CacheResult<Option<u64>>> {
+        self.inner.body_length(digest)
+    }
+    fn delete_body(&self, digest: Name) -> BoxFuture<'_, CacheResult<()>> {
+        self.inner.delete_body(digest)
+    }
+    fn list_bodies(&self) -> BoxFuture<'_, CacheResult<Vec<Listed>>> {
+        self.inner.list_bodies()
+    }
+    fn read_record(&self, name: Name) -> BoxFuture<'_, CacheResult<Option<Bytes>>> {
+        self.records_read
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.read_record(name)
+    }
+    fn write_record(&self, name: Name, record: Bytes) -> BoxFuture<'_, CacheResult<()>> {
+        self.inner.write_record(name, record)
+    }
+    fn delete_record(&self, name: Name) -> BoxFuture<'_, CacheResult<()>> {
+        self.inner.delete_record(name)
+    }
+    fn list_records(&self) -> BoxFuture<'_, CacheResult<Vec<Listed>>> {
+        self.inner.list_records()
+    }
+}
+
+/// Twenty requests for one key at once on a cold node read the tier once: the first reads
+/// through, the others follow its copy to disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cold_requests_read_the_tier_once() {
+    use http_cache_streaming::{HttpCacheStreamingLayer, StreamingManager};
+    use std::sync::atomic::Ordering;
+    use tower::ServiceBuilder;
+    let body = Bytes::from(
+        (0..4u32 << 20)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let served = body.clone();
+    let origin = common::Origin::start(move |_, _| {
+        http::Response::builder()
+            .header("cache-control", "max-age=600")
+            .body(axum::body::Body::from(served.clone()))
+            .unwrap()
+    })
+    .await;
+    let bucket = tempfile::tempdir().unwrap();
+    let tier = Arc::new(Counted {
+        inner: FileStorage::new(bucket.path()),
+        records_read: Default::default(),
+        bodies_read: Default::default(),
+    });
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let node = |dir: &tempfile::TempDir| {
+        let manager = StreamingManager::builder(dir.path())
+            .shared_tier(Arc::clone(&tier) as Arc<dyn Storage>)
+            .build();
+        ServiceBuilder::new()
+            .layer(HttpCacheStreamingLayer::new(manager))
+            .service(common::client())
+    };
+    let get = || {
+        http::Request::get(origin.url("/video"))
+            .body(http_body_util::Full::default())
+            .unwrap()
+    };
+    let first = common::send(&mut node(&dirs[0]), get()).await;
+    assert_eq!(first.body, body);
+    common::eventually("copied to the tier", || {
+        common::record_files(bucket.path()).len() == 1
+    })
+    .await;
+    let (records, bodies) = (
+        tier.records_read.load(Ordering::SeqCst),
+        tier.bodies_read.load(Ordering::SeqCst),
+    );
+
+    let cold = node(&dirs[1]);
+    let all = (0..20).map(|_| {
+        let mut cold = cold.clone();
+        let request = get();
+        async move { common::send(&mut cold, request).await }
+    });
+    for got in futures_util::future::join_all(all).await {
+        assert!(got.body == body, "{} bytes, not the body", got.body.len());
+        assert!(got.hit(), "{}", got.cache_status());
+    }
+    assert_eq!(origin.hits(), 1, "the cold node never asked the origin");
+    assert_eq!(
+        (
+            tier.records_read.load(Ordering::SeqCst) - records,
+            tier.bodies_read.load(Ordering::SeqCst) - bodies,
+        ),
+        (1, 1),
+        "one record and one body read from the tier for twenty requests"
+    );
+    assert_eq!(common::record_files(dirs[1].path()).len(), 1);
+}

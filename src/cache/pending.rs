@@ -393,6 +393,7 @@ impl Pending {
                 parts: crate::head::response_head(status, version, response.headers()),
                 policy: policy.clone(),
                 varying: stored_request.headers,
+                entry: None,
             };
             (leader, head)
         });

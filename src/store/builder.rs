@@ -213,6 +213,7 @@ impl StreamingManagerBuilder {
                 committing: Mutex::new(HashMap::new()),
                 deletions: Arc::default(),
                 fills: Arc::default(),
+                read_throughs: Arc::default(),
                 writes: std::sync::atomic::AtomicU64::new(0),
                 partials: Default::default(),
             }),

@@ -102,6 +102,9 @@ pub(crate) struct FillHead {
     /// The leader's values of the request headers the response's `Vary` names: a follower
     /// whose values differ asked for another variant.
     pub(crate) varying: HeaderMap,
+    /// The record being stored, when it is known before the body (a read-through from
+    /// the shared tier): what a follower's lookup answers.
+    pub(crate) entry: Option<Arc<crate::format::record::Entry>>,
 }
 
 /// How a fill ended.

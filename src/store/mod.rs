@@ -84,6 +84,8 @@ struct Inner {
     committing: Mutex<HashMap<Hash32, watch::Receiver<bool>>>,
     deletions: Arc<Mutex<Deletions>>,
     fills: Arc<Fills>,
+    /// Reads through from the shared tier under way, which other lookups of the key follow.
+    read_throughs: Arc<Fills>,
     writes: std::sync::atomic::AtomicU64,
     /// Responses received in ranges so far.
     partials: partial::Partials,
@@ -174,6 +176,17 @@ impl StreamingManager {
         &self,
         key: &str,
     ) -> Result<Option<(Response<StreamingBody>, Arc<Entry>)>> {
+        match self.lookup_on_disk(key).await? {
+            Some(found) => Ok(Some(found)),
+            None => Ok(self.read_through(key).await),
+        }
+    }
+
+    /// [`lookup`](Self::lookup) on this store's disk only.
+    async fn lookup_on_disk(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Response<StreamingBody>, Arc<Entry>)>> {
         let opened = self.opened().await?;
         let key_hash = Hash32::of(key.as_bytes());
         self.wait_for_commit(key_hash).await;
@@ -187,10 +200,7 @@ impl StreamingManager {
         let owned = key.to_owned();
         let task_opened = Arc::clone(&opened);
         let hit = blocking(move || task_opened.load(key_hash, &owned, known)).await?;
-        match hit {
-            Some(hit) => Ok(Some(opened.respond(hit))),
-            None => Ok(self.read_through(key).await),
-        }
+        Ok(hit.map(|hit| opened.respond(hit)))
     }
 
     /// The headers stored under `key`, on disk or else in the shared tier, without reading

@@ -206,7 +206,10 @@ impl Opened {
             policy: draft.policy,
             digest,
             length,
-            stored_at: SystemTime::now(),
+            // A copy's time, never later than now (a bucket's record is not trusted).
+            stored_at: draft
+                .stored_at
+                .map_or_else(SystemTime::now, |at| at.min(SystemTime::now())),
         };
         let key_hash = Hash32::of(entry.key.as_bytes());
         self.make_room()?;

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{HeaderMap, Response};
@@ -34,21 +35,27 @@ pub(crate) struct Teeing {
     pub(super) reopen: bool,
     /// Copy the committed entry to the shared tier.
     pub(super) share: bool,
+    /// When the response was first stored, for a copy of a stored entry (a read-through
+    /// keeps the time its origin fetch was stored, which purges are judged by); else now.
+    pub(super) stored_at: Option<SystemTime>,
 }
 
 impl Teeing {
     pub(super) const PUT: Teeing = Teeing {
         reopen: true,
         share: true,
+        stored_at: None,
     };
     const TEE: Teeing = Teeing {
         reopen: false,
         share: true,
+        stored_at: None,
     };
     /// A body read through from the shared tier: stored on disk, not sent back up.
     pub(crate) const READ_THROUGH: Teeing = Teeing {
         reopen: false,
         share: false,
+        stored_at: None,
     };
 }
 
@@ -61,6 +68,8 @@ pub(super) struct Draft {
     /// Open the committed content for reading (for `put`, which serves what it stored even
     /// if another writer replaces the entry at once).
     pub(super) reopen: bool,
+    /// When the response was first stored, for a copy; else the commit's time.
+    pub(super) stored_at: Option<SystemTime>,
     /// The deletion count when the write started: a delete of the key since then wins.
     pub(super) started: u64,
     pub(super) deletions: Arc<Mutex<Deletions>>,
@@ -303,6 +312,7 @@ impl StreamingManager {
             parts: crate::head::response_head(parts.status, parts.version, &parts.headers),
             policy,
             reopen: how.reopen,
+            stored_at: how.stored_at,
             started: lock(&self.inner.deletions).count,
             deletions: Arc::clone(&self.inner.deletions),
             seq: 1 + self

@@ -5,11 +5,13 @@
 //! [`StreamingManagerBuilder::shared_tier`]: super::StreamingManagerBuilder::shared_tier
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Response;
 use url::Url;
 
+use super::fill::{FillHead, FillLeader, Followed, Role};
 use super::{StreamingManager, Teeing};
 use crate::StreamingBody;
 use crate::error::{Error, ErrorKind, Result};
@@ -21,6 +23,10 @@ use crate::storage::{Name, Storage};
 
 /// How much of a body is read from disk at a time to go up to the shared tier.
 const SHARE_CHUNK: usize = 1 << 20;
+/// How long a lookup waits for another's read-through of its key to start storing.
+const READ_THROUGH_WAIT: Duration = Duration::from_secs(5);
+/// How much a lookup following another's read-through reads from its file at a time.
+const FOLLOW_CHUNK: usize = 64 * 1024;
 
 impl StreamingManager {
     fn shared_tier(&self) -> Option<&Arc<dyn Storage>> {
@@ -29,17 +35,39 @@ impl StreamingManager {
 
     /// A key missing on disk, looked up in the shared tier: the stored response, streaming
     /// from the tier and stored on disk as it goes. Any failure is a miss.
+    ///
+    /// Concurrent lookups of one key read the tier once: the first leads, the others follow
+    /// its copy as it is written to disk (or, once it is stored, find it there).
     pub(crate) async fn read_through(
         &self,
         key: &str,
     ) -> Option<(Response<StreamingBody>, Arc<Entry>)> {
         let tier = self.shared_tier()?;
-        match self.read_from(tier, key).await {
-            Ok(found) => found,
-            Err(error) => {
-                crate::log::warn_event!(%key, %error, "shared tier lookup failed; a miss");
-                None
+        let key_hash = Hash32::of(key.as_bytes());
+        let mut follower = match self.inner.read_throughs.join(key_hash, None) {
+            Role::Leader(leader) => {
+                return match self.read_from(tier, key, leader).await {
+                    Ok(found) => found,
+                    Err(error) => {
+                        crate::log::warn_event!(%key, %error, "shared tier lookup failed; a miss");
+                        None
+                    }
+                };
             }
+            Role::Follower(follower) => follower,
+        };
+        match follower.head(READ_THROUGH_WAIT).await {
+            Followed::Head(head) => {
+                let entry = Arc::clone(head.entry.as_ref()?);
+                let body = StreamingBody::follow(follower.body(FOLLOW_CHUNK));
+                Some((entry.response(body), entry))
+            }
+            Followed::Stored => {
+                drop(follower);
+                self.lookup_on_disk(key).await.ok().flatten()
+            }
+            // Not in the tier, or the read failed: a miss, as it was for the leader.
+            Followed::Alone => None,
         }
     }
 
@@ -47,6 +75,7 @@ impl StreamingManager {
         &self,
         tier: &Arc<dyn Storage>,
         key: &str,
+        leader: FillLeader,
     ) -> Result<Option<(Response<StreamingBody>, Arc<Entry>)>> {
         let Some((entry, body)) = crate::storage::read_entry(&**tier, key, None, None).await?
         else {
@@ -57,18 +86,30 @@ impl StreamingManager {
                 .with_subject(key)
                 .with_source(e)
         })?;
+        let entry = Arc::new(entry);
         let response = entry.response(body);
-        // Stored on disk as it streams, and not sent back up.
+        let head = FillHead {
+            parts: entry.response(()).into_parts().0,
+            policy: entry.policy.clone(),
+            varying: http::HeaderMap::new(),
+            entry: Some(Arc::clone(&entry)),
+        };
+        // Stored on disk as it streams, and not sent back up; it keeps the time the
+        // response was first stored.
+        let how = Teeing {
+            stored_at: Some(entry.stored_at),
+            ..Teeing::READ_THROUGH
+        };
         let (teed, _) = self.start_tee(
             entry.key.clone(),
             response,
             entry.policy.clone(),
             url,
-            Teeing::READ_THROUGH,
-            None,
+            how,
+            Some((leader, head)),
         );
         crate::log::debug_event!(%key, "read through from the shared tier");
-        Ok(Some((teed, Arc::new(entry))))
+        Ok(Some((teed, entry)))
     }
 
     /// The headers of `key`'s record in the shared tier, if it has one.
