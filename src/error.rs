@@ -33,6 +33,9 @@ pub enum ErrorKind {
     /// The bodies being stored at once take all of the store's
     /// [`max_size`](crate::StreamingManagerBuilder::max_size): this one is not stored.
     NoRoom,
+    /// The storage does not do what was asked (a [`Storage`](crate::storage::Storage)
+    /// that keeps no notes).
+    Unsupported,
 }
 
 impl ErrorKind {
@@ -47,6 +50,7 @@ impl ErrorKind {
             ErrorKind::InvalidInput => "invalid input",
             ErrorKind::TooLarge => "body longer than the store keeps",
             ErrorKind::NoRoom => "no room in the store for another body being stored",
+            ErrorKind::Unsupported => "not supported by this storage",
         }
     }
 }

@@ -439,8 +439,10 @@ async fn six_hundred_clients_that_never_read_cannot_take_the_proxy_down() {
     );
     assert!(worst < Duration::from_secs(1), "{worst:?}");
     assert!(peak_threads <= 100, "{peak_threads} threads");
-    // A debug build (164–174 MiB here when run alone, as it is).
-    assert!(peak_rss <= 256, "{peak_rss} MiB");
+    // A debug build: 164–174 MiB here when run alone on a quiet machine, 172–355 MiB over
+    // ten runs on a busy one (allocator arenas follow the threads' timing). A proxy that
+    // held a stalled client's body would pass 600 MiB (1 MiB each, or a 64 MiB fill each).
+    assert!(peak_rss <= 400, "{peak_rss} MiB");
     // Bodies being stored count against the bound (each client took 1 MiB or so before it
     // stalled: 600 MiB of temp files otherwise, 38 GiB had every fill gone on); past it
     // only what the two writer jobs running wrote since they last made room.

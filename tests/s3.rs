@@ -11,110 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::contract::{bytes_of, contract, manager_contract, response, two_nodes_share_one_tier};
+use common::s3::{ENDPOINT, PROXY_ENV, bucket, endpoint, new_bucket};
 use common::{Generated, drain, policy};
 use http::Response;
 use http_cache_streaming::ObjectStoreManager;
 use http_cache_streaming::storage::{ObjectStorage, Storage};
-use object_store::ObjectStore;
-use object_store::aws::AmazonS3Builder;
 use url::Url;
 
-const ENDPOINT: &str = "HCS_S3_ENDPOINT";
 const BUCKET: &str = "HCS_S3_BUCKET";
 const ROLE: &str = "HCS_S3_CHILD";
-
-fn endpoint() -> String {
-    if let Ok(endpoint) = std::env::var(ENDPOINT) {
-        return endpoint;
-    }
-    static MOTO: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    MOTO.get_or_init(start_moto).clone()
-}
-
-/// Starts `moto_server` on a free loopback port (installing it first if need be) and returns
-/// its URL once it answers. It stops when this test process ends: it is run by a shell that
-/// kills it when its standard input, a pipe this process holds, closes.
-fn start_moto() -> String {
-    let venv = std::env::temp_dir().join("http-cache-streaming-moto");
-    let server = venv.join("bin").join("moto_server");
-    if !server.exists() {
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .and_then(|_| {
-                Command::new(venv.join("bin").join("pip"))
-                    .args(["install", "--quiet", "moto[server]"])
-                    .status()
-            });
-        assert!(
-            made.as_ref().is_ok_and(|status| status.success()),
-            "these tests need an S3 API: installing moto_server into {} failed ({made:?}); \
-             set {ENDPOINT} to one instead",
-            venv.display()
-        );
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .unwrap()
-        .port();
-    let script = format!(
-        "'{}' -H 127.0.0.1 -p {port} >/dev/null 2>&1 & server=$!; read _; kill $server",
-        server.display()
-    );
-    let child = Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("sh starts moto_server");
-    // The pipe stays open for as long as this process lives.
-    std::mem::forget(child);
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "moto_server did not start on {url}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    url
-}
-
-/// A client of `bucket` at `endpoint`, as a node of a fleet would make one.
-fn bucket(endpoint: &str, bucket: &str) -> Arc<dyn ObjectStore> {
-    Arc::new(
-        AmazonS3Builder::new()
-            .with_endpoint(endpoint)
-            .with_allow_http(true)
-            .with_bucket_name(bucket)
-            .with_region("us-east-1")
-            .with_access_key_id("testing")
-            .with_secret_access_key("testing")
-            .build()
-            .unwrap(),
-    )
-}
-
-/// Creates a fresh bucket for one test and returns its name.
-async fn new_bucket(endpoint: &str, test: &str) -> String {
-    let name = format!(
-        "{test}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    );
-    let request = http::Request::put(format!("{endpoint}/{name}"))
-        .body(http_body_util::Full::default())
-        .unwrap();
-    let created = tower::ServiceExt::oneshot(common::client(), request)
-        .await
-        .unwrap();
-    assert!(created.status().is_success(), "bucket {name}: {created:?}");
-    name
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_contract_holds_on_s3() {
@@ -407,11 +312,7 @@ async fn two_reverse_proxies_share_one_bucket() {
         response
     })
     .await;
-    let env = [
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_DEFAULT_REGION", "us-east-1"),
-    ];
+    let env = PROXY_ENV;
     let args = [
         "--s3-bucket",
         name.as_str(),

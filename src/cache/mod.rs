@@ -253,12 +253,18 @@ impl HttpStreamingCache {
 
     /// Removes what is stored under `key`: the response, or the variant list and the
     /// variants it names. `true` when something was stored.
+    ///
+    /// With a shared tier, a key stored here or there is purged on every node through
+    /// the tier's purge log; a key stored nowhere costs the log nothing.
     async fn remove(&self, key: &str) -> crate::Result<bool> {
         let stored = self.manager.stored_headers(key).await;
-        if let Some(list) = &stored {
-            self.remove_variants(key, list).await?;
+        match &stored {
+            Some(list) => {
+                self.remove_variants(key, list).await?;
+                self.manager.delete(key).await?;
+            }
+            None => self.manager.forget(key).await?,
         }
-        self.manager.delete(key).await?;
         Ok(stored.is_some())
     }
 
@@ -338,12 +344,20 @@ impl HttpStreamingCache {
     }
 
     /// Removes every stored response whose URL starts with `prefix` (every method and
-    /// variant), and returns how many there were. It visits every entry.
+    /// variant), and returns how many there were here. It visits every entry.
+    ///
+    /// With a shared tier, the purge is written to its purge log, so every node drops its
+    /// entries under `prefix` within a second, and the tier's records under it are removed
+    /// in the background (each record is read: a prefix purge costs a listing and a read
+    /// per record of the tier).
     pub async fn purge_prefix(&self, prefix: &str) -> crate::Result<u64> {
-        let prefix = prefix.to_owned();
-        self.manager
-            .remove_where(move |entry| entry.url.starts_with(&prefix))
-            .await
+        let owned = prefix.to_owned();
+        let removed = self
+            .manager
+            .remove_where(move |entry| entry.url.starts_with(&owned))
+            .await?;
+        self.manager.publish_prefix_purge(prefix).await?;
+        Ok(removed)
     }
 
     /// Removes the stored responses that can no longer be used (see

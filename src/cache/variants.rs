@@ -38,7 +38,8 @@ impl HttpStreamingCache {
         for digest in list.get_all(STORED_VARIANTS).iter() {
             if let Ok(digest) = digest.to_str() {
                 let variant = key::variant_key_of(key, &generation, digest);
-                self.manager.delete(&variant).await?;
+                // Other nodes' variants go with their list.
+                self.manager.forget(&variant).await?;
             }
         }
         Ok(())

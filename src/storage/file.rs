@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use super::{BodyUpload, BoxFuture, Committed, Listed, Name, Storage};
+use super::{BodyUpload, BoxFuture, Committed, Listed, Name, Note, NoteListed, PutNote, Storage};
 use crate::StreamingBody;
 use crate::error::{Error, Result};
 use crate::format::content::install_content;
@@ -184,6 +184,132 @@ impl Storage for FileStorage {
     fn list_records(&self) -> BoxFuture<'_, Result<Vec<Listed>>> {
         self.run(|this| list(&this.inner.layout.metadata_dir(), ".json"))
     }
+
+    /// A note is a file under `cache-v2/`, written to a temp file and renamed into place
+    /// (or, to create it only if absent, hard-linked: the link fails if the name is taken).
+    fn put_note(&self, path: &str, bytes: Bytes, how: PutNote) -> BoxFuture<'_, Result<bool>> {
+        let path = self.note_path(path);
+        self.run(move |this| {
+            let path = path?;
+            let scratch = this.scratch()?;
+            let mode = this.inner.layout.mode();
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).map_err(|e| Error::io(e, parent))?;
+            }
+            let (temp, _) = write_temp(scratch.temp_path(), &bytes, false, mode)?;
+            match how {
+                PutNote::Create => match fs::hard_link(temp.path(), &path) {
+                    Ok(()) => Ok(true),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                    Err(e) => Err(Error::io(e, &path)),
+                },
+                PutNote::Overwrite => {
+                    temp.persist(&path).map_err(|e| Error::io(e, &path))?;
+                    Ok(true)
+                }
+            }
+        })
+    }
+
+    /// A note's tag is its length, modification time and inode.
+    fn read_note<'a>(
+        &'a self,
+        path: &'a str,
+        unless_tag: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Note>> {
+        let path = self.note_path(path);
+        let unless_tag = unless_tag.map(str::to_owned);
+        self.run(move |_| {
+            let path = path?;
+            let file = match files::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Note::Missing),
+                Err(e) => return Err(Error::io(e, &path)),
+            };
+            let meta = file.metadata().map_err(|e| Error::io(e, &path))?;
+            let tag = note_tag(&meta);
+            if unless_tag.as_deref() == Some(tag.as_str()) {
+                return Ok(Note::Unchanged);
+            }
+            let mut bytes = Vec::with_capacity(meta.len() as usize);
+            io::Read::read_to_end(&mut &file, &mut bytes).map_err(|e| Error::io(e, &path))?;
+            Ok(Note::Found {
+                bytes: Bytes::from(bytes),
+                tag,
+            })
+        })
+    }
+
+    fn list_notes<'a>(
+        &'a self,
+        dir: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<NoteListed>>> {
+        let dir = self.note_path(dir);
+        let after = after.map(str::to_owned);
+        self.run(move |_| {
+            let dir = dir?;
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(Error::io(e, &dir)),
+            };
+            let mut listed = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(|e| Error::io(e, &dir))?;
+                let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                let later = after.as_deref().is_none_or(|after| name.as_str() > after);
+                if !later || !super::valid_note_path(&name) {
+                    continue;
+                }
+                let Ok(meta) = entry.metadata() else {
+                    continue; // removed meanwhile
+                };
+                if meta.is_file() {
+                    let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                    listed.push(NoteListed { name, modified });
+                }
+            }
+            listed.sort_by(|a, b| a.name.cmp(&b.name));
+            listed.truncate(limit);
+            Ok(listed)
+        })
+    }
+
+    fn delete_note<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<()>> {
+        let path = self.note_path(path);
+        self.run(move |_| {
+            let path = path?;
+            remove_if_present(&path).map_err(|e| Error::io(e, &path))
+        })
+    }
+}
+
+impl FileStorage {
+    /// Where the note `path` is, once it is found to be a valid name.
+    fn note_path(&self, path: &str) -> Result<PathBuf> {
+        if !super::valid_note_path(path) {
+            return Err(Error::new(crate::ErrorKind::InvalidInput)
+                .with_subject(format!("{path:?} is not a note's path")));
+        }
+        Ok(self.inner.layout.format_dir().join(path))
+    }
+}
+
+fn note_tag(meta: &fs::Metadata) -> String {
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    format!("{}-{modified}-{inode}", meta.len())
 }
 
 /// A body being written to a temp file, hashed as it goes.

@@ -469,6 +469,13 @@ impl Body for Checked {
         }
     }
 
+    /// Over once checked and the last chunk handed on: a client that stops polling then
+    /// (hyper does, at the end of a `Content-Length`) has had the whole body, and a tee of
+    /// it stores it.
+    fn is_end_stream(&self) -> bool {
+        self.hasher.is_none() && self.held.is_none()
+    }
+
     fn size_hint(&self) -> http_body::SizeHint {
         let held = self.held.as_ref().map_or(0, |b| b.len() as u64);
         let mut hint = http_body::SizeHint::new();

@@ -86,6 +86,65 @@ pub struct Listed {
     pub modified: SystemTime,
 }
 
+/// How [`Storage::put_note`] writes a note.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PutNote {
+    /// Replace any note of that path.
+    Overwrite,
+    /// Write only if there is no note of that path (a conditional put): `Ok(false)` when
+    /// there is one.
+    Create,
+}
+
+/// A note as [`Storage::read_note`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Note {
+    /// There is no note of that path.
+    Missing,
+    /// The note still has the tag the caller knew.
+    Unchanged,
+    /// The note's bytes, and a tag that changes whenever it is written (an ETag).
+    Found {
+        /// The note's bytes.
+        bytes: Bytes,
+        /// What to pass as `unless_tag` to learn cheaply that it has not changed.
+        tag: String,
+    },
+}
+
+/// A note listed by [`Storage::list_notes`]: its name within the listed directory, and when
+/// it was last written as the storage tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoteListed {
+    /// The name, within the directory listed.
+    pub name: String,
+    /// When it was written.
+    pub modified: SystemTime,
+}
+
+/// Whether `path` may name a note: segments of `[a-z0-9._-]` (none empty or all dots)
+/// joined by `/`, at most 512 bytes.
+pub fn valid_note_path(path: &str) -> bool {
+    path.len() <= 512
+        && path.split('/').all(|segment| {
+            !segment.is_empty()
+                && !segment.bytes().all(|b| b == b'.')
+                && segment
+                    .bytes()
+                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+        })
+}
+
+/// The error of a storage that keeps no notes.
+fn no_notes<'a, T: Send + 'a>() -> BoxFuture<'a, Result<T>> {
+    Box::pin(async {
+        Err(crate::Error::new(crate::ErrorKind::Unsupported)
+            .with_subject("this storage keeps no notes"))
+    })
+}
+
 /// Where a cache keeps its bodies and records.
 ///
 /// Every method may be called from many tasks at once. A body being written is invisible
@@ -131,6 +190,47 @@ pub trait Storage: fmt::Debug + Send + Sync + 'static {
 
     /// Every record, for sweeping.
     fn list_records(&self) -> BoxFuture<'_, Result<Vec<Listed>>>;
+
+    /// Writes the note `path` (see [`valid_note_path`]; under `cache-v2/`), whole. Notes are
+    /// the small objects the nodes of a fleet coordinate through: the purge log, leases.
+    /// `Ok(false)`: [`PutNote::Create`] found a note there already.
+    ///
+    /// A storage that keeps no notes (the default) fails with
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported), and the fleet's features
+    /// are off over it.
+    fn put_note(&self, path: &str, bytes: Bytes, how: PutNote) -> BoxFuture<'_, Result<bool>> {
+        let _ = (path, bytes, how);
+        no_notes()
+    }
+
+    /// Reads the note `path`; when `unless_tag` is the tag it still has, answers
+    /// [`Note::Unchanged`] without its bytes (a conditional read).
+    fn read_note<'a>(
+        &'a self,
+        path: &'a str,
+        unless_tag: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Note>> {
+        let _ = (path, unless_tag);
+        no_notes()
+    }
+
+    /// The notes directly in directory `dir`, in the byte order of their names, from the
+    /// first whose name is greater than `after`, at most `limit` of them.
+    fn list_notes<'a>(
+        &'a self,
+        dir: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<NoteListed>>> {
+        let _ = (dir, after, limit);
+        no_notes()
+    }
+
+    /// Removes the note `path`; removing a note that is not there is not an error.
+    fn delete_note<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<()>> {
+        let _ = path;
+        no_notes()
+    }
 }
 
 /// A body being written to a [`Storage`]: chunks in order, then a commit that names it by

@@ -13,11 +13,12 @@ use futures_util::stream::BoxStream;
 use http_body::{Body, Frame, SizeHint};
 use object_store::path::Path;
 use object_store::{
-    GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart,
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload,
+    WriteMultipart,
 };
 use sha2::{Digest as _, Sha256};
 
-use super::{BodyUpload, BoxFuture, Committed, Listed, Name, Storage};
+use super::{BodyUpload, BoxFuture, Committed, Listed, Name, Note, NoteListed, PutNote, Storage};
 use crate::StreamingBody;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::layout::{FORMAT_DIR, Hash32};
@@ -63,6 +64,15 @@ impl ObjectStorage {
 
     fn record(&self, name: Name) -> Path {
         Path::from(format!("{FORMAT_DIR}/metadata/{}.json", name.to_hex()))
+    }
+
+    /// Where the note `path` is, once it is found to be a valid name.
+    fn note(&self, path: &str) -> Result<Path> {
+        if !super::valid_note_path(path) {
+            return Err(Error::new(ErrorKind::InvalidInput)
+                .with_subject(format!("{path:?} is not a note's path")));
+        }
+        Ok(Path::from(format!("{FORMAT_DIR}/{path}")))
     }
 
     fn temp(&self) -> Path {
@@ -219,6 +229,113 @@ impl Storage for ObjectStorage {
 
     fn list_records(&self) -> BoxFuture<'_, Result<Vec<Listed>>> {
         Box::pin(self.list("metadata", ".json"))
+    }
+
+    /// A put, or a conditional put (`If-None-Match: *`) to create a note only if absent.
+    fn put_note(&self, path: &str, bytes: Bytes, how: PutNote) -> BoxFuture<'_, Result<bool>> {
+        let location = self.note(path);
+        Box::pin(async move {
+            let mode = match how {
+                PutNote::Overwrite => PutMode::Overwrite,
+                PutNote::Create => PutMode::Create,
+            };
+            let options = PutOptions {
+                mode,
+                ..PutOptions::default()
+            };
+            match self
+                .store
+                .put_opts(&location?, PutPayload::from(bytes), options)
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. },
+                ) => Ok(false),
+                Err(e) => Err(failed("writing a note")(e)),
+            }
+        })
+    }
+
+    /// A conditional get (`If-None-Match: <tag>`): an unchanged note costs no bytes.
+    fn read_note<'a>(
+        &'a self,
+        path: &'a str,
+        unless_tag: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Note>> {
+        Box::pin(async move {
+            let options = GetOptions {
+                if_none_match: unless_tag.map(str::to_owned),
+                ..GetOptions::default()
+            };
+            let got = match self.store.get_opts(&self.note(path)?, options).await {
+                Ok(got) => got,
+                Err(e) if not_found(&e) => return Ok(Note::Missing),
+                Err(object_store::Error::NotModified { .. }) => return Ok(Note::Unchanged),
+                Err(e) => return Err(failed("reading a note")(e)),
+            };
+            let tag = got.meta.e_tag.clone().unwrap_or_default();
+            if !tag.is_empty() && unless_tag == Some(tag.as_str()) {
+                return Ok(Note::Unchanged);
+            }
+            let bytes = got.bytes().await.map_err(failed("reading a note"))?;
+            Ok(Note::Found { bytes, tag })
+        })
+    }
+
+    fn list_notes<'a>(
+        &'a self,
+        dir: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<NoteListed>>> {
+        Box::pin(async move {
+            let prefix = self.note(dir)?;
+            let mut objects = match after {
+                Some(after) => {
+                    let offset = Path::from(format!("{prefix}/{after}"));
+                    self.store.list_with_offset(Some(&prefix), &offset)
+                }
+                None => self.store.list(Some(&prefix)),
+            };
+            let mut listed = Vec::new();
+            while let Some(meta) = objects.next().await {
+                let meta = meta.map_err(failed("listing notes"))?;
+                // Only the notes directly in `dir`, with names a note may have.
+                let Some(name) = meta
+                    .location
+                    .prefix_match(&prefix)
+                    .and_then(|mut parts| match (parts.next(), parts.next()) {
+                        (Some(name), None) => Some(name.as_ref().to_owned()),
+                        _ => None,
+                    })
+                    .filter(|name| super::valid_note_path(name))
+                else {
+                    continue;
+                };
+                let modified = SystemTime::from(meta.last_modified);
+                listed.push(NoteListed { name, modified });
+                // Not every store lists in name order: the first `limit` are found by
+                // sorting them all, kept to the least `limit` as they come.
+                if listed.len() >= limit.saturating_mul(2).max(1024) {
+                    listed.sort_by(|a, b| a.name.cmp(&b.name));
+                    listed.truncate(limit);
+                }
+            }
+            listed.sort_by(|a, b| a.name.cmp(&b.name));
+            listed.truncate(limit);
+            Ok(listed)
+        })
+    }
+
+    fn delete_note<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            match self.store.delete(&self.note(path)?).await {
+                Err(e) if !not_found(&e) => Err(failed("deleting a note")(e)),
+                _ => Ok(()),
+            }
+        })
     }
 }
 

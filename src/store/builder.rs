@@ -31,6 +31,10 @@ pub(super) struct Options {
     pub(super) min_free: Option<u64>,
     /// The shared tier behind the local disk, if any.
     pub(super) shared_tier: Option<Arc<dyn crate::storage::Storage>>,
+    /// How often the shared tier's purge log is read; `None`: purges stay on this node.
+    pub(super) purge_log_every: Option<std::time::Duration>,
+    /// How long purges stay in the log.
+    pub(super) purge_log_retention: std::time::Duration,
     /// Stores of up to this many records are read in before serving.
     pub(super) read_in_before_serving: usize,
     /// Holds the reading-in of records until a test lets it go on.
@@ -53,6 +57,8 @@ impl Default for Options {
             mode: files::Mode::PRIVATE,
             min_free: None,
             shared_tier: None,
+            purge_log_every: Some(std::time::Duration::from_millis(500)),
+            purge_log_retention: std::time::Duration::from_secs(24 * 3600),
             read_in_before_serving: READ_IN_BEFORE_SERVING,
             #[cfg(test)]
             read_in_gate: None,
@@ -191,8 +197,9 @@ impl StreamingManagerBuilder {
     /// - Write-through: an entry committed on disk (a `put`, a `tee`, a refresh of its
     ///   headers) is then copied to the shared tier in the background, its body first (not
     ///   again when the tier has it) and its record after.
-    /// - A `delete` removes the entry from both tiers; other machines' disks keep their
-    ///   copies for as long as those stay fresh. [`max_size`](Self::max_size) and
+    /// - A `delete` removes the entry from both tiers and, through the tier's purge log (see
+    ///   [`purge_log_every`](Self::purge_log_every)), from every other store sharing it
+    ///   within a second. [`max_size`](Self::max_size) and
     ///   [`max_entries`](Self::max_entries) bound the local tier only, and `clear` empties
     ///   only the local tier.
     ///
@@ -202,8 +209,44 @@ impl StreamingManagerBuilder {
         self
     }
 
+    /// How often this store reads the shared tier's purge log (every 500 ms by default);
+    /// `None` keeps purges on this store. Only with a [`shared_tier`](Self::shared_tier)
+    /// that keeps notes (both of this crate's do).
+    ///
+    /// A [`delete`](StreamingManager::delete) (so a cache's purge or invalidation) and a
+    /// cache's `purge_prefix` write a purge to the log; every store sharing the tier reads
+    /// the log on this timer (a conditional read of one small note; the log is listed only
+    /// when it changed, and every 30 s) and drops what it stored before the purge. So a purge
+    /// stops every node serving the entry within this interval plus two requests to the
+    /// tier. A store reads the whole log before it serves, so a node that was down applies
+    /// what it missed.
+    pub fn purge_log_every(mut self, every: Option<std::time::Duration>) -> Self {
+        self.options.purge_log_every = every;
+        self
+    }
+
+    /// How long purges stay in the shared tier's purge log (a day by default): a store
+    /// that did not read the log for longer drops, when it starts, everything it stored
+    /// before the oldest purge the log still holds.
+    pub fn purge_log_retention(mut self, retention: std::time::Duration) -> Self {
+        self.options.purge_log_retention = retention.max(std::time::Duration::from_secs(60));
+        self
+    }
+
     /// Builds the manager. Nothing touches the disk until it is first used.
     pub fn build(self) -> StreamingManager {
+        let purges = self
+            .options
+            .shared_tier
+            .clone()
+            .zip(self.options.purge_log_every)
+            .map(|(tier, every)| {
+                Arc::new(super::purges::PurgeLog::new(
+                    tier,
+                    every,
+                    self.options.purge_log_retention,
+                ))
+            });
         StreamingManager {
             inner: Arc::new(Inner {
                 layout: Layout::new(&self.dir).with_mode(self.options.mode),
@@ -214,6 +257,7 @@ impl StreamingManagerBuilder {
                 deletions: Arc::default(),
                 fills: Arc::default(),
                 read_throughs: Arc::default(),
+                purges,
                 writes: std::sync::atomic::AtomicU64::new(0),
                 partials: Default::default(),
             }),

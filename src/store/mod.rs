@@ -11,6 +11,7 @@ pub(crate) mod writer;
 mod access_log;
 mod builder;
 mod opened;
+mod purges;
 mod read_in;
 mod tee;
 
@@ -86,6 +87,8 @@ struct Inner {
     fills: Arc<Fills>,
     /// Reads through from the shared tier under way, which other lookups of the key follow.
     read_throughs: Arc<Fills>,
+    /// This store's part in the shared tier's purge log.
+    purges: Option<Arc<purges::PurgeLog>>,
     writes: std::sync::atomic::AtomicU64,
     /// Responses received in ranges so far.
     partials: partial::Partials,
@@ -103,6 +106,9 @@ pub struct StoreStats {
     pub content_bytes: u64,
     /// Entries removed to keep the store within its bounds since it was opened.
     pub evictions: u64,
+    /// Purges written by other stores sharing its tier, applied here since it was opened
+    /// (see [`StreamingManagerBuilder::purge_log_every`]).
+    pub fleet_purges_applied: u64,
 }
 
 impl std::fmt::Debug for StreamingManager {
@@ -138,8 +144,18 @@ impl StreamingManager {
     /// usable (this user's, writable by no other), sweeps what a crashed run left, and starts
     /// reading its records in. Every other method opens the store on first use; a service
     /// calls this at start-up to fail early, with the reason, on a directory it cannot use.
+    ///
+    /// With a shared tier's purge log, this also reads the log (waiting at most 10 s), so
+    /// that nothing the fleet purged meanwhile is served.
     pub async fn open(&self) -> Result<()> {
-        self.opened().await.map(|_| ())
+        self.serving().await.map(|_| ())
+    }
+
+    /// The opened store, once what it may serve is known: the purge log read at start.
+    async fn serving(&self) -> Result<Arc<Opened>> {
+        let opened = self.opened().await?;
+        self.purges_read().await;
+        Ok(opened)
     }
 
     async fn opened(&self) -> Result<Arc<Opened>> {
@@ -187,7 +203,7 @@ impl StreamingManager {
         &self,
         key: &str,
     ) -> Result<Option<(Response<StreamingBody>, Arc<Entry>)>> {
-        let opened = self.opened().await?;
+        let opened = self.serving().await?;
         let key_hash = Hash32::of(key.as_bytes());
         self.wait_for_commit(key_hash).await;
         let known = opened.index().entry(key_hash);
@@ -206,7 +222,7 @@ impl StreamingManager {
     /// The headers stored under `key`, on disk or else in the shared tier, without reading
     /// a body.
     pub(crate) async fn stored_headers(&self, key: &str) -> Option<HeaderMap> {
-        let opened = self.opened().await.ok()?;
+        let opened = self.serving().await.ok()?;
         let key_hash = Hash32::of(key.as_bytes());
         self.wait_for_commit(key_hash).await;
         let path = opened.layout.record_path(key_hash);
@@ -229,6 +245,12 @@ impl StreamingManager {
         key: &str,
     ) -> Option<(Response<StreamingBody>, Arc<Entry>)> {
         let opened = self.inner.opened.get()?;
+        if self
+            .purge_log()
+            .is_some_and(|log| !log.started.initialized())
+        {
+            return None;
+        }
         let key_hash = Hash32::of(key.as_bytes());
         if self.inner.committing().contains_key(&key_hash) {
             return None;
@@ -248,7 +270,7 @@ impl StreamingManager {
         headers: HeaderMap,
         policy: CachePolicy,
     ) -> Result<Option<(Response<StreamingBody>, CachePolicy)>> {
-        let opened = self.opened().await?;
+        let opened = self.serving().await?;
         let key_hash = Hash32::of(key.as_bytes());
         self.wait_for_commit(key_hash).await;
         let known = opened.index().entry(key_hash);
@@ -279,7 +301,23 @@ impl StreamingManager {
     ///
     /// A write of `key` under way (a `tee` whose body has not ended) is not committed
     /// afterwards: what was fetched before a delete never reappears after it.
+    ///
+    /// With a shared tier, the entry goes from it too, and the delete is written to its
+    /// purge log (see [`purge_log_every`](StreamingManagerBuilder::purge_log_every)): every
+    /// store sharing the tier drops its copy within a second. An error then says the log
+    /// could not be written (the entry is gone from this store and the tier).
     pub async fn delete(&self, key: &str) -> Result<()> {
+        self.forget(key).await?;
+        match self.purge_log() {
+            Some(log) => log.publish_key(key).await,
+            None => Ok(()),
+        }
+    }
+
+    /// [`delete`](Self::delete) from this store and the shared tier, without a purge for
+    /// the fleet (for keys nothing was stored under, and variants, which go with their
+    /// list on other nodes).
+    pub(crate) async fn forget(&self, key: &str) -> Result<()> {
         let opened = self.opened().await?;
         let key_hash = Hash32::of(key.as_bytes());
         lock(&self.inner.deletions).record(Some(key_hash));
@@ -341,6 +379,7 @@ impl StreamingManager {
             content_files: index.content_files() as u64,
             content_bytes: index.content_bytes(),
             evictions: opened.evictions.load(std::sync::atomic::Ordering::Relaxed),
+            fleet_purges_applied: self.purges_applied(),
         })
     }
 }

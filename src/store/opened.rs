@@ -408,6 +408,19 @@ impl Opened {
         Ok(())
     }
 
+    /// Drops the entry under `key_hash` if it was stored before `before` (or its record
+    /// is damaged); a newer entry stays.
+    pub(super) fn drop_stored_before(&self, key_hash: Hash32, before: SystemTime) {
+        let path = self.layout.record_path(key_hash);
+        match super::read_in::read_record(&path, key_hash) {
+            Ok(Some((entry, _))) if entry.stored_at < before => {
+                self.drop_record(key_hash, Some(entry.digest));
+            }
+            Ok(_) | Err(super::read_in::ReadFailure::Unavailable(_)) => {}
+            Err(super::read_in::ReadFailure::Unusable(_)) => self.drop_record(key_hash, None),
+        }
+    }
+
     pub(super) fn clear(&self) -> Result<()> {
         let mut index = self.index();
         for dir in [self.layout.metadata_dir(), self.layout.content_dir()] {

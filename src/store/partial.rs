@@ -500,6 +500,11 @@ impl StreamingManager {
         least_used(&book, Some(keep)).is_some_and(|key| book.remove(&key).is_some())
     }
 
+    /// Forgets the partial entries whose key `unwanted` holds for.
+    pub(crate) fn drop_partials_where(&self, unwanted: impl Fn(&str) -> bool) {
+        lock(&self.inner.partials).retain(|key, _| !unwanted(key));
+    }
+
     /// Forgets every partial entry.
     pub(crate) fn clear_partials(&self) {
         lock(&self.inner.partials).clear();

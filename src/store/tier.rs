@@ -81,6 +81,12 @@ impl StreamingManager {
         else {
             return Ok(None);
         };
+        if self.purge_log().is_some_and(|log| log.purged(&entry)) {
+            // A copy written up before a purge the fleet's log names: gone for good.
+            crate::log::debug_event!(%key, "a purged entry in the shared tier: a miss");
+            let _ = tier.delete_record(Name(Hash32::of(key.as_bytes()))).await;
+            return Ok(None);
+        }
         let url = Url::parse(&entry.url).map_err(|e| {
             Error::new(ErrorKind::Record)
                 .with_subject(key)
@@ -187,6 +193,41 @@ impl StreamingManager {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Removes from the shared tier, on a task of its own, the records of URLs under `prefix`
+    /// stored before `before` (reading each record: a prefix purge is rare, and until this
+    /// is done the purge log keeps read-throughs from serving them).
+    pub(crate) fn unshare_prefix(&self, prefix: String, before: std::time::SystemTime) {
+        let Some(tier) = self.shared_tier().cloned() else {
+            return;
+        };
+        crate::rt::spawn(async move {
+            let swept = async {
+                let mut removed = 0u64;
+                for listed in tier.list_records().await? {
+                    let Some(record) = tier.read_record(listed.name).await? else {
+                        continue;
+                    };
+                    let Ok(entry) = Entry::decode(&record) else {
+                        continue;
+                    };
+                    if entry.url.starts_with(&prefix) && entry.stored_at < before {
+                        tier.delete_record(listed.name).await?;
+                        removed += 1;
+                    }
+                }
+                Ok::<_, Error>(removed)
+            };
+            match swept.await {
+                Ok(removed) => {
+                    crate::log::info_event!(%prefix, removed, "prefix purged from the shared tier");
+                }
+                Err(error) => {
+                    crate::log::warn_event!(%prefix, %error, "could not purge a prefix from the shared tier");
+                }
+            }
+        });
     }
 
     /// Removes `key_hash`'s record from the shared tier (its body may be named by others).

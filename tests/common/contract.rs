@@ -133,6 +133,91 @@ pub async fn contract(storage: Arc<dyn Storage>) {
     storage.delete_record(name).await.unwrap();
     assert!(storage.read_record(name).await.unwrap().is_none());
     assert!(storage.list_records().await.unwrap().is_empty());
+    notes_contract(storage).await;
+}
+
+/// Notes: written whole, created only if absent, read unless unchanged, listed in name
+/// order after a name, removed; a path outside the rules is refused before any I/O.
+async fn notes_contract(storage: &dyn Storage) {
+    use http_cache_streaming::storage::{Note, PutNote};
+    let found = |note: Note| match note {
+        Note::Found { bytes, tag } => (bytes, tag),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        storage.read_note("log/a", None).await.unwrap(),
+        Note::Missing
+    );
+    assert!(
+        storage
+            .list_notes("log", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let put = |path: &'static str, bytes: &'static [u8], how| {
+        storage.put_note(path, Bytes::from_static(bytes), how)
+    };
+    assert!(put("log/b", b"second", PutNote::Create).await.unwrap());
+    assert!(put("log/a", b"first", PutNote::Overwrite).await.unwrap());
+    assert!(put("log/c", b"third", PutNote::Overwrite).await.unwrap());
+    assert!(
+        put("log/deeper/d", b"not in log/", PutNote::Overwrite)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !put("log/b", b"taken", PutNote::Create).await.unwrap(),
+        "a created note is not replaced"
+    );
+    let (bytes, tag) = found(storage.read_note("log/b", None).await.unwrap());
+    assert_eq!(bytes, "second");
+    assert_eq!(
+        storage.read_note("log/b", Some(&tag)).await.unwrap(),
+        Note::Unchanged
+    );
+    // Rewritten with other bytes: the tag changes.
+    assert!(
+        put("log/b", b"second, again", PutNote::Overwrite)
+            .await
+            .unwrap()
+    );
+    let (bytes, _) = found(storage.read_note("log/b", Some(&tag)).await.unwrap());
+    assert_eq!(bytes, "second, again");
+    let names = |listed: Vec<http_cache_streaming::storage::NoteListed>| {
+        listed.into_iter().map(|l| l.name).collect::<Vec<_>>()
+    };
+    let all = storage.list_notes("log", None, 10).await.unwrap();
+    assert_eq!(names(all), ["a", "b", "c"]);
+    let after_a = storage.list_notes("log", Some("a"), 10).await.unwrap();
+    assert_eq!(names(after_a), ["b", "c"]);
+    let first = storage.list_notes("log", None, 1).await.unwrap();
+    assert_eq!(names(first), ["a"]);
+    for path in ["log/a", "log/b", "log/c", "log/deeper/d", "log/a"] {
+        storage.delete_note(path).await.unwrap();
+    }
+    assert!(
+        storage
+            .list_notes("log", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for bad in [
+        "../escape",
+        "log/../x",
+        "Upper",
+        "",
+        "log//x",
+        "/abs",
+        "log/a b",
+    ] {
+        let refused = storage
+            .put_note(bad, Bytes::from_static(b"x"), PutNote::Overwrite)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::InvalidInput, "{bad:?}");
+    }
 }
 
 pub fn response(body: Bytes) -> Response<Full<Bytes>> {

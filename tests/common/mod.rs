@@ -3,6 +3,8 @@
 #![allow(dead_code, reason = "each test binary uses some of these")]
 
 pub mod contract;
+#[cfg(feature = "s3")]
+pub mod s3;
 
 use std::convert::Infallible;
 use std::path::Path;

@@ -24,13 +24,14 @@ pub(crate) struct Admin {
 
 /// The counters the cache and the proxy count, shown at zero before their first count so
 /// that dashboards and alerts find every series from the start.
-const COUNTERS: [&str; 6] = [
+const COUNTERS: [&str; 7] = [
     "http_cache_streaming_hits_total",
     "http_cache_streaming_misses_total",
     "http_cache_streaming_stale_served_total",
     "http_cache_streaming_revalidations_total",
     "http_cache_streaming_errors_total",
     "http_cache_streaming_evictions_total",
+    "http_cache_streaming_fleet_purges_applied_total",
 ];
 
 /// Installs the Prometheus recorder the cache's counters go to.
@@ -140,6 +141,7 @@ impl Admin {
                 "content_bytes": stats.store.content_bytes,
                 "max_bytes": self.max_size,
                 "evictions": stats.store.evictions,
+                "fleet_purges_applied": stats.store.fleet_purges_applied,
             },
         });
         format!("{value}\n")

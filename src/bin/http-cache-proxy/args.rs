@@ -121,6 +121,16 @@ pub(crate) struct Args {
     #[arg(long, env = "HTTP_CACHE_PROXY_S3_ENDPOINT", requires = "s3_bucket")]
     pub(crate) s3_endpoint: Option<String>,
 
+    /// How often the bucket's purge log is read, so that a purge on any proxy sharing
+    /// --s3-bucket reaches this one; `off` keeps purges on the proxy they were sent to.
+    #[arg(long, env = "HTTP_CACHE_PROXY_PURGE_LOG_EVERY", value_parser = duration_or_off, default_value = "500ms")]
+    pub(crate) purge_log_every: Every,
+
+    /// How long purges stay in the bucket's purge log; a proxy down for longer drops what
+    /// it stored before the oldest purge the log still holds.
+    #[arg(long, env = "HTTP_CACHE_PROXY_PURGE_LOG_RETENTION", value_parser = duration, default_value = "24h")]
+    pub(crate) purge_log_retention: Duration,
+
     /// `PURGE /path` with `Authorization: Bearer TOKEN` removes what is stored for the path.
     #[arg(long, env = "HTTP_CACHE_PROXY_PURGE_TOKEN", value_parser = token)]
     pub(crate) purge_token: Option<String>,
@@ -225,6 +235,18 @@ pub(crate) fn duration(value: &str) -> Result<Duration, String> {
     nonzero(total, value)
 }
 
+/// A period, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Every(pub(crate) Option<Duration>);
+
+/// A [`duration`], or `off`.
+pub(crate) fn duration_or_off(value: &str) -> Result<Every, String> {
+    match value.trim() {
+        "off" => Ok(Every(None)),
+        _ => duration(value).map(|d| Every(Some(d))),
+    }
+}
+
 fn nonzero(duration: Duration, value: &str) -> Result<Duration, String> {
     if duration.is_zero() {
         return Err(format!("{value:?}: a duration above zero"));
@@ -273,6 +295,11 @@ mod tests {
         assert_eq!(duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(duration("45"), Ok(Duration::from_secs(45)));
         assert!(duration("0s").is_err());
+        assert_eq!(duration_or_off("off"), Ok(Every(None)));
+        assert_eq!(
+            duration_or_off("250ms"),
+            Ok(Every(Some(Duration::from_millis(250))))
+        );
         assert!(duration("30x").is_err());
         assert!(duration("s").is_err());
     }

@@ -107,7 +107,10 @@ fn cache(args: &Args, upstream: &Upstream) -> Result<HttpCacheStreamingLayer, Er
         manager = manager.max_entries(entries);
     }
     if let Some(bucket) = &args.s3_bucket {
-        manager = manager.shared_tier(s3_tier(bucket, args.s3_endpoint.as_deref())?);
+        manager = manager
+            .shared_tier(s3_tier(bucket, args.s3_endpoint.as_deref())?)
+            .purge_log_every(args.purge_log_every.0)
+            .purge_log_retention(args.purge_log_retention);
     }
     let mut options = HttpCacheOptions::default()
         .shared(true)

@@ -1,0 +1,707 @@
+//! Purges that reach every node of a fleet through the shared tier alone: each purge is a
+//! note in the tier's purge log, which every node reads on a timer and applies to its own
+//! disk. No service besides the bucket.
+//!
+//! - A note's name says what a node needs: `purges/log/<ms>-<node>-<n>-k-<sha256 of key>`
+//!   purges a key, `…-p-<sha256 of prefix>` every URL under a prefix (the prefix is the
+//!   note's bytes, checked against its hash). `<ms>` is when it was written.
+//! - Writing a purge: its note, then `purges/latest`, which every node polls with a
+//!   conditional read, so a log that has not changed costs one small request per poll.
+//!   The log itself is listed when `latest` changes and at least every
+//!   [`LIST_AT_LEAST_EVERY`], from [`RELIST`] before the newest purge seen (so a note
+//!   written late, or by a node whose clock is behind, is still found).
+//! - Applying a purge: entries stored before its time (plus [`SKEW`], for clocks that
+//!   differ) are dropped, entries fetched after it stay; a write of the key under way is
+//!   not committed; a read-through of an entry it purged is a miss.
+//! - A store reads the whole log before it serves, so a node that was down applies what it
+//!   missed. Notes older than the retention are removed by whichever node compacts, after
+//!   raising `purges/horizon`; a node that had not read the log since before the horizon
+//!   drops everything it stored before it.
+//!
+//! Notes are untrusted input: a name that does not parse is ignored, a time later than the
+//! note's write (as the bucket tells it) is taken as that write's, and a prefix note whose
+//! bytes do not hash to its name is ignored. A purge can only remove entries.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::OnceCell;
+
+use super::index::millis;
+use super::{Inner, StreamingManager};
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::layout::Hash32;
+use crate::format::record::Entry;
+use crate::rt::{blocking, lock};
+use crate::storage::{Note, PutNote, Storage};
+
+const LOG: &str = "purges/log";
+const LATEST: &str = "purges/latest";
+const HORIZON: &str = "purges/horizon";
+/// The file in the store's `cache-v2/` that says when this store last read the log.
+const READ_FILE: &str = "purges-read";
+
+/// How far behind the newest purge seen the log is listed again.
+pub(crate) const RELIST: Duration = Duration::from_secs(60);
+/// The log is listed at least this often, even when `latest` says nothing changed (a node
+/// that died between its note and `latest`).
+pub(crate) const LIST_AT_LEAST_EVERY: Duration = Duration::from_secs(30);
+/// Entries stored up to this long after a purge's time are dropped by it too: clocks that
+/// differ by up to this much still drop every older copy (at worst one more fetch).
+pub(crate) const SKEW: Duration = Duration::from_secs(1);
+/// Key purges remembered for checking read-throughs: long enough for any copy another node
+/// was writing up to the tier when the purge came.
+const KEYS_REMEMBERED: Duration = Duration::from_secs(600);
+/// At most this many key purges are remembered; past it the oldest go.
+const MAX_KEYS_REMEMBERED: usize = 100_000;
+/// At most this many prefix purges are remembered (for the retention).
+const MAX_PREFIXES_REMEMBERED: usize = 10_000;
+/// Notes listed per request.
+const PAGE: usize = 1000;
+/// How long a store waits for the log at start before it serves anyway.
+const START_WAIT: Duration = Duration::from_secs(5);
+
+/// A store's part in its fleet's purge log.
+pub(crate) struct PurgeLog {
+    tier: Arc<dyn Storage>,
+    every: Duration,
+    retention: Duration,
+    /// Names this store's notes: 12 hex digits, new each time the store is built.
+    node: String,
+    written: AtomicU64,
+    state: Mutex<LogState>,
+    /// Set once the log was read at start, whatever came of it: lookups wait for it.
+    pub(super) started: OnceCell<()>,
+    /// Purges of other nodes applied here.
+    pub(crate) applied: AtomicU64,
+    failing: AtomicBool,
+    /// The tier keeps no notes: purges stay on each node.
+    unsupported: AtomicBool,
+}
+
+#[derive(Default)]
+struct LogState {
+    /// `latest`'s tag when last read.
+    tag: Option<String>,
+    /// The newest purge time seen (ms): the log is listed from [`RELIST`] before it.
+    newest: u64,
+    /// Names already applied or written here, back to `newest - RELIST`.
+    seen: BTreeSet<String>,
+    last_listed: Option<Instant>,
+    last_compacted: Option<Instant>,
+    /// Recent key purges (key hash → stored before, ms), for read-throughs.
+    keys: HashMap<Hash32, u64>,
+    /// Prefix purges within the retention (prefix, stored before, ms), for read-throughs.
+    prefixes: Vec<(String, u64)>,
+}
+
+/// One note of the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Purge {
+    name: String,
+    /// When it was written (ms), no later than the bucket says.
+    at: u64,
+    node: String,
+    target: Target,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    Key(Hash32),
+    /// A prefix, by the hash of its bytes (the note's content).
+    Prefix(Hash32),
+}
+
+impl Purge {
+    /// Reads a note's name; anything but the exact form is `None`.
+    fn parse(name: &str, modified: SystemTime) -> Option<Purge> {
+        let mut parts = name.split('-');
+        let (at, node, n, kind, hash) = (
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+        );
+        if parts.next().is_some()
+            || at.len() != 13
+            || !at.bytes().all(|b| b.is_ascii_digit())
+            || node.len() != 12
+            || !node.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            || n.is_empty()
+            || n.len() > 20
+            || !n.bytes().all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        let hash = Hash32::from_hex(hash)?;
+        let target = match kind {
+            "k" => Target::Key(hash),
+            "p" => Target::Prefix(hash),
+            _ => return None,
+        };
+        // A time from the future is the bucket's time of the write (plus the skew).
+        let written = millis(modified).saturating_add(millis_of(SKEW));
+        Some(Purge {
+            name: name.to_owned(),
+            at: at.parse::<u64>().ok()?.min(written),
+            node: node.to_owned(),
+            target,
+        })
+    }
+
+    /// Entries stored before this (ms) are purged.
+    fn before(&self) -> u64 {
+        self.at.saturating_add(millis_of(SKEW))
+    }
+}
+
+fn millis_of(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn time_of(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+impl PurgeLog {
+    pub(super) fn new(tier: Arc<dyn Storage>, every: Duration, retention: Duration) -> Self {
+        static BUILT: AtomicU64 = AtomicU64::new(0);
+        let seed = format!(
+            "{} {:?} {}",
+            std::process::id(),
+            SystemTime::now(),
+            BUILT.fetch_add(1, Ordering::Relaxed)
+        );
+        PurgeLog {
+            tier,
+            every: every.max(Duration::from_millis(10)),
+            retention,
+            node: Hash32::of(seed.as_bytes()).to_hex()[..12].to_owned(),
+            written: AtomicU64::new(0),
+            state: Mutex::default(),
+            started: OnceCell::new(),
+            applied: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            unsupported: AtomicBool::new(false),
+        }
+    }
+
+    /// Writes a purge of `key` to the log.
+    pub(super) async fn publish_key(&self, key: &str) -> Result<()> {
+        self.publish(Target::Key(Hash32::of(key.as_bytes())), Bytes::new(), None)
+            .await
+    }
+
+    /// Writes a purge of every URL starting with `prefix` to the log.
+    pub(super) async fn publish_prefix(&self, prefix: &str) -> Result<()> {
+        let hash = Hash32::of(prefix.as_bytes());
+        let bytes = Bytes::copy_from_slice(prefix.as_bytes());
+        self.publish(Target::Prefix(hash), bytes, Some(prefix))
+            .await
+    }
+
+    async fn publish(&self, target: Target, bytes: Bytes, prefix: Option<&str>) -> Result<()> {
+        let at = millis(SystemTime::now());
+        let (kind, hash) = match &target {
+            Target::Key(hash) => ("k", hash),
+            Target::Prefix(hash) => ("p", hash),
+        };
+        let n = self.written.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{at:013}-{}-{n}-{kind}-{}", self.node, hash.to_hex());
+        {
+            // This node applied it already; its read-throughs are checked against it.
+            let mut state = lock(&self.state);
+            state.seen.insert(name.clone());
+            let before = at.saturating_add(millis_of(SKEW));
+            match (prefix, &target) {
+                (Some(prefix), _) => state.remember_prefix(prefix.to_owned(), before),
+                (None, Target::Key(hash)) => state.remember_key(*hash, before),
+                (None, Target::Prefix(_)) => {}
+            }
+        }
+        let written = async {
+            let path = format!("{LOG}/{name}");
+            self.tier.put_note(&path, bytes, PutNote::Overwrite).await?;
+            let latest = Bytes::from(name.clone().into_bytes());
+            self.tier.put_note(LATEST, latest, PutNote::Overwrite).await
+        };
+        match written.await {
+            Ok(_) => Ok(()),
+            Err(e) if self.keeps_no_notes(&e) => Ok(()),
+            Err(e) => Err(Error::new(ErrorKind::Io)
+                .with_subject("purged on this node, but the fleet's purge log could not be written")
+                .with_source(e)),
+        }
+    }
+
+    /// Whether `error` says the tier keeps no notes; the first time, says so in the log.
+    fn keeps_no_notes(&self, error: &Error) -> bool {
+        if error.kind() != ErrorKind::Unsupported {
+            return false;
+        }
+        if !self.unsupported.swap(true, Ordering::Relaxed) {
+            crate::log::warn_event!(
+                "the shared tier keeps no notes: purges stay on the node they are sent to"
+            );
+        }
+        true
+    }
+
+    /// Whether `entry`, read from the tier, was purged since it was stored.
+    pub(super) fn purged(&self, entry: &Entry) -> bool {
+        let stored = millis(entry.stored_at);
+        let state = lock(&self.state);
+        let key = Hash32::of(entry.key.as_bytes());
+        state.keys.get(&key).is_some_and(|&before| stored < before)
+            || state
+                .prefixes
+                .iter()
+                .any(|(prefix, before)| stored < *before && entry.url.starts_with(prefix.as_str()))
+    }
+
+    /// One poll: a conditional read of `latest`, and when it changed (or the log was not
+    /// listed for [`LIST_AT_LEAST_EVERY`]) a listing of the log, whose new purges are
+    /// applied. Compacts the log when that is due.
+    async fn poll(&self, manager: &StreamingManager) -> Result<()> {
+        let (tag, due) = {
+            let state = lock(&self.state);
+            let due = state
+                .last_listed
+                .is_none_or(|at| at.elapsed() >= LIST_AT_LEAST_EVERY);
+            (state.tag.clone(), due)
+        };
+        let changed = match self.tier.read_note(LATEST, tag.as_deref()).await? {
+            Note::Found { tag, .. } => {
+                lock(&self.state).tag = Some(tag);
+                true
+            }
+            _ => false,
+        };
+        if changed || due {
+            self.read_log(manager, false).await?;
+        }
+        self.compact_when_due().await
+    }
+
+    /// Lists the log (all of it, `from_start`, else from [`RELIST`] before the newest
+    /// purge seen) and applies every purge not seen yet.
+    async fn read_log(&self, manager: &StreamingManager, from_start: bool) -> Result<()> {
+        let started = (Instant::now(), SystemTime::now());
+        let mut after = (!from_start).then(|| {
+            let newest = lock(&self.state).newest;
+            format!("{:013}", newest.saturating_sub(millis_of(RELIST)))
+        });
+        loop {
+            let page = self.tier.list_notes(LOG, after.as_deref(), PAGE).await?;
+            let more = page.len() == PAGE;
+            after = page.last().map(|listed| listed.name.clone());
+            let fresh: Vec<Purge> = {
+                let mut state = lock(&self.state);
+                let fresh: Vec<Purge> = page
+                    .iter()
+                    .filter(|listed| !state.seen.contains(&listed.name))
+                    .filter_map(|listed| Purge::parse(&listed.name, listed.modified))
+                    .collect();
+                for purge in &fresh {
+                    state.seen.insert(purge.name.clone());
+                    state.newest = state.newest.max(purge.at);
+                }
+                fresh
+            };
+            self.apply(manager, fresh).await;
+            if !more {
+                break;
+            }
+        }
+        self.forget_old(started.0);
+        manager.note_log_read(started.1).await;
+        Ok(())
+    }
+
+    /// Notes a listing begun at `listed`, and forgets names and purges no longer needed.
+    fn forget_old(&self, listed: Instant) {
+        let mut state = lock(&self.state);
+        state.last_listed = Some(listed);
+        let oldest = format!("{:013}", state.newest.saturating_sub(millis_of(RELIST)));
+        state.seen = state.seen.split_off(oldest.as_str());
+        let now = millis(SystemTime::now());
+        let kept = now.saturating_sub(millis_of(KEYS_REMEMBERED));
+        state.keys.retain(|_, before| *before >= kept);
+        let kept = now.saturating_sub(millis_of(self.retention));
+        state.prefixes.retain(|(_, before)| *before >= kept);
+    }
+
+    /// Applies purges other nodes wrote.
+    async fn apply(&self, manager: &StreamingManager, purges: Vec<Purge>) {
+        let mut prefixes = Vec::new();
+        for purge in purges {
+            if purge.node == self.node {
+                continue; // applied when written
+            }
+            let before = purge.before();
+            match &purge.target {
+                Target::Key(hash) => {
+                    lock(&self.state).remember_key(*hash, before);
+                    manager.purge_here(*hash, time_of(before)).await;
+                }
+                Target::Prefix(hash) => match self.prefix_of(&purge, *hash).await {
+                    Some(prefix) => {
+                        lock(&self.state).remember_prefix(prefix.clone(), before);
+                        prefixes.push((prefix, time_of(before)));
+                    }
+                    None => {
+                        crate::log::warn_event!(name = %purge.name, "a prefix purge that could not be read: ignored");
+                        continue;
+                    }
+                },
+            }
+            self.applied.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
+            metrics::counter!("http_cache_streaming_fleet_purges_applied_total").increment(1);
+            crate::log::debug_event!(name = %purge.name, "applied a purge from the fleet's log");
+        }
+        if !prefixes.is_empty()
+            && let Err(error) = manager.purge_prefixes_here(prefixes).await
+        {
+            crate::log::warn_event!(%error, "could not apply prefix purges from the fleet's log");
+        }
+    }
+
+    /// The prefix a prefix purge names: its note's bytes, when they hash to its name.
+    async fn prefix_of(&self, purge: &Purge, hash: Hash32) -> Option<String> {
+        let path = format!("{LOG}/{}", purge.name);
+        let Ok(Note::Found { bytes, .. }) = self.tier.read_note(&path, None).await else {
+            return None;
+        };
+        if Hash32::of(&bytes) != hash {
+            return None;
+        }
+        String::from_utf8(bytes.to_vec()).ok()
+    }
+
+    /// Every `retention / 24` (at least a minute): raises the horizon to `now - retention`
+    /// and removes the notes older than it.
+    async fn compact_when_due(&self) -> Result<()> {
+        let every = (self.retention / 24).max(Duration::from_secs(60));
+        {
+            let mut state = lock(&self.state);
+            match state.last_compacted {
+                Some(at) if at.elapsed() < every => return Ok(()),
+                Some(_) => state.last_compacted = Some(Instant::now()),
+                // The first round waits a period: nodes that start together do not all
+                // compact at once.
+                None => {
+                    state.last_compacted = Some(Instant::now());
+                    return Ok(());
+                }
+            }
+        }
+        let cutoff = millis(SystemTime::now()).saturating_sub(millis_of(self.retention));
+        if self.horizon().await? < cutoff {
+            let bytes = Bytes::from(cutoff.to_string());
+            self.tier
+                .put_note(HORIZON, bytes, PutNote::Overwrite)
+                .await?;
+        }
+        let cutoff_name = format!("{cutoff:013}");
+        let mut removed = 0;
+        loop {
+            let page = self.tier.list_notes(LOG, None, PAGE).await?;
+            let old: Vec<_> = page
+                .iter()
+                .take_while(|listed| listed.name < cutoff_name)
+                .collect();
+            for listed in &old {
+                self.tier
+                    .delete_note(&format!("{LOG}/{}", listed.name))
+                    .await?;
+            }
+            removed += old.len();
+            if old.len() < PAGE {
+                break;
+            }
+        }
+        if removed > 0 {
+            crate::log::info_event!(removed, "compacted the fleet's purge log");
+        }
+        Ok(())
+    }
+
+    /// The time (ms) before which the log was compacted away; 0 when it never was.
+    async fn horizon(&self) -> Result<u64> {
+        Ok(match self.tier.read_note(HORIZON, None).await? {
+            Note::Found { bytes, .. } => std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0),
+            _ => 0,
+        })
+    }
+}
+
+impl LogState {
+    fn remember_key(&mut self, hash: Hash32, before: u64) {
+        if self.keys.len() >= MAX_KEYS_REMEMBERED
+            && let Some(oldest) = self.keys.iter().min_by_key(|(_, b)| **b).map(|(k, _)| *k)
+        {
+            self.keys.remove(&oldest);
+        }
+        let kept = self.keys.entry(hash).or_insert(before);
+        *kept = (*kept).max(before);
+    }
+
+    fn remember_prefix(&mut self, prefix: String, before: u64) {
+        if self.prefixes.len() >= MAX_PREFIXES_REMEMBERED {
+            self.prefixes.remove(0);
+        }
+        self.prefixes.push((prefix, before));
+    }
+}
+
+impl StreamingManager {
+    pub(super) fn purge_log(&self) -> Option<&Arc<PurgeLog>> {
+        self.inner.purges.as_ref()
+    }
+
+    /// Purges of other nodes applied here since the store was opened (0 without a log).
+    pub(crate) fn purges_applied(&self) -> u64 {
+        self.purge_log()
+            .map_or(0, |log| log.applied.load(Ordering::Relaxed))
+    }
+
+    /// Waits until the purge log has been read once (at most [`START_WAIT`]), starting
+    /// that read and the poll after it on first call. Lookups go through here, so that a
+    /// store never serves what the fleet purged while it was down.
+    pub(super) async fn purges_read(&self) {
+        let Some(log) = self.purge_log() else {
+            return;
+        };
+        if log.started.initialized() {
+            return;
+        }
+        log.started
+            .get_or_init(|| async {
+                match tokio::time::timeout(START_WAIT, self.catch_up(log)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) if log.keeps_no_notes(&error) => return,
+                    Ok(Err(error)) => {
+                        crate::log::warn_event!(%error, "could not read the fleet's purge log; serving, and retrying");
+                    }
+                    Err(_) => {
+                        crate::log::warn_event!("the fleet's purge log took too long to read; serving, and retrying");
+                    }
+                }
+                self.poll_purges(Arc::downgrade(&self.inner), log.every);
+            })
+            .await;
+    }
+
+    /// At start: what was stored before the log's horizon goes when the log was not read
+    /// since (it may have been purged), then the whole log is applied.
+    async fn catch_up(&self, log: &PurgeLog) -> Result<()> {
+        let horizon = log.horizon().await?;
+        let read = self.log_last_read().await;
+        if horizon > 0 && read.is_none_or(|read| read < horizon) {
+            let before = time_of(horizon);
+            let removed = self
+                .remove_where(move |entry| entry.stored_at < before)
+                .await?;
+            if removed > 0 {
+                crate::log::warn_event!(
+                    removed,
+                    "entries older than the fleet's purge log dropped: this store had not read it since"
+                );
+            }
+        }
+        log.read_log(self, true).await
+    }
+
+    /// Polls the log every `every` while the store lives.
+    fn poll_purges(&self, inner: Weak<Inner>, every: Duration) {
+        if !crate::rt::available() {
+            return;
+        }
+        crate::rt::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                let manager = StreamingManager { inner };
+                let Some(log) = manager.purge_log().cloned() else {
+                    return;
+                };
+                match log.poll(&manager).await {
+                    Ok(()) => {
+                        if log.failing.swap(false, Ordering::Relaxed) {
+                            crate::log::info_event!("the fleet's purge log is read again");
+                        }
+                    }
+                    Err(error) if log.keeps_no_notes(&error) => return,
+                    Err(error) => {
+                        if !log.failing.swap(true, Ordering::Relaxed) {
+                            crate::log::warn_event!(%error, "could not read the fleet's purge log; retrying");
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// When this store last read the log (ms), as its `purges-read` file says.
+    async fn log_last_read(&self) -> Option<u64> {
+        let path = self.inner.layout.format_dir().join(READ_FILE);
+        blocking(move || Ok(crate::format::files::read(&path).ok()))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    /// Notes that the log was read whole up to `at` (best effort: at worst entries older
+    /// than the horizon go at the next start).
+    async fn note_log_read(&self, at: SystemTime) {
+        let Ok(opened) = self.opened().await else {
+            return;
+        };
+        let path = self.inner.layout.format_dir().join(READ_FILE);
+        let at = millis(at).to_string();
+        let _ = blocking(move || {
+            let temp = opened.scratch.temp_path();
+            let mode = opened.layout.mode();
+            let (temp, _) = crate::format::content::write_temp(temp, at.as_bytes(), false, mode)?;
+            temp.persist(&path).map_err(|e| Error::io(e, &path))
+        })
+        .await;
+    }
+
+    /// Drops the entry under `key_hash` on this node's disk if it was stored before
+    /// `before`, with its partial entry; a write of the key under way is not committed.
+    pub(super) async fn purge_here(&self, key_hash: Hash32, before: SystemTime) {
+        lock(&self.inner.deletions).record(Some(key_hash));
+        self.drop_partials_where(|key| Hash32::of(key.as_bytes()) == key_hash);
+        let Ok(opened) = self.opened().await else {
+            return;
+        };
+        let _ = blocking(move || {
+            opened.drop_stored_before(key_hash, before);
+            Ok(())
+        })
+        .await;
+    }
+
+    /// Drops every entry on this node's disk whose URL starts with one of the prefixes
+    /// and which was stored before that prefix's time. Writes under way are not committed.
+    pub(super) async fn purge_prefixes_here(
+        &self,
+        prefixes: Vec<(String, SystemTime)>,
+    ) -> Result<u64> {
+        lock(&self.inner.deletions).record(None);
+        self.clear_partials();
+        self.remove_where(move |entry| {
+            prefixes
+                .iter()
+                .any(|(prefix, before)| entry.stored_at < *before && entry.url.starts_with(prefix))
+        })
+        .await
+    }
+
+    /// Writes a purge of `prefix` to the fleet's log, when there is one, and removes the
+    /// entries under it from the shared tier in the background.
+    pub(crate) async fn publish_prefix_purge(&self, prefix: &str) -> Result<()> {
+        let Some(log) = self.purge_log() else {
+            return Ok(());
+        };
+        log.publish_prefix(prefix).await?;
+        self.unshare_prefix(prefix.to_owned(), SystemTime::now() + SKEW);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::FileStorage;
+
+    fn at(ms: u64) -> SystemTime {
+        time_of(ms)
+    }
+
+    #[test]
+    fn names_are_read_only_in_their_exact_form() {
+        let hash = Hash32::of(b"GET:http://a/");
+        let hex = hash.to_hex();
+        let now = 1_800_000_000_000;
+        let parsed = Purge::parse(&format!("{now:013}-0123456789ab-7-k-{hex}"), at(now));
+        assert_eq!(
+            parsed.map(|p| (p.at, p.node, p.target)),
+            Some((now, "0123456789ab".to_owned(), Target::Key(hash)))
+        );
+        let prefix = Purge::parse(&format!("{now:013}-0123456789ab-7-p-{hex}"), at(now));
+        assert_eq!(prefix.map(|p| p.target), Some(Target::Prefix(hash)));
+        // Dated after the bucket says it was written: taken as written then (plus skew).
+        let ahead = Purge::parse(
+            &format!("{:013}-0123456789ab-7-k-{hex}", now + 9_000),
+            at(now),
+        );
+        assert_eq!(ahead.map(|p| p.at), Some(now + 1_000));
+        for bad in [
+            format!("{:012}-0123456789ab-7-k-{hex}", now / 10),
+            format!("{now:013}-0123456789AB-7-k-{hex}"),
+            format!("{now:013}-0123456789a-7-k-{hex}"),
+            format!("{now:013}-0123456789ab--k-{hex}"),
+            format!("{now:013}-0123456789ab-x-k-{hex}"),
+            format!("{now:013}-0123456789ab-7-q-{hex}"),
+            format!("{now:013}-0123456789ab-7-k-{}", &hex[1..]),
+            format!("{now:013}-0123456789ab-7-k-{hex}-more"),
+            format!("+{:012}-0123456789ab-7-k-{hex}", now / 10),
+        ] {
+            assert_eq!(Purge::parse(&bad, at(now)), None, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn compaction_removes_notes_past_the_retention_and_raises_the_horizon() {
+        let bucket = tempfile::tempdir().unwrap();
+        let tier: Arc<dyn Storage> = Arc::new(FileStorage::new(bucket.path()));
+        let retention = Duration::from_secs(3600);
+        let log = PurgeLog::new(Arc::clone(&tier), Duration::from_millis(100), retention);
+        let now = millis(SystemTime::now());
+        let hex = Hash32::of(b"k").to_hex();
+        let names: Vec<String> = [now - 7_200_000, now - 3_700_000, now - 60_000, now]
+            .iter()
+            .enumerate()
+            .map(|(n, ms)| format!("{ms:013}-0123456789ab-{n}-k-{hex}"))
+            .collect();
+        for name in &names {
+            let path = format!("{LOG}/{name}");
+            tier.put_note(&path, Bytes::new(), PutNote::Overwrite)
+                .await
+                .unwrap();
+        }
+        // Not due yet: the first round waits a period.
+        log.compact_when_due().await.unwrap();
+        assert_eq!(tier.list_notes(LOG, None, 10).await.unwrap().len(), 4);
+        lock(&log.state).last_compacted = Some(Instant::now() - retention);
+        log.compact_when_due().await.unwrap();
+        let left: Vec<String> = tier
+            .list_notes(LOG, None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|listed| listed.name)
+            .collect();
+        assert_eq!(left, names[2..]);
+        let horizon = log.horizon().await.unwrap();
+        let expected = now - 3_600_000;
+        assert!(
+            (expected..expected + 60_000).contains(&horizon),
+            "{horizon} vs {expected}"
+        );
+    }
+}
