@@ -113,7 +113,9 @@ pub use future::ResponseFuture;
 pub use layer::HttpCacheStreamingLayer;
 pub use service::HttpCacheStreaming;
 pub use storage::ObjectStoreManager;
-pub use store::{StoreStats, StreamingManager, StreamingManagerBuilder};
+pub use store::{
+    FILL_PATH, FleetFills, PeerClient, StoreStats, StreamingManager, StreamingManagerBuilder,
+};
 
 /// The policy engine whose [`CachePolicy`](http_cache_semantics::CachePolicy) public
 /// signatures take, re-exported so that its version always matches.

@@ -1,7 +1,9 @@
 //! A fleet: `http-cache-proxy` processes sharing one bucket on a real S3 API on loopback
 //! (see `common::s3`), with their defaults. What a fleet's operator relies on: a purge
 //! sent to one proxy stops every proxy serving the URL within a second, and a proxy that
-//! was down when it was sent never serves its old copy.
+//! was down when it was sent never serves its old copy; a new object asked of every proxy at
+//! once is fetched from the origin once, the others streaming it from the one that fetches
+//! it; and that one dying mid-body leaves no wrong byte served or stored anywhere.
 
 mod common;
 
@@ -9,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::s3::{PROXY_ENV, endpoint, new_bucket};
-use common::{Got, Origin, PURGE_TOKEN, Proxy};
+use common::{Generated, Got, Origin, PURGE_TOKEN, Proxy};
+use http_body_util::BodyExt as _;
 
 /// An origin whose every answer differs: `<path> #<n>`, cacheable for ten minutes.
 async fn origin() -> Origin {
@@ -122,4 +125,325 @@ async fn a_purge_on_one_proxy_reaches_the_fleet_within_a_second() {
     let d = proxy(&origin, dirs[3].path(), &endpoint, &bucket);
     let got = get(&d, "/page").await;
     assert_ne!(got.body, "/page #1", "{}", got.cache_status());
+}
+
+const SECRET: &str = "a secret the fleet shares";
+
+/// A free loopback port, for a proxy's fleet listener (its address goes into its leases).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap()
+        .port()
+}
+
+/// A proxy of the fleet with fleet fills on: peers reach it at `127.0.0.1:<fleet>`.
+fn fleet_proxy(
+    origin: &Origin,
+    dir: &std::path::Path,
+    endpoint: &str,
+    bucket: &str,
+    fleet: u16,
+) -> Proxy {
+    let listen = format!("127.0.0.1:{fleet}");
+    let args = [
+        "--s3-bucket",
+        bucket,
+        "--s3-endpoint",
+        endpoint,
+        "--fleet-listen",
+        &listen,
+        "--fleet-secret",
+        SECRET,
+    ];
+    common::start_proxy_with_env(&origin.url(""), dir, &args, &PROXY_ENV)
+}
+
+/// What a client got: when its first byte came (since `start`), the SHA-256 and length of
+/// the body, and whether it ended whole (`Err`: it failed, and when).
+struct Fetched {
+    first_byte: Option<Duration>,
+    body: Result<([u8; 32], u64), Duration>,
+    cache_status: String,
+}
+
+async fn fetch(addr: String, path: &'static str, start: Instant) -> Fetched {
+    use sha2::Digest as _;
+    let request = http::Request::get(format!("http://{addr}{path}"))
+        .body(http_body_util::Full::<Bytes>::default())
+        .unwrap();
+    let response = match common::client().request(request).await {
+        Ok(response) => response,
+        Err(_) => {
+            return Fetched {
+                first_byte: None,
+                body: Err(start.elapsed()),
+                cache_status: String::new(),
+            };
+        }
+    };
+    let cache_status = response
+        .headers()
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let mut body = response.into_body();
+    let mut hasher = sha2::Sha256::new();
+    let (mut first_byte, mut len) = (None, 0u64);
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Fetched {
+                first_byte,
+                body: Err(start.elapsed()),
+                cache_status,
+            };
+        };
+        if let Some(data) = frame.data_ref() {
+            first_byte.get_or_insert_with(|| start.elapsed());
+            hasher.update(data);
+            len += data.len() as u64;
+        }
+    }
+    Fetched {
+        first_byte,
+        body: Ok((hasher.finalize().into(), len)),
+        cache_status,
+    }
+}
+
+const BIG: u64 = 256 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_clients_on_three_proxies_cost_the_origin_one_fetch() {
+    let endpoint = endpoint();
+    let bucket = new_bucket(&endpoint, "fills").await;
+    let origin = Origin::start(|_, _| {
+        http::Response::builder()
+            .header("cache-control", "max-age=600")
+            .body(axum::body::Body::new(Generated::new(BIG, 3)))
+            .unwrap()
+    })
+    .await;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let proxies: Vec<Proxy> = dirs
+        .iter()
+        .map(|dir| fleet_proxy(&origin, dir.path(), &endpoint, &bucket, free_port()))
+        .collect();
+
+    let start = Instant::now();
+    let clients = (0..30).map(|i| {
+        let addr = proxies[i % 3].addr.clone();
+        tokio::spawn(fetch(addr, "/video", start))
+    });
+    let fetched: Vec<Fetched> = futures_util::future::join_all(clients)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let digest = Generated::digest(BIG, 3);
+    for got in &fetched {
+        assert_eq!(got.body, Ok((digest, BIG)), "{}", got.cache_status);
+    }
+    assert_eq!(
+        origin.hits(),
+        1,
+        "one fetch from the origin for the whole fleet"
+    );
+    let firsts: Vec<Duration> = fetched.iter().map(|f| f.first_byte.unwrap()).collect();
+    let (earliest, latest) = (firsts.iter().min().unwrap(), firsts.iter().max().unwrap());
+    let last_byte = start.elapsed();
+    println!(
+        "30 clients on 3 proxies, 256 MiB: origin requests {}, first bytes {} ms to {} ms \
+         after the requests went out (the earliest is the holder's), all done in {} ms",
+        origin.hits(),
+        earliest.as_millis(),
+        latest.as_millis(),
+        last_byte.as_millis()
+    );
+    assert!(
+        *latest <= *earliest + Duration::from_millis(100),
+        "a follower's first byte {latest:?}, the holder's {earliest:?}"
+    );
+    // Every proxy keeps it: a hit on each.
+    for proxy in &proxies {
+        let again = fetch(proxy.addr.clone(), "/video", Instant::now()).await;
+        assert!(again.cache_status.contains("hit"), "{}", again.cache_status);
+        assert_eq!(again.body, Ok((digest, BIG)));
+    }
+    assert_eq!(origin.hits(), 1);
+}
+
+/// The fleet port of the proxy holding the only lease in the bucket.
+async fn lease_holder(endpoint: &str, bucket: &str) -> u16 {
+    use http_cache_streaming::storage::{Note, ObjectStorage, Storage};
+    let tier = ObjectStorage::new(common::s3::bucket(endpoint, bucket));
+    let leases = tier.list_notes("leases", None, 10).await.unwrap();
+    assert_eq!(leases.len(), 1, "one lease");
+    let Note::Found { bytes, .. } = tier
+        .read_note(&format!("leases/{}", leases[0].name), None)
+        .await
+        .unwrap()
+    else {
+        panic!("the lease went");
+    };
+    let lease: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let holder = lease["holder"].as_str().unwrap();
+    holder.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_holder_killed_mid_body_leaves_no_wrong_byte_anywhere() {
+    const LEN: u64 = 64 << 20;
+    let endpoint = endpoint();
+    let bucket = new_bucket(&endpoint, "killed").await;
+    // 64 MiB at about 32 MiB/s: the holder is killed well inside it.
+    let origin = Origin::start(|_, _| {
+        let (tx, body) = common::channel_body();
+        tokio::spawn(async move {
+            let mut generated = Generated::new(LEN, 5);
+            while let Some(Ok(frame)) = generated.frame().await {
+                if tx.send(Ok(frame)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        http::Response::builder()
+            .header("cache-control", "max-age=600")
+            .header("content-length", LEN)
+            .body(axum::body::Body::new(body))
+            .unwrap()
+    })
+    .await;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut proxies: Vec<Option<Proxy>> = (0..3)
+        .map(|i| {
+            Some(fleet_proxy(
+                &origin,
+                dirs[i].path(),
+                &endpoint,
+                &bucket,
+                ports[i],
+            ))
+        })
+        .collect();
+    let addrs: Vec<String> = proxies
+        .iter()
+        .map(|p| p.as_ref().unwrap().addr.clone())
+        .collect();
+
+    let start = Instant::now();
+    let clients: Vec<_> = (0..9)
+        .map(|i| tokio::spawn(fetch(addrs[i % 3].clone(), "/live", start)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let holder_port = lease_holder(&endpoint, &bucket).await;
+    let holder = ports.iter().position(|&p| p == holder_port).unwrap();
+    let mut killed = proxies[holder].take().unwrap();
+    let killed_at = start.elapsed();
+    killed.child.kill().unwrap(); // SIGKILL
+    killed.child.wait().unwrap();
+
+    let digest = Generated::digest(LEN, 5);
+    let mut whole = 0;
+    for client in clients {
+        let got = client.await.unwrap();
+        match got.body {
+            Ok(body) => {
+                assert_eq!(body, (digest, LEN), "a whole body, and only the right one");
+                whole += 1;
+            }
+            Err(at) => assert!(at >= killed_at, "failed before the kill: {at:?}"),
+        }
+    }
+    println!(
+        "holder killed {} ms in: {whole} of 9 clients complete, the others cut off",
+        killed_at.as_millis()
+    );
+    // Nothing wrong kept: on each survivor's disk, and in the bucket, an entry is the body.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (i, dir) in dirs.iter().enumerate() {
+        for file in common::content_files(dir.path()) {
+            let path = dir.path().join("cache-v2/content").join(&file);
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(common::sha256(&bytes), digest, "proxy {i} keeps {file}");
+        }
+    }
+    // The survivors answer it whole, from the origin or from what they kept.
+    for (i, proxy) in proxies.iter().enumerate() {
+        let Some(proxy) = proxy else { continue };
+        let got = fetch(proxy.addr.clone(), "/live", Instant::now()).await;
+        assert_eq!(
+            got.body,
+            Ok((digest, LEN)),
+            "proxy {i}: {}",
+            got.cache_status
+        );
+    }
+}
+
+/// The peer listener and the leases are attack surfaces: an ask without the secret gets
+/// nothing, and a lease forged in the bucket that points at a server of the attacker's
+/// gets its bytes neither served nor stored (it cannot prove the secret).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_asks_and_leases_get_nothing() {
+    use http_cache_streaming::storage::{ObjectStorage, PutNote, Storage};
+    let endpoint = endpoint();
+    let bucket = new_bucket(&endpoint, "forged").await;
+    let origin = origin().await;
+    // The attacker's "holder": answers every ask 200 with its own bytes and a made-up proof.
+    let evil = Origin::start(|_, _| {
+        http::Response::builder()
+            .header("cache-control", "max-age=600")
+            .header("x-http-cache-fill-status", "200")
+            .header("x-http-cache-fill-proof", "00".repeat(32))
+            .body(axum::body::Body::from("evil bytes"))
+            .unwrap()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let proxy = fleet_proxy(&origin, dir.path(), &endpoint, &bucket, port);
+
+    // Asks without the secret, or with another's: 401, nothing served.
+    for auth in [None, Some("1.00000000000000000000000000000000.00")] {
+        let mut ask = http::Request::get(format!(
+            "http://127.0.0.1:{port}/http-cache-streaming/fill?key=GET%3A{}",
+            origin.url("/page").replace(':', "%3A")
+        ));
+        if let Some(auth) = auth {
+            ask = ask.header("x-http-cache-fill-auth", auth);
+        }
+        let request = ask.body(http_body_util::Full::<Bytes>::default()).unwrap();
+        let got = common::send(&mut common::client(), request).await;
+        assert_eq!(got.status, http::StatusCode::UNAUTHORIZED);
+        assert!(got.body.is_empty());
+    }
+
+    // A lease on /page naming the attacker's server, written straight into the bucket.
+    let key = format!("GET:{}", origin.url("/page"));
+    let name = http_cache_streaming::storage::Name::of(key.as_bytes()).to_hex();
+    let lease = serde_json::json!({
+        "v": 1,
+        "holder": evil.url(""),
+        "expires_ms": 4_000_000_000_000u64,
+    });
+    let tier = ObjectStorage::new(common::s3::bucket(&endpoint, &bucket));
+    tier.put_note(
+        &format!("leases/{name}"),
+        Bytes::from(lease.to_string()),
+        PutNote::Overwrite,
+    )
+    .await
+    .unwrap();
+    let got = get(&proxy, "/page").await;
+    assert_eq!(evil.hits(), 1, "the node asked the lease's holder");
+    assert_eq!(
+        got.body, "/page #1",
+        "and took the origin's answer, not the holder's"
+    );
+    let again = get(&proxy, "/page").await;
+    assert!(again.hit(), "{}", again.cache_status());
+    assert_eq!(again.body, "/page #1");
 }

@@ -4,6 +4,7 @@
 
 mod conditional;
 mod directives;
+mod fleet;
 pub(crate) mod key;
 pub(crate) mod mode;
 mod options;

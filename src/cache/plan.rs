@@ -20,7 +20,7 @@ use super::directives::{
 use super::status::{Forwarded, Fwd, Status};
 use super::variants::{same_variant, variants_generation};
 use super::view;
-use super::{Action, Found, HttpStreamingCache, Pending, Plan, Stale, Start, count};
+use super::{Action, Finished, Found, HttpStreamingCache, Pending, Plan, Stale, Start, count};
 
 impl HttpStreamingCache {
     /// Decides how a request starts.
@@ -262,7 +262,21 @@ impl HttpStreamingCache {
         let background = complete.then(|| options.background.clone());
         let mut follower = match self.manager.join_fill(&key, background) {
             Role::Leader(leader) => {
-                let mut plan = self.forward(parts, key, mode, action(Some(leader)), conditional);
+                let mut leader = Some(leader);
+                // A plain miss: across a fleet, one node fetches it; the others stream it
+                // from that node and store it as the origin's answer.
+                if conditional.is_none()
+                    && !parts.headers.contains_key(header::RANGE)
+                    && let Some(response) = self.fleet_miss(parts, &key, &mut leader).await
+                {
+                    let pending = self.pending(parts, key, mode, action(leader));
+                    return Plan::Respond(match pending.finish(response) {
+                        Finished::Ready(response) => response,
+                        Finished::Later(future) => future.await,
+                        Finished::Again(pending) => pending.not_selected(),
+                    });
+                }
+                let mut plan = self.forward(parts, key, mode, action(leader), conditional);
                 if let Plan::Forward { pending, .. } = &mut plan
                     && options.fetch_whole_on_range_miss
                     && parts.headers.contains_key(header::RANGE)

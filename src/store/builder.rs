@@ -35,6 +35,8 @@ pub(super) struct Options {
     pub(super) purge_log_every: Option<std::time::Duration>,
     /// How long purges stay in the log.
     pub(super) purge_log_retention: std::time::Duration,
+    /// One origin fetch per key across the fleet sharing the tier.
+    pub(super) fleet_fills: Option<super::leases::FleetFills>,
     /// Stores of up to this many records are read in before serving.
     pub(super) read_in_before_serving: usize,
     /// Holds the reading-in of records until a test lets it go on.
@@ -59,6 +61,7 @@ impl Default for Options {
             shared_tier: None,
             purge_log_every: Some(std::time::Duration::from_millis(500)),
             purge_log_retention: std::time::Duration::from_secs(24 * 3600),
+            fleet_fills: None,
             read_in_before_serving: READ_IN_BEFORE_SERVING,
             #[cfg(test)]
             read_in_gate: None,
@@ -230,6 +233,19 @@ impl StreamingManagerBuilder {
     /// before the oldest purge the log still holds.
     pub fn purge_log_retention(mut self, retention: std::time::Duration) -> Self {
         self.options.purge_log_retention = retention.max(std::time::Duration::from_secs(60));
+        self
+    }
+
+    /// One origin fetch per key for the whole fleet sharing the
+    /// [`shared_tier`](Self::shared_tier): the first node to miss a key takes its lease
+    /// (a note created only if absent) and fetches it; the others stream the body from it
+    /// while it is written, through its [`HttpStreamingCache::serve_peer`] endpoint, and
+    /// store it themselves. A holder that dies releases its lease by expiry; a node that
+    /// cannot reach the holder asks the origin. Off by default.
+    ///
+    /// [`HttpStreamingCache::serve_peer`]: crate::HttpStreamingCache::serve_peer
+    pub fn fleet_fills(mut self, fleet: super::leases::FleetFills) -> Self {
+        self.options.fleet_fills = Some(fleet);
         self
     }
 

@@ -190,6 +190,8 @@ pub(crate) struct FillLeader {
     fills: Arc<Fills>,
     key: Hash32,
     fill: Arc<Fill>,
+    /// The fleet's lease on the key, held until the entry is in the shared tier.
+    pub(crate) lease: Option<super::leases::LeaseGuard>,
 }
 
 /// A follower's view of a fill.
@@ -241,6 +243,20 @@ impl Fills {
             fills: Arc::clone(self),
             key,
             fill,
+            lease: None,
+        })
+    }
+
+    /// Follows the fill of `key` under way, if there is one that may be followed: never
+    /// leads one.
+    pub(crate) fn follow(&self, key: Hash32) -> Option<FillFollower> {
+        let by_key = lock(&self.by_key);
+        let fill = by_key.get(&key).filter(|fill| fill.joinable())?;
+        fill.followers.fetch_add(1, Ordering::SeqCst);
+        fill.joined.notify_waiters();
+        Some(FillFollower {
+            fill: Arc::clone(fill),
+            state: fill.state.subscribe(),
         })
     }
 }

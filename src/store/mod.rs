@@ -10,12 +10,14 @@ pub(crate) mod writer;
 
 mod access_log;
 mod builder;
+pub(crate) mod leases;
 mod opened;
 mod purges;
 mod read_in;
 mod tee;
 
 pub use builder::StreamingManagerBuilder;
+pub use leases::{FILL_PATH, FleetFills, PeerClient};
 pub(crate) use tee::Teeing;
 
 use std::fs::File;
@@ -279,7 +281,7 @@ impl StreamingManager {
         let hit =
             blocking(move || task_opened.refresh(key_hash, &key, known, headers, policy)).await?;
         if let Some(hit) = &hit {
-            self.share(key_hash, hit.entry.digest, hit.entry.length);
+            self.share(key_hash, hit.entry.digest, hit.entry.length, None);
         }
         Ok(hit.map(|hit| {
             let (response, entry) = opened.respond(hit);

@@ -321,7 +321,7 @@ impl StreamingManager {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         let manager = self.clone();
-        let (leader, head) = leader.unzip();
+        let (mut leader, head) = leader.unzip();
         let fill = leader.as_ref().map(|leader| Arc::clone(leader.fill()));
         let (sink, rx) = TeeSink::new(end_tx, on_end, fill.clone());
         #[cfg(feature = "tracing")]
@@ -373,6 +373,7 @@ impl StreamingManager {
                 .await?
             }
             .await;
+            let lease = leader.as_mut().and_then(|leader| leader.lease.take());
             if let Some(leader) = leader {
                 leader.fill().end(match &result {
                     Ok(committed) if committed.kept => FillEnd::Stored(committed.length),
@@ -384,7 +385,8 @@ impl StreamingManager {
                 && how.share
                 && c.kept
             {
-                manager.share(key_hash, c.digest, c.length);
+                // The fleet's lease goes once the entry is in the shared tier.
+                manager.share(key_hash, c.digest, c.length, lease);
             }
             match &result {
                 Ok(c) if !c.kept => {}

@@ -133,7 +133,14 @@ impl StreamingManager {
 
     /// Copies the entry just committed under `key_hash` (body `digest`, `length` bytes) to
     /// the shared tier, on a task of its own.
-    pub(crate) fn share(&self, key_hash: Hash32, digest: Hash32, length: u64) {
+    /// `lease`, the fleet's lease on the key, is released once the copy is done.
+    pub(crate) fn share(
+        &self,
+        key_hash: Hash32,
+        digest: Hash32,
+        length: u64,
+        lease: Option<super::leases::LeaseGuard>,
+    ) {
         let Some(tier) = self.shared_tier().cloned() else {
             return;
         };
@@ -142,6 +149,7 @@ impl StreamingManager {
             if let Err(error) = manager.copy_up(&tier, key_hash, digest, length).await {
                 crate::log::warn_event!(%error, "could not copy an entry to the shared tier");
             }
+            drop(lease);
         });
     }
 

@@ -64,17 +64,34 @@ pub(crate) async fn serve(
         .await
         .map_err(|e| format!("--admin-listen {addr}: {e}"))?;
     let bound = listener.local_addr()?;
+    serve_on(listener, move |request| {
+        let admin = admin.clone();
+        async move { admin.answer(&request).await }
+    });
+    Ok(bound)
+}
+
+/// Serves `answer` to every connection `listener` accepts, on tasks of their own: the
+/// internal listeners (admin, fleet), which only operators and peers reach.
+pub(crate) fn serve_on<A, F, B>(listener: tokio::net::TcpListener, answer: A)
+where
+    A: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             };
-            let admin = admin.clone();
+            let _ = stream.set_nodelay(true);
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.answer(&request).await) }
+                    let answered = answer(request);
+                    async move { Ok::<_, Infallible>(answered.await) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
@@ -82,7 +99,6 @@ pub(crate) async fn serve(
             });
         }
     });
-    Ok(bound)
 }
 
 impl Admin {

@@ -131,6 +131,35 @@ pub(crate) struct Args {
     #[arg(long, env = "HTTP_CACHE_PROXY_PURGE_LOG_RETENTION", value_parser = duration, default_value = "24h")]
     pub(crate) purge_log_retention: Duration,
 
+    /// Fleet fills: serve this proxy's fills to the others sharing --s3-bucket on this
+    /// address (the fleet's own network), so that a new object is fetched from the upstream
+    /// by one proxy of the fleet. Needs --fleet-secret.
+    #[arg(long, env = "HTTP_CACHE_PROXY_FLEET_LISTEN", requires_all = ["s3_bucket", "fleet_secret"])]
+    pub(crate) fleet_listen: Option<SocketAddr>,
+
+    /// The URL other proxies reach --fleet-listen at (http://HOST:PORT); by default the
+    /// address it is bound to.
+    #[arg(
+        long,
+        env = "HTTP_CACHE_PROXY_FLEET_ADVERTISE",
+        requires = "fleet_listen"
+    )]
+    pub(crate) fleet_advertise: Option<String>,
+
+    /// The secret the fleet's proxies prove to each other (16 bytes or more; better from
+    /// the environment than the command line).
+    #[arg(
+        long,
+        env = "HTTP_CACHE_PROXY_FLEET_SECRET",
+        hide_env_values = true,
+        requires = "fleet_listen"
+    )]
+    pub(crate) fleet_secret: Option<String>,
+
+    /// How long a fleet lease holds when its holder dies without releasing it.
+    #[arg(long, env = "HTTP_CACHE_PROXY_FLEET_LEASE_TTL", value_parser = duration, default_value = "30s")]
+    pub(crate) fleet_lease_ttl: Duration,
+
     /// `PURGE /path` with `Authorization: Bearer TOKEN` removes what is stored for the path.
     #[arg(long, env = "HTTP_CACHE_PROXY_PURGE_TOKEN", value_parser = token)]
     pub(crate) purge_token: Option<String>,

@@ -27,6 +27,10 @@
 //! - Logs go to stderr through `tracing` (`RUST_LOG`, `--log-format json`), one access line
 //!   per response when its body ends; `--admin-listen` serves `/metrics`, `/stats` and
 //!   `/healthz`.
+//! - With `--s3-bucket`, proxies share a bucket behind their disks: a purge on one reaches
+//!   all within a second (`--purge-log-every`), and with `--fleet-listen ADDR
+//!   --fleet-secret SECRET` a new object is fetched from the upstream by one of them, the
+//!   others streaming it from that one.
 //! - The store is opened before anything is accepted: an unusable cache directory is an
 //!   error with the reason. SIGTERM and SIGINT stop accepting, let responses in flight finish
 //!   (at most `--shutdown-timeout`), and exit 0.
@@ -35,6 +39,7 @@ mod access;
 mod admin;
 mod args;
 mod clients;
+mod fleet;
 mod tls;
 mod upstream;
 
@@ -48,7 +53,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use http_body_util::BodyExt as _;
 use http_cache_streaming::{
-    HttpCacheOptions, HttpCacheStreaming, HttpCacheStreamingLayer, StreamingManager,
+    FleetFills, HttpCacheOptions, HttpCacheStreaming, HttpCacheStreamingLayer, StreamingManager,
 };
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -98,7 +103,11 @@ fn init_logging(format: LogFormat) {
 }
 
 /// The cache in front of the upstream, as the flags ask.
-fn cache(args: &Args, upstream: &Upstream) -> Result<HttpCacheStreamingLayer, Error> {
+fn cache(
+    args: &Args,
+    upstream: &Upstream,
+    fleet_address: Option<String>,
+) -> Result<HttpCacheStreamingLayer, Error> {
     let mut manager = StreamingManager::builder(args.cache_dir.clone()).max_size(args.max_size);
     if let Some(bytes) = args.max_body_size {
         manager = manager.max_body_size(bytes);
@@ -111,6 +120,12 @@ fn cache(args: &Args, upstream: &Upstream) -> Result<HttpCacheStreamingLayer, Er
             .shared_tier(s3_tier(bucket, args.s3_endpoint.as_deref())?)
             .purge_log_every(args.purge_log_every.0)
             .purge_log_retention(args.purge_log_retention);
+    }
+    if let (Some(advertise), Some(secret)) = (fleet_address, &args.fleet_secret) {
+        let fills = FleetFills::new(&advertise, secret, fleet::peers())
+            .map_err(|e| format!("--fleet-advertise/--fleet-secret: {e}"))?
+            .lease_ttl(args.fleet_lease_ttl);
+        manager = manager.fleet_fills(fills);
     }
     let mut options = HttpCacheOptions::default()
         .shared(true)
@@ -138,7 +153,22 @@ async fn run(args: Args) -> Result<(), Error> {
         args.upstream_ca.as_deref(),
         args.upstream_timeout,
     )?;
-    let layer = cache(&args, &upstream)?;
+    let fleet_listener = match args.fleet_listen {
+        Some(addr) => {
+            let listener = fleet::bind(addr).await?;
+            let advertise =
+                fleet::advertise(args.fleet_advertise.as_deref(), listener.local_addr()?)?;
+            Some((listener, advertise))
+        }
+        None => None,
+    };
+    let layer = cache(
+        &args,
+        &upstream,
+        fleet_listener
+            .as_ref()
+            .map(|(_, advertise)| advertise.clone()),
+    )?;
     let service: HttpCacheStreaming<Upstream> =
         ServiceBuilder::new().layer(layer).service(upstream);
     // Before anything is accepted: a directory the store cannot use is an error now.
@@ -149,6 +179,10 @@ async fn run(args: Args) -> Result<(), Error> {
         .open()
         .await
         .map_err(|e| format!("the cache directory {cache_dir} cannot be used: {e}"))?;
+    if let Some((listener, advertise)) = fleet_listener {
+        fleet::serve(listener, service.cache().clone());
+        tracing::info!(%advertise, "serving fills to the fleet");
+    }
     let acceptor = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
         _ => None,

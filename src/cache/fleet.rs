@@ -1,0 +1,100 @@
+//! The fleet's fills at the cache: [`HttpStreamingCache::serve_peer`] answers the nodes that
+//! find this one holding a key's lease, and [`fleet_miss`](HttpStreamingCache::fleet_miss)
+//! is a miss that takes the lease or streams the holder's fill (see
+//! [`FleetFills`](crate::FleetFills)).
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header, request};
+
+use super::variants::{same_variant, variants_generation};
+use super::{CacheMode, HttpStreamingCache};
+use crate::body::StreamingBody;
+use crate::store::FILL_PATH;
+use crate::store::fill::FillLeader;
+use crate::store::leases::{AUTH, ForPeer, Lease, ORIGIN_STATUS, PROOF};
+
+/// The longest key a peer may ask for.
+const MAX_KEY: usize = 16 * 1024;
+
+impl HttpStreamingCache {
+    /// Answers a node of the fleet asking for this node's fill of a key whose lease it
+    /// holds: a `GET` of [`FILL_PATH`](crate::FILL_PATH)`?key=…`, authenticated with the
+    /// fleet's secret (`401` otherwise). The answer streams the fill as it is written
+    /// (or the stored entry, once written), with the origin's headers; `404` when there is
+    /// nothing to share for that request. Serve it on the address given as the node's
+    /// [`FleetFills`](crate::FleetFills) address, which only the fleet should reach.
+    pub async fn serve_peer<B>(&self, request: &Request<B>) -> Response<StreamingBody> {
+        let parts = request;
+        let Some(fleet) = self.manager.fleet_fills() else {
+            return plain(StatusCode::NOT_FOUND);
+        };
+        if parts.method() != Method::GET || parts.uri().path() != FILL_PATH {
+            return plain(StatusCode::NOT_FOUND);
+        }
+        let key = parts.uri().query().and_then(|query| {
+            url::form_urlencoded::parse(query.as_bytes())
+                .find(|(name, _)| name == "key")
+                .map(|(_, key)| key.into_owned())
+        });
+        let Some(key) = key.filter(|key| !key.is_empty() && key.len() <= MAX_KEY) else {
+            return plain(StatusCode::BAD_REQUEST);
+        };
+        let Some(nonce) = fleet.check_ask(&key, parts.headers().get(AUTH)) else {
+            return plain(StatusCode::UNAUTHORIZED);
+        };
+        let wait = self.options.coalesce_wait;
+        let (status, mut headers, body) = match self.manager.for_peer(&key, wait).await {
+            ForPeer::Filling(head, reader) if same_variant(&head, parts.headers()) => (
+                head.parts.status,
+                head.parts.headers.clone(),
+                StreamingBody::follow(reader),
+            ),
+            ForPeer::Stored(response, entry)
+                if !response.headers().contains_key(header::VARY)
+                    && variants_generation(response.headers()).is_none()
+                    && self.admits(&entry, CacheMode::Default) =>
+            {
+                let (head, body) = (*response).into_parts();
+                (head.status, head.headers, body)
+            }
+            _ => return plain(StatusCode::NOT_FOUND),
+        };
+        headers.insert(ORIGIN_STATUS, HeaderValue::from(status.as_u16()));
+        headers.insert(PROOF, fleet.proof(&key, &nonce));
+        let mut response = Response::new(body);
+        *response.headers_mut() = headers;
+        crate::log::debug_event!(%key, "a fill served to a peer");
+        response
+    }
+
+    /// A miss that leads this node's fill of `key`: with fleet fills, it takes the key's
+    /// lease (`None`: fetch from the origin, the lease held by `leader` until the entry is
+    /// in the shared tier), or asks the peer that holds it for its fill, to be stored here
+    /// as the origin's answer would be. A peer that cannot answer leaves the request to the
+    /// origin.
+    pub(super) async fn fleet_miss(
+        &self,
+        parts: &request::Parts,
+        key: &str,
+        leader: &mut Option<FillLeader>,
+    ) -> Option<Response<StreamingBody>> {
+        let holder = match self.manager.take_lease(key).await {
+            Lease::Held(guard) => {
+                if let Some(leader) = leader.as_mut() {
+                    leader.lease = Some(guard);
+                }
+                return None;
+            }
+            Lease::Peer(holder) => holder,
+            Lease::Alone => return None,
+        };
+        let response = self.manager.peer_fill(&holder, key, &parts.headers).await?;
+        crate::log::debug_event!(%key, %holder, "streaming a peer's fill");
+        Some(response)
+    }
+}
+
+fn plain(status: StatusCode) -> Response<StreamingBody> {
+    let mut response = Response::new(StreamingBody::empty());
+    *response.status_mut() = status;
+    response
+}
