@@ -249,6 +249,12 @@ async fn thirty_clients_on_three_proxies_cost_the_origin_one_fetch() {
         1,
         "one fetch from the origin for the whole fleet"
     );
+    // On each of the two other proxies, the request that led its fill streamed the holder's.
+    let from_peer = fetched
+        .iter()
+        .filter(|f| f.cache_status.contains("collapsed; detail=peer"))
+        .count();
+    assert_eq!(from_peer, 2);
     let firsts: Vec<Duration> = fetched.iter().map(|f| f.first_byte.unwrap()).collect();
     let (earliest, latest) = (firsts.iter().min().unwrap(), firsts.iter().max().unwrap());
     let last_byte = start.elapsed();
@@ -370,7 +376,9 @@ async fn the_holder_killed_mid_body_leaves_no_wrong_byte_anywhere() {
             assert_eq!(common::sha256(&bytes), digest, "proxy {i} keeps {file}");
         }
     }
-    // The survivors answer it whole, from the origin or from what they kept.
+    // The survivors answer it whole: the first takes the dead holder's lease over and
+    // fetches it, the second has it from the first (its fill, or the bucket's copy).
+    let fetched = origin.hits();
     for (i, proxy) in proxies.iter().enumerate() {
         let Some(proxy) = proxy else { continue };
         let got = fetch(proxy.addr.clone(), "/live", Instant::now()).await;
@@ -381,6 +389,11 @@ async fn the_holder_killed_mid_body_leaves_no_wrong_byte_anywhere() {
             got.cache_status
         );
     }
+    assert_eq!(
+        origin.hits(),
+        fetched + 1,
+        "one fetch for the two survivors"
+    );
 }
 
 /// The peer listener and the leases are attack surfaces: an ask without the secret gets

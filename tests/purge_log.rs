@@ -276,3 +276,38 @@ async fn a_node_down_past_the_logs_horizon_drops_what_it_stored_before_it() {
     assert!(got.hit(), "{}", got.cache_status());
     assert_eq!(got.body, "/old #2");
 }
+
+/// An operator's purge reaches the fleet even through a node that never held the entry,
+/// and when the bucket has no copy of it (one still being written up, or one that failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_through_a_node_that_never_had_the_entry_reaches_the_one_that_has() {
+    let origin = origin().await;
+    let url = origin.url("/only-on-b");
+    let bucket = tempfile::tempdir().unwrap();
+    let tier: Arc<dyn Storage> = Arc::new(FileStorage::new(bucket.path()));
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (a_cache, _a) = node(dirs[0].path(), &tier);
+    let (_, b) = node(dirs[1].path(), &tier);
+    assert_eq!(get(&b, &url).await.body, "/only-on-b #1");
+    common::eventually("copied to the tier", || {
+        common::record_files(bucket.path()).len() == 1
+    })
+    .await;
+    for listed in tier.list_records().await.unwrap() {
+        tier.delete_record(listed.name).await.unwrap();
+    }
+    assert!(get(&b, &url).await.hit());
+
+    assert!(
+        !a_cache.purge(&url).await.unwrap(),
+        "nothing stored on A or in the tier"
+    );
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while get(&b, &url).await.hit() {
+        assert!(
+            Instant::now() < deadline,
+            "B still serves it a second after the purge"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -10,7 +10,7 @@ use super::{CacheMode, HttpStreamingCache};
 use crate::body::StreamingBody;
 use crate::store::FILL_PATH;
 use crate::store::fill::FillLeader;
-use crate::store::leases::{AUTH, ForPeer, Lease, ORIGIN_STATUS, PROOF};
+use crate::store::leases::{AUTH, ForPeer, Lease, NoFill, ORIGIN_STATUS, PROOF};
 
 /// The longest key a peer may ask for.
 const MAX_KEY: usize = 16 * 1024;
@@ -77,21 +77,60 @@ impl HttpStreamingCache {
         key: &str,
         leader: &mut Option<FillLeader>,
     ) -> Option<Response<StreamingBody>> {
-        let holder = match self.manager.take_lease(key).await {
-            Lease::Held(guard) => {
-                if let Some(leader) = leader.as_mut() {
-                    leader.lease = Some(guard);
+        let mut unreachable = None;
+        // A holder that cannot answer (it died) is taken over once: the lease is taken, or
+        // a new holder asked.
+        for _ in 0..2 {
+            let holder = match self.manager.take_lease(key, unreachable.as_deref()).await {
+                Lease::Held(guard) => {
+                    if let Some(leader) = leader.as_mut() {
+                        leader.lease = Some(guard);
+                    }
+                    return None;
                 }
-                return None;
+                Lease::Peer(holder) => holder,
+                Lease::Alone => return None,
+            };
+            match self.manager.peer_fill(&holder, key, &parts.headers).await {
+                Ok(response) => {
+                    crate::log::debug_event!(%key, %holder, "streaming a peer's fill");
+                    return Some(response);
+                }
+                Err(NoFill::Unreachable) => unreachable = Some(holder),
+                Err(NoFill::Declined) => return None,
             }
-            Lease::Peer(holder) => holder,
-            Lease::Alone => return None,
-        };
-        let response = self.manager.peer_fill(&holder, key, &parts.headers).await?;
-        crate::log::debug_event!(%key, %holder, "streaming a peer's fill");
-        Some(response)
+        }
+        None
     }
 }
+
+impl HttpStreamingCache {
+    /// Marks this cache's `Cache-Status` on a response streamed from a peer's fill: the
+    /// request was collapsed into another node's fetch (RFC 9211 `collapsed`).
+    pub(super) fn mark_from_peer(&self, headers: &mut http::HeaderMap) {
+        let Some(cache) = &self.options.cache_status else {
+            return;
+        };
+        let ours = format!("{cache}; ");
+        let mut values: Vec<HeaderValue> = headers.get_all(CACHE_STATUS).iter().cloned().collect();
+        let Some(marked) = values
+            .last()
+            .and_then(|last| last.to_str().ok())
+            .filter(|text| text.starts_with(&ours))
+            .and_then(|text| HeaderValue::try_from(format!("{text}; collapsed; detail=peer")).ok())
+        else {
+            return;
+        };
+        values.pop();
+        values.push(marked);
+        headers.remove(CACHE_STATUS);
+        for value in values {
+            headers.append(CACHE_STATUS, value);
+        }
+    }
+}
+
+const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
 
 fn plain(status: StatusCode) -> Response<StreamingBody> {
     let mut response = Response::new(StreamingBody::empty());

@@ -249,22 +249,25 @@ impl HttpStreamingCache {
                 .with_source(e)
         })?;
         let key = self.key(&request.into_parts().0);
-        self.remove(&key).await
+        self.remove(&key, true).await
     }
 
     /// Removes what is stored under `key`: the response, or the variant list and the
     /// variants it names. `true` when something was stored.
     ///
-    /// With a shared tier, a key stored here or there is purged on every node through
-    /// the tier's purge log; a key stored nowhere costs the log nothing.
-    async fn remove(&self, key: &str) -> crate::Result<bool> {
+    /// With a shared tier, the key is purged on every node through the tier's purge log:
+    /// always when `everywhere` (an operator's purge: another node may hold what this one
+    /// never had), else when it is stored here or in the tier (an invalidation, which
+    /// most unsafe requests are: one of a key stored nowhere costs the log nothing).
+    async fn remove(&self, key: &str, everywhere: bool) -> crate::Result<bool> {
         let stored = self.manager.stored_headers(key).await;
-        match &stored {
-            Some(list) => {
-                self.remove_variants(key, list).await?;
-                self.manager.delete(key).await?;
-            }
-            None => self.manager.forget(key).await?,
+        if let Some(list) = &stored {
+            self.remove_variants(key, list).await?;
+        }
+        if stored.is_some() || everywhere {
+            self.manager.delete(key).await?;
+        } else {
+            self.manager.forget(key).await?;
         }
         Ok(stored.is_some())
     }
@@ -413,7 +416,7 @@ impl HttpStreamingCache {
     }
 
     async fn delete(&self, key: &str) {
-        if let Err(error) = self.remove(key).await {
+        if let Err(error) = self.remove(key, false).await {
             count(&self.counters.errors, "http_cache_streaming_errors_total");
             crate::log::warn_event!(%key, %error, "could not invalidate a cache entry");
         }

@@ -270,11 +270,13 @@ impl HttpStreamingCache {
                     && let Some(response) = self.fleet_miss(parts, &key, &mut leader).await
                 {
                     let pending = self.pending(parts, key, mode, action(leader));
-                    return Plan::Respond(match pending.finish(response) {
+                    let mut response = match pending.finish(response) {
                         Finished::Ready(response) => response,
                         Finished::Later(future) => future.await,
                         Finished::Again(pending) => pending.not_selected(),
-                    });
+                    };
+                    self.mark_from_peer(response.headers_mut());
+                    return Plan::Respond(response);
                 }
                 let mut plan = self.forward(parts, key, mode, action(leader), conditional);
                 if let Plan::Forward { pending, .. } = &mut plan

@@ -237,9 +237,10 @@ impl StreamingManager {
         self.inner.options.fleet_fills.as_ref()
     }
 
-    /// Takes `key`'s lease, or finds who holds it. An expired lease, or one naming this
-    /// node (left by a run that died), is taken over.
-    pub(crate) async fn take_lease(&self, key: &str) -> Lease {
+    /// Takes `key`'s lease, or finds who holds it. An expired lease, one naming this node
+    /// (left by a run that died), or one naming `unreachable` (a holder that could not
+    /// answer) is taken over.
+    pub(crate) async fn take_lease(&self, key: &str, unreachable: Option<&str>) -> Lease {
         let (Some(fleet), Some(tier)) =
             (self.fleet_fills(), self.inner.options.shared_tier.as_ref())
         else {
@@ -277,6 +278,7 @@ impl StreamingManager {
                     if lease.v == 1
                         && lease.expires_ms > now
                         && lease.holder != fleet.advertise
+                        && Some(lease.holder.as_str()) != unreachable
                         && valid_peer(&lease.holder) =>
                 {
                     return Lease::Peer(lease.holder);
@@ -291,14 +293,14 @@ impl StreamingManager {
     }
 
     /// Asks `holder` for its fill of `key`, for a request with `headers`: the response once
-    /// its head has arrived with the holder's proof, else `None` (ask the origin).
+    /// its head has arrived with the holder's proof, else why not (ask the origin).
     pub(crate) async fn peer_fill(
         &self,
         holder: &str,
         key: &str,
         headers: &HeaderMap,
-    ) -> Option<Response<StreamingBody>> {
-        let fleet = self.fleet_fills()?;
+    ) -> std::result::Result<Response<StreamingBody>, NoFill> {
+        let fleet = self.fleet_fills().ok_or(NoFill::Declined)?;
         let (ask, nonce) = fleet.ask(key);
         let mut sent = HeaderMap::new();
         // The request's own headers, for the holder to tell whether its response is the
@@ -320,15 +322,15 @@ impl StreamingManager {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
                 crate::log::debug_event!(%key, %holder, %error, "the lease's holder did not answer");
-                return None;
+                return Err(NoFill::Unreachable);
             }
-            Err(_) => return None,
+            Err(_) => return Err(NoFill::Unreachable),
         };
         if response.status() != http::StatusCode::OK
             || !fleet.check_proof(key, &nonce, response.headers().get(PROOF))
         {
             crate::log::debug_event!(%key, %holder, status = %response.status(), "no fill from the lease's holder");
-            return None;
+            return Err(NoFill::Declined);
         }
         let (mut parts, body) = response.into_parts();
         parts.headers.remove(PROOF);
@@ -337,10 +339,20 @@ impl StreamingManager {
             .headers
             .remove(ORIGIN_STATUS)
             .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
-            .and_then(|code| http::StatusCode::from_u16(code).ok())?;
+            .and_then(|code| http::StatusCode::from_u16(code).ok())
+            .ok_or(NoFill::Declined)?;
         parts.status = status;
-        Some(Response::from_parts(parts, body))
+        Ok(Response::from_parts(parts, body))
     }
+}
+
+/// Why a peer's fill is not streamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoFill {
+    /// The holder did not answer (it died, or cannot be reached): its lease may be taken.
+    Unreachable,
+    /// It answered without a fill for this request, or without the proof.
+    Declined,
 }
 
 /// What this node has of a key for a peer that asks.
