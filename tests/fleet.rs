@@ -67,6 +67,7 @@ async fn until_not(proxy: &Proxy, path: &str, old: &str, since: Instant) -> (Dur
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_on_one_proxy_reaches_the_fleet_within_a_second() {
+    let _alone = common::alone().await;
     let endpoint = endpoint();
     let bucket = new_bucket(&endpoint, "purge").await;
     let origin = origin().await;
@@ -215,6 +216,7 @@ const BIG: u64 = 256 << 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_clients_on_three_proxies_cost_the_origin_one_fetch() {
+    let _alone = common::alone().await;
     let endpoint = endpoint();
     let bucket = new_bucket(&endpoint, "fills").await;
     let origin = Origin::start(|_, _| {
@@ -299,6 +301,7 @@ async fn lease_holder(endpoint: &str, bucket: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_holder_killed_mid_body_leaves_no_wrong_byte_anywhere() {
+    let _alone = common::alone().await;
     const LEN: u64 = 64 << 20;
     let endpoint = endpoint();
     let bucket = new_bucket(&endpoint, "killed").await;
@@ -401,6 +404,7 @@ async fn the_holder_killed_mid_body_leaves_no_wrong_byte_anywhere() {
 /// gets its bytes neither served nor stored (it cannot prove the secret).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_asks_and_leases_get_nothing() {
+    let _alone = common::alone().await;
     use http_cache_streaming::storage::{ObjectStorage, PutNote, Storage};
     let endpoint = endpoint();
     let bucket = new_bucket(&endpoint, "forged").await;

@@ -73,13 +73,6 @@ impl http_body::Body for Counted {
     }
 }
 
-/// Held by each test for its whole run: these tests load the machine, and each measures how
-/// an innocent client fares under its own load only.
-async fn alone() -> tokio::sync::MutexGuard<'static, ()> {
-    static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    ALONE.lock().await
-}
-
 /// Fetches `path` through the proxy on a connection of its own, and how long that took.
 async fn innocent(proxy: &Proxy, path: &str) -> (Got, Duration) {
     let started = Instant::now();
@@ -128,7 +121,8 @@ fn closed(stream: &mut TcpStream) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_never_finish_their_headers_are_cut_off() {
-    let _alone = alone().await;
+    // Each measures how an innocent client fares under its own load only.
+    let _alone = common::alone().await;
     let origin = origin().await;
     let dir = tempfile::tempdir().unwrap();
     let proxy = start_proxy(
@@ -181,7 +175,7 @@ async fn clients_that_never_finish_their_headers_are_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_take_no_bytes_are_dropped_after_the_send_timeout() {
-    let _alone = alone().await;
+    let _alone = common::alone().await;
     let origin = origin().await;
     let dir = tempfile::tempdir().unwrap();
     let proxy = start_proxy(
@@ -242,7 +236,7 @@ async fn clients_that_take_no_bytes_are_dropped_after_the_send_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranges_cannot_multiply_what_is_sent() {
-    let _alone = alone().await;
+    let _alone = common::alone().await;
     let origin = Origin::start(|_, _| {
         Response::builder()
             .header("cache-control", "public, max-age=600")
@@ -267,7 +261,7 @@ async fn ranges_cannot_multiply_what_is_sent() {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distinct_urls_requested_once_stay_within_max_entries() {
-    let _alone = alone().await;
+    let _alone = common::alone().await;
     let origin = origin().await;
     let dir = tempfile::tempdir().unwrap();
     let proxy = start_proxy(
@@ -305,7 +299,7 @@ async fn distinct_urls_requested_once_stay_within_max_entries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_urls_variants_are_bounded_and_go_with_it() {
-    let _alone = alone().await;
+    let _alone = common::alone().await;
     let origin = Origin::start(|parts, _| {
         let evil = parts.headers.get("x-evil").cloned();
         Response::builder()
@@ -373,7 +367,7 @@ fn rss_and_threads(pid: u32) -> (u64, u64) {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn six_hundred_clients_that_never_read_cannot_take_the_proxy_down() {
-    let _alone = alone().await;
+    let _alone = common::alone().await;
     let sent = Arc::new(AtomicU64::new(0));
     let origin = counting_origin(Arc::clone(&sent)).await;
     let dir = tempfile::tempdir().unwrap();

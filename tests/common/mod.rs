@@ -211,6 +211,13 @@ pub fn temp_files(cache: &Path) -> Vec<String> {
     out
 }
 
+/// Runs the tests that hold it one at a time within their binary: those that measure
+/// time or memory, or load the machine (cargo runs a binary's tests in parallel).
+pub async fn alone() -> tokio::sync::MutexGuard<'static, ()> {
+    static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    ALONE.lock().await
+}
+
 /// Waits (bounded) until `check` holds; background commits finish on their own time.
 pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     for _ in 0..1000 {
