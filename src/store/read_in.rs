@@ -3,7 +3,7 @@
 
 use std::fs::{self};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -81,12 +81,13 @@ impl Opened {
             .map_err(|e| Error::new(ErrorKind::Io).with_source(e))
     }
 
-    /// Adds the record files `listing` names, by key hash, to `records`: all of them, or until
-    /// it holds `up_to`. Returns how many it holds.
+    /// Adds the key hashes of the record files `listing` names to `records`: all of them, or
+    /// until it holds `up_to`. Returns how many it holds. (Key hashes only: a path each
+    /// would cost a million allocations in a store of a million records.)
     pub(super) fn list_records(
         &self,
         listing: &mut fs::ReadDir,
-        records: &mut Vec<(Hash32, PathBuf)>,
+        records: &mut Vec<Hash32>,
         up_to: Option<usize>,
     ) -> Result<usize> {
         let metadata = self.layout.metadata_dir();
@@ -101,7 +102,7 @@ impl Opened {
                 .and_then(|n| n.strip_suffix(".json"))
                 .and_then(Hash32::from_hex)
             {
-                records.push((key_hash, item.path()));
+                records.push(key_hash);
             }
         }
         Ok(records.len())
@@ -111,69 +112,35 @@ impl Opened {
         &self,
         started: Instant,
         leftovers: usize,
-        records: Vec<(Hash32, PathBuf)>,
+        records: Vec<Hash32>,
     ) -> Result<()> {
-        let mut dropped = 0usize;
         let metadata = self.layout.metadata_dir();
-        // Reading records is a file open and read each: spread over the cores.
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(8);
-        let per_thread = records.len().div_ceil(threads).max(1);
-        let summaries: Option<Vec<_>> = std::thread::scope(|scope| {
-            let readers: Vec<_> = records
-                .chunks(per_thread)
-                .map(|chunk| {
-                    scope.spawn(move || {
-                        chunk
-                            .iter()
-                            .map(|(key_hash, path)| {
-                                (*key_hash, path, read_summary(path, *key_hash))
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            // A reader that failed leaves reference counts unknown: better no removals than
-            // removing content a record still names.
-            let mut all = Vec::with_capacity(records.len());
-            for reader in readers {
-                all.extend(reader.join().ok()?);
-            }
-            Some(all)
-        });
-        let summaries = summaries.ok_or_else(|| {
-            Error::new(ErrorKind::Io).with_subject(format!("reading {}", metadata.display()))
-        })?;
         #[cfg(test)]
         if let Some(gate) = &self.options.read_in_gate {
             gate.wait();
         }
-        // In batches, so that requests get the index lock in between.
-        let mut summaries = summaries.into_iter().peekable();
-        while summaries.peek().is_some() {
-            let mut index = self.index();
-            for (key_hash, path, summary) in summaries.by_ref().take(4096) {
-                match summary {
-                    Ok(Some((summary, stamp))) => {
-                        let (digest, length) = (summary.digest, summary.length);
-                        index.insert_summary(key_hash, digest, length, stamp, summary.stored_at);
-                    }
-                    Ok(None) => {}
-                    // Unless a write replaced it meanwhile (records are installed under the
-                    // index lock, which is held here).
-                    Err(ReadFailure::Unusable(why)) if !index.is_newer(key_hash) => {
-                        crate::log::warn_event!(path = %path.display(), %why, "removing unusable record");
-                        let _ = remove_if_present(path);
-                        dropped += 1;
-                    }
-                    Err(ReadFailure::Unusable(_)) => {}
-                    Err(ReadFailure::Unavailable(e)) => {
-                        // Its content would look orphaned: no removals rather than lost entries.
-                        return Err(Error::io(e, path));
-                    }
-                }
-            }
+        // Reading records is a file open and read each: spread over the cores. Each reader
+        // puts what it read into the index in batches, so that requests get the index lock
+        // in between and nothing but the index is held for every record.
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8);
+        let per_thread = records.len().div_ceil(threads).max(1);
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let outcomes: Vec<std::thread::Result<Result<usize>>> = std::thread::scope(|scope| {
+            let readers: Vec<_> = records
+                .chunks(per_thread)
+                .map(|chunk| scope.spawn(|| self.read_in_chunk(chunk, &failed)))
+                .collect();
+            readers.into_iter().map(|reader| reader.join()).collect()
+        });
+        // A reader that failed leaves reference counts unknown: better no removals than
+        // removing content a record still names.
+        let mut dropped = 0;
+        for outcome in outcomes {
+            dropped += outcome.map_err(|_| {
+                Error::new(ErrorKind::Io).with_subject(format!("reading {}", metadata.display()))
+            })??;
         }
         {
             let mut index = self.index();
@@ -202,6 +169,57 @@ impl Opened {
         self.read_access_log();
         self.evict_if_needed();
         Ok(())
+    }
+
+    /// Reads the records of `keys` into the index, 4096 at a time; returns how many were
+    /// damaged and removed. Stops at the first record the system cannot read now (setting
+    /// `failed`, which stops the other readers too).
+    fn read_in_chunk(
+        &self,
+        keys: &[Hash32],
+        failed: &std::sync::atomic::AtomicBool,
+    ) -> Result<usize> {
+        use std::sync::atomic::Ordering;
+        let mut dropped = 0;
+        for batch in keys.chunks(4096) {
+            if failed.load(Ordering::Relaxed) {
+                return Ok(dropped);
+            }
+            let read: Vec<_> = batch
+                .iter()
+                .map(|&key_hash| {
+                    let summary =
+                        read_summary(&self.layout.record_path(key_hash), key_hash).map(|found| {
+                            found.map(|(s, stamp)| (s.digest, s.length, s.stored_at, stamp))
+                        });
+                    (key_hash, summary)
+                })
+                .collect();
+            let mut index = self.index();
+            for (key_hash, summary) in read {
+                match summary {
+                    Ok(Some((digest, length, stored_at, stamp))) => {
+                        index.insert_summary(key_hash, digest, length, stamp, stored_at);
+                    }
+                    Ok(None) => {}
+                    // Unless a write replaced it meanwhile (records are installed under the
+                    // index lock, which is held here).
+                    Err(ReadFailure::Unusable(why)) if !index.is_newer(key_hash) => {
+                        let path = self.layout.record_path(key_hash);
+                        crate::log::warn_event!(path = %path.display(), %why, "removing unusable record");
+                        let _ = remove_if_present(&path);
+                        dropped += 1;
+                    }
+                    Err(ReadFailure::Unusable(_)) => {}
+                    Err(ReadFailure::Unavailable(e)) => {
+                        // Its content would look orphaned: no removals rather than lost entries.
+                        failed.store(true, Ordering::Relaxed);
+                        return Err(Error::io(e, &self.layout.record_path(key_hash)));
+                    }
+                }
+            }
+        }
+        Ok(dropped)
     }
 
     /// While the records are being read in, reads in the one of `key_hash` ahead of the rest,
