@@ -14,16 +14,12 @@ use bytes::Bytes;
 use crate::format::layout::Hash32;
 use crate::format::record::Entry;
 
+/// What the index holds of every record. Kept small: a store of a million records holds a
+/// million of these (the parsed form of a bounded number of them is in [`Parsed`]).
 #[derive(Debug)]
 struct Slot {
     digest: Hash32,
     length: u64,
-    stamp: Stamp,
-    entry: Option<Arc<Entry>>,
-    /// The whole body, for small parsed entries while the memory budget allows.
-    body: Option<Bytes>,
-    /// Looked up since the clock hand last passed: kept over entries that were not.
-    used: bool,
     /// When the entry was last stored or looked up (milliseconds since the epoch): the
     /// order in which entries are evicted when the store is over its size.
     last_used: u64,
@@ -32,6 +28,18 @@ struct Slot {
     written: u64,
     /// When a use of the entry was last written to the access log (0: never).
     logged: u64,
+}
+
+/// The parsed form of a record, for a bounded number of records.
+#[derive(Debug)]
+struct Parsed {
+    entry: Arc<Entry>,
+    /// The record file's, as it was parsed.
+    stamp: Stamp,
+    /// The whole body, for small entries while the memory budget allows.
+    body: Option<Bytes>,
+    /// Looked up since the clock hand last passed: kept over entries that were not.
+    used: bool,
 }
 
 /// A parsed record as the index holds it: the entry, the stamp of the file it was parsed
@@ -47,6 +55,8 @@ pub(crate) struct Known {
 pub(crate) struct Index {
     slots: HashMap<Hash32, Slot>,
     refs: HashMap<Hash32, u32>,
+    /// The parsed records, at most `parsed_limit` of them.
+    parsed_of: HashMap<Hash32, Parsed>,
     parsed: usize,
     parsed_limit: usize,
     /// Bytes of bodies held in memory, and how many may be.
@@ -87,6 +97,7 @@ impl Index {
         Index {
             slots: HashMap::new(),
             refs: HashMap::new(),
+            parsed_of: HashMap::new(),
             parsed: 0,
             parsed_limit,
             body_bytes: 0,
@@ -141,8 +152,8 @@ impl Index {
     /// Every indexed key, with the parsed entry when it is held.
     pub(crate) fn keys(&self) -> Vec<(Hash32, Option<Arc<Entry>>)> {
         self.slots
-            .iter()
-            .map(|(key, slot)| (*key, slot.entry.clone()))
+            .keys()
+            .map(|key| (*key, self.parsed_of.get(key).map(|p| Arc::clone(&p.entry))))
             .collect()
     }
 
@@ -207,13 +218,12 @@ impl Index {
 
     /// The parsed record for a key, when the index holds one.
     pub(crate) fn entry(&mut self, key: Hash32) -> Option<Known> {
-        let slot = self.slots.get_mut(&key)?;
-        let entry = slot.entry.clone()?;
-        slot.used = true;
+        let parsed = self.parsed_of.get_mut(&key)?;
+        parsed.used = true;
         Some(Known {
-            entry,
-            stamp: slot.stamp,
-            body: slot.body.clone(),
+            entry: Arc::clone(&parsed.entry),
+            stamp: parsed.stamp,
+            body: parsed.body.clone(),
         })
     }
 
@@ -224,15 +234,15 @@ impl Index {
             return;
         }
         self.make_room(body.len(), false);
-        if let Some(slot) = self.slots.get_mut(&key)
+        let length = self.slots.get(&key).map(|slot| slot.length);
+        if let Some(parsed) = self.parsed_of.get_mut(&key)
             && self.body_bytes + body.len() <= self.body_budget
-            && slot.entry.is_some()
-            && slot.body.is_none()
-            && slot.stamp == stamp
-            && slot.length == body.len() as u64
+            && parsed.body.is_none()
+            && parsed.stamp == stamp
+            && length == Some(body.len() as u64)
         {
             self.body_bytes += body.len();
-            slot.body = Some(body.clone());
+            parsed.body = Some(body.clone());
         }
     }
 
@@ -248,21 +258,14 @@ impl Index {
             let Some(key) = self.clock.pop_front() else {
                 return;
             };
-            let Some(slot) = self.slots.get_mut(&key) else {
+            let Some(parsed) = self.parsed_of.get_mut(&key) else {
                 continue;
             };
-            if slot.entry.is_none() {
-                continue;
-            }
-            if std::mem::take(&mut slot.used) {
+            if std::mem::take(&mut parsed.used) {
                 self.clock.push_back(key);
                 continue;
             }
-            slot.entry = None;
-            self.parsed -= 1;
-            if let Some(body) = slot.body.take() {
-                self.body_bytes -= body.len();
-            }
+            self.forget_parsed(key);
         }
     }
 
@@ -272,9 +275,9 @@ impl Index {
         self.clock.push_back(key);
         if self.clock.len() > 2 * self.parsed_limit + 64 {
             let mut seen = std::collections::HashSet::with_capacity(self.parsed);
-            let slots = &self.slots;
+            let parsed = &self.parsed_of;
             self.clock
-                .retain(|k| slots.get(k).is_some_and(|s| s.entry.is_some()) && seen.insert(*k));
+                .retain(|k| parsed.contains_key(k) && seen.insert(*k));
         }
     }
 
@@ -345,20 +348,24 @@ impl Index {
             self.disk_bytes += length;
         }
         let old = self.slots.remove(&key);
-        let unused = old.and_then(|old| self.release(old));
-        let entry = entry.filter(|_| self.parsed_limit > 0);
-        if entry.is_some() {
+        let unused = old.and_then(|old| self.release(key, old));
+        if let Some(entry) = entry.filter(|_| self.parsed_limit > 0) {
             self.make_room(0, true);
             self.parsed += 1;
+            self.parsed_of.insert(
+                key,
+                Parsed {
+                    entry,
+                    stamp,
+                    body: None,
+                    used: false,
+                },
+            );
             self.wind(key);
         }
         let slot = Slot {
             digest,
             length,
-            stamp,
-            entry,
-            body: None,
-            used: false,
             last_used,
             written: 0,
             logged: 0,
@@ -370,42 +377,49 @@ impl Index {
     /// Keeps the parsed form of a record that the index already names, making room for it
     /// when the limit is reached.
     pub(crate) fn remember(&mut self, key: Hash32, entry: &Arc<Entry>, stamp: Stamp) {
-        let needs_room = match self.slots.get(&key) {
-            Some(slot) if slot.digest == entry.digest => slot.entry.is_none(),
+        match self.slots.get(&key) {
+            Some(slot) if slot.digest == entry.digest => {}
             _ => return,
-        };
-        if needs_room {
-            if self.parsed_limit == 0 {
-                return;
+        }
+        if let Some(parsed) = self.parsed_of.get_mut(&key) {
+            if parsed.stamp != stamp
+                && let Some(body) = parsed.body.take()
+            {
+                self.body_bytes -= body.len();
             }
-            self.make_room(0, true);
-        }
-        let Some(slot) = self.slots.get_mut(&key) else {
+            parsed.stamp = stamp;
+            parsed.used = true;
+            parsed.entry = Arc::clone(entry);
             return;
-        };
-        if slot.stamp != stamp
-            && let Some(body) = slot.body.take()
-        {
-            self.body_bytes -= body.len();
         }
-        slot.stamp = stamp;
-        slot.used = true;
-        if slot.entry.replace(Arc::clone(entry)).is_none() {
-            self.parsed += 1;
-            self.wind(key);
+        if self.parsed_limit == 0 {
+            return;
         }
+        self.make_room(0, true);
+        self.parsed += 1;
+        self.parsed_of.insert(
+            key,
+            Parsed {
+                entry: Arc::clone(entry),
+                stamp,
+                body: None,
+                used: true,
+            },
+        );
+        self.wind(key);
     }
 
     /// Forgets `key`. Returns the digest of content no record uses any more.
     pub(crate) fn remove(&mut self, key: Hash32) -> Option<Hash32> {
         self.touched(key);
         let old = self.slots.remove(&key)?;
-        self.release(old)
+        self.release(key, old)
     }
 
     pub(crate) fn clear(&mut self) {
         self.slots.clear();
         self.refs.clear();
+        self.parsed_of.clear();
         self.parsed = 0;
         self.body_bytes = 0;
         self.disk_bytes = 0;
@@ -414,20 +428,28 @@ impl Index {
 
     /// Drops the bodies held in memory for content that turned out damaged.
     pub(crate) fn forget_bodies(&mut self, digest: Hash32) {
-        for slot in self.slots.values_mut().filter(|s| s.digest == digest) {
-            if let Some(body) = slot.body.take() {
+        let slots = &self.slots;
+        for (key, parsed) in self.parsed_of.iter_mut() {
+            if slots.get(key).is_some_and(|s| s.digest == digest)
+                && let Some(body) = parsed.body.take()
+            {
                 self.body_bytes -= body.len();
             }
         }
     }
 
-    fn release(&mut self, old: Slot) -> Option<Hash32> {
-        if old.entry.is_some() {
+    /// Drops the parsed form of `key`, and its body.
+    fn forget_parsed(&mut self, key: Hash32) {
+        if let Some(parsed) = self.parsed_of.remove(&key) {
             self.parsed -= 1;
+            if let Some(body) = &parsed.body {
+                self.body_bytes -= body.len();
+            }
         }
-        if let Some(body) = &old.body {
-            self.body_bytes -= body.len();
-        }
+    }
+
+    fn release(&mut self, key: Hash32, old: Slot) -> Option<Hash32> {
+        self.forget_parsed(key);
         let count = self.refs.get_mut(&old.digest)?;
         *count -= 1;
         if *count == 0 {
