@@ -7,6 +7,8 @@
 
 use crate::format::files::Stamp;
 use std::collections::{HashMap, HashSet, VecDeque};
+
+use super::dense::DenseMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -53,8 +55,8 @@ pub(crate) struct Known {
 /// Key hash → record, and content digest → number of records using it.
 #[derive(Debug)]
 pub(crate) struct Index {
-    slots: HashMap<Hash32, Slot>,
-    refs: HashMap<Hash32, u32>,
+    slots: DenseMap<Slot>,
+    refs: DenseMap<u32>,
     /// The parsed records, at most `parsed_limit` of them.
     parsed_of: HashMap<Hash32, Parsed>,
     parsed: usize,
@@ -95,8 +97,8 @@ pub(crate) fn millis(time: std::time::SystemTime) -> u64 {
 impl Index {
     pub(crate) fn new(parsed_limit: usize, body_budget: usize) -> Self {
         Index {
-            slots: HashMap::new(),
-            refs: HashMap::new(),
+            slots: DenseMap::default(),
+            refs: DenseMap::default(),
             parsed_of: HashMap::new(),
             parsed: 0,
             parsed_limit,
@@ -342,7 +344,7 @@ impl Index {
         last_used: u64,
         entry: Option<Arc<Entry>>,
     ) -> Option<Hash32> {
-        let refs = self.refs.entry(digest).or_insert(0);
+        let refs = self.refs.get_or_insert_with(digest, || 0);
         *refs += 1;
         if *refs == 1 {
             self.disk_bytes += length;
@@ -579,10 +581,11 @@ mod tests {
         );
         index.slots.get_mut(&a).unwrap().logged -= LOG_USES_EVERY;
         assert!(index.touch(a).is_some(), "a minute later it is again");
-        let before = index.slots[&a].last_used;
+        let before = index.slots.get(&a).unwrap().last_used;
         index.set_last_used(a, 0);
         assert_eq!(
-            index.slots[&a].last_used, before,
+            index.slots.get(&a).unwrap().last_used,
+            before,
             "an older logged use changes nothing"
         );
     }

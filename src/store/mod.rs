@@ -10,6 +10,7 @@ pub(crate) mod writer;
 
 mod access_log;
 mod builder;
+mod dense;
 pub(crate) mod leases;
 mod opened;
 mod purges;

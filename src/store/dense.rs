@@ -1,0 +1,166 @@
+//! [`DenseMap`]: a map from SHA-256 key hashes to small values, for what a store keeps of
+//! every record. A `HashMap<Hash32, V>` sizes its table to a power of two above its length
+//! divided by 7/8, so at a million records it holds two million buckets of key and value;
+//! this keeps the pairs packed in a vector and only 4-byte positions in the table (and needs
+//! no hasher: a key is a SHA-256 already, so its first 8 bytes are its hash).
+
+use hashbrown::HashTable;
+
+use crate::format::layout::Hash32;
+
+pub(crate) struct DenseMap<V> {
+    items: Vec<(Hash32, V)>,
+    positions: HashTable<u32>,
+}
+
+impl<V> Default for DenseMap<V> {
+    fn default() -> Self {
+        DenseMap {
+            items: Vec::new(),
+            positions: HashTable::new(),
+        }
+    }
+}
+
+impl<V: std::fmt::Debug> std::fmt::Debug for DenseMap<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DenseMap")
+            .field("len", &self.items.len())
+            .finish()
+    }
+}
+
+fn hash(key: &Hash32) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&key.0[..8]);
+    u64::from_le_bytes(first)
+}
+
+impl<V> DenseMap<V> {
+    pub(crate) fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn position(&self, key: &Hash32) -> Option<usize> {
+        let items = &self.items;
+        self.positions
+            .find(hash(key), |&i| items[i as usize].0 == *key)
+            .map(|&i| i as usize)
+    }
+
+    pub(crate) fn get(&self, key: &Hash32) -> Option<&V> {
+        self.position(key).map(|i| &self.items[i].1)
+    }
+
+    pub(crate) fn get_mut(&mut self, key: &Hash32) -> Option<&mut V> {
+        self.position(key).map(|i| &mut self.items[i].1)
+    }
+
+    pub(crate) fn contains_key(&self, key: &Hash32) -> bool {
+        self.position(key).is_some()
+    }
+
+    /// The value of `key`, inserted with `make` when there is none.
+    pub(crate) fn get_or_insert_with(&mut self, key: Hash32, make: impl FnOnce() -> V) -> &mut V {
+        let at = match self.position(&key) {
+            Some(at) => at,
+            None => self.push(key, make()),
+        };
+        &mut self.items[at].1
+    }
+
+    /// Inserts `value` under `key`, returning the value it replaces.
+    pub(crate) fn insert(&mut self, key: Hash32, value: V) -> Option<V> {
+        match self.position(&key) {
+            Some(at) => Some(std::mem::replace(&mut self.items[at].1, value)),
+            None => {
+                self.push(key, value);
+                None
+            }
+        }
+    }
+
+    fn push(&mut self, key: Hash32, value: V) -> usize {
+        let at = self.items.len();
+        self.items.push((key, value));
+        let items = &self.items;
+        let index = u32::try_from(at).expect("fewer than 2^32 records");
+        self.positions
+            .insert_unique(hash(&key), index, |&i| hash(&items[i as usize].0));
+        at
+    }
+
+    pub(crate) fn remove(&mut self, key: &Hash32) -> Option<V> {
+        let items = &self.items;
+        let found = self
+            .positions
+            .find_entry(hash(key), |&i| items[i as usize].0 == *key)
+            .ok()?;
+        let (at, _) = found.remove();
+        let at = at as usize;
+        let last = self.items.len() - 1;
+        if at != last {
+            // The last pair moves into the hole: its position follows it.
+            let moved = hash(&self.items[last].0);
+            let position = self
+                .positions
+                .find_mut(moved, |&i| i as usize == last)
+                .expect("every pair has a position");
+            *position = at as u32;
+        }
+        Some(self.items.swap_remove(at).1)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Hash32, &V)> {
+        self.items.iter().map(|(key, value)| (key, value))
+    }
+
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &Hash32> {
+        self.items.iter().map(|(key, _)| key)
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.items = Vec::new();
+        self.positions = HashTable::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn it_agrees_with_a_hash_map_through_inserts_replacements_and_removals() {
+        let key = |n: u32| Hash32::of(&n.to_le_bytes());
+        let (mut dense, mut reference) = (DenseMap::default(), HashMap::new());
+        // A deterministic mix: inserts, replacements and removals, the removals often of
+        // pairs in the middle (so that the last pair moves).
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let n = (state % 500) as u32;
+            match state % 3 {
+                0 | 1 => assert_eq!(dense.insert(key(n), state), reference.insert(key(n), state)),
+                _ => assert_eq!(dense.remove(&key(n)), reference.remove(&key(n))),
+            }
+            assert_eq!(dense.len(), reference.len());
+        }
+        for n in 0..500 {
+            assert_eq!(dense.get(&key(n)), reference.get(&key(n)), "{n}");
+            assert_eq!(dense.contains_key(&key(n)), reference.contains_key(&key(n)));
+        }
+        let mut listed: Vec<_> = dense.iter().map(|(k, v)| (*k, *v)).collect();
+        let mut expected: Vec<_> = reference.iter().map(|(k, v)| (*k, *v)).collect();
+        listed.sort();
+        expected.sort();
+        assert_eq!(listed, expected);
+        *dense.get_or_insert_with(key(1000), || 7) += 1;
+        assert_eq!(dense.get(&key(1000)), Some(&8));
+        dense.clear();
+        assert_eq!(dense.len(), 0);
+        assert_eq!(dense.get(&key(1000)), None);
+    }
+}
