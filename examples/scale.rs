@@ -96,9 +96,16 @@ async fn main() -> Result<(), Error> {
     let small = layered(StreamingManager::new(small_dir.path().to_path_buf()));
     fill(&small, 0, 1000).await?;
     let dir = tempfile::tempdir()?;
-    let cache = layered(StreamingManager::new(dir.path().to_path_buf()));
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    let cache = layered(manager.clone());
     let started = Instant::now();
     fill(&cache, 0, large).await?;
+    // A miss is answered before its entry is committed: wait for every commit, so that the
+    // store measured (and reopened below) holds all of them.
+    while manager.stats().await?.entries < large {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(manager);
     println!(
         "stored {large} entries in {:.1} s",
         started.elapsed().as_secs_f64()
