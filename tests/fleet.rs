@@ -14,17 +14,6 @@ use common::s3::{PROXY_ENV, endpoint, new_bucket};
 use common::{Generated, Got, Origin, PURGE_TOKEN, Proxy};
 use http_body_util::BodyExt as _;
 
-/// An origin whose every answer differs: `<path> #<n>`, cacheable for ten minutes.
-async fn origin() -> Origin {
-    Origin::start(|parts, n| {
-        http::Response::builder()
-            .header("cache-control", "max-age=600")
-            .body(axum::body::Body::from(format!("{} #{n}", parts.uri.path())))
-            .unwrap()
-    })
-    .await
-}
-
 /// A proxy of the fleet: its own cache directory, the shared bucket.
 fn proxy(origin: &Origin, dir: &std::path::Path, endpoint: &str, bucket: &str) -> Proxy {
     let args = ["--s3-bucket", bucket, "--s3-endpoint", endpoint];
@@ -70,7 +59,7 @@ async fn a_purge_on_one_proxy_reaches_the_fleet_within_a_second() {
     let _alone = common::alone().await;
     let endpoint = endpoint();
     let bucket = new_bucket(&endpoint, "purge").await;
-    let origin = origin().await;
+    let origin = common::numbered_origin().await;
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let [a, b, c] = [0, 1, 2].map(|i| proxy(&origin, dirs[i].path(), &endpoint, &bucket));
     let d = proxy(&origin, dirs[3].path(), &endpoint, &bucket);
@@ -408,7 +397,7 @@ async fn forged_asks_and_leases_get_nothing() {
     use http_cache_streaming::storage::{ObjectStorage, PutNote, Storage};
     let endpoint = endpoint();
     let bucket = new_bucket(&endpoint, "forged").await;
-    let origin = origin().await;
+    let origin = common::numbered_origin().await;
     // The attacker's "holder": answers every ask 200 with its own bytes and a made-up proof.
     let evil = Origin::start(|_, _| {
         http::Response::builder()

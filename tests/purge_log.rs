@@ -10,21 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Got, Origin};
+use common::Got;
 use http_cache_streaming::storage::{FileStorage, PutNote, Storage};
 use http_cache_streaming::{HttpCacheStreamingLayer, HttpStreamingCache, StreamingManager};
 use tower::ServiceBuilder;
-
-/// An origin whose every answer differs: `<path> #<n>`, cacheable for ten minutes.
-async fn origin() -> Origin {
-    Origin::start(|parts, n| {
-        http::Response::builder()
-            .header("cache-control", "max-age=600")
-            .body(axum::body::Body::from(format!("{} #{n}", parts.uri.path())))
-            .unwrap()
-    })
-    .await
-}
 
 /// A node: the layer over a store in `dir` in front of `tier`, reading the log every
 /// 100 ms.
@@ -69,7 +58,7 @@ fn log_notes(bucket: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_on_one_node_reaches_every_other_within_a_second() {
-    let origin = origin().await;
+    let origin = common::numbered_origin().await;
     let url = origin.url("/page");
     let bucket = tempfile::tempdir().unwrap();
     let tier: Arc<dyn Storage> = Arc::new(FileStorage::new(bucket.path()));
@@ -122,7 +111,7 @@ async fn a_purge_on_one_node_reaches_every_other_within_a_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prefix_purge_reaches_every_node_and_the_tier() {
-    let origin = origin().await;
+    let origin = common::numbered_origin().await;
     let bucket = tempfile::tempdir().unwrap();
     let tier: Arc<dyn Storage> = Arc::new(FileStorage::new(bucket.path()));
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -165,7 +154,7 @@ async fn a_prefix_purge_reaches_every_node_and_the_tier() {
 /// when the tier says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_notes_purge_nothing() {
-    let origin = origin().await;
+    let origin = common::numbered_origin().await;
     let url = origin.url("/kept");
     let bucket = tempfile::tempdir().unwrap();
     let tier: Arc<dyn Storage> = Arc::new(FileStorage::new(bucket.path()));
@@ -241,7 +230,7 @@ async fn forged_notes_purge_nothing() {
 /// and keeps what it stored after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_down_past_the_logs_horizon_drops_what_it_stored_before_it() {
-    let origin = origin().await;
+    let origin = common::numbered_origin().await;
     let bucket = tempfile::tempdir().unwrap();
     let tier: Arc<dyn Storage> = Arc::new(FileStorage::new(bucket.path()));
     let dir = tempfile::tempdir().unwrap();
@@ -281,7 +270,7 @@ async fn a_node_down_past_the_logs_horizon_drops_what_it_stored_before_it() {
 /// and when the bucket has no copy of it (one still being written up, or one that failed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_through_a_node_that_never_had_the_entry_reaches_the_one_that_has() {
-    let origin = origin().await;
+    let origin = common::numbered_origin().await;
     let url = origin.url("/only-on-b");
     let bucket = tempfile::tempdir().unwrap();
     let tier: Arc<dyn Storage> = Arc::new(FileStorage::new(bucket.path()));

@@ -22,8 +22,7 @@ impl HttpStreamingCache {
     /// (or the stored entry, once written), with the origin's headers; `404` when there is
     /// nothing to share for that request. Serve it on the address given as the node's
     /// [`FleetFills`](crate::FleetFills) address, which only the fleet should reach.
-    pub async fn serve_peer<B>(&self, request: &Request<B>) -> Response<StreamingBody> {
-        let parts = request;
+    pub async fn serve_peer<B>(&self, parts: &Request<B>) -> Response<StreamingBody> {
         let Some(fleet) = self.manager.fleet_fills() else {
             return plain(StatusCode::NOT_FOUND);
         };

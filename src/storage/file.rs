@@ -291,11 +291,11 @@ impl Storage for FileStorage {
 impl FileStorage {
     /// Where the note `path` is, once it is found to be a valid name.
     fn note_path(&self, path: &str) -> Result<PathBuf> {
-        if !super::valid_note_path(path) {
-            return Err(Error::new(crate::ErrorKind::InvalidInput)
-                .with_subject(format!("{path:?} is not a note's path")));
-        }
-        Ok(self.inner.layout.format_dir().join(path))
+        Ok(self
+            .inner
+            .layout
+            .format_dir()
+            .join(super::checked_note_path(path)?))
     }
 }
 

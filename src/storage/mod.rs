@@ -137,6 +137,15 @@ pub fn valid_note_path(path: &str) -> bool {
         })
 }
 
+/// `path` when it may name a note ([`valid_note_path`]), else the error saying it may not.
+fn checked_note_path(path: &str) -> Result<&str> {
+    if valid_note_path(path) {
+        return Ok(path);
+    }
+    Err(crate::Error::new(crate::ErrorKind::InvalidInput)
+        .with_subject(format!("{path:?} is not a note's path")))
+}
+
 /// The error of a storage that keeps no notes.
 fn no_notes<'a, T: Send + 'a>() -> BoxFuture<'a, Result<T>> {
     Box::pin(async {

@@ -68,10 +68,7 @@ impl ObjectStorage {
 
     /// Where the note `path` is, once it is found to be a valid name.
     fn note(&self, path: &str) -> Result<Path> {
-        if !super::valid_note_path(path) {
-            return Err(Error::new(ErrorKind::InvalidInput)
-                .with_subject(format!("{path:?} is not a note's path")));
-        }
+        let path = super::checked_note_path(path)?;
         Ok(Path::from(format!("{FORMAT_DIR}/{path}")))
     }
 

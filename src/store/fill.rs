@@ -223,12 +223,7 @@ impl Fills {
         if let Some(fill) = by_key.get(&key)
             && fill.joinable()
         {
-            fill.followers.fetch_add(1, Ordering::SeqCst);
-            fill.joined.notify_waiters();
-            return Role::Follower(FillFollower {
-                fill: Arc::clone(fill),
-                state: fill.state.subscribe(),
-            });
+            return Role::Follower(Fill::follower(fill));
         }
         let fill = Arc::new(Fill {
             state: watch::Sender::new(FillState::default()),
@@ -252,16 +247,21 @@ impl Fills {
     pub(crate) fn follow(&self, key: Hash32) -> Option<FillFollower> {
         let by_key = lock(&self.by_key);
         let fill = by_key.get(&key).filter(|fill| fill.joinable())?;
-        fill.followers.fetch_add(1, Ordering::SeqCst);
-        fill.joined.notify_waiters();
-        Some(FillFollower {
-            fill: Arc::clone(fill),
-            state: fill.state.subscribe(),
-        })
+        Some(Fill::follower(fill))
     }
 }
 
 impl Fill {
+    /// A new follower of `fill`, counted, its writer told.
+    fn follower(fill: &Arc<Fill>) -> FillFollower {
+        fill.followers.fetch_add(1, Ordering::SeqCst);
+        fill.joined.notify_waiters();
+        FillFollower {
+            fill: Arc::clone(fill),
+            state: fill.state.subscribe(),
+        }
+    }
+
     /// Whether a request may still follow this fill: it has not failed, been released, or
     /// been given up by the store (whose relay keeps only what the followers already there
     /// need).

@@ -314,6 +314,17 @@ impl Origin {
     }
 }
 
+/// An origin whose every answer differs: `<path> #<n>`, cacheable for ten minutes.
+pub async fn numbered_origin() -> Origin {
+    Origin::start(|parts, n| {
+        http::Response::builder()
+            .header("cache-control", "max-age=600")
+            .body(axum::body::Body::from(format!("{} #{n}", parts.uri.path())))
+            .unwrap()
+    })
+    .await
+}
+
 pub type Client = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
     http_body_util::Full<Bytes>,
