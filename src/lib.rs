@@ -99,6 +99,9 @@ mod head;
 mod http_cache_manager;
 mod layer;
 mod log;
+#[cfg(feature = "replay")]
+#[doc(hidden)]
+pub mod replay;
 mod rt;
 mod service;
 pub mod storage;
@@ -114,7 +117,8 @@ pub use layer::HttpCacheStreamingLayer;
 pub use service::HttpCacheStreaming;
 pub use storage::ObjectStoreManager;
 pub use store::{
-    FILL_PATH, FleetFills, PeerClient, StoreStats, StreamingManager, StreamingManagerBuilder,
+    Eviction, FILL_PATH, FleetFills, PeerClient, StoreStats, StreamingManager,
+    StreamingManagerBuilder,
 };
 
 /// The policy engine whose [`CachePolicy`](http_cache_semantics::CachePolicy) public

@@ -1,6 +1,7 @@
 //! The `http-cache-proxy` binary as an operator runs it: TLS on both sides (certificates made
 //! here with the `openssl` command), a miss and a hit over HTTP/2, `/metrics` counting them,
-//! and a graceful shutdown on SIGTERM with a request in flight.
+//! and a graceful shutdown on SIGTERM with a request in flight, which writes the index
+//! snapshot.
 
 mod common;
 
@@ -300,6 +301,10 @@ async fn tls_on_both_sides_metrics_and_a_graceful_shutdown() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status}");
+    assert!(
+        cache_dir.join("cache-v2/index.snapshot").exists(),
+        "the index snapshot is written on the way out"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

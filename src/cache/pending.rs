@@ -384,6 +384,11 @@ impl Pending {
             }
             return Finished::Ready(response);
         };
+        if !cache.manager.admits(&self.key) {
+            // Asked for too few times yet (`min_uses`): passed, and counted.
+            let status = Status::forward(fwd).fwd_status(status).detail("min-uses");
+            return Finished::Ready(self.pass(response, status));
+        }
         let stored_request = self.stored_request(&names_as_vary(&names));
         let head = cache.policy_response(status, response.version(), response.headers());
         let policy = CachePolicy::new_options(&stored_request, &head, now, options);

@@ -196,7 +196,7 @@ fn set_dir_mode(dir: &Path, mode: Mode) -> io::Result<()> {
 }
 
 /// The free space a store keeps on its file system, as nginx's `min_free` does: under it,
-/// the store evicts its least recently used entries and commits nothing new until there is
+/// the store evicts entries (in its eviction order) and commits nothing new until there is
 /// room again. Read with `statvfs` at most once a second.
 #[derive(Debug)]
 pub(crate) struct FreeSpace {

@@ -119,6 +119,11 @@ impl Layout {
         self.root.join("access.log")
     }
 
+    /// The index snapshot a store writes when it is closed.
+    pub(crate) fn index_snapshot(&self) -> PathBuf {
+        self.root.join("index.snapshot")
+    }
+
     pub(crate) fn record_path(&self, key: Hash32) -> PathBuf {
         let mut name = key.to_hex();
         name.push_str(".json");

@@ -22,6 +22,14 @@ impl Opened {
         known
     }
 
+    /// Notes a use of `key_hash` in the eviction order (and in the access log once a minute).
+    pub(super) fn note_use(&self, key_hash: Hash32) {
+        let logged = self.index().touch(key_hash);
+        if let Some(at) = logged {
+            self.log_use(key_hash, at);
+        }
+    }
+
     /// Appends a use to the access log. Lines are short and appended whole, so processes
     /// sharing the store do not tear each other's; a lost line only ages an entry.
     pub(super) fn log_use(&self, key_hash: Hash32, at: u64) {

@@ -9,6 +9,7 @@ use tokio::sync::OnceCell;
 
 use crate::format::layout::Layout;
 
+use super::policy::Eviction;
 use super::read_in::READ_IN_BEFORE_SERVING;
 use super::{Inner, StreamingManager};
 use crate::format::files;
@@ -24,6 +25,8 @@ pub(super) struct Options {
     pub(super) memory_budget: usize,
     pub(super) max_size: Option<u64>,
     pub(super) max_entries: Option<usize>,
+    pub(super) eviction: Eviction,
+    pub(super) min_uses: u8,
     pub(super) max_body_size: Option<u64>,
     /// The bits of the files and directories the store creates.
     pub(super) mode: files::Mode,
@@ -55,6 +58,8 @@ impl Default for Options {
             memory_budget: 32 << 20,
             max_size: None,
             max_entries: None,
+            eviction: Eviction::default(),
+            min_uses: 1,
             max_body_size: None,
             mode: files::Mode::PRIVATE,
             min_free: None,
@@ -137,9 +142,10 @@ impl StreamingManagerBuilder {
     }
 
     /// Keeps the content on disk within `bytes` (each deduplicated file counted once): when a
-    /// commit takes the store over it, the least recently used entries are removed until it
-    /// is back under 90% of it. Content that several entries share goes with the last of
-    /// them. A reader of an evicted entry that has its file open reads on. Bodies being
+    /// commit takes the store over it, entries are evicted in the order of
+    /// [`eviction`](Self::eviction) until it is back under 90% of it. Content that several
+    /// entries share goes with the last of them. A reader of an evicted entry that has its
+    /// file open reads on. Bodies being
     /// stored count too, from their first byte written: they evict stored entries to make
     /// room, and once they alone take all of `bytes`, a body that finds no room is not
     /// stored ([`ErrorKind::NoRoom`](crate::ErrorKind::NoRoom); its client is served all
@@ -150,10 +156,29 @@ impl StreamingManagerBuilder {
         self
     }
 
-    /// Keeps at most `entries` entries, evicting the least recently used as
-    /// [`max_size`](Self::max_size) does. Unbounded by default.
+    /// Keeps at most `entries` entries, evicting as [`max_size`](Self::max_size) does.
+    /// Unbounded by default.
     pub fn max_entries(mut self, entries: usize) -> Self {
         self.options.max_entries = Some(entries);
+        self
+    }
+
+    /// The order in which a bounded store evicts: [`Eviction::S3Fifo`] by default, which
+    /// keeps popular entries through scans of objects requested once;
+    /// [`Eviction::Lru`] for least recently used first.
+    pub fn eviction(mut self, eviction: Eviction) -> Self {
+        self.options.eviction = eviction;
+        self
+    }
+
+    /// Stores a response only once its key has missed `uses` times (1, the default: at
+    /// once), as nginx's `proxy_cache_min_uses`: objects requested once, most of what a
+    /// scan or a crawler fetches, then cost no disk write. The misses are counted in a table
+    /// of about four keys per stored entry (at least 1 024), 2 bytes each, so a key must be
+    /// asked for again before that many other misses pass. Applies to what the caching
+    /// layer stores; [`put`](StreamingManager::put) always stores. At most 15.
+    pub fn min_uses(mut self, uses: u8) -> Self {
+        self.options.min_uses = uses.clamp(1, 15);
         self
     }
 
@@ -182,7 +207,7 @@ impl StreamingManagerBuilder {
     }
 
     /// The free space to keep on the cache directory's file system (Unix), as nginx's
-    /// `min_free`: when it has less, the least recently used entries are evicted, and
+    /// `min_free`: when it has less, entries are evicted (as for `max_size`), and
     /// nothing new is stored while evicting does not make room (requests still pass
     /// through). By default 5 % of the file system, at most 1 GiB, so that a cache without
     /// [`max_size`](Self::max_size) never fills the disk; `0` turns it off.

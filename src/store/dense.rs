@@ -30,7 +30,7 @@ impl<V: std::fmt::Debug> std::fmt::Debug for DenseMap<V> {
     }
 }
 
-fn hash(key: &Hash32) -> u64 {
+pub(super) fn hash(key: &Hash32) -> u64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&key.0[..8]);
     u64::from_le_bytes(first)
@@ -58,15 +58,6 @@ impl<V> DenseMap<V> {
 
     pub(crate) fn contains_key(&self, key: &Hash32) -> bool {
         self.position(key).is_some()
-    }
-
-    /// The value of `key`, inserted with `make` when there is none.
-    pub(crate) fn get_or_insert_with(&mut self, key: Hash32, make: impl FnOnce() -> V) -> &mut V {
-        let at = match self.position(&key) {
-            Some(at) => at,
-            None => self.push(key, make()),
-        };
-        &mut self.items[at].1
     }
 
     /// Inserts `value` under `key`, returning the value it replaces.
@@ -157,7 +148,8 @@ mod tests {
         listed.sort();
         expected.sort();
         assert_eq!(listed, expected);
-        *dense.get_or_insert_with(key(1000), || 7) += 1;
+        dense.insert(key(1000), 7);
+        *dense.get_mut(&key(1000)).unwrap() += 1;
         assert_eq!(dense.get(&key(1000)), Some(&8));
         dense.clear();
         assert_eq!(dense.len(), 0);

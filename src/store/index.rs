@@ -8,7 +8,9 @@
 use crate::format::files::Stamp;
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use super::contents::Contents;
 use super::dense::DenseMap;
+use super::policy::{Climber, Eviction, PROMOTE_AT, Recent, Used};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,20 +18,18 @@ use bytes::Bytes;
 use crate::format::layout::Hash32;
 use crate::format::record::Entry;
 
-/// What the index holds of every record. Kept small: a store of a million records holds a
-/// million of these (the parsed form of a bounded number of them is in [`Parsed`]).
-#[derive(Debug)]
+/// What the index holds of every record: 16 bytes beside its 32-byte key. A store of a
+/// million records holds a million of these (the parsed form of a bounded number of them is
+/// in [`Parsed`]; the content's digest and length once per content file in [`Contents`]).
+#[derive(Debug, Clone, Copy)]
 struct Slot {
-    digest: Hash32,
-    length: u64,
-    /// When the entry was last stored or looked up (milliseconds since the epoch): the
-    /// order in which entries are evicted when the store is over its size.
-    last_used: u64,
-    /// The order, in this process, in which the write that stored it started (0 for
-    /// records found on disk): an older write never replaces a newer one.
-    written: u64,
-    /// When a use of the entry was last written to the access log (0: never).
-    logged: u64,
+    /// The content file's id in [`Contents`].
+    content: u32,
+    /// The order, in this process, in which the write that stored it started, wrapping
+    /// (0 for records found on disk): an older write never replaces a newer one.
+    written: u32,
+    /// Its place in the eviction order.
+    used: Used,
 }
 
 /// The parsed form of a record, for a bounded number of records.
@@ -52,11 +52,20 @@ pub(crate) struct Known {
     pub(crate) body: Option<Bytes>,
 }
 
-/// Key hash → record, and content digest → number of records using it.
+/// Key hash → record, and the content files records use.
 #[derive(Debug)]
 pub(crate) struct Index {
     slots: DenseMap<Slot>,
-    refs: DenseMap<u32>,
+    contents: Contents,
+    eviction: Eviction,
+    /// S3-FIFO's ghost queue: keys evicted from the small queue, for a while.
+    ghost: Recent,
+    /// S3-FIFO's small queue's share of the store (in bytes, or in entries for a store
+    /// bounded only in entries).
+    climber: Climber,
+    /// Keys missed and not stored, with how often, while a write needs `min_uses` of them.
+    seen: Recent,
+    min_uses: u8,
     /// The parsed records, at most `parsed_limit` of them.
     parsed_of: HashMap<Hash32, Parsed>,
     parsed: usize,
@@ -84,9 +93,15 @@ pub(crate) struct Index {
 /// The most content digests kept to be unlinked once the records are read in.
 const RELEASED_WHILE_LOADING: usize = 1 << 20;
 
-/// A lookup writes an entry's use to the access log at most this often (milliseconds): the
-/// eviction order survives a restart to within a minute.
+/// A lookup writes an entry's use to the access log at most once in each period this long
+/// (milliseconds): the eviction order survives a restart to within a minute.
 const LOG_USES_EVERY: u64 = 60_000;
+
+/// The small queue's share is tuned every this many requests per entry stored.
+const CLIMB_SAMPLE_PER_ENTRY: u64 = 2;
+
+/// The admission table remembers about this many missed keys per indexed entry.
+const SEEN_PER_ENTRY: usize = 4;
 
 /// Milliseconds since the epoch, the unit of `last_used`.
 pub(crate) fn millis(time: std::time::SystemTime) -> u64 {
@@ -98,7 +113,12 @@ impl Index {
     pub(crate) fn new(parsed_limit: usize, body_budget: usize) -> Self {
         Index {
             slots: DenseMap::default(),
-            refs: DenseMap::default(),
+            contents: Contents::default(),
+            eviction: Eviction::default(),
+            ghost: Recent::default(),
+            climber: Climber::default(),
+            seen: Recent::default(),
+            min_uses: 1,
             parsed_of: HashMap::new(),
             parsed: 0,
             parsed_limit,
@@ -109,6 +129,30 @@ impl Index {
             loading: Some(HashSet::new()),
             released: Vec::new(),
         }
+    }
+
+    /// Sets the eviction policy, and how many misses of a key it takes before a write of it
+    /// is admitted (1: the first).
+    pub(crate) fn with_policy(mut self, eviction: Eviction, min_uses: u8) -> Self {
+        self.eviction = eviction;
+        self.min_uses = min_uses.max(1);
+        self
+    }
+
+    /// Whether a response fetched for `key` is to be stored: always for a key stored
+    /// already or with `min_uses` 1; else once `key` has missed `min_uses` times while it
+    /// was remembered (its count is kept otherwise).
+    pub(crate) fn admits(&mut self, key: Hash32) -> bool {
+        if self.min_uses <= 1 || self.slots.contains_key(&key) || self.ghost.count(&key) > 0 {
+            return true;
+        }
+        self.seen
+            .fit(self.slots.len().saturating_mul(SEEN_PER_ENTRY));
+        if self.seen.add(&key) >= self.min_uses {
+            self.seen.take(&key);
+            return true;
+        }
+        false
     }
 
     /// Whether the records on disk are still being read in.
@@ -122,7 +166,7 @@ impl Index {
     pub(crate) fn finish_loading(&mut self) -> Vec<Hash32> {
         self.loading = None;
         let mut unused = std::mem::take(&mut self.released);
-        unused.retain(|digest| self.refs(*digest) == 0);
+        unused.retain(|digest| self.contents.refs(digest) == 0);
         unused.sort_unstable();
         unused.dedup();
         unused
@@ -140,14 +184,18 @@ impl Index {
     }
 
     /// Whether the entry under `key` was stored by a write that started after write `seq`.
+    /// Write orders are compared wrapping, on 32 bits: writes of one key under way at once
+    /// are never 2^31 writes apart.
     pub(crate) fn has_newer_write(&self, key: Hash32, seq: u64) -> bool {
-        self.slots.get(&key).is_some_and(|slot| slot.written > seq)
+        self.slots.get(&key).is_some_and(|slot| {
+            slot.written != 0 && (slot.written.wrapping_sub(seq as u32) as i32) > 0
+        })
     }
 
     /// Notes the order of the write that stored the entry under `key`.
     pub(crate) fn set_written(&mut self, key: Hash32, seq: u64) {
         if let Some(slot) = self.slots.get_mut(&key) {
-            slot.written = seq;
+            slot.written = (seq as u32).max(1);
         }
     }
 
@@ -160,33 +208,58 @@ impl Index {
     }
 
     /// Notes that `key` was looked up now.
-    /// Returns the time to write to the access log, when the entry's last logged use is
-    /// older than `LOG_USES_EVERY` (so a hot entry costs one line a minute).
+    /// Returns the time to write to the access log when the use is one to keep across a
+    /// restart: LRU, the first use, then the first in each minute (`LOG_USES_EVERY`), so
+    /// that a hot entry costs one line a minute; S3-FIFO, the first since the entry entered
+    /// its queue or was passed over.
     pub(crate) fn touch(&mut self, key: Hash32) -> Option<u64> {
-        let now = millis(std::time::SystemTime::now());
-        let slot = self.slots.get_mut(&key)?;
-        slot.last_used = now;
-        if now.saturating_sub(slot.logged) < LOG_USES_EVERY {
-            return None;
-        }
-        slot.logged = now;
-        Some(now)
+        self.touch_at(key, millis(std::time::SystemTime::now()))
     }
 
-    /// Takes in a use read from the access log when the store opens.
+    pub(crate) fn touch_at(&mut self, key: Hash32, now: u64) -> Option<u64> {
+        let slot = self.slots.get_mut(&key)?;
+        let used = slot.used;
+        match self.eviction {
+            Eviction::Lru => {
+                slot.used = used.with_at(now).with_logged();
+                let log = !used.logged() || now / LOG_USES_EVERY != used.at() / LOG_USES_EVERY;
+                log.then_some(now)
+            }
+            Eviction::S3Fifo => {
+                slot.used = used.with_freq(used.freq() + 1);
+                let sample = self.climb_sample();
+                self.climber.record(true, sample);
+                (used.freq() == 0).then_some(now)
+            }
+        }
+    }
+
+    /// Takes in a use read from the access log when the store opens: LRU, the entry's last
+    /// use; S3-FIFO, one use since it entered its queue.
     pub(crate) fn set_last_used(&mut self, key: Hash32, at: u64) {
         if let Some(slot) = self.slots.get_mut(&key) {
-            slot.last_used = slot.last_used.max(at);
-            slot.logged = slot.logged.max(at);
+            slot.used = match self.eviction {
+                Eviction::Lru => slot.used.with_at(slot.used.at().max(at)),
+                Eviction::S3Fifo if at > slot.used.at() => slot.used.with_freq(1),
+                Eviction::S3Fifo => slot.used,
+            };
         }
     }
 
-    /// Every key's last use, to rewrite the access log short.
+    /// The uses to keep when the access log is rewritten short: every key's last use (LRU),
+    /// or the keys used since they entered their queue (S3-FIFO).
     pub(crate) fn uses(&self) -> Vec<(Hash32, u64)> {
-        self.slots.iter().map(|(k, s)| (*k, s.last_used)).collect()
+        let now = millis(std::time::SystemTime::now());
+        self.slots
+            .iter()
+            .filter_map(|(k, s)| match self.eviction {
+                Eviction::Lru => Some((*k, s.used.at())),
+                Eviction::S3Fifo => (s.used.freq() > 0).then_some((*k, now)),
+            })
+            .collect()
     }
 
-    /// Removes the least recently used records until the content they use is within
+    /// Evicts records in the policy's order until the content they use is within
     /// `max_bytes` and they number at most `max_entries`, going down to 90% of each bound so
     /// that eviction runs in batches. Returns each evicted key with the content it leaves
     /// unused, for the caller to unlink.
@@ -195,6 +268,15 @@ impl Index {
         max_bytes: Option<u64>,
         max_entries: Option<usize>,
     ) -> Vec<(Hash32, Option<Hash32>)> {
+        self.evict_at(max_bytes, max_entries, millis(std::time::SystemTime::now()))
+    }
+
+    pub(crate) fn evict_at(
+        &mut self,
+        max_bytes: Option<u64>,
+        max_entries: Option<usize>,
+        now: u64,
+    ) -> Vec<(Hash32, Option<Hash32>)> {
         let over_bytes = max_bytes.is_some_and(|max| self.disk_bytes > max);
         let over_entries = max_entries.is_some_and(|max| self.slots.len() > max);
         if (!over_bytes && !over_entries) || self.is_loading() {
@@ -202,20 +284,74 @@ impl Index {
         }
         let byte_goal = max_bytes.map(|max| max - max / 10);
         let entry_goal = max_entries.map(|max| max - max / 10);
-        let mut oldest: Vec<(u64, Hash32)> =
-            self.slots.iter().map(|(k, s)| (s.last_used, *k)).collect();
-        oldest.sort_unstable();
+        let done = |index: &Self| {
+            byte_goal.is_none_or(|goal| index.disk_bytes <= goal)
+                && entry_goal.is_none_or(|goal| index.slots.len() <= goal)
+        };
+        // Both policies go through queues in the order of each entry's time: LRU through
+        // one, S3-FIFO through its small and main queues.
+        let mut small = Vec::new();
+        let mut main = Vec::new();
+        let mut small_bytes = 0;
+        for (key, slot) in self.slots.iter() {
+            if self.eviction == Eviction::S3Fifo && !slot.used.main() {
+                small_bytes += self.contents.length(slot.content);
+                small.push((slot.used.at(), *key));
+            } else {
+                main.push((slot.used.at(), *key));
+            }
+        }
+        small.sort_unstable();
+        main.sort_unstable();
+        let mut small: std::collections::VecDeque<Hash32> =
+            small.into_iter().map(|(_, k)| k).collect();
+        let mut main: std::collections::VecDeque<Hash32> =
+            main.into_iter().map(|(_, k)| k).collect();
+        // The small queue's share of whichever bound the store is over.
+        let share = self.climber.share();
+        let small_full = |bytes: u64, count: usize| {
+            let of = |used: f64, max: Option<f64>| max.is_some_and(|max| used >= max * share);
+            (over_bytes && of(bytes as f64, max_bytes.map(|m| m as f64)))
+                || (over_entries && of(count as f64, max_entries.map(|m| m as f64)))
+        };
         let mut evicted = Vec::new();
-        for (_, key) in oldest {
-            let done_bytes = byte_goal.is_none_or(|goal| self.disk_bytes <= goal);
-            let done_entries = entry_goal.is_none_or(|goal| self.slots.len() <= goal);
-            if done_bytes && done_entries {
+        while !done(self) {
+            let from_small =
+                !small.is_empty() && (main.is_empty() || small_full(small_bytes, small.len()));
+            let queue = if from_small { &mut small } else { &mut main };
+            let Some(key) = queue.pop_front() else {
                 break;
+            };
+            let Some(slot) = self.slots.get_mut(&key) else {
+                continue;
+            };
+            let used = slot.used;
+            match self.eviction {
+                Eviction::S3Fifo if from_small => {
+                    small_bytes -= self.contents.length(slot.content);
+                    if used.freq() >= PROMOTE_AT {
+                        slot.used = Used::new(now, true);
+                        main.push_back(key);
+                        continue;
+                    }
+                    self.ghost.fit(self.slots.len());
+                    self.ghost.add(&key);
+                }
+                Eviction::S3Fifo if used.freq() > 0 => {
+                    slot.used = used.with_freq(used.freq() - 1).with_at(now);
+                    main.push_back(key);
+                    continue;
+                }
+                _ => {}
             }
             let unused = self.remove(key);
             evicted.push((key, unused));
         }
         evicted
+    }
+
+    fn climb_sample(&self) -> u64 {
+        (self.slots.len().max(1024) as u64).saturating_mul(CLIMB_SAMPLE_PER_ENTRY)
     }
 
     /// The parsed record for a key, when the index holds one.
@@ -236,7 +372,10 @@ impl Index {
             return;
         }
         self.make_room(body.len(), false);
-        let length = self.slots.get(&key).map(|slot| slot.length);
+        let length = self
+            .slots
+            .get(&key)
+            .map(|slot| self.contents.length(slot.content));
         if let Some(parsed) = self.parsed_of.get_mut(&key)
             && self.body_bytes + body.len() <= self.body_budget
             && parsed.body.is_none()
@@ -285,12 +424,14 @@ impl Index {
 
     /// The digest a key's record names, when the index knows the key.
     pub(crate) fn digest(&self, key: Hash32) -> Option<Hash32> {
-        self.slots.get(&key).map(|slot| slot.digest)
+        self.slots
+            .get(&key)
+            .map(|slot| self.contents.digest(slot.content))
     }
 
     /// How many records use a content file.
     pub(crate) fn refs(&self, digest: Hash32) -> u32 {
-        self.refs.get(&digest).copied().unwrap_or(0)
+        self.contents.refs(&digest)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -299,7 +440,7 @@ impl Index {
 
     /// Distinct content files the indexed records use.
     pub(crate) fn content_files(&self) -> usize {
-        self.refs.len()
+        self.contents.len()
     }
 
     /// Bytes of content the indexed records use, each content file counted once.
@@ -317,7 +458,48 @@ impl Index {
     ) -> Option<Hash32> {
         let (digest, length, stored_at) = (entry.digest, entry.length, entry.stored_at);
         self.touched(key);
-        self.place(key, digest, length, stamp, millis(stored_at), Some(entry))
+        self.place(
+            key,
+            (digest, length),
+            stamp,
+            millis(stored_at),
+            Some(entry),
+            false,
+        )
+    }
+
+    /// Records a key stored at `at` as [`Self::insert`] does, without its parsed form.
+    #[cfg(feature = "replay")]
+    pub(crate) fn store_at(
+        &mut self,
+        key: Hash32,
+        digest: Hash32,
+        length: u64,
+        stamp: Stamp,
+        at: u64,
+    ) {
+        self.place(key, (digest, length), stamp, at, None, false);
+    }
+
+    /// Every record, for the index snapshot: key, content digest and length, eviction stamp.
+    pub(crate) fn saved(&self) -> Vec<super::snapshot::Saved> {
+        self.slots
+            .iter()
+            .map(|(key, slot)| {
+                let content = slot.content;
+                let (digest, length) =
+                    (self.contents.digest(content), self.contents.length(content));
+                (*key, digest, length, slot.used.raw())
+            })
+            .collect()
+    }
+
+    /// Records a key read from the index snapshot, with its place in the eviction order.
+    pub(crate) fn restore(&mut self, key: Hash32, digest: Hash32, length: u64, used: u64) {
+        self.place(key, (digest, length), Stamp::default(), 0, None, true);
+        if let Some(slot) = self.slots.get_mut(&key) {
+            slot.used = Used::from_raw(used);
+        }
     }
 
     /// Records a key whose record was read in summary by the reading-in (its parsed form
@@ -331,25 +513,27 @@ impl Index {
         stored_at: std::time::SystemTime,
     ) {
         if !self.is_newer(key) {
-            self.place(key, digest, length, stamp, millis(stored_at), None);
+            self.place(key, (digest, length), stamp, millis(stored_at), None, true);
         }
     }
 
+    /// Records `key` naming `content` (digest and length), its record stamped `stamp`,
+    /// stored (or last used) at `last_used`, with its parsed form when there is one.
     fn place(
         &mut self,
         key: Hash32,
-        digest: Hash32,
-        length: u64,
+        (digest, length): (Hash32, u64),
         stamp: Stamp,
         last_used: u64,
         entry: Option<Arc<Entry>>,
+        read_in: bool,
     ) -> Option<Hash32> {
-        let refs = self.refs.get_or_insert_with(digest, || 0);
-        *refs += 1;
-        if *refs == 1 {
+        let (content, first) = self.contents.acquire(digest, length);
+        if first {
             self.disk_bytes += length;
         }
         let old = self.slots.remove(&key);
+        let used = self.placed(key, old.map(|old| old.used), last_used, read_in);
         let unused = old.and_then(|old| self.release(key, old));
         if let Some(entry) = entry.filter(|_| self.parsed_limit > 0) {
             self.make_room(0, true);
@@ -366,21 +550,40 @@ impl Index {
             self.wind(key);
         }
         let slot = Slot {
-            digest,
-            length,
-            last_used,
+            content,
             written: 0,
-            logged: 0,
+            used,
         };
         self.slots.insert(key, slot);
         unused
+    }
+
+    /// Where a record stored at `at` enters the eviction order: LRU, by that time; S3-FIFO,
+    /// a record replacing one keeps its place as a use of it, one read in from disk (it
+    /// survived before) or remembered by the ghost goes into the main queue, any other into
+    /// the small queue.
+    fn placed(&mut self, key: Hash32, old: Option<Used>, at: u64, read_in: bool) -> Used {
+        match (self.eviction, old) {
+            (Eviction::Lru, _) => Used::new(at, true),
+            (Eviction::S3Fifo, Some(old)) => old.with_freq(old.freq() + 1),
+            (Eviction::S3Fifo, None) if read_in => Used::new(at, true),
+            (Eviction::S3Fifo, None) => {
+                let sample = self.climb_sample();
+                self.climber.record(false, sample);
+                let remembered = self.ghost.count(&key) > 0;
+                if remembered {
+                    self.ghost.take(&key);
+                }
+                Used::new(at, remembered)
+            }
+        }
     }
 
     /// Keeps the parsed form of a record that the index already names, making room for it
     /// when the limit is reached.
     pub(crate) fn remember(&mut self, key: Hash32, entry: &Arc<Entry>, stamp: Stamp) {
         match self.slots.get(&key) {
-            Some(slot) if slot.digest == entry.digest => {}
+            Some(slot) if self.contents.digest(slot.content) == entry.digest => {}
             _ => return,
         }
         if let Some(parsed) = self.parsed_of.get_mut(&key) {
@@ -420,7 +623,9 @@ impl Index {
 
     pub(crate) fn clear(&mut self) {
         self.slots.clear();
-        self.refs.clear();
+        self.contents.clear();
+        self.ghost.clear();
+        self.seen.clear();
         self.parsed_of.clear();
         self.parsed = 0;
         self.body_bytes = 0;
@@ -430,9 +635,11 @@ impl Index {
 
     /// Drops the bodies held in memory for content that turned out damaged.
     pub(crate) fn forget_bodies(&mut self, digest: Hash32) {
-        let slots = &self.slots;
+        let (slots, contents) = (&self.slots, &self.contents);
         for (key, parsed) in self.parsed_of.iter_mut() {
-            if slots.get(key).is_some_and(|s| s.digest == digest)
+            if slots
+                .get(key)
+                .is_some_and(|s| contents.digest(s.content) == digest)
                 && let Some(body) = parsed.body.take()
             {
                 self.body_bytes -= body.len();
@@ -452,22 +659,17 @@ impl Index {
 
     fn release(&mut self, key: Hash32, old: Slot) -> Option<Hash32> {
         self.forget_parsed(key);
-        let count = self.refs.get_mut(&old.digest)?;
-        *count -= 1;
-        if *count == 0 {
-            self.refs.remove(&old.digest);
-            self.disk_bytes -= old.length;
-            if self.is_loading() {
-                // A record not read in yet may use it. (Past the bound, which only a reading
-                // in that failed reaches, the orphan sweep of the next open takes it.)
-                if self.released.len() < RELEASED_WHILE_LOADING {
-                    self.released.push(old.digest);
-                }
-                return None;
+        let (digest, length) = self.contents.release(old.content)?;
+        self.disk_bytes -= length;
+        if self.is_loading() {
+            // A record not read in yet may use it. (Past the bound, which only a reading
+            // in that failed reaches, the orphan sweep of the next open takes it.)
+            if self.released.len() < RELEASED_WHILE_LOADING {
+                self.released.push(digest);
             }
-            return Some(old.digest);
+            return None;
         }
-        None
+        Some(digest)
     }
 }
 
@@ -569,25 +771,189 @@ mod tests {
     }
 
     #[test]
-    fn uses_are_logged_at_most_once_a_minute() {
+    fn lru_logs_a_use_at_most_once_a_minute() {
+        let mut index = Index::new(4, 0).with_policy(Eviction::Lru, 1);
+        index.finish_loading();
+        let a = Hash32::of(b"a");
+        index.insert(a, entry(b"x"), stamp());
+        let minute = 1_780_000_020_000 / LOG_USES_EVERY * LOG_USES_EVERY;
+        assert!(
+            index.touch_at(a, minute + 1).is_some(),
+            "the first use is logged"
+        );
+        assert!(index.touch_at(a, minute + 2).is_none());
+        assert!(
+            index.touch_at(a, minute + 59_000).is_none(),
+            "the next one in the minute is not"
+        );
+        assert!(
+            index.touch_at(a, minute + 60_000).is_some(),
+            "the next minute's is"
+        );
+        index.set_last_used(a, 0);
+        assert_eq!(
+            index.slots.get(&a).unwrap().used.at(),
+            minute + 60_000,
+            "an older logged use changes nothing"
+        );
+    }
+
+    #[test]
+    fn s3_fifo_logs_the_first_use_since_an_entry_entered_its_queue() {
         let mut index = Index::new(4, 0);
         index.finish_loading();
         let a = Hash32::of(b"a");
         index.insert(a, entry(b"x"), stamp());
-        assert!(index.touch(a).is_some(), "the first use is logged");
-        assert!(
-            index.touch(a).is_none(),
-            "the next one in the minute is not"
-        );
-        index.slots.get_mut(&a).unwrap().logged -= LOG_USES_EVERY;
-        assert!(index.touch(a).is_some(), "a minute later it is again");
-        let before = index.slots.get(&a).unwrap().last_used;
-        index.set_last_used(a, 0);
+        assert!(index.touch(a).is_some());
+        assert!(index.touch(a).is_none());
+        assert_eq!(index.uses().len(), 1, "a used entry is kept in the log");
+        // Read in again after a restart, the logged use counts once.
+        let mut reopened = Index::new(4, 0);
+        let x = entry(b"x");
+        reopened.insert_summary(a, x.digest, x.length, stamp(), UNIX_EPOCH);
+        reopened.set_last_used(a, 1);
+        assert_eq!(reopened.slots.get(&a).unwrap().used.freq(), 1);
+    }
+
+    /// An index of `n` entries of `size` bytes each, keys `0..n`, stored one millisecond
+    /// apart from `at`.
+    fn filled(eviction: Eviction, n: u32, at: u64) -> Index {
+        let mut index = Index::new(0, 0).with_policy(eviction, 1);
+        index.finish_loading();
+        for i in 0..n {
+            let body = format!("{i:>100}");
+            let e = entry(body.as_bytes());
+            index.place(
+                key(i),
+                (e.digest, e.length),
+                stamp(),
+                at + u64::from(i),
+                None,
+                true,
+            );
+        }
+        index
+    }
+
+    fn key(i: u32) -> Hash32 {
+        Hash32::of(&i.to_le_bytes())
+    }
+
+    #[test]
+    fn s3_fifo_keeps_what_is_used_through_a_scan_and_lru_does_not() {
+        for eviction in [Eviction::Lru, Eviction::S3Fifo] {
+            let at = 1_780_000_000_000;
+            // 100 entries of 100 bytes, bounded to 100: the first 50 looked up twice.
+            let mut index = Index::new(0, 0).with_policy(eviction, 1);
+            index.finish_loading();
+            let mut now = at;
+            let add = |index: &mut Index, i: u32, now: &mut u64| {
+                *now += 1;
+                let e = entry(format!("{i:>100}").as_bytes());
+                index.insert(key(i), e, stamp());
+                index.slots.get_mut(&key(i)).unwrap().used =
+                    index.placed(key(i), None, *now, false);
+                index.evict_at(Some(100 * 100), None, *now);
+            };
+            for i in 0..50 {
+                add(&mut index, i, &mut now);
+                now += 1;
+                index.touch_at(key(i), now);
+                index.touch_at(key(i), now);
+            }
+            // A scan: 200 objects requested once.
+            for i in 1000..1200 {
+                add(&mut index, i, &mut now);
+            }
+            let kept = (0..50)
+                .filter(|&i| index.slots.contains_key(&key(i)))
+                .count();
+            match eviction {
+                Eviction::Lru => assert_eq!(kept, 0, "LRU lets the scan push them all out"),
+                Eviction::S3Fifo => assert_eq!(kept, 50, "S3-FIFO keeps every one"),
+            }
+            assert!(index.content_bytes() <= 100 * 100);
+        }
+    }
+
+    #[test]
+    fn s3_fifo_brings_an_entry_back_into_the_main_queue_when_its_ghost_is_remembered() {
+        let at = 1_780_000_000_000;
+        let mut index = filled(Eviction::S3Fifo, 10, at);
+        // All ten were read in (main queue): make them new, in the small queue.
+        for i in 0..10 {
+            index.slots.get_mut(&key(i)).unwrap().used = Used::new(at + u64::from(i), false);
+        }
+        let evicted = index.evict_at(Some(500), None, at + 100);
+        let evicted: Vec<_> = evicted.into_iter().map(|(k, _)| k).collect();
         assert_eq!(
-            index.slots.get(&a).unwrap().last_used,
-            before,
-            "an older logged use changes nothing"
+            evicted,
+            (0..10).map(key).take(evicted.len()).collect::<Vec<_>>(),
+            "in order"
         );
+        assert!(index.ghost.count(&key(0)) > 0);
+        let e = entry(format!("{:>100}", 0).as_bytes());
+        index.insert(key(0), e, stamp());
+        assert!(
+            index.slots.get(&key(0)).unwrap().used.main(),
+            "back into main"
+        );
+        assert_eq!(index.ghost.count(&key(0)), 0);
+    }
+
+    #[test]
+    fn s3_fifo_main_queue_gives_a_used_entry_another_round() {
+        let at = 1_780_000_000_000;
+        let mut index = filled(Eviction::S3Fifo, 10, at);
+        index.touch_at(key(0), at + 50);
+        let evicted: Vec<_> = index
+            .evict_at(Some(900), None, at + 100)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(
+            evicted,
+            vec![key(1), key(2)],
+            "0 was used: 1 and 2 go first"
+        );
+        let used = index.slots.get(&key(0)).unwrap().used;
+        assert_eq!(
+            (used.freq(), used.at()),
+            (0, at + 100),
+            "at the main queue's head"
+        );
+    }
+
+    #[test]
+    fn admission_stores_a_key_on_its_second_miss() {
+        let mut index = Index::new(4, 0).with_policy(Eviction::S3Fifo, 2);
+        index.finish_loading();
+        let a = Hash32::of(b"a");
+        assert!(!index.admits(a), "first miss: counted, not stored");
+        assert!(index.admits(a), "second: stored");
+        index.insert(a, entry(b"x"), stamp());
+        assert!(
+            index.admits(a),
+            "stored already: a refresh is always written"
+        );
+        let mut always = Index::new(4, 0);
+        assert!(always.admits(Hash32::of(b"b")));
+    }
+
+    #[test]
+    fn write_orders_compare_across_the_32_bit_wrap() {
+        let mut index = Index::new(4, 0);
+        index.finish_loading();
+        let a = Hash32::of(b"a");
+        index.insert(a, entry(b"x"), stamp());
+        assert!(
+            !index.has_newer_write(a, 5),
+            "read in or never written: not newer"
+        );
+        index.set_written(a, u64::from(u32::MAX) + 3);
+        assert!(index.has_newer_write(a, u64::from(u32::MAX) - 2));
+        assert!(!index.has_newer_write(a, u64::from(u32::MAX) + 4));
+        assert_eq!(std::mem::size_of::<(Hash32, Slot)>(), 48);
     }
 
     #[test]

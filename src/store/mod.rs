@@ -10,15 +10,19 @@ pub(crate) mod writer;
 
 mod access_log;
 mod builder;
+mod contents;
 mod dense;
 pub(crate) mod leases;
 mod opened;
+pub(crate) mod policy;
 mod purges;
 mod read_in;
+mod snapshot;
 mod tee;
 
 pub use builder::StreamingManagerBuilder;
 pub use leases::{FILL_PATH, FleetFills, PeerClient};
+pub use policy::Eviction;
 pub(crate) use tee::Teeing;
 
 use std::fs::File;
@@ -214,6 +218,7 @@ impl StreamingManager {
             .as_ref()
             .and_then(|k| opened.memory_hit(key_hash, key, k))
         {
+            opened.note_use(key_hash);
             return Ok(Some(Arc::clone(&opened).respond(hit)));
         }
         let owned = key.to_owned();
@@ -261,6 +266,18 @@ impl StreamingManager {
         let known = opened.used(key_hash)?;
         let hit = opened.memory_hit(key_hash, key, &known)?;
         Some(Arc::clone(opened).respond(hit))
+    }
+
+    /// Whether a response fetched for `key` is to be stored, by
+    /// [`min_uses`](StreamingManagerBuilder::min_uses): counts this miss of `key` when it is
+    /// not. A store not yet open admits everything.
+    pub(crate) fn admits(&self, key: &str) -> bool {
+        match self.inner.opened.get() {
+            Some(opened) if opened.options.min_uses > 1 => {
+                opened.index().admits(Hash32::of(key.as_bytes()))
+            }
+            _ => true,
+        }
     }
 
     /// Replaces the headers and policy stored under `key`, keeping its body, and returns the

@@ -53,7 +53,7 @@ pub(super) struct Opened {
 }
 
 /// Bodies being stored take room within `max_size` as they are written, evicting stored
-/// entries (least recently used first) to get it; once they alone take all of it, the next
+/// entries (in the eviction order) to get it; once they alone take all of it, the next
 /// byte written finds none and its body is not stored. So the directory never holds more
 /// than `max_size`, plus what the write jobs running now wrote since they last settled.
 impl crate::format::content::Room for Opened {
@@ -93,7 +93,8 @@ impl Opened {
     /// Returns how many files an earlier run left in `tmp/` too (removed now).
     pub(super) fn open(layout: Layout, options: Options) -> Result<(Self, usize)> {
         let (scratch, leftovers) = prepare(&layout)?;
-        let index = Index::new(options.parsed_records, options.memory_budget);
+        let index = Index::new(options.parsed_records, options.memory_budget)
+            .with_policy(options.eviction, options.min_uses);
         let free_space = files::FreeSpace::new(options.min_free);
         let opened = Opened {
             layout,
@@ -260,7 +261,7 @@ impl Opened {
         Ok(committed)
     }
 
-    /// Removes the least recently used entries while the store (with the bodies being stored)
+    /// Evicts entries, in the policy's order, while the store (with the bodies being stored)
     /// is over its bounds, or its file system under the free-space floor. Content files are
     /// moved out of the way while the index is locked and unlinked after (freeing a large
     /// file's blocks takes time), so that a large eviction never holds up lookups.
@@ -307,12 +308,7 @@ impl Opened {
         #[cfg(feature = "metrics")]
         metrics::counter!("http_cache_streaming_evictions_total").increment(count);
         if !evicted.is_empty() {
-            crate::log::info_event!(
-                evicted = evicted.len(),
-                entries,
-                bytes,
-                "evicted least recently used entries"
-            );
+            crate::log::info_event!(evicted = evicted.len(), entries, bytes, "evicted entries");
         }
     }
 

@@ -46,6 +46,40 @@ impl Opened {
     pub(super) fn start_reading_in(self: &Arc<Self>, leftovers: usize) -> Result<()> {
         let started = Instant::now();
         let metadata = self.layout.metadata_dir();
+        match self.read_snapshot() {
+            Ok(entries) => {
+                for digest in self.index().finish_loading() {
+                    let _ = remove_if_present(&self.layout.content_path(digest));
+                }
+                crate::log::info_event!(dir = %metadata.display(), entries,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "index read from its snapshot");
+                if entries <= self.options.read_in_before_serving {
+                    let settled = self.settle_read_in(started, leftovers, 0);
+                    self.read_in.send_replace(ReadIn::Done);
+                    return settled;
+                }
+                // The index is whole. Orphaned content, the access log and the bounds, on a
+                // thread of their own while requests are served.
+                self.read_in.send_replace(ReadIn::Done);
+                let opened = Arc::clone(self);
+                let work = move || {
+                    if let Err(e) = opened.settle_read_in(started, leftovers, 0) {
+                        crate::log::warn_event!(error = %e, "cleaning up after the snapshot");
+                    }
+                };
+                return std::thread::Builder::new()
+                    .name("http-cache-streaming-open".into())
+                    .spawn(work)
+                    .map(drop)
+                    .map_err(|e| Error::new(ErrorKind::Io).with_source(e));
+            }
+            Err(why) if why != "none" => {
+                crate::log::info_event!(dir = %metadata.display(), %why,
+                    "index snapshot not used: reading the records in");
+            }
+            Err(_) => {}
+        }
         let mut listing = fs::read_dir(&metadata).map_err(|e| Error::io(e, &metadata))?;
         let mut records = Vec::new();
         let limit = self.options.read_in_before_serving;
@@ -142,6 +176,12 @@ impl Opened {
                 Error::new(ErrorKind::Io).with_subject(format!("reading {}", metadata.display()))
             })??;
         }
+        self.settle_read_in(started, leftovers, dropped)
+    }
+
+    /// Once every record is counted: unlinks what lost its last user meanwhile and content
+    /// no record names, takes in the access log, and evicts what the bounds ask for.
+    fn settle_read_in(&self, started: Instant, leftovers: usize, dropped: usize) -> Result<()> {
         {
             let mut index = self.index();
             for digest in index.finish_loading() {
@@ -293,10 +333,7 @@ impl Opened {
         if entry.key != key {
             return Ok(None);
         }
-        let logged = self.index().touch(key_hash);
-        if let Some(at) = logged {
-            self.log_use(key_hash, at);
-        }
+        self.note_use(key_hash);
         let path = self.layout.content_path(entry.digest);
         let file = match files::open(&path) {
             Ok(file) => file,

@@ -140,34 +140,89 @@ async fn a_store_bounded_in_entries_keeps_at_most_that_many() {
 
 #[tokio::test]
 async fn the_eviction_order_survives_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let manager = StreamingManager::new(dir.path().to_path_buf());
-    for key in ["GET:a", "GET:b", "GET:c"] {
-        put_body(&manager, key, Bytes::from(key)).await;
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    // "a" was stored first but used last.
-    assert!(read(&manager, "GET:a").await.is_some());
-    drop(manager);
-    assert!(dir.path().join("cache-v2/access.log").exists());
+    for eviction in [Eviction::Lru, Eviction::S3Fifo] {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = StreamingManager::builder(dir.path())
+            .eviction(eviction)
+            .build();
+        for key in ["GET:a", "GET:b", "GET:c"] {
+            put_body(&manager, key, Bytes::from(key)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // "a" was stored first but used last.
+        assert!(read(&manager, "GET:a").await.is_some());
+        drop(manager);
+        assert!(dir.path().join("cache-v2/access.log").exists());
 
-    let bounded = StreamingManager::builder(dir.path()).max_entries(2).build();
-    assert_eq!(bounded.stats().await.unwrap().entries, 2);
-    assert!(
-        read(&bounded, "GET:b").await.is_none(),
-        "the least recently used went"
-    );
-    assert!(
-        read(&bounded, "GET:a").await.is_some(),
-        "the one used after a restart stays"
-    );
-    assert!(read(&bounded, "GET:c").await.is_some());
+        let bounded = StreamingManager::builder(dir.path())
+            .eviction(eviction)
+            .max_entries(2)
+            .build();
+        assert_eq!(bounded.stats().await.unwrap().entries, 2);
+        assert!(
+            read(&bounded, "GET:b").await.is_none(),
+            "{eviction:?}: the oldest unused went"
+        );
+        assert!(
+            read(&bounded, "GET:a").await.is_some(),
+            "{eviction:?}: the one used before the restart stays"
+        );
+        assert!(read(&bounded, "GET:c").await.is_some());
+    }
+}
+
+#[tokio::test]
+async fn a_scan_of_objects_requested_once_leaves_the_used_entries_in_place() {
+    for eviction in [Eviction::Lru, Eviction::S3Fifo] {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = StreamingManager::builder(dir.path())
+            .eviction(eviction)
+            .max_entries(100)
+            .build();
+        // 50 entries, each used twice since it was stored...
+        for i in 0..50 {
+            put_body(
+                &manager,
+                &format!("GET:hot{i}"),
+                Bytes::from(format!("hot{i}")),
+            )
+            .await;
+            for _ in 0..2 {
+                assert!(read(&manager, &format!("GET:hot{i}")).await.is_some());
+            }
+        }
+        // ...then a scan: 200 objects stored and never asked for again.
+        for i in 0..200 {
+            put_body(
+                &manager,
+                &format!("GET:scan{i}"),
+                Bytes::from(format!("scan{i}")),
+            )
+            .await;
+        }
+        let mut kept = 0;
+        for i in 0..50 {
+            if read(&manager, &format!("GET:hot{i}")).await.is_some() {
+                kept += 1;
+            }
+        }
+        assert!(manager.stats().await.unwrap().entries <= 100);
+        match eviction {
+            Eviction::Lru => assert_eq!(kept, 0, "LRU: the scan pushed every one out"),
+            _ => assert_eq!(kept, 50, "S3-FIFO: every one stays"),
+        }
+    }
 }
 
 #[tokio::test]
 async fn a_long_access_log_is_rewritten_short() {
     let dir = tempfile::tempdir().unwrap();
-    let manager = StreamingManager::new(dir.path().to_path_buf());
+    let lru = || {
+        StreamingManager::builder(dir.path())
+            .eviction(Eviction::Lru)
+            .build()
+    };
+    let manager = lru();
     put_body(&manager, "GET:a", Bytes::from("a")).await;
     drop(manager);
     // A log that grew long: thousands of uses, some lines torn by a crash.
@@ -182,7 +237,7 @@ async fn a_long_access_log_is_rewritten_short() {
     text.push_str("torn li");
     std::fs::write(&log, text).unwrap();
 
-    let reopened = StreamingManager::new(dir.path().to_path_buf());
+    let reopened = lru();
     assert_eq!(reopened.stats().await.unwrap().entries, 1);
     let lines = std::fs::read_to_string(&log).unwrap();
     assert_eq!(lines.lines().count(), 1, "one line an entry: {lines}");

@@ -9,6 +9,7 @@ mod damage;
 mod dedup;
 mod eviction;
 mod round_trip;
+mod snapshot;
 mod tee;
 
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use common::*;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, Version};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
-use http_cache_streaming::{ErrorKind, StreamingManager};
+use http_cache_streaming::{ErrorKind, Eviction, StreamingManager};
 use url::Url;
 
 const URL: &str = "https://example.com/file";

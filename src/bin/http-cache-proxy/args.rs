@@ -36,9 +36,21 @@ pub(crate) struct Args {
     #[arg(long, env = "HTTP_CACHE_PROXY_MAX_SIZE", value_parser = size, default_value = "10G")]
     pub(crate) max_size: u64,
 
-    /// Entries the cache may hold; least recently used go first. Unbounded by default.
+    /// Entries the cache may hold. Unbounded by default.
     #[arg(long, env = "HTTP_CACHE_PROXY_MAX_ENTRIES", value_parser = count)]
     pub(crate) max_entries: Option<usize>,
+
+    /// What goes first when the cache is full: s3-fifo (popular objects stay through scans
+    /// of objects requested once) or lru (least recently used, as nginx).
+    #[arg(long, env = "HTTP_CACHE_PROXY_EVICTION", value_enum, default_value_t = EvictionFlag::S3Fifo)]
+    pub(crate) eviction: EvictionFlag,
+
+    /// Store a response only once its URL has missed this many times (as nginx's
+    /// proxy_cache_min_uses, 1 to 15): 2 spares the disk the writes of objects requested
+    /// once.
+    #[arg(long, env = "HTTP_CACHE_PROXY_MIN_USES", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=15))]
+    pub(crate) min_uses: u8,
 
     /// Bodies larger than this are passed through unstored. Unbounded by default.
     #[arg(long, env = "HTTP_CACHE_PROXY_MAX_BODY_SIZE", value_parser = size)]
@@ -183,6 +195,22 @@ pub(crate) struct Args {
     /// No access log line per response.
     #[arg(long, env = "HTTP_CACHE_PROXY_QUIET")]
     pub(crate) quiet: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum EvictionFlag {
+    #[value(name = "s3-fifo")]
+    S3Fifo,
+    Lru,
+}
+
+impl From<EvictionFlag> for http_cache_streaming::Eviction {
+    fn from(flag: EvictionFlag) -> Self {
+        match flag {
+            EvictionFlag::S3Fifo => http_cache_streaming::Eviction::S3Fifo,
+            EvictionFlag::Lru => http_cache_streaming::Eviction::Lru,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -33,7 +33,8 @@
 //!   others streaming it from that one.
 //! - The store is opened before anything is accepted: an unusable cache directory is an
 //!   error with the reason. SIGTERM and SIGINT stop accepting, let responses in flight finish
-//!   (at most `--shutdown-timeout`), and exit 0.
+//!   (at most `--shutdown-timeout`), write the index snapshot (so that the next start has
+//!   its whole index at once), and exit 0.
 
 mod access;
 mod admin;
@@ -108,7 +109,10 @@ fn cache(
     upstream: &Upstream,
     fleet_address: Option<String>,
 ) -> Result<HttpCacheStreamingLayer, Error> {
-    let mut manager = StreamingManager::builder(args.cache_dir.clone()).max_size(args.max_size);
+    let mut manager = StreamingManager::builder(args.cache_dir.clone())
+        .max_size(args.max_size)
+        .eviction(args.eviction.into())
+        .min_uses(args.min_uses);
     if let Some(bytes) = args.max_body_size {
         manager = manager.max_body_size(bytes);
     }
@@ -229,6 +233,17 @@ async fn run(args: Args) -> Result<(), Error> {
         () = tokio::time::sleep(args.shutdown_timeout) => {
             tracing::warn!("--shutdown-timeout passed: the responses still in flight are cut off");
         }
+    }
+    // The index snapshot, so that the next start has its whole index at once.
+    let manager = shared.service.cache().manager();
+    match tokio::time::timeout(args.shutdown_timeout, manager.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "no index snapshot: the next start reads the records in")
+        }
+        Err(_) => tracing::warn!(
+            "no index snapshot within --shutdown-timeout: the next start reads the records in"
+        ),
     }
     Ok(())
 }

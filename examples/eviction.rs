@@ -1,0 +1,305 @@
+//! The eviction benchmark: synthetic request traces replayed through the store's eviction
+//! policy and admission (its index, with sizes instead of files), for LRU and S3-FIFO, each
+//! with and without `min_uses(2)`, at several store sizes. Prints object and byte miss
+//! ratios and the bytes written to disk, and with a path, draws the byte miss-ratio curves
+//! as an SVG.
+//!
+//! `cargo run --release --features replay --example eviction -- [objects] [requests] [svg]`
+//!
+//! Traces, over `objects` objects (a million by default) of heavy-tailed sizes (log-normal,
+//! median 8 KiB, mean ≈ 40 KiB, 64 B to 256 MiB), `requests` requests each (four per object
+//! by default):
+//! - `zipf-0.8+scans`, `zipf-1.0+scans`: Zipf popularity with α 0.8 or 1.0, one request in
+//!   five going to a scan of objects requested once (a crawler, a backup);
+//! - `recency`: each request asks again for one of the last 100 000 objects asked for,
+//!   the more recent the likelier, or (one in four) for a new object: LRU's best case.
+//!
+//! Store sizes are shares of the bytes of all distinct objects a trace asks for. The first
+//! fifth of each trace warms the store up and is not counted.
+
+use std::time::Instant;
+
+use http_cache_streaming::Eviction;
+use http_cache_streaming::replay::Replay;
+
+/// splitmix64: a small, good, deterministic generator.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// An object's size: log-normal (median 8 KiB, σ 1.8), fixed by its id.
+fn size_of(id: u64) -> u64 {
+    let mut rng = Rng(id ^ 0x5eed);
+    let (u1, u2) = (rng.unit().max(1e-12), rng.unit());
+    let normal = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+    let size = (8192f64.ln() + 1.8 * normal).exp();
+    (size as u64).clamp(64, 256 << 20)
+}
+
+struct Trace {
+    name: &'static str,
+    ids: Vec<u64>,
+    unique_bytes: u64,
+}
+
+impl Trace {
+    fn new(name: &'static str, ids: Vec<u64>) -> Self {
+        let mut distinct = ids.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let unique_bytes = distinct.iter().map(|&id| size_of(id)).sum();
+        Trace {
+            name,
+            ids,
+            unique_bytes,
+        }
+    }
+}
+
+/// Zipf(α) over `objects`, one request in five to a scan of new objects.
+fn zipf_with_scans(name: &'static str, alpha: f64, objects: u64, requests: usize) -> Trace {
+    let mut cumulative = Vec::with_capacity(objects as usize);
+    let mut total = 0.0;
+    for rank in 1..=objects {
+        total += 1.0 / (rank as f64).powf(alpha);
+        cumulative.push(total);
+    }
+    let mut rng = Rng(alpha.to_bits());
+    let mut scanned = 1u64 << 40;
+    let ids = (0..requests)
+        .map(|_| {
+            if rng.next().is_multiple_of(5) {
+                scanned += 1;
+                scanned
+            } else {
+                let u = rng.unit() * total;
+                cumulative.partition_point(|&c| c < u) as u64
+            }
+        })
+        .collect();
+    Trace::new(name, ids)
+}
+
+/// Requests again for recent objects (stack depth ~ 100 000 · u³), or a new object.
+fn recency(objects: u64, requests: usize) -> Trace {
+    const HISTORY: usize = 100_000;
+    let mut rng = Rng(7);
+    let mut recent = std::collections::VecDeque::with_capacity(HISTORY);
+    let mut next = 0u64;
+    let mut ids = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let id = if recent.is_empty() || rng.next().is_multiple_of(4) || next < objects / 100 {
+            next += 1;
+            next
+        } else {
+            let depth = ((rng.unit().powi(3)) * recent.len() as f64) as usize;
+            recent[recent.len() - 1 - depth]
+        };
+        if recent.len() == HISTORY {
+            recent.pop_front();
+        }
+        recent.push_back(id);
+        ids.push(id);
+    }
+    Trace::new("recency", ids)
+}
+
+#[derive(Clone, Copy)]
+struct Policy {
+    name: &'static str,
+    eviction: Eviction,
+    min_uses: u8,
+}
+
+const POLICIES: [Policy; 4] = [
+    Policy {
+        name: "LRU",
+        eviction: Eviction::Lru,
+        min_uses: 1,
+    },
+    Policy {
+        name: "S3-FIFO",
+        eviction: Eviction::S3Fifo,
+        min_uses: 1,
+    },
+    Policy {
+        name: "LRU, min_uses 2",
+        eviction: Eviction::Lru,
+        min_uses: 2,
+    },
+    Policy {
+        name: "S3-FIFO, min_uses 2",
+        eviction: Eviction::S3Fifo,
+        min_uses: 2,
+    },
+];
+
+/// Store sizes, in percent of a trace's distinct bytes: the curves', and the table's.
+const SIZES: [f64; 6] = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0];
+const TABLE_SIZES: [f64; 3] = [1.0, 5.0, 10.0];
+
+struct Outcome {
+    object_miss: f64,
+    byte_miss: f64,
+    written: u64,
+}
+
+fn replay(trace: &Trace, policy: Policy, percent: f64) -> Outcome {
+    let max_bytes = (trace.unique_bytes as f64 * percent / 100.0) as u64;
+    let mut store = Replay::new(policy.eviction, policy.min_uses, max_bytes);
+    let warm = trace.ids.len() / 5;
+    let (mut misses, mut requests, mut missed_bytes, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    let mut written_before = 0;
+    for (n, &id) in trace.ids.iter().enumerate() {
+        if n == warm {
+            written_before = store.bytes_written();
+        }
+        let size = size_of(id);
+        let hit = store.request(id, size);
+        if n >= warm {
+            requests += 1;
+            bytes += size;
+            if !hit {
+                misses += 1;
+                missed_bytes += size;
+            }
+        }
+    }
+    assert!(store.stored_bytes() <= max_bytes, "the bound holds");
+    Outcome {
+        object_miss: misses as f64 / requests as f64,
+        byte_miss: missed_bytes as f64 / bytes as f64,
+        written: store.bytes_written() - written_before,
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let objects: u64 = args.first().map_or(Ok(1_000_000), |a| a.parse())?;
+    let requests: usize = args
+        .get(1)
+        .map_or(Ok(4 * objects as usize), |a| a.parse())?;
+    let svg = args.get(2);
+    let started = Instant::now();
+    let traces = [
+        zipf_with_scans("zipf-0.8+scans", 0.8, objects, requests),
+        zipf_with_scans("zipf-1.0+scans", 1.0, objects, requests),
+        recency(objects, requests),
+    ];
+    eprintln!(
+        "{} traces of {requests} requests over {objects} objects made in {:.1?}",
+        traces.len(),
+        started.elapsed()
+    );
+    // Every (trace, policy, size) replay, spread over the cores.
+    let jobs: Vec<(usize, usize, f64)> = (0..traces.len())
+        .flat_map(|t| (0..POLICIES.len()).flat_map(move |p| SIZES.map(|s| (t, p, s))))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&(t, p, s)) = jobs.get(n) else { break };
+                    let outcome = replay(&traces[t], POLICIES[p], s);
+                    results.lock().unwrap().push(((t, p, s.to_bits()), outcome));
+                    eprintln!("  {}/{} replays done", n + 1, jobs.len());
+                }
+            });
+        }
+    });
+    let results: std::collections::HashMap<_, _> =
+        results.into_inner().unwrap().into_iter().collect();
+    let get = |t: usize, p: usize, s: f64| &results[&(t, p, s.to_bits())];
+    println!(
+        "| trace | store size | policy | object miss ratio | byte miss ratio | byte miss vs LRU | GiB written | written vs LRU |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (t, trace) in traces.iter().enumerate() {
+        for s in TABLE_SIZES {
+            let lru = get(t, 0, s);
+            for (p, policy) in POLICIES.iter().enumerate() {
+                let o = get(t, p, s);
+                println!(
+                    "| {} | {s} % | {} | {:.3} | {:.3} | {:.2}× | {:.1} | {:.2}× |",
+                    trace.name,
+                    policy.name,
+                    o.object_miss,
+                    o.byte_miss,
+                    o.byte_miss / lru.byte_miss,
+                    o.written as f64 / (1u64 << 30) as f64,
+                    o.written as f64 / lru.written.max(1) as f64,
+                );
+            }
+        }
+    }
+    eprintln!("done in {:.1?}", started.elapsed());
+    if let Some(path) = svg {
+        draw(path, &traces, &get)?;
+        eprintln!("wrote {path}");
+    }
+    Ok(())
+}
+
+/// One panel per trace: byte miss ratio against store size, a line per policy.
+fn draw<'a>(
+    path: &str,
+    traces: &[Trace],
+    get: &dyn Fn(usize, usize, f64) -> &'a Outcome,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (1200, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, traces.len()));
+    let colors = [RED, BLUE, MAGENTA, GREEN];
+    for (t, (trace, panel)) in traces.iter().zip(&panels).enumerate() {
+        let mut chart = ChartBuilder::on(panel)
+            .caption(trace.name, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(36)
+            .y_label_area_size(48)
+            .build_cartesian_2d((0.4f64..25.0).log_scale(), 0f64..1f64)?;
+        chart
+            .configure_mesh()
+            .x_desc("store size, % of distinct bytes")
+            .y_desc("byte miss ratio")
+            .x_label_formatter(&|x| format!("{x}"))
+            .draw()?;
+        for (p, policy) in POLICIES.iter().enumerate() {
+            let color = colors[p % colors.len()];
+            let points: Vec<(f64, f64)> =
+                SIZES.iter().map(|&s| (s, get(t, p, s).byte_miss)).collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+                .label(policy.name)
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
