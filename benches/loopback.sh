@@ -29,9 +29,11 @@ head -c 4096 /dev/urandom > "$work/www/4k"
 head -c 1048576 /dev/urandom > "$work/www/1m"
 sed "s|WORK|$work|g" benches/nginx/nginx.conf > "$work/nginx.conf"
 taskset -c 0 nginx -c "$work/nginx.conf" &
+# Hot bodies in memory as Varnish's are (--memory-size 256M as its -s malloc,256m), up to
+# 2 MiB each, beside the disk.
 TOKIO_WORKER_THREADS=1 taskset -c 0 target/release/http-cache-proxy \
     --upstream http://127.0.0.1:18080 --listen 127.0.0.1:18082 --cache-dir "$work/ours" \
-    --quiet > /dev/null &
+    --memory-size 256M --memory-max-body 2M --quiet > /dev/null &
 proxy=$!
 # Varnish with its default VCL (it caches what max-age allows), in memory.
 taskset -c 0 varnishd -F -j none -n "$work/varnish" -a 127.0.0.1:18083 -b 127.0.0.1:18080 \

@@ -117,6 +117,22 @@ pub(crate) fn sweep_tmp_and_create_scratch(tmp: &Path, mode: Mode) -> io::Result
     ))
 }
 
+/// How many stores have `tmp` open now (in this process or others): the instance locks
+/// there. A lock a crashed store left counts until the next open sweeps it.
+pub(crate) fn instances(tmp: &Path) -> io::Result<usize> {
+    let mut count = 0;
+    for item in fs::read_dir(tmp)? {
+        let name = item?.file_name();
+        if name
+            .to_str()
+            .is_some_and(|name| name != OPEN_LOCK && name.ends_with(LOCK_SUFFIX))
+        {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
 fn count_files(dir: &Path) -> usize {
     fs::read_dir(dir).map_or(0, |items| items.count())
 }

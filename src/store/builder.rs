@@ -130,9 +130,11 @@ impl StreamingManagerBuilder {
 
     /// Keeps bodies of up to `max_len` bytes in memory once they have been read, up to
     /// `budget` bytes in all (64 KiB and 32 MiB by default; `0` turns it off). A hit on such
-    /// a body `stat`s its record and content file on the calling thread, to see that no
-    /// other process replaced or removed them, and reads nothing else: no hand-off to a
-    /// blocking thread. Such a body was checked when read (with
+    /// a body reads nothing and needs no hand-off to a blocking thread. While another store
+    /// (in this process or another) has the directory open, each such hit `stat`s its
+    /// record and content file first, to see that the other did not replace or remove
+    /// them; a store alone on its directory does so at most every 100 ms per entry, and
+    /// notices a store opened meanwhile within 100 ms. Such a body was checked when read (with
     /// [`verify_on_read`](Self::verify_on_read)); bytes damaged on disk later are not served
     /// from memory, and are found once the body is read from disk again.
     pub fn memory_bodies(mut self, max_len: usize, budget: usize) -> Self {

@@ -7,6 +7,7 @@
 
 use crate::format::files::Stamp;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use super::contents::Contents;
 use super::dense::DenseMap;
@@ -40,6 +41,8 @@ struct Parsed {
     stamp: Stamp,
     /// The whole body, for small entries while the memory budget allows.
     body: Option<Bytes>,
+    /// When its record and content were last found unchanged on disk.
+    checked: Option<Instant>,
     /// Looked up since the clock hand last passed: kept over entries that were not.
     used: bool,
 }
@@ -50,7 +53,15 @@ pub(crate) struct Known {
     pub(crate) entry: Arc<Entry>,
     pub(crate) stamp: Stamp,
     pub(crate) body: Option<Bytes>,
+    /// Its record and content were found unchanged on disk less than [`RECHECK_AFTER`] ago.
+    pub(crate) checked: bool,
 }
+
+/// While a store is the only one open on its directory, a body held in memory is served
+/// without looking at the disk for this long after its record and content were last found
+/// unchanged there (two `stat`s); with another store open on it, they are looked at on every
+/// hit. A store opened meanwhile is noticed within this time too.
+pub(crate) const RECHECK_AFTER: Duration = Duration::from_millis(100);
 
 /// Key hash → record, and the content files records use.
 #[derive(Debug)]
@@ -362,7 +373,20 @@ impl Index {
             entry: Arc::clone(&parsed.entry),
             stamp: parsed.stamp,
             body: parsed.body.clone(),
+            checked: parsed
+                .checked
+                .is_some_and(|at| at.elapsed() < RECHECK_AFTER),
         })
+    }
+
+    /// Notes that the record of `key`, stamped `stamp`, and its content were just found
+    /// unchanged on disk.
+    pub(crate) fn checked(&mut self, key: Hash32, stamp: Stamp) {
+        if let Some(parsed) = self.parsed_of.get_mut(&key)
+            && parsed.stamp == stamp
+        {
+            parsed.checked = Some(Instant::now());
+        }
     }
 
     /// Holds a parsed entry's body in memory, making room in the budget if it can. `stamp`
@@ -544,6 +568,7 @@ impl Index {
                     entry,
                     stamp,
                     body: None,
+                    checked: None,
                     used: false,
                 },
             );
@@ -592,6 +617,9 @@ impl Index {
             {
                 self.body_bytes -= body.len();
             }
+            if parsed.stamp != stamp {
+                parsed.checked = None;
+            }
             parsed.stamp = stamp;
             parsed.used = true;
             parsed.entry = Arc::clone(entry);
@@ -608,6 +636,7 @@ impl Index {
                 entry: Arc::clone(entry),
                 stamp,
                 body: None,
+                checked: None,
                 used: true,
             },
         );

@@ -18,8 +18,8 @@ use crate::format::files::Stamp;
 use crate::format::layout::{Hash32, Layout};
 use crate::format::reader::{ChunkReader, Verify};
 use crate::format::record::Entry;
-use crate::format::scratch::Scratch;
-use index::{Index, Known};
+use crate::format::scratch::{self, Scratch};
+use index::{Index, Known, RECHECK_AFTER};
 
 use super::builder::Options;
 use super::read_in::ReadIn;
@@ -41,6 +41,8 @@ pub(super) struct Opened {
     /// The access log, opened for appending on the first use that is logged, and the lines
     /// it holds (as far as this process knows).
     pub(super) access_log: Mutex<Option<File>>,
+    /// Whether this is the only store open on its directory, and when that was found.
+    alone: Mutex<Option<(std::time::Instant, bool)>>,
     pub(super) access_log_lines: std::sync::atomic::AtomicU64,
     /// How far reading the records on disk into the index has come.
     pub(super) read_in: watch::Sender<ReadIn>,
@@ -103,6 +105,7 @@ impl Opened {
             index: Mutex::new(index),
             evictions: std::sync::atomic::AtomicU64::new(0),
             access_log: Mutex::new(None),
+            alone: Mutex::new(None),
             access_log_lines: std::sync::atomic::AtomicU64::new(0),
             read_in: watch::channel(ReadIn::Running).0,
             free_space,
@@ -135,11 +138,19 @@ impl Opened {
         (entry.response(body), entry)
     }
 
-    /// A hit on a body held in memory, when its record and content are unchanged on disk.
+    /// A hit on a body held in memory, when its record and content are unchanged on disk:
+    /// found so now, or less than [`RECHECK_AFTER`] ago while no other store has the
+    /// directory open (no other can have changed them).
     pub(super) fn memory_hit(&self, key_hash: Hash32, key: &str, known: &Known) -> Option<Hit> {
         let body = known.body.as_ref()?;
-        let usable =
-            known.entry.key == key && self.unchanged_on_disk(key_hash, known.stamp, &known.entry);
+        let unchanged = || {
+            let unchanged = self.unchanged_on_disk(key_hash, known.stamp, &known.entry);
+            if unchanged {
+                self.index().checked(key_hash, known.stamp);
+            }
+            unchanged
+        };
+        let usable = known.entry.key == key && ((known.checked && self.alone()) || unchanged());
         usable.then(|| Hit {
             entry: Arc::clone(&known.entry),
             body: HitBody::Bytes(body.clone()),
@@ -149,6 +160,20 @@ impl Opened {
     /// Whether the record of `key_hash` on disk is still the one stamped `stamp`, and the
     /// content it names still there at its length: two `stat`s. Anything else sends the
     /// lookup down the path that reads the disk and cleans up.
+    /// Whether this is the only store open on its directory (in this process or another),
+    /// as found at most [`RECHECK_AFTER`] ago: a listing of `tmp/`, a few names.
+    fn alone(&self) -> bool {
+        let mut seen = lock(&self.alone);
+        if let Some((at, alone)) = *seen
+            && at.elapsed() < RECHECK_AFTER
+        {
+            return alone;
+        }
+        let alone = scratch::instances(&self.layout.tmp_dir()).is_ok_and(|n| n <= 1);
+        *seen = Some((std::time::Instant::now(), alone));
+        alone
+    }
+
     pub(super) fn unchanged_on_disk(&self, key_hash: Hash32, stamp: Stamp, entry: &Entry) -> bool {
         let record = self.layout.record_path(key_hash);
         let content = self.layout.content_path(entry.digest);

@@ -365,14 +365,15 @@ impl Opened {
                 body: HitBody::File(file),
             }));
         };
-        if len > self.options.read_chunk_size {
+        // Read whole now when it fits a chunk, and kept in memory for the next hits when it
+        // is within the memory bodies' limit (which may be larger than a chunk).
+        let keep = len <= self.options.memory_body_limit;
+        if len > self.options.read_chunk_size && !keep {
             return Ok(Some(Hit {
                 entry,
                 body: HitBody::File(file),
             }));
         }
-        // Small: read whole now, and kept in memory for the next hits when it is small enough.
-        let keep = len <= self.options.memory_body_limit;
         let read = if keep {
             reader::read_chunk(&file, 0, len)
         } else {

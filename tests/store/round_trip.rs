@@ -122,8 +122,12 @@ async fn a_body_held_in_memory_is_the_one_stored() {
     bytes[10] ^= 0xff;
     std::fs::write(&content, bytes).unwrap();
     assert_eq!(read(&manager, "GET:m").await.unwrap(), body);
-    // Another process replacing the record is seen at once: its stat differs.
+    // With another store open on the directory (noticed within 100 ms), every hit looks at
+    // the disk: a record it replaces is seen at once, its stat differs.
     let other = StreamingManager::new(dir.path().to_path_buf());
+    other.open().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    assert_eq!(read(&manager, "GET:m").await.unwrap(), body);
     put_body(&other, "GET:m", Bytes::from("replaced")).await;
     assert_eq!(read(&manager, "GET:m").await.unwrap(), "replaced");
 }

@@ -16,10 +16,32 @@ pub(crate) struct Line {
     pub(crate) uri: String,
     pub(crate) peer: std::net::SocketAddr,
     pub(crate) status: u16,
+    /// Whether the cache served it (a hit).
+    pub(crate) from_cache: bool,
     pub(crate) cache_status: String,
     pub(crate) started: Instant,
     pub(crate) head_sent: Instant,
     pub(crate) quiet: bool,
+}
+
+/// The counters of every response, by source (the cache, the upstream): registered once,
+/// on the first response (after the recorder is installed), not looked up per response.
+struct Counters {
+    bytes: [metrics::Counter; 2],
+    responses: [metrics::Counter; 2],
+}
+
+fn counters() -> &'static Counters {
+    static COUNTERS: std::sync::OnceLock<Counters> = std::sync::OnceLock::new();
+    COUNTERS.get_or_init(|| {
+        let by_source = |name: &'static str| {
+            ["cache", "upstream"].map(|source| metrics::counter!(name, "source" => source))
+        };
+        Counters {
+            bytes: by_source("http_cache_proxy_response_bytes_total"),
+            responses: by_source("http_cache_proxy_responses_total"),
+        }
+    })
 }
 
 /// A response body that logs its [`Line`] once, when it ends or is dropped.
@@ -46,11 +68,10 @@ impl Logged {
         let Some(line) = self.line.take() else {
             return;
         };
-        let from_cache = line.cache_status.contains("; hit");
-        let source = if from_cache { "cache" } else { "upstream" };
-        metrics::counter!("http_cache_proxy_response_bytes_total", "source" => source)
-            .increment(self.bytes);
-        metrics::counter!("http_cache_proxy_responses_total", "source" => source).increment(1);
+        let counters = counters();
+        let source = usize::from(!line.from_cache);
+        counters.bytes[source].increment(self.bytes);
+        counters.responses[source].increment(1);
         if line.quiet {
             return;
         }

@@ -52,6 +52,15 @@ pub(crate) struct Args {
           value_parser = clap::value_parser!(u8).range(1..=15))]
     pub(crate) min_uses: u8,
 
+    /// Bytes of hot bodies kept in memory besides the disk (as Varnish's malloc storage, on
+    /// top of the page cache): hits on them read nothing.
+    #[arg(long, env = "HTTP_CACHE_PROXY_MEMORY_SIZE", value_parser = size, default_value = "32M")]
+    pub(crate) memory_size: u64,
+
+    /// The largest body kept in memory (see --memory-size).
+    #[arg(long, env = "HTTP_CACHE_PROXY_MEMORY_MAX_BODY", value_parser = size, default_value = "64k")]
+    pub(crate) memory_max_body: u64,
+
     /// Bodies larger than this are passed through unstored. Unbounded by default.
     #[arg(long, env = "HTTP_CACHE_PROXY_MAX_BODY_SIZE", value_parser = size)]
     pub(crate) max_body_size: Option<u64>,

@@ -264,48 +264,76 @@ const FORWARDING: [&str; 8] = [
     "x-host",
 ];
 
-/// Says who asked and through what: `Via` with the client's protocol, the peer appended to
-/// `X-Forwarded-For` and `Forwarded`; drops what an untrusted client claims about itself.
-pub(crate) fn forwarded_for<B>(
-    request: &mut Request<B>,
-    peer: SocketAddr,
-    trusted: bool,
-    proto: &str,
-) {
-    let version = match request.version() {
-        http::Version::HTTP_09 => "0.9",
-        http::Version::HTTP_10 => "1.0",
-        http::Version::HTTP_2 => "2",
-        http::Version::HTTP_3 => "3",
-        _ => "1.1",
-    };
-    let headers = request.headers_mut();
-    for name in REWRITES {
-        headers.remove(name);
-    }
-    if !trusted {
-        for name in FORWARDING {
-            headers.remove(name);
+/// What this proxy says of one connection's client upstream, worked out once per
+/// connection: the peer for `X-Forwarded-For` and `Forwarded`.
+#[derive(Clone)]
+pub(crate) struct Peer {
+    x_forwarded_for: HeaderValue,
+    forwarded: HeaderValue,
+}
+
+impl Peer {
+    pub(crate) fn new(peer: SocketAddr, proto: &str) -> Self {
+        let ip = peer.ip();
+        let node = if ip.is_ipv6() {
+            format!("for=\"[{ip}]\";proto={proto}")
+        } else {
+            format!("for={ip};proto={proto}")
+        };
+        let value = |text: String| {
+            HeaderValue::try_from(text).expect("an address and a scheme are valid header text")
+        };
+        Peer {
+            x_forwarded_for: value(ip.to_string()),
+            forwarded: value(node),
         }
     }
-    let ip = peer.ip();
-    let node = if ip.is_ipv6() {
-        format!("for=\"[{ip}]\";proto={proto}")
-    } else {
-        format!("for={ip};proto={proto}")
+}
+
+/// Says who asked and through what: `Via` with the client's protocol, the peer appended to
+/// `X-Forwarded-For` and `Forwarded`; drops what an untrusted client claims about itself.
+pub(crate) fn forwarded_for<B>(request: &mut Request<B>, peer: &Peer, trusted: bool) {
+    let via = HeaderValue::from_static(match request.version() {
+        http::Version::HTTP_09 => "0.9 http-cache-streaming",
+        http::Version::HTTP_10 => "1.0 http-cache-streaming",
+        http::Version::HTTP_2 => "2 http-cache-streaming",
+        http::Version::HTTP_3 => "3 http-cache-streaming",
+        _ => "1.1 http-cache-streaming",
+    });
+    let headers = request.headers_mut();
+    // Most requests carry none of them: one pass over what they carry finds out.
+    let dropped = |name: &HeaderName| {
+        REWRITES.contains(&name.as_str()) || (!trusted && FORWARDING.contains(&name.as_str()))
     };
+    if headers.keys().any(dropped) {
+        for name in REWRITES {
+            headers.remove(name);
+        }
+        if !trusted {
+            for name in FORWARDING {
+                headers.remove(name);
+            }
+        }
+    }
     let appended = [
-        (header::VIA, format!("{version} http-cache-streaming")),
-        (HeaderName::from_static("x-forwarded-for"), ip.to_string()),
-        (header::FORWARDED, node),
+        (header::VIA, via),
+        (X_FORWARDED_FOR, peer.x_forwarded_for.clone()),
+        (header::FORWARDED, peer.forwarded.clone()),
     ];
     for (name, value) in appended {
-        let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
-            Some(before) => format!("{before}, {value}"),
-            None => value,
+        let joined = match headers.get(&name) {
+            Some(before) => {
+                let mut joined = before.as_bytes().to_vec();
+                joined.extend_from_slice(b", ");
+                joined.extend_from_slice(value.as_bytes());
+                HeaderValue::from_bytes(&joined).ok()
+            }
+            None => Some(value),
         };
-        if let Ok(value) = HeaderValue::try_from(joined) {
+        if let Some(value) = joined {
             headers.insert(name, value);
         }
     }
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

@@ -112,7 +112,11 @@ fn cache(
     let mut manager = StreamingManager::builder(args.cache_dir.clone())
         .max_size(args.max_size)
         .eviction(args.eviction.into())
-        .min_uses(args.min_uses);
+        .min_uses(args.min_uses)
+        .memory_bodies(
+            usize::try_from(args.memory_max_body).unwrap_or(usize::MAX),
+            usize::try_from(args.memory_size).unwrap_or(usize::MAX),
+        );
     if let Some(bytes) = args.max_body_size {
         manager = manager.max_body_size(bytes);
     }
@@ -359,6 +363,8 @@ async fn stop_signal() {
     }
 }
 
+const CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache-status");
+
 /// The service of one client connection.
 fn per_request(
     shared: Arc<Shared>,
@@ -370,18 +376,26 @@ fn per_request(
     Error = Infallible,
     Future = impl std::future::Future<Output = Result<Response<access::Logged>, Infallible>> + Send,
 > + Clone {
+    let forwarding = clients::Peer::new(peer, proto);
     hyper::service::service_fn(move |mut request: Request<Incoming>| {
         let shared = Arc::clone(&shared);
+        let forwarding = forwarding.clone();
         async move {
             let started = Instant::now();
-            let (method, uri) = (request.method().clone(), request.uri().to_string());
+            // With --quiet no line is written: the URI is not copied for one.
+            let uri = if shared.quiet {
+                String::new()
+            } else {
+                request.uri().to_string()
+            };
+            let method = request.method().clone();
             let response = if let Some(refused) = clients::refuse(&request) {
                 refused
             } else if request.method().as_str() == "PURGE" {
                 let token = shared.purge_token.as_deref();
                 clients::purge(&shared.service, &request, token).await
             } else {
-                clients::forwarded_for(&mut request, peer, shared.trust_forwarded, proto);
+                clients::forwarded_for(&mut request, &forwarding, shared.trust_forwarded);
                 let request = request.map(boxed);
                 let mut response = send(shared.service.clone(), request).await;
                 response
@@ -392,15 +406,21 @@ fn per_request(
             let (parts, body) = response.into_parts();
             let cache_status = parts
                 .headers
-                .get("cache-status")
+                .get(CACHE_STATUS)
                 .and_then(|v| v.to_str().ok())
-                .unwrap_or("-")
-                .to_owned();
+                .unwrap_or("-");
+            let from_cache = cache_status.contains("; hit");
+            let cache_status = if shared.quiet {
+                String::new()
+            } else {
+                cache_status.to_owned()
+            };
             let line = access::Line {
                 method,
                 uri,
                 peer,
                 status: parts.status.as_u16(),
+                from_cache,
                 cache_status,
                 started,
                 head_sent: Instant::now(),
