@@ -56,6 +56,12 @@ async fn fill(cache: &HttpCacheStreaming<Origin>, from: u64, to: u64) -> Result<
         }
         let before = i;
         i = to.min(i + 64);
+        // A miss is answered before its entry is committed: keep the commits within 512 of
+        // the answers (past `max_writes_in_flight`, 1 024 by default, a miss is not stored).
+        let manager = cache.cache().manager();
+        while manager.stats().await?.entries + 512 < i - from {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         if i / 50_000 != before / 50_000 {
             eprintln!("  {i} entries stored");
         }

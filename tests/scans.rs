@@ -1,13 +1,17 @@
 //! A crawler through the proxy: one request each for hundreds of URLs, while other clients
 //! keep asking for a few popular ones. With the default eviction (S3-FIFO) the scan does not
 //! push the popular entries out of a full cache; with `--min-uses 2` it costs no disk write
-//! at all, and a URL is stored on its second request.
+//! at all, and a URL is stored on its second request. And misses answered faster than the
+//! disk commits them queue at most `--max-writes-in-flight` writes: past that they pass.
 
 mod common;
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
 use http::Request;
+use http_body::Frame;
 use http_body_util::{BodyExt, Full};
 
 struct Got {
@@ -131,4 +135,57 @@ async fn with_min_uses_a_url_is_stored_on_its_second_request_and_a_crawl_writes_
     // ...and "/a" is still served from the cache.
     assert!(get(&proxy, "/a").await.cache_status.contains("hit"));
     assert_eq!(origin.hits(), 302);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_writes_in_flight_a_miss_passes_through_unstored() {
+    // "/slow" sends its body over 0.7 s (its write stays under way); the rest at once.
+    let origin = Origin::start(|parts, n| {
+        let body = if parts.uri.path() == "/slow" {
+            let (tx, body) = channel_body();
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(Frame::data(Bytes::from("slow ")))).await;
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                let _ = tx.send(Ok(Frame::data(Bytes::from("end")))).await;
+            });
+            axum::body::Body::new(body)
+        } else {
+            axum::body::Body::from(format!("{} #{n}", parts.uri.path()))
+        };
+        http::Response::builder()
+            .header("cache-control", "max-age=600")
+            .body(body)
+            .unwrap()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(
+        &origin.url(""),
+        dir.path(),
+        &["--quiet", "--max-writes-in-flight", "1"],
+    );
+    let slow = {
+        let addr = proxy.addr.clone();
+        tokio::spawn(async move {
+            let request = Request::get(format!("http://{addr}/slow"))
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            let response = client().request(request).await.unwrap();
+            response.into_body().collect().await.unwrap().to_bytes()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The one write allowed is "/slow"'s: "/fast" is served whole and not stored.
+    assert_eq!(get(&proxy, "/fast").await.body, "/fast #2");
+    assert_eq!(get(&proxy, "/fast").await.body, "/fast #3", "not a hit");
+    assert!(record_files(dir.path()).is_empty());
+    assert_eq!(slow.await.unwrap(), "slow end");
+    records(dir.path(), 1).await;
+    // Its write done, the next miss is stored, and a hit after it.
+    assert_eq!(get(&proxy, "/fast").await.body, "/fast #4");
+    records(dir.path(), 2).await;
+    let hit = get(&proxy, "/fast").await;
+    assert_eq!(hit.body, "/fast #4");
+    assert!(hit.cache_status.contains("hit"), "{}", hit.cache_status);
+    assert_eq!(origin.hits(), 4);
 }

@@ -27,6 +27,7 @@ pub(super) struct Options {
     pub(super) max_entries: Option<usize>,
     pub(super) eviction: Eviction,
     pub(super) min_uses: u8,
+    pub(super) max_writes_in_flight: usize,
     pub(super) max_body_size: Option<u64>,
     /// The bits of the files and directories the store creates.
     pub(super) mode: files::Mode,
@@ -60,6 +61,7 @@ impl Default for Options {
             max_entries: None,
             eviction: Eviction::default(),
             min_uses: 1,
+            max_writes_in_flight: 1024,
             max_body_size: None,
             mode: files::Mode::PRIVATE,
             min_free: None,
@@ -170,6 +172,17 @@ impl StreamingManagerBuilder {
     /// [`Eviction::Lru`] for least recently used first.
     pub fn eviction(mut self, eviction: Eviction) -> Self {
         self.options.eviction = eviction;
+        self
+    }
+
+    /// Writes at most this many bodies at once (1 024 by default). A response is answered
+    /// before its entry is committed, so misses answered faster than the disk commits them
+    /// would otherwise queue their writes without bound (and the memory they hold); past
+    /// this many, a response the caching layer would store is passed through unstored, as a
+    /// body too large is. [`put`](StreamingManager::put) waits for its commit, and is never
+    /// refused.
+    pub fn max_writes_in_flight(mut self, writes: usize) -> Self {
+        self.options.max_writes_in_flight = writes.max(1);
         self
     }
 
@@ -302,6 +315,7 @@ impl StreamingManagerBuilder {
                 read_throughs: Arc::default(),
                 purges,
                 writes: std::sync::atomic::AtomicU64::new(0),
+                in_flight: Arc::default(),
                 partials: Default::default(),
             }),
         }

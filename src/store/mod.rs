@@ -97,6 +97,8 @@ struct Inner {
     /// This store's part in the shared tier's purge log.
     purges: Option<Arc<purges::PurgeLog>>,
     writes: std::sync::atomic::AtomicU64,
+    /// Bodies being written now (see `max_writes_in_flight`).
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// Responses received in ranges so far.
     partials: partial::Partials,
 }

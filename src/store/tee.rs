@@ -28,6 +28,27 @@ use crate::format::record::content_length;
 use crate::rt::blocking;
 use crate::rt::lock;
 
+/// One of the writes a store allows under way at once, given back when dropped.
+struct WriteSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl WriteSlot {
+    fn take(in_flight: &Arc<std::sync::atomic::AtomicUsize>, most: usize) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < most).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WriteSlot(Arc::clone(in_flight)))
+    }
+}
+
+impl Drop for WriteSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// What a tee does besides storing the body.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Teeing {
@@ -296,6 +317,23 @@ impl StreamingManager {
                 done_rx,
             );
         }
+        // `put` waits for its commit: only what is answered before it is bounded.
+        let most = if how.reopen {
+            usize::MAX
+        } else {
+            self.inner.options.max_writes_in_flight
+        };
+        let Some(slot) = WriteSlot::take(&self.inner.in_flight, most) else {
+            crate::log::debug_event!(%key, most, "not stored: as many writes as allowed under way");
+            let _ =
+                done_tx
+                    .send(Err(Error::new(ErrorKind::NoRoom)
+                        .with_subject(format!("{most} writes under way"))));
+            return (
+                Response::from_parts(parts, StreamingBody::tee(body, None)),
+                done_rx,
+            );
+        };
         let (end_tx, end_rx) = oneshot::channel();
         let (commit_tx, commit_rx) = watch::channel(false);
         let key_hash = Hash32::of(key.as_bytes());
@@ -327,6 +365,7 @@ impl StreamingManager {
         #[cfg(feature = "tracing")]
         let span = tracing::debug_span!("http_cache.store", key = %draft.key);
         let write = async move {
+            let _slot = slot;
             let result = async {
                 let opened = manager.opened().await?;
                 // Each step is a short job on the writers' pool: while the body waits for

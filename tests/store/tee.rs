@@ -176,3 +176,52 @@ async fn bodies_over_max_body_size_pass_through_unstored() {
         .unwrap();
     assert!(manager.get("GET:fits").await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn past_max_writes_in_flight_a_tee_passes_through_unstored() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::builder(dir.path())
+        .max_writes_in_flight(2)
+        .build();
+    manager.open().await.unwrap();
+    // Two bodies being written, not ended yet...
+    let (tx_a, a) = channel_body();
+    let (tx_b, b) = channel_body();
+    let a = manager.tee("GET:a".into(), Response::new(a), policy(URL), url());
+    let b = manager.tee("GET:b".into(), Response::new(b), policy(URL), url());
+    // ...so a third passes through whole, and is not stored.
+    let c = manager.tee(
+        "GET:c".into(),
+        Response::new(Full::new(Bytes::from("third"))),
+        policy(URL),
+        url(),
+    );
+    assert_eq!(c.into_body().collect().await.unwrap().to_bytes(), "third");
+    // `put` waits for its commit and is never refused.
+    put_body(&manager, "GET:put", Bytes::from("put")).await;
+    assert_eq!(read(&manager, "GET:put").await.unwrap(), "put");
+    for (tx, body, text) in [(tx_a, a, "a"), (tx_b, b, "b")] {
+        tx.send(Ok(Frame::data(Bytes::from(text)))).await.unwrap();
+        drop(tx);
+        assert_eq!(body.into_body().collect().await.unwrap().to_bytes(), text);
+    }
+    assert_eq!(read(&manager, "GET:a").await.unwrap(), "a");
+    assert_eq!(read(&manager, "GET:b").await.unwrap(), "b");
+    assert!(
+        read(&manager, "GET:c").await.is_none(),
+        "the third was not stored"
+    );
+    // Their writes are done: the next tee is stored again.
+    let d = manager.tee(
+        "GET:d".into(),
+        Response::new(Full::new(Bytes::from("fourth"))),
+        policy(URL),
+        url(),
+    );
+    d.into_body().collect().await.unwrap();
+    eventually("the fourth is stored", || {
+        record_files(dir.path()).len() == 4
+    })
+    .await;
+    assert_eq!(read(&manager, "GET:d").await.unwrap(), "fourth");
+}

@@ -61,6 +61,12 @@ pub(crate) struct Args {
     #[arg(long, env = "HTTP_CACHE_PROXY_MEMORY_MAX_BODY", value_parser = size, default_value = "64k")]
     pub(crate) memory_max_body: u64,
 
+    /// Bodies written to the cache at once; past this, responses pass through unstored (a
+    /// response is answered before its entry is committed: this bounds the writes, and the
+    /// memory, that misses answered faster than the disk commits can queue).
+    #[arg(long, env = "HTTP_CACHE_PROXY_MAX_WRITES_IN_FLIGHT", default_value_t = 1024, value_parser = count)]
+    pub(crate) max_writes_in_flight: usize,
+
     /// Bodies larger than this are passed through unstored. Unbounded by default.
     #[arg(long, env = "HTTP_CACHE_PROXY_MAX_BODY_SIZE", value_parser = size)]
     pub(crate) max_body_size: Option<u64>,

@@ -113,6 +113,7 @@ fn cache(
         .max_size(args.max_size)
         .eviction(args.eviction.into())
         .min_uses(args.min_uses)
+        .max_writes_in_flight(args.max_writes_in_flight)
         .memory_bodies(
             usize::try_from(args.memory_max_body).unwrap_or(usize::MAX),
             usize::try_from(args.memory_size).unwrap_or(usize::MAX),
