@@ -321,7 +321,8 @@ pub(crate) fn forwarded_for<B>(request: &mut Request<B>, peer: &Peer, trusted: b
         (header::FORWARDED, peer.forwarded.clone()),
     ];
     for (name, value) in appended {
-        let joined = match headers.get(&name) {
+        // A value before that is not text is replaced, not extended.
+        let joined = match headers.get(&name).filter(|before| before.to_str().is_ok()) {
             Some(before) => {
                 let mut joined = before.as_bytes().to_vec();
                 joined.extend_from_slice(b", ");
