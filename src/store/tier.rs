@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::Response;
 use url::Url;
 
-use super::fill::{FillHead, FillLeader, Followed, Role};
+use super::fill::{FillEnd, FillHead, FillLeader, Followed, Role};
 use super::{StreamingManager, Teeing};
 use crate::StreamingBody;
 use crate::error::{Error, ErrorKind, Result};
@@ -46,6 +46,13 @@ impl StreamingManager {
         let key_hash = Hash32::of(key.as_bytes());
         let mut follower = match self.inner.read_throughs.join(key_hash, None) {
             Role::Leader(leader) => {
+                // A read-through that ended between this request's look at the disk and
+                // its joining (the fill goes once its copy is committed) left the copy on
+                // disk: look again before reading the tier.
+                if let Ok(Some(found)) = self.lookup_on_disk(key).await {
+                    leader.fill().end(FillEnd::Stored(found.1.length));
+                    return Some(found);
+                }
                 return match self.read_from(tier, key, leader).await {
                     Ok(found) => found,
                     Err(error) => {
