@@ -266,10 +266,7 @@ fn dropped_unread(what: Dropped, place: Where) {
     // Still here: the drop neither recursed nor aborted.
     origin.release();
 
-    let whole: String = sha256(&body_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let whole = sha256_hex(&body_bytes());
     let finishes = match what {
         // A read-through is finished by its own client only: no fill, nobody else wants it.
         Dropped::SharedTierTee => false,

@@ -167,6 +167,12 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
+/// The SHA-256 of `bytes` in lowercase hex: the name of a content file, and of a record
+/// file (without `.json`) when `bytes` is a key.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    sha256(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A cacheable response's policy for `url`.
 pub fn policy(url: &str) -> CachePolicy {
     let req = Request::get(url).body(()).unwrap();

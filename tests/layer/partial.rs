@@ -194,7 +194,7 @@ async fn ranges_that_cover_the_body_become_a_complete_entry_with_its_digest() {
         send(&mut s.cache, ranged(&url, range)).await;
     }
     assert_eq!(s.origin.hits(), 3);
-    let digest: String = sha256(&body).iter().map(|b| format!("{b:02x}")).collect();
+    let digest = sha256_hex(&body);
     let dir = s.dir.path().to_path_buf();
     eventually("the completed entry's content file", || {
         content_files(&dir).contains(&digest)

@@ -90,12 +90,7 @@ async fn verify_on_read_refuses_flipped_bytes() {
         assert_eq!(&read(&manager, key).await.unwrap(), body);
     }
     for body in [&small, &large] {
-        let path = dir.path().join("cache-v2/content").join(
-            sha256(body)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>(),
-        );
+        let path = dir.path().join("cache-v2/content").join(sha256_hex(body));
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[50] ^= 0x40;
         std::fs::write(&path, bytes).unwrap();

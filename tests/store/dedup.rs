@@ -10,8 +10,7 @@ async fn identical_bodies_are_stored_once_and_freed_with_their_last_record() {
     for key in ["GET:a", "GET:b"] {
         put_body(&manager, key, body.clone()).await;
     }
-    let hex: String = sha256(&body).iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(content_files(dir.path()), [hex]);
+    assert_eq!(content_files(dir.path()), [sha256_hex(&body)]);
     assert_eq!(record_files(dir.path()).len(), 2);
 
     manager.delete("GET:a").await.unwrap();

@@ -112,12 +112,7 @@ async fn a_body_held_in_memory_is_the_one_stored() {
         assert_eq!(read(&manager, "GET:m").await.unwrap(), body);
     }
     // Bytes flipped on disk afterwards never reach a client: the checked copy is served.
-    let content = dir.path().join("cache-v2/content").join(
-        sha256(&body)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>(),
-    );
+    let content = dir.path().join("cache-v2/content").join(sha256_hex(&body));
     let mut bytes = std::fs::read(&content).unwrap();
     bytes[10] ^= 0xff;
     std::fs::write(&content, bytes).unwrap();

@@ -5,11 +5,7 @@ use super::*;
 
 /// The name of the record file of `key`.
 fn record_of(dir: &std::path::Path, key: &str) -> String {
-    let hex: String = sha256(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let name = format!("{hex}.json");
+    let name = format!("{}.json", sha256_hex(key.as_bytes()));
     assert!(record_files(dir).contains(&name), "{key} is stored");
     name
 }
