@@ -114,7 +114,7 @@ const CLIMB_SAMPLE_PER_ENTRY: u64 = 2;
 /// The admission table remembers about this many missed keys per indexed entry.
 const SEEN_PER_ENTRY: usize = 4;
 
-/// Milliseconds since the epoch, the unit of `last_used`.
+/// Milliseconds since the epoch, the unit of the eviction stamps' times.
 pub(crate) fn millis(time: std::time::SystemTime) -> u64 {
     time.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -29,6 +29,15 @@ pub(super) const MAX_RECORD_BYTES: u64 = 64 << 20;
 /// ~0.1 s here); larger ones while requests are served.
 pub(super) const READ_IN_BEFORE_SERVING: usize = 10_000;
 
+/// Runs `work` on a thread of its own, named for what opening a store does there.
+fn on_open_thread(work: impl FnOnce() + Send + 'static) -> Result<()> {
+    std::thread::Builder::new()
+        .name("http-cache-streaming-open".into())
+        .spawn(work)
+        .map(drop)
+        .map_err(|e| Error::new(ErrorKind::Io).with_source(e))
+}
+
 /// How far reading the records on disk into the index has come.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum ReadIn {
@@ -38,7 +47,8 @@ pub(super) enum ReadIn {
 }
 
 impl Opened {
-    /// Reads every record on disk into the index, then removes orphaned content and evicts
+    /// Reads every record on disk into the index (or takes the index from its snapshot,
+    /// see [`snapshot`](super::snapshot)), then removes orphaned content and evicts
     /// what the bounds ask for. A store of up to [`READ_IN_BEFORE_SERVING`] records is read in
     /// before this returns; a larger one on a thread of its own while requests are served.
     /// Until that is done, a key the index does not know is looked up on disk, as always;
@@ -47,33 +57,7 @@ impl Opened {
         let started = Instant::now();
         let metadata = self.layout.metadata_dir();
         match self.read_snapshot() {
-            Ok(entries) => {
-                for digest in self.index().finish_loading() {
-                    let _ = remove_if_present(&self.layout.content_path(digest));
-                }
-                crate::log::info_event!(dir = %metadata.display(), entries,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "index read from its snapshot");
-                if entries <= self.options.read_in_before_serving {
-                    let settled = self.settle_read_in(started, leftovers, 0);
-                    self.read_in.send_replace(ReadIn::Done);
-                    return settled;
-                }
-                // The index is whole. Orphaned content, the access log and the bounds, on a
-                // thread of their own while requests are served.
-                self.read_in.send_replace(ReadIn::Done);
-                let opened = Arc::clone(self);
-                let work = move || {
-                    if let Err(e) = opened.settle_read_in(started, leftovers, 0) {
-                        crate::log::warn_event!(error = %e, "cleaning up after the snapshot");
-                    }
-                };
-                return std::thread::Builder::new()
-                    .name("http-cache-streaming-open".into())
-                    .spawn(work)
-                    .map(drop)
-                    .map_err(|e| Error::new(ErrorKind::Io).with_source(e));
-            }
+            Ok(entries) => return self.start_from_snapshot(started, leftovers, entries),
             Err(why) if why != "none" => {
                 crate::log::info_event!(dir = %metadata.display(), %why,
                     "index snapshot not used: reading the records in");
@@ -108,11 +92,44 @@ impl Opened {
             }
             opened.read_in.send_replace(state);
         };
-        std::thread::Builder::new()
-            .name("http-cache-streaming-open".into())
-            .spawn(work)
-            .map(drop)
-            .map_err(|e| Error::new(ErrorKind::Io).with_source(e))
+        on_open_thread(work)
+    }
+
+    /// Once the snapshot's `entries` are in the index, it is whole: what reading the records
+    /// in ends with (orphans, the access log, the bounds) is done before serving for a
+    /// small store, on a thread of its own while requests are served for a large one.
+    fn start_from_snapshot(
+        self: &Arc<Self>,
+        started: Instant,
+        leftovers: usize,
+        entries: usize,
+    ) -> Result<()> {
+        self.finish_loading();
+        crate::log::info_event!(dir = %self.layout.metadata_dir().display(), entries,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "index read from its snapshot");
+        if entries <= self.options.read_in_before_serving {
+            let settled = self.settle_read_in(started, leftovers, 0);
+            self.read_in.send_replace(ReadIn::Done);
+            return settled;
+        }
+        self.read_in.send_replace(ReadIn::Done);
+        let opened = Arc::clone(self);
+        on_open_thread(move || {
+            if let Err(e) = opened.settle_read_in(started, leftovers, 0) {
+                crate::log::warn_event!(error = %e, "cleaning up after the snapshot");
+            }
+        })
+    }
+
+    /// Marks the records all read in, and unlinks the content that lost its last user
+    /// meanwhile. Under the index lock: a commit that names such content again installs
+    /// its record under it too.
+    fn finish_loading(&self) {
+        let mut index = self.index();
+        for digest in index.finish_loading() {
+            let _ = remove_if_present(&self.layout.content_path(digest));
+        }
     }
 
     /// Adds the key hashes of the record files `listing` names to `records`: all of them, or
@@ -182,12 +199,7 @@ impl Opened {
     /// Once every record is counted: unlinks what lost its last user meanwhile and content
     /// no record names, takes in the access log, and evicts what the bounds ask for.
     fn settle_read_in(&self, started: Instant, leftovers: usize, dropped: usize) -> Result<()> {
-        {
-            let mut index = self.index();
-            for digest in index.finish_loading() {
-                let _ = remove_if_present(&self.layout.content_path(digest));
-            }
-        }
+        self.finish_loading();
         let content = self.layout.content_dir();
         let orphans = scratch::sweep_orphans(
             &content,

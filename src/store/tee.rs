@@ -28,6 +28,23 @@ use crate::format::record::content_length;
 use crate::rt::blocking;
 use crate::rt::lock;
 
+/// A tee's response passed through, never written, with why as its outcome.
+fn unstored(
+    parts: http::response::Parts,
+    body: http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>,
+    error: Error,
+) -> (
+    Response<StreamingBody>,
+    oneshot::Receiver<Result<Committed>>,
+) {
+    let (done_tx, done_rx) = oneshot::channel();
+    let _ = done_tx.send(Err(error));
+    (
+        Response::from_parts(parts, StreamingBody::tee(body, None)),
+        done_rx,
+    )
+}
+
 /// One of the writes a store allows under way at once, given back when dropped.
 struct WriteSlot(Arc<std::sync::atomic::AtomicUsize>);
 
@@ -293,16 +310,10 @@ impl StreamingManager {
     {
         let (parts, body) = response.into_parts();
         let body = boxed(body);
-        let (done_tx, done_rx) = oneshot::channel();
         if !crate::rt::available() {
             crate::log::warn_event!(%key, "not stored: tee called outside a runtime");
-            let _ = done_tx.send(Err(
-                Error::new(ErrorKind::Io).with_subject("tee called outside a runtime")
-            ));
-            return (
-                Response::from_parts(parts, StreamingBody::tee(body, None)),
-                done_rx,
-            );
+            let error = Error::new(ErrorKind::Io).with_subject("tee called outside a runtime");
+            return unstored(parts, body, error);
         }
         let expected_length = content_length(&parts.headers);
         let limit = self.inner.options.max_body_size;
@@ -310,12 +321,9 @@ impl StreamingManager {
             && length > limit
         {
             crate::log::debug_event!(%key, length, limit, "not stored: body too large");
-            let _ = done_tx.send(Err(Error::new(ErrorKind::TooLarge)
-                .with_subject(format!("Content-Length {length}, limit {limit}"))));
-            return (
-                Response::from_parts(parts, StreamingBody::tee(body, None)),
-                done_rx,
-            );
+            let error = Error::new(ErrorKind::TooLarge)
+                .with_subject(format!("Content-Length {length}, limit {limit}"));
+            return unstored(parts, body, error);
         }
         // `put` waits for its commit: only what is answered before it is bounded.
         let most = if how.reopen {
@@ -325,15 +333,11 @@ impl StreamingManager {
         };
         let Some(slot) = WriteSlot::take(&self.inner.in_flight, most) else {
             crate::log::debug_event!(%key, most, "not stored: as many writes as allowed under way");
-            let _ =
-                done_tx
-                    .send(Err(Error::new(ErrorKind::NoRoom)
-                        .with_subject(format!("{most} writes under way"))));
-            return (
-                Response::from_parts(parts, StreamingBody::tee(body, None)),
-                done_rx,
-            );
+            let error =
+                Error::new(ErrorKind::NoRoom).with_subject(format!("{most} writes under way"));
+            return unstored(parts, body, error);
         };
+        let (done_tx, done_rx) = oneshot::channel();
         let (end_tx, end_rx) = oneshot::channel();
         let (commit_tx, commit_rx) = watch::channel(false);
         let key_hash = Hash32::of(key.as_bytes());
