@@ -15,7 +15,10 @@
 //!   the more recent the likelier, or (one in four) for a new object: LRU's best case.
 //!
 //! Store sizes are shares of the bytes of all distinct objects a trace asks for. The first
-//! fifth of each trace warms the store up and is not counted.
+//! fifth of each trace warms the store up and is not counted. For the Zipf traces the table
+//! and the curves also show the best fixed set of objects (the most requested ones of the
+//! counted part, as many as fit): on independent requests no policy that does not see the
+//! future does better on average, and this one is told the counts.
 
 use std::time::Instant;
 
@@ -53,10 +56,13 @@ struct Trace {
     name: &'static str,
     ids: Vec<u64>,
     unique_bytes: u64,
+    /// Whether requests are drawn independently (Zipf), so that a fixed set of objects is
+    /// the best a store can hold.
+    independent: bool,
 }
 
 impl Trace {
-    fn new(name: &'static str, ids: Vec<u64>) -> Self {
+    fn new(name: &'static str, ids: Vec<u64>, independent: bool) -> Self {
         let mut distinct = ids.clone();
         distinct.sort_unstable();
         distinct.dedup();
@@ -65,7 +71,44 @@ impl Trace {
             name,
             ids,
             unique_bytes,
+            independent,
         }
+    }
+
+    /// The requests counted (after the warm-up).
+    fn counted(&self) -> &[u64] {
+        &self.ids[self.ids.len() / 5..]
+    }
+}
+
+/// The best fixed set of objects for a trace of independent requests: knowing how often
+/// each object is asked for in the counted part, the store holds the most requested ones
+/// that fit from its start. For the byte miss ratio that is the best any policy can do
+/// (every byte of an object is asked for as often as the object), up to the last object
+/// that does not fit; a policy has to learn online what this one is told.
+fn best_fixed_set(trace: &Trace, percent: f64) -> Outcome {
+    let max_bytes = (trace.unique_bytes as f64 * percent / 100.0) as u64;
+    let counted = trace.counted();
+    let mut counts = std::collections::HashMap::<u64, u64>::new();
+    for &id in counted {
+        *counts.entry(id).or_default() += 1;
+    }
+    let mut by_count: Vec<(u64, u64)> = counts.into_iter().collect();
+    by_count.sort_unstable_by_key(|&(id, count)| (std::cmp::Reverse(count), id));
+    let (mut stored, mut hits, mut hit_bytes) = (0u64, 0u64, 0u64);
+    for (id, count) in by_count {
+        let size = size_of(id);
+        if stored + size <= max_bytes {
+            stored += size;
+            hits += count;
+            hit_bytes += count * size;
+        }
+    }
+    let bytes: u64 = counted.iter().map(|&id| size_of(id)).sum();
+    Outcome {
+        object_miss: 1.0 - hits as f64 / counted.len() as f64,
+        byte_miss: 1.0 - hit_bytes as f64 / bytes as f64,
+        written: 0,
     }
 }
 
@@ -90,7 +133,7 @@ fn zipf_with_scans(name: &'static str, alpha: f64, objects: u64, requests: usize
             }
         })
         .collect();
-    Trace::new(name, ids)
+    Trace::new(name, ids, true)
 }
 
 /// Requests again for recent objects (stack depth ~ 100 000 · u³), or a new object.
@@ -114,7 +157,7 @@ fn recency(objects: u64, requests: usize) -> Trace {
         recent.push_back(id);
         ids.push(id);
     }
-    Trace::new("recency", ids)
+    Trace::new("recency", ids, false)
 }
 
 #[derive(Clone, Copy)]
@@ -226,6 +269,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let results: std::collections::HashMap<_, _> =
         results.into_inner().unwrap().into_iter().collect();
+    // The bound, for the traces that have one: trace, size → outcome.
+    let best: std::collections::HashMap<(usize, u64), Outcome> = traces
+        .iter()
+        .enumerate()
+        .filter(|(_, trace)| trace.independent)
+        .flat_map(|(t, trace)| SIZES.map(|s| ((t, s.to_bits()), best_fixed_set(trace, s))))
+        .collect();
     let get = |t: usize, p: usize, s: f64| &results[&(t, p, s.to_bits())];
     println!(
         "| trace | store size | policy | object miss ratio | byte miss ratio | byte miss vs LRU | GiB written | written vs LRU |"
@@ -247,11 +297,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     o.written as f64 / lru.written.max(1) as f64,
                 );
             }
+            if let Some(o) = best.get(&(t, s.to_bits())) {
+                println!(
+                    "| {} | {s} % | best fixed set (told the counts) | {:.3} | {:.3} | {:.2}× | – | – |",
+                    trace.name,
+                    o.object_miss,
+                    o.byte_miss,
+                    o.byte_miss / lru.byte_miss,
+                );
+            }
         }
     }
     eprintln!("done in {:.1?}", started.elapsed());
     if let Some(path) = svg {
-        draw(path, &traces, &get)?;
+        let bound = |t: usize, s: f64| best.get(&(t, s.to_bits()));
+        draw(path, &traces, &get, &bound)?;
         eprintln!("wrote {path}");
     }
     Ok(())
@@ -262,6 +322,7 @@ fn draw<'a>(
     path: &str,
     traces: &[Trace],
     get: &dyn Fn(usize, usize, f64) -> &'a Outcome,
+    bound: &dyn Fn(usize, f64) -> Option<&'a Outcome>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
     let root = SVGBackend::new(path, (1200, 420)).into_drawing_area();
@@ -292,6 +353,16 @@ fn draw<'a>(
                     PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
                 });
             chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+        }
+        let points: Vec<(f64, f64)> = SIZES
+            .iter()
+            .filter_map(|&s| bound(t, s).map(|o| (s, o.byte_miss)))
+            .collect();
+        if !points.is_empty() {
+            chart
+                .draw_series(LineSeries::new(points, BLACK.stroke_width(1)))?
+                .label("best fixed set")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLACK.stroke_width(1)));
         }
         chart
             .configure_series_labels()

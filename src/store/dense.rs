@@ -102,7 +102,7 @@ impl<V> DenseMap<V> {
         Some(self.items.swap_remove(at).1)
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Hash32, &V)> {
+    pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = (&Hash32, &V)> {
         self.items.iter().map(|(key, value)| (key, value))
     }
 

@@ -506,16 +506,12 @@ impl Index {
     }
 
     /// Every record, for the index snapshot: key, content digest and length, eviction stamp.
-    pub(crate) fn saved(&self) -> Vec<super::snapshot::Saved> {
-        self.slots
-            .iter()
-            .map(|(key, slot)| {
-                let content = slot.content;
-                let (digest, length) =
-                    (self.contents.digest(content), self.contents.length(content));
-                (*key, digest, length, slot.used.raw())
-            })
-            .collect()
+    pub(crate) fn saved(&self) -> impl ExactSizeIterator<Item = super::snapshot::Saved> + '_ {
+        self.slots.iter().map(|(key, slot)| {
+            let content = slot.content;
+            let (digest, length) = (self.contents.digest(content), self.contents.length(content));
+            (*key, digest, length, slot.used.raw())
+        })
     }
 
     /// Records a key read from the index snapshot, with its place in the eviction order.

@@ -69,7 +69,9 @@ impl Opened {
         let metadata = self.layout.metadata_dir();
         let path = self.layout.index_snapshot();
         let io_error = |e: io::Error| Error::io(e, &path);
-        let (stamp, entries) = (|| {
+        // Encoded under the lock straight from the index (80 bytes an entry), not copied
+        // into a list first; hashed once the lock is let go.
+        let (mut bytes, entries) = (|| {
             for _ in 0..20 {
                 // Under the index lock records are neither installed nor removed: the
                 // directory's time and the index agree.
@@ -79,7 +81,7 @@ impl Opened {
                     .duration_since(modified)
                     .is_ok_and(|age| age >= SETTLE);
                 if settled {
-                    return Ok((stamp, index.saved()));
+                    return Ok(encode(&stamp, index.saved()));
                 }
                 drop(index);
                 std::thread::sleep(SETTLE);
@@ -89,7 +91,7 @@ impl Opened {
             ))
         })()
         .map_err(io_error)?;
-        let bytes = encode(&stamp, &entries);
+        seal(&mut bytes);
         let temp = self.scratch.temp_path();
         let written = (|| {
             let mut file = files::create_new(&temp, self.layout.mode(), false)?;
@@ -103,7 +105,7 @@ impl Opened {
             let _ = fs::remove_file(&temp);
             return Err(io_error(e));
         }
-        Ok(entries.len())
+        Ok(entries)
     }
 
     /// Reads a snapshot that matches the metadata directory into the index, and removes it.
@@ -127,21 +129,30 @@ impl Opened {
     }
 }
 
-/// A snapshot of `entries`, taken of the directory stamped `stamp`.
-fn encode(stamp: &[u8; DIR_STAMP], entries: &[Saved]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(HEADER + entries.len() * ENTRY + 32);
+/// A snapshot of `entries`, taken of the directory stamped `stamp`, without its closing
+/// SHA-256 (of all that precedes it), with the count of entries.
+fn encode(
+    stamp: &[u8; DIR_STAMP],
+    entries: impl ExactSizeIterator<Item = Saved>,
+) -> (Vec<u8>, usize) {
+    let count = entries.len();
+    let mut bytes = Vec::with_capacity(HEADER + count * ENTRY + 32);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(stamp);
-    bytes.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&(count as u64).to_le_bytes());
     for (key, digest, length, used) in entries {
         bytes.extend_from_slice(&key.0);
         bytes.extend_from_slice(&digest.0);
         bytes.extend_from_slice(&length.to_le_bytes());
         bytes.extend_from_slice(&used.to_le_bytes());
     }
-    let check: [u8; 32] = Sha256::digest(&bytes).into();
+    (bytes, count)
+}
+
+/// Ends an encoded snapshot with the SHA-256 of all of it.
+fn seal(bytes: &mut Vec<u8>) {
+    let check: [u8; 32] = Sha256::digest(&*bytes).into();
     bytes.extend_from_slice(&check);
-    bytes
 }
 
 /// The entries of a snapshot taken of the directory stamped `stamp`, read as they are
@@ -208,7 +219,9 @@ mod tests {
     fn only_an_intact_snapshot_of_the_same_directory_is_used() {
         let stamp = [7u8; DIR_STAMP];
         let entries = vec![(Hash32::of(b"k"), Hash32::of(b"c"), 5 << 32, 42)];
-        let bytes = encode(&stamp, &entries);
+        let (mut bytes, count) = encode(&stamp, entries.iter().copied());
+        seal(&mut bytes);
+        assert_eq!(count, 1);
         assert_eq!(parse(&bytes, &stamp).unwrap().collect::<Vec<_>>(), entries);
         assert!(
             parse(&bytes, &[8u8; DIR_STAMP]).is_err(),
