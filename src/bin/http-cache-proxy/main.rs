@@ -311,6 +311,9 @@ async fn accept(
                 continue;
             }
         };
+        // A response's last short segment goes out at once, not after the client's
+        // acknowledgement of the one before (Nagle's algorithm), as nginx's `tcp_nodelay`.
+        let _ = stream.set_nodelay(true);
         let (connection, shared) = (Arc::clone(&connection), Arc::clone(&shared));
         let watcher = graceful.watcher();
         tokio::spawn(async move {
