@@ -83,9 +83,10 @@ impl Trace {
 
 /// The best fixed set of objects for a trace of independent requests: knowing how often
 /// each object is asked for in the counted part, the store holds the most requested ones
-/// that fit from its start. For the byte miss ratio that is the best any policy can do
-/// (every byte of an object is asked for as often as the object), up to the last object
-/// that does not fit; a policy has to learn online what this one is told.
+/// that fit from its start. For the byte miss ratio (every byte of an object is asked for
+/// as often as the object) no policy that does not see the future does better on average,
+/// up to the last object that does not fit; a policy has to learn online what this one is
+/// told.
 fn best_fixed_set(trace: &Trace, percent: f64) -> Outcome {
     let max_bytes = (trace.unique_bytes as f64 * percent / 100.0) as u64;
     let counted = trace.counted();

@@ -118,8 +118,8 @@ async fn main() -> Result<(), Error> {
         started.elapsed().as_secs_f64()
     );
     // The file system writes back what the fill left dirty (gigabytes at a million entries)
-    // for minutes on its own, its threads taking a core of this small machine: hits are
-    // measured once that is done.
+    // in the background, its threads taking a core of a small machine: hits are measured
+    // once that is done.
     let synced = Instant::now();
     let _ = std::process::Command::new("sync").status();
     println!(
