@@ -4,7 +4,7 @@
 
 use hashbrown::HashTable;
 
-use super::dense::hash;
+use super::dense::KeyHash;
 use crate::format::layout::Hash32;
 
 /// One content file: its digest, length and how many records use it. 44 bytes (the length
@@ -30,6 +30,7 @@ pub(crate) struct Contents {
     free: Vec<u32>,
     /// Digest → id of the content in use.
     ids: HashTable<u32>,
+    hash: KeyHash,
 }
 
 impl std::fmt::Debug for Contents {
@@ -49,7 +50,9 @@ impl Contents {
     fn id(&self, digest: &Hash32) -> Option<u32> {
         let items = &self.items;
         self.ids
-            .find(hash(digest), |&i| items[i as usize].digest == *digest)
+            .find(self.hash.of(digest), |&i| {
+                items[i as usize].digest == *digest
+            })
             .copied()
     }
 
@@ -76,9 +79,10 @@ impl Contents {
                 id
             }
         };
-        let items = &self.items;
-        self.ids
-            .insert_unique(hash(&digest), id, |&i| hash(&items[i as usize].digest));
+        let (items, hash) = (&self.items, &self.hash);
+        self.ids.insert_unique(hash.of(&digest), id, |&i| {
+            hash.of(&items[i as usize].digest)
+        });
         (id, true)
     }
 
@@ -94,7 +98,7 @@ impl Contents {
             return None;
         }
         let (digest, length) = (content.digest, content.length());
-        if let Ok(found) = self.ids.find_entry(hash(&digest), |&i| i == id) {
+        if let Ok(found) = self.ids.find_entry(self.hash.of(&digest), |&i| i == id) {
             found.remove();
         }
         self.free.push(id);

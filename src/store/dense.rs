@@ -1,8 +1,7 @@
 //! [`DenseMap`]: a map from SHA-256 key hashes to small values, for what a store keeps of
 //! every record. A `HashMap<Hash32, V>` sizes its table to a power of two above its length
 //! divided by 7/8, so at a million records it holds two million buckets of key and value;
-//! this keeps the pairs packed in a vector and only 4-byte positions in the table (and needs
-//! no hasher: a key is a SHA-256 already, so its first 8 bytes are its hash).
+//! this keeps the pairs packed in a vector and only 4-byte positions in the table.
 
 use hashbrown::HashTable;
 
@@ -11,6 +10,7 @@ use crate::format::layout::Hash32;
 pub(crate) struct DenseMap<V> {
     items: Vec<(Hash32, V)>,
     positions: HashTable<u32>,
+    hash: KeyHash,
 }
 
 impl<V> Default for DenseMap<V> {
@@ -18,7 +18,27 @@ impl<V> Default for DenseMap<V> {
         DenseMap {
             items: Vec::new(),
             positions: HashTable::new(),
+            hash: KeyHash::default(),
         }
+    }
+}
+
+/// Where a SHA-256 goes in a table of this process: its first 8 bytes hashed with a secret
+/// seed of the table's own (foldhash, hashbrown's default hasher). A key hash is a SHA-256 of what a
+/// client sent, so its bytes could serve as they are; but a client that grinds URLs until
+/// their hashes share their low bits (some 2^21 SHA-256 each at a million entries: a
+/// fraction of a second) would pile them into one run of the table, and every lookup
+/// there would walk the pile under the index lock. Unkeyed, the same goes for digests of
+/// bodies a client can upload to the origin.
+#[derive(Debug, Default)]
+pub(super) struct KeyHash(hashbrown::DefaultHashBuilder);
+
+impl KeyHash {
+    pub(super) fn of(&self, key: &Hash32) -> u64 {
+        use std::hash::BuildHasher as _;
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&key.0[..8]);
+        self.0.hash_one(u64::from_le_bytes(first))
     }
 }
 
@@ -30,12 +50,6 @@ impl<V: std::fmt::Debug> std::fmt::Debug for DenseMap<V> {
     }
 }
 
-pub(super) fn hash(key: &Hash32) -> u64 {
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&key.0[..8]);
-    u64::from_le_bytes(first)
-}
-
 impl<V> DenseMap<V> {
     pub(crate) fn len(&self) -> usize {
         self.items.len()
@@ -44,7 +58,7 @@ impl<V> DenseMap<V> {
     fn position(&self, key: &Hash32) -> Option<usize> {
         let items = &self.items;
         self.positions
-            .find(hash(key), |&i| items[i as usize].0 == *key)
+            .find(self.hash.of(key), |&i| items[i as usize].0 == *key)
             .map(|&i| i as usize)
     }
 
@@ -74,10 +88,10 @@ impl<V> DenseMap<V> {
     fn push(&mut self, key: Hash32, value: V) -> usize {
         let at = self.items.len();
         self.items.push((key, value));
-        let items = &self.items;
+        let (items, hash) = (&self.items, &self.hash);
         let index = u32::try_from(at).expect("fewer than 2^32 records");
         self.positions
-            .insert_unique(hash(&key), index, |&i| hash(&items[i as usize].0));
+            .insert_unique(hash.of(&key), index, |&i| hash.of(&items[i as usize].0));
         at
     }
 
@@ -85,14 +99,14 @@ impl<V> DenseMap<V> {
         let items = &self.items;
         let found = self
             .positions
-            .find_entry(hash(key), |&i| items[i as usize].0 == *key)
+            .find_entry(self.hash.of(key), |&i| items[i as usize].0 == *key)
             .ok()?;
         let (at, _) = found.remove();
         let at = at as usize;
         let last = self.items.len() - 1;
         if at != last {
             // The last pair moves into the hole: its position follows it.
-            let moved = hash(&self.items[last].0);
+            let moved = self.hash.of(&self.items[last].0);
             let position = self
                 .positions
                 .find_mut(moved, |&i| i as usize == last)
@@ -120,6 +134,41 @@ impl<V> DenseMap<V> {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn keys_ground_to_share_their_low_bits_are_spread_over_the_table() {
+        // What a client grinding URLs would get: key hashes whose first 8 bytes agree in
+        // their low 32 bits. Unkeyed, every one of them would start its probe in the same
+        // place of a table of up to 2^32 positions.
+        let hash = KeyHash::default();
+        let ground: Vec<Hash32> = (0..4096u64)
+            .map(|n| {
+                let mut key = [0u8; 32];
+                key[..8].copy_from_slice(&(n << 32).to_le_bytes());
+                Hash32(key)
+            })
+            .collect();
+        let places: std::collections::HashSet<u64> =
+            ground.iter().map(|key| hash.of(key) & 0xffff).collect();
+        assert!(places.len() > 3500, "{} places of 65 536", places.len());
+        // Another table has a key of its own: a client cannot learn one from another.
+        let other = KeyHash::default();
+        assert_ne!(
+            ground.iter().map(|key| hash.of(key)).collect::<Vec<_>>(),
+            ground.iter().map(|key| other.of(key)).collect::<Vec<_>>()
+        );
+        // And the map still finds each of them.
+        let mut dense = DenseMap::default();
+        for (n, key) in ground.iter().enumerate() {
+            dense.insert(*key, n);
+        }
+        assert!(
+            ground
+                .iter()
+                .enumerate()
+                .all(|(n, key)| dense.get(key) == Some(&n))
+        );
+    }
 
     #[test]
     fn it_agrees_with_a_hash_map_through_inserts_replacements_and_removals() {

@@ -3,6 +3,7 @@
 //! fingerprints that remembers keys recently evicted (S3-FIFO's ghost queue) or missed once
 //! (admission on a later request, see `min_uses`).
 
+use super::dense::KeyHash;
 use crate::format::layout::Hash32;
 
 /// The order in which a store bounded by [`max_size`] or [`max_entries`] evicts entries.
@@ -159,9 +160,11 @@ impl Climber {
 /// lands in the cell its hash picks and replaces whatever was there, so it is remembered
 /// until enough other keys have passed. A lookup may err both ways, rarely (a 12-bit
 /// fingerprint): good enough for what it decides, which is never what a client receives.
+/// Cells are picked by a keyed hash, so that a client cannot aim its keys at another's cell.
 #[derive(Debug, Default)]
 pub(crate) struct Recent {
     cells: Vec<u16>,
+    hash: KeyHash,
 }
 
 const COUNT_MASK: u16 = 0xf;
@@ -179,10 +182,9 @@ impl Recent {
         if self.cells.is_empty() {
             return None;
         }
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&key.0[24..32]);
-        let at = (u64::from_le_bytes(first) as usize) & (self.cells.len() - 1);
-        let tag = u16::from_le_bytes([key.0[16], key.0[17]]) & !COUNT_MASK;
+        let hash = self.hash.of(key);
+        let at = (hash as usize) & (self.cells.len() - 1);
+        let tag = ((hash >> 48) as u16) & !COUNT_MASK;
         Some((at, tag))
     }
 
