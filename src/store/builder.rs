@@ -189,7 +189,7 @@ impl StreamingManagerBuilder {
     /// Stores a response only once its key has missed `uses` times (1, the default: at
     /// once), as nginx's `proxy_cache_min_uses`: objects requested once, most of what a
     /// scan or a crawler fetches, then cost no disk write. The misses are counted in a table
-    /// of about four keys per stored entry (at least 1 024), 2 bytes each, so a key must be
+    /// of about four keys per stored entry (at least 1 024), 4 bytes each, so a key must be
     /// asked for again before that many other misses pass. Applies to what the caching
     /// layer stores; [`put`](StreamingManager::put) always stores. At most 15.
     pub fn min_uses(mut self, uses: u8) -> Self {

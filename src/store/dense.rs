@@ -138,14 +138,14 @@ mod tests {
     #[test]
     fn keys_ground_to_share_their_low_bits_are_spread_over_the_table() {
         // What a client grinding URLs would get: key hashes whose first 8 bytes agree in
-        // their low 32 bits. Unkeyed, every one of them would start its probe in the same
-        // place of a table of up to 2^32 positions.
+        // their low 32 bits, the rest as SHA-256 makes it. Unkeyed, every one of them would
+        // start its probe in the same place of a table of up to 2^32 positions.
         let hash = KeyHash::default();
         let ground: Vec<Hash32> = (0..4096u64)
             .map(|n| {
-                let mut key = [0u8; 32];
-                key[..8].copy_from_slice(&(n << 32).to_le_bytes());
-                Hash32(key)
+                let mut key = Hash32::of(&n.to_le_bytes());
+                key.0[..4].fill(0);
+                key
             })
             .collect();
         let places: std::collections::HashSet<u64> =
