@@ -157,9 +157,6 @@ impl Opened {
         })
     }
 
-    /// Whether the record of `key_hash` on disk is still the one stamped `stamp`, and the
-    /// content it names still there at its length: two `stat`s. Anything else sends the
-    /// lookup down the path that reads the disk and cleans up.
     /// Whether this is the only store open on its directory (in this process or another),
     /// as found at most [`RECHECK_AFTER`] ago: a listing of `tmp/`, a few names.
     fn alone(&self) -> bool {
@@ -174,6 +171,9 @@ impl Opened {
         alone
     }
 
+    /// Whether the record of `key_hash` on disk is still the one stamped `stamp`, and the
+    /// content it names still there at its length: two `stat`s. Anything else sends the
+    /// lookup down the path that reads the disk and cleans up.
     pub(super) fn unchanged_on_disk(&self, key_hash: Hash32, stamp: Stamp, entry: &Entry) -> bool {
         let record = self.layout.record_path(key_hash);
         let content = self.layout.content_path(entry.digest);
