@@ -18,7 +18,9 @@
 //! fifth of each trace warms the store up and is not counted. For the Zipf traces the table
 //! and the curves also show the best fixed set of objects (the most requested ones of the
 //! counted part, as many as fit): on independent requests no policy that does not see the
-//! future does better on average, and this one is told the counts.
+//! future does better on average, and this one is told the counts. Beside it, an LFU that
+//! remembers how often every object was asked for (memory no store spends): what learning
+//! the popularity from the requests seen so far reaches on these traces.
 
 use std::time::Instant;
 
@@ -110,6 +112,91 @@ fn best_fixed_set(trace: &Trace, percent: f64) -> Outcome {
         object_miss: 1.0 - hits as f64 / counted.len() as f64,
         byte_miss: 1.0 - hit_bytes as f64 / bytes as f64,
         written: 0,
+    }
+}
+
+/// A reference for learning popularity online: LFU that remembers how often every object
+/// was asked for since the trace began, holds the most asked-for ones, and stores an object
+/// it misses only when each entry that would make room for it was asked for less often
+/// (ties stay). Not in the store: it evicts exactly, not in batches, and its counts take
+/// memory for every object ever seen.
+fn lfu_every_count(trace: &Trace, percent: f64) -> Outcome {
+    let max_bytes = (trace.unique_bytes as f64 * percent / 100.0) as u64;
+    let mut counts = std::collections::HashMap::<u64, u64>::new();
+    // (count, id) of each stored object, the least asked-for first.
+    let mut stored = std::collections::BTreeSet::<(u64, u64)>::new();
+    let mut count_of_stored = std::collections::HashMap::<u64, u64>::new();
+    let mut stored_bytes = 0u64;
+    let warm = trace.ids.len() / 5;
+    let mut tally = Tally::default();
+    for (n, &id) in trace.ids.iter().enumerate() {
+        let count = counts.entry(id).or_default();
+        *count += 1;
+        let count = *count;
+        let size = size_of(id);
+        let hit = if let Some(was) = count_of_stored.insert(id, count) {
+            stored.remove(&(was, id));
+            stored.insert((count, id));
+            true
+        } else {
+            count_of_stored.remove(&id);
+            let mut free = max_bytes - stored_bytes;
+            let mut victims = Vec::new();
+            for &(victim_count, victim) in &stored {
+                if free >= size || victim_count >= count {
+                    break;
+                }
+                free += size_of(victim);
+                victims.push((victim_count, victim));
+            }
+            if free >= size {
+                for victim in victims {
+                    stored.remove(&victim);
+                    count_of_stored.remove(&victim.1);
+                    stored_bytes -= size_of(victim.1);
+                }
+                stored.insert((count, id));
+                count_of_stored.insert(id, count);
+                stored_bytes += size;
+                if n >= warm {
+                    tally.written += size;
+                }
+            }
+            false
+        };
+        if n >= warm {
+            tally.count(size, hit);
+        }
+    }
+    tally.outcome()
+}
+
+/// Misses and bytes of the counted requests.
+#[derive(Default)]
+struct Tally {
+    requests: u64,
+    misses: u64,
+    bytes: u64,
+    missed_bytes: u64,
+    written: u64,
+}
+
+impl Tally {
+    fn count(&mut self, size: u64, hit: bool) {
+        self.requests += 1;
+        self.bytes += size;
+        if !hit {
+            self.misses += 1;
+            self.missed_bytes += size;
+        }
+    }
+
+    fn outcome(&self) -> Outcome {
+        Outcome {
+            object_miss: self.misses as f64 / self.requests as f64,
+            byte_miss: self.missed_bytes as f64 / self.bytes as f64,
+            written: self.written,
+        }
     }
 }
 
@@ -205,7 +292,7 @@ fn replay(trace: &Trace, policy: Policy, percent: f64) -> Outcome {
     let max_bytes = (trace.unique_bytes as f64 * percent / 100.0) as u64;
     let mut store = Replay::new(policy.eviction, policy.min_uses, max_bytes);
     let warm = trace.ids.len() / 5;
-    let (mut misses, mut requests, mut missed_bytes, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    let mut tally = Tally::default();
     let mut written_before = 0;
     for (n, &id) in trace.ids.iter().enumerate() {
         if n == warm {
@@ -214,20 +301,12 @@ fn replay(trace: &Trace, policy: Policy, percent: f64) -> Outcome {
         let size = size_of(id);
         let hit = store.request(id, size);
         if n >= warm {
-            requests += 1;
-            bytes += size;
-            if !hit {
-                misses += 1;
-                missed_bytes += size;
-            }
+            tally.count(size, hit);
         }
     }
     assert!(store.stored_bytes() <= max_bytes, "the bound holds");
-    Outcome {
-        object_miss: misses as f64 / requests as f64,
-        byte_miss: missed_bytes as f64 / bytes as f64,
-        written: store.bytes_written() - written_before,
-    }
+    tally.written = store.bytes_written() - written_before;
+    tally.outcome()
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -248,9 +327,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         traces.len(),
         started.elapsed()
     );
-    // Every (trace, policy, size) replay, spread over the cores.
+    // Every (trace, policy, size) replay, and the LFU reference (policy number
+    // `POLICIES.len()`) for the traces of independent requests, spread over the cores.
     let jobs: Vec<(usize, usize, f64)> = (0..traces.len())
-        .flat_map(|t| (0..POLICIES.len()).flat_map(move |p| SIZES.map(|s| (t, p, s))))
+        .flat_map(|t| {
+            let policies = POLICIES.len() + usize::from(traces[t].independent);
+            (0..policies).flat_map(move |p| SIZES.map(|s| (t, p, s)))
+        })
         .collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results = std::sync::Mutex::new(Vec::new());
@@ -261,7 +344,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 loop {
                     let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(&(t, p, s)) = jobs.get(n) else { break };
-                    let outcome = replay(&traces[t], POLICIES[p], s);
+                    let outcome = match POLICIES.get(p) {
+                        Some(&policy) => replay(&traces[t], policy, s),
+                        None => lfu_every_count(&traces[t], s),
+                    };
                     results.lock().unwrap().push(((t, p, s.to_bits()), outcome));
                     eprintln!("  {}/{} replays done", n + 1, jobs.len());
                 }
@@ -285,12 +371,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (t, trace) in traces.iter().enumerate() {
         for s in TABLE_SIZES {
             let lru = get(t, 0, s);
-            for (p, policy) in POLICIES.iter().enumerate() {
+            // The policies, then the LFU reference where there is one.
+            let names = POLICIES.iter().map(|policy| policy.name).chain(
+                trace
+                    .independent
+                    .then_some("LFU remembering every count (reference)"),
+            );
+            for (p, name) in names.enumerate() {
                 let o = get(t, p, s);
                 println!(
-                    "| {} | {s} % | {} | {:.3} | {:.3} | {:.2}× | {:.1} | {:.2}× |",
+                    "| {} | {s} % | {name} | {:.3} | {:.3} | {:.2}× | {:.1} | {:.2}× |",
                     trace.name,
-                    policy.name,
                     o.object_miss,
                     o.byte_miss,
                     o.byte_miss / lru.byte_miss,
@@ -354,6 +445,19 @@ fn draw<'a>(
                     PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
                 });
             chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+        }
+        if trace.independent {
+            let grey = RGBColor(128, 128, 128);
+            let points: Vec<(f64, f64)> = SIZES
+                .iter()
+                .map(|&s| (s, get(t, POLICIES.len(), s).byte_miss))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points, grey.stroke_width(1)))?
+                .label("LFU, every count")
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 16, y)], grey.stroke_width(1))
+                });
         }
         let points: Vec<(f64, f64)> = SIZES
             .iter()
