@@ -21,6 +21,9 @@ cleanup() {
     [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
     [ -n "${proxy:-}" ] && kill "$proxy" 2>/dev/null || true
     [ -n "${varnish:-}" ] && kill "$varnish" 2>/dev/null || true
+    # The proxy writes its index snapshot as it shuts down: let it finish before its
+    # directory goes.
+    wait 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
