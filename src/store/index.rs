@@ -325,6 +325,7 @@ impl Index {
             (over_bytes && of(bytes as f64, max_bytes.map(|m| m as f64)))
                 || (over_entries && of(count as f64, max_entries.map(|m| m as f64)))
         };
+        self.climber.filled();
         let mut evicted = Vec::new();
         while !done(self) {
             let from_small =
