@@ -134,12 +134,12 @@ fn lfu_every_count(trace: &Trace, percent: f64) -> Outcome {
         *count += 1;
         let count = *count;
         let size = size_of(id);
-        let hit = if let Some(was) = count_of_stored.insert(id, count) {
-            stored.remove(&(was, id));
+        let hit = if let Some(was) = count_of_stored.get_mut(&id) {
+            stored.remove(&(*was, id));
             stored.insert((count, id));
+            *was = count;
             true
         } else {
-            count_of_stored.remove(&id);
             let mut free = max_bytes - stored_bytes;
             let mut victims = Vec::new();
             for &(victim_count, victim) in &stored {
