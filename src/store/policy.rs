@@ -272,6 +272,13 @@ mod tests {
         );
     }
 
+    /// One sample of 100 requests, `rate` of them hits.
+    fn sample(climber: &mut Climber, rate: f64) {
+        for n in 0..100 {
+            climber.record(f64::from(n) / 100.0 < rate, 100);
+        }
+    }
+
     #[test]
     fn the_climber_goes_where_the_hit_ratio_rises() {
         // A made-up load whose hit ratio peaks with a small queue of 40 %.
@@ -279,9 +286,7 @@ mod tests {
         climber.filled();
         for _ in 0..200 {
             let best = 1.0 - (climber.share() - 0.4).abs();
-            for n in 0..100 {
-                climber.record(f64::from(n) / 100.0 < best, 100);
-            }
+            sample(&mut climber, best);
         }
         assert!((climber.share() - 0.4).abs() < 0.1, "{}", climber.share());
     }
@@ -289,21 +294,18 @@ mod tests {
     #[test]
     fn the_climber_waits_for_a_full_store_and_then_for_a_first_sample() {
         let mut climber = Climber::default();
-        let record = |climber: &mut Climber, samples: u32, rate: f64| {
-            for n in 0..samples * 100 {
-                climber.record(f64::from(n % 100) / 100.0 < rate, 100);
-            }
-        };
-        record(&mut climber, 50, 0.5);
+        for _ in 0..50 {
+            sample(&mut climber, 0.5);
+        }
         assert_eq!(climber.share(), SHARE, "filling, no step");
         climber.filled();
-        record(&mut climber, 1, 0.5);
+        sample(&mut climber, 0.5);
         assert_eq!(
             climber.share(),
             SHARE,
             "the first sample sets the ratio to beat"
         );
-        record(&mut climber, 1, 0.5);
+        sample(&mut climber, 0.5);
         assert!(climber.share() < SHARE, "then a step");
     }
 
@@ -311,11 +313,8 @@ mod tests {
     fn a_hit_ratio_that_rises_as_the_store_learns_takes_the_share_down() {
         let mut climber = Climber::default();
         climber.filled();
-        for sample in 0..20 {
-            let rate = 0.3 + 0.01 * f64::from(sample);
-            for n in 0..100 {
-                climber.record(f64::from(n) / 100.0 < rate, 100);
-            }
+        for n in 0..20 {
+            sample(&mut climber, 0.3 + 0.01 * f64::from(n));
         }
         assert_eq!(climber.share(), SHARE_BOUNDS.0);
     }
