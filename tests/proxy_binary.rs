@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,66 +12,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-
-/// A CA, and a certificate it signs for `localhost` and 127.0.0.1: `(ca.pem, cert.pem,
-/// key.pem)` under `dir`.
-fn certificates(dir: &Path) -> (String, String, String) {
-    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .output()
-            .expect("the openssl command");
-        assert!(out.status.success(), "openssl {args:?}: {out:?}");
-    };
-    let (ca_key, ca, key, csr, cert) = (
-        path("ca.key"),
-        path("ca.pem"),
-        path("key.pem"),
-        path("cert.csr"),
-        path("cert.pem"),
-    );
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut args = vec!["req", "-x509", "-days", "1", "-subj", "/CN=test CA"];
-    args.extend(ec);
-    args.extend(["-keyout", &ca_key, "-out", &ca]);
-    run(&args);
-    let mut args = vec!["req", "-subj", "/CN=localhost"];
-    args.extend(ec);
-    args.extend(["-keyout", &key, "-out", &csr]);
-    run(&args);
-    let ext = path("ext.cnf");
-    std::fs::write(
-        &ext,
-        "basicConstraints=critical,CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-days",
-        "1",
-        "-in",
-        &csr,
-        "-CA",
-        &ca,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-extfile",
-        &ext,
-        "-out",
-        &cert,
-    ]);
-    (ca, cert, key)
-}
+use hyper_util::rt::TokioExecutor;
 
 /// TLS settings that trust `ca` and offer HTTP/2 and HTTP/1.1.
 fn client_tls(ca: &str) -> rustls::ClientConfig {
@@ -90,63 +30,26 @@ fn client_tls(ca: &str) -> rustls::ClientConfig {
         .with_no_client_auth()
 }
 
-/// An HTTPS origin on loopback: `/slow` answers after a second, everything else at once,
-/// all `max-age=60`. Returns its URL and how many requests it answered.
+/// An HTTPS origin on loopback: `/slow` answers after three seconds, everything else at
+/// once, all `max-age=60`. Returns its URL and how many requests it answered.
 async fn https_origin(cert: &str, key: &str) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<_> = CertificateDer::pem_file_iter(cert)
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(key).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = hits.clone();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (acceptor, hits) = (acceptor.clone(), counted.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let service =
-                    hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                        let hits = hits.clone();
-                        async move {
-                            let n = hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                            if request.uri().path() == "/slow" {
-                                tokio::time::sleep(Duration::from_secs(1)).await;
-                            }
-                            let body = format!(
-                                "{} #{n} over {:?}",
-                                request.uri().path(),
-                                request.version()
-                            );
-                            let response = http::Response::builder()
-                                .header("cache-control", "max-age=60")
-                                .body(Full::new(Bytes::from(body)))
-                                .unwrap();
-                            Ok::<_, std::convert::Infallible>(response)
-                        }
-                    });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            });
+    let port = common::tls::https_server(cert, key, move |request| {
+        let hits = counted.clone();
+        async move {
+            let n = hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if request.uri().path() == "/slow" {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            let body = format!("{} #{n} over {:?}", request.uri().path(), request.version());
+            http::Response::builder()
+                .header("cache-control", "max-age=60")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap()
         }
-    });
+    })
+    .await;
     (format!("https://localhost:{port}"), hits)
 }
 
@@ -184,7 +87,7 @@ async fn get(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_on_both_sides_metrics_and_a_graceful_shutdown() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = certificates(dir.path());
+    let (ca, cert, key) = common::tls::certificates(dir.path());
     let (origin, origin_hits) = https_origin(&cert, &key).await;
     let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -279,7 +182,9 @@ async fn tls_on_both_sides_metrics_and_a_graceful_shutdown() {
         let url = url("/slow");
         tokio::spawn(async move { get(&client, &url).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once it has reached the origin (which takes 3 s to answer), it is in flight.
+    let in_flight = || origin_hits.load(std::sync::atomic::Ordering::SeqCst) == 2;
+    common::eventually("/slow at the origin", in_flight).await;
     let pid = proxy.child.id().to_string();
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid])

@@ -222,9 +222,9 @@ async fn failing_origin(extra: &'static str) -> (Origin, Arc<AtomicU16>) {
                 format!("n{n}"),
             )
         }
-        // Slow: longer than the proxy's --timeout-secs 1.
+        // Slow: four times the --upstream-timeout of the proxies that fail on it.
         1 => {
-            std::thread::sleep(std::time::Duration::from_millis(2500));
+            std::thread::sleep(std::time::Duration::from_millis(4000));
             reply(&[], "too late")
         }
         code => with_status(reply(&[], "origin error"), code),
@@ -236,7 +236,8 @@ async fn failing_origin(extra: &'static str) -> (Origin, Arc<AtomicU16>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stale_on_error_serves_stale_for_5xx_timeouts_and_refusals_only_when_allowed() {
     let (mut origin, failure) = failing_origin("").await;
-    let (proxy, _dir) = proxy(&origin, &["--stale-on-error", "60"]);
+    let extra = ["--stale-on-error", "60", "--upstream-timeout", "1s"];
+    let (proxy, _dir) = proxy(&origin, &extra);
     let (off, _off_dir) = self::proxy(&origin, &[]);
     assert_eq!(get(&proxy, "/page", &[]).await.body, "n1");
     assert_eq!(get(&off, "/page", &[]).await.body, "n2");

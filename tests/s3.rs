@@ -183,10 +183,10 @@ async fn layer_child(endpoint: &str, name: &str) {
         (digest, got),
         (Generated::digest(LAYER_BODY, 8), LAYER_BODY)
     );
-    for _ in 0..600 {
-        if !tier.list_records().await.unwrap().is_empty() {
-            break;
-        }
+    // 256 MiB into a Python S3 emulator: a minute or so on a busy machine, five allowed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while tier.list_records().await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "not copied up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(tier.list_records().await.unwrap().len(), 1, "copied up");
@@ -337,10 +337,9 @@ async fn two_reverse_proxies_share_one_bucket() {
     let (_, first) = get(0).await;
     assert_eq!(first, "n1");
     let tier = ObjectStorage::new(bucket(&endpoint, &name));
-    for _ in 0..300 {
-        if !tier.list_records().await.unwrap().is_empty() {
-            break;
-        }
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while tier.list_records().await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "not copied up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (status, second) = get(1).await;

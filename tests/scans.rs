@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use common::*;
 use http::Request;
@@ -139,13 +137,16 @@ async fn with_min_uses_a_url_is_stored_on_its_second_request_and_a_crawl_writes_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_writes_in_flight_a_miss_passes_through_unstored() {
-    // "/slow" sends its body over 0.7 s (its write stays under way); the rest at once.
-    let origin = Origin::start(|parts, n| {
+    // "/slow" sends its first bytes, then the rest only when the test opens its gate (its
+    // write stays under way until then); the rest at once.
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let origin = Origin::start(move |parts, n| {
         let body = if parts.uri.path() == "/slow" {
             let (tx, body) = channel_body();
+            let mut gate = gate.clone();
             tokio::spawn(async move {
                 let _ = tx.send(Ok(Frame::data(Bytes::from("slow ")))).await;
-                tokio::time::sleep(Duration::from_millis(700)).await;
+                let _ = gate.wait_for(|open| *open).await;
                 let _ = tx.send(Ok(Frame::data(Bytes::from("end")))).await;
             });
             axum::body::Body::new(body)
@@ -164,22 +165,35 @@ async fn past_max_writes_in_flight_a_miss_passes_through_unstored() {
         dir.path(),
         &["--quiet", "--max-writes-in-flight", "1"],
     );
+    let (started, first_bytes) = tokio::sync::oneshot::channel();
+    let mut started = Some(started);
     let slow = {
         let addr = proxy.addr.clone();
         tokio::spawn(async move {
             let request = Request::get(format!("http://{addr}/slow"))
                 .body(Full::<Bytes>::default())
                 .unwrap();
-            let response = client().request(request).await.unwrap();
-            response.into_body().collect().await.unwrap().to_bytes()
+            let mut body = client().request(request).await.unwrap().into_body();
+            let mut got = Vec::new();
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.unwrap().into_data() {
+                    got.extend_from_slice(&data);
+                    if let Some(started) = started.take() {
+                        let _ = started.send(());
+                    }
+                }
+            }
+            got
         })
     };
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Its first bytes reached the client: "/slow"'s write is under way.
+    first_bytes.await.unwrap();
     // The one write allowed is "/slow"'s: "/fast" is served whole and not stored.
     assert_eq!(get(&proxy, "/fast").await.body, "/fast #2");
     assert_eq!(get(&proxy, "/fast").await.body, "/fast #3", "not a hit");
     assert!(record_files(dir.path()).is_empty());
-    assert_eq!(slow.await.unwrap(), "slow end");
+    open.send_replace(true);
+    assert_eq!(slow.await.unwrap(), b"slow end");
     records(dir.path(), 1).await;
     // Its write done, the next miss is stored, and a hit after it.
     assert_eq!(get(&proxy, "/fast").await.body, "/fast #4");

@@ -59,9 +59,9 @@ async fn three_hundred_stalled_fills_hold_no_threads() {
     for i in 1..300 {
         held.push(get(i).await);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let path = dir.path().to_path_buf();
+    eventually("300 bodies being stored", || temp_files(&path).len() == 300).await;
     let during = threads();
-    assert_eq!(temp_files(dir.path()).len(), 300, "300 bodies being stored");
     assert!(
         during <= before + 16,
         "{before} threads before, {during} with 300 fills waiting for bytes"

@@ -505,7 +505,7 @@ mod tests {
         assert_eq!(first.unwrap().unwrap(), bytes[..1024]);
         // Give the job all the time it wants: it stops once AHEAD chunks wait.
         let ahead = Arc::clone(reader.ahead.as_ref().unwrap());
-        for _ in 0..200 {
+        for _ in 0..2000 {
             if !lock(&ahead).running {
                 break;
             }
@@ -562,7 +562,7 @@ mod tests {
         assert!(first.unwrap().is_ok());
         let ahead = Arc::clone(reader.ahead.as_ref().unwrap());
         drop(reader);
-        for _ in 0..200 {
+        for _ in 0..2000 {
             if !lock(&ahead).running {
                 break;
             }

@@ -316,7 +316,8 @@ pub async fn manager_contract(storage: Arc<dyn Storage>) {
     let (digest, len, _) = super::drain(teed.into_body()).await.unwrap();
     assert_eq!((digest, len), want, "the caller's bytes");
     let mut stored = None;
-    for _ in 0..500 {
+    let deadline = std::time::Instant::now() + super::PATIENCE;
+    while std::time::Instant::now() < deadline {
         stored = manager.get("GET:teed").await.unwrap();
         if stored.is_some() {
             break;
@@ -394,10 +395,9 @@ pub async fn two_nodes_share_one_tier(tier: Arc<dyn http_cache_streaming::storag
     let (_, first) = get(0, "/shared").await;
     assert_eq!(origin.hits(), 1);
     // Node 0 copies its entry up in the background: its record goes up last.
-    for _ in 0..500 {
-        if !tier.list_records().await.unwrap().is_empty() {
-            break;
-        }
+    let deadline = std::time::Instant::now() + super::PATIENCE;
+    while tier.list_records().await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "not copied up");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     // A range asked of a cold node: answered whole or cut right, never the whole body

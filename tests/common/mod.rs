@@ -5,6 +5,8 @@
 pub mod contract;
 #[cfg(feature = "s3")]
 pub mod s3;
+#[cfg(feature = "proxy")]
+pub mod tls;
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -224,15 +226,22 @@ pub async fn alone() -> tokio::sync::MutexGuard<'static, ()> {
     ALONE.lock().await
 }
 
-/// Waits (bounded) until `check` holds; background commits finish on their own time.
+/// How long a test waits for what happens on its own time (a background commit, a copy to
+/// the bucket, a purge reaching another node) before it says it never came: a bound on
+/// liveness, far above the fraction of a second each takes on a busy 2-core machine.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits (bounded by [`PATIENCE`]) until `check` holds; background commits finish on their
+/// own time.
 pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if check() {
-            return;
-        }
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    panic!("timed out waiting for: {what}");
 }
 
 /// A loopback origin server (axum) that counts the requests it answers and keeps their heads.
@@ -403,11 +412,26 @@ pub fn start_proxy_with_env(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Proxy {
+    try_start_proxy(upstream, cache_dir, extra, env).expect("the proxy starts")
+}
+
+/// [`start_proxy_with_env`], or what the proxy printed when it did not start.
+pub fn try_start_proxy(
+    upstream: &str,
+    cache_dir: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Proxy, String> {
     let cache_dir = cache_dir.to_str().expect("a UTF-8 temp path");
     let mut args = vec!["--upstream", upstream, "--cache-dir", cache_dir];
-    args.extend(["--upstream-timeout", "1s", "--purge-token", PURGE_TOKEN]);
+    args.extend(["--purge-token", PURGE_TOKEN]);
+    // Long enough that a busy machine never cuts a body off; the tests of the timeout
+    // itself give their own.
+    if !extra.contains(&"--upstream-timeout") {
+        args.extend(["--upstream-timeout", "20s"]);
+    }
     args.extend(extra);
-    spawn_proxy(&args, env).expect("the proxy starts")
+    spawn_proxy(&args, env)
 }
 
 /// The reverse proxy example as a process of its own with exactly `args` (and a listening

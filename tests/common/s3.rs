@@ -66,7 +66,8 @@ fn start_moto() -> String {
     // The pipe stays open for as long as this process lives.
     std::mem::forget(child);
     let url = format!("http://127.0.0.1:{port}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // A Python server importing a large library: seconds on a busy machine.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
             std::time::Instant::now() < deadline,
