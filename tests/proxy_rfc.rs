@@ -144,7 +144,7 @@ async fn conditional_requests_and_understood_error_statuses_are_answered_from_th
         }
     })
     .await;
-    let (proxy, _dir) = proxy(&origin, &[]);
+    let (proxy, _dir) = proxy(&origin, &["--store-errors", "1h"]);
     get(&proxy, "/page", &[]).await;
     let conditional = get(&proxy, "/page", &[("if-none-match", "W/\"v1\", \"v0\"")]).await;
     assert_eq!(conditional.status, StatusCode::NOT_MODIFIED);

@@ -56,11 +56,66 @@ pub(super) fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name.as_str())
 }
 
-/// Whether a shared cache must not store a response with `headers`: it sets a cookie and
-/// the origin did not say it is public, so storing it would hand one user's cookie to the
-/// next.
+/// Whether a shared cache would hand one user's cookie to the next by storing a response
+/// with `headers` as it is: it sets a cookie (`public` or not: nginx, Varnish, Fastly and
+/// Cloudflare do not store such a response unless told to).
 pub(super) fn shared_cookie(shared: bool, headers: &HeaderMap) -> bool {
-    shared && headers.contains_key(header::SET_COOKIE) && !has_directive(headers, "public")
+    shared && headers.contains_key(header::SET_COOKIE)
+}
+
+/// How a response's `Cache-Control` uses a directive that may name fields (`no-cache`,
+/// `private`; RFC 9111 §5.2.2.4, §5.2.2.7).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Qualified {
+    Absent,
+    /// The directive alone (or with a list that names no field): the whole response.
+    Whole,
+    /// `no-cache="Set-Cookie, X-Token"`: those fields only.
+    Fields(Vec<HeaderName>),
+}
+
+/// How `headers` use `directive` (lower case).
+pub(super) fn qualified(headers: &HeaderMap, directive: &str) -> Qualified {
+    match view::directive_value(headers, directive) {
+        None => Qualified::Absent,
+        Some(value) => match view::field_names(value.as_deref().unwrap_or_default()) {
+            names if names.is_empty() => Qualified::Whole,
+            names => Qualified::Fields(names),
+        },
+    }
+}
+
+/// The fields of a response with `headers` (its `Cache-Control` as this cache reads it) that
+/// a cache keeps only for the client whose request fetched it, never in the stored copy:
+/// those a qualified `no-cache` names (they may not be served from it without a
+/// revalidation, so they are not kept at all), and in a shared cache those a qualified
+/// `private` names and `Set-Cookie` (one user's, whatever else the response says).
+pub(super) fn withheld(headers: &HeaderMap, shared: bool) -> Vec<HeaderName> {
+    let mut names = Vec::new();
+    if let Qualified::Fields(fields) = qualified(headers, "no-cache") {
+        names.extend(fields);
+    }
+    if shared {
+        if let Qualified::Fields(fields) = qualified(headers, "private") {
+            names.extend(fields);
+        }
+        names.push(header::SET_COOKIE);
+    }
+    names
+}
+
+/// Removes the fields `names` from `headers`; what was removed.
+pub(super) fn take_fields(headers: &mut HeaderMap, names: &[HeaderName]) -> HeaderMap {
+    let mut taken = HeaderMap::new();
+    for name in names {
+        if let http::header::Entry::Occupied(entry) = headers.entry(name) {
+            let (name, values) = entry.remove_entry_mult();
+            for value in values {
+                taken.append(name.clone(), value);
+            }
+        }
+    }
+    taken
 }
 
 /// Removes the headers that describe one connection, not the message: `Connection`, every
@@ -162,7 +217,7 @@ pub(super) fn head_selects(stored: &HeaderMap, head: &HeaderMap) -> bool {
 /// `proxy-revalidate` and `s-maxage`, which carries its semantics there (§5.2.2.10).
 pub(super) fn must_revalidate(headers: &HeaderMap, shared: bool) -> bool {
     has_directive(headers, "must-revalidate")
-        || has_directive(headers, "no-cache")
+        || qualified(headers, "no-cache") == Qualified::Whole
         || (shared
             && (has_directive(headers, "proxy-revalidate") || has_directive(headers, "s-maxage")))
 }

@@ -26,7 +26,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, request};
@@ -337,7 +337,7 @@ impl HttpStreamingCache {
         let now = self.now();
         let within_cap = self
             .options
-            .max_ttl
+            .cap_for(entry.status)
             .is_none_or(|cap| entry.policy.age(now) < cap);
         let usable = match judge(&entry.policy, parts, &entry.headers, now) {
             Judged::Fresh => within_cap || mode.ignores_staleness(),
@@ -443,6 +443,7 @@ impl HttpStreamingCache {
             count(&self.counters.hits, "http_cache_streaming_hits_total");
         }
         let length = response.body().size_hint().exact();
+        let stored_status = response.status();
         let (mut head, body) = response.into_parts();
         let age = policy.age(now).as_secs();
         head.headers.insert(header::AGE, HeaderValue::from(age));
@@ -470,15 +471,16 @@ impl HttpStreamingCache {
         {
             response = range::apply(&parts.headers, response, length);
         }
-        let ttl = self.ttl(policy, now);
+        let ttl = self.ttl(stored_status, policy, now);
         self.annotate(response.headers_mut(), &status.ttl(ttl), true, true);
         response
     }
 
-    /// Seconds the response stays fresh (0 once stale), within `max_ttl`.
-    fn ttl(&self, policy: &CachePolicy, now: SystemTime) -> u64 {
+    /// Seconds a response of `status` stays fresh (0 once stale), within `max_ttl` (and
+    /// `store_errors`' cap).
+    fn ttl(&self, status: StatusCode, policy: &CachePolicy, now: SystemTime) -> u64 {
         let ttl = policy.time_to_live(now);
-        let ttl = match self.options.max_ttl {
+        let ttl = match self.options.cap_for(status) {
             Some(cap) => ttl.min(cap.saturating_sub(policy.age(now))),
             None => ttl,
         };
@@ -492,6 +494,34 @@ impl HttpStreamingCache {
             Some(view) => std::borrow::Cow::Owned(view),
             None => std::borrow::Cow::Borrowed(headers),
         }
+    }
+
+    /// How long a response of `status`, `version` and `headers` to `request` stays fresh
+    /// from its arrival (explicit or heuristic freshness, RFC 9111 §4.2.1), whatever `Age`
+    /// it came with: zero for one that never was fresh.
+    fn freshness_lifetime(
+        &self,
+        status: StatusCode,
+        version: http::Version,
+        headers: &HeaderMap,
+        request: &request::Parts,
+    ) -> Duration {
+        let now = self.now();
+        let mut headers = headers.clone();
+        headers.remove(header::AGE);
+        let head = self.policy_response(status, version, &headers);
+        CachePolicy::new_options(request, &head, now, self.options.semantics()).time_to_live(now)
+    }
+
+    /// Whether a stored response had a freshness lifetime when it was stored: only such a
+    /// response may be served stale (stale-on-error, `stale-while-revalidate`,
+    /// `stale-if-error`). One that never was fresh answered one request; served stale it
+    /// would be the previous client's page.
+    fn was_fresh(&self, entry: &Entry) -> bool {
+        let request = directives::policy_view(&Method::GET, HeaderMap::new());
+        let lifetime =
+            self.freshness_lifetime(entry.status, entry.version, &entry.headers, &request);
+        !lifetime.is_zero()
     }
 
     /// A response head as the policy engine is to read it, for this cache.

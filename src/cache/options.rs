@@ -63,6 +63,8 @@ pub struct HttpCacheOptions {
     pub(super) store_partial: bool,
     pub(super) targeted: Vec<http::HeaderName>,
     pub(super) answer_conditionals: bool,
+    pub(super) store_set_cookie: bool,
+    pub(super) store_errors: Option<Duration>,
 }
 
 impl Default for HttpCacheOptions {
@@ -87,6 +89,8 @@ impl Default for HttpCacheOptions {
             sweep_every: None,
             fetch_whole_on_range_miss: false,
             store_partial: true,
+            store_set_cookie: false,
+            store_errors: None,
         }
     }
 }
@@ -112,6 +116,8 @@ impl fmt::Debug for HttpCacheOptions {
             .field("store_partial_content", &self.store_partial)
             .field("targeted_cache_control", &self.targeted)
             .field("answer_conditionals", &self.answer_conditionals)
+            .field("store_set_cookie", &self.store_set_cookie)
+            .field("store_errors", &self.store_errors)
             .finish_non_exhaustive()
     }
 }
@@ -231,8 +237,10 @@ impl HttpCacheOptions {
     /// timeout) or answers any `5xx`, as nginx's `proxy_cache_use_stale` does. Off by
     /// default. A response that must not be served stale (`must-revalidate`, `no-cache`,
     /// and in a shared cache `proxy-revalidate` and `s-maxage`) never is; an unreachable
-    /// origin is then a `504`. The response served says `Cache-Status: …; fwd=stale;
-    /// fwd-status=<the origin's status>; detail=stale-on-error`.
+    /// origin is then a `504`. Nor is one that never was fresh (stored for its validator
+    /// alone, with no freshness lifetime): it answered one request, and served stale it
+    /// would be that client's page for the next. The response served says
+    /// `Cache-Status: …; fwd=stale; fwd-status=<the origin's status>; detail=stale-on-error`.
     ///
     /// Responses and requests may ask the same for themselves with `stale-if-error`
     /// (RFC 5861), which covers errors and `500`, `502`, `503`, `504`.
@@ -306,6 +314,59 @@ impl HttpCacheOptions {
     pub fn answer_conditionals(mut self, answer: bool) -> Self {
         self.answer_conditionals = answer;
         self
+    }
+
+    /// Whether a shared cache stores a response that sets a cookie. By default it does not,
+    /// whatever the response's `Cache-Control` says (as nginx, Varnish, Fastly and Cloudflare
+    /// do not): the request passes through, and its `Cache-Status` says
+    /// `detail=set-cookie`. With `true` such a response is stored without its `Set-Cookie`
+    /// fields: the client whose request fetched it gets its cookie, every later client the
+    /// stored copy without one. Either way no stored copy ever carries a `Set-Cookie`, and a
+    /// record that does (written by a private cache, or by an earlier version into a
+    /// shared directory or bucket) is a miss. A private cache stores cookies as it stores
+    /// the rest.
+    ///
+    /// Fields a response names in a qualified `no-cache="…"` (and, in a shared cache,
+    /// `private="…"`) are treated the same way whatever this option says: kept for the
+    /// client that caused the fetch, never in the stored copy (RFC 9111 §5.2.2.4,
+    /// §5.2.2.7); a revalidation's `304` gives them to its own client only.
+    pub fn store_set_cookie(mut self, store: bool) -> Self {
+        self.store_set_cookie = store;
+        self
+    }
+
+    /// Whether a shared cache stores `400 Bad Request` and `5xx` responses, and for at most
+    /// how long. By default it does not, whatever freshness the origin gives them: an error
+    /// one client provoked (an oversized or odd header the origin refuses) would otherwise be
+    /// served to every later client of the URL (cache-poisoned denial of service, CPDoS).
+    /// With `Some(cap)` they are stored when the origin gives them explicit freshness, and
+    /// served for no longer than `cap`. `404`, `410` and the other statuses RFC 9110 §15.1
+    /// lists as heuristically cacheable (but for `501`) are stored as the origin says. A
+    /// private cache stores errors as the origin says.
+    pub fn store_errors(mut self, cap: Option<Duration>) -> Self {
+        self.store_errors = cap;
+        self
+    }
+
+    /// Whether this cache refuses to store a response of `status` for its origin's reasons
+    /// alone: an error, in a shared cache, without [`store_errors`](Self::store_errors).
+    pub(super) fn refuses_error(&self, status: http::StatusCode) -> bool {
+        self.shared
+            && self.store_errors.is_none()
+            && (status == http::StatusCode::BAD_REQUEST || status.is_server_error())
+    }
+
+    /// The longest a stored response of `status` is served: [`max_ttl`](Self::max_ttl),
+    /// and for an error [`store_errors`](Self::store_errors)'s cap.
+    pub(super) fn cap_for(&self, status: http::StatusCode) -> Option<Duration> {
+        let error = status == http::StatusCode::BAD_REQUEST || status.is_server_error();
+        match (
+            self.max_ttl,
+            self.store_errors.filter(|_| self.shared && error),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The targeted fields this cache obeys: none for a private cache.

@@ -17,7 +17,7 @@ use http::{Method, Response, StatusCode, request};
 use http_body::Body;
 use http_cache_semantics::CachePolicy;
 
-use super::directives::{Judged, is_conditional, judge, shared_cookie};
+use super::directives::{Judged, is_conditional, judge, shared_cookie, take_fields, withheld};
 use super::mode::CacheMode;
 use super::pending::keepable;
 use super::range::{self, Ranged};
@@ -93,7 +93,7 @@ impl HttpStreamingCache {
         let now = self.now();
         let within_cap = self
             .options
-            .max_ttl
+            .cap_for(head.parts.status)
             .is_none_or(|cap| head.policy.age(now) < cap);
         let fresh = within_cap
             && matches!(
@@ -153,9 +153,10 @@ impl HttpStreamingCache {
         range::partial(&mut head_parts, start, end - start, entry.total);
         let body = StreamingBody::stored_file(entry.reader(start, end), None);
         let mut response = Response::from_parts(head_parts, body);
-        let status = Status::hit()
-            .detail("partial")
-            .ttl(self.ttl(&head.policy, now));
+        let status =
+            Status::hit()
+                .detail("partial")
+                .ttl(self.ttl(StatusCode::OK, &head.policy, now));
         self.annotate(response.headers_mut(), &status, true, true);
         response
     }
@@ -298,9 +299,15 @@ impl Pending {
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
         let varies = !key::vary_names(&whole.headers)?.is_empty();
-        if varies || shared_cookie(cache.options.shared, &cache.decides_by(&whole.headers)) {
+        let shared = cache.options.shared;
+        let refused = (shared_cookie(shared, &whole.headers) && !cache.options.store_set_cookie)
+            || cache.options.refuses_error(parts.status);
+        if varies || refused {
             return None;
         }
+        // The fields only this response's client gets stay out of the stored head.
+        let names = withheld(&cache.decides_by(&whole.headers), shared);
+        take_fields(&mut whole.headers, &names);
         let (now, options) = (cache.now(), cache.options.semantics());
         let view = cache.policy_response(whole.status, whole.version, &whole.headers);
         // Judged with the request as it came (its Authorization above all), kept with the

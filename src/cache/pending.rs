@@ -19,7 +19,7 @@ use crate::store::fill::{FillEnd, FillHead, FillLeader, Role};
 use super::directives::{
     KEPT_ON_REVALIDATION, directive_value, head_selects, is_conditional, is_hop_by_hop,
     is_origin_failure, must_revalidate, policy_view, selects, shared_cookie, stale_for_at_most,
-    strip_hop_by_hop,
+    strip_hop_by_hop, take_fields, withheld,
 };
 use super::status::{Fwd, Status};
 use super::variants::{INTERNAL, is_internal, names_as_vary};
@@ -148,7 +148,9 @@ impl Pending {
     ) -> Option<&'static str> {
         let decided = self.cache.decides_by(stale.response.headers());
         let headers = &*decided;
-        if must_revalidate(headers, self.cache.options.shared) {
+        if must_revalidate(headers, self.cache.options.shared)
+            || !self.cache.was_fresh(&stale.entry)
+        {
             return None;
         }
         let within =
@@ -265,24 +267,23 @@ impl Pending {
         } = *stale;
         let (stored_parts, stored_body) = stored.into_parts();
         let mut merged = stored_parts.headers.clone();
-        // What the 304 says to the client that caused it alone: in a shared cache a cookie
-        // set on one user's revalidation would be replayed to every user.
-        let mut to_client_only = HeaderMap::new();
-        for name in fresh_parts.headers.keys() {
+        let mut fresh_headers = fresh_parts.headers;
+        strip_hop_by_hop(&mut fresh_headers);
+        for name in fresh_headers.keys() {
             if KEPT_ON_REVALIDATION.contains(name) || is_hop_by_hop(name) || is_internal(name) {
                 continue;
             }
-            if cache.options.shared && *name == header::SET_COOKIE {
-                for value in fresh_parts.headers.get_all(name) {
-                    to_client_only.append(name.clone(), value.clone());
-                }
-                continue;
-            }
             merged.remove(name);
-            for value in fresh_parts.headers.get_all(name) {
+            for value in fresh_headers.get_all(name) {
                 merged.append(name.clone(), value.clone());
             }
         }
+        // What the 304 says to the client that caused it alone (in a shared cache a cookie
+        // set on one user's revalidation would be replayed to every user), and what the
+        // freshened headers name in a qualified `no-cache` or `private`: never stored.
+        let names = withheld(&cache.decides_by(&merged), cache.options.shared);
+        take_fields(&mut merged, &names);
+        let to_client_only = take_fields(&mut fresh_headers, &names);
         let mut head = Response::new(());
         *head.status_mut() = stored_parts.status;
         *head.headers_mut() = view::normalized(&cache.decides_by(&merged));
@@ -295,8 +296,7 @@ impl Pending {
         let status = Status::forward(Fwd::Stale).fwd_status(fresh_parts.status);
         // Freshened headers the storing rules refuse (a 304 that makes the response
         // `private` or `no-store` for this cache) are served, and the entry goes.
-        let storable = policy.is_storable()
-            && !shared_cookie(cache.options.shared, &cache.decides_by(&merged));
+        let storable = policy.is_storable();
         let updated = if storable || self.mode == CacheMode::IgnoreRules {
             cache
                 .manager
@@ -330,9 +330,7 @@ impl Pending {
                 )
             }
         };
-        for (name, value) in &to_client_only {
-            response.headers_mut().append(name, value.clone());
-        }
+        add_fields(response.headers_mut(), to_client_only);
         response
     }
 
@@ -351,31 +349,50 @@ impl Pending {
         let cache = &self.cache;
         let (mut parts, body) = response.into_parts();
         keepable(&mut parts.headers);
-        let response = Response::from_parts(parts, body);
         let now = cache.now();
         let options = cache.options.semantics();
-        let status = response.status();
-        // A shared cache that stored a Set-Cookie would hand one user's cookie to the next,
-        // unless the origin said the response is public.
-        let sets_cookie =
-            shared_cookie(cache.options.shared, &cache.decides_by(response.headers()));
+        let status = parts.status;
+        let (shared, rules) = (cache.options.shared, self.mode != CacheMode::IgnoreRules);
         let storable = self.request.method == Method::GET
             && status != StatusCode::PARTIAL_CONTENT
-            && (!sets_cookie || self.mode == CacheMode::IgnoreRules)
             && match self.mode {
                 CacheMode::IgnoreRules => status.is_success(),
                 _ => {
                     let (request, response) = (
                         view::request(&self.request),
-                        cache.policy_response(status, response.version(), response.headers()),
+                        cache.policy_response(status, parts.version, &parts.headers),
                     );
                     CachePolicy::new_options(&request, &response, now, options).is_storable()
                 }
             };
+        // What the storing rules refuse that the origin allowed, said in `Cache-Status`.
+        let refused = if !storable || !rules {
+            None
+        } else if shared_cookie(shared, &parts.headers) && !cache.options.store_set_cookie {
+            Some("set-cookie")
+        } else if cache.options.refuses_error(status) {
+            Some("error-status")
+        } else {
+            None
+        };
+        // The fields only this response's client gets (its cookie, what a qualified
+        // `no-cache` or `private` names): never in the stored copy, nor to followers.
+        let withheld = if storable && refused.is_none() {
+            let names = withheld(&cache.decides_by(&parts.headers), shared);
+            take_fields(&mut parts.headers, &names)
+        } else {
+            HeaderMap::new()
+        };
+        let response = Response::from_parts(parts, body);
         let names = key::vary_names(response.headers());
         let url = url::Url::parse(&key::effective_uri(&self.request));
-        let (Some(names), Ok(url), true) = (names, url, storable) else {
-            let mut response = self.pass(response, Status::forward(fwd).fwd_status(status));
+        let (Some(names), Ok(url), true, None) = (names, url, storable, refused) else {
+            let mut status = Status::forward(fwd).fwd_status(status);
+            if let Some(refused) = refused {
+                status = status.detail(refused);
+            }
+            let mut response = self.pass(response, status);
+            add_fields(response.headers_mut(), withheld);
             if found && cache.options.x_cache {
                 response.headers_mut().insert(
                     HeaderName::from_static("x-cache-lookup"),
@@ -384,12 +401,32 @@ impl Pending {
             }
             return Finished::Ready(response);
         };
-        if !cache.manager.admits(&self.key) {
-            // Asked for too few times yet (`min_uses`): passed, and counted.
-            let status = Status::forward(fwd).fwd_status(status).detail("min-uses");
-            return Finished::Ready(self.pass(response, status));
-        }
         let stored_request = self.stored_request(&names_as_vary(&names));
+        // A response with neither freshness nor a validator can never be reused: storing it
+        // would cost a write per request and risk serving one user's page stale to the next.
+        let never_fresh = rules
+            && !response.headers().contains_key(header::ETAG)
+            && !response.headers().contains_key(header::LAST_MODIFIED)
+            && cache
+                .freshness_lifetime(
+                    status,
+                    response.version(),
+                    response.headers(),
+                    &stored_request,
+                )
+                .is_zero();
+        // Or asked for too few times yet (`min_uses`): passed, and counted.
+        if never_fresh || !cache.manager.admits(&self.key) {
+            let detail = if never_fresh {
+                "no-freshness"
+            } else {
+                "min-uses"
+            };
+            let status = Status::forward(fwd).fwd_status(status).detail(detail);
+            let mut response = self.pass(response, status);
+            add_fields(response.headers_mut(), withheld);
+            return Finished::Ready(response);
+        }
         let head = cache.policy_response(status, response.version(), response.headers());
         let policy = CachePolicy::new_options(&stored_request, &head, now, options);
         let leader = leader.map(|leader| {
@@ -402,7 +439,7 @@ impl Pending {
             };
             (leader, head)
         });
-        let ttl = cache.ttl(&policy, now);
+        let ttl = cache.ttl(status, &policy, now);
         let status = Status::forward(fwd).fwd_status(status).stored().ttl(ttl);
         if names.is_empty() {
             let mut response = match leader {
@@ -414,6 +451,7 @@ impl Pending {
                 }
                 None => cache.manager.tee(self.key, response, policy, url),
             };
+            add_fields(response.headers_mut(), withheld);
             cache.annotate(response.headers_mut(), &status, false, found);
             return Finished::Ready(response);
         }
@@ -448,6 +486,7 @@ impl Pending {
                     (response.map(StreamingBody::pass), status)
                 }
             };
+            add_fields(response.headers_mut(), withheld);
             cache.annotate(response.headers_mut(), &status, false, found);
             response
         }))
@@ -506,6 +545,19 @@ impl Pending {
         }
         let headers = key::normalize_selecting(&names, &headers);
         policy_view(&self.request.method, headers)
+    }
+}
+
+/// Gives back to a response the fields `taken` from it for its own client.
+pub(super) fn add_fields(headers: &mut HeaderMap, taken: HeaderMap) {
+    let mut last = None;
+    for (name, value) in taken {
+        if let Some(name) = name {
+            last = Some(name);
+        }
+        if let Some(name) = &last {
+            headers.append(name, value);
+        }
     }
 }
 

@@ -113,7 +113,10 @@ impl HttpStreamingCache {
 
         let now = self.now();
         let judged = judge(policy, parts, &entry.headers, now);
-        let within_cap = self.options.max_ttl.is_none_or(|cap| policy.age(now) < cap);
+        let within_cap = self
+            .options
+            .cap_for(entry.status)
+            .is_none_or(|cap| policy.age(now) < cap);
         match judged {
             Judged::Fresh if mode != CacheMode::NoCache && within_cap => {
                 Plan::Respond(self.hit(parts, response, policy, now, Status::hit()))
@@ -138,6 +141,7 @@ impl HttpStreamingCache {
                         && directive_value(&decided, "stale-while-revalidate")
                             .and_then(|v| v.parse().ok())
                             .is_some_and(|s| stale_for_at_most(policy, now, Duration::from_secs(s)))
+                        && self.was_fresh(&entry)
                 } =>
             {
                 self.stale_while_revalidate(parts, key, response, &entry, stored_key, now)
@@ -303,7 +307,7 @@ impl HttpStreamingCache {
                 let chunk = 64 * 1024;
                 let body = StreamingBody::follow(follower.body(chunk));
                 let mut response = Response::from_parts(head_parts, body);
-                let ttl = self.ttl(&policy, self.now());
+                let ttl = self.ttl(response.status(), &policy, self.now());
                 let status = Status::forward(fwd).collapsed().ttl(ttl);
                 self.annotate(response.headers_mut(), &status, false, found);
                 Plan::Respond(response)
@@ -368,22 +372,40 @@ impl HttpStreamingCache {
     }
 
     /// Whether a stored response may be served by this cache: one that its storing rules
-    /// would have refused (written by a private cache into a shared tier or directory, or
-    /// edited there: `private` or `Set-Cookie` without `public` in a shared cache, or
-    /// `no-store` anywhere) is not, unless the request's mode ignores the rules. Nothing is
-    /// trusted for being on disk or in a bucket.
+    /// would have refused or kept otherwise (written by a private cache into a shared tier
+    /// or directory, by an earlier version, or edited there: `private` or a `Set-Cookie` in a
+    /// shared cache, `no-store` anywhere, a field that a qualified `no-cache` or `private`
+    /// names) is not. Nothing is trusted for being on disk or in a bucket. A mode that
+    /// ignores the rules serves it, but never with another client's cookie.
     pub(super) fn admits(&self, entry: &Entry, mode: CacheMode) -> bool {
+        let shared = self.options.shared;
         if mode == CacheMode::IgnoreRules {
-            return true;
+            return !shared_cookie(shared, &entry.headers);
         }
         let headers = &*self.decides_by(&entry.headers);
         // Read once: this runs on every hit.
         let directives = view::cache_control(headers);
         let has = |name: &str| directives.iter().any(|d| d.name == name);
         let understood = has("must-understand") && view::understands(entry.status);
+        let whole_private = directives.iter().any(|d| {
+            d.name == "private"
+                && d.value
+                    .as_deref()
+                    .is_none_or(|v| view::field_names(v).is_empty())
+        });
+        let names_kept = directives.iter().any(|d| {
+            let qualified = d.name == "no-cache" || (shared && d.name == "private");
+            qualified
+                && d.value.as_deref().is_some_and(|list| {
+                    view::field_names(list)
+                        .iter()
+                        .any(|name| entry.headers.contains_key(name))
+                })
+        });
         let refused = (has("no-store") && !understood)
-            || (self.options.shared && has("private"))
-            || shared_cookie(self.options.shared, headers);
+            || (shared && whole_private)
+            || shared_cookie(shared, &entry.headers)
+            || names_kept;
         if refused {
             crate::log::debug_event!(key = %entry.key, "a stored response this cache may not serve: a miss");
         }

@@ -126,6 +126,18 @@ const DELTA_SECONDS: [&str; 6] = [
     "stale-if-error",
 ];
 
+/// Directives whose value, when they have one, is a list of field names (RFC 9111
+/// §5.2.2.4, §5.2.2.7).
+const QUALIFIED: [&str; 2] = ["no-cache", "private"];
+
+/// The field names of a qualified directive's list (`Set-Cookie, X-Token`), lower case;
+/// elements that are no field name are passed over.
+pub(super) fn field_names(list: &str) -> Vec<header::HeaderName> {
+    list.split(',')
+        .filter_map(|name| header::HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect()
+}
+
 /// The greatest delta-seconds a recipient keeps (RFC 9111 §1.2.2).
 const MAX_DELTA: u64 = 1 << 31;
 
@@ -243,19 +255,27 @@ pub(super) fn normalized(headers: &HeaderMap) -> HeaderMap {
     if headers.contains_key(header::CACHE_CONTROL) {
         let written: Vec<String> = cache_control(headers)
             .into_iter()
-            .map(|d| {
+            .filter_map(|d| {
                 let delta = DELTA_SECONDS.contains(&d.name.as_str());
-                match d.value {
+                Some(match d.value {
                     Some(value) if delta => {
                         let seconds = delta_seconds(&value).filter(|_| !d.malformed);
                         format!("{}={}", d.name, seconds.unwrap_or(0))
                     }
+                    // `no-cache` and `private` naming fields speak of those fields only,
+                    // which the cache never keeps in a stored copy: the rest of the
+                    // response is judged without them.
+                    Some(value)
+                        if QUALIFIED.contains(&d.name.as_str())
+                            && !field_names(&value).is_empty() =>
+                    {
+                        return None;
+                    }
                     // A name alone, or a value the engine does not read: the name keeps
-                    // its meaning (no-cache="Set-Cookie" still forbids reuse without
-                    // revalidation).
+                    // its meaning.
                     _ if d.name == "max-stale" || !delta => d.name,
                     _ => format!("{}=0", d.name),
-                }
+                })
             })
             .collect();
         view.remove(header::CACHE_CONTROL);
@@ -386,9 +406,19 @@ mod tests {
             cc("max-age=60, max-age=3600").as_deref(),
             Some("max-age=60")
         );
+        // Naming fields, they speak of those fields only, which no stored copy keeps.
         assert_eq!(
             cc(r#"private="a, b", max-age=5"#).as_deref(),
-            Some("private, max-age=5")
+            Some("max-age=5")
+        );
+        assert_eq!(
+            cc(r#"max-age=5, no-cache="Set-Cookie""#).as_deref(),
+            Some("max-age=5")
+        );
+        assert_eq!(
+            cc(r#"max-age=5, no-cache="", private"#).as_deref(),
+            Some("max-age=5, no-cache, private"),
+            "a list that names no field stands for the whole response"
         );
         let two = headers(&[
             ("cache-control", "max-age=1"),

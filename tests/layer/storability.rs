@@ -244,7 +244,16 @@ async fn a_targeted_cdn_cache_control_field_decides_for_a_shared_cache() {
 /// Whether the second of two GETs is answered from the store, the origin answering with
 /// `status` and `headers` each time; the client gets `status` both times.
 async fn status_reused(status: u16, headers: &'static [(&'static str, &'static str)]) -> bool {
-    let mut s = setup(HttpCacheOptions::default(), move |_, _| {
+    status_reused_with(HttpCacheOptions::default(), status, headers).await
+}
+
+/// [`status_reused`], for a cache with `options`.
+async fn status_reused_with(
+    options: HttpCacheOptions,
+    status: u16,
+    headers: &'static [(&'static str, &'static str)],
+) -> bool {
+    let mut s = setup(options, move |_, _| {
         let mut response = reply(headers, "answer");
         *response.status_mut() = StatusCode::from_u16(status).unwrap();
         response
@@ -263,16 +272,30 @@ async fn status_reused(status: u16, headers: &'static [(&'static str, &'static s
 
 #[tokio::test]
 async fn statuses_the_cache_understands_are_reused_with_explicit_freshness() {
-    for status in [299, 400, 404, 410, 500, 502, 503, 504, 599] {
+    let fresh: &[(&str, &str)] = &[("cache-control", "max-age=60")];
+    for status in [299, 404, 410] {
+        assert!(status_reused(status, fresh).await, "{status}");
+    }
+    // Errors a client may provoke: not in a shared cache unless it is told to store them,
+    // and then for no longer than it says.
+    let errors = HttpCacheOptions::default().store_errors(Some(std::time::Duration::from_secs(60)));
+    for status in [400, 500, 501, 502, 503, 504, 599] {
+        assert!(!status_reused(status, fresh).await, "{status}");
         assert!(
-            status_reused(status, &[("cache-control", "max-age=60")]).await,
+            status_reused_with(errors.clone(), status, fresh).await,
             "{status}"
         );
+        let private = HttpCacheOptions::default().shared(false);
+        assert!(status_reused_with(private, status, fresh).await, "{status}");
     }
-    assert!(status_reused(500, &[("expires", "Fri, 01 Jan 2049 00:00:00 GMT")]).await);
+    let expires: &[(&str, &str)] = &[("expires", "Fri, 01 Jan 2049 00:00:00 GMT")];
+    assert!(status_reused_with(errors.clone(), 500, expires).await);
     // Without explicit freshness an error is not stored.
     for status in [500, 503] {
-        assert!(!status_reused(status, &[]).await, "{status}");
+        assert!(
+            !status_reused_with(errors.clone(), status, &[]).await,
+            "{status}"
+        );
     }
     // must-understand lets no-store give way for a status the cache understands only.
     let understood: &[(&str, &str)] = &[("cache-control", "max-age=60, no-store, must-understand")];

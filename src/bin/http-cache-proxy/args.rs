@@ -85,6 +85,22 @@ pub(crate) struct Args {
     #[arg(long, env = "HTTP_CACHE_PROXY_MAX_TTL", value_parser = duration)]
     pub(crate) max_ttl: Option<Duration>,
 
+    /// Store responses that set a cookie, without their Set-Cookie (which goes only to the
+    /// client whose request fetched it). By default they pass through unstored.
+    #[arg(long, env = "HTTP_CACHE_PROXY_STORE_SET_COOKIE")]
+    pub(crate) store_set_cookie: bool,
+
+    /// Store 400 and 5xx responses the upstream gives freshness, served for at most this
+    /// long. By default they pass through unstored: an error one client provokes is never
+    /// served to the next (cache-poisoned denial of service).
+    #[arg(long, env = "HTTP_CACHE_PROXY_STORE_ERRORS", value_parser = duration)]
+    pub(crate) store_errors: Option<Duration>,
+
+    /// Request headers larger than this in all (names and values) are answered 431 here,
+    /// never sent upstream: a request an origin would refuse with an error of its own.
+    #[arg(long, env = "HTTP_CACHE_PROXY_MAX_REQUEST_HEADERS", value_parser = size, default_value = "16k")]
+    pub(crate) max_request_headers: u64,
+
     /// How long a request for what another request is fetching waits for its response head
     /// before going to the upstream itself.
     #[arg(long, env = "HTTP_CACHE_PROXY_COALESCE_WAIT", value_parser = duration, default_value = "10s")]
@@ -174,7 +190,7 @@ pub(crate) struct Args {
     pub(crate) fleet_advertise: Option<String>,
 
     /// The secret the fleet's proxies prove to each other (16 bytes or more; better from
-    /// the environment than the command line).
+    /// the environment than the command line, where `ps` shows it).
     #[arg(
         long,
         env = "HTTP_CACHE_PROXY_FLEET_SECRET",
@@ -187,8 +203,10 @@ pub(crate) struct Args {
     #[arg(long, env = "HTTP_CACHE_PROXY_FLEET_LEASE_TTL", value_parser = duration, default_value = "30s")]
     pub(crate) fleet_lease_ttl: Duration,
 
-    /// `PURGE /path` with `Authorization: Bearer TOKEN` removes what is stored for the path.
-    #[arg(long, env = "HTTP_CACHE_PROXY_PURGE_TOKEN", value_parser = token)]
+    /// `PURGE /path` with `Authorization: Bearer TOKEN` removes what is stored for the path
+    /// (16 or more visible ASCII characters; better from the environment than the command
+    /// line, where `ps` shows it).
+    #[arg(long, env = "HTTP_CACHE_PROXY_PURGE_TOKEN", hide_env_values = true)]
     pub(crate) purge_token: Option<String>,
 
     /// Clients are proxies of your own: keep the Forwarded and X-Forwarded-* they send.
@@ -335,12 +353,43 @@ fn count(value: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{value:?}: a whole number above zero"))
 }
 
-/// A purge token: visible ASCII, as an `Authorization` header carries it.
-fn token(value: &str) -> Result<String, String> {
-    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("a token of visible ASCII characters".into());
+/// The fewest bytes a purge token or a fleet secret may have: a shorter one could be
+/// guessed.
+pub(crate) const SECRET_BYTES: usize = 16;
+
+impl Args {
+    /// Checks what clap cannot without printing it: the secrets. (A value parser's error
+    /// would show the value it refused.)
+    pub(crate) fn check_secrets(&self) -> Result<(), String> {
+        if let Some(token) = &self.purge_token {
+            token_error(token)
+                .map_err(|why| format!("--purge-token (HTTP_CACHE_PROXY_PURGE_TOKEN): {why}"))?;
+        }
+        if let Some(secret) = &self.fleet_secret
+            && secret.len() < SECRET_BYTES
+        {
+            return Err(format!(
+                "--fleet-secret (HTTP_CACHE_PROXY_FLEET_SECRET): {SECRET_BYTES} bytes or more, \
+                 so that it cannot be guessed"
+            ));
+        }
+        Ok(())
     }
-    Ok(value.to_owned())
+}
+
+/// Why a purge token is refused, if it is: it must be visible ASCII (as an
+/// `Authorization` header carries it) and long enough not to be guessed. The message never
+/// holds the token.
+fn token_error(token: &str) -> Result<(), String> {
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("a token of visible ASCII characters only".into());
+    }
+    if token.len() < SECRET_BYTES {
+        return Err(format!(
+            "{SECRET_BYTES} characters or more, so that it cannot be guessed"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

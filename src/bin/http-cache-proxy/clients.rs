@@ -24,6 +24,8 @@ pub(crate) struct ClientLimits {
     pub(crate) send_timeout: Duration,
     /// Connections served at once; more wait in the listen backlog.
     pub(crate) max_connections: usize,
+    /// Bytes of request headers (names and values) above which a request is answered `431`.
+    pub(crate) max_request_headers: usize,
 }
 
 /// A client connection that is dropped when the client takes no byte of a response for
@@ -217,9 +219,25 @@ pub(crate) fn text_response(status: StatusCode, message: &str) -> Response<Strea
 }
 
 /// A request the proxy answers itself, before the cache: `CONNECT` (`405`: it tunnels
-/// nothing), and a request whose site is not a valid `host[:port]` or is named twice, or
-/// an HTTP/1.1 request with no `Host` (`400`, RFC 9112 §3.2).
-pub(crate) fn refuse<B>(request: &Request<B>) -> Option<Response<StreamingBody>> {
+/// nothing), request headers over `max_headers` bytes (`431`: an origin that refuses them
+/// would answer an error of its own, which a cache must not make everyone's), and a request
+/// whose site is not a valid `host[:port]` or is named twice, or an HTTP/1.1 request with
+/// no `Host` (`400`, RFC 9112 §3.2).
+pub(crate) fn refuse<B>(
+    request: &Request<B>,
+    max_headers: usize,
+) -> Option<Response<StreamingBody>> {
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > max_headers {
+        return Some(text_response(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request headers too large\n",
+        ));
+    }
     if request.method() == http::Method::CONNECT {
         return Some(text_response(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -54,7 +54,8 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use http_body_util::BodyExt as _;
 use http_cache_streaming::{
-    FleetFills, HttpCacheOptions, HttpCacheStreaming, HttpCacheStreamingLayer, StreamingManager,
+    CacheMode, FleetFills, HttpCacheOptions, HttpCacheStreaming, HttpCacheStreamingLayer,
+    StreamingManager,
 };
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -72,6 +73,10 @@ const BLOCKING_THREADS: usize = 32;
 
 fn main() {
     let args = Args::parse();
+    if let Err(error) = args.check_secrets() {
+        eprintln!("error: {error}");
+        std::process::exit(2);
+    }
     init_logging(args.log_format);
     // Lookups and hit reads are short jobs on the blocking pool: hundreds of requests at
     // once queue for a bounded set of threads rather than start one each.
@@ -146,6 +151,9 @@ fn cache(
     if let Some(window) = args.stale_on_error {
         options = options.stale_on_error(window);
     }
+    options = options
+        .store_set_cookie(args.store_set_cookie)
+        .store_errors(args.store_errors);
     if let Some(cap) = args.max_ttl {
         options = options.max_ttl(cap);
     }
@@ -228,6 +236,7 @@ async fn run(args: Args) -> Result<(), Error> {
             idle_timeout: args.idle_timeout,
             send_timeout: args.send_timeout,
             max_connections: args.max_connections,
+            max_request_headers: usize::try_from(args.max_request_headers).unwrap_or(usize::MAX),
         },
     });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -393,13 +402,23 @@ fn per_request(
                 request.uri().to_string()
             };
             let method = request.method().clone();
-            let response = if let Some(refused) = clients::refuse(&request) {
+            let max_headers = shared.limits.max_request_headers;
+            let response = if let Some(refused) = clients::refuse(&request, max_headers) {
                 refused
             } else if request.method().as_str() == "PURGE" {
                 let token = shared.purge_token.as_deref();
                 clients::purge(&shared.service, &request, token).await
             } else {
+                // What names the connection goes first, so that the cache keys on what the
+                // upstream receives and no client removes the forwarding headers added next.
+                http_cache_streaming::strip_hop_by_hop(request.headers_mut());
                 clients::forwarded_for(&mut request, &forwarding, shared.trust_forwarded);
+                // A GET or HEAD with a body, however framed (HTTP/2 DATA frames carry no
+                // length): an origin may answer by its body, which no key names.
+                let read = matches!(*request.method(), http::Method::GET | http::Method::HEAD);
+                if read && !http_body::Body::is_end_stream(request.body()) {
+                    request.extensions_mut().insert(CacheMode::NoStore);
+                }
                 let request = request.map(boxed);
                 let mut response = send(shared.service.clone(), request).await;
                 response

@@ -1,0 +1,500 @@
+//! What a shared cache keeps of one client's response for the next, through the real
+//! `http-cache-proxy` with its defaults: one user's cookie, the fields an origin names in
+//! `no-cache="…"` and `private="…"`, an error one client provoked, a page that was never
+//! fresh, a header a client names in `Connection`, a body on a GET. In each test a first
+//! client (the attacker, or just the previous user) goes first, and the test asserts what
+//! a second, innocent client receives, and what reached the origin and the disk.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::Body as AxumBody;
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full};
+
+/// Sends a GET for `path` with `headers` to the proxy and reads the whole response.
+async fn get_with(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> Got {
+    let mut request = Request::get(format!("http://{}{path}", proxy.addr));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::<Bytes>::default()).unwrap();
+    common::send(&mut client(), request).await
+}
+
+async fn get(proxy: &Proxy, path: &str) -> Got {
+    get_with(proxy, path, &[]).await
+}
+
+fn started(origin: &Origin, extra: &[&str]) -> (Proxy, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(&origin.url(""), dir.path(), extra);
+    (proxy, dir)
+}
+
+/// An origin that sets a session cookie for the user it numbers, with `cache_control` and a
+/// strong `ETag`: what an application's page does when it logs a visitor in.
+async fn cookie_origin(cache_control: &'static str) -> Origin {
+    Origin::start(move |_, n| {
+        Response::builder()
+            .header("cache-control", cache_control)
+            .header("etag", "\"v1\"")
+            .header("set-cookie", format!("session=user{n}; HttpOnly"))
+            .header("x-user", format!("user{n}"))
+            .body(AxumBody::from(format!("page #{n}")))
+            .unwrap()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_that_sets_a_cookie_is_not_stored_whatever_it_says() {
+    for cache_control in ["public, max-age=600", "max-age=600", "s-maxage=600, public"] {
+        let origin = cookie_origin(cache_control).await;
+        let (proxy, dir) = started(&origin, &[]);
+        let first = get(&proxy, "/login").await;
+        assert_eq!(first.header("set-cookie"), Some("session=user1; HttpOnly"));
+        assert!(
+            first.cache_status().contains("detail=set-cookie"),
+            "{cache_control}: {}",
+            first.cache_status()
+        );
+        let second = get(&proxy, "/login").await;
+        assert_eq!(
+            second.header("set-cookie"),
+            Some("session=user2; HttpOnly"),
+            "{cache_control}: the next user gets a session of their own"
+        );
+        assert_eq!(second.body, "page #2");
+        assert_eq!(origin.hits(), 2);
+        assert!(record_files(dir.path()).is_empty(), "{cache_control}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_store_set_cookie_the_cookie_goes_to_its_own_client_only() {
+    let origin = cookie_origin("public, max-age=600").await;
+    let (proxy, dir) = started(&origin, &["--store-set-cookie"]);
+    let first = get(&proxy, "/login").await;
+    assert_eq!(first.header("set-cookie"), Some("session=user1; HttpOnly"));
+    eventually("stored", || record_files(dir.path()).len() == 1).await;
+    let second = get(&proxy, "/login").await;
+    assert!(second.hit(), "{}", second.cache_status());
+    assert_eq!(second.body, "page #1");
+    assert_eq!(
+        second.header("set-cookie"),
+        None,
+        "user1's cookie stays with user1"
+    );
+    assert_eq!(second.header("x-user"), Some("user1"), "the rest is stored");
+    // Nothing on disk carries the cookie either.
+    let records = dir.path().join("cache-v2/metadata");
+    for name in record_files(dir.path()) {
+        let record = std::fs::read(records.join(&name)).unwrap();
+        let text = String::from_utf8_lossy(&record);
+        assert!(!text.contains("session=user1"), "{name} holds the cookie");
+    }
+    // Followers of the same fill are other clients too: none of them gets it.
+    let origin = cookie_origin("public, max-age=600").await;
+    let (proxy, _dir) = started(&origin, &["--store-set-cookie"]);
+    let at_once = (0..6).map(|_| get(&proxy, "/together"));
+    let got = futures_util::future::join_all(at_once).await;
+    let cookies: Vec<_> = got.iter().filter_map(|g| g.header("set-cookie")).collect();
+    assert_eq!(
+        cookies.len(),
+        origin.hits(),
+        "one cookie per origin fetch: {cookies:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_named_in_no_cache_or_private_never_reach_another_client() {
+    for cache_control in [
+        r#"public, max-age=600, no-cache="X-User""#,
+        r#"max-age=600, private="x-user""#,
+        r#"max-age=600, no-cache="X-Other, x-user", private="x-none""#,
+    ] {
+        let origin = Origin::start(move |_, n| {
+            Response::builder()
+                .header("cache-control", cache_control)
+                .header("x-user", format!("user{n}"))
+                .body(AxumBody::from("the page"))
+                .unwrap()
+        })
+        .await;
+        let (proxy, dir) = started(&origin, &[]);
+        let first = get(&proxy, "/page").await;
+        assert_eq!(first.header("x-user"), Some("user1"), "{cache_control}");
+        eventually("stored", || record_files(dir.path()).len() == 1).await;
+        let second = get(&proxy, "/page").await;
+        assert!(second.hit(), "{cache_control}: {}", second.cache_status());
+        assert_eq!(second.header("x-user"), None, "{cache_control}");
+        assert_eq!(origin.hits(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revalidation_gives_its_304s_cookie_to_its_own_client_only() {
+    // Stored without a cookie; every revalidation's 304 sets the revalidating user's.
+    let origin = Origin::start(|parts, n| {
+        if parts.headers.contains_key("if-none-match") {
+            return Response::builder()
+                .status(StatusCode::NOT_MODIFIED)
+                .header("cache-control", r#"max-age=1, no-cache="x-user""#)
+                .header("etag", "\"v1\"")
+                .header("set-cookie", format!("session=user{n}"))
+                .header("x-user", format!("user{n}"))
+                .header("x-hop", "this connection's")
+                .header("connection", "x-hop")
+                .body(AxumBody::empty())
+                .unwrap();
+        }
+        Response::builder()
+            .header("cache-control", r#"max-age=1, no-cache="x-user""#)
+            .header("etag", "\"v1\"")
+            .body(AxumBody::from("the page"))
+            .unwrap()
+    })
+    .await;
+    let (proxy, dir) = started(&origin, &[]);
+    assert_eq!(get(&proxy, "/page").await.body, "the page");
+    eventually("stored", || record_files(dir.path()).len() == 1).await;
+    // Stale a second later (a slow machine only makes it staler).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let revalidated = get(&proxy, "/page").await;
+    assert!(
+        revalidated
+            .cache_status()
+            .contains("fwd=stale; fwd-status=304"),
+        "{}",
+        revalidated.cache_status()
+    );
+    assert_eq!(revalidated.header("set-cookie"), Some("session=user2"));
+    assert_eq!(revalidated.header("x-user"), Some("user2"));
+    let next = get(&proxy, "/page").await;
+    assert!(next.hit(), "{}", next.cache_status());
+    assert_eq!(
+        next.header("set-cookie"),
+        None,
+        "user2's cookie stays with user2"
+    );
+    assert_eq!(next.header("x-user"), None, "named in no-cache: user2's");
+    assert_eq!(next.header("x-hop"), None);
+    assert_eq!(origin.hits(), 2);
+}
+
+/// An origin that answers `400` (or the status in `X-Fail`) to a request carrying `X-Fail`,
+/// and `200` otherwise, everything `public, max-age=600`: the blanket header many origins
+/// add to every response.
+async fn blanket_origin() -> Origin {
+    Origin::start(|parts, n| {
+        let status = match parts.headers.get("x-fail") {
+            Some(code) => code.to_str().unwrap().parse().unwrap_or(400),
+            None => 200,
+        };
+        Response::builder()
+            .status(status)
+            .header("cache-control", "public, max-age=600")
+            .body(AxumBody::from(format!("{status} #{n}")))
+            .unwrap()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_one_client_provoked_is_not_served_to_the_next() {
+    let origin = blanket_origin().await;
+    let (proxy, dir) = started(&origin, &[]);
+    for (i, code) in ["400", "500", "501", "502", "503", "504"]
+        .iter()
+        .enumerate()
+    {
+        let path = format!("/page/{i}");
+        let attack = get_with(&proxy, &path, &[("x-fail", code)]).await;
+        assert_eq!(attack.status.as_str(), *code);
+        assert!(
+            attack.cache_status().contains("detail=error-status"),
+            "{}",
+            attack.cache_status()
+        );
+        let innocent = get(&proxy, &path).await;
+        assert_eq!(
+            innocent.status,
+            StatusCode::OK,
+            "{code}: {}",
+            innocent.cache_status()
+        );
+    }
+    assert!(record_files(dir.path()).len() <= 6, "only the 200s stored");
+
+    // Opted in, errors are stored, and served no longer than the cap.
+    let origin = blanket_origin().await;
+    let (proxy, _dir) = started(&origin, &["--store-errors", "1s"]);
+    assert_eq!(
+        get_with(&proxy, "/e", &[("x-fail", "503")]).await.status,
+        503
+    );
+    let stored = get(&proxy, "/e").await;
+    assert_eq!(stored.status, 503, "stored as the operator asked");
+    assert!(stored.hit(), "{}", stored.cache_status());
+    // Past the cap (a slow machine only makes it later), the origin is asked again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(get(&proxy, "/e").await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_too_large_for_an_origin_are_answered_431_by_the_proxy() {
+    let origin = blanket_origin().await;
+    let (proxy, _dir) = started(&origin, &[]);
+    let big = "x".repeat(20 * 1024);
+    let attack = get_with(&proxy, "/page", &[("x-big", &big)]).await;
+    assert_eq!(attack.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    // Many fields, each small, count together.
+    let fields: Vec<(String, String)> = (0..40)
+        .map(|i| (format!("x-f{i}"), "y".repeat(500)))
+        .collect();
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (&n[..], &v[..])).collect();
+    assert_eq!(get_with(&proxy, "/page", &fields).await.status, 431);
+    assert_eq!(origin.hits(), 0, "none of it reached the origin");
+    assert_eq!(get(&proxy, "/page").await.status, StatusCode::OK);
+    // An operator whose origins take more says so.
+    let (roomy, _dir) = started(&origin, &["--max-request-headers", "64k"]);
+    let got = get_with(&roomy, "/other", &[("x-big", &big)]).await;
+    assert_eq!(got.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_was_never_fresh_is_never_served_to_another_user() {
+    // A personalised page whose handler forgot Cache-Control: no freshness, no validator;
+    // then the handler fails.
+    let failing = Arc::new(AtomicUsize::new(0));
+    let fail = failing.clone();
+    let origin = Origin::start(move |_, n| {
+        if fail.load(Ordering::SeqCst) == 1 {
+            return Response::builder()
+                .status(StatusCode::SERVICE_UNAVAILABLE)
+                .body(AxumBody::from("down"))
+                .unwrap();
+        }
+        Response::builder()
+            .body(AxumBody::from(format!("the account of user{n}")))
+            .unwrap()
+    })
+    .await;
+    let (proxy, dir) = started(&origin, &["--stale-on-error", "1h"]);
+    let first = get(&proxy, "/account").await;
+    assert_eq!(first.body, "the account of user1");
+    assert!(
+        first.cache_status().contains("detail=no-freshness"),
+        "{}",
+        first.cache_status()
+    );
+    assert!(
+        record_files(dir.path()).is_empty(),
+        "one write per request, for nothing"
+    );
+    failing.store(1, Ordering::SeqCst);
+    let second = get(&proxy, "/account").await;
+    assert_eq!(second.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(second.body, "down", "never user1's page");
+
+    // One with a validator but no freshness is kept for revalidation, never served stale.
+    let failing = Arc::new(AtomicUsize::new(0));
+    let fail = failing.clone();
+    let origin = Origin::start(move |_, n| {
+        if fail.load(Ordering::SeqCst) == 1 {
+            return Response::builder()
+                .status(StatusCode::SERVICE_UNAVAILABLE)
+                .body(AxumBody::from("down"))
+                .unwrap();
+        }
+        Response::builder()
+            .header("etag", format!("\"u{n}\""))
+            .body(AxumBody::from(format!("the account of user{n}")))
+            .unwrap()
+    })
+    .await;
+    let (proxy, dir) = started(&origin, &["--stale-on-error", "1h"]);
+    assert_eq!(get(&proxy, "/account").await.body, "the account of user1");
+    eventually("kept for revalidation", || {
+        record_files(dir.path()).len() == 1
+    })
+    .await;
+    failing.store(1, Ordering::SeqCst);
+    let second = get(&proxy, "/account").await;
+    assert_eq!(second.body, "down", "{}", second.cache_status());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_named_in_connection_is_gone_before_the_cache_keys_the_request() {
+    // A CORS origin: the allow header only for a request that carries Origin.
+    let origin = Origin::start(|parts, n| {
+        let mut response = Response::builder()
+            .header("cache-control", "public, max-age=600")
+            .header("vary", "Origin");
+        if let Some(origin) = parts.headers.get("origin") {
+            response = response.header("access-control-allow-origin", origin);
+        }
+        response.body(AxumBody::from(format!("api #{n}"))).unwrap()
+    })
+    .await;
+    let (proxy, _dir) = started(&origin, &[]);
+    let app = ("origin", "https://app.example");
+    // The attacker names Origin in Connection: the origin never sees it.
+    let attack = get_with(&proxy, "/api", &[app, ("connection", "origin")]).await;
+    assert_eq!(attack.header("access-control-allow-origin"), None);
+    let innocent = get_with(&proxy, "/api", &[app]).await;
+    assert_eq!(
+        innocent.header("access-control-allow-origin"),
+        Some("https://app.example"),
+        "{}",
+        innocent.cache_status()
+    );
+    // Nor can a client remove what the proxy says of it upstream.
+    let hidden = [("connection", "x-forwarded-for, forwarded, via")];
+    get_with(&proxy, "/other", &hidden).await;
+    let seen = origin.last_request();
+    for name in ["x-forwarded-for", "forwarded", "via"] {
+        assert!(
+            seen.headers.contains_key(name),
+            "{name}: {:?}",
+            seen.headers
+        );
+    }
+}
+
+/// An HTTPS origin speaking HTTP/2 (so that a request body travels to it whatever its
+/// framing) that answers by the request's body, as search and GraphQL endpoints do,
+/// `public, max-age=600`: its URL, the CA to trust it by, and how many requests it answered.
+async fn body_reading_origin(dir: &std::path::Path) -> (String, String, Arc<AtomicUsize>) {
+    let (ca, cert, key) = common::tls::certificates(dir);
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    let port = common::tls::https_server(&cert, &key, move |request| {
+        let hits = counted.clone();
+        async move {
+            let n = hits.fetch_add(1, Ordering::SeqCst) + 1;
+            let version = request.version();
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            let text = format!(
+                "#{n} for {:?} over {version:?}",
+                String::from_utf8_lossy(&body)
+            );
+            Response::builder()
+                .header("cache-control", "public, max-age=600")
+                .body(Full::new(Bytes::from(text)))
+                .unwrap()
+        }
+    })
+    .await;
+    (format!("https://localhost:{port}"), ca, hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_with_a_body_is_never_stored_however_it_is_framed() {
+    let certs = tempfile::tempdir().unwrap();
+    let (upstream, ca, hits) = body_reading_origin(certs.path()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(&upstream, dir.path(), &["--upstream-ca", &ca]);
+    let url = format!("http://{}/search", proxy.addr);
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<ChannelBody>();
+    // HTTP/2, the body in DATA frames and no length: nothing in the head says it is there.
+    let (tx, body) = channel_body();
+    tx.send(Ok(Frame::data(Bytes::from("evil")))).await.unwrap();
+    drop(tx);
+    let request = Request::get(&url).body(body).unwrap();
+    let response = h2.request(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let attack = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        attack, "#1 for \"evil\" over HTTP/2.0",
+        "the origin read it"
+    );
+    // HTTP/2 with a length, and HTTP/1.1 with a length and chunked.
+    let with_length =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http::<Full<Bytes>>();
+    let request = Request::get(&url)
+        .body(Full::new(Bytes::from("evil2")))
+        .unwrap();
+    with_length.request(request).await.unwrap();
+    let request = Request::get(&url)
+        .body(Full::new(Bytes::from("evil3")))
+        .unwrap();
+    client().request(request).await.unwrap();
+    // HTTP/1.1 chunked (written by hand: a client library sends no body on a GET without
+    // a length).
+    let chunked = b"GET /search HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\
+                    Connection: close\r\n\r\n5\r\nevil4\r\n0\r\n\r\n";
+    let mut stream = std::net::TcpStream::connect(&proxy.addr).unwrap();
+    std::io::Write::write_all(&mut stream, chunked).unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    assert!(answer.contains("#4 for \"evil4\""), "{answer}");
+    assert_eq!(hits.load(Ordering::SeqCst), 4);
+    assert!(
+        record_files(dir.path()).is_empty(),
+        "nothing stored from a body"
+    );
+
+    // The innocent GET without a body gets the origin's answer to no body, and keeps it.
+    let innocent = get(&proxy, "/search").await;
+    assert_eq!(innocent.body, "#5 for \"\" over HTTP/2.0");
+    let again = get(&proxy, "/search").await;
+    assert!(again.hit(), "{}", again.cache_status());
+    assert_eq!(again.body, innocent.body);
+}
+
+#[test]
+fn secrets_are_never_printed_and_short_ones_are_refused() {
+    let secret = "a-purge-token-nobody-may-see";
+    let help = std::process::Command::new(proxy_binary())
+        .arg("--help")
+        .env("HTTP_CACHE_PROXY_PURGE_TOKEN", secret)
+        .env("HTTP_CACHE_PROXY_FLEET_SECRET", secret)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&help.stdout);
+    assert!(printed.contains("--purge-token"), "{printed}");
+    assert!(!printed.contains(secret), "--help shows the token");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().to_str().unwrap();
+    let base = ["--upstream", "http://127.0.0.1:9", "--cache-dir", cache_dir];
+    for token in ["short", "fifteen-chars!!", "has a space in it, long enough"] {
+        let mut args = base.to_vec();
+        args.extend(["--purge-token", token]);
+        let refused = spawn_proxy(&args, &[]).err().expect("refused");
+        assert!(refused.contains("exit status: 2"), "{refused}");
+        assert!(refused.contains("--purge-token"), "{refused}");
+        assert!(
+            !refused.contains(token),
+            "the refusal shows the token: {refused}"
+        );
+        let env = [("HTTP_CACHE_PROXY_PURGE_TOKEN", token)];
+        let refused = spawn_proxy(&base, &env).err().expect("refused");
+        assert!(!refused.contains(token), "{refused}");
+    }
+    let fleet = [
+        "--s3-bucket",
+        "b",
+        "--fleet-listen",
+        "127.0.0.1:0",
+        "--fleet-secret",
+        "tooshort",
+    ];
+    let mut args = base.to_vec();
+    args.extend(fleet);
+    let refused = spawn_proxy(&args, &[]).err().expect("refused");
+    assert!(refused.contains("--fleet-secret"), "{refused}");
+    assert!(!refused.contains("tooshort"), "{refused}");
+}
