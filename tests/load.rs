@@ -159,7 +159,15 @@ async fn clients_that_never_finish_their_headers_are_cut_off() {
     let proxy = start_proxy(
         &origin.url(""),
         dir.path(),
-        &["--quiet", "--header-timeout", "5"],
+        // Every client here comes from 127.0.0.1: the cap per address would otherwise close
+        // all but 256 of them (tests/connection_limits.rs tests that cap).
+        &[
+            "--quiet",
+            "--header-timeout",
+            "5",
+            "--max-connections-per-client",
+            "4096",
+        ],
     );
     let started = Instant::now();
     let mut slow: Vec<TcpStream> = (0..2000)
@@ -411,7 +419,15 @@ async fn six_hundred_clients_that_never_read_cannot_take_the_proxy_down() {
     let proxy = start_proxy(
         &origin.url(""),
         dir.path(),
-        &["--quiet", "--max-size", "268435456", "--send-timeout", "3"],
+        &[
+            "--quiet",
+            "--max-size",
+            "268435456",
+            "--send-timeout",
+            "3",
+            "--max-connections-per-client",
+            "4096",
+        ],
     );
     let pid = proxy.child.id();
     let mut stalled = Vec::new();

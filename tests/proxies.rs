@@ -284,11 +284,19 @@ async fn stop_clients(
     )
 }
 
+/// A proxy for many clients that all come from 127.0.0.1 (the soak's pools hold up to 500
+/// connections at once): its cap per client address raised to the global one.
 fn proxy(origin: &FleetOrigin, dir: &std::path::Path) -> Proxy {
     start_proxy(
         &origin.origin.url(""),
         dir,
-        &["--upstream-timeout", "20s", "--quiet"],
+        &[
+            "--upstream-timeout",
+            "20s",
+            "--quiet",
+            "--max-connections-per-client",
+            "4096",
+        ],
     )
 }
 

@@ -3,16 +3,19 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use http_cache_streaming::{CacheStats, HttpStreamingCache};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::Error;
+use crate::clients::{ClientLimits, Watched};
+use crate::connections::{Activity, Gate, Tracked, within_bounds};
 
 /// What the admin endpoints read.
 #[derive(Clone)]
@@ -40,6 +43,10 @@ pub(crate) fn recorder() -> Result<PrometheusHandle, Error> {
     for name in COUNTERS {
         metrics::counter!(name).increment(0);
     }
+    for listener in ["clients", "admin", "fleet"] {
+        let labels = [("listener", listener), ("reason", "per-client")];
+        metrics::counter!("http_cache_proxy_connections_refused_total", &labels).increment(0);
+    }
     for source in ["cache", "upstream"] {
         metrics::counter!("http_cache_proxy_response_bytes_total", "source" => source).increment(0);
         metrics::counter!("http_cache_proxy_responses_total", "source" => source).increment(0);
@@ -52,6 +59,7 @@ pub(crate) async fn serve(
     addr: SocketAddr,
     allow_remote: bool,
     admin: Admin,
+    limits: ClientLimits,
 ) -> Result<SocketAddr, Error> {
     if !addr.ip().is_loopback() && !allow_remote {
         return Err(format!(
@@ -64,38 +72,60 @@ pub(crate) async fn serve(
         .await
         .map_err(|e| format!("--admin-listen {addr}: {e}"))?;
     let bound = listener.local_addr()?;
-    serve_on(listener, move |request| {
+    // A dashboard or two and a scraper: few connections, each bounded as a client's.
+    let gate = Gate::new(ADMIN_CONNECTIONS, ADMIN_CONNECTIONS / 4, "admin");
+    serve_on(listener, gate, limits, move |request| {
         let admin = admin.clone();
         async move { admin.answer(&request).await }
     });
     Ok(bound)
 }
 
+/// Connections the admin listener serves at once (a quarter of them from one client).
+const ADMIN_CONNECTIONS: usize = 64;
+
 /// Serves `answer` to every connection `listener` accepts, on tasks of their own: the
-/// internal listeners (admin, fleet), which only operators and peers reach.
-pub(crate) fn serve_on<A, F, B>(listener: tokio::net::TcpListener, answer: A)
-where
+/// internal listeners (admin, fleet), which operators and peers reach, bounded as the
+/// clients' listener is (`gate`'s slots, the header, idle and send timeouts of `limits`).
+pub(crate) fn serve_on<A, F, B>(
+    listener: tokio::net::TcpListener,
+    gate: Arc<Gate>,
+    limits: ClientLimits,
+    answer: A,
+) where
     A: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: std::future::Future<Output = Response<B>> + Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let connection = Arc::new(crate::connections_builder(&limits));
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Some(slot) = gate.slot().await else {
+                return;
+            };
+            let Ok((stream, peer)) = listener.accept().await else {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             };
+            let Some(admitted) = gate.admit(peer.ip(), slot) else {
+                continue;
+            };
             let _ = stream.set_nodelay(true);
-            let answer = answer.clone();
+            let (answer, connection) = (answer.clone(), Arc::clone(&connection));
             tokio::spawn(async move {
+                let activity = Activity::new();
+                let in_flight = Arc::clone(&activity);
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let begun = in_flight.begin();
                     let answered = answer(request);
-                    async move { Ok::<_, Infallible>(answered.await) }
+                    async move { Ok::<_, Infallible>(answered.await.map(|b| Tracked::new(b, begun))) }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let stream = Watched::new(stream, limits);
+                let served = connection.serve_connection(TokioIo::new(stream), service);
+                let (first, idle) = (limits.header_timeout, limits.idle_timeout);
+                let _ = within_bounds(served, &activity, first, idle).await;
+                drop(admitted);
             });
         }
     });

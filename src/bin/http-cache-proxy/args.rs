@@ -130,11 +130,13 @@ pub(crate) struct Args {
     #[arg(long, env = "HTTP_CACHE_PROXY_TLS_KEY", requires = "tls_cert")]
     pub(crate) tls_key: Option<PathBuf>,
 
-    /// Time a client has to send a request's headers (nginx's client_header_timeout).
+    /// Time a client has to send a request's headers (nginx's client_header_timeout), and a
+    /// new connection its first request (TLS handshake included).
     #[arg(long, env = "HTTP_CACHE_PROXY_HEADER_TIMEOUT", value_parser = duration, default_value = "30s")]
     pub(crate) header_timeout: Duration,
 
-    /// A connection with nothing read or written for this long is closed.
+    /// A connection with nothing read or written for this long is closed, and so is one
+    /// with no request in flight for this long (an HTTP/2 client sending only PINGs too).
     #[arg(long, env = "HTTP_CACHE_PROXY_IDLE_TIMEOUT", value_parser = duration, default_value = "75s")]
     pub(crate) idle_timeout: Duration,
 
@@ -146,6 +148,12 @@ pub(crate) struct Args {
     /// Client connections served at once; more wait in the listen backlog.
     #[arg(long, env = "HTTP_CACHE_PROXY_MAX_CONNECTIONS", value_parser = count, default_value = "4096")]
     pub(crate) max_connections: usize,
+
+    /// Connections one client address (an IPv6 /64) may hold at once, on every listener;
+    /// more are closed at once. Behind a load balancer every client has its address: raise
+    /// this to --max-connections there.
+    #[arg(long, env = "HTTP_CACHE_PROXY_MAX_CONNECTIONS_PER_CLIENT", value_parser = count, default_value = "256")]
+    pub(crate) max_connections_per_client: usize,
 
     /// Fills whose clients left that are still read to their end, at once.
     #[arg(long, env = "HTTP_CACHE_PROXY_BACKGROUND_FILLS", value_parser = count, default_value = "8")]

@@ -24,6 +24,8 @@ pub(crate) struct ClientLimits {
     pub(crate) send_timeout: Duration,
     /// Connections served at once; more wait in the listen backlog.
     pub(crate) max_connections: usize,
+    /// Connections one client address (an IPv6 /64) holds at once; more are closed.
+    pub(crate) max_connections_per_client: usize,
     /// Bytes of request headers (names and values) above which a request is answered `431`.
     pub(crate) max_request_headers: usize,
 }

@@ -74,9 +74,19 @@ pub(crate) fn advertise(given: Option<&str>, bound: SocketAddr) -> Result<String
     }
 }
 
-/// Serves this node's fills to its peers on `listener`, on a task of its own.
-pub(crate) fn serve(listener: tokio::net::TcpListener, cache: HttpStreamingCache) {
-    crate::admin::serve_on(listener, move |request| {
+/// Serves this node's fills to its peers on `listener`, on a task of its own, within the
+/// clients' limits (the fleet's network is a network).
+pub(crate) fn serve(
+    listener: tokio::net::TcpListener,
+    cache: HttpStreamingCache,
+    limits: crate::clients::ClientLimits,
+) {
+    let gate = crate::connections::Gate::new(
+        limits.max_connections,
+        limits.max_connections_per_client,
+        "fleet",
+    );
+    crate::admin::serve_on(listener, gate, limits, move |request| {
         let cache = cache.clone();
         async move { cache.serve_peer(&request).await }
     });

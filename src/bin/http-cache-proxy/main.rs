@@ -13,10 +13,12 @@
 //!   the path and the query), never the client's `Host`. A request whose `Host` is not a
 //!   valid `host[:port]`, or that has several, or none in HTTP/1.1, is answered `400`;
 //!   `CONNECT` is `405`.
-//! - Slow and many clients cannot take it down: headers must arrive within
-//!   `--header-timeout`, an idle connection is closed after `--idle-timeout`, a client that
-//!   takes no byte for `--send-timeout` is dropped, at most `--max-connections` are served
-//!   at once, and of the fills whose clients left at most `--background-fills` go on.
+//! - Slow and many clients cannot take it down: headers (and a new connection's first
+//!   request) must arrive within `--header-timeout`, a connection with nothing sent or no
+//!   request in flight is closed after `--idle-timeout`, a client that takes no byte for
+//!   `--send-timeout` is dropped, at most `--max-connections` are served at once and
+//!   `--max-connections-per-client` from one address (on the admin and fleet listeners
+//!   too), and of the fills whose clients left at most `--background-fills` go on.
 //! - It adds `Via`, `X-Forwarded-For` and `Forwarded`; client-sent `Forwarded` and
 //!   `X-Forwarded-*` are removed unless `--trust-forwarded`; `X-Original-URL` and the
 //!   method-override headers always are.
@@ -40,6 +42,7 @@ mod access;
 mod admin;
 mod args;
 mod clients;
+mod connections;
 mod fleet;
 mod tls;
 mod upstream;
@@ -196,8 +199,16 @@ async fn run(args: Args) -> Result<(), Error> {
         .open()
         .await
         .map_err(|e| format!("the cache directory {cache_dir} cannot be used: {e}"))?;
+    let limits = ClientLimits {
+        header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
+        send_timeout: args.send_timeout,
+        max_connections: args.max_connections,
+        max_connections_per_client: args.max_connections_per_client,
+        max_request_headers: usize::try_from(args.max_request_headers).unwrap_or(usize::MAX),
+    };
     if let Some((listener, advertise)) = fleet_listener {
-        fleet::serve(listener, service.cache().clone());
+        fleet::serve(listener, service.cache().clone(), limits);
         tracing::info!(%advertise, "serving fills to the fleet");
     }
     let acceptor = match (&args.tls_cert, &args.tls_key) {
@@ -210,7 +221,7 @@ async fn run(args: Args) -> Result<(), Error> {
             metrics,
             max_size: args.max_size,
         };
-        let bound = admin::serve(addr, args.admin_allow_remote, admin).await?;
+        let bound = admin::serve(addr, args.admin_allow_remote, admin, limits).await?;
         tracing::info!(%bound, "admin endpoints: /metrics /stats /healthz");
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -231,13 +242,12 @@ async fn run(args: Args) -> Result<(), Error> {
         trust_forwarded: args.trust_forwarded,
         quiet: args.quiet,
         acceptor,
-        limits: ClientLimits {
-            header_timeout: args.header_timeout,
-            idle_timeout: args.idle_timeout,
-            send_timeout: args.send_timeout,
-            max_connections: args.max_connections,
-            max_request_headers: usize::try_from(args.max_request_headers).unwrap_or(usize::MAX),
-        },
+        limits,
+        gate: connections::Gate::new(
+            limits.max_connections,
+            limits.max_connections_per_client,
+            "clients",
+        ),
     });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     accept(listener, Arc::clone(&shared), &graceful).await;
@@ -270,6 +280,7 @@ struct Shared {
     quiet: bool,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     limits: ClientLimits,
+    gate: Arc<connections::Gate>,
 }
 
 /// Accepts connections until SIGTERM or SIGINT, serving each on a task of its own watched
@@ -279,25 +290,17 @@ async fn accept(
     shared: Arc<Shared>,
     graceful: &hyper_util::server::graceful::GracefulShutdown,
 ) {
-    let mut connection = auto::Builder::new(TokioExecutor::new());
-    connection
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(shared.limits.header_timeout)
-        .max_buf_size(CONNECTION_BUFFER);
-    connection.http2().timer(TokioTimer::new());
-    let connection = Arc::new(connection);
-    // Past the cap, connections wait in the listen backlog until one closes.
-    let slots = Arc::new(tokio::sync::Semaphore::new(shared.limits.max_connections));
+    let connection = Arc::new(connections_builder(&shared.limits));
     let mut last_complaint: Option<Instant> = None;
     let stop = stop_signal();
     tokio::pin!(stop);
     loop {
+        // Past the cap, connections wait in the listen backlog until one closes.
         let slot = tokio::select! {
             () = &mut stop => return,
-            slot = Arc::clone(&slots).acquire_owned() => slot,
+            slot = shared.gate.slot() => slot,
         };
-        let Ok(slot) = slot else { return };
+        let Some(slot) = slot else { return };
         let accepted = tokio::select! {
             () = &mut stop => return,
             accepted = listener.accept() => accepted,
@@ -320,36 +323,55 @@ async fn accept(
                 continue;
             }
         };
+        let Some(admitted) = shared.gate.admit(peer.ip(), slot) else {
+            continue;
+        };
         // A response's last short segment goes out at once, not after the client's
         // acknowledgement of the one before (Nagle's algorithm), as nginx's `tcp_nodelay`.
         let _ = stream.set_nodelay(true);
         let (connection, shared) = (Arc::clone(&connection), Arc::clone(&shared));
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let stream = Watched::new(stream, shared.limits);
+            let limits = shared.limits;
+            let (first, idle) = (limits.header_timeout, limits.idle_timeout);
+            let activity = connections::Activity::new();
+            let stream = Watched::new(stream, limits);
             let served = match &shared.acceptor {
                 None => {
-                    let proto = "http";
-                    let service = per_request(Arc::clone(&shared), peer, proto);
+                    let service =
+                        per_request(Arc::clone(&shared), peer, "http", Arc::clone(&activity));
                     let conn = connection.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(conn).await
+                    connections::within_bounds(watcher.watch(conn), &activity, first, idle).await
                 }
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(tls) => {
-                        let service = per_request(Arc::clone(&shared), peer, "https");
-                        let conn = connection.serve_connection(TokioIo::new(tls), service);
-                        watcher.watch(conn).await
+                // The handshake is part of the first request's time.
+                Some(acceptor) => {
+                    match tokio::time::timeout(first, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let service = per_request(
+                                Arc::clone(&shared),
+                                peer,
+                                "https",
+                                Arc::clone(&activity),
+                            );
+                            let conn = connection.serve_connection(TokioIo::new(tls), service);
+                            connections::within_bounds(watcher.watch(conn), &activity, first, idle)
+                                .await
+                        }
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake not done within --header-timeout");
+                            Ok(())
+                        }
                     }
-                    Err(error) => {
-                        tracing::debug!(%peer, %error, "TLS handshake failed");
-                        Ok(())
-                    }
-                },
+                }
             };
             if let Err(error) = served {
                 tracing::debug!(%peer, %error, "connection error");
             }
-            drop(slot);
+            drop(admitted);
         });
     }
 }
@@ -378,19 +400,49 @@ async fn stop_signal() {
 
 const CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache-status");
 
+/// How client connections are served: HTTP/1.1 with its header timeout and buffer, HTTP/2
+/// with keep-alive pings (a peer that answers none is dropped) and a header list bound.
+pub(crate) fn connections_builder(limits: &ClientLimits) -> auto::Builder<TokioExecutor> {
+    let headers = limits.max_request_headers.saturating_add(8 << 10);
+    let mut connection = auto::Builder::new(TokioExecutor::new());
+    connection
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(CONNECTION_BUFFER.max(headers));
+    connection
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(H2_KEEP_ALIVE))
+        .keep_alive_timeout(H2_KEEP_ALIVE)
+        .max_concurrent_streams(H2_STREAMS)
+        .max_header_list_size(u32::try_from(headers.max(16 << 10)).unwrap_or(u32::MAX));
+    connection
+}
+
+/// How often an HTTP/2 connection is pinged, and how long an answer may take.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
+
+/// Streams one HTTP/2 connection may have open at once (hyper's default, said here).
+const H2_STREAMS: u32 = 200;
+
+type Tracked = connections::Tracked<access::Logged>;
+
 /// The service of one client connection.
 fn per_request(
     shared: Arc<Shared>,
     peer: SocketAddr,
     proto: &'static str,
+    activity: Arc<connections::Activity>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<access::Logged>,
+    Response = Response<Tracked>,
     Error = Infallible,
-    Future = impl std::future::Future<Output = Result<Response<access::Logged>, Infallible>> + Send,
+    Future = impl std::future::Future<Output = Result<Response<Tracked>, Infallible>> + Send,
 > + Clone {
     let forwarding = clients::Peer::new(peer, proto);
     hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        let in_flight = activity.begin();
         let shared = Arc::clone(&shared);
         let forwarding = forwarding.clone();
         async move {
@@ -449,7 +501,8 @@ fn per_request(
                 head_sent: Instant::now(),
                 quiet: shared.quiet,
             };
-            Ok(Response::from_parts(parts, access::Logged::new(body, line)))
+            let body = access::Logged::new(body, line);
+            Ok(Response::from_parts(parts, Tracked::new(body, in_flight)))
         }
     })
 }
