@@ -463,8 +463,8 @@ async fn the_holder_killed_mid_body_leaves_no_wrong_byte_anywhere() {
 }
 
 /// The peer listener and the leases are attack surfaces: an ask without the secret gets
-/// nothing, and a lease forged in the bucket that points at a server of the attacker's
-/// gets its bytes neither served nor stored (it cannot prove the secret).
+/// nothing, and a lease forged in the bucket that points at a server of the attacker's is
+/// no lease (it has no seal of the fleet's secret): the node asks the origin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_asks_and_leases_get_nothing() {
     let _alone = common::alone().await;
@@ -517,12 +517,174 @@ async fn forged_asks_and_leases_get_nothing() {
     .await
     .unwrap();
     let got = get(&proxy, "/page").await;
-    assert_eq!(evil.hits(), 1, "the node asked the lease's holder");
     assert_eq!(
-        got.body, "/page #1",
-        "and took the origin's answer, not the holder's"
+        evil.hits(),
+        0,
+        "a lease without the fleet's seal is no lease"
     );
+    assert_eq!(got.body, "/page #1", "the origin's answer");
     let again = get(&proxy, "/page").await;
     assert!(again.hit(), "{}", again.cache_status());
     assert_eq!(again.body, "/page #1");
+}
+
+/// Any client can send a POST the origin answers 2xx, which invalidates the URL (RFC 9111
+/// §4.4) on every node through the purge log: an attacker doing so for every stored URL,
+/// and again and again for one, writes at most the budget's notes (one a second here), while
+/// this node drops every copy it was told to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_by_unsafe_requests_reach_the_fleet_within_a_budget() {
+    let _alone = common::alone().await;
+    use http_cache_streaming::storage::{ObjectStorage, Storage};
+    let endpoint = endpoint();
+    let bucket = new_bucket(&endpoint, "invalidations").await;
+    let origin = common::numbered_origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = free_port();
+    let admin = format!("127.0.0.1:{admin_port}");
+    let args = [
+        "--s3-bucket",
+        &bucket,
+        "--s3-endpoint",
+        &endpoint,
+        "--fleet-invalidation-rate",
+        "1",
+        "--admin-listen",
+        &admin,
+    ];
+    let proxy = common::start_proxy_with_env(&origin.url(""), dir.path(), &args, &PROXY_ENV);
+    for i in 0..40 {
+        assert!(
+            get(&proxy, &format!("/p/{i}"))
+                .await
+                .body
+                .starts_with(b"/p/")
+        );
+    }
+    copied_up(&endpoint, &bucket, 40).await;
+    let tier = ObjectStorage::new(common::s3::bucket(&endpoint, &bucket));
+    let notes_before = tier
+        .list_notes("purges/log", None, 1000)
+        .await
+        .unwrap()
+        .len();
+
+    let post = |path: String| {
+        let request = http::Request::post(format!("http://{}{path}", proxy.addr))
+            .body(http_body_util::Full::<Bytes>::from("x"))
+            .unwrap();
+        async move { common::send(&mut common::client(), request).await }
+    };
+    let started = Instant::now();
+    for i in 0..40 {
+        assert_eq!(post(format!("/p/{i}")).await.status, http::StatusCode::OK);
+    }
+    for _ in 0..50 {
+        post("/p/0".into()).await;
+    }
+    let elapsed = started.elapsed();
+    let notes = tier
+        .list_notes("purges/log", None, 1000)
+        .await
+        .unwrap()
+        .len()
+        - notes_before;
+    let budget = 1 + elapsed.as_secs() as usize + 1;
+    println!(
+        "90 invalidations in {} ms: {notes} purge notes for the fleet (budget {budget})",
+        elapsed.as_millis()
+    );
+    assert!(notes >= 1, "the first reaches the fleet");
+    assert!(notes <= budget, "{notes} notes for 40 URLs in {elapsed:?}");
+    // Here, every URL invalidated is gone: the next request goes to the origin.
+    let fetched = origin.hits();
+    for i in 0..40 {
+        let got = get(&proxy, &format!("/p/{i}")).await;
+        assert!(!got.hit(), "/p/{i}: {}", got.cache_status());
+    }
+    assert_eq!(origin.hits(), fetched + 40);
+    // And what stayed local is counted where operators look.
+    let metrics = common::send(
+        &mut common::client(),
+        http::Request::get(format!("http://{admin}/metrics"))
+            .body(http_body_util::Full::<Bytes>::default())
+            .unwrap(),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    let counted = text
+        .lines()
+        .find(|l| l.starts_with("http_cache_streaming_invalidations_not_shared_total"))
+        .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(counted >= (90 - budget) as f64, "{counted} counted: {text}");
+}
+
+/// Whoever can write to the bucket but does not hold the fleet's secret: purge notes for a
+/// key and for every URL (the empty prefix), and a horizon far in the future (which would
+/// make every node empty itself at each start), are all ignored; the fleet's own purges
+/// still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_writer_without_the_secret_purges_nothing() {
+    let _alone = common::alone().await;
+    use http_cache_streaming::storage::{Name, ObjectStorage, PutNote, Storage};
+    let endpoint = endpoint();
+    let bucket = new_bucket(&endpoint, "unsealed").await;
+    let origin = common::numbered_origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, _) = fleet_proxy(&origin, dir.path(), &endpoint, &bucket);
+    assert_eq!(get(&proxy, "/page").await.body, "/page #1");
+    copied_up(&endpoint, &bucket, 1).await;
+
+    let tier = ObjectStorage::new(common::s3::bucket(&endpoint, &bucket));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let key = Name::of(format!("GET:{}", origin.url("/page")).as_bytes()).to_hex();
+    let everything = Name::of(b"").to_hex();
+    let forged = [
+        (format!("purges/log/{now:013}-0123456789ab-0-k-{key}"), ""),
+        (
+            format!("purges/log/{now:013}-0123456789ab-1-p-{everything}"),
+            "",
+        ),
+        (
+            format!(
+                "purges/log/{now:013}-0123456789ab-2-k-{key}-{}",
+                "0".repeat(32)
+            ),
+            "",
+        ),
+        ("purges/horizon".to_owned(), "9999999999999"),
+        ("purges/latest".to_owned(), "forged"),
+    ];
+    for (path, text) in forged {
+        tier.put_note(&path, Bytes::from(text), PutNote::Overwrite)
+            .await
+            .unwrap();
+    }
+    // Several reads of the log later (every 500 ms; a slow machine only reads it more).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = get(&proxy, "/page").await;
+    assert!(got.hit(), "{}", got.cache_status());
+    assert_eq!(got.body, "/page #1");
+    // Started again, with the horizon: nothing dropped.
+    drop(proxy);
+    let (proxy, _) = fleet_proxy(&origin, dir.path(), &endpoint, &bucket);
+    let got = get(&proxy, "/page").await;
+    assert!(got.hit(), "{}", got.cache_status());
+    assert_eq!(origin.hits(), 1);
+    // The fleet's own purge still works.
+    let purge = http::Request::builder()
+        .method("PURGE")
+        .uri(format!("http://{}/page", proxy.addr))
+        .header("authorization", format!("Bearer {PURGE_TOKEN}"))
+        .body(http_body_util::Full::<Bytes>::default())
+        .unwrap();
+    assert_eq!(
+        common::send(&mut common::client(), purge).await.status,
+        http::StatusCode::OK
+    );
+    assert_eq!(get(&proxy, "/page").await.body, "/page #2");
 }

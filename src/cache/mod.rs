@@ -62,6 +62,71 @@ pub struct HttpStreamingCache {
     manager: StreamingManager,
     options: Arc<HttpCacheOptions>,
     counters: Arc<Counters>,
+    invalidations: Arc<FleetInvalidations>,
+}
+
+/// How long an invalidation of a key by an unsafe request stands for the fleet: another of
+/// the same key within it removes this node's copy (and the bucket's) only.
+const COALESCE_INVALIDATIONS: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keys remembered for [`COALESCE_INVALIDATIONS`] at most (past that, the oldest go).
+const REMEMBERED_INVALIDATIONS: usize = 4096;
+
+/// Which invalidations by unsafe requests reach the whole fleet through the purge log (a
+/// note every node reads): one per key per [`COALESCE_INVALIDATIONS`], and at most
+/// [`fleet_invalidation_rate`](HttpCacheOptions::fleet_invalidation_rate) a second on this
+/// node (a token bucket holding a second's worth). Any client can send a `POST` that the
+/// origin answers `2xx`; without this bound each would cost every node of the fleet.
+#[derive(Debug)]
+struct FleetInvalidations {
+    state: std::sync::Mutex<InvalidationBudget>,
+}
+
+#[derive(Debug)]
+struct InvalidationBudget {
+    tokens: f64,
+    refilled: std::time::Instant,
+    recent: std::collections::HashMap<String, std::time::Instant>,
+}
+
+impl FleetInvalidations {
+    fn new() -> Self {
+        FleetInvalidations {
+            state: std::sync::Mutex::new(InvalidationBudget {
+                tokens: f64::MAX,
+                refilled: std::time::Instant::now(),
+                recent: std::collections::HashMap::new(),
+            }),
+        }
+    }
+
+    /// Whether an invalidation of `key` may reach the fleet now, at `rate` a second.
+    fn admit(&self, key: &str, rate: u32) -> bool {
+        let mut budget = crate::rt::lock(&self.state);
+        let now = std::time::Instant::now();
+        let rate = f64::from(rate.max(1));
+        let elapsed = now.duration_since(budget.refilled).as_secs_f64();
+        budget.tokens = (budget.tokens.min(rate) + elapsed * rate).min(rate);
+        budget.refilled = now;
+        let coalesced = budget
+            .recent
+            .get(key)
+            .is_some_and(|at| now.duration_since(*at) < COALESCE_INVALIDATIONS);
+        if coalesced || budget.tokens < 1.0 {
+            return false;
+        }
+        budget.tokens -= 1.0;
+        if budget.recent.len() >= REMEMBERED_INVALIDATIONS {
+            budget
+                .recent
+                .retain(|_, at| now.duration_since(*at) < COALESCE_INVALIDATIONS);
+            if budget.recent.len() >= REMEMBERED_INVALIDATIONS {
+                budget.recent.clear();
+            }
+        }
+        budget.recent.insert(key.to_owned(), now);
+        true
+    }
 }
 
 /// What the cache has done since it was made, counted as it happens.
@@ -74,6 +139,7 @@ struct Counters {
     stale_served: AtomicU64,
     revalidations: AtomicU64,
     errors: AtomicU64,
+    invalidations_here: AtomicU64,
 }
 
 /// Counts one event in `counter` and, with the `metrics` feature, in the `metrics` counter
@@ -105,6 +171,10 @@ pub struct CacheStats {
     /// Responses being fetched and stored now (each followed by the requests for the same
     /// key that arrived meanwhile).
     pub fills_in_flight: u64,
+    /// Invalidations by unsafe requests that removed this node's copy (and the shared
+    /// tier's) but did not go to the fleet's purge log: another of the same key had within
+    /// the second, or past [`fleet_invalidation_rate`](HttpCacheOptions::fleet_invalidation_rate).
+    pub invalidations_not_shared: u64,
 }
 
 impl fmt::Debug for HttpStreamingCache {
@@ -221,6 +291,7 @@ impl HttpStreamingCache {
             manager,
             options: Arc::new(HttpCacheOptions::default()),
             counters: Arc::default(),
+            invalidations: Arc::new(FleetInvalidations::new()),
         }
     }
 
@@ -236,6 +307,7 @@ impl HttpStreamingCache {
             revalidations: load(&counters.revalidations),
             errors: load(&counters.errors),
             fills_in_flight: self.manager.fills_in_flight() as u64,
+            invalidations_not_shared: load(&counters.invalidations_here),
         })
     }
 
@@ -270,6 +342,15 @@ impl HttpStreamingCache {
             self.manager.forget(key).await?;
         }
         Ok(stored.is_some())
+    }
+
+    /// [`remove`](Self::remove) from this node and the shared tier only, without reading
+    /// the tier or writing to the purge log.
+    async fn remove_here(&self, key: &str) -> crate::Result<()> {
+        if let Some(list) = self.manager.stored_headers_here(key).await {
+            self.remove_variants(key, &list).await?;
+        }
+        self.manager.forget(key).await
     }
 
     /// Replaces the options.
@@ -403,6 +484,7 @@ impl HttpStreamingCache {
                     manager: manager.clone(),
                     options,
                     counters,
+                    invalidations: Arc::new(FleetInvalidations::new()),
                 };
                 match cache.sweep_expired().await {
                     Ok(0) => {}
@@ -415,8 +497,21 @@ impl HttpStreamingCache {
         });
     }
 
+    /// An invalidation of `key` by an unsafe request (RFC 9111 §4.4): everywhere the fleet
+    /// keeps it, within [`FleetInvalidations`]' bounds; past them, here and in the shared
+    /// tier only.
     async fn delete(&self, key: &str) {
-        if let Err(error) = self.remove(key, false).await {
+        let rate = self.options.fleet_invalidation_rate;
+        let removed = if !self.manager.shares_purges() || self.invalidations.admit(key, rate) {
+            self.remove(key, false).await.map(drop)
+        } else {
+            count(
+                &self.counters.invalidations_here,
+                "http_cache_streaming_invalidations_not_shared_total",
+            );
+            self.remove_here(key).await
+        };
+        if let Err(error) = removed {
             count(&self.counters.errors, "http_cache_streaming_errors_total");
             crate::log::warn_event!(%key, %error, "could not invalidate a cache entry");
         }

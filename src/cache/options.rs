@@ -65,6 +65,7 @@ pub struct HttpCacheOptions {
     pub(super) answer_conditionals: bool,
     pub(super) store_set_cookie: bool,
     pub(super) store_errors: Option<Duration>,
+    pub(super) fleet_invalidation_rate: u32,
 }
 
 impl Default for HttpCacheOptions {
@@ -91,6 +92,7 @@ impl Default for HttpCacheOptions {
             store_partial: true,
             store_set_cookie: false,
             store_errors: None,
+            fleet_invalidation_rate: 100,
         }
     }
 }
@@ -118,6 +120,7 @@ impl fmt::Debug for HttpCacheOptions {
             .field("answer_conditionals", &self.answer_conditionals)
             .field("store_set_cookie", &self.store_set_cookie)
             .field("store_errors", &self.store_errors)
+            .field("fleet_invalidation_rate", &self.fleet_invalidation_rate)
             .finish_non_exhaustive()
     }
 }
@@ -345,6 +348,20 @@ impl HttpCacheOptions {
     /// private cache stores errors as the origin says.
     pub fn store_errors(mut self, cap: Option<Duration>) -> Self {
         self.store_errors = cap;
+        self
+    }
+
+    /// How many invalidations by unsafe requests a second this node writes to a shared
+    /// tier's purge log for the whole fleet (100 by default, a second's worth at once).
+    /// Any client can send a `POST` the origin answers `2xx`, and each note costs bucket
+    /// requests on every node: past this rate, and for a key invalidated within the last
+    /// second already, an invalidation removes this node's copy and the tier's only
+    /// (counted in [`CacheStats::invalidations_not_shared`](crate::CacheStats) and
+    /// `http_cache_streaming_invalidations_not_shared_total`). Purges
+    /// ([`purge`](crate::HttpStreamingCache::purge)) always reach the fleet. Without a
+    /// shared tier it changes nothing.
+    pub fn fleet_invalidation_rate(mut self, per_second: u32) -> Self {
+        self.fleet_invalidation_rate = per_second;
         self
     }
 

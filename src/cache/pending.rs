@@ -212,12 +212,11 @@ impl Pending {
             let mut get = self.request.clone();
             get.method = Method::GET;
             cache.delete(&cache.key(&get)).await;
+            // The first of each only: an answer cannot make one request wipe more.
             for name in [header::LOCATION, header::CONTENT_LOCATION] {
-                let targets = response.headers().get_all(name).iter();
-                for target in targets.filter_map(|v| v.to_str().ok()) {
-                    if let Some(get) = key::same_origin_get(&self.request, target) {
-                        cache.delete(&cache.key(&get)).await;
-                    }
+                let target = response.headers().get(name).and_then(|v| v.to_str().ok());
+                if let Some(get) = target.and_then(|t| key::same_origin_get(&self.request, t)) {
+                    cache.delete(&cache.key(&get)).await;
                 }
             }
         }

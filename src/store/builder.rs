@@ -297,10 +297,12 @@ impl StreamingManagerBuilder {
             .clone()
             .zip(self.options.purge_log_every)
             .map(|(tier, every)| {
+                let secret = self.options.fleet_fills.as_ref().map(|f| f.secret.clone());
                 Arc::new(super::purges::PurgeLog::new(
                     tier,
                     every,
                     self.options.purge_log_retention,
+                    secret,
                 ))
             });
         StreamingManager {

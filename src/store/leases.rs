@@ -6,16 +6,16 @@
 //! goes once the holder's copy is in the shared tier, or by expiry when the holder died.
 //!
 //! Peers authenticate both ways with a secret the fleet shares: the request carries an
-//! HMAC of the key, a time and a nonce; the answer an HMAC of the key and the nonce. A lease
-//! is untrusted input: a forged one can only point a node at an address that cannot answer
-//! with the proof, and the node then asks the origin itself.
+//! HMAC of the key, a time and a nonce (never accepted twice within its window); the answer
+//! an HMAC of the key and the nonce. A lease is sealed with the secret too (its key, holder
+//! and expiry): one without a valid seal, written by anyone else who can write to the
+//! bucket, is not a lease, and is taken over.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use hmac::{KeyInit as _, Mac as _};
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
 
 use super::StreamingManager;
@@ -25,6 +25,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::layout::Hash32;
 use crate::storage::{BoxFuture, Note, PutNote, Storage};
 
+use super::seal::{Secret, is_hex};
+
 /// The request header of a peer's ask: `<ms>.<nonce>.<hmac>`.
 pub(crate) const AUTH: HeaderName = HeaderName::from_static("x-http-cache-fill-auth");
 /// The answer's proof: the HMAC of the key and the ask's nonce.
@@ -33,8 +35,9 @@ pub(crate) const PROOF: HeaderName = HeaderName::from_static("x-http-cache-fill-
 pub const FILL_PATH: &str = "/http-cache-streaming/fill";
 /// How far a peer's clock may be from ours for its ask to count.
 const ASK_WINDOW: Duration = Duration::from_secs(60);
-
-type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+/// Nonces of asks remembered (those within twice [`ASK_WINDOW`]); past it, asks are refused
+/// until old ones go (a fleet asks far fewer than this in two minutes).
+const NONCES_REMEMBERED: usize = 1 << 16;
 
 /// How a node asks a peer for a fill: a GET of a URL with headers, answered with the
 /// response head and a streaming body. The proxy implements it with hyper's client; any
@@ -53,9 +56,11 @@ pub trait PeerClient: fmt::Debug + Send + Sync + 'static {
 #[derive(Clone)]
 pub struct FleetFills {
     pub(crate) advertise: String,
-    secret: Arc<[u8]>,
+    pub(crate) secret: Secret,
     pub(crate) client: Arc<dyn PeerClient>,
     pub(crate) lease_ttl: Duration,
+    /// Nonces of the asks answered, with their times (ms): a replayed ask is refused.
+    nonces: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
 }
 
 impl fmt::Debug for FleetFills {
@@ -90,9 +95,10 @@ impl FleetFills {
         }
         Ok(FleetFills {
             advertise: advertise.to_owned(),
-            secret: Arc::from(secret),
+            secret: Secret::new(secret),
             client,
             lease_ttl: Duration::from_secs(30),
+            nonces: Arc::default(),
         })
     }
 
@@ -104,15 +110,6 @@ impl FleetFills {
         self
     }
 
-    fn mac(&self, parts: &[&[u8]]) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes any key");
-        for part in parts {
-            mac.update(&(part.len() as u64).to_be_bytes());
-            mac.update(part);
-        }
-        mac
-    }
-
     /// The ask header for `key`, and its nonce.
     fn ask(&self, key: &str) -> (HeaderValue, String) {
         static ASKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -120,15 +117,17 @@ impl FleetFills {
         let n = ASKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let seed = format!("{ms} {n} {} {key}", std::process::id());
         let nonce = Hash32::of(seed.as_bytes()).to_hex()[..32].to_owned();
-        let tag = self.mac(&[b"ask", key.as_bytes(), ms.as_bytes(), nonce.as_bytes()]);
-        let value = format!("{ms}.{nonce}.{}", hex(&tag.finalize().into_bytes()));
+        let tag = self
+            .secret
+            .tag(&[b"ask", key.as_bytes(), ms.as_bytes(), nonce.as_bytes()]);
+        let value = format!("{ms}.{nonce}.{tag}");
         (
             HeaderValue::from_str(&value).expect("digits, dots and hex"),
             nonce,
         )
     }
 
-    /// Checks a peer's ask for `key`; its nonce when it holds.
+    /// Checks a peer's ask for `key`; its nonce when it holds and was not seen before.
     pub(crate) fn check_ask(&self, key: &str, value: Option<&HeaderValue>) -> Option<String> {
         let value = value?.to_str().ok()?;
         let mut parts = value.split('.');
@@ -141,43 +140,65 @@ impl FleetFills {
         if now.abs_diff(at) > u64::try_from(ASK_WINDOW.as_millis()).unwrap_or(u64::MAX) {
             return None;
         }
-        let mac = self.mac(&[b"ask", key.as_bytes(), ms.as_bytes(), nonce.as_bytes()]);
-        mac.verify_slice(&unhex(tag)?).ok()?;
-        Some(nonce.to_owned())
+        let parts: [&[u8]; 4] = [b"ask", key.as_bytes(), ms.as_bytes(), nonce.as_bytes()];
+        if !self.secret.verify(&parts, tag) {
+            return None;
+        }
+        self.first_use(nonce, now).then(|| nonce.to_owned())
+    }
+
+    /// Whether `nonce` (of an ask already checked) is used for the first time: an ask
+    /// caught on the network and sent again within its window gets nothing.
+    fn first_use(&self, nonce: &str, now: u64) -> bool {
+        let mut nonces = crate::rt::lock(&self.nonces);
+        if nonces.len() >= NONCES_REMEMBERED {
+            let window = u64::try_from(ASK_WINDOW.as_millis()).unwrap_or(u64::MAX);
+            nonces.retain(|_, at| now.saturating_sub(*at) <= 2 * window);
+            if nonces.len() >= NONCES_REMEMBERED {
+                return false;
+            }
+        }
+        nonces.insert(nonce.to_owned(), now).is_none()
     }
 
     /// The proof an answer to the ask with `nonce` for `key` carries.
     pub(crate) fn proof(&self, key: &str, nonce: &str) -> HeaderValue {
-        let tag = self.mac(&[b"answer", key.as_bytes(), nonce.as_bytes()]);
-        HeaderValue::from_str(&hex(&tag.finalize().into_bytes())).expect("hex")
+        let tag = self
+            .secret
+            .tag(&[b"answer", key.as_bytes(), nonce.as_bytes()]);
+        HeaderValue::from_str(&tag).expect("hex")
     }
 
     fn check_proof(&self, key: &str, nonce: &str, value: Option<&HeaderValue>) -> bool {
-        let Some(tag) = value.and_then(|v| v.to_str().ok()).and_then(unhex) else {
+        let Some(tag) = value.and_then(|v| v.to_str().ok()) else {
             return false;
         };
-        self.mac(&[b"answer", key.as_bytes(), nonce.as_bytes()])
-            .verify_slice(&tag)
-            .is_ok()
+        self.secret
+            .verify(&[b"answer", key.as_bytes(), nonce.as_bytes()], tag)
     }
-}
 
-fn is_hex(b: u8) -> bool {
-    matches!(b, b'0'..=b'9' | b'a'..=b'f')
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || text.len() > 128 || !text.bytes().all(is_hex) {
-        return None;
+    /// The seal of a lease at `path` held by `holder` until `expires_ms`.
+    fn lease_seal(&self, path: &str, holder: &str, expires_ms: u64) -> String {
+        let expires = expires_ms.to_string();
+        let parts: [&[u8]; 4] = [
+            b"lease",
+            path.as_bytes(),
+            holder.as_bytes(),
+            expires.as_bytes(),
+        ];
+        self.secret.tag(&parts)
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
+
+    fn sealed(&self, path: &str, lease: &LeaseNote) -> bool {
+        let expires = lease.expires_ms.to_string();
+        let parts: [&[u8]; 4] = [
+            b"lease",
+            path.as_bytes(),
+            lease.holder.as_bytes(),
+            expires.as_bytes(),
+        ];
+        lease.v == 2 && self.secret.verify(&parts, &lease.seal)
+    }
 }
 
 /// An `http(s)://host[:port]` with nothing after it, of at most 256 bytes.
@@ -224,12 +245,14 @@ impl Drop for LeaseGuard {
     }
 }
 
-/// A lease's note.
+/// A lease's note, sealed with the fleet's secret.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct LeaseNote {
     v: u32,
     holder: String,
     expires_ms: u64,
+    #[serde(default)]
+    seal: String,
 }
 
 impl StreamingManager {
@@ -248,10 +271,12 @@ impl StreamingManager {
         };
         let path = format!("leases/{}", Hash32::of(key.as_bytes()).to_hex());
         for _ in 0..3 {
+            let expires_ms = millis(SystemTime::now() + fleet.lease_ttl);
             let note = LeaseNote {
-                v: 1,
+                v: 2,
                 holder: fleet.advertise.clone(),
-                expires_ms: millis(SystemTime::now() + fleet.lease_ttl),
+                expires_ms,
+                seal: fleet.lease_seal(&path, &fleet.advertise, expires_ms),
             };
             let bytes = Bytes::from(serde_json::to_vec(&note).expect("a lease encodes"));
             match tier.put_note(&path, bytes, PutNote::Create).await {
@@ -275,7 +300,7 @@ impl StreamingManager {
             let now = millis(SystemTime::now());
             match found {
                 Some(lease)
-                    if lease.v == 1
+                    if fleet.sealed(&path, &lease)
                         && lease.expires_ms > now
                         && lease.holder != fleet.advertise
                         && Some(lease.holder.as_str()) != unreachable
@@ -283,7 +308,8 @@ impl StreamingManager {
                 {
                     return Lease::Peer(lease.holder);
                 }
-                // Expired, this node's own from a run that died, or not a lease.
+                // Expired, this node's own from a run that died, or not a lease (not
+                // sealed with the fleet's secret: written by someone else).
                 _ => {
                     let _ = tier.delete_note(&path).await;
                 }
@@ -440,6 +466,11 @@ mod tests {
             Some(nonce.clone())
         );
         assert_eq!(
+            ours.check_ask("GET:http://a/x", Some(&ask)),
+            None,
+            "the same ask again: replayed"
+        );
+        assert_eq!(
             ours.check_ask("GET:http://a/y", Some(&ask)),
             None,
             "another key"
@@ -462,6 +493,33 @@ mod tests {
         assert!(!ours.check_proof("GET:http://a/x", "0".repeat(32).as_str(), Some(&proof)));
         assert!(!theirs.check_proof("GET:http://a/x", &nonce, Some(&proof)));
         assert!(!ours.check_proof("GET:http://a/x", &nonce, None));
+    }
+
+    #[test]
+    fn a_lease_is_one_only_with_the_fleets_seal_over_its_key_holder_and_expiry() {
+        let (ours, theirs) = (
+            fleet("a secret of the fleet"),
+            fleet("another fleet's secret"),
+        );
+        let path = "leases/abc";
+        let lease = |fleet: &FleetFills, holder: &str, expires_ms: u64| LeaseNote {
+            v: 2,
+            holder: holder.to_owned(),
+            expires_ms,
+            seal: fleet.lease_seal(path, holder, expires_ms),
+        };
+        assert!(ours.sealed(path, &lease(&ours, "http://10.0.0.8:9090", 5)));
+        assert!(!ours.sealed(path, &lease(&theirs, "http://10.0.0.8:9090", 5)));
+        assert!(!ours.sealed("leases/abd", &lease(&ours, "http://10.0.0.8:9090", 5)));
+        let mut moved = lease(&ours, "http://10.0.0.8:9090", 5);
+        moved.holder = "http://evil.example:80".into();
+        assert!(!ours.sealed(path, &moved), "another holder");
+        let mut longer = lease(&ours, "http://10.0.0.8:9090", 5);
+        longer.expires_ms = u64::MAX;
+        assert!(!ours.sealed(path, &longer), "another expiry");
+        let unsealed: LeaseNote =
+            serde_json::from_str(r#"{"v":1,"holder":"http://e:1","expires_ms":9}"#).unwrap();
+        assert!(!ours.sealed(path, &unsealed));
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod opened;
 pub(crate) mod policy;
 mod purges;
 mod read_in;
+pub(crate) mod seal;
 mod snapshot;
 mod tee;
 
@@ -245,6 +246,21 @@ impl StreamingManager {
             Some(_) => None,
             None => self.shared_headers(key).await,
         }
+    }
+
+    /// [`stored_headers`](Self::stored_headers) on disk only.
+    pub(crate) async fn stored_headers_here(&self, key: &str) -> Option<HeaderMap> {
+        let opened = self.serving().await.ok()?;
+        let key_hash = Hash32::of(key.as_bytes());
+        self.wait_for_commit(key_hash).await;
+        let path = opened.layout.record_path(key_hash);
+        let local = blocking(move || Ok(read_record(&path, key_hash).ok().flatten()))
+            .await
+            .ok()
+            .flatten();
+        local
+            .filter(|(entry, _)| entry.key == key)
+            .map(|(entry, _)| entry.headers)
     }
 
     /// [`lookup`](Self::lookup) of a body held in memory, without waiting for anything:

@@ -20,7 +20,11 @@
 //!
 //! Notes are untrusted input: a name that does not parse is ignored, a time later than the
 //! note's write (as the bucket tells it) is taken as that write's, and a prefix note whose
-//! bytes do not hash to its name is ignored. A purge can only remove entries.
+//! bytes do not hash to its name is ignored. A purge can only remove entries. With fleet
+//! fills, the fleet has a secret, and a note's name ends with its seal
+//! (`…-<sha256>-<tag>`), `purges/horizon` holds `<ms>.<tag>`: notes and a horizon without a
+//! valid seal (written by anyone else who can write to the bucket) are ignored. A horizon
+//! later than now is ignored whatever its seal.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,6 +41,8 @@ use crate::format::layout::Hash32;
 use crate::format::record::Entry;
 use crate::rt::{blocking, lock};
 use crate::storage::{Note, PutNote, Storage};
+
+use super::seal::Secret;
 
 const LOG: &str = "purges/log";
 const LATEST: &str = "purges/latest";
@@ -80,6 +86,9 @@ pub(crate) struct PurgeLog {
     failing: AtomicBool,
     /// The tier keeps no notes: purges stay on each node.
     unsupported: AtomicBool,
+    /// The fleet's secret, which seals notes and the horizon; without it they are taken as
+    /// they are.
+    secret: Option<Secret>,
 }
 
 #[derive(Default)]
@@ -116,9 +125,19 @@ enum Target {
 }
 
 impl Purge {
-    /// Reads a note's name; anything but the exact form is `None`.
-    fn parse(name: &str, modified: SystemTime) -> Option<Purge> {
-        let mut parts = name.split('-');
+    /// Reads a note's name; anything but the exact form (and, with `secret`, a valid seal
+    /// at its end) is `None`.
+    fn parse(name: &str, modified: SystemTime, secret: Option<&Secret>) -> Option<Purge> {
+        let unsealed = match secret {
+            Some(secret) => {
+                let (unsealed, tag) = name.rsplit_once('-')?;
+                secret
+                    .verify(&[b"purge", unsealed.as_bytes()], tag)
+                    .then_some(unsealed)?
+            }
+            None => name,
+        };
+        let mut parts = unsealed.split('-');
         let (at, node, n, kind, hash) = (
             parts.next()?,
             parts.next()?,
@@ -168,7 +187,12 @@ fn time_of(ms: u64) -> SystemTime {
 }
 
 impl PurgeLog {
-    pub(super) fn new(tier: Arc<dyn Storage>, every: Duration, retention: Duration) -> Self {
+    pub(super) fn new(
+        tier: Arc<dyn Storage>,
+        every: Duration,
+        retention: Duration,
+        secret: Option<Secret>,
+    ) -> Self {
         static BUILT: AtomicU64 = AtomicU64::new(0);
         let seed = format!(
             "{} {:?} {}",
@@ -187,6 +211,7 @@ impl PurgeLog {
             applied: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             unsupported: AtomicBool::new(false),
+            secret,
         }
     }
 
@@ -211,7 +236,11 @@ impl PurgeLog {
             Target::Prefix(hash) => ("p", hash),
         };
         let n = self.written.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{at:013}-{}-{n}-{kind}-{}", self.node, hash.to_hex());
+        let mut name = format!("{at:013}-{}-{n}-{kind}-{}", self.node, hash.to_hex());
+        if let Some(secret) = &self.secret {
+            let tag = secret.short_tag(&[b"purge", name.as_bytes()]);
+            name = format!("{name}-{tag}");
+        }
         {
             // This node applied it already; its read-throughs are checked against it.
             let mut state = lock(&self.state);
@@ -304,7 +333,9 @@ impl PurgeLog {
                 let fresh: Vec<Purge> = page
                     .iter()
                     .filter(|listed| !state.seen.contains(&listed.name))
-                    .filter_map(|listed| Purge::parse(&listed.name, listed.modified))
+                    .filter_map(|listed| {
+                        Purge::parse(&listed.name, listed.modified, self.secret.as_ref())
+                    })
                     .collect();
                 for purge in &fresh {
                     state.seen.insert(purge.name.clone());
@@ -402,7 +433,7 @@ impl PurgeLog {
         }
         let cutoff = millis(SystemTime::now()).saturating_sub(millis_of(self.retention));
         if self.horizon().await? < cutoff {
-            let bytes = Bytes::from(cutoff.to_string());
+            let bytes = Bytes::from(self.seal_horizon(cutoff));
             self.tier
                 .put_note(HORIZON, bytes, PutNote::Overwrite)
                 .await?;
@@ -431,15 +462,35 @@ impl PurgeLog {
         Ok(())
     }
 
-    /// The time (ms) before which the log was compacted away; 0 when it never was.
+    /// The horizon's note for `ms`: the number, sealed when the fleet has a secret.
+    fn seal_horizon(&self, ms: u64) -> String {
+        let ms = ms.to_string();
+        match &self.secret {
+            Some(secret) => format!("{ms}.{}", secret.tag(&[b"horizon", ms.as_bytes()])),
+            None => ms,
+        }
+    }
+
+    /// The time (ms) before which the log was compacted away; 0 when it never was, or
+    /// when what the note holds is not a horizon this fleet wrote (no valid seal, or a
+    /// time to come: every node would drop everything it stored at each start).
     async fn horizon(&self) -> Result<u64> {
-        Ok(match self.tier.read_note(HORIZON, None).await? {
-            Note::Found { bytes, .. } => std::str::from_utf8(&bytes)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0),
-            _ => 0,
-        })
+        let Note::Found { bytes, .. } = self.tier.read_note(HORIZON, None).await? else {
+            return Ok(0);
+        };
+        let text = std::str::from_utf8(&bytes).unwrap_or_default().trim();
+        let ms = match (&self.secret, text.split_once('.')) {
+            (Some(secret), Some((ms, tag))) => secret
+                .verify(&[b"horizon", ms.as_bytes()], tag)
+                .then_some(ms),
+            (Some(_), None) => None,
+            (None, _) => Some(text),
+        };
+        let latest = millis(SystemTime::now()).saturating_add(millis_of(SKEW));
+        Ok(ms
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .filter(|&ms| ms <= latest)
+            .unwrap_or(0))
     }
 }
 
@@ -465,6 +516,11 @@ impl LogState {
 impl StreamingManager {
     pub(super) fn purge_log(&self) -> Option<&Arc<PurgeLog>> {
         self.inner.purges.as_ref()
+    }
+
+    /// Whether deletes here go to a purge log that the fleet reads.
+    pub(crate) fn shares_purges(&self) -> bool {
+        self.purge_log().is_some()
     }
 
     /// Purges of other nodes applied here since the store was opened (0 without a log).
@@ -637,17 +693,18 @@ mod tests {
         let hash = Hash32::of(b"GET:http://a/");
         let hex = hash.to_hex();
         let now = 1_800_000_000_000;
-        let parsed = Purge::parse(&format!("{now:013}-0123456789ab-7-k-{hex}"), at(now));
+        let parsed = Purge::parse(&format!("{now:013}-0123456789ab-7-k-{hex}"), at(now), None);
         assert_eq!(
             parsed.map(|p| (p.at, p.node, p.target)),
             Some((now, "0123456789ab".to_owned(), Target::Key(hash)))
         );
-        let prefix = Purge::parse(&format!("{now:013}-0123456789ab-7-p-{hex}"), at(now));
+        let prefix = Purge::parse(&format!("{now:013}-0123456789ab-7-p-{hex}"), at(now), None);
         assert_eq!(prefix.map(|p| p.target), Some(Target::Prefix(hash)));
         // Dated after the bucket says it was written: taken as written then (plus skew).
         let ahead = Purge::parse(
             &format!("{:013}-0123456789ab-7-k-{hex}", now + 9_000),
             at(now),
+            None,
         );
         assert_eq!(ahead.map(|p| p.at), Some(now + 1_000));
         for bad in [
@@ -661,8 +718,65 @@ mod tests {
             format!("{now:013}-0123456789ab-7-k-{hex}-more"),
             format!("+{:012}-0123456789ab-7-k-{hex}", now / 10),
         ] {
-            assert_eq!(Purge::parse(&bad, at(now)), None, "{bad}");
+            assert_eq!(Purge::parse(&bad, at(now), None), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn with_a_secret_only_sealed_names_are_read() {
+        let secret = Secret::new(b"a secret of the fleet");
+        let hex = Hash32::of(b"GET:http://a/").to_hex();
+        let now = 1_800_000_000_000;
+        let name = format!("{now:013}-0123456789ab-7-k-{hex}");
+        let tag = secret.short_tag(&[b"purge", name.as_bytes()]);
+        let sealed = format!("{name}-{tag}");
+        assert!(Purge::parse(&sealed, at(now), Some(&secret)).is_some());
+        let other = Secret::new(b"another fleet's secret");
+        let forged = format!("{name}-{}", other.short_tag(&[b"purge", name.as_bytes()]));
+        for bad in [name.clone(), forged, format!("{name}-{}", "0".repeat(32))] {
+            assert_eq!(Purge::parse(&bad, at(now), Some(&secret)), None, "{bad}");
+        }
+        // A note sealed for one key does not purge another.
+        let moved = sealed.replace(&hex, &Hash32::of(b"GET:http://a/x").to_hex());
+        assert_eq!(Purge::parse(&moved, at(now), Some(&secret)), None);
+    }
+
+    #[tokio::test]
+    async fn a_horizon_without_the_fleets_seal_or_from_the_future_is_none() {
+        let bucket = tempfile::tempdir().unwrap();
+        let tier: Arc<dyn Storage> = Arc::new(FileStorage::new(bucket.path()));
+        let every = Duration::from_millis(100);
+        let secret = Secret::new(b"a secret of the fleet");
+        let sealed = PurgeLog::new(
+            Arc::clone(&tier),
+            every,
+            Duration::from_secs(3600),
+            Some(secret),
+        );
+        let open = PurgeLog::new(Arc::clone(&tier), every, Duration::from_secs(3600), None);
+        let past = millis(SystemTime::now()) - 60_000;
+        let write = |text: String| {
+            let tier = Arc::clone(&tier);
+            async move {
+                tier.put_note(HORIZON, Bytes::from(text), PutNote::Overwrite)
+                    .await
+                    .unwrap();
+            }
+        };
+        write(sealed.seal_horizon(past)).await;
+        assert_eq!(sealed.horizon().await.unwrap(), past);
+        write(past.to_string()).await;
+        assert_eq!(sealed.horizon().await.unwrap(), 0, "not sealed");
+        assert_eq!(
+            open.horizon().await.unwrap(),
+            past,
+            "no secret: taken as it is"
+        );
+        let future = millis(SystemTime::now()) + 3_600_000;
+        write(sealed.seal_horizon(future)).await;
+        assert_eq!(sealed.horizon().await.unwrap(), 0, "to come");
+        write(future.to_string()).await;
+        assert_eq!(open.horizon().await.unwrap(), 0, "to come");
     }
 
     #[tokio::test]
@@ -670,7 +784,12 @@ mod tests {
         let bucket = tempfile::tempdir().unwrap();
         let tier: Arc<dyn Storage> = Arc::new(FileStorage::new(bucket.path()));
         let retention = Duration::from_secs(3600);
-        let log = PurgeLog::new(Arc::clone(&tier), Duration::from_millis(100), retention);
+        let log = PurgeLog::new(
+            Arc::clone(&tier),
+            Duration::from_millis(100),
+            retention,
+            None,
+        );
         let now = millis(SystemTime::now());
         let hex = Hash32::of(b"k").to_hex();
         let names: Vec<String> = [now - 7_200_000, now - 3_700_000, now - 60_000, now]

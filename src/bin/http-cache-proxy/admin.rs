@@ -27,7 +27,7 @@ pub(crate) struct Admin {
 
 /// The counters the cache and the proxy count, shown at zero before their first count so
 /// that dashboards and alerts find every series from the start.
-const COUNTERS: [&str; 7] = [
+const COUNTERS: [&str; 8] = [
     "http_cache_streaming_hits_total",
     "http_cache_streaming_misses_total",
     "http_cache_streaming_stale_served_total",
@@ -35,6 +35,7 @@ const COUNTERS: [&str; 7] = [
     "http_cache_streaming_errors_total",
     "http_cache_streaming_evictions_total",
     "http_cache_streaming_fleet_purges_applied_total",
+    "http_cache_streaming_invalidations_not_shared_total",
 ];
 
 /// Installs the Prometheus recorder the cache's counters go to.
@@ -181,6 +182,7 @@ impl Admin {
             "revalidations": stats.revalidations,
             "errors": stats.errors,
             "fills_in_flight": stats.fills_in_flight,
+            "invalidations_not_shared": stats.invalidations_not_shared,
             "store": {
                 "entries": stats.store.entries,
                 "content_files": stats.store.content_files,

@@ -177,6 +177,13 @@ pub(crate) struct Args {
     #[arg(long, env = "HTTP_CACHE_PROXY_PURGE_LOG_EVERY", value_parser = duration_or_off, default_value = "500ms")]
     pub(crate) purge_log_every: Every,
 
+    /// Invalidations by unsafe requests (a POST the upstream answers 2xx) written to the
+    /// bucket's purge log for the whole fleet, at most, a second; past that, and for a URL
+    /// invalidated within the second already, they remove this proxy's copy and the
+    /// bucket's only. Purges always reach the fleet.
+    #[arg(long, env = "HTTP_CACHE_PROXY_FLEET_INVALIDATION_RATE", value_parser = count, default_value = "100")]
+    pub(crate) fleet_invalidation_rate: usize,
+
     /// How long purges stay in the bucket's purge log; a proxy down for longer drops what
     /// it stored before the oldest purge the log still holds.
     #[arg(long, env = "HTTP_CACHE_PROXY_PURGE_LOG_RETENTION", value_parser = duration, default_value = "24h")]

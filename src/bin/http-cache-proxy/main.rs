@@ -156,7 +156,8 @@ fn cache(
     }
     options = options
         .store_set_cookie(args.store_set_cookie)
-        .store_errors(args.store_errors);
+        .store_errors(args.store_errors)
+        .fleet_invalidation_rate(u32::try_from(args.fleet_invalidation_rate).unwrap_or(u32::MAX));
     if let Some(cap) = args.max_ttl {
         options = options.max_ttl(cap);
     }
