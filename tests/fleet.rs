@@ -688,3 +688,149 @@ async fn a_bucket_writer_without_the_secret_purges_nothing() {
     );
     assert_eq!(get(&proxy, "/page").await.body, "/page #2");
 }
+
+/// What a man in the middle of the fleet's network records of one fill: the ask, and the
+/// answer it alters.
+#[derive(Default)]
+struct Tapped {
+    asks: Vec<(String, http::HeaderValue)>,
+}
+
+/// A man in the middle on the fleet's network: forwards asks to `holder` (a fleet port),
+/// records them in `tapped`, and flips one byte of each answer's body. Its address.
+async fn man_in_the_middle(
+    holder: u16,
+    tapped: std::sync::Arc<std::sync::Mutex<Tapped>>,
+) -> std::net::SocketAddr {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let (client, tapped) = (client.clone(), tapped.clone());
+        async move {
+            let target = request.uri().path_and_query().unwrap().to_string();
+            if let Some(auth) = request.headers().get("x-http-cache-fill-auth") {
+                tapped
+                    .lock()
+                    .unwrap()
+                    .asks
+                    .push((target.clone(), auth.clone()));
+            }
+            let mut forwarded = http::Request::get(format!("http://127.0.0.1:{holder}{target}"));
+            for (name, value) in request.headers() {
+                if name != http::header::HOST {
+                    forwarded = forwarded.header(name, value);
+                }
+            }
+            let answer = client
+                .request(forwarded.body(http_body_util::Empty::new()).unwrap())
+                .await
+                .unwrap();
+            let (mut parts, body) = answer.into_parts();
+            parts.headers.remove(http::header::TRANSFER_ENCODING);
+            let mut flipped = false;
+            let altered = body.map_frame(move |frame| match frame.into_data() {
+                Ok(data) if !flipped && data.len() > 10 => {
+                    flipped = true;
+                    let mut bytes = data.to_vec();
+                    bytes[10] ^= 0xff;
+                    http_body::Frame::data(Bytes::from(bytes))
+                }
+                Ok(data) => http_body::Frame::data(data),
+                Err(frame) => frame,
+            });
+            http::Response::from_parts(parts, axum::body::Body::new(altered))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// Whoever sits between two nodes sees their asks and answers: a body it alters is cut off
+/// and stored nowhere (the answer's body is sealed), and an ask it sends again gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_man_in_the_middle_of_the_fleet_gets_nothing_to_a_client_or_a_disk() {
+    let _alone = common::alone().await;
+    const LEN: u64 = 4 << 20;
+    let endpoint = endpoint();
+    let bucket = new_bucket(&endpoint, "middle").await;
+    // The origin holds the body back after 1 MiB until B has asked A for it.
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let origin = Origin::start(move |_, _| {
+        http::Response::builder()
+            .header("cache-control", "max-age=600")
+            .header("content-length", LEN)
+            .body(gated_body(LEN, 9, 1 << 20, gate.clone(), Duration::ZERO))
+            .unwrap()
+    })
+    .await;
+    // A advertises the man in the middle as its fleet address.
+    let a_port = free_port();
+    let tapped = std::sync::Arc::new(std::sync::Mutex::new(Tapped::default()));
+    let middle = man_in_the_middle(a_port, tapped.clone()).await;
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let listen = format!("127.0.0.1:{a_port}");
+    let advertise = format!("http://{middle}");
+    let fleet_args = |listen: &str, advertise: Option<&str>| {
+        let mut args = vec![
+            "--s3-bucket".to_owned(),
+            bucket.clone(),
+            "--s3-endpoint".to_owned(),
+            endpoint.clone(),
+            "--fleet-listen".to_owned(),
+            listen.to_owned(),
+            "--fleet-secret".to_owned(),
+            SECRET.to_owned(),
+        ];
+        if let Some(advertise) = advertise {
+            args.extend(["--fleet-advertise".to_owned(), advertise.to_owned()]);
+        }
+        args
+    };
+    let args = fleet_args(&listen, Some(&advertise));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let a = common::start_proxy_with_env(&origin.url(""), a_dir.path(), &args, &PROXY_ENV);
+    let (b, _) = fleet_proxy(&origin, b_dir.path(), &endpoint, &bucket);
+
+    let start = Instant::now();
+    let first = tokio::spawn(fetch(a.addr.clone(), "/big", start));
+    common::eventually("A at the origin", || origin.hits() == 1).await;
+    let second = tokio::spawn(fetch(b.addr.clone(), "/big", start));
+    common::eventually("B's ask through the middle", || {
+        !tapped.lock().unwrap().asks.is_empty()
+    })
+    .await;
+    open.send_replace(true);
+    let digest = Generated::digest(LEN, 9);
+    assert_eq!(first.await.unwrap().body, Ok((digest, LEN)), "A's client");
+    let altered = second.await.unwrap();
+    assert!(
+        altered.body.is_err(),
+        "B's client never gets an altered body whole"
+    );
+    assert!(
+        altered.cache_status.contains("detail=peer"),
+        "{}",
+        altered.cache_status
+    );
+    // Nothing of it on B's disk: what B keeps, if anything, is the body.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for file in common::content_files(b_dir.path()) {
+        let bytes = std::fs::read(b_dir.path().join("cache-v2/content").join(&file)).unwrap();
+        assert_eq!(common::sha256(&bytes), digest, "B keeps {file}");
+    }
+    // B asked again gets the body whole (from the bucket, or the origin).
+    let again = fetch(b.addr.clone(), "/big", Instant::now()).await;
+    assert_eq!(again.body, Ok((digest, LEN)), "{}", again.cache_status);
+
+    // The ask the man in the middle saw, sent again to A: nothing.
+    let (target, auth) = tapped.lock().unwrap().asks[0].clone();
+    let replay = http::Request::get(format!("http://127.0.0.1:{a_port}{target}"))
+        .header("x-http-cache-fill-auth", auth)
+        .body(http_body_util::Full::<Bytes>::default())
+        .unwrap();
+    let replayed = common::send(&mut common::client(), replay).await;
+    assert_eq!(replayed.status, http::StatusCode::UNAUTHORIZED);
+    assert!(replayed.body.is_empty());
+}

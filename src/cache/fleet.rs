@@ -11,6 +11,7 @@ use crate::body::StreamingBody;
 use crate::store::FILL_PATH;
 use crate::store::fill::FillLeader;
 use crate::store::leases::{AUTH, ForPeer, Lease, NoFill, ORIGIN_STATUS, PROOF};
+use crate::store::peer_body::{ORIGIN_LENGTH, SealFor, SealingBody};
 
 /// The longest key a peer may ask for.
 const MAX_KEY: usize = 16 * 1024;
@@ -57,9 +58,29 @@ impl HttpStreamingCache {
             }
             _ => return plain(StatusCode::NOT_FOUND),
         };
+        // The body ends with a trailer sealing its digest, so it goes without a length (the
+        // origin's travels in a header of its own); a date is set here, not by the HTTP
+        // stack after the head is sealed.
+        if let Some(length) = headers.remove(header::CONTENT_LENGTH) {
+            headers.insert(ORIGIN_LENGTH, length);
+        }
+        if !headers.contains_key(header::DATE)
+            && let Ok(date) = HeaderValue::try_from(httpdate::fmt_http_date(self.now()))
+        {
+            headers.insert(header::DATE, date);
+        }
         headers.insert(ORIGIN_STATUS, HeaderValue::from(status.as_u16()));
-        headers.insert(PROOF, fleet.proof(&key, &nonce));
-        let mut response = Response::new(body);
+        headers.insert(PROOF, fleet.head_seal(&key, &nonce, status, &headers));
+        headers.insert(
+            header::TRAILER,
+            HeaderValue::from_static("x-http-cache-fill-seal"),
+        );
+        let seal = SealFor {
+            fleet: fleet.clone(),
+            key: key.clone(),
+            nonce,
+        };
+        let mut response = Response::new(StreamingBody::pass(SealingBody::new(body, seal)));
         *response.headers_mut() = headers;
         crate::log::debug_event!(%key, "a fill served to a peer");
         response

@@ -25,6 +25,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::layout::Hash32;
 use crate::storage::{BoxFuture, Note, PutNote, Storage};
 
+use super::peer_body::{CheckedBody, ORIGIN_LENGTH, SealFor};
 use super::seal::{Secret, is_hex};
 
 /// The request header of a peer's ask: `<ms>.<nonce>.<hmac>`.
@@ -159,22 +160,6 @@ impl FleetFills {
             }
         }
         nonces.insert(nonce.to_owned(), now).is_none()
-    }
-
-    /// The proof an answer to the ask with `nonce` for `key` carries.
-    pub(crate) fn proof(&self, key: &str, nonce: &str) -> HeaderValue {
-        let tag = self
-            .secret
-            .tag(&[b"answer", key.as_bytes(), nonce.as_bytes()]);
-        HeaderValue::from_str(&tag).expect("hex")
-    }
-
-    fn check_proof(&self, key: &str, nonce: &str, value: Option<&HeaderValue>) -> bool {
-        let Some(tag) = value.and_then(|v| v.to_str().ok()) else {
-            return false;
-        };
-        self.secret
-            .verify(&[b"answer", key.as_bytes(), nonce.as_bytes()], tag)
     }
 
     /// The seal of a lease at `path` held by `holder` until `expires_ms`.
@@ -338,6 +323,8 @@ impl StreamingManager {
             }
         }
         sent.insert(AUTH, ask);
+        // The answer's body ends with a trailer that seals it.
+        sent.insert(http::header::TE, HeaderValue::from_static("trailers"));
         let query: String = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("key", key)
             .finish();
@@ -352,23 +339,37 @@ impl StreamingManager {
             }
             Err(_) => return Err(NoFill::Unreachable),
         };
-        if response.status() != http::StatusCode::OK
-            || !fleet.check_proof(key, &nonce, response.headers().get(PROOF))
-        {
-            crate::log::debug_event!(%key, %holder, status = %response.status(), "no fill from the lease's holder");
-            return Err(NoFill::Declined);
-        }
-        let (mut parts, body) = response.into_parts();
-        parts.headers.remove(PROOF);
         // The holder sends the origin's status as its own header.
-        let status = parts
-            .headers
-            .remove(ORIGIN_STATUS)
+        let status = response
+            .headers()
+            .get(ORIGIN_STATUS)
             .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
-            .and_then(|code| http::StatusCode::from_u16(code).ok())
-            .ok_or(NoFill::Declined)?;
+            .and_then(|code| http::StatusCode::from_u16(code).ok());
+        let sealed = status.is_some_and(|status| {
+            let headers = response.headers();
+            fleet.head_sealed(key, &nonce, status, headers, headers.get(PROOF))
+        });
+        let (Some(status), true, http::StatusCode::OK) = (status, sealed, response.status()) else {
+            crate::log::debug_event!(%key, %holder, status = %response.status(), "no fill from the lease's holder (or not sealed)");
+            return Err(NoFill::Declined);
+        };
+        let (mut parts, body) = response.into_parts();
+        for name in [PROOF, ORIGIN_STATUS, http::header::TRAILER] {
+            parts.headers.remove(name);
+        }
+        if let Some(length) = parts.headers.remove(ORIGIN_LENGTH) {
+            parts.headers.insert(http::header::CONTENT_LENGTH, length);
+        }
         parts.status = status;
-        Ok(Response::from_parts(parts, body))
+        let seal = SealFor {
+            fleet: fleet.clone(),
+            key: key.to_owned(),
+            nonce,
+        };
+        Ok(Response::from_parts(
+            parts,
+            StreamingBody::pass(CheckedBody::new(body, seal)),
+        ))
     }
 }
 
@@ -488,11 +489,39 @@ mod tests {
             None,
             "out of its window"
         );
-        let proof = ours.proof("GET:http://a/x", &nonce);
-        assert!(ours.check_proof("GET:http://a/x", &nonce, Some(&proof)));
-        assert!(!ours.check_proof("GET:http://a/x", "0".repeat(32).as_str(), Some(&proof)));
-        assert!(!theirs.check_proof("GET:http://a/x", &nonce, Some(&proof)));
-        assert!(!ours.check_proof("GET:http://a/x", &nonce, None));
+        // The answer's head is sealed: its status and every header it carries.
+        let key = "GET:http://a/x";
+        let ok = http::StatusCode::OK;
+        let mut headers = HeaderMap::new();
+        headers.insert("cache-control", HeaderValue::from_static("max-age=60"));
+        headers.append("set-cookie", HeaderValue::from_static("a=1"));
+        let proof = ours.head_seal(key, &nonce, ok, &headers);
+        assert!(ours.head_sealed(key, &nonce, ok, &headers, Some(&proof)));
+        let other_nonce = "0".repeat(32);
+        assert!(!ours.head_sealed(key, &other_nonce, ok, &headers, Some(&proof)));
+        assert!(!theirs.head_sealed(key, &nonce, ok, &headers, Some(&proof)));
+        assert!(!ours.head_sealed(key, &nonce, ok, &headers, None));
+        let gone = http::StatusCode::GONE;
+        assert!(
+            !ours.head_sealed(key, &nonce, gone, &headers, Some(&proof)),
+            "status"
+        );
+        let mut changed = headers.clone();
+        changed.insert("cache-control", HeaderValue::from_static("max-age=600000"));
+        assert!(
+            !ours.head_sealed(key, &nonce, ok, &changed, Some(&proof)),
+            "a header"
+        );
+        let mut added = headers.clone();
+        added.append("set-cookie", HeaderValue::from_static("b=2"));
+        assert!(
+            !ours.head_sealed(key, &nonce, ok, &added, Some(&proof)),
+            "a value added"
+        );
+        // What the hop sets anew is not sealed.
+        let mut hop = headers.clone();
+        hop.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        assert!(ours.head_sealed(key, &nonce, ok, &hop, Some(&proof)));
     }
 
     #[test]

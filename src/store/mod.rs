@@ -14,6 +14,7 @@ mod contents;
 mod dense;
 pub(crate) mod leases;
 mod opened;
+pub(crate) mod peer_body;
 pub(crate) mod policy;
 mod purges;
 mod read_in;
