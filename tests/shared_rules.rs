@@ -269,10 +269,9 @@ async fn headers_too_large_for_an_origin_are_answered_431_by_the_proxy() {
     assert_eq!(got.status, StatusCode::OK);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_page_that_was_never_fresh_is_never_served_to_another_user() {
-    // A personalised page whose handler forgot Cache-Control: no freshness, no validator;
-    // then the handler fails.
+/// A personalised page whose handler sends no `Cache-Control` (and an `ETag` when
+/// `tagged`), until the switch it returns is set: then `503`.
+async fn account_origin(tagged: bool) -> (Origin, Arc<AtomicUsize>) {
     let failing = Arc::new(AtomicUsize::new(0));
     let fail = failing.clone();
     let origin = Origin::start(move |_, n| {
@@ -282,11 +281,21 @@ async fn a_page_that_was_never_fresh_is_never_served_to_another_user() {
                 .body(AxumBody::from("down"))
                 .unwrap();
         }
-        Response::builder()
-            .body(AxumBody::from(format!("the account of user{n}")))
+        let mut page = Response::builder();
+        if tagged {
+            page = page.header("etag", format!("\"u{n}\""));
+        }
+        page.body(AxumBody::from(format!("the account of user{n}")))
             .unwrap()
     })
     .await;
+    (origin, failing)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_was_never_fresh_is_never_served_to_another_user() {
+    // No freshness, no validator; then the handler fails.
+    let (origin, failing) = account_origin(false).await;
     let (proxy, dir) = started(&origin, &["--stale-on-error", "1h"]);
     let first = get(&proxy, "/account").await;
     assert_eq!(first.body, "the account of user1");
@@ -305,21 +314,7 @@ async fn a_page_that_was_never_fresh_is_never_served_to_another_user() {
     assert_eq!(second.body, "down", "never user1's page");
 
     // One with a validator but no freshness is kept for revalidation, never served stale.
-    let failing = Arc::new(AtomicUsize::new(0));
-    let fail = failing.clone();
-    let origin = Origin::start(move |_, n| {
-        if fail.load(Ordering::SeqCst) == 1 {
-            return Response::builder()
-                .status(StatusCode::SERVICE_UNAVAILABLE)
-                .body(AxumBody::from("down"))
-                .unwrap();
-        }
-        Response::builder()
-            .header("etag", format!("\"u{n}\""))
-            .body(AxumBody::from(format!("the account of user{n}")))
-            .unwrap()
-    })
-    .await;
+    let (origin, failing) = account_origin(true).await;
     let (proxy, dir) = started(&origin, &["--stale-on-error", "1h"]);
     assert_eq!(get(&proxy, "/account").await.body, "the account of user1");
     eventually("kept for revalidation", || {

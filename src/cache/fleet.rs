@@ -11,7 +11,7 @@ use crate::body::StreamingBody;
 use crate::store::FILL_PATH;
 use crate::store::fill::FillLeader;
 use crate::store::leases::{AUTH, ForPeer, Lease, NoFill, ORIGIN_STATUS, PROOF};
-use crate::store::peer_body::{ORIGIN_LENGTH, SealFor, SealingBody};
+use crate::store::peer_body::{ORIGIN_LENGTH, SealFor, SealingBody, head_seal};
 
 /// The longest key a peer may ask for.
 const MAX_KEY: usize = 16 * 1024;
@@ -70,13 +70,14 @@ impl HttpStreamingCache {
             headers.insert(header::DATE, date);
         }
         headers.insert(ORIGIN_STATUS, HeaderValue::from(status.as_u16()));
-        headers.insert(PROOF, fleet.head_seal(&key, &nonce, status, &headers));
+        let proof = head_seal(&fleet.secret, &key, &nonce, status, &headers);
+        headers.insert(PROOF, proof);
         headers.insert(
             header::TRAILER,
             HeaderValue::from_static("x-http-cache-fill-seal"),
         );
         let seal = SealFor {
-            fleet: fleet.clone(),
+            secret: fleet.secret.clone(),
             key: key.clone(),
             nonce,
         };

@@ -5,6 +5,7 @@
 mod conditional;
 mod directives;
 mod fleet;
+mod invalidations;
 pub(crate) mod key;
 pub(crate) mod mode;
 mod options;
@@ -39,6 +40,7 @@ use crate::store::fill::FillLeader;
 use crate::store::{StoreStats, StreamingManager};
 
 use directives::{Judged, judge, unusable};
+use invalidations::FleetInvalidations;
 use status::{Fwd, Status};
 use variants::variants_generation;
 
@@ -63,70 +65,6 @@ pub struct HttpStreamingCache {
     options: Arc<HttpCacheOptions>,
     counters: Arc<Counters>,
     invalidations: Arc<FleetInvalidations>,
-}
-
-/// How long an invalidation of a key by an unsafe request stands for the fleet: another of
-/// the same key within it removes this node's copy (and the bucket's) only.
-const COALESCE_INVALIDATIONS: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Keys remembered for [`COALESCE_INVALIDATIONS`] at most (past that, the oldest go).
-const REMEMBERED_INVALIDATIONS: usize = 4096;
-
-/// Which invalidations by unsafe requests reach the whole fleet through the purge log (a
-/// note every node reads): one per key per [`COALESCE_INVALIDATIONS`], and at most
-/// [`fleet_invalidation_rate`](HttpCacheOptions::fleet_invalidation_rate) a second on this
-/// node (a token bucket holding a second's worth). Any client can send a `POST` that the
-/// origin answers `2xx`; without this bound each would cost every node of the fleet.
-#[derive(Debug)]
-struct FleetInvalidations {
-    state: std::sync::Mutex<InvalidationBudget>,
-}
-
-#[derive(Debug)]
-struct InvalidationBudget {
-    tokens: f64,
-    refilled: std::time::Instant,
-    recent: std::collections::HashMap<String, std::time::Instant>,
-}
-
-impl FleetInvalidations {
-    fn new() -> Self {
-        FleetInvalidations {
-            state: std::sync::Mutex::new(InvalidationBudget {
-                tokens: f64::MAX,
-                refilled: std::time::Instant::now(),
-                recent: std::collections::HashMap::new(),
-            }),
-        }
-    }
-
-    /// Whether an invalidation of `key` may reach the fleet now, at `rate` a second.
-    fn admit(&self, key: &str, rate: u32) -> bool {
-        let mut budget = crate::rt::lock(&self.state);
-        let now = std::time::Instant::now();
-        let rate = f64::from(rate.max(1));
-        let elapsed = now.duration_since(budget.refilled).as_secs_f64();
-        budget.tokens = (budget.tokens.min(rate) + elapsed * rate).min(rate);
-        budget.refilled = now;
-        let coalesced = budget
-            .recent
-            .get(key)
-            .is_some_and(|at| now.duration_since(*at) < COALESCE_INVALIDATIONS);
-        if coalesced || budget.tokens < 1.0 {
-            return false;
-        }
-        budget.tokens -= 1.0;
-        if budget.recent.len() >= REMEMBERED_INVALIDATIONS {
-            budget
-                .recent
-                .retain(|_, at| now.duration_since(*at) < COALESCE_INVALIDATIONS);
-            if budget.recent.len() >= REMEMBERED_INVALIDATIONS {
-                budget.recent.clear();
-            }
-        }
-        budget.recent.insert(key.to_owned(), now);
-        true
-    }
 }
 
 /// What the cache has done since it was made, counted as it happens.

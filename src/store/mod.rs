@@ -234,16 +234,8 @@ impl StreamingManager {
     /// The headers stored under `key`, on disk or else in the shared tier, without reading
     /// a body.
     pub(crate) async fn stored_headers(&self, key: &str) -> Option<HeaderMap> {
-        let opened = self.serving().await.ok()?;
-        let key_hash = Hash32::of(key.as_bytes());
-        self.wait_for_commit(key_hash).await;
-        let path = opened.layout.record_path(key_hash);
-        let local = blocking(move || Ok(read_record(&path, key_hash).ok().flatten()))
-            .await
-            .ok()
-            .flatten();
-        match local {
-            Some((entry, _)) if entry.key == key => Some(entry.headers),
+        match self.record_here(key).await? {
+            Some(entry) if entry.key == key => Some(entry.headers),
             Some(_) => None,
             None => self.shared_headers(key).await,
         }
@@ -251,6 +243,15 @@ impl StreamingManager {
 
     /// [`stored_headers`](Self::stored_headers) on disk only.
     pub(crate) async fn stored_headers_here(&self, key: &str) -> Option<HeaderMap> {
+        self.record_here(key)
+            .await?
+            .filter(|entry| entry.key == key)
+            .map(|entry| entry.headers)
+    }
+
+    /// The record on disk under `key`'s hash (`Some(None)`: none), once any commit of it
+    /// under way is done; `None` when the store cannot be opened.
+    async fn record_here(&self, key: &str) -> Option<Option<Entry>> {
         let opened = self.serving().await.ok()?;
         let key_hash = Hash32::of(key.as_bytes());
         self.wait_for_commit(key_hash).await;
@@ -259,9 +260,7 @@ impl StreamingManager {
             .await
             .ok()
             .flatten();
-        local
-            .filter(|(entry, _)| entry.key == key)
-            .map(|(entry, _)| entry.headers)
+        Some(local.map(|(entry, _)| entry))
     }
 
     /// [`lookup`](Self::lookup) of a body held in memory, without waiting for anything:

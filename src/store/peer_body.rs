@@ -14,8 +14,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use sha2::Digest as _;
 
-use super::leases::FleetFills;
-use crate::StreamingBody;
+use super::seal::Secret;
 use crate::error::{Error, ErrorKind};
 
 /// The trailer that seals the body: the tag of its SHA-256.
@@ -67,57 +66,55 @@ fn as_slices(parts: &[Vec<u8>]) -> Vec<&[u8]> {
     parts.iter().map(Vec::as_slice).collect()
 }
 
-impl FleetFills {
-    /// The seal of an answer head: `status` and `headers` for `key`, to the ask `nonce`.
-    pub(crate) fn head_seal(
-        &self,
-        key: &str,
-        nonce: &str,
-        status: StatusCode,
-        headers: &HeaderMap,
-    ) -> HeaderValue {
-        let parts = head_parts(key, nonce, status, headers);
-        HeaderValue::from_str(&self.secret.tag(&as_slices(&parts))).expect("hex")
-    }
+/// The seal of an answer head: `status` and `headers` for `key`, to the ask `nonce`.
+pub(crate) fn head_seal(
+    secret: &Secret,
+    key: &str,
+    nonce: &str,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> HeaderValue {
+    let parts = head_parts(key, nonce, status, headers);
+    HeaderValue::from_str(&secret.tag(&as_slices(&parts))).expect("hex")
+}
 
-    /// Whether `seal` seals `status` and `headers` for `key` and `nonce`.
-    pub(crate) fn head_sealed(
-        &self,
-        key: &str,
-        nonce: &str,
-        status: StatusCode,
-        headers: &HeaderMap,
-        seal: Option<&HeaderValue>,
-    ) -> bool {
-        let Some(seal) = seal.and_then(|v| v.to_str().ok()) else {
-            return false;
-        };
-        let parts = head_parts(key, nonce, status, headers);
-        self.secret.verify(&as_slices(&parts), seal)
-    }
+/// Whether `seal` seals `status` and `headers` for `key` and `nonce`.
+pub(crate) fn head_sealed(
+    secret: &Secret,
+    key: &str,
+    nonce: &str,
+    status: StatusCode,
+    headers: &HeaderMap,
+    seal: Option<&HeaderValue>,
+) -> bool {
+    let Some(seal) = seal.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let parts = head_parts(key, nonce, status, headers);
+    secret.verify(&as_slices(&parts), seal)
+}
 
-    fn body_parts<'a>(key: &'a str, nonce: &'a str, digest: &'a [u8]) -> [&'a [u8]; 4] {
-        [b"body", key.as_bytes(), nonce.as_bytes(), digest]
-    }
+fn body_parts<'a>(key: &'a str, nonce: &'a str, digest: &'a [u8]) -> [&'a [u8]; 4] {
+    [b"body", key.as_bytes(), nonce.as_bytes(), digest]
 }
 
 /// Who a sealed body is for: the fleet's secret, the key and the ask's nonce.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub(crate) struct SealFor {
-    pub(crate) fleet: FleetFills,
+    pub(crate) secret: Secret,
     pub(crate) key: String,
     pub(crate) nonce: String,
 }
 
 /// The holder's body: what it sends, then a trailer sealing the SHA-256 of it.
-pub(crate) struct SealingBody {
-    inner: StreamingBody,
+pub(crate) struct SealingBody<B> {
+    inner: B,
     hasher: sha2::Sha256,
     seal: Option<SealFor>,
 }
 
-impl SealingBody {
-    pub(crate) fn new(inner: StreamingBody, seal: SealFor) -> Self {
+impl<B> SealingBody<B> {
+    pub(crate) fn new(inner: B, seal: SealFor) -> Self {
         SealingBody {
             inner,
             hasher: sha2::Sha256::new(),
@@ -128,15 +125,16 @@ impl SealingBody {
     fn trailers(&mut self) -> Option<Frame<Bytes>> {
         let seal = self.seal.take()?;
         let digest = std::mem::take(&mut self.hasher).finalize();
-        let parts = FleetFills::body_parts(&seal.key, &seal.nonce, &digest);
-        let tag = seal.fleet.secret.tag(&parts);
+        let tag = seal
+            .secret
+            .tag(&body_parts(&seal.key, &seal.nonce, &digest));
         let mut trailers = HeaderMap::new();
         trailers.insert(BODY_SEAL, HeaderValue::from_str(&tag).expect("hex"));
         Some(Frame::trailers(trailers))
     }
 }
 
-impl Body for SealingBody {
+impl<B: Body<Data = Bytes, Error = Error> + Unpin> Body for SealingBody<B> {
     type Data = Bytes;
     type Error = Error;
 
@@ -181,8 +179,8 @@ impl Body for SealingBody {
 /// The asker's view of a peer's body: its bytes passed on as they come, but for the last
 /// chunk, held until the trailer's seal matches the SHA-256 of everything; a body that
 /// ends without the seal, with another, or pauses for [`PEER_STALL`] fails instead.
-pub(crate) struct CheckedBody {
-    inner: StreamingBody,
+pub(crate) struct CheckedBody<B> {
+    inner: B,
     hasher: sha2::Sha256,
     held: Option<Bytes>,
     seal: SealFor,
@@ -190,8 +188,8 @@ pub(crate) struct CheckedBody {
     done: bool,
 }
 
-impl CheckedBody {
-    pub(crate) fn new(inner: StreamingBody, seal: SealFor) -> Self {
+impl<B> CheckedBody<B> {
+    pub(crate) fn new(inner: B, seal: SealFor) -> Self {
         CheckedBody {
             inner,
             hasher: sha2::Sha256::new(),
@@ -212,7 +210,7 @@ impl CheckedBody {
     }
 }
 
-impl Body for CheckedBody {
+impl<B: Body<Data = Bytes, Error = Error> + Unpin> Body for CheckedBody<B> {
     type Data = Bytes;
     type Error = Error;
 
@@ -251,9 +249,9 @@ impl Body for CheckedBody {
                             .and_then(|t| t.get(BODY_SEAL))
                             .and_then(|v| v.to_str().ok());
                         let digest = std::mem::take(&mut this.hasher).finalize();
-                        let SealFor { fleet, key, nonce } = &this.seal;
-                        let parts = FleetFills::body_parts(key, nonce, &digest);
-                        if !seal.is_some_and(|seal| fleet.secret.verify(&parts, seal)) {
+                        let SealFor { secret, key, nonce } = &this.seal;
+                        let parts = body_parts(key, nonce, &digest);
+                        if !seal.is_some_and(|seal| secret.verify(&parts, seal)) {
                             return this.fail("a peer's body does not match its seal");
                         }
                         this.done = true;
@@ -282,27 +280,11 @@ impl Body for CheckedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::BoxFuture;
     use http_body_util::BodyExt as _;
 
-    #[derive(Debug)]
-    struct Nowhere;
-
-    impl super::super::leases::PeerClient for Nowhere {
-        fn get(
-            &self,
-            _: String,
-            _: HeaderMap,
-        ) -> BoxFuture<'static, crate::Result<http::Response<StreamingBody>>> {
-            Box::pin(async { Err(Error::new(ErrorKind::Io)) })
-        }
-    }
-
     fn seal_for(secret: &str) -> SealFor {
-        let fleet =
-            FleetFills::new("http://10.0.0.7:9090", secret, std::sync::Arc::new(Nowhere)).unwrap();
         SealFor {
-            fleet,
+            secret: Secret::new(secret.as_bytes()),
             key: "GET:http://a/x".into(),
             nonce: "0123456789abcdef0123456789abcdef".into(),
         }
@@ -313,7 +295,7 @@ mod tests {
 
     impl Body for Frames {
         type Data = Bytes;
-        type Error = std::convert::Infallible;
+        type Error = Error;
 
         fn poll_frame(
             mut self: Pin<&mut Self>,
@@ -324,7 +306,7 @@ mod tests {
     }
 
     /// A body of `chunks`, then `trailers` if any.
-    fn body(chunks: &[&'static str], trailers: Option<HeaderMap>) -> StreamingBody {
+    fn body(chunks: &[&'static str], trailers: Option<HeaderMap>) -> Frames {
         let mut frames: std::collections::VecDeque<Frame<Bytes>> = chunks
             .iter()
             .map(|c| Frame::data(Bytes::from_static(c.as_bytes())))
@@ -332,7 +314,7 @@ mod tests {
         if let Some(trailers) = trailers {
             frames.push_back(Frame::trailers(trailers));
         }
-        StreamingBody::pass(Frames(frames))
+        Frames(frames)
     }
 
     async fn sealed_trailers(seal: &SealFor, chunks: &[&'static str]) -> HeaderMap {
@@ -374,5 +356,61 @@ mod tests {
             assert!(failed);
             assert!(!passed.ends_with(b"three"), "the last chunk is held back");
         }
+    }
+
+    #[test]
+    fn an_answer_head_is_sealed_with_its_status_and_every_header() {
+        let (ours, theirs) = (
+            Secret::new(b"a secret of the fleet"),
+            Secret::new(b"another fleet's secret"),
+        );
+        let nonce = "0123456789abcdef0123456789abcdef".to_owned();
+        // The answer's head is sealed: its status and every header it carries.
+        let key = "GET:http://a/x";
+        let ok = http::StatusCode::OK;
+        let mut headers = HeaderMap::new();
+        headers.insert("cache-control", HeaderValue::from_static("max-age=60"));
+        headers.append("set-cookie", HeaderValue::from_static("a=1"));
+        let proof = head_seal(&ours, key, &nonce, ok, &headers);
+        assert!(head_sealed(&ours, key, &nonce, ok, &headers, Some(&proof)));
+        let other_nonce = "0".repeat(32);
+        assert!(!head_sealed(
+            &ours,
+            key,
+            &other_nonce,
+            ok,
+            &headers,
+            Some(&proof)
+        ));
+        assert!(!head_sealed(
+            &theirs,
+            key,
+            &nonce,
+            ok,
+            &headers,
+            Some(&proof)
+        ));
+        assert!(!head_sealed(&ours, key, &nonce, ok, &headers, None));
+        let gone = http::StatusCode::GONE;
+        assert!(
+            !head_sealed(&ours, key, &nonce, gone, &headers, Some(&proof)),
+            "status"
+        );
+        let mut changed = headers.clone();
+        changed.insert("cache-control", HeaderValue::from_static("max-age=600000"));
+        assert!(
+            !head_sealed(&ours, key, &nonce, ok, &changed, Some(&proof)),
+            "a header"
+        );
+        let mut added = headers.clone();
+        added.append("set-cookie", HeaderValue::from_static("b=2"));
+        assert!(
+            !head_sealed(&ours, key, &nonce, ok, &added, Some(&proof)),
+            "a value added"
+        );
+        // What the hop sets anew is not sealed.
+        let mut hop = headers.clone();
+        hop.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        assert!(head_sealed(&ours, key, &nonce, ok, &hop, Some(&proof)));
     }
 }
