@@ -470,3 +470,63 @@ async fn a_revalidation_is_collapsed_too() {
         "one conditional request for four stale clients"
     );
 }
+
+/// With `verify_on_read`, a follower reads the body from the file being written, which the
+/// disk (or anyone who can write to the directory) may change under it: it gets an error,
+/// never the changed bytes as a whole body, while the leader's client gets the origin's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_never_gets_bytes_changed_on_disk_as_a_whole_body() {
+    let origin = gated_origin("max-age=60").await;
+    let dir = tempfile::tempdir().unwrap();
+    let manager = StreamingManager::builder(dir.path())
+        .verify_on_read(true)
+        .memory_bodies(0, 0)
+        .build();
+    let cache = ServiceBuilder::new()
+        .layer(HttpCacheStreamingLayer::new(manager))
+        .service(client());
+    let tx = origin.feed();
+    let (leader, followers) = leader_and_followers(&origin, &cache, 1).await;
+    let follower = followers.into_iter().next().unwrap();
+    assert!(cache_status(&follower).contains("collapsed"));
+    tx.send(Ok(Frame::data(Bytes::from(vec![b'a'; 100_000]))))
+        .await
+        .unwrap();
+    let leader = tokio::spawn(leader.into_body().collect());
+    // The first part is in the temp file: one of its bytes changes there.
+    let path = dir.path().to_path_buf();
+    let written = || {
+        temp_files(&path).iter().any(|name| {
+            std::fs::metadata(path.join("cache-v2/tmp").join(name))
+                .is_ok_and(|m| m.len() >= 100_000)
+        })
+    };
+    eventually("the first part written", written).await;
+    for name in temp_files(&path) {
+        let file = path.join("cache-v2/tmp").join(name);
+        let mut bytes = std::fs::read(&file).unwrap();
+        if bytes.len() >= 100_000 {
+            bytes[10] = b'X';
+            std::fs::write(&file, bytes).unwrap();
+        }
+    }
+    tx.send(Ok(Frame::data(Bytes::from(vec![b'b'; 50_000]))))
+        .await
+        .unwrap();
+    drop(tx);
+    let mut expected = vec![b'a'; 100_000];
+    expected.extend_from_slice(&[b'b'; 50_000]);
+    let leader = leader.await.unwrap().unwrap().to_bytes();
+    assert_eq!(
+        leader, expected,
+        "the leader's client gets the origin's bytes"
+    );
+    match follower.into_body().collect().await {
+        Ok(body) => panic!(
+            "a follower got a whole body of {} bytes, {} of them changed",
+            body.to_bytes().len(),
+            1
+        ),
+        Err(error) => assert!(error.to_string().contains("changed"), "{error}"),
+    }
+}

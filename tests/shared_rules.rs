@@ -321,9 +321,52 @@ async fn a_page_that_was_never_fresh_is_never_served_to_another_user() {
         record_files(dir.path()).len() == 1
     })
     .await;
+    // Nor for a client that says it takes stale answers: it asked for what the origin
+    // allowed, and the origin allowed none.
+    let stale_ok = [("cache-control", "max-stale=3600")];
+    let second = get_with(&proxy, "/account", &stale_ok).await;
+    assert_eq!(
+        second.body,
+        "the account of user2",
+        "{}",
+        second.cache_status()
+    );
     failing.store(1, Ordering::SeqCst);
-    let second = get(&proxy, "/account").await;
-    assert_eq!(second.body, "down", "{}", second.cache_status());
+    let third = get(&proxy, "/account").await;
+    assert_eq!(third.body, "down", "{}", third.cache_status());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_bare_private_or_no_cache_is_not_lost_behind_a_qualified_one() {
+    // Two Cache-Control lines, as a framework and an app each add one.
+    let origin = Origin::start(|parts, n| {
+        let (first, second) = match parts.uri.path() {
+            "/private" => (r#"max-age=600, private="x-user""#, "private"),
+            _ => (r#"max-age=600, no-cache="x-user""#, "no-cache"),
+        };
+        Response::builder()
+            .header("cache-control", first)
+            .header("cache-control", second)
+            .header("etag", format!("\"v{n}\""))
+            .header("x-user", format!("user{n}"))
+            .body(AxumBody::from(format!("page of user{n}")))
+            .unwrap()
+    })
+    .await;
+    let (proxy, _dir) = started(&origin, &[]);
+    assert_eq!(get(&proxy, "/private").await.body, "page of user1");
+    let next = get(&proxy, "/private").await;
+    assert_eq!(
+        next.body,
+        "page of user2",
+        "private: {}",
+        next.cache_status()
+    );
+    // no-cache: stored, but never served without the origin's word.
+    assert_eq!(get(&proxy, "/no-cache").await.body, "page of user3");
+    let next = get(&proxy, "/no-cache").await;
+    assert!(!next.hit(), "{}", next.cache_status());
+    assert_eq!(origin.hits(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,31 +74,32 @@ pub(super) enum Qualified {
     Fields(Vec<HeaderName>),
 }
 
-/// How `headers` use `directive` (lower case).
+/// How `headers` use `directive` (lower case), every occurrence of it counted.
 pub(super) fn qualified(headers: &HeaderMap, directive: &str) -> Qualified {
-    match view::directive_value(headers, directive) {
+    match view::qualified_lists(headers, directive) {
         None => Qualified::Absent,
-        Some(value) => match view::field_names(value.as_deref().unwrap_or_default()) {
-            names if names.is_empty() => Qualified::Whole,
-            names => Qualified::Fields(names),
-        },
+        Some(None) => Qualified::Whole,
+        Some(Some(fields)) => Qualified::Fields(fields),
     }
 }
 
-/// The fields of a response with `headers` (its `Cache-Control` as this cache reads it) that
-/// a cache keeps only for the client whose request fetched it, never in the stored copy:
-/// those a qualified `no-cache` names (they may not be served from it without a
-/// revalidation, so they are not kept at all), and in a shared cache those a qualified
-/// `private` names and `Set-Cookie` (one user's, whatever else the response says).
-pub(super) fn withheld(headers: &HeaderMap, shared: bool) -> Vec<HeaderName> {
+/// The fields of a response that a cache keeps only for the client whose request fetched
+/// it, never in the stored copy: those a qualified `no-cache` names (they may not be served
+/// from it without a revalidation, so they are not kept at all), and in a shared cache those
+/// a qualified `private` names and `Set-Cookie` (one user's, whatever else the response
+/// says). Read from `headers` and from `decided` (the same with a targeted field standing
+/// in for `Cache-Control`): what either names is withheld.
+pub(super) fn withheld(headers: &HeaderMap, decided: &HeaderMap, shared: bool) -> Vec<HeaderName> {
     let mut names = Vec::new();
-    if let Qualified::Fields(fields) = qualified(headers, "no-cache") {
-        names.extend(fields);
-    }
-    if shared {
-        if let Qualified::Fields(fields) = qualified(headers, "private") {
+    for headers in [headers, decided] {
+        if let Qualified::Fields(fields) = qualified(headers, "no-cache") {
             names.extend(fields);
         }
+        if shared && let Qualified::Fields(fields) = qualified(headers, "private") {
+            names.extend(fields);
+        }
+    }
+    if shared {
         names.push(header::SET_COOKIE);
     }
     names

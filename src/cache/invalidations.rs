@@ -22,7 +22,8 @@ pub(super) struct FleetInvalidations {
 struct InvalidationBudget {
     tokens: f64,
     refilled: std::time::Instant,
-    recent: std::collections::HashMap<String, std::time::Instant>,
+    /// Keys by their SHA-256: a URL may be kilobytes long.
+    recent: std::collections::HashMap<crate::format::layout::Hash32, std::time::Instant>,
 }
 
 impl FleetInvalidations {
@@ -38,6 +39,7 @@ impl FleetInvalidations {
 
     /// Whether an invalidation of `key` may reach the fleet now, at `rate` a second.
     pub(super) fn admit(&self, key: &str, rate: u32) -> bool {
+        let key = crate::format::layout::Hash32::of(key.as_bytes());
         let mut budget = crate::rt::lock(&self.state);
         let now = std::time::Instant::now();
         let rate = f64::from(rate.max(1));
@@ -46,7 +48,7 @@ impl FleetInvalidations {
         budget.refilled = now;
         let coalesced = budget
             .recent
-            .get(key)
+            .get(&key)
             .is_some_and(|at| now.duration_since(*at) < COALESCE_INVALIDATIONS);
         if coalesced || budget.tokens < 1.0 {
             return false;
@@ -60,7 +62,7 @@ impl FleetInvalidations {
                 budget.recent.clear();
             }
         }
-        budget.recent.insert(key.to_owned(), now);
+        budget.recent.insert(key, now);
         true
     }
 }

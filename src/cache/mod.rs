@@ -358,7 +358,8 @@ impl HttpStreamingCache {
             .options
             .cap_for(entry.status)
             .is_none_or(|cap| entry.policy.age(now) < cap);
-        let usable = match judge(&entry.policy, parts, &entry.headers, now) {
+        let stored = (entry.status, entry.version, &entry.headers);
+        let usable = match self.judge_stored(&entry.policy, parts, stored, now) {
             Judged::Fresh => within_cap || mode.ignores_staleness(),
             Judged::Stale => mode.ignores_staleness(),
             Judged::Mismatch => false,
@@ -555,6 +556,33 @@ impl HttpStreamingCache {
         let lifetime =
             self.freshness_lifetime(entry.status, entry.version, &entry.headers, &request);
         !lifetime.is_zero()
+    }
+
+    /// How a stored response of `status`, `version` and `headers` stands for a request
+    /// ([`judge`]), but never fresh once it is stale and may not be served stale at all:
+    /// it must be revalidated (`no-cache`, `must-revalidate`, …), or it never had a
+    /// freshness lifetime. A request's `max-stale` asks for what the origin allowed, no
+    /// more (the policy engine would serve either for it).
+    fn judge_stored(
+        &self,
+        policy: &CachePolicy,
+        parts: &request::Parts,
+        (status, version, headers): (StatusCode, http::Version, &HeaderMap),
+        now: SystemTime,
+    ) -> Judged {
+        let judged = judge(policy, parts, headers, now);
+        if matches!(judged, Judged::Fresh) && policy.is_stale(now) {
+            let request = directives::policy_view(&Method::GET, HeaderMap::new());
+            let never_fresh = self
+                .freshness_lifetime(status, version, headers, &request)
+                .is_zero();
+            if never_fresh
+                || directives::must_revalidate(&self.decides_by(headers), self.options.shared)
+            {
+                return Judged::Stale;
+            }
+        }
+        judged
     }
 
     /// A response head as the policy engine is to read it, for this cache.

@@ -17,7 +17,7 @@ use http::{Method, Response, StatusCode, request};
 use http_body::Body;
 use http_cache_semantics::CachePolicy;
 
-use super::directives::{Judged, is_conditional, judge, shared_cookie, take_fields, withheld};
+use super::directives::{Judged, is_conditional, shared_cookie, take_fields, withheld};
 use super::mode::CacheMode;
 use super::pending::keepable;
 use super::range::{self, Ranged};
@@ -97,7 +97,12 @@ impl HttpStreamingCache {
             .is_none_or(|cap| head.policy.age(now) < cap);
         let fresh = within_cap
             && matches!(
-                judge(&head.policy, parts, &head.parts.headers, now),
+                self.judge_stored(
+                    &head.policy,
+                    parts,
+                    (head.parts.status, head.parts.version, &head.parts.headers),
+                    now
+                ),
                 Judged::Fresh
             );
         if fresh && entry.covers(start, end) {
@@ -306,7 +311,7 @@ impl Pending {
             return None;
         }
         // The fields only this response's client gets stay out of the stored head.
-        let names = withheld(&cache.decides_by(&whole.headers), shared);
+        let names = withheld(&whole.headers, &cache.decides_by(&whole.headers), shared);
         take_fields(&mut whole.headers, &names);
         let (now, options) = (cache.now(), cache.options.semantics());
         let view = cache.policy_response(whole.status, whole.version, &whole.headers);

@@ -280,7 +280,7 @@ impl Pending {
         // What the 304 says to the client that caused it alone (in a shared cache a cookie
         // set on one user's revalidation would be replayed to every user), and what the
         // freshened headers name in a qualified `no-cache` or `private`: never stored.
-        let names = withheld(&cache.decides_by(&merged), cache.options.shared);
+        let names = withheld(&merged, &cache.decides_by(&merged), cache.options.shared);
         take_fields(&mut merged, &names);
         let to_client_only = take_fields(&mut fresh_headers, &names);
         let mut head = Response::new(());
@@ -377,7 +377,7 @@ impl Pending {
         // The fields only this response's client gets (its cookie, what a qualified
         // `no-cache` or `private` names): never in the stored copy, nor to followers.
         let withheld = if storable && refused.is_none() {
-            let names = withheld(&cache.decides_by(&parts.headers), shared);
+            let names = withheld(&parts.headers, &cache.decides_by(&parts.headers), shared);
             take_fields(&mut parts.headers, &names)
         } else {
             HeaderMap::new()

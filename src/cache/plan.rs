@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Response, request};
 
 use super::key;
@@ -14,8 +14,8 @@ use crate::format::record::Entry;
 use crate::store::fill::{FillLeader, Followed, Role};
 
 use super::directives::{
-    Judged, directive_value, has_directive, has_pragma_no_cache, judge, must_revalidate,
-    policy_view, shared_cookie, stale_for_at_most, validators,
+    Judged, Qualified, directive_value, has_directive, has_pragma_no_cache, must_revalidate,
+    policy_view, qualified, shared_cookie, stale_for_at_most, validators, withheld,
 };
 use super::status::{Forwarded, Fwd, Status};
 use super::variants::{same_variant, variants_generation};
@@ -112,7 +112,8 @@ impl HttpStreamingCache {
         let policy = &entry.policy;
 
         let now = self.now();
-        let judged = judge(policy, parts, &entry.headers, now);
+        let stored = (entry.status, entry.version, &entry.headers);
+        let judged = self.judge_stored(policy, parts, stored, now);
         let within_cap = self
             .options
             .cap_for(entry.status)
@@ -318,7 +319,8 @@ impl HttpStreamingCache {
                 // request wants more than the entry now offers.
                 if let Found::Entry(response, entry, _) = self.find(parts, &key, mode).await {
                     let now = self.now();
-                    if let Judged::Fresh = judge(&entry.policy, parts, &entry.headers, now) {
+                    let stored = (entry.status, entry.version, &entry.headers);
+                    if let Judged::Fresh = self.judge_stored(&entry.policy, parts, stored, now) {
                         let status = Status::hit().collapsed();
                         let hit = self.hit(parts, response, &entry.policy, now, status);
                         return Plan::Respond(hit);
@@ -387,25 +389,31 @@ impl HttpStreamingCache {
         let directives = view::cache_control(headers);
         let has = |name: &str| directives.iter().any(|d| d.name == name);
         let understood = has("must-understand") && view::understands(entry.status);
-        let whole_private = directives.iter().any(|d| {
-            d.name == "private"
-                && d.value
-                    .as_deref()
-                    .is_none_or(|v| view::field_names(v).is_empty())
-        });
-        let names_kept = directives.iter().any(|d| {
-            let qualified = d.name == "no-cache" || (shared && d.name == "private");
-            qualified
-                && d.value.as_deref().is_some_and(|list| {
-                    view::field_names(list)
-                        .iter()
-                        .any(|name| entry.headers.contains_key(name))
-                })
-        });
+        // A field the stored copy must not hold, in its headers or its trailers.
+        let holds = |name: &HeaderName| {
+            entry.headers.contains_key(name)
+                || entry
+                    .trailers
+                    .as_ref()
+                    .is_some_and(|t| t.contains_key(name))
+        };
+        let (mut whole_private, mut names_kept) = (false, false);
+        if has("private") || has("no-cache") {
+            let raw = &entry.headers;
+            whole_private = shared
+                && [raw, headers]
+                    .iter()
+                    .any(|h| qualified(h, "private") == Qualified::Whole);
+            names_kept = withheld(raw, headers, shared)
+                .iter()
+                .filter(|name| **name != header::SET_COOKIE)
+                .any(holds);
+        }
         let refused = (has("no-store") && !understood)
-            || (shared && whole_private)
-            || shared_cookie(shared, &entry.headers)
-            || names_kept;
+            || whole_private
+            || (shared && holds(&header::SET_COOKIE))
+            || names_kept
+            || self.options.refuses_error(entry.status);
         if refused {
             crate::log::debug_event!(key = %entry.key, "a stored response this cache may not serve: a miss");
         }

@@ -130,6 +130,35 @@ const DELTA_SECONDS: [&str; 6] = [
 /// §5.2.2.4, §5.2.2.7).
 const QUALIFIED: [&str; 2] = ["no-cache", "private"];
 
+/// How `headers` use a directive that may name fields (`no-cache`, `private`; lower case),
+/// every occurrence counted (the first of a name does not win here: a later bare
+/// `private` must not be lost behind a qualified one): `None` when absent, `Some(None)`
+/// when one occurrence stands for the whole response (bare, or naming no field), else the
+/// fields all of them name.
+pub(super) fn qualified_lists(
+    headers: &HeaderMap,
+    name: &str,
+) -> Option<Option<Vec<header::HeaderName>>> {
+    let mut found = None;
+    for value in headers.get_all(header::CACHE_CONTROL) {
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        for d in split_list(value).into_iter().filter_map(directive) {
+            if d.name != name {
+                continue;
+            }
+            let fields = field_names(d.value.as_deref().unwrap_or_default());
+            match (&mut found, fields.is_empty()) {
+                (_, true) => return Some(None),
+                (None, false) => found = Some(fields),
+                (Some(all), false) => all.extend(fields),
+            }
+        }
+    }
+    found.map(Some)
+}
+
 /// The field names of a qualified directive's list (`Set-Cookie, X-Token`), lower case;
 /// elements that are no field name are passed over.
 pub(super) fn field_names(list: &str) -> Vec<header::HeaderName> {
@@ -262,14 +291,14 @@ pub(super) fn normalized(headers: &HeaderMap) -> HeaderMap {
                         let seconds = delta_seconds(&value).filter(|_| !d.malformed);
                         format!("{}={}", d.name, seconds.unwrap_or(0))
                     }
-                    // `no-cache` and `private` naming fields speak of those fields only,
-                    // which the cache never keeps in a stored copy: the rest of the
-                    // response is judged without them.
-                    Some(value)
-                        if QUALIFIED.contains(&d.name.as_str())
-                            && !field_names(&value).is_empty() =>
-                    {
-                        return None;
+                    // `no-cache` and `private` naming fields (in every occurrence) speak of
+                    // those fields only, which the cache never keeps in a stored copy: the
+                    // rest of the response is judged without them.
+                    _ if QUALIFIED.contains(&d.name.as_str()) => {
+                        match qualified_lists(headers, &d.name) {
+                            Some(Some(_)) => return None,
+                            _ => d.name,
+                        }
                     }
                     // A name alone, or a value the engine does not read: the name keeps
                     // its meaning.

@@ -117,7 +117,9 @@ impl StreamingManagerBuilder {
     /// that fails the check ends with an [`Integrity`](crate::ErrorKind::Integrity) error in
     /// place of its last chunk, so a client never receives a complete body of wrong bytes;
     /// one that fits in a read chunk is checked before it is served and is a miss when it
-    /// fails. The damaged content file is removed.
+    /// fails. The damaged content file is removed. Requests following a body being stored
+    /// read it back from its file checked the same way, against the digest of the body as
+    /// it arrived.
     pub fn verify_on_read(mut self, verify: bool) -> Self {
         self.options.verify_on_read = verify;
         self
@@ -305,6 +307,7 @@ impl StreamingManagerBuilder {
                     secret,
                 ))
             });
+        let verify = self.options.verify_on_read;
         StreamingManager {
             inner: Arc::new(Inner {
                 layout: Layout::new(&self.dir).with_mode(self.options.mode),
@@ -313,8 +316,8 @@ impl StreamingManagerBuilder {
                 opened: OnceCell::new(),
                 committing: Mutex::new(HashMap::new()),
                 deletions: Arc::default(),
-                fills: Arc::default(),
-                read_throughs: Arc::default(),
+                fills: Arc::new(super::fill::Fills::verifying(verify)),
+                read_throughs: Arc::new(super::fill::Fills::verifying(verify)),
                 purges,
                 writes: std::sync::atomic::AtomicU64::new(0),
                 in_flight: Arc::default(),

@@ -28,9 +28,21 @@ use crate::format::reader::read_pooled;
 #[derive(Default)]
 pub(crate) struct Fills {
     by_key: Mutex<HashMap<Hash32, Arc<Fill>>>,
+    /// Followers check what they read against the body's digest (`verify_on_read`).
+    verify: bool,
 }
 
 impl Fills {
+    /// Fills whose followers check what they read from the file against the digest of
+    /// the body as it arrived, when `verify`: bytes changed on disk under them are never
+    /// passed off as the whole body.
+    pub(crate) fn verifying(verify: bool) -> Self {
+        Fills {
+            by_key: Mutex::default(),
+            verify,
+        }
+    }
+
     /// Fills under way.
     pub(crate) fn len(&self) -> usize {
         crate::rt::lock(&self.by_key).len()
@@ -78,6 +90,8 @@ pub(crate) struct Fill {
     relay: Relay,
     /// Woken when a request starts following: the writer then writes through what it holds.
     joined: tokio::sync::Notify,
+    /// Followers check what they read against `digest` (see [`Fills::verifying`]).
+    verify: bool,
 }
 
 /// What followers see of a fill.
@@ -92,6 +106,8 @@ pub(crate) struct FillState {
     /// The store gave up on this fill: no new followers.
     closed: bool,
     end: Option<FillEnd>,
+    /// The SHA-256 of the body as it arrived, once it is stored.
+    digest: Option<Hash32>,
 }
 
 /// The response a fill is storing, as its followers answer it.
@@ -232,6 +248,7 @@ impl Fills {
             positions: Mutex::default(),
             relay: Relay::default(),
             joined: tokio::sync::Notify::new(),
+            verify: self.verify,
         });
         by_key.insert(key, Arc::clone(&fill));
         Role::Leader(FillLeader {
@@ -390,6 +407,16 @@ impl Fill {
             }
         });
     }
+
+    /// Ends the fill with its body stored, `length` bytes whose SHA-256 is `digest`.
+    pub(crate) fn end_stored(&self, length: u64, digest: Hash32) {
+        self.state.send_modify(|s| {
+            if s.end.is_none() {
+                s.end = Some(FillEnd::Stored(length));
+                s.digest = Some(digest);
+            }
+        });
+    }
 }
 
 impl FillLeader {
@@ -431,6 +458,7 @@ impl FillFollower {
         self.fill.followers.fetch_add(1, Ordering::SeqCst);
         let position = Arc::new(AtomicU64::new(0));
         self.fill.track(&position);
+        let check = self.fill.verify.then(Box::<Check>::default);
         FollowReader {
             follower: FollowerCount(Arc::clone(&self.fill)),
             state: self.state.clone(),
@@ -440,6 +468,7 @@ impl FillFollower {
             chunk: chunk.max(1),
             inflight: None,
             waiting: None,
+            check,
         }
     }
 }
@@ -475,6 +504,18 @@ pub(crate) struct FollowReader {
     chunk: usize,
     inflight: Option<crate::rt::Blocking<std::io::Result<Bytes>>>,
     waiting: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// With `verify_on_read`, a whole body's check (none for a range).
+    check: Option<Box<Check>>,
+}
+
+/// A followed body checked as it is read: the SHA-256 of what was read, and the last chunk
+/// held back until the fill's digest says the bytes are the body's.
+#[derive(Default)]
+struct Check {
+    hasher: sha2::Sha256,
+    held: Option<Bytes>,
+    /// The check was made (passed): what is held may go.
+    done: bool,
 }
 
 impl FollowReader {
@@ -484,13 +525,56 @@ impl FollowReader {
         self.offset = start;
         self.position.store(start, Ordering::Release);
         self.end = Some(start.saturating_add(len));
+        // A range cannot be checked against the whole body's digest.
+        self.check = None;
         self
     }
 
+    /// The next chunk of the body; with a check, one chunk behind what was read, the last
+    /// only once the whole matches the fill's digest.
     pub(crate) fn poll_chunk(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, Error>>> {
+        use sha2::Digest as _;
+        if self.check.is_none() {
+            return self.poll_read(cx);
+        }
+        loop {
+            let read = ready!(self.poll_read(cx));
+            let check = self.check.as_mut().expect("checked above");
+            if check.done {
+                return Poll::Ready(check.held.take().map(Ok));
+            }
+            match read {
+                Some(Ok(bytes)) => {
+                    check.hasher.update(&bytes);
+                    if let Some(before) = check.held.replace(bytes) {
+                        return Poll::Ready(Some(Ok(before)));
+                    }
+                }
+                Some(Err(error)) => {
+                    check.held = None;
+                    return Poll::Ready(Some(Err(error)));
+                }
+                None => {
+                    let digest = Hash32(std::mem::take(&mut check.hasher).finalize().into());
+                    let expected = self.state.borrow().digest;
+                    if expected.is_some_and(|expected| expected != digest) {
+                        check.held = None;
+                        check.done = true;
+                        crate::log::warn_event!("a body being followed changed on disk: cut off");
+                        return Poll::Ready(Some(Err(Error::new(ErrorKind::Integrity)
+                            .with_subject("a body being stored changed on disk"))));
+                    }
+                    check.done = true;
+                    return Poll::Ready(check.held.take().map(Ok));
+                }
+            }
+        }
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Error>>> {
         loop {
             if let Some(read) = self.inflight.as_mut() {
                 let result = ready!(Pin::new(read).poll(cx));

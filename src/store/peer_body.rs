@@ -21,8 +21,9 @@ use crate::error::{Error, ErrorKind};
 pub(crate) const BODY_SEAL: HeaderName = HeaderName::from_static("x-http-cache-fill-seal");
 /// The origin's `Content-Length`, moved here so that the body can end with a trailer.
 pub(crate) const ORIGIN_LENGTH: HeaderName = HeaderName::from_static("x-http-cache-fill-length");
-/// How long a peer's body may pause before the asker gives it up.
-pub(crate) const PEER_STALL: Duration = Duration::from_secs(10);
+/// How long a peer's body may pause before the asker gives it up (the proxy's default
+/// upstream timeout: an origin that pauses so long mid-body is waited on as directly).
+pub(crate) const PEER_STALL: Duration = Duration::from_secs(30);
 
 /// Headers that describe a hop, not the answer: left out of the head's seal (a proxy or
 /// the HTTP stack may set them anew).
@@ -184,7 +185,9 @@ pub(crate) struct CheckedBody<B> {
     hasher: sha2::Sha256,
     held: Option<Bytes>,
     seal: SealFor,
-    stall: Pin<Box<tokio::time::Sleep>>,
+    /// Armed when a read finds nothing to take, so that a client that paused never reads as
+    /// a peer that stalled.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
 }
 
@@ -195,7 +198,7 @@ impl<B> CheckedBody<B> {
             hasher: sha2::Sha256::new(),
             held: None,
             seal,
-            stall: Box::pin(tokio::time::sleep(PEER_STALL)),
+            stall: None,
             done: false,
         }
     }
@@ -225,15 +228,17 @@ impl<B: Body<Data = Bytes, Error = Error> + Unpin> Body for CheckedBody<B> {
         loop {
             let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => {
-                    if this.stall.as_mut().poll(cx).is_ready() {
+                    let stall = this
+                        .stall
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(PEER_STALL)));
+                    if stall.as_mut().poll(cx).is_ready() {
                         return this.fail("a peer's body stalled");
                     }
                     return Poll::Pending;
                 }
                 Poll::Ready(frame) => frame,
             };
-            let deadline = tokio::time::Instant::now() + PEER_STALL;
-            this.stall.as_mut().reset(deadline);
+            this.stall = None;
             match frame {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) if data.is_empty() => {}

@@ -418,11 +418,13 @@ impl StreamingManager {
             .await;
             let lease = leader.as_mut().and_then(|leader| leader.lease.take());
             if let Some(leader) = leader {
-                leader.fill().end(match &result {
-                    Ok(committed) if committed.kept => FillEnd::Stored(committed.length),
-                    Ok(committed) => FillEnd::Unstored(committed.length),
-                    Err(e) => FillEnd::Failed(e.to_string()),
-                });
+                match &result {
+                    Ok(committed) if committed.kept => {
+                        leader.fill().end_stored(committed.length, committed.digest);
+                    }
+                    Ok(committed) => leader.fill().end(FillEnd::Unstored(committed.length)),
+                    Err(e) => leader.fill().end(FillEnd::Failed(e.to_string())),
+                }
             }
             if let Ok(c) = &result
                 && how.share

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::Response;
 use url::Url;
 
-use super::fill::{FillEnd, FillHead, FillLeader, Followed, Role};
+use super::fill::{FillHead, FillLeader, Followed, Role};
 use super::{StreamingManager, Teeing};
 use crate::StreamingBody;
 use crate::error::{Error, ErrorKind, Result};
@@ -50,7 +50,7 @@ impl StreamingManager {
                 // its joining (the fill goes once its copy is committed) left the copy on
                 // disk: look again before reading the tier.
                 if let Ok(Some(found)) = self.lookup_on_disk(key).await {
-                    leader.fill().end(FillEnd::Stored(found.1.length));
+                    leader.fill().end_stored(found.1.length, found.1.digest);
                     return Some(found);
                 }
                 return match self.read_from(tier, key, leader).await {

@@ -26,7 +26,8 @@ pub(crate) struct ClientLimits {
     pub(crate) max_connections: usize,
     /// Connections one client address (an IPv6 /64) holds at once; more are closed.
     pub(crate) max_connections_per_client: usize,
-    /// Bytes of request headers (names and values) above which a request is answered `431`.
+    /// Bytes of request headers (as written: names, values, `: ` and CRLF) above which a
+    /// request is answered `431`.
     pub(crate) max_request_headers: usize,
 }
 
@@ -232,7 +233,7 @@ pub(crate) fn refuse<B>(
     let header_bytes: usize = request
         .headers()
         .iter()
-        .map(|(name, value)| name.as_str().len() + value.len())
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
     if header_bytes > max_headers {
         return Some(text_response(

@@ -81,11 +81,10 @@ pub(crate) fn serve(
     cache: HttpStreamingCache,
     limits: crate::clients::ClientLimits,
 ) {
-    let gate = crate::connections::Gate::new(
-        limits.max_connections,
-        limits.max_connections_per_client,
-        "fleet",
-    );
+    // Each fill a peer asks for is a connection of its own, and a refused one reads as a
+    // dead holder: peers (which prove the secret) share the slots with no cap of their own.
+    let gate =
+        crate::connections::Gate::new(limits.max_connections, limits.max_connections, "fleet");
     crate::admin::serve_on(listener, gate, limits, move |request| {
         let cache = cache.clone();
         async move { cache.serve_peer(&request).await }
