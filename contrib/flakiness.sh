@@ -24,7 +24,9 @@ for i in $(seq "$runs"); do
     start=$(date +%s)
     cargo test --all-features --no-fail-fast >"$logs/run$i.log" 2>&1
     status=$?
-    echo "run $i of $runs, every core hogged: exit $status in $(($(date +%s) - start)) s (the first builds from scratch)"
+    note=""
+    [ "$i" = 1 ] && note=" (this one builds from scratch)"
+    echo "run $i of $runs, every core hogged: exit $status in $(($(date +%s) - start)) s$note"
     [ "$status" = 0 ] || { failed=1; grep -E '^test .+ \.\.\. FAILED$' "$logs/run$i.log"; }
 done
 kill "${hogs[@]}" 2>/dev/null
