@@ -622,8 +622,8 @@ async fn invalidations_by_unsafe_requests_reach_the_fleet_within_a_budget() {
 
 /// Whoever can write to the bucket but does not hold the fleet's secret: purge notes for a
 /// key and for every URL (the empty prefix), and a horizon far in the future (which would
-/// make every node empty itself at each start), are all ignored; the fleet's own purges
-/// still work.
+/// make every node empty itself at each start), are all ignored; the fleet's own purges,
+/// written after them, still work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bucket_writer_without_the_secret_purges_nothing() {
     let _alone = common::alone().await;
@@ -634,7 +634,8 @@ async fn a_bucket_writer_without_the_secret_purges_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (proxy, _) = fleet_proxy(&origin, dir.path(), &endpoint, &bucket);
     assert_eq!(get(&proxy, "/page").await.body, "/page #1");
-    copied_up(&endpoint, &bucket, 1).await;
+    assert_eq!(get(&proxy, "/other").await.body, "/other #2");
+    copied_up(&endpoint, &bucket, 2).await;
 
     let tier = ObjectStorage::new(common::s3::bucket(&endpoint, &bucket));
     let now = std::time::SystemTime::now()
@@ -664,8 +665,23 @@ async fn a_bucket_writer_without_the_secret_purges_nothing() {
             .await
             .unwrap();
     }
-    // Several reads of the log later (every 500 ms; a slow machine only reads it more).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A second node purges `/other` after them: once the first has acted on that note, it
+    // has read the forged ones before it.
+    let other_dir = tempfile::tempdir().unwrap();
+    let (other, _) = fleet_proxy(&origin, other_dir.path(), &endpoint, &bucket);
+    let purge = |node: &Proxy, path: &str| {
+        http::Request::builder()
+            .method("PURGE")
+            .uri(format!("http://{}{path}", node.addr))
+            .header("authorization", format!("Bearer {PURGE_TOKEN}"))
+            .body(http_body_util::Full::<Bytes>::default())
+            .unwrap()
+    };
+    let purged = common::send(&mut common::client(), purge(&other, "/other")).await;
+    assert_eq!(purged.status, http::StatusCode::OK);
+    let (_, got) = until_not(&proxy, "/other", "/other #2", Instant::now()).await;
+    assert_eq!(got.body, "/other #3");
+    drop(other);
     let got = get(&proxy, "/page").await;
     assert!(got.hit(), "{}", got.cache_status());
     assert_eq!(got.body, "/page #1");
@@ -674,19 +690,11 @@ async fn a_bucket_writer_without_the_secret_purges_nothing() {
     let (proxy, _) = fleet_proxy(&origin, dir.path(), &endpoint, &bucket);
     let got = get(&proxy, "/page").await;
     assert!(got.hit(), "{}", got.cache_status());
-    assert_eq!(origin.hits(), 1);
+    assert_eq!(origin.hits(), 3);
     // The fleet's own purge still works.
-    let purge = http::Request::builder()
-        .method("PURGE")
-        .uri(format!("http://{}/page", proxy.addr))
-        .header("authorization", format!("Bearer {PURGE_TOKEN}"))
-        .body(http_body_util::Full::<Bytes>::default())
-        .unwrap();
-    assert_eq!(
-        common::send(&mut common::client(), purge).await.status,
-        http::StatusCode::OK
-    );
-    assert_eq!(get(&proxy, "/page").await.body, "/page #2");
+    let purged = common::send(&mut common::client(), purge(&proxy, "/page")).await;
+    assert_eq!(purged.status, http::StatusCode::OK);
+    assert_eq!(get(&proxy, "/page").await.body, "/page #4");
 }
 
 /// What a man in the middle of the fleet's network records of one fill: the ask, and the
