@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use axum::Router;
 use axum::routing::get;
 use http_body_util::{BodyExt, Empty};
-use http_cache_streaming::{HttpCacheStreamingLayer, StreamingManager};
+use http_cache_streaming::HttpCacheStreamingLayer;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
@@ -18,7 +18,8 @@ use hyper_util::rt::TokioExecutor;
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let serve = std::env::args().any(|a| a == "--serve");
     let dir = tempfile::tempdir()?;
-    let manager = StreamingManager::new(dir.path().to_path_buf());
+    // Opened now: a directory the store cannot use is an error here, with its reason.
+    let layer = HttpCacheStreamingLayer::open(dir.path()).await?;
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
 
@@ -35,7 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 }
             }),
         )
-        .layer(HttpCacheStreamingLayer::new(manager));
+        .layer(layer);
 
     let addr = if serve {
         "127.0.0.1:3000"

@@ -24,8 +24,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let manager = StreamingManager::new(dir.path().to_path_buf());
     // A client's cache serves one user: `private` responses may be stored.
     let options = HttpCacheOptions::default().shared(false);
+    // Opened now: a directory the store cannot use is an error here, with its reason.
+    let layer = HttpCacheStreamingLayer::open_with(manager, options).await?;
     let mut client = ServiceBuilder::new()
-        .layer(HttpCacheStreamingLayer::with_options(manager, options))
+        .layer(layer)
         .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
 
     for _ in 0..2 {

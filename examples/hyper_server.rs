@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
-use http_cache_streaming::{HttpCacheStreamingLayer, StreamingManager};
+use http_cache_streaming::HttpCacheStreamingLayer;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -26,10 +26,9 @@ async fn handler(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, In
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let dir = tempfile::tempdir()?;
-    let manager = StreamingManager::new(dir.path().to_path_buf());
-    let service = ServiceBuilder::new()
-        .layer(HttpCacheStreamingLayer::new(manager))
-        .service_fn(handler);
+    // Opened now: a directory the store cannot use is an error here, with its reason.
+    let layer = HttpCacheStreamingLayer::open(dir.path()).await?;
+    let service = ServiceBuilder::new().layer(layer).service_fn(handler);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -111,15 +111,14 @@ async fn main() -> Result<(), Error> {
     let manager = StreamingManager::builder(&args.cache_dir)
         .max_size(args.max_size)
         .build();
-    manager.open().await?;
+    // Opened now: a directory the store cannot use is an error here, with its reason.
+    let layer = HttpCacheStreamingLayer::open_with(manager, options).await?;
     let client: Client<HttpConnector, RequestBody> =
         Client::builder(TokioExecutor::new()).build_http();
     let upstream = tower::service_fn(move |request: Request<RequestBody>| {
         forward(client.clone(), authority.clone(), request)
     });
-    let cache = ServiceBuilder::new()
-        .layer(HttpCacheStreamingLayer::with_options(manager, options))
-        .service(upstream);
+    let cache = ServiceBuilder::new().layer(layer).service(upstream);
 
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!(

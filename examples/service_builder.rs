@@ -11,20 +11,21 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use http_cache_streaming::{HttpCacheStreamingLayer, StreamingManager};
+use http_cache_streaming::HttpCacheStreamingLayer;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let dir = tempfile::tempdir()?;
-    let manager = StreamingManager::new(dir.path().to_path_buf());
+    // Opened now: a directory the store cannot use is an error here, with its reason.
+    let layer = HttpCacheStreamingLayer::open(dir.path()).await?;
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
     let service = ServiceBuilder::new()
         .buffer(64)
         .concurrency_limit(1)
         .timeout(Duration::from_secs(10))
-        .layer(HttpCacheStreamingLayer::new(manager))
+        .layer(layer)
         .service_fn(move |request: Request<Full<Bytes>>| {
             let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
             async move {

@@ -1,5 +1,7 @@
 //! [`HttpCacheStreamingLayer`]: the Tower layer that puts the cache in front of a service.
 
+use std::path::PathBuf;
+
 use tower_layer::Layer;
 
 use crate::cache::{HttpCacheOptions, HttpStreamingCache};
@@ -8,16 +10,26 @@ use crate::store::StreamingManager;
 
 /// A [`Layer`] that wraps a service in an HTTP cache backed by a [`StreamingManager`].
 ///
+/// Open it at start-up with [`open`](Self::open) (or [`open_with`](Self::open_with)), so
+/// that a directory the store cannot use (missing rights, writable by every user, on a
+/// full disk) is an error then, with its reason, rather than requests passing through
+/// unstored:
+///
 /// ```
-/// use http_cache_streaming::{HttpCacheStreamingLayer, StreamingManager};
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use http_cache_streaming::HttpCacheStreamingLayer;
 /// use tower::ServiceBuilder;
 ///
-/// let manager = StreamingManager::new("./cache".into());
+/// # let dir = tempfile::tempdir()?;
+/// # let cache_dir = dir.path().join("cache");
+/// let layer = HttpCacheStreamingLayer::open(cache_dir).await?;
 /// let service = ServiceBuilder::new()
-///     .layer(HttpCacheStreamingLayer::new(manager))
+///     .layer(layer)
 ///     .service_fn(|_request: http::Request<String>| async {
 ///         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello")))
 ///     });
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
 /// ```
 #[derive(Debug, Clone)]
 pub struct HttpCacheStreamingLayer {
@@ -25,7 +37,26 @@ pub struct HttpCacheStreamingLayer {
 }
 
 impl HttpCacheStreamingLayer {
-    /// A layer caching in `manager` with default options (a shared cache).
+    /// Opens a store in `cache_dir` (see [`StreamingManager::open`]) and returns a layer
+    /// caching in it with default options (a shared cache). Fails, saying why, when the
+    /// directory cannot be used.
+    pub async fn open(cache_dir: impl Into<PathBuf>) -> crate::Result<Self> {
+        let manager = StreamingManager::new(cache_dir.into());
+        Self::open_with(manager, HttpCacheOptions::default()).await
+    }
+
+    /// Opens `manager` (see [`StreamingManager::open`]) and returns a layer caching in it
+    /// with `options`. Fails, saying why, when its directory cannot be used.
+    pub async fn open_with(
+        manager: StreamingManager,
+        options: HttpCacheOptions,
+    ) -> crate::Result<Self> {
+        manager.open().await?;
+        Ok(Self::with_options(manager, options))
+    }
+
+    /// A layer caching in `manager` with default options (a shared cache). The store is
+    /// opened on first use: prefer [`open`](Self::open) at start-up.
     pub fn new(manager: StreamingManager) -> Self {
         HttpCacheStreamingLayer {
             cache: HttpStreamingCache::new(manager),

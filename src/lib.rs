@@ -110,7 +110,10 @@ mod store;
 pub use body::StreamingBody;
 pub use cache::CacheMode;
 pub use cache::is_valid_authority;
-pub use cache::{CacheStats, HttpCacheOptions, HttpStreamingCache, strip_hop_by_hop};
+pub use cache::{
+    CacheKey, CacheStats, HttpCacheOptions, HttpStreamingCache, NotStored, OriginRequests, Ttl,
+    strip_hop_by_hop,
+};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use future::ResponseFuture;
 pub use layer::HttpCacheStreamingLayer;

@@ -336,6 +336,57 @@ async fn a_page_that_was_never_fresh_is_never_served_to_another_user() {
     assert_eq!(third.body, "down", "{}", third.cache_status());
 }
 
+/// `--default-ttl` gives a page without freshness its lifetime (what nginx's
+/// `proxy_cache_valid` does), but never makes storable what a shared cache refuses; and an
+/// origin that writes the field the cache keeps a TTL in is not believed, nor is the field
+/// ever sent to a client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_ttl_keeps_bare_pages_and_nothing_an_origin_forges() {
+    let origin = Origin::start(|parts, n| {
+        let mut page = Response::builder();
+        match parts.uri.path() {
+            "/forged" => page = page.header("x-http-cache-streaming-ttl", "max-age=600"),
+            "/private" => page = page.header("cache-control", "private"),
+            "/cookie" => page = page.header("set-cookie", format!("session=user{n}")),
+            _ => {}
+        }
+        page.body(AxumBody::from(format!("{} #{n}", parts.uri.path())))
+            .unwrap()
+    })
+    .await;
+    let (plain, _plain_dir) = started(&origin, &[]);
+    let forged = get(&plain, "/forged").await;
+    assert!(
+        forged.cache_status().ends_with("detail=no-freshness"),
+        "{}",
+        forged.cache_status()
+    );
+    assert_eq!(forged.header("x-http-cache-streaming-ttl"), None);
+    assert_eq!(get(&plain, "/forged").await.body, "/forged #2");
+
+    let (proxy, dir) = started(&origin, &["--default-ttl", "60s"]);
+    let first = get(&proxy, "/bare").await;
+    assert!(
+        first.cache_status().contains("stored; ttl=60"),
+        "{}",
+        first.cache_status()
+    );
+    let second = get(&proxy, "/bare").await;
+    assert!(second.hit(), "{}", second.cache_status());
+    assert_eq!(second.body, first.body);
+    assert_eq!(second.header("x-http-cache-streaming-ttl"), None);
+    for (path, why) in [("/private", "private"), ("/cookie", "set-cookie")] {
+        let got = get(&proxy, path).await;
+        assert!(
+            got.cache_status().ends_with(&format!("detail={why}")),
+            "{}",
+            got.cache_status()
+        );
+        assert!(!get(&proxy, path).await.hit());
+    }
+    assert_eq!(record_files(dir.path()).len(), 1, "the bare page only");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_later_bare_private_or_no_cache_is_not_lost_behind_a_qualified_one() {
     // Two Cache-Control lines, as a framework and an app each add one.

@@ -9,6 +9,7 @@ use http_cache_semantics::{BeforeRequest, CachePolicy};
 
 use crate::format::record::Entry;
 
+use super::status::NotStored;
 use super::variants::variants_generation;
 use super::view;
 
@@ -50,6 +51,27 @@ pub(super) fn policy_view(method: &Method, mut headers: HeaderMap) -> request::P
     *request.uri_mut() = http::Uri::from_static("/");
     *request.headers_mut() = headers;
     request.into_parts().0
+}
+
+/// Why the storing rules (RFC 9111 §3) refuse a response (`response`, as the policy engine
+/// reads it) to `request` (likewise), in a cache `shared` or not.
+pub(super) fn why_not_storable(
+    request: &request::Parts,
+    response: &http::response::Parts,
+    shared: bool,
+) -> NotStored {
+    let headers = &response.headers;
+    if request.method != Method::GET {
+        NotStored::Method
+    } else if has_directive(&request.headers, "no-store") || has_directive(headers, "no-store") {
+        NotStored::NoStore
+    } else if shared && has_directive(headers, "private") {
+        NotStored::Private
+    } else if shared && request.headers.contains_key(header::AUTHORIZATION) {
+        NotStored::Authorization
+    } else {
+        NotStored::Status
+    }
 }
 
 pub(super) fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -231,9 +253,10 @@ pub(super) fn unusable(
     now: SystemTime,
     default_window: Option<Duration>,
     targeted: &[HeaderName],
+    shared: bool,
 ) -> bool {
-    let decided = view::targeted(&entry.headers, targeted);
-    let headers = decided.as_ref().unwrap_or(&entry.headers);
+    let decided = view::decided(&entry.headers, targeted, shared);
+    let headers = &*decided;
     if !entry.policy.is_stale(now)
         || headers.contains_key(header::ETAG)
         || headers.contains_key(header::LAST_MODIFIED)

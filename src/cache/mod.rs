@@ -2,6 +2,7 @@
 //! invalidation) over a [`StreamingManager`]. It knows nothing of files: every byte goes
 //! through the manager.
 
+mod cache_key;
 mod conditional;
 mod directives;
 mod fleet;
@@ -12,15 +13,20 @@ mod options;
 mod partial;
 mod pending;
 mod plan;
+mod purge;
 pub(crate) mod range;
 mod status;
+mod ttl;
 mod variants;
 mod view;
 
+pub use cache_key::CacheKey;
 pub use directives::strip_hop_by_hop;
 pub use key::is_valid_authority;
 pub use mode::CacheMode;
 pub use options::HttpCacheOptions;
+pub use status::NotStored;
+pub use ttl::Ttl;
 
 use std::fmt;
 use std::future::Future;
@@ -30,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, request};
+use http::{Method, Response, StatusCode, request};
 use http_body::Body;
 use http_cache_semantics::CachePolicy;
 
@@ -76,8 +82,13 @@ struct Counters {
     misses: AtomicU64,
     stale_served: AtomicU64,
     revalidations: AtomicU64,
+    passes: AtomicU64,
     errors: AtomicU64,
     invalidations_here: AtomicU64,
+    trip_misses: AtomicU64,
+    trip_stale: AtomicU64,
+    trip_revalidated: AtomicU64,
+    trip_passes: AtomicU64,
 }
 
 /// Counts one event in `counter` and, with the `metrics` feature, in the `metrics` counter
@@ -90,20 +101,34 @@ fn count(counter: &AtomicU64, name: &'static str) {
     let _ = name;
 }
 
-/// What a cache holds and has done: [`HttpStreamingCache::stats`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What a cache holds and has done: [`HttpStreamingCache::stats`]. Serialises (serde) as
+/// a JSON object of the same names, for a stats route.
+///
+/// Each response the cache answers is counted once, in one of `hits`, `stale_served`,
+/// `misses`, `revalidations` and `passes` (but for the `502`/`504` it makes itself): their
+/// sum is the requests answered, and `hits / (hits + stale_served + misses + revalidations)`
+/// the hit ratio of what it may serve. Each request sent to the origin is counted once in
+/// [`origin`](Self::origin), by cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[non_exhaustive]
 pub struct CacheStats {
     /// What the store holds, and how many entries it evicted.
     pub store: StoreStats,
-    /// Responses served from the store without asking the origin.
+    /// Responses served fresh from the store without asking the origin.
     pub hits: u64,
-    /// Requests that found nothing usable stored and went to the origin.
+    /// Requests answered by a response the origin sent anew, because nothing usable was
+    /// stored: nothing at all, another variant, or a stale response the origin replaced.
+    /// Those that followed another request's fetch of the same key are counted too.
     pub misses: u64,
-    /// Stale responses served: within `stale-while-revalidate` or `stale-if-error`.
+    /// Stale responses served: within `stale-while-revalidate` or `stale-if-error`, or
+    /// the layer's `stale_on_error`.
     pub stale_served: u64,
-    /// Stored responses the origin confirmed with `304 Not Modified`.
+    /// Stored responses the origin confirmed with `304 Not Modified`, then served.
     pub revalidations: u64,
+    /// Requests the cache passed to the origin without looking up: a method it does not
+    /// serve (`POST`, `OPTIONS`...), a request whose mode is `NoStore` or `Reload`, one it
+    /// cannot key.
+    pub passes: u64,
     /// Store failures that requests passed through.
     pub errors: u64,
     /// Responses being fetched and stored now (each followed by the requests for the same
@@ -113,6 +138,31 @@ pub struct CacheStats {
     /// tier's) but did not go to the fleet's purge log: another of the same key had within
     /// the second, or past [`fleet_invalidation_rate`](HttpCacheOptions::fleet_invalidation_rate).
     pub invalidations_not_shared: u64,
+    /// Requests sent to the origin, by cause.
+    pub origin: OriginRequests,
+}
+
+/// Requests a cache sent to the origin, each counted once, by cause (its
+/// [`stats`](HttpStreamingCache::stats)). Requests that followed another's fetch of the
+/// same key sent none; revalidations in the background (`stale-while-revalidate`) count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[non_exhaustive]
+pub struct OriginRequests {
+    /// For nothing usable stored.
+    pub misses: u64,
+    /// To revalidate a stale response, answered with a new one (or an error).
+    pub stale: u64,
+    /// To revalidate a stale response, answered `304 Not Modified`.
+    pub revalidated: u64,
+    /// Passed without a lookup (see [`CacheStats::passes`]), invalidations included.
+    pub passes: u64,
+}
+
+impl OriginRequests {
+    /// Every request sent to the origin.
+    pub fn total(&self) -> u64 {
+        self.misses + self.stale + self.revalidated + self.passes
+    }
 }
 
 impl fmt::Debug for HttpStreamingCache {
@@ -181,6 +231,9 @@ pub(crate) struct Pending {
     range: Option<HeaderMap>,
     /// A ranged miss that keeps or completes a partial entry.
     partial: Option<partial::PartialPlan>,
+    /// A revalidation in the background (`stale-while-revalidate`): its client was
+    /// answered already, and counted.
+    background: bool,
 }
 
 impl Pending {
@@ -233,62 +286,34 @@ impl HttpStreamingCache {
         }
     }
 
-    /// What the store holds and what this cache has done since it was made.
+    /// What the store holds and what this cache has done since it was made. A store that
+    /// cannot be opened holds nothing: its counters are zero, and the cache's are read
+    /// (its `errors` say how many requests met it).
     pub async fn stats(&self) -> crate::Result<CacheStats> {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let counters = &self.counters;
+        let store = match self.manager.stats().await {
+            Ok(store) => store,
+            Err(_) if self.manager.known_unusable() => StoreStats::default(),
+            Err(error) => return Err(error),
+        };
         Ok(CacheStats {
-            store: self.manager.stats().await?,
+            store,
             hits: load(&counters.hits),
             misses: load(&counters.misses),
             stale_served: load(&counters.stale_served),
             revalidations: load(&counters.revalidations),
+            passes: load(&counters.passes),
             errors: load(&counters.errors),
             fills_in_flight: self.manager.fills_in_flight() as u64,
             invalidations_not_shared: load(&counters.invalidations_here),
+            origin: OriginRequests {
+                misses: load(&counters.trip_misses),
+                stale: load(&counters.trip_stale),
+                revalidated: load(&counters.trip_revalidated),
+                passes: load(&counters.trip_passes),
+            },
         })
-    }
-
-    /// Removes what is stored for `url` (every variant of its GET, which HEAD shares), and
-    /// says whether anything was. The key is computed as for a request, with the custom
-    /// `cache_key` when there is one.
-    pub async fn purge(&self, url: &str) -> crate::Result<bool> {
-        let request = Request::get(url).body(()).map_err(|e| {
-            crate::Error::new(crate::ErrorKind::InvalidInput)
-                .with_subject(url.to_owned())
-                .with_source(e)
-        })?;
-        let key = self.key(&request.into_parts().0);
-        self.remove(&key, true).await
-    }
-
-    /// Removes what is stored under `key`: the response, or the variant list and the
-    /// variants it names. `true` when something was stored.
-    ///
-    /// With a shared tier, the key is purged on every node through the tier's purge log:
-    /// always when `everywhere` (an operator's purge: another node may hold what this one
-    /// never had), else when it is stored here or in the tier (an invalidation, which
-    /// most unsafe requests are: one of a key stored nowhere costs the log nothing).
-    async fn remove(&self, key: &str, everywhere: bool) -> crate::Result<bool> {
-        let stored = self.manager.stored_headers(key).await;
-        if let Some(list) = &stored {
-            self.remove_variants(key, list).await?;
-        }
-        if stored.is_some() || everywhere {
-            self.manager.delete(key).await?;
-        } else {
-            self.manager.forget(key).await?;
-        }
-        Ok(stored.is_some())
-    }
-
-    /// [`remove`](Self::remove) from this node and the shared tier only, without reading
-    /// the tier or writing to the purge log.
-    async fn remove_here(&self, key: &str) -> crate::Result<()> {
-        if let Some(list) = self.manager.stored_headers_here(key).await {
-            self.remove_variants(key, &list).await?;
-        }
-        self.manager.forget(key).await
     }
 
     /// Replaces the options.
@@ -360,28 +385,11 @@ impl HttpStreamingCache {
             .is_none_or(|cap| entry.policy.age(now) < cap);
         let stored = (entry.status, entry.version, &entry.headers);
         let usable = match self.judge_stored(&entry.policy, parts, stored, now) {
-            Judged::Fresh => within_cap || mode.ignores_staleness(),
-            Judged::Stale => mode.ignores_staleness(),
+            Judged::Fresh => within_cap && mode != CacheMode::NoCache,
+            Judged::Stale => within_cap && mode.ignores_staleness(),
             Judged::Mismatch => false,
         };
         usable.then(|| self.hit(parts, response, &entry.policy, now, Status::hit()))
-    }
-
-    /// Removes every stored response whose URL starts with `prefix` (every method and
-    /// variant), and returns how many there were here. It visits every entry.
-    ///
-    /// With a shared tier, the purge is written to its purge log, so every node drops its
-    /// entries under `prefix` within a second, and the tier's records under it are removed
-    /// in the background (each record is read: a prefix purge costs a listing and a read
-    /// per record of the tier).
-    pub async fn purge_prefix(&self, prefix: &str) -> crate::Result<u64> {
-        let owned = prefix.to_owned();
-        let removed = self
-            .manager
-            .remove_where(move |entry| entry.url.starts_with(&owned))
-            .await?;
-        self.manager.publish_prefix_purge(prefix).await?;
-        Ok(removed)
     }
 
     /// Removes the stored responses that can no longer be used (see
@@ -390,8 +398,9 @@ impl HttpStreamingCache {
         let now = self.now();
         let default_window = self.options.stale_on_error;
         let targeted = self.options.targeted().to_vec();
+        let shared = self.options.shared;
         self.manager
-            .remove_where(move |entry| unusable(entry, now, default_window, &targeted))
+            .remove_where(move |entry| unusable(entry, now, default_window, &targeted, shared))
             .await
     }
 
@@ -523,11 +532,9 @@ impl HttpStreamingCache {
 
     /// The headers of a response as this cache decides its freshness and storability by:
     /// with a targeted field of its own (`CDN-Cache-Control`) in place of `Cache-Control`.
+    /// With a [`Ttl`]'s outcome stored with it, that in place of the origin's freshness.
     fn decides_by<'h>(&self, headers: &'h HeaderMap) -> std::borrow::Cow<'h, HeaderMap> {
-        match view::targeted(headers, self.options.targeted()) {
-            Some(view) => std::borrow::Cow::Owned(view),
-            None => std::borrow::Cow::Borrowed(headers),
-        }
+        view::decided(headers, self.options.targeted(), self.options.shared)
     }
 
     /// How long a response of `status`, `version` and `headers` to `request` stays fresh
@@ -619,7 +626,9 @@ impl HttpStreamingCache {
     }
 
     /// Adds this cache's `Cache-Status` entry (and the http-cache style headers if asked).
+    /// Every response the cache answers goes through here: the cache's own fields leave.
     fn annotate(&self, headers: &mut HeaderMap, status: &Status, hit: bool, found: bool) {
+        headers.remove(ttl::TTL_FIELD);
         if let Some(name) = &self.options.cache_status
             && let Ok(value) = HeaderValue::try_from(format!("{name}; {status}"))
         {

@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime};
 use http::request;
 use http_cache_semantics::CacheOptions;
 
+use super::cache_key::CacheKey;
 use super::mode::CacheMode;
+use super::ttl::Ttl;
 use crate::store::fill::Background;
 
 pub(super) type KeyFn = Arc<dyn Fn(&request::Parts) -> String + Send + Sync>;
@@ -15,6 +17,8 @@ pub(super) type KeyFn = Arc<dyn Fn(&request::Parts) -> String + Send + Sync>;
 pub(super) type ModeFn = Arc<dyn Fn(&request::Parts) -> CacheMode + Send + Sync>;
 
 pub(super) type BustFn = Arc<dyn Fn(&request::Parts, &str) -> Vec<String> + Send + Sync>;
+
+pub(super) type TtlFn = Arc<dyn Fn(&request::Parts, &http::response::Parts) -> Ttl + Send + Sync>;
 
 pub(super) type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
@@ -28,12 +32,12 @@ pub(super) const BACKGROUND_BYTES: u64 = 1 << 30;
 ///
 /// ```
 /// use std::time::Duration;
-/// use http_cache_streaming::{CacheMode, HttpCacheOptions};
+/// use http_cache_streaming::{CacheKey, CacheMode, HttpCacheOptions};
 ///
 /// let options = HttpCacheOptions::default()
 ///     .shared(false)
 ///     .max_ttl(Duration::from_secs(600))
-///     .cache_key(|parts| format!("{}:{}", parts.method, parts.uri))
+///     .cache_key_from(CacheKey::new().drop_query(["utm_*"]))
 ///     .mode_fn(|parts| {
 ///         if parts.uri.path().starts_with("/admin") {
 ///             CacheMode::NoStore
@@ -50,6 +54,8 @@ pub struct HttpCacheOptions {
     pub(super) cache_key: Option<KeyFn>,
     pub(super) cache_bust: Option<BustFn>,
     pub(super) max_ttl: Option<Duration>,
+    pub(super) ttl: Ttl,
+    pub(super) ttl_fn: Option<TtlFn>,
     pub(super) cache_status: Option<String>,
     pub(super) x_cache: bool,
     pub(super) clock: Clock,
@@ -77,6 +83,8 @@ impl Default for HttpCacheOptions {
             cache_key: None,
             cache_bust: None,
             max_ttl: None,
+            ttl: Ttl::origin(),
+            ttl_fn: None,
             cache_status: Some("http-cache-streaming".into()),
             x_cache: false,
             clock: Arc::new(SystemTime::now),
@@ -106,6 +114,8 @@ impl fmt::Debug for HttpCacheOptions {
             .field("cache_key", &self.cache_key.is_some())
             .field("cache_bust", &self.cache_bust.is_some())
             .field("max_ttl", &self.max_ttl)
+            .field("ttl", &self.ttl)
+            .field("ttl_fn", &self.ttl_fn.is_some())
             .field("cache_status", &self.cache_status)
             .field("x_cache", &self.x_cache)
             .field("coalesce", &self.coalesce)
@@ -152,14 +162,34 @@ impl HttpCacheOptions {
     }
 
     /// Computes the key a request's response is stored under, in place of
-    /// `METHOD:scheme://authority/path?query`. GET and HEAD requests must map to the same
-    /// key for a HEAD to be answered from a stored GET.
+    /// [`CacheKey::default_key`] (`GET:https://example.com/path?query`). GET and HEAD
+    /// requests must map to the same key for a HEAD to be answered from a stored GET, and
+    /// a key must name the site (on a server, the URI has no authority: the `Host` header
+    /// names it). Start from the default key to keep both:
+    ///
+    /// ```
+    /// use http_cache_streaming::{CacheKey, HttpCacheOptions};
+    ///
+    /// // One entry per tenant, whose id a header carries.
+    /// let options = HttpCacheOptions::default().cache_key(|parts| {
+    ///     let tenant = parts.headers.get("x-tenant").and_then(|v| v.to_str().ok());
+    ///     format!("{} tenant={}", CacheKey::default_key(parts), tenant.unwrap_or("-"))
+    /// });
+    /// ```
+    ///
+    /// The common edits (query parameters dropped or sorted, a header or a cookie added)
+    /// are builder calls of [`CacheKey`], set with [`cache_key_from`](Self::cache_key_from).
     pub fn cache_key(
         mut self,
         f: impl Fn(&request::Parts) -> String + Send + Sync + 'static,
     ) -> Self {
         self.cache_key = Some(Arc::new(f));
         self
+    }
+
+    /// Keys requests as `key` says: the default key with its edits (see [`CacheKey`]).
+    pub fn cache_key_from(self, key: CacheKey) -> Self {
+        self.cache_key(move |parts| key.key(parts))
     }
 
     /// Names further keys to remove when a request arrives: given the request and its own
@@ -172,10 +202,61 @@ impl HttpCacheOptions {
         self
     }
 
-    /// Caps how long a stored response counts as fresh, whatever its headers say; past the
-    /// cap it is revalidated.
+    /// Caps how long a stored response is used without asking the origin, whatever its
+    /// headers, its [`Ttl`] or the request's mode say: past the cap it is revalidated (in
+    /// every mode, `IgnoreRules` and `ForceCache` included; an `only-if-cached` request gets
+    /// a `504`).
     pub fn max_ttl(mut self, max_ttl: Duration) -> Self {
         self.max_ttl = Some(max_ttl);
+        self
+    }
+
+    /// How long a response that gives no explicit freshness (no `max-age`, no `s-maxage`
+    /// in a shared cache, no `Expires`) stays fresh, in place of the heuristic freshness of
+    /// RFC 9111 §4.2.2 and of none at all: what nginx's `proxy_cache_valid` does. Such a
+    /// response is otherwise stored only with a validator, and revalidated on every use.
+    /// A route's own [`Ttl`] wins over it.
+    pub fn default_ttl(mut self, lifetime: Duration) -> Self {
+        self.ttl = self.ttl.or(lifetime);
+        self
+    }
+
+    /// How long every stored response stays fresh at least, whatever its headers say
+    /// (but for `no-cache` and `must-revalidate`, which still hold). A route's own [`Ttl`]
+    /// wins over it.
+    pub fn min_ttl(mut self, lifetime: Duration) -> Self {
+        self.ttl = self.ttl.at_least(lifetime);
+        self
+    }
+
+    /// Decides each response's [`Ttl`] from the request and the response's head (its
+    /// status, headers and extensions): per route, per status, per content type. What it
+    /// leaves unset comes from [`default_ttl`](Self::default_ttl) and
+    /// [`min_ttl`](Self::min_ttl). Without it, a `Ttl` in the response's extensions (set by
+    /// a handler) or the request's is used.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use http_cache_streaming::{HttpCacheOptions, Ttl};
+    ///
+    /// let options = HttpCacheOptions::default().ttl_fn(|request, response| {
+    ///     match request.uri.path() {
+    ///         // The handler sends no Cache-Control: five minutes.
+    ///         "/api/catalog" => Ttl::origin().or(Duration::from_secs(300)),
+    ///         // A minute whatever it says, and a stale copy while a new one is fetched.
+    ///         path if path.starts_with("/feeds/") => {
+    ///             Ttl::fixed(Duration::from_secs(60)).grace(Duration::from_secs(30))
+    ///         }
+    ///         _ if response.status == http::StatusCode::NOT_FOUND => Ttl::no_store(),
+    ///         _ => Ttl::origin(),
+    ///     }
+    /// });
+    /// ```
+    pub fn ttl_fn(
+        mut self,
+        f: impl Fn(&request::Parts, &http::response::Parts) -> Ttl + Send + Sync + 'static,
+    ) -> Self {
+        self.ttl_fn = Some(Arc::new(f));
         self
     }
 

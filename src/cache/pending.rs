@@ -19,9 +19,10 @@ use crate::store::fill::{FillEnd, FillHead, FillLeader, Role};
 use super::directives::{
     KEPT_ON_REVALIDATION, directive_value, head_selects, is_conditional, is_hop_by_hop,
     is_origin_failure, must_revalidate, policy_view, selects, shared_cookie, stale_for_at_most,
-    strip_hop_by_hop, take_fields, withheld,
+    strip_hop_by_hop, take_fields, why_not_storable, withheld,
 };
-use super::status::{Fwd, Status};
+use super::status::{Fwd, NotStored, Status};
+use super::ttl::TTL_FIELD;
 use super::variants::{INTERNAL, is_internal, names_as_vary};
 use super::view;
 use super::{Action, Finished, Pending, Stale, count};
@@ -33,6 +34,7 @@ impl Pending {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        self.count_request(Some(response.status()));
         match std::mem::replace(&mut self.action, Action::Pass) {
             Action::Pass => Finished::Ready(self.pass(response, Status::forward(Fwd::Request))),
             Action::Invalidate => Finished::Later(Box::pin(self.invalidate(response))),
@@ -99,6 +101,33 @@ impl Pending {
         }
     }
 
+    /// Counts a request sent to the origin by its cause, and (but for a revalidation in the
+    /// background) what its client is answered where that is known now: a pass, or a
+    /// stale response the origin replaced (a miss). `status` is the origin's, `None` when
+    /// the inner service failed.
+    fn count_request(&self, status: Option<StatusCode>) {
+        let counters = &self.cache.counters;
+        let (trip, name) = match &self.action {
+            Action::Pass | Action::Invalidate => {
+                if !self.background {
+                    count(&counters.passes, "http_cache_streaming_passes_total");
+                }
+                (&counters.trip_passes, "passes")
+            }
+            Action::Fetch { stale: None, .. } => (&counters.trip_misses, "misses"),
+            Action::Fetch { stale: Some(_), .. } if status == Some(StatusCode::NOT_MODIFIED) => {
+                (&counters.trip_revalidated, "revalidated")
+            }
+            Action::Fetch { stale: Some(_), .. } => (&counters.trip_stale, "stale"),
+        };
+        trip.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("http_cache_streaming_origin_requests_total", "cause" => name)
+            .increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = name;
+    }
+
     /// The answer when a 304 selected nothing and the request cannot be sent again (its
     /// body type cannot be made anew; see [`HttpCacheStreaming`](crate::HttpCacheStreaming)):
     /// a `502`, never the 304 to a client that did not ask conditionally.
@@ -118,6 +147,7 @@ impl Pending {
     /// What the cache answers when the inner service fails: a stored response that must not
     /// be served stale becomes a 504; otherwise the error stands.
     pub(crate) fn on_error<E>(mut self, error: E) -> Result<Response<StreamingBody>, E> {
+        self.count_request(None);
         let Action::Fetch {
             stale: Some(stale), ..
         } = std::mem::replace(&mut self.action, Action::Pass)
@@ -251,14 +281,19 @@ impl Pending {
         // A 304 that may answer validators of the client's own is the client's. (One that
         // selects nothing never reaches here for an unconditional client: see `finish`.)
         if matches!(after, AfterResponse::Modified(..)) && is_conditional(&self.request.headers) {
+            if !self.background {
+                count(&cache.counters.misses, "http_cache_streaming_misses_total");
+            }
             let status = Status::forward(Fwd::Stale).fwd_status(fresh_parts.status);
             let empty = http_body_util::Empty::<Bytes>::new();
             return self.pass(Response::from_parts(fresh_parts, empty), status);
         }
-        count(
-            &cache.counters.revalidations,
-            "http_cache_streaming_revalidations_total",
-        );
+        if !self.background {
+            count(
+                &cache.counters.revalidations,
+                "http_cache_streaming_revalidations_total",
+            );
+        }
         let Stale {
             response: stored,
             entry: _,
@@ -283,6 +318,18 @@ impl Pending {
         let names = withheld(&merged, &cache.decides_by(&merged), cache.options.shared);
         take_fields(&mut merged, &names);
         let to_client_only = take_fields(&mut fresh_headers, &names);
+        // The route's `Ttl` decides anew from the freshened headers (the 304's own
+        // extensions standing for the response's).
+        let mut freshened = Response::new(()).into_parts().0;
+        freshened.status = stored_parts.status;
+        freshened.version = stored_parts.version;
+        freshened.headers = merged;
+        freshened.headers.remove(TTL_FIELD);
+        freshened.extensions = fresh_parts.extensions;
+        let rule = cache.ttl_rule(&self.request, &freshened);
+        let stored_request = self.stored_request(&freshened.headers);
+        cache.apply_ttl(rule, &mut freshened, &stored_request);
+        let merged = freshened.headers;
         let mut head = Response::new(());
         *head.status_mut() = stored_parts.status;
         *head.headers_mut() = view::normalized(&cache.decides_by(&merged));
@@ -333,7 +380,8 @@ impl Pending {
         response
     }
 
-    /// A response from the origin: tee'd into the store when it may be stored, else passed.
+    /// A response from the origin: tee'd into the store when it may be stored, else passed
+    /// with the reason.
     pub(super) fn store<B>(
         self,
         response: Response<B>,
@@ -346,61 +394,63 @@ impl Pending {
         B::Error: Into<BoxError>,
     {
         let cache = &self.cache;
+        if fwd == Fwd::Stale && !self.background {
+            // A stale response the origin replaced: this client's answer is a miss.
+            count(&cache.counters.misses, "http_cache_streaming_misses_total");
+        }
         let (mut parts, body) = response.into_parts();
         keepable(&mut parts.headers);
         let now = cache.now();
         let options = cache.options.semantics();
         let status = parts.status;
         let (shared, rules) = (cache.options.shared, self.mode != CacheMode::IgnoreRules);
-        let storable = self.request.method == Method::GET
-            && status != StatusCode::PARTIAL_CONTENT
-            && match self.mode {
-                CacheMode::IgnoreRules => status.is_success(),
-                _ => {
-                    let (request, response) = (
-                        view::request(&self.request),
-                        cache.policy_response(status, parts.version, &parts.headers),
-                    );
-                    CachePolicy::new_options(&request, &response, now, options).is_storable()
-                }
-            };
-        // What the storing rules refuse that the origin allowed, said in `Cache-Status`.
-        let refused = if !storable || !rules {
-            None
-        } else if shared_cookie(shared, &parts.headers) && !cache.options.store_set_cookie {
-            Some("set-cookie")
-        } else if cache.options.refuses_error(status) {
-            Some("error-status")
+        let rule = cache.ttl_rule(&self.request, &parts);
+        // Why the storing rules refuse it, if they do; then what this cache refuses that
+        // the origin allowed.
+        let refused = if self.request.method != Method::GET {
+            Some(NotStored::Method)
+        } else if status == StatusCode::PARTIAL_CONTENT {
+            Some(NotStored::PartialContent)
+        } else if !rules {
+            (!status.is_success()).then_some(NotStored::Status)
         } else {
-            None
+            let (request, response) = (
+                view::request(&self.request),
+                cache.policy_response(status, parts.version, &parts.headers),
+            );
+            let policy = CachePolicy::new_options(&request, &response, now, options);
+            if !policy.is_storable() {
+                Some(why_not_storable(&request, &response, shared))
+            } else if shared_cookie(shared, &parts.headers) && !cache.options.store_set_cookie {
+                Some(NotStored::SetCookie)
+            } else if cache.options.refuses_error(status) {
+                Some(NotStored::ErrorStatus)
+            } else {
+                None
+            }
         };
+        let refused = refused.or((!rule.stores()).then_some(NotStored::Ttl));
         // The fields only this response's client gets (its cookie, what a qualified
         // `no-cache` or `private` names): never in the stored copy, nor to followers.
-        let withheld = if storable && refused.is_none() {
+        let withheld = if refused.is_none() {
             let names = withheld(&parts.headers, &cache.decides_by(&parts.headers), shared);
             take_fields(&mut parts.headers, &names)
         } else {
             HeaderMap::new()
         };
-        let response = Response::from_parts(parts, body);
-        let names = key::vary_names(response.headers());
         let url = url::Url::parse(&key::effective_uri(&self.request));
-        let (Some(names), Ok(url), true, None) = (names, url, storable, refused) else {
-            let mut status = Status::forward(fwd).fwd_status(status);
-            if let Some(refused) = refused {
-                status = status.detail(refused);
-            }
-            let mut response = self.pass(response, status);
-            add_fields(response.headers_mut(), withheld);
-            if found && cache.options.x_cache {
-                response.headers_mut().insert(
-                    HeaderName::from_static("x-cache-lookup"),
-                    HeaderValue::from_static("HIT"),
-                );
-            }
-            return Finished::Ready(response);
+        let names = key::vary_names(&parts.headers);
+        let refused = refused
+            .or(url.is_err().then_some(NotStored::InvalidUrl))
+            .or(names.is_none().then_some(NotStored::Vary));
+        let (Some(names), Ok(url), None) = (names, url, refused) else {
+            let refused = refused.unwrap_or(NotStored::Vary);
+            let response = Response::from_parts(parts, body);
+            return Finished::Ready(self.not_stored(response, fwd, refused, withheld, found));
         };
         let stored_request = self.stored_request(&names_as_vary(&names));
+        cache.apply_ttl(rule, &mut parts, &stored_request);
+        let response = Response::from_parts(parts, body);
         // A response with neither freshness nor a validator can never be reused: storing it
         // would cost a write per request and risk serving one user's page stale to the next.
         let never_fresh = rules
@@ -414,17 +464,19 @@ impl Pending {
                     &stored_request,
                 )
                 .is_zero();
-        // Or asked for too few times yet (`min_uses`): passed, and counted.
-        if never_fresh || !cache.manager.admits(&self.key) {
-            let detail = if never_fresh {
-                "no-freshness"
-            } else {
-                "min-uses"
-            };
-            let status = Status::forward(fwd).fwd_status(status).detail(detail);
-            let mut response = self.pass(response, status);
-            add_fields(response.headers_mut(), withheld);
-            return Finished::Ready(response);
+        let refused = if never_fresh {
+            Some(NotStored::NoFreshness)
+        } else if cache.manager.known_unusable() {
+            count(&cache.counters.errors, "http_cache_streaming_errors_total");
+            Some(NotStored::StoreUnavailable)
+        } else if !cache.manager.admits(&self.key) {
+            // Asked for too few times yet (`min_uses`): passed, and counted.
+            Some(NotStored::MinUses)
+        } else {
+            None
+        };
+        if let Some(refused) = refused {
+            return Finished::Ready(self.not_stored(response, fwd, refused, withheld, found));
         }
         let head = cache.policy_response(status, response.version(), response.headers());
         let policy = CachePolicy::new_options(&stored_request, &head, now, options);
@@ -439,20 +491,21 @@ impl Pending {
             (leader, head)
         });
         let ttl = cache.ttl(status, &policy, now);
-        let status = Status::forward(fwd).fwd_status(status).stored().ttl(ttl);
+        let stored = Status::forward(fwd).fwd_status(status).stored().ttl(ttl);
         if names.is_empty() {
-            let mut response = match leader {
-                Some((leader, head)) => {
-                    let manager = &cache.manager;
-                    let teed =
-                        manager.tee_filling(self.key.clone(), response, policy, url, leader, head);
-                    self.answer_range(teed)
+            let (key, leading) = (self.key.clone(), leader.is_some());
+            let response = match cache
+                .manager
+                .tee_or_refuse(key, response, policy, url, leader)
+            {
+                (passed, Some(error)) => {
+                    let refused = self.refused_by_store(&error);
+                    return Finished::Ready(self.not_stored(passed, fwd, refused, withheld, found));
                 }
-                None => cache.manager.tee(self.key, response, policy, url),
+                (teed, None) if leading => self.answer_range(teed),
+                (teed, None) => teed,
             };
-            add_fields(response.headers_mut(), withheld);
-            cache.annotate(response.headers_mut(), &status, false, found);
-            return Finished::Ready(response);
+            return Finished::Ready(self.stored(response, &stored, withheld, found));
         }
         Finished::Later(Box::pin(async move {
             let cache = &self.cache;
@@ -464,31 +517,84 @@ impl Pending {
                 Some(generation) => cache.list_variant(&self.key, generation, &digest).await,
                 None => false,
             };
-            let (mut response, status) = match generation {
-                Some(generation) if listed => {
-                    let key = key::variant_key_of(&self.key, &generation, &digest);
-                    let teed = match leader {
-                        Some((leader, head)) => {
-                            let manager = &cache.manager;
-                            manager.tee_filling(key, response, policy, url, leader, head)
-                        }
-                        None => cache.manager.tee(key, response, policy, url),
-                    };
-                    (teed, status)
-                }
-                // A URL keeps at most so many variants, each named by its list so that they
-                // go with it: past that (an attacker varying a header at will) they pass.
-                _ => {
-                    let status = Status::forward(fwd)
-                        .fwd_status(response.status())
-                        .detail("variant-not-stored");
-                    (response.map(StreamingBody::pass), status)
-                }
+            // A URL keeps at most so many variants, each named by its list so that they go
+            // with it: past that (an attacker varying a header at will) they pass.
+            let Some(generation) = generation.filter(|_| listed) else {
+                let refused = NotStored::TooManyVariants;
+                return self.not_stored(response, fwd, refused, withheld, found);
             };
-            add_fields(response.headers_mut(), withheld);
-            cache.annotate(response.headers_mut(), &status, false, found);
-            response
+            let key = key::variant_key_of(&self.key, &generation, &digest);
+            match cache
+                .manager
+                .tee_or_refuse(key, response, policy, url, leader)
+            {
+                (passed, Some(error)) => {
+                    let refused = self.refused_by_store(&error);
+                    self.not_stored(passed, fwd, refused, withheld, found)
+                }
+                (teed, None) => self.stored(teed, &stored, withheld, found),
+            }
         }))
+    }
+
+    /// A response being stored, as its client gets it: its withheld fields given back, its
+    /// `Cache-Status` saying `stored`.
+    fn stored(
+        &self,
+        mut response: Response<StreamingBody>,
+        status: &Status,
+        withheld: HeaderMap,
+        found: bool,
+    ) -> Response<StreamingBody> {
+        add_fields(response.headers_mut(), withheld);
+        self.cache
+            .annotate(response.headers_mut(), status, false, found);
+        response
+    }
+
+    /// A response passed through unstored: `Cache-Status` says why (`detail`), and so does
+    /// its [`NotStored`] extension.
+    fn not_stored<B>(
+        &self,
+        response: Response<B>,
+        fwd: Fwd,
+        why: NotStored,
+        withheld: HeaderMap,
+        found: bool,
+    ) -> Response<StreamingBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let status = Status::forward(fwd)
+            .fwd_status(response.status())
+            .detail(why.as_str());
+        let mut response = self.pass(response, status);
+        add_fields(response.headers_mut(), withheld);
+        response.extensions_mut().insert(why);
+        if found && self.cache.options.x_cache {
+            response.headers_mut().insert(
+                HeaderName::from_static("x-cache-lookup"),
+                HeaderValue::from_static("HIT"),
+            );
+        }
+        response
+    }
+
+    /// Why the store refused a body at once, counted as an error when the store itself
+    /// failed.
+    fn refused_by_store(&self, error: &crate::Error) -> NotStored {
+        match error.kind() {
+            crate::ErrorKind::TooLarge => NotStored::TooLarge,
+            crate::ErrorKind::NoRoom => NotStored::StoreBusy,
+            _ => {
+                count(
+                    &self.cache.counters.errors,
+                    "http_cache_streaming_errors_total",
+                );
+                NotStored::StoreUnavailable
+            }
+        }
     }
 
     /// For a ranged miss that fetched the whole response: reads the whole body into the

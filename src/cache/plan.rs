@@ -84,6 +84,7 @@ impl HttpStreamingCache {
             action,
             range: None,
             partial: None,
+            background: false,
         }
     }
 
@@ -93,6 +94,11 @@ impl HttpStreamingCache {
         let only_if_cached =
             mode == CacheMode::OnlyIfCached || has_directive(&parts.headers, "only-if-cached");
         let found = if mode == CacheMode::Reload {
+            // No lookup opens the store: opening it now tells whether the answer can be
+            // stored (`Cache-Status` says so).
+            if let Err(error) = self.manager.open().await {
+                crate::log::warn_event!(%key, %error, "the store cannot be opened");
+            }
             Found::Nothing { fwd: Fwd::Request }
         } else {
             self.find(parts, &key, mode).await
@@ -122,7 +128,7 @@ impl HttpStreamingCache {
             Judged::Fresh if mode != CacheMode::NoCache && within_cap => {
                 Plan::Respond(self.hit(parts, response, policy, now, Status::hit()))
             }
-            Judged::Fresh | Judged::Stale if mode.ignores_staleness() => {
+            Judged::Fresh | Judged::Stale if mode.ignores_staleness() && within_cap => {
                 Plan::Respond(self.hit(parts, response, policy, now, Status::hit()))
             }
             Judged::Mismatch => {
@@ -214,7 +220,10 @@ impl HttpStreamingCache {
         Plan::Background {
             response: served,
             conditional,
-            pending: self.pending(parts, key, CacheMode::Default, action),
+            pending: Pending {
+                background: true,
+                ..self.pending(parts, key, CacheMode::Default, action)
+            },
         }
     }
 

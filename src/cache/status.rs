@@ -3,6 +3,111 @@
 
 use std::fmt;
 
+/// Why a response the cache fetched from the origin was not stored: the `detail` of its
+/// `Cache-Status` entry, and an extension of the response, so that code behind the layer
+/// can tell.
+///
+/// ```
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use http_cache_streaming::{HttpCacheStreamingLayer, NotStored};
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+///
+/// let dir = tempfile::tempdir()?;
+/// let layer = HttpCacheStreamingLayer::open(dir.path()).await?;
+/// let mut service = ServiceBuilder::new()
+///     .layer(layer)
+///     .service_fn(|_request: http::Request<String>| async {
+///         let response = http::Response::builder()
+///             .header("cache-control", "private, max-age=60")
+///             .body(String::from("your page"))?;
+///         Ok::<_, http::Error>(response)
+///     });
+/// let request = http::Request::get("https://example.com/me").body(String::new())?;
+/// let response = service.ready().await?.call(request).await?;
+/// assert_eq!(response.extensions().get::<NotStored>(), Some(&NotStored::Private));
+/// assert!(response.headers()["cache-status"].to_str()?.ends_with("detail=private"));
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum NotStored {
+    /// `method`: only `GET` responses are stored.
+    Method,
+    /// `partial-content`: a `206` that cannot be kept as a partial entry.
+    PartialContent,
+    /// `no-store`: the request or the response said `no-store`.
+    NoStore,
+    /// `private`: a `private` response, in a shared cache.
+    Private,
+    /// `authorization`: the request carried credentials and the response did not say it
+    /// may be shared (`public`, `s-maxage`, `must-revalidate`), in a shared cache.
+    Authorization,
+    /// `status`: a status the cache does not understand, or one it may store only with
+    /// explicit freshness, which the response did not give.
+    Status,
+    /// `set-cookie`: a response that sets a cookie, in a shared cache (see
+    /// [`store_set_cookie`](crate::HttpCacheOptions::store_set_cookie)).
+    SetCookie,
+    /// `error-status`: a `400` or `5xx`, in a shared cache (see
+    /// [`store_errors`](crate::HttpCacheOptions::store_errors)).
+    ErrorStatus,
+    /// `no-freshness`: neither freshness nor a validator, so it could never be reused (see
+    /// [`default_ttl`](crate::HttpCacheOptions::default_ttl)).
+    NoFreshness,
+    /// `ttl`: the route's [`Ttl`](crate::Ttl) said not to store it.
+    Ttl,
+    /// `vary`: a `Vary` the cache cannot key (`*`, or a field name it cannot read).
+    Vary,
+    /// `variant-not-stored`: the URL holds as many variants as it may.
+    TooManyVariants,
+    /// `min-uses`: asked for fewer times than the store's
+    /// [`min_uses`](crate::StreamingManagerBuilder::min_uses) yet.
+    MinUses,
+    /// `too-large`: its `Content-Length` is over the store's
+    /// [`max_body_size`](crate::StreamingManagerBuilder::max_body_size).
+    TooLarge,
+    /// `store-busy`: as many bodies are being written as the store allows
+    /// ([`max_writes_in_flight`](crate::StreamingManagerBuilder::max_writes_in_flight)).
+    StoreBusy,
+    /// `store-unavailable`: the store cannot be opened or written (its directory is
+    /// refused, missing or full); counted in [`CacheStats::errors`](crate::CacheStats).
+    StoreUnavailable,
+    /// `invalid-url`: the request's URL cannot be kept with the entry.
+    InvalidUrl,
+}
+
+impl NotStored {
+    /// The `detail` token written in `Cache-Status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotStored::Method => "method",
+            NotStored::PartialContent => "partial-content",
+            NotStored::NoStore => "no-store",
+            NotStored::Private => "private",
+            NotStored::Authorization => "authorization",
+            NotStored::Status => "status",
+            NotStored::SetCookie => "set-cookie",
+            NotStored::ErrorStatus => "error-status",
+            NotStored::NoFreshness => "no-freshness",
+            NotStored::Ttl => "ttl",
+            NotStored::Vary => "vary",
+            NotStored::TooManyVariants => "variant-not-stored",
+            NotStored::MinUses => "min-uses",
+            NotStored::TooLarge => "too-large",
+            NotStored::StoreBusy => "store-busy",
+            NotStored::StoreUnavailable => "store-unavailable",
+            NotStored::InvalidUrl => "invalid-url",
+        }
+    }
+}
+
+impl fmt::Display for NotStored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a request went to the origin: the `fwd` parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Fwd {

@@ -27,7 +27,7 @@ pub(super) const STORED_VARIANTS: HeaderName =
 pub(super) const MAX_LISTED_VARIANTS: usize = 64;
 
 /// The headers the cache keeps in its own records.
-pub(super) const INTERNAL: [HeaderName; 2] = [VARIANTS, STORED_VARIANTS];
+pub(super) const INTERNAL: [HeaderName; 3] = [VARIANTS, STORED_VARIANTS, super::ttl::TTL_FIELD];
 
 impl HttpStreamingCache {
     /// Removes the variants a variant list record (`list`, under `key`) names.

@@ -187,6 +187,18 @@ fn load_headers(stored: Vec<StoredHeader>) -> Result<HeaderMap, DecodeError> {
 }
 
 impl Entry {
+    /// Whether this entry's URL is under `prefix`: a URL prefix
+    /// (`https://example.com/items`), or, when `prefix` starts with `/`, a prefix of the
+    /// path and query on every host (`/items` is under `/items` on any site).
+    pub(crate) fn is_under(&self, prefix: &str) -> bool {
+        if !prefix.starts_with('/') {
+            return self.url.starts_with(prefix);
+        }
+        let after_scheme = self.url.split_once("://").map_or("", |(_, rest)| rest);
+        let path = after_scheme.find('/').map_or("/", |i| &after_scheme[i..]);
+        path.starts_with(prefix)
+    }
+
     /// The stored response with `body`: its status, version and headers.
     pub(crate) fn response<B>(&self, body: B) -> http::Response<B> {
         let mut response = http::Response::new(body);

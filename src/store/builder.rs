@@ -320,6 +320,8 @@ impl StreamingManagerBuilder {
                 read_throughs: Arc::new(super::fill::Fills::verifying(verify)),
                 purges,
                 writes: std::sync::atomic::AtomicU64::new(0),
+                failed_writes: std::sync::atomic::AtomicU64::new(0),
+                open_failed: std::sync::atomic::AtomicBool::new(false),
                 in_flight: Arc::default(),
                 partials: Default::default(),
             }),

@@ -99,6 +99,10 @@ struct Inner {
     /// This store's part in the shared tier's purge log.
     purges: Option<Arc<purges::PurgeLog>>,
     writes: std::sync::atomic::AtomicU64,
+    /// Bodies whose write failed for the store's own reasons (not the body's).
+    failed_writes: std::sync::atomic::AtomicU64,
+    /// Whether the last attempt to open the store failed.
+    open_failed: std::sync::atomic::AtomicBool,
     /// Bodies being written now (see `max_writes_in_flight`).
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// Responses received in ranges so far.
@@ -106,7 +110,7 @@ struct Inner {
 }
 
 /// Statistics of what a store holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[non_exhaustive]
 pub struct StoreStats {
     /// Stored responses.
@@ -120,6 +124,10 @@ pub struct StoreStats {
     /// Purges written by other stores sharing its tier, applied here since it was opened
     /// (see [`StreamingManagerBuilder::purge_log_every`]).
     pub fleet_purges_applied: u64,
+    /// Bodies that were being stored and were not, for the store's own reasons (a disk
+    /// full or failing, a directory gone): the body reached its reader, the entry was not
+    /// kept. Bodies that ended short or failed at their source are not counted.
+    pub failed_writes: u64,
 }
 
 impl std::fmt::Debug for StreamingManager {
@@ -169,7 +177,25 @@ impl StreamingManager {
         Ok(opened)
     }
 
+    /// Whether the store is known to be unusable: the last attempt to open it failed (a
+    /// directory refused, missing, unwritable). Writes would fail; lookups retry the open.
+    pub(crate) fn known_unusable(&self) -> bool {
+        self.inner.opened.get().is_none()
+            && self
+                .inner
+                .open_failed
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn opened(&self) -> Result<Arc<Opened>> {
+        let opened = self.open_once().await;
+        self.inner
+            .open_failed
+            .store(opened.is_err(), std::sync::atomic::Ordering::Relaxed);
+        opened
+    }
+
+    async fn open_once(&self) -> Result<Arc<Opened>> {
         self.inner
             .opened
             .get_or_try_init(|| {
@@ -418,6 +444,10 @@ impl StreamingManager {
             content_bytes: index.content_bytes(),
             evictions: opened.evictions.load(std::sync::atomic::Ordering::Relaxed),
             fleet_purges_applied: self.purges_applied(),
+            failed_writes: self
+                .inner
+                .failed_writes
+                .load(std::sync::atomic::Ordering::Relaxed),
         })
     }
 }

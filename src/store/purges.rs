@@ -289,7 +289,7 @@ impl PurgeLog {
             || state
                 .prefixes
                 .iter()
-                .any(|(prefix, before)| stored < *before && entry.url.starts_with(prefix.as_str()))
+                .any(|(prefix, before)| stored < *before && entry.is_under(prefix))
     }
 
     /// One poll: a conditional read of `latest`, and when it changed (or the log was not
@@ -662,7 +662,7 @@ impl StreamingManager {
         self.remove_where(move |entry| {
             prefixes
                 .iter()
-                .any(|(prefix, before)| entry.stored_at < *before && entry.url.starts_with(prefix))
+                .any(|(prefix, before)| entry.stored_at < *before && entry.is_under(prefix))
         })
         .await
     }

@@ -265,31 +265,28 @@ impl StreamingManager {
             .join(Hash32::of(key.as_bytes()), complete_on_disconnect)
     }
 
-    /// A [`tee`](Self::tee) whose temp file the leader's followers read as it grows. They
-    /// are shown `head` once the file exists; a store that cannot even start writing
-    /// releases them instead.
-    pub(crate) fn tee_filling<B>(
+    /// A [`tee`](Self::tee) that says when the store refuses the body at once (over
+    /// `max_body_size` by its `Content-Length`, as many writes under way as allowed, no
+    /// runtime): then the response passes through, and the error beside it says why. With `leader`,
+    /// the leader's followers read the temp file as it grows: they are shown its head once
+    /// the file exists; a store that cannot even start writing releases them instead.
+    pub(crate) fn tee_or_refuse<B>(
         &self,
         key: String,
         response: Response<B>,
         policy: CachePolicy,
         url: Url,
-        leader: FillLeader,
-        head: FillHead,
-    ) -> Response<StreamingBody>
+        leader: Option<(FillLeader, FillHead)>,
+    ) -> (Response<StreamingBody>, Option<Error>)
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        self.start_tee(
-            key,
-            response,
-            policy,
-            url,
-            Teeing::TEE,
-            Some((leader, head)),
-        )
-        .0
+        let (response, mut done) = self.start_tee(key, response, policy, url, Teeing::TEE, leader);
+        match done.try_recv() {
+            Ok(Err(refused)) => (response, Some(refused)),
+            _ => (response, None),
+        }
     }
 
     pub(super) fn start_tee<B>(
@@ -443,7 +440,13 @@ impl StreamingManager {
                 {
                     crate::log::debug_event!(error = %e, "not stored")
                 }
-                Err(e) => crate::log::warn_event!(error = %e, "not stored"),
+                Err(e) => {
+                    manager
+                        .inner
+                        .failed_writes
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    crate::log::warn_event!(error = %e, "not stored")
+                }
             }
             {
                 let mut committing = manager.inner.committing();

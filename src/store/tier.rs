@@ -227,7 +227,7 @@ impl StreamingManager {
                     let Ok(entry) = Entry::decode(&record) else {
                         continue;
                     };
-                    if entry.url.starts_with(&prefix) && entry.stored_at < before {
+                    if entry.is_under(&prefix) && entry.stored_at < before {
                         tier.delete_record(listed.name).await?;
                         removed += 1;
                     }

@@ -27,11 +27,12 @@ pub(crate) struct Admin {
 
 /// The counters the cache and the proxy count, shown at zero before their first count so
 /// that dashboards and alerts find every series from the start.
-const COUNTERS: [&str; 8] = [
+const COUNTERS: [&str; 9] = [
     "http_cache_streaming_hits_total",
     "http_cache_streaming_misses_total",
     "http_cache_streaming_stale_served_total",
     "http_cache_streaming_revalidations_total",
+    "http_cache_streaming_passes_total",
     "http_cache_streaming_errors_total",
     "http_cache_streaming_evictions_total",
     "http_cache_streaming_fleet_purges_applied_total",
@@ -43,6 +44,10 @@ pub(crate) fn recorder() -> Result<PrometheusHandle, Error> {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     for name in COUNTERS {
         metrics::counter!(name).increment(0);
+    }
+    for cause in ["misses", "stale", "revalidated", "passes"] {
+        metrics::counter!("http_cache_streaming_origin_requests_total", "cause" => cause)
+            .increment(0);
     }
     for listener in ["clients", "admin", "fleet"] {
         let labels = [("listener", listener), ("reason", "per-client")];
@@ -175,23 +180,10 @@ impl Admin {
     }
 
     fn json(&self, stats: &CacheStats) -> String {
-        let value = serde_json::json!({
-            "hits": stats.hits,
-            "misses": stats.misses,
-            "stale_served": stats.stale_served,
-            "revalidations": stats.revalidations,
-            "errors": stats.errors,
-            "fills_in_flight": stats.fills_in_flight,
-            "invalidations_not_shared": stats.invalidations_not_shared,
-            "store": {
-                "entries": stats.store.entries,
-                "content_files": stats.store.content_files,
-                "content_bytes": stats.store.content_bytes,
-                "max_bytes": self.max_size,
-                "evictions": stats.store.evictions,
-                "fleet_purges_applied": stats.store.fleet_purges_applied,
-            },
-        });
+        let mut value = serde_json::to_value(stats).unwrap_or_default();
+        if let Some(store) = value.get_mut("store").and_then(|s| s.as_object_mut()) {
+            store.insert("max_bytes".into(), self.max_size.into());
+        }
         format!("{value}\n")
     }
 }

@@ -85,6 +85,17 @@ pub(crate) struct Args {
     #[arg(long, env = "HTTP_CACHE_PROXY_MAX_TTL", value_parser = duration)]
     pub(crate) max_ttl: Option<Duration>,
 
+    /// How long a response that gives no explicit freshness (no max-age, s-maxage or
+    /// Expires) stays fresh, like nginx's proxy_cache_valid. Off by default: such responses
+    /// are stored only with a validator, and revalidated on every use.
+    #[arg(long, env = "HTTP_CACHE_PROXY_DEFAULT_TTL", value_parser = duration)]
+    pub(crate) default_ttl: Option<Duration>,
+
+    /// Every stored response stays fresh at least this long, whatever it says (but for
+    /// no-cache and must-revalidate). Off by default.
+    #[arg(long, env = "HTTP_CACHE_PROXY_MIN_TTL", value_parser = duration)]
+    pub(crate) min_ttl: Option<Duration>,
+
     /// Store responses that set a cookie, without their Set-Cookie (which goes only to the
     /// client whose request fetched it). By default they pass through unstored.
     #[arg(long, env = "HTTP_CACHE_PROXY_STORE_SET_COOKIE")]

@@ -161,6 +161,12 @@ fn cache(
     if let Some(cap) = args.max_ttl {
         options = options.max_ttl(cap);
     }
+    if let Some(lifetime) = args.default_ttl {
+        options = options.default_ttl(lifetime);
+    }
+    if let Some(lifetime) = args.min_ttl {
+        options = options.min_ttl(lifetime);
+    }
     Ok(HttpCacheStreamingLayer::with_options(
         manager.build(),
         options,

@@ -1,0 +1,135 @@
+//! Purges: what an application or an operator removes from the cache, by URL, by the
+//! request a handler holds, or by prefix.
+
+use http::{Method, Request, Uri, request};
+
+use super::HttpStreamingCache;
+
+impl HttpStreamingCache {
+    /// Removes what is stored for `url` (every variant of its GET, which HEAD shares), and
+    /// says whether anything was. The key is computed as for a GET of `url`, with the
+    /// custom [`cache_key`](crate::HttpCacheOptions::cache_key) when there is one.
+    ///
+    /// `url` must be absolute (`https://example.com/items`): keys name the site. A path
+    /// alone is refused with [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput);
+    /// a handler purges a path of the site it was asked for with
+    /// [`purge_path`](Self::purge_path), or every site's with
+    /// [`purge_prefix`](Self::purge_prefix).
+    pub async fn purge(&self, url: &str) -> crate::Result<bool> {
+        let invalid = |why: &str| {
+            crate::Error::new(crate::ErrorKind::InvalidInput).with_subject(format!("{url:?} {why}"))
+        };
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| invalid("is not a URL").with_source(e))?;
+        if uri.scheme().is_none() || uri.authority().is_none() {
+            return Err(invalid(
+                "is not an absolute URL: keys name the site (use purge_path with the \
+                 request's parts, or purge_prefix for every site)",
+            ));
+        }
+        let request = Request::get(uri)
+            .body(())
+            .map_err(|e| invalid("").with_source(e))?;
+        self.purge_request(&request.into_parts().0).await
+    }
+
+    /// Removes what is stored for the GET of `request`'s URL (its method is not read: a
+    /// `POST` handler's own parts purge the page of its URL), with the key computed exactly
+    /// as the layer computes it for a request (its `Host`, custom `cache_key` and all).
+    pub async fn purge_request(&self, request: &request::Parts) -> crate::Result<bool> {
+        let mut get = crate::head::request_head(request);
+        get.method = Method::GET;
+        let key = self.key(&get);
+        self.remove(&key, true).await
+    }
+
+    /// Removes what is stored for the GET of `path_and_query` on the site `request` was
+    /// sent to (its scheme, authority or `Host`): what a handler of `POST /items` calls to
+    /// purge `GET /items/7` of the same site.
+    ///
+    /// ```
+    /// use axum::{extract::State, http::request::Parts, routing::post, Router};
+    /// use http_cache_streaming::HttpStreamingCache;
+    ///
+    /// async fn update(State(cache): State<HttpStreamingCache>, parts: Parts) -> &'static str {
+    ///     // ...store the change, then:
+    ///     let _ = cache.purge_path(&parts, "/items").await;
+    ///     "updated"
+    /// }
+    /// # fn app(cache: HttpStreamingCache) -> Router {
+    /// Router::new().route("/items", post(update)).with_state(cache)
+    /// # }
+    /// ```
+    pub async fn purge_path(
+        &self,
+        request: &request::Parts,
+        path_and_query: &str,
+    ) -> crate::Result<bool> {
+        let invalid = || {
+            crate::Error::new(crate::ErrorKind::InvalidInput)
+                .with_subject(format!("{path_and_query:?} is not a path"))
+        };
+        if !path_and_query.starts_with('/') {
+            return Err(invalid());
+        }
+        let mut parts = request.uri.clone().into_parts();
+        parts.path_and_query = Some(
+            path_and_query
+                .parse()
+                .map_err(|e| invalid().with_source(e))?,
+        );
+        let uri = Uri::from_parts(parts).map_err(|e| invalid().with_source(e))?;
+        let mut get = crate::head::request_head(request);
+        get.uri = uri;
+        self.purge_request(&get).await
+    }
+
+    /// Removes what is stored under `key`: the response, or the variant list and the
+    /// variants it names. `true` when something was stored.
+    ///
+    /// With a shared tier, the key is purged on every node through the tier's purge log:
+    /// always when `everywhere` (an operator's purge: another node may hold what this one
+    /// never had), else when it is stored here or in the tier (an invalidation, which
+    /// most unsafe requests are: one of a key stored nowhere costs the log nothing).
+    pub(super) async fn remove(&self, key: &str, everywhere: bool) -> crate::Result<bool> {
+        let stored = self.manager.stored_headers(key).await;
+        if let Some(list) = &stored {
+            self.remove_variants(key, list).await?;
+        }
+        if stored.is_some() || everywhere {
+            self.manager.delete(key).await?;
+        } else {
+            self.manager.forget(key).await?;
+        }
+        Ok(stored.is_some())
+    }
+
+    /// [`remove`](Self::remove) from this node and the shared tier only, without reading
+    /// the tier or writing to the purge log.
+    pub(super) async fn remove_here(&self, key: &str) -> crate::Result<()> {
+        if let Some(list) = self.manager.stored_headers_here(key).await {
+            self.remove_variants(key, &list).await?;
+        }
+        self.manager.forget(key).await
+    }
+
+    /// Removes every stored response under `prefix` (every method and variant), and
+    /// returns how many there were here. It visits every entry. `prefix` is the start of a
+    /// URL (`https://example.com/items/`), or, starting with `/`, of a path on every site
+    /// (`/items/`).
+    ///
+    /// With a shared tier, the purge is written to its purge log, so every node drops its
+    /// entries under `prefix` within a second, and the tier's records under it are removed
+    /// in the background (each record is read: a prefix purge costs a listing and a read
+    /// per record of the tier).
+    pub async fn purge_prefix(&self, prefix: &str) -> crate::Result<u64> {
+        let owned = prefix.to_owned();
+        let removed = self
+            .manager
+            .remove_where(move |entry| entry.is_under(&owned))
+            .await?;
+        self.manager.publish_prefix_purge(prefix).await?;
+        Ok(removed)
+    }
+}

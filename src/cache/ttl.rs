@@ -1,0 +1,190 @@
+//! [`Ttl`]: how long a route's responses stay fresh, decided in code, and how the decision is
+//! kept with the stored response (a field of the cache's own, read in place of the origin's
+//! freshness wherever the cache judges the entry).
+
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use http::{request, response};
+
+use super::HttpStreamingCache;
+use super::view;
+
+/// The field a stored response keeps its [`Ttl`]'s outcome in: cache-control directives
+/// (`max-age`, `stale-while-revalidate`, `stale-if-error`) that this cache reads in place of
+/// the origin's freshness. Never taken from an origin, never sent to a client.
+pub(super) const TTL_FIELD: HeaderName = HeaderName::from_static("x-http-cache-streaming-ttl");
+
+/// How long the cache keeps a response fresh, decided by the application rather than by
+/// the response's headers: a default for responses that give no freshness, a fixed
+/// lifetime, a floor and a cap, a grace period during which a stale copy is served while it
+/// is revalidated (or when the origin fails), or not storing at all.
+///
+/// A `Ttl` governs freshness only: it never makes storable what the storing rules refuse
+/// (`no-store`, `private` or `Set-Cookie` in a shared cache, an error status), and never
+/// lifts `no-cache` or `must-revalidate`. The lifetime counts from when the origin made the
+/// response (its `Age` included), as `max-age` does. The caps that
+/// [`HttpCacheOptions::max_ttl`](crate::HttpCacheOptions::max_ttl) sets still apply.
+///
+/// Set one for every response with [`HttpCacheOptions::default_ttl`] and
+/// [`min_ttl`](crate::HttpCacheOptions::min_ttl), per route with
+/// [`HttpCacheOptions::ttl_fn`], or from a handler by putting a `Ttl` in its response's
+/// extensions (a request's extensions work too, for a client):
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::{Extension, Router, routing::get};
+/// use http_cache_streaming::Ttl;
+///
+/// // The handler sends no Cache-Control: the route gives its responses a minute, and
+/// // serves a stale copy for up to ten more while it fetches a new one.
+/// async fn prices() -> (Extension<Ttl>, &'static str) {
+///     let ttl = Ttl::origin().or(Duration::from_secs(60)).grace(Duration::from_secs(600));
+///     (Extension(ttl), "[1, 2, 3]")
+/// }
+/// let app: Router = Router::new().route("/prices", get(prices));
+/// ```
+///
+/// [`HttpCacheOptions::default_ttl`]: crate::HttpCacheOptions::default_ttl
+/// [`HttpCacheOptions::ttl_fn`]: crate::HttpCacheOptions::ttl_fn
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Ttl {
+    fixed: Option<Duration>,
+    default: Option<Duration>,
+    min: Option<Duration>,
+    max: Option<Duration>,
+    grace: Option<Duration>,
+    no_store: bool,
+}
+
+impl Ttl {
+    /// Freshness as the response's headers give it (explicit or heuristic), within the
+    /// bounds added with the other methods.
+    pub fn origin() -> Self {
+        Ttl::default()
+    }
+
+    /// Fresh for `lifetime`, whatever the response's `Cache-Control` and `Expires` say
+    /// (but for `no-store`, `no-cache`, `private` and `must-revalidate`, which still hold).
+    pub fn fixed(lifetime: Duration) -> Self {
+        Ttl {
+            fixed: Some(lifetime),
+            ..Ttl::default()
+        }
+    }
+
+    /// Not stored at all: the response passes through, its `Cache-Status` saying
+    /// `detail=ttl`.
+    pub fn no_store() -> Self {
+        Ttl {
+            no_store: true,
+            ..Ttl::default()
+        }
+    }
+
+    /// Fresh for `lifetime` when the response gives no explicit freshness (no `max-age`,
+    /// no `s-maxage` in a shared cache, no `Expires`): in place of the heuristic freshness
+    /// of RFC 9111 §4.2.2, and of none at all.
+    pub fn or(mut self, lifetime: Duration) -> Self {
+        self.default = Some(lifetime);
+        self
+    }
+
+    /// Fresh for at least `lifetime`.
+    pub fn at_least(mut self, lifetime: Duration) -> Self {
+        self.min = Some(lifetime);
+        self
+    }
+
+    /// Fresh for at most `lifetime`.
+    pub fn at_most(mut self, lifetime: Duration) -> Self {
+        self.max = Some(lifetime);
+        self
+    }
+
+    /// Once stale, served for up to `grace` more while it is revalidated in the
+    /// background, or in place of an origin that fails (as `stale-while-revalidate` and
+    /// `stale-if-error` of that many seconds would).
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = Some(grace);
+        self
+    }
+
+    /// Whether the response may be stored.
+    pub(super) fn stores(&self) -> bool {
+        !self.no_store
+    }
+
+    /// This rule, with `base`'s settings where it sets none.
+    pub(super) fn over(self, base: Ttl) -> Ttl {
+        Ttl {
+            fixed: self.fixed.or(base.fixed),
+            default: self.default.or(base.default),
+            min: self.min.or(base.min),
+            max: self.max.or(base.max),
+            grace: self.grace.or(base.grace),
+            no_store: self.no_store || base.no_store,
+        }
+    }
+}
+
+impl HttpStreamingCache {
+    /// The rule for a response (`head`) to `request`: the layer's [`ttl_fn`], else a `Ttl`
+    /// in the response's extensions, else one in the request's; the options' defaults
+    /// filling what it leaves unset.
+    ///
+    /// [`ttl_fn`]: crate::HttpCacheOptions::ttl_fn
+    pub(super) fn ttl_rule(&self, request: &request::Parts, head: &response::Parts) -> Ttl {
+        let own = match &self.options.ttl_fn {
+            Some(rule) => rule(request, head),
+            None => head
+                .extensions
+                .get::<Ttl>()
+                .or_else(|| request.extensions.get::<Ttl>())
+                .copied()
+                .unwrap_or_default(),
+        };
+        own.over(self.options.ttl)
+    }
+
+    /// Writes `rule`'s outcome for a response (`head`, as stored) into its headers as the
+    /// cache's own field, replacing any there, or leaves none when the origin's freshness
+    /// stands as it is.
+    pub(super) fn apply_ttl(
+        &self,
+        rule: Ttl,
+        head: &mut response::Parts,
+        request: &request::Parts,
+    ) {
+        head.headers.remove(TTL_FIELD);
+        if rule == Ttl::default() {
+            return;
+        }
+        let shared = self.options.shared;
+        let explicit = view::explicit_freshness(&self.decides_by(&head.headers), shared);
+        let origin = self.freshness_lifetime(head.status, head.version, &head.headers, request);
+        let mut lifetime = match (rule.fixed, explicit, rule.default) {
+            (Some(fixed), _, _) => fixed,
+            (None, false, Some(default)) => default,
+            _ => origin,
+        };
+        if let Some(min) = rule.min {
+            lifetime = lifetime.max(min);
+        }
+        if let Some(max) = rule.max {
+            lifetime = lifetime.min(max);
+        }
+        if lifetime == origin && rule.grace.is_none() {
+            return;
+        }
+        let mut directives = vec![format!("max-age={}", lifetime.as_secs())];
+        if let Some(grace) = rule.grace {
+            let grace = grace.as_secs();
+            directives.push(format!("stale-while-revalidate={grace}"));
+            directives.push(format!("stale-if-error={grace}"));
+        }
+        if let Ok(value) = HeaderValue::try_from(directives.join(", ")) {
+            head.headers.insert(TTL_FIELD, value);
+        }
+    }
+}
