@@ -30,6 +30,19 @@ pub(crate) fn empty<B: 'static>() -> Option<B> {
         .or_else(|| cast::<B, _>(|| boxed::<Infallible>().0))
         .or_else(|| cast::<B, _>(|| boxed::<Infallible>().1))
         .or_else(axum_body::<B>)
+        .or_else(reqwest_body::<B>)
+}
+
+/// An empty `reqwest::Body`, when `B` is one (what [`ReqwestCache`](crate::ReqwestCache)
+/// sends).
+#[cfg(feature = "reqwest")]
+fn reqwest_body<B: 'static>() -> Option<B> {
+    cast::<B, _>(|| reqwest::Body::from(Bytes::new()))
+}
+
+#[cfg(not(feature = "reqwest"))]
+fn reqwest_body<B: 'static>() -> Option<B> {
+    None
 }
 
 /// `make()` as a `B`, when it is one.

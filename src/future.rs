@@ -29,7 +29,7 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F, S, ReqB> {
-        /// Looking the request up; the ready inner service and the body wait.
+        /// Looking the request up; the inner service and the body wait.
         Lookup {
             lookup: BoxFuture<(Plan, request::Parts)>,
             service: Option<S>,
@@ -40,13 +40,14 @@ pin_project! {
             #[pin]
             future: F,
             pending: Option<Pending>,
-            again: Option<Again<S, ReqB>>,
+            again: Option<Call<S, ReqB>>,
         },
-        /// A revalidation's 304 selected nothing: the request goes again, unconditionally,
-        /// once the service is ready.
-        Again {
-            again: Option<Again<S, ReqB>>,
+        /// The request goes to the inner service once it is ready (the first time, or
+        /// again, unconditionally, when a revalidation's 304 selected nothing).
+        Calling {
+            call: Option<Call<S, ReqB>>,
             pending: Option<Pending>,
+            again: Option<Call<S, ReqB>>,
         },
         /// The cache finishes with the inner answer (a revalidation, an invalidation).
         Finish {
@@ -86,10 +87,10 @@ where
         }
     }
 
-    pub(crate) fn forwarded(future: S::Future, pending: Pending) -> Self {
+    pub(crate) fn forwarded(service: S, request: Request<ReqB>, pending: Pending) -> Self {
         ResponseFuture {
-            state: State::Inner {
-                future,
+            state: State::Calling {
+                call: Some(Call { service, request }),
                 pending: Some(pending),
                 again: None,
             },
@@ -105,7 +106,7 @@ where
         let state = match &self.state {
             State::Lookup { .. } => "looking up",
             State::Inner { .. } => "waiting for the inner service",
-            State::Again { .. } => "sending the request again",
+            State::Calling { .. } => "waiting for the inner service to be ready",
             State::Finish { .. } => "finishing",
             State::Ready { .. } => "answered",
             State::Done => "done",
@@ -116,21 +117,22 @@ where
     }
 }
 
-/// The request to send again if a revalidation's `304` selects nothing: a clone of the
-/// service and the request as the client sent it, with an empty body made anew.
-struct Again<S, ReqB> {
+/// A request for the inner service, and the service to send it with once it is ready; for
+/// the request sent again if a revalidation's `304` selects nothing, a clone of the service
+/// and the request as the client sent it, with an empty body made anew.
+struct Call<S, ReqB> {
     service: S,
     request: Request<ReqB>,
 }
 
-impl<S: Clone, ReqB: 'static> Again<S, ReqB> {
+impl<S: Clone, ReqB: 'static> Call<S, ReqB> {
     /// Kept for a revalidation, when the request's body type can be made anew.
     fn prepare(service: &S, parts: &request::Parts, revalidates: bool) -> Option<Self> {
         if !revalidates {
             return None;
         }
         let body = crate::empty_body::empty::<ReqB>()?;
-        Some(Again {
+        Some(Call {
             service: service.clone(),
             request: Request::from_parts(parts.clone(), body),
         })
@@ -153,19 +155,25 @@ fn apply_validators(parts: &mut request::Parts, conditional: Option<http::Header
     }
 }
 
-/// Calls the (ready) inner service and stores what it answers, reading the body to its end
-/// since no client does.
+/// Calls the inner service once it is ready and stores what it answers, reading the body
+/// to its end since no client does.
 async fn revalidate_in_background<S, ReqB, ResB>(
     mut service: S,
     request: Request<ReqB>,
     pending: Pending,
-    again: Option<Again<S, ReqB>>,
+    again: Option<Call<S, ReqB>>,
 ) where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
     use http_body_util::BodyExt as _;
+    if std::future::poll_fn(|cx| service.poll_ready(cx))
+        .await
+        .is_err()
+    {
+        return;
+    }
     let Ok(answer) = service.call(request).await else {
         return; // the stale entry stays; the next request tries again
     };
@@ -173,7 +181,7 @@ async fn revalidate_in_background<S, ReqB, ResB>(
         Finished::Ready(response) => response,
         Finished::Later(future) => future.await,
         Finished::Again(pending) => {
-            let Some(Again {
+            let Some(Call {
                 mut service,
                 request,
             }) = again
@@ -233,15 +241,14 @@ where
                                 parts.headers.remove(http::header::RANGE);
                                 parts.headers.remove(http::header::IF_RANGE);
                             }
-                            let (Some(mut service), Some(body)) = (service.take(), body.take())
-                            else {
+                            let (Some(service), Some(body)) = (service.take(), body.take()) else {
                                 panic!("ResponseFuture polled after completion");
                             };
-                            let again = Again::prepare(&service, &parts, pending.revalidates());
+                            let again = Call::prepare(&service, &parts, pending.revalidates());
                             apply_validators(&mut parts, conditional);
-                            let future = service.call(Request::from_parts(parts, body));
-                            state.set(State::Inner {
-                                future,
+                            let request = Request::from_parts(parts, body);
+                            state.set(State::Calling {
+                                call: Some(Call { service, request }),
                                 pending: Some(pending),
                                 again,
                             });
@@ -256,7 +263,7 @@ where
                                 body.take(),
                                 tokio::runtime::Handle::try_current(),
                             ) {
-                                let again = Again::prepare(&service, &parts, pending.revalidates());
+                                let again = Call::prepare(&service, &parts, pending.revalidates());
                                 apply_validators(&mut parts, conditional);
                                 let request = Request::from_parts(parts, body);
                                 runtime.spawn(revalidate_in_background(
@@ -285,9 +292,10 @@ where
                             }
                             Finished::Later(future) => state.set(State::Finish { future }),
                             Finished::Again(pending) => match again.take() {
-                                Some(again) => state.set(State::Again {
-                                    again: Some(again),
+                                Some(again) => state.set(State::Calling {
+                                    call: Some(again),
                                     pending: Some(pending),
+                                    again: None,
                                 }),
                                 None => {
                                     state.set(State::Done);
@@ -301,18 +309,22 @@ where
                         }
                     }
                 }
-                StateProj::Again { again, pending } => {
-                    let Some(Again { service, .. }) = again.as_mut() else {
+                StateProj::Calling {
+                    call,
+                    pending,
+                    again,
+                } => {
+                    let Some(Call { service, .. }) = call.as_mut() else {
                         panic!("ResponseFuture polled after completion");
                     };
                     let ready = ready!(service.poll_ready(cx));
                     let (
-                        Some(Again {
+                        Some(Call {
                             mut service,
                             request,
                         }),
                         Some(pending),
-                    ) = (again.take(), pending.take())
+                    ) = (call.take(), pending.take())
                     else {
                         panic!("ResponseFuture polled after completion");
                     };
@@ -321,10 +333,11 @@ where
                         return Poll::Ready(pending.on_error(error));
                     }
                     let future = service.call(request);
+                    let again = again.take();
                     state.set(State::Inner {
                         future,
                         pending: Some(pending),
-                        again: None,
+                        again,
                     });
                 }
                 StateProj::Finish { future } => {

@@ -6,13 +6,14 @@
 //! ```
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use http_body_util::BodyExt;
-//! use http_cache_streaming::{HttpCacheStreamingLayer, StreamingManager};
+//! use http_cache_streaming::HttpCacheStreamingLayer;
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //!
 //! let dir = tempfile::tempdir()?;
-//! let manager = StreamingManager::new(dir.path().to_path_buf());
+//! // Opened at start-up: a directory the store cannot use is an error here, with its reason.
+//! let layer = HttpCacheStreamingLayer::open(dir.path()).await?;
 //! let mut service = ServiceBuilder::new()
-//!     .layer(HttpCacheStreamingLayer::new(manager))
+//!     .layer(layer)
 //!     .service_fn(|_request: http::Request<String>| async {
 //!         let response = http::Response::builder()
 //!             .header("cache-control", "max-age=60")
@@ -74,6 +75,7 @@
 //! | `smol` | no | the store runs its file work on smol's thread pool, for services on the smol runtime |
 //! | `object-store` | no | a shared tier in any [`object_store`](https://docs.rs/object_store) bucket (S3, GCS, Azure): `storage::ObjectStorage`, `ObjectStoreManager::new` |
 //! | `http-cache` | no | [`StreamingManager`] implements http-cache's `StreamingCacheManager`, for http-cache-tower's streaming layer, http-cache-reqwest's `StreamingCache` and the rest of the http-cache family |
+//! | `reqwest` | no | [`ReqwestCache`]: this crate's cache as a `reqwest-middleware` middleware, for reqwest clients |
 //! | `proxy` | no | the `http-cache-proxy` binary: `cargo install http-cache-streaming --features proxy` |
 //! | `s3` | no | `object-store` with object_store's S3 client (`object_store::aws`); builds a C library for its TLS, so kept apart |
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -102,6 +104,8 @@ mod log;
 #[cfg(feature = "replay")]
 #[doc(hidden)]
 pub mod replay;
+#[cfg(feature = "reqwest")]
+mod reqwest_cache;
 mod rt;
 mod service;
 pub mod storage;
@@ -117,6 +121,9 @@ pub use cache::{
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use future::ResponseFuture;
 pub use layer::HttpCacheStreamingLayer;
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub use reqwest_cache::ReqwestCache;
 pub use service::HttpCacheStreaming;
 pub use storage::ObjectStoreManager;
 pub use store::{

@@ -19,6 +19,11 @@ use crate::layer::HttpCacheStreamingLayer;
 /// Its error is `S`'s: the cache adds no failure of its own. A store that cannot be read or
 /// written is logged and the request passes through to `S`.
 ///
+/// It is always ready: `S` is made ready (on a clone) in the response future, only when a
+/// request goes to it. A hit never waits for `S`, so a concurrency limit, a rate limit or a
+/// `Buffer` placed between the cache and the origin bounds what reaches the origin, not the
+/// hits; placed in front of the cache, it bounds every request.
+///
 /// # Sending a request again
 ///
 /// When the origin answers a revalidation with a `304` that names another representation
@@ -82,29 +87,20 @@ where
     type Future = ResponseFuture<S, ReqB>;
 
     #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         let (parts, body) = request.into_parts();
         match self.cache.start(parts) {
-            // A hit on a body in memory: the ready service stays ready for the next call.
+            // A hit on a body in memory: the inner service is not involved.
             Start::Ready(response) => ResponseFuture::ready(response),
             Start::Forward(parts, pending) => {
-                let future = self.take_ready().call(Request::from_parts(parts, body));
-                ResponseFuture::forwarded(future, pending)
+                let request = Request::from_parts(parts, body);
+                ResponseFuture::forwarded(self.inner.clone(), request, pending)
             }
-            Start::Lookup(lookup) => ResponseFuture::lookup(lookup, self.take_ready(), body),
+            Start::Lookup(lookup) => ResponseFuture::lookup(lookup, self.inner.clone(), body),
         }
-    }
-}
-
-impl<S: Clone> HttpCacheStreaming<S> {
-    /// Takes the service that was made ready, leaving a clone behind: the readiness
-    /// reserved is the one used.
-    fn take_ready(&mut self) -> S {
-        let clone = self.inner.clone();
-        std::mem::replace(&mut self.inner, clone)
     }
 }

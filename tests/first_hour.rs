@@ -7,33 +7,19 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use bytes::Bytes;
-use common::Got;
+use common::{Clock, Got};
 use http_cache_streaming::{
     CacheKey, CacheMode, CacheStats, HttpCacheOptions, HttpCacheStreamingLayer, HttpStreamingCache,
     NotStored, StreamingManager, Ttl,
 };
 use tower::ServiceExt;
-
-/// A clock the tests move forward.
-#[derive(Clone, Default)]
-struct Clock(Arc<AtomicU64>);
-
-impl Clock {
-    fn advance(&self, secs: u64) {
-        self.0.fetch_add(secs, Ordering::SeqCst);
-    }
-    fn now(&self) -> SystemTime {
-        SystemTime::now() + Duration::from_secs(self.0.load(Ordering::SeqCst))
-    }
-}
 
 /// How often each route's handler ran.
 #[derive(Clone, Default)]

@@ -255,7 +255,7 @@ pub(super) fn unusable(
     targeted: &[HeaderName],
     shared: bool,
 ) -> bool {
-    let decided = view::decided(&entry.headers, targeted, shared);
+    let decided = super::ttl::decided(&entry.headers, targeted, shared);
     let headers = &*decided;
     if !entry.policy.is_stale(now)
         || headers.contains_key(header::ETAG)

@@ -15,7 +15,9 @@ mod pending;
 mod plan;
 mod purge;
 pub(crate) mod range;
+mod stats;
 mod status;
+mod storing;
 mod ttl;
 mod variants;
 mod view;
@@ -25,6 +27,7 @@ pub use directives::strip_hop_by_hop;
 pub use key::is_valid_authority;
 pub use mode::CacheMode;
 pub use options::HttpCacheOptions;
+pub use stats::{CacheStats, OriginRequests};
 pub use status::NotStored;
 pub use ttl::Ttl;
 
@@ -32,7 +35,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -42,11 +45,12 @@ use http_cache_semantics::CachePolicy;
 
 use crate::body::StreamingBody;
 use crate::format::record::Entry;
+use crate::store::StreamingManager;
 use crate::store::fill::FillLeader;
-use crate::store::{StoreStats, StreamingManager};
 
 use directives::{Judged, judge, unusable};
 use invalidations::FleetInvalidations;
+use stats::{Counters, count};
 use status::{Fwd, Status};
 use variants::variants_generation;
 
@@ -71,98 +75,6 @@ pub struct HttpStreamingCache {
     options: Arc<HttpCacheOptions>,
     counters: Arc<Counters>,
     invalidations: Arc<FleetInvalidations>,
-}
-
-/// What the cache has done since it was made, counted as it happens.
-#[derive(Debug, Default)]
-struct Counters {
-    /// Whether the background sweep of expired entries has been started.
-    sweeping: std::sync::atomic::AtomicBool,
-    hits: AtomicU64,
-    misses: AtomicU64,
-    stale_served: AtomicU64,
-    revalidations: AtomicU64,
-    passes: AtomicU64,
-    errors: AtomicU64,
-    invalidations_here: AtomicU64,
-    trip_misses: AtomicU64,
-    trip_stale: AtomicU64,
-    trip_revalidated: AtomicU64,
-    trip_passes: AtomicU64,
-}
-
-/// Counts one event in `counter` and, with the `metrics` feature, in the `metrics` counter
-/// `name`.
-fn count(counter: &AtomicU64, name: &'static str) {
-    counter.fetch_add(1, Ordering::Relaxed);
-    #[cfg(feature = "metrics")]
-    metrics::counter!(name).increment(1);
-    #[cfg(not(feature = "metrics"))]
-    let _ = name;
-}
-
-/// What a cache holds and has done: [`HttpStreamingCache::stats`]. Serialises (serde) as
-/// a JSON object of the same names, for a stats route.
-///
-/// Each response the cache answers is counted once, in one of `hits`, `stale_served`,
-/// `misses`, `revalidations` and `passes` (but for the `502`/`504` it makes itself): their
-/// sum is the requests answered, and `hits / (hits + stale_served + misses + revalidations)`
-/// the hit ratio of what it may serve. Each request sent to the origin is counted once in
-/// [`origin`](Self::origin), by cause.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[non_exhaustive]
-pub struct CacheStats {
-    /// What the store holds, and how many entries it evicted.
-    pub store: StoreStats,
-    /// Responses served fresh from the store without asking the origin.
-    pub hits: u64,
-    /// Requests answered by a response the origin sent anew, because nothing usable was
-    /// stored: nothing at all, another variant, or a stale response the origin replaced.
-    /// Those that followed another request's fetch of the same key are counted too.
-    pub misses: u64,
-    /// Stale responses served: within `stale-while-revalidate` or `stale-if-error`, or
-    /// the layer's `stale_on_error`.
-    pub stale_served: u64,
-    /// Stored responses the origin confirmed with `304 Not Modified`, then served.
-    pub revalidations: u64,
-    /// Requests the cache passed to the origin without looking up: a method it does not
-    /// serve (`POST`, `OPTIONS`...), a request whose mode is `NoStore` or `Reload`, one it
-    /// cannot key.
-    pub passes: u64,
-    /// Store failures that requests passed through.
-    pub errors: u64,
-    /// Responses being fetched and stored now (each followed by the requests for the same
-    /// key that arrived meanwhile).
-    pub fills_in_flight: u64,
-    /// Invalidations by unsafe requests that removed this node's copy (and the shared
-    /// tier's) but did not go to the fleet's purge log: another of the same key had within
-    /// the second, or past [`fleet_invalidation_rate`](HttpCacheOptions::fleet_invalidation_rate).
-    pub invalidations_not_shared: u64,
-    /// Requests sent to the origin, by cause.
-    pub origin: OriginRequests,
-}
-
-/// Requests a cache sent to the origin, each counted once, by cause (its
-/// [`stats`](HttpStreamingCache::stats)). Requests that followed another's fetch of the
-/// same key sent none; revalidations in the background (`stale-while-revalidate`) count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[non_exhaustive]
-pub struct OriginRequests {
-    /// For nothing usable stored.
-    pub misses: u64,
-    /// To revalidate a stale response, answered with a new one (or an error).
-    pub stale: u64,
-    /// To revalidate a stale response, answered `304 Not Modified`.
-    pub revalidated: u64,
-    /// Passed without a lookup (see [`CacheStats::passes`]), invalidations included.
-    pub passes: u64,
-}
-
-impl OriginRequests {
-    /// Every request sent to the origin.
-    pub fn total(&self) -> u64 {
-        self.misses + self.stale + self.revalidated + self.passes
-    }
 }
 
 impl fmt::Debug for HttpStreamingCache {
@@ -284,36 +196,6 @@ impl HttpStreamingCache {
             counters: Arc::default(),
             invalidations: Arc::new(FleetInvalidations::new()),
         }
-    }
-
-    /// What the store holds and what this cache has done since it was made. A store that
-    /// cannot be opened holds nothing: its counters are zero, and the cache's are read
-    /// (its `errors` say how many requests met it).
-    pub async fn stats(&self) -> crate::Result<CacheStats> {
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counters = &self.counters;
-        let store = match self.manager.stats().await {
-            Ok(store) => store,
-            Err(_) if self.manager.known_unusable() => StoreStats::default(),
-            Err(error) => return Err(error),
-        };
-        Ok(CacheStats {
-            store,
-            hits: load(&counters.hits),
-            misses: load(&counters.misses),
-            stale_served: load(&counters.stale_served),
-            revalidations: load(&counters.revalidations),
-            passes: load(&counters.passes),
-            errors: load(&counters.errors),
-            fills_in_flight: self.manager.fills_in_flight() as u64,
-            invalidations_not_shared: load(&counters.invalidations_here),
-            origin: OriginRequests {
-                misses: load(&counters.trip_misses),
-                stale: load(&counters.trip_stale),
-                revalidated: load(&counters.trip_revalidated),
-                passes: load(&counters.trip_passes),
-            },
-        })
     }
 
     /// Replaces the options.
@@ -534,7 +416,7 @@ impl HttpStreamingCache {
     /// with a targeted field of its own (`CDN-Cache-Control`) in place of `Cache-Control`.
     /// With a [`Ttl`]'s outcome stored with it, that in place of the origin's freshness.
     fn decides_by<'h>(&self, headers: &'h HeaderMap) -> std::borrow::Cow<'h, HeaderMap> {
-        view::decided(headers, self.options.targeted(), self.options.shared)
+        ttl::decided(headers, self.options.targeted(), self.options.shared)
     }
 
     /// How long a response of `status`, `version` and `headers` to `request` stays fresh

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{request, response};
 
 use super::HttpStreamingCache;
@@ -161,7 +161,7 @@ impl HttpStreamingCache {
             return;
         }
         let shared = self.options.shared;
-        let explicit = view::explicit_freshness(&self.decides_by(&head.headers), shared);
+        let explicit = explicit_freshness(&self.decides_by(&head.headers), shared);
         let origin = self.freshness_lifetime(head.status, head.version, &head.headers, request);
         let mut lifetime = match (rule.fixed, explicit, rule.default) {
             (Some(fixed), _, _) => fixed,
@@ -187,4 +187,71 @@ impl HttpStreamingCache {
             head.headers.insert(TTL_FIELD, value);
         }
     }
+}
+
+/// The headers a cache decides freshness and storability by: `headers` with the first of
+/// its `targeted` fields (RFC 9213) present and valid in place of `Cache-Control` and
+/// `Expires`, and with the cache's own freshness field (a [`Ttl`]'s outcome) in
+/// place of the freshness either gives.
+pub(super) fn decided<'h>(
+    headers: &'h HeaderMap,
+    targeted: &[http::header::HeaderName],
+    shared: bool,
+) -> std::borrow::Cow<'h, HeaderMap> {
+    use std::borrow::Cow;
+    let decided = match view::targeted(headers, targeted) {
+        Some(view) => Cow::Owned(view),
+        None => Cow::Borrowed(headers),
+    };
+    match headers.get(TTL_FIELD) {
+        Some(own) => Cow::Owned(overlaid(&decided, own, shared)),
+        None => decided,
+    }
+}
+
+/// Whether `decided` (the headers a cache decides by) give explicit freshness: `max-age`,
+/// `s-maxage` in a shared cache, or `Expires`.
+pub(super) fn explicit_freshness(decided: &HeaderMap, shared: bool) -> bool {
+    decided.contains_key(http::header::EXPIRES)
+        || view::cache_control(decided)
+            .iter()
+            .any(|d| d.name == "max-age" || (shared && d.name == "s-maxage"))
+}
+
+/// `decided` (the headers a cache decides by) with the directives of `own` (the cache's own
+/// freshness field) in place of the freshness the origin gave: `max-age`, `s-maxage` and
+/// `Expires` go (an `s-maxage` leaving its `proxy-revalidate` behind, in a shared cache),
+/// and so do the stale windows `own` sets. The other directives are kept as written.
+pub(super) fn overlaid(decided: &HeaderMap, own: &HeaderValue, shared: bool) -> HeaderMap {
+    let own_text = own.to_str().unwrap_or_default();
+    let sets: Vec<String> = view::split_list(own_text)
+        .into_iter()
+        .filter_map(view::directive)
+        .map(|d| d.name)
+        .collect();
+    let mut kept: Vec<&str> = Vec::new();
+    for value in decided.get_all(http::header::CACHE_CONTROL) {
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        for element in view::split_list(value) {
+            let Some(d) = view::directive(element) else {
+                continue;
+            };
+            match d.name.as_str() {
+                "s-maxage" if shared => kept.push("proxy-revalidate"),
+                "max-age" | "s-maxage" => {}
+                name if sets.iter().any(|set| set == name) => {}
+                _ => kept.push(element.trim_matches([' ', '\t'])),
+            }
+        }
+    }
+    kept.push(own_text);
+    let mut view = decided.clone();
+    view.remove(http::header::EXPIRES);
+    view.remove(http::header::CACHE_CONTROL);
+    if let Ok(value) = HeaderValue::try_from(kept.join(", ")) {
+        view.insert(http::header::CACHE_CONTROL, value);
+    }
+    view
 }

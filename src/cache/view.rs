@@ -55,7 +55,7 @@ pub(super) fn cache_control(headers: &HeaderMap) -> Vec<Directive> {
 }
 
 /// The elements of a comma-separated list, commas inside quoted strings kept.
-fn split_list(value: &str) -> Vec<&str> {
+pub(super) fn split_list(value: &str) -> Vec<&str> {
     let mut elements = Vec::new();
     let (mut start, mut quoted, mut escaped) = (0, false, false);
     for (i, c) in value.char_indices() {
@@ -74,7 +74,7 @@ fn split_list(value: &str) -> Vec<&str> {
     elements
 }
 
-fn directive(element: &str) -> Option<Directive> {
+pub(super) fn directive(element: &str) -> Option<Directive> {
     let element = element.trim_matches([' ', '\t']);
     if element.is_empty() {
         return None;
@@ -335,73 +335,6 @@ pub(super) fn normalized(headers: &HeaderMap) -> HeaderMap {
             Some(date) => view.insert(header::DATE, date),
             None => view.remove(header::DATE),
         };
-    }
-    view
-}
-
-/// The headers a cache decides freshness and storability by: `headers` with the first of
-/// its `targeted` fields (RFC 9213) present and valid in place of `Cache-Control` and
-/// `Expires`, and with the cache's own freshness field (a [`Ttl`](super::Ttl)'s outcome) in
-/// place of the freshness either gives.
-pub(super) fn decided<'h>(
-    headers: &'h HeaderMap,
-    targeted: &[header::HeaderName],
-    shared: bool,
-) -> std::borrow::Cow<'h, HeaderMap> {
-    use std::borrow::Cow;
-    let decided = match self::targeted(headers, targeted) {
-        Some(view) => Cow::Owned(view),
-        None => Cow::Borrowed(headers),
-    };
-    match headers.get(super::ttl::TTL_FIELD) {
-        Some(own) => Cow::Owned(overlaid(&decided, own, shared)),
-        None => decided,
-    }
-}
-
-/// Whether `decided` (the headers a cache decides by) give explicit freshness: `max-age`,
-/// `s-maxage` in a shared cache, or `Expires`.
-pub(super) fn explicit_freshness(decided: &HeaderMap, shared: bool) -> bool {
-    decided.contains_key(header::EXPIRES)
-        || cache_control(decided)
-            .iter()
-            .any(|d| d.name == "max-age" || (shared && d.name == "s-maxage"))
-}
-
-/// `decided` (the headers a cache decides by) with the directives of `own` (the cache's own
-/// freshness field) in place of the freshness the origin gave: `max-age`, `s-maxage` and
-/// `Expires` go (an `s-maxage` leaving its `proxy-revalidate` behind, in a shared cache),
-/// and so do the stale windows `own` sets. The other directives are kept as written.
-pub(super) fn overlaid(decided: &HeaderMap, own: &HeaderValue, shared: bool) -> HeaderMap {
-    let own_text = own.to_str().unwrap_or_default();
-    let sets: Vec<String> = split_list(own_text)
-        .into_iter()
-        .filter_map(directive)
-        .map(|d| d.name)
-        .collect();
-    let mut kept: Vec<&str> = Vec::new();
-    for value in decided.get_all(header::CACHE_CONTROL) {
-        let Ok(value) = value.to_str() else {
-            continue;
-        };
-        for element in split_list(value) {
-            let Some(d) = directive(element) else {
-                continue;
-            };
-            match d.name.as_str() {
-                "s-maxage" if shared => kept.push("proxy-revalidate"),
-                "max-age" | "s-maxage" => {}
-                name if sets.iter().any(|set| set == name) => {}
-                _ => kept.push(element.trim_matches([' ', '\t'])),
-            }
-        }
-    }
-    kept.push(own_text);
-    let mut view = decided.clone();
-    view.remove(header::EXPIRES);
-    view.remove(header::CACHE_CONTROL);
-    if let Ok(value) = HeaderValue::try_from(kept.join(", ")) {
-        view.insert(header::CACHE_CONTROL, value);
     }
     view
 }

@@ -535,3 +535,17 @@ where
         body: body.collect().await.unwrap().to_bytes(),
     }
 }
+
+/// A clock the tests move forward, for `HttpCacheOptions::clock`.
+#[derive(Clone, Default)]
+pub struct Clock(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl Clock {
+    pub fn advance(&self, secs: u64) {
+        self.0.fetch_add(secs, std::sync::atomic::Ordering::SeqCst);
+    }
+    pub fn now(&self) -> std::time::SystemTime {
+        let skew = self.0.load(std::sync::atomic::Ordering::SeqCst);
+        std::time::SystemTime::now() + std::time::Duration::from_secs(skew)
+    }
+}

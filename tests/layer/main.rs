@@ -16,7 +16,7 @@ mod variants;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::body::Body as AxumBody;
 use bytes::Bytes;
@@ -28,19 +28,6 @@ use http_cache_streaming::{
     StreamingManager,
 };
 use tower::{Service, ServiceBuilder, ServiceExt};
-
-/// A clock the tests move forward.
-#[derive(Clone, Default)]
-struct Clock(Arc<AtomicU64>);
-
-impl Clock {
-    fn advance(&self, secs: u64) {
-        self.0.fetch_add(secs, Ordering::SeqCst);
-    }
-    fn now(&self) -> SystemTime {
-        SystemTime::now() + Duration::from_secs(self.0.load(Ordering::SeqCst))
-    }
-}
 
 struct Setup {
     origin: Origin,
