@@ -88,6 +88,9 @@ async fn directive_names_are_case_insensitive_and_malformed_freshness_is_not_tru
             "/mixed-max-age" => &[("cache-control", "MaX-AgE=3600")],
             "/mixed-no-cache" => &[("cache-control", "max-age=3600, No-CaChE")],
             "/bad-age" => &[("cache-control", "max-age=3600"), ("age", "old, 0")],
+            "/minus-age" => &[("cache-control", "max-age=3600"), ("age", "-5000")],
+            "/decimal-age" => &[("cache-control", "max-age=3600"), ("age", "7200.5")],
+            "/huge-age" => &[("cache-control", "max-age=3600"), ("age", "99999999999999")],
             "/bad-expires" => &[("expires", "Fri,  01 Jan 2049 00:00:00 GMT")],
             "/spaced" => &[("cache-control", "max-age = 3600")],
             _ => &[("cache-control", "max-age=3600")],
@@ -101,7 +104,12 @@ async fn directive_names_are_case_insensitive_and_malformed_freshness_is_not_tru
         ("/plain", true),
         ("/mixed-max-age", true),
         ("/mixed-no-cache", false),
-        ("/bad-age", false),
+        // An `Age` that is no non-negative integer is ignored (§5.1): fresh as it says;
+        // one too large to hold is the largest value: stale.
+        ("/bad-age", true),
+        ("/minus-age", true),
+        ("/decimal-age", true),
+        ("/huge-age", false),
         ("/bad-expires", false),
         ("/spaced", false),
     ] {

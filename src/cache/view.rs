@@ -8,8 +8,8 @@
 //!   `stale-while-revalidate`, `stale-if-error`) that is not `1*DIGIT` (spaces around `=`, a
 //!   decimal point, letters) gives no freshness: it is shown as 0. One past 2^31 is 2^31
 //!   (§1.2.2).
-//! - An `Age` that is not one non-negative integer makes the response stale rather than
-//!   fresh (§5.1).
+//! - `Age` is its first member; one that is not a non-negative integer is ignored, and one
+//!   too large to hold is 2^31 (§5.1).
 //! - `Expires` and `Date` in any of the three HTTP-date forms, obsolete RFC 850 and asctime
 //!   included (RFC 9110 §5.6.7); an `Expires` that is no valid date means "already
 //!   expired" (§5.3).
@@ -312,16 +312,17 @@ pub(super) fn normalized(headers: &HeaderMap) -> HeaderMap {
             view.insert(header::CACHE_CONTROL, value);
         }
     }
+    // The first member of `Age` (RFC 9111 §5.1); one that is not a non-negative integer
+    // (letters, a sign, a decimal point) is ignored, and one too large to hold is 2^31.
     if let Some(age) = headers.get(header::AGE) {
         let first = age
             .to_str()
             .ok()
             .and_then(|v| split_list(v).first().map(|s| s.trim().to_owned()));
-        let seconds = first
-            .as_deref()
-            .and_then(delta_seconds)
-            .unwrap_or(MAX_DELTA);
-        view.insert(header::AGE, HeaderValue::from(seconds));
+        match first.as_deref().and_then(delta_seconds) {
+            Some(seconds) => view.insert(header::AGE, HeaderValue::from(seconds)),
+            None => view.remove(header::AGE),
+        };
     }
     if headers.contains_key(header::EXPIRES) {
         let expires = first_date(headers, header::EXPIRES);
@@ -486,12 +487,13 @@ mod tests {
     }
 
     #[test]
-    fn an_age_that_is_not_one_integer_makes_the_response_stale() {
+    fn an_age_that_is_not_a_non_negative_integer_is_ignored() {
         let age = |v| shown(&[("age", v)], "age");
         assert_eq!(age("30").as_deref(), Some("30"));
         assert_eq!(age("30, 40").as_deref(), Some("30"));
-        for bad in ["old, 0", "1.5", "-3", "abc"] {
-            assert_eq!(age(bad).as_deref(), Some("2147483648"), "{bad}");
+        assert_eq!(age("99999999999999999999").as_deref(), Some("2147483648"));
+        for bad in ["old, 0", "1.5", "-3", "abc", "", "+5", "0x10"] {
+            assert_eq!(age(bad), None, "{bad}");
         }
     }
 

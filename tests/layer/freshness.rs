@@ -388,8 +388,22 @@ async fn malformed_freshness_is_not_trusted() {
         let headers: &'static [(&str, &str)] = Box::leak(Box::new([("cache-control", malformed)]));
         assert!(!reused(headers, &[]).await, "{malformed}");
     }
-    // An Age that is not one non-negative integer does not make a response look fresh.
-    assert!(!reused(&[("cache-control", "max-age=3600"), ("age", "old, 0")], &[]).await);
+    // An Age that is not a non-negative integer is ignored (§5.1): as fresh as max-age says.
+    for ignored in ["old, 0", "-7200", "7200.5", "abc"] {
+        let headers: &'static [(&str, &str)] = Box::leak(Box::new([
+            ("cache-control", "max-age=3600"),
+            ("age", ignored),
+        ]));
+        assert!(reused(headers, &[]).await, "{ignored}");
+    }
+    // One too large to hold is the largest value: stale.
+    assert!(
+        !reused(
+            &[("cache-control", "max-age=3600"), ("age", "99999999999999")],
+            &[]
+        )
+        .await
+    );
     // An Expires that is no valid HTTP-date means already expired.
     assert!(!reused(&[("expires", "Fri,  01 Jan 2049 00:00:00 GMT")], &[]).await);
     assert!(!reused(&[("expires", "tomorrow")], &[]).await);
