@@ -140,6 +140,50 @@ async fn cdn_cache_control_decides_for_the_proxy_and_cache_control_still_reaches
     assert_eq!(origin.hits(), 1);
 }
 
+/// A targeted field with a member of the wrong type (RFC 9213 §2.1) is ignored as a whole:
+/// `Cache-Control` decides, whichever way it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_cdn_cache_control_falls_back_to_cache_control() {
+    let origin = Origin::start(|parts, n| {
+        let headers: &[(&str, &str)] = match parts.uri.path() {
+            // Would store for an hour if it were read; Cache-Control forbids it.
+            "/string" => &[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "max-age=\"3600\""),
+            ],
+            "/decimal" => &[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "max-age=3600.5"),
+            ],
+            // Would forbid storing if it were read; Cache-Control allows an hour.
+            "/boolean" => &[
+                ("cache-control", "max-age=3600"),
+                ("cdn-cache-control", "no-store=5"),
+            ],
+            _ => &[
+                ("cache-control", "max-age=3600"),
+                ("cdn-cache-control", "max-age=sixty, no-store"),
+            ],
+        };
+        reply(headers, format!("n{n}"))
+    })
+    .await;
+    let (proxy, _dir) = proxy(&origin, &[]);
+    let mut expected_hits = 0;
+    for (path, reused) in [
+        ("/string", false),
+        ("/decimal", false),
+        ("/boolean", true),
+        ("/token", true),
+    ] {
+        get(&proxy, path, &[]).await;
+        let again = get(&proxy, path, &[]).await;
+        expected_hits += if reused { 1 } else { 2 };
+        assert_eq!(again.hit(), reused, "{path}: {}", again.cache_status());
+        assert_eq!(origin.hits(), expected_hits, "{path}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conditional_requests_and_understood_error_statuses_are_answered_from_the_cache() {
     let origin = Origin::start(|parts, n| {

@@ -237,6 +237,9 @@ fn dictionary(field: &str) -> Option<Vec<String>> {
             Some(value) if is_bare_item(value) => Some(value.to_owned()),
             Some(_) => return None,
         };
+        if !of_its_type(key, value.as_deref()) {
+            return None;
+        }
         // A later member of the same key overrides an earlier one (RFC 8941 §4.2.2).
         members.retain(|(k, _)| k != key);
         members.push((key.to_owned(), value));
@@ -251,6 +254,36 @@ fn dictionary(field: &str) -> Option<Vec<String>> {
             })
             .collect(),
     )
+}
+
+/// Whether a targeted field's member `key` has a value of the type RFC 9213 §2.1 gives its
+/// directive: an Integer (non-negative, as a delta-seconds) for `max-age`, `s-maxage`,
+/// `stale-while-revalidate` and `stale-if-error`; a Boolean for the directives that take
+/// no argument. A member of the wrong type makes the whole field invalid. Directives this
+/// cache does not know, and `no-cache` and `private` (which may name fields), take any.
+fn of_its_type(key: &str, value: Option<&str>) -> bool {
+    const INTEGERS: [&str; 4] = [
+        "max-age",
+        "s-maxage",
+        "stale-while-revalidate",
+        "stale-if-error",
+    ];
+    const BOOLEANS: [&str; 7] = [
+        "no-store",
+        "must-revalidate",
+        "proxy-revalidate",
+        "public",
+        "no-transform",
+        "must-understand",
+        "immutable",
+    ];
+    if INTEGERS.contains(&key) {
+        value.is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+    } else if BOOLEANS.contains(&key) {
+        matches!(value, None | Some("?0" | "?1"))
+    } else {
+        true
+    }
 }
 
 /// An integer, decimal, string, token or boolean of a structured field (RFC 8941 §3.3).
@@ -532,6 +565,17 @@ mod tests {
             "max-age=1.2345",
             "max-age=@",
             "9lives",
+            // Well-formed dictionaries with a member of the wrong type (RFC 9213 §2.1).
+            "max-age=\"60\"",
+            "max-age=60.5",
+            "max-age=sixty",
+            "max-age=?1",
+            "max-age",
+            "max-age=-60",
+            "s-maxage=\"60\", public",
+            "max-age=60, no-store=5",
+            "max-age=60, must-revalidate=\"yes\"",
+            "stale-if-error=1.5, max-age=60",
         ] {
             assert_eq!(with(invalid), None, "{invalid}");
         }
