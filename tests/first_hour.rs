@@ -104,6 +104,19 @@ fn routes(calls: Calls) -> Router {
             get(page(&[("cache-control", "max-age=600")], 200)),
         )
         .route("/fixed", get(ttl_route))
+        .route("/ranged", get(ranged).with_state(calls))
+}
+
+/// The first four bytes of a ten-byte representation, as an origin answers a range.
+async fn ranged(State(calls): State<Calls>) -> http::Response<axum::body::Body> {
+    calls.add("/ranged");
+    http::Response::builder()
+        .status(206)
+        .header("cache-control", "max-age=60")
+        .header("etag", "\"r1\"")
+        .header("content-range", "bytes 0-3/10")
+        .body(axum::body::Body::from("abcd"))
+        .unwrap()
 }
 
 /// Serves `app` on loopback; its address.
@@ -494,4 +507,100 @@ async fn stats_count_every_request_once_and_serve_from_a_route_outside_the_layer
     assert_eq!(json["misses"], 3);
     assert_eq!(json["origin"]["stale"], 1);
     assert_eq!(json["store"]["entries"], 1);
+}
+
+/// A `Ttl` that says not to store holds for a client's request (in its extensions) and for
+/// partial entries as for whole responses.
+#[tokio::test]
+async fn no_store_holds_for_a_requests_ttl_and_for_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let layer = HttpCacheStreamingLayer::open(dir.path()).await.unwrap();
+    let calls = Calls::default();
+    let app = routes(calls.clone()).layer(layer);
+    for n in 1..=2 {
+        let mut request = http::Request::get("http://example.com/public")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        request.extensions_mut().insert(Ttl::no_store());
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(
+            response.extensions().get::<NotStored>(),
+            Some(&NotStored::Ttl)
+        );
+        assert_eq!(calls.count("/public"), n);
+    }
+
+    // A 206 is kept as a partial entry by default: the same range again is a hit...
+    let ranged = |app: &Router| {
+        let request = http::Request::get("http://example.com/ranged")
+            .header("range", "bytes=0-3")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        app.clone().oneshot(request)
+    };
+    for _ in 0..2 {
+        let response = ranged(&app).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::PARTIAL_CONTENT);
+        let body = http_body_util::BodyExt::collect(response.into_body()).await;
+        assert_eq!(body.unwrap().to_bytes(), "abcd");
+    }
+    assert_eq!(calls.count("/ranged"), 1);
+    // ...but not for a route whose Ttl says not to store.
+    let dir = tempfile::tempdir().unwrap();
+    let options = HttpCacheOptions::default().ttl_fn(|request, _| match request.uri.path() {
+        "/ranged" => Ttl::no_store(),
+        _ => Ttl::origin(),
+    });
+    let manager = StreamingManager::new(dir.path().to_path_buf());
+    let layer = HttpCacheStreamingLayer::open_with(manager, options)
+        .await
+        .unwrap();
+    let calls = Calls::default();
+    let app = routes(calls.clone()).layer(layer);
+    for _ in 0..2 {
+        let response = ranged(&app).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::PARTIAL_CONTENT);
+        let body = http_body_util::BodyExt::collect(response.into_body()).await;
+        assert_eq!(body.unwrap().to_bytes(), "abcd");
+    }
+    assert_eq!(calls.count("/ranged"), 2);
+}
+
+/// A handler purging for a request whose `Host` the layer would not key (another site's
+/// path smuggled in it, two sites at once) purges nothing, and says why.
+#[tokio::test]
+async fn a_purge_for_a_host_the_layer_would_not_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let layer = HttpCacheStreamingLayer::open(dir.path()).await.unwrap();
+    let cache = layer.cache().clone();
+    let app = routes(Calls::default()).layer(layer);
+    let stored = http::Request::get("http://victim.example/static/items")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    app.clone().oneshot(stored).await.unwrap();
+    for host in ["victim.example/static", "victim.example@other"] {
+        let request = http::Request::post("/items")
+            .header("host", host)
+            .body(())
+            .unwrap();
+        let refused = cache
+            .purge_path(&request.into_parts().0, "/items")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.kind(),
+            http_cache_streaming::ErrorKind::InvalidInput,
+            "{host}"
+        );
+    }
+    let two_sites = http::Request::post("http://a.example/items")
+        .header("host", "b.example")
+        .body(())
+        .unwrap();
+    assert!(
+        cache
+            .purge_request(&two_sites.into_parts().0)
+            .await
+            .is_err()
+    );
 }

@@ -126,9 +126,7 @@ impl CacheKey {
             key.push_str(" cookie:");
             encode_into(&mut key, name.as_bytes());
             key.push('=');
-            if let Some(value) = cookie(parts, name) {
-                encode_into(&mut key, value);
-            }
+            encode_into(&mut key, &cookie(parts, name).join(&b","[..]));
         }
         key
     }
@@ -145,10 +143,12 @@ impl CacheKey {
                 None => name == n,
             })
         };
+        // A parameter holding a `;` (which some origins split on too) is never dropped: what
+        // follows it could be a parameter the origin reads.
         let mut pairs: Vec<&str> = query
             .split('&')
             .filter(|pair| !pair.is_empty())
-            .filter(|pair| !matches(&self.dropped, pair))
+            .filter(|pair| pair.contains(';') || !matches(&self.dropped, pair))
             .filter(|pair| self.kept.as_ref().is_none_or(|kept| matches(kept, pair)))
             .collect();
         if self.sorted {
@@ -158,18 +158,20 @@ impl CacheKey {
     }
 }
 
-/// The value of the cookie `name` among the request's `Cookie` fields, the first if several.
-fn cookie<'p>(parts: &'p Parts, name: &str) -> Option<&'p [u8]> {
+/// Every value of the cookie `name` among the request's `Cookie` fields, in order (names
+/// compared with the whitespace around them trimmed): an origin may read the first or the
+/// last of several, so the key holds them all.
+fn cookie<'p>(parts: &'p Parts, name: &str) -> Vec<&'p [u8]> {
     parts
         .headers
         .get_all(http::header::COOKIE)
         .iter()
         .flat_map(|field| field.as_bytes().split(|&b| b == b';'))
-        .find_map(|pair| {
-            let pair = pair.trim_ascii();
+        .filter_map(|pair| {
             let at = pair.iter().position(|&b| b == b'=')?;
-            (&pair[..at] == name.as_bytes()).then(|| &pair[at + 1..])
+            (pair[..at].trim_ascii() == name.as_bytes()).then(|| pair[at + 1..].trim_ascii())
         })
+        .collect()
 }
 
 /// Appends `bytes` to `key`, every byte but letters, digits and `-._~` percent-encoded: no
@@ -208,9 +210,20 @@ mod tests {
             key.key(&honest),
             "GET:https://e.com/ header:x-a=1 cookie:c=2"
         );
-        // No value and an empty one are told apart from each other only by the header.
         let none = parts("https://e.com/", &[]);
         assert_eq!(key.key(&none), "GET:https://e.com/ header:x-a= cookie:c=");
+        // Several cookies of the name (an origin may read the last), or a name with spaces
+        // around it (an origin may trim it), are never keyed as the first alone.
+        let key = CacheKey::new().cookie("region");
+        let one = parts("https://e.com/", &[("cookie", "region=eu")]);
+        for other in [
+            "region=eu; region=evil",
+            "region=eu; region =evil",
+            "region=eu; region= evil",
+        ] {
+            let twice = parts("https://e.com/", &[("cookie", other)]);
+            assert_ne!(key.key(&twice), key.key(&one), "{other}");
+        }
     }
 
     #[test]
@@ -225,6 +238,12 @@ mod tests {
         assert_eq!(kept.key(&p), "GET:https://e.com/s?b=2&q=1");
         let nothing = CacheKey::new().keep_query(["none"]);
         assert_eq!(nothing.key(&p), "GET:https://e.com/s");
+        // A parameter an origin splitting on `;` would read behind a dropped one stays.
+        let hidden = parts("https://e.com/s?utm_source=x;lang=evil", &[]);
+        assert_eq!(
+            dropped.key(&hidden),
+            "GET:https://e.com/s?utm_source=x;lang=evil"
+        );
         // HEAD shares GET's key, edited the same way.
         let mut head = p.clone();
         head.method = http::Method::HEAD;

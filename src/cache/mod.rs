@@ -123,6 +123,10 @@ pub(crate) enum Plan {
 }
 
 /// What the cache does with the inner service's answer.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned and moved once, never kept"
+)]
 pub(crate) enum Finished {
     Ready(Response<StreamingBody>),
     Later(BoxFuture<Response<StreamingBody>>),
@@ -146,6 +150,9 @@ pub(crate) struct Pending {
     /// A revalidation in the background (`stale-while-revalidate`): its client was
     /// answered already, and counted.
     background: bool,
+    /// A [`Ttl`] the request carried in its extensions (which its kept head drops); boxed,
+    /// since few requests carry one.
+    request_ttl: Option<Box<Ttl>>,
 }
 
 impl Pending {

@@ -63,7 +63,6 @@ impl HttpStreamingCache {
             return None;
         }
         let forward = |conditional, plan| {
-            count(&self.counters.misses, "http_cache_streaming_misses_total");
             let action = super::Action::Fetch {
                 fwd,
                 stale: None,
@@ -192,6 +191,10 @@ impl Pending {
         B::Error: Into<BoxError>,
     {
         let plan = self.partial.take().unwrap_or(PartialPlan::Store);
+        count(
+            &self.cache.counters.misses,
+            "http_cache_streaming_misses_total",
+        );
         Finished::Later(Box::pin(self.keep_partial(response, plan, fwd)))
     }
 
@@ -322,6 +325,13 @@ impl Pending {
             return None;
         }
         let stored_request = self.stored_request(&whole.headers);
+        // The route's `Ttl`, as for a whole response: kept with the entry, or nothing kept.
+        let rule = cache.ttl_rule(&self.request, parts, self.request_ttl.as_deref().copied());
+        if !rule.stores() {
+            return None;
+        }
+        cache.apply_ttl(rule, &mut whole, &stored_request);
+        let view = cache.policy_response(whole.status, whole.version, &whole.headers);
         let policy = CachePolicy::new_options(&stored_request, &view, now, options);
         let url = url::Url::parse(&key::effective_uri(&self.request)).ok()?;
         Some(PartialHead {

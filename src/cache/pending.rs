@@ -302,7 +302,8 @@ impl Pending {
         let (stored_parts, stored_body) = stored.into_parts();
         let mut merged = stored_parts.headers.clone();
         let mut fresh_headers = fresh_parts.headers;
-        strip_hop_by_hop(&mut fresh_headers);
+        // Neither hop-by-hop fields nor the cache's own, which no origin writes.
+        keepable(&mut fresh_headers);
         for name in fresh_headers.keys() {
             if KEPT_ON_REVALIDATION.contains(name) || is_hop_by_hop(name) || is_internal(name) {
                 continue;
@@ -326,7 +327,11 @@ impl Pending {
         freshened.headers = merged;
         freshened.headers.remove(TTL_FIELD);
         freshened.extensions = fresh_parts.extensions;
-        let rule = cache.ttl_rule(&self.request, &freshened);
+        let rule = cache.ttl_rule(
+            &self.request,
+            &freshened,
+            self.request_ttl.as_deref().copied(),
+        );
         let stored_request = self.stored_request(&freshened.headers);
         cache.apply_ttl(rule, &mut freshened, &stored_request);
         let merged = freshened.headers;
@@ -343,6 +348,7 @@ impl Pending {
         // Freshened headers the storing rules refuse (a 304 that makes the response
         // `private` or `no-store` for this cache) are served, and the entry goes.
         let storable = policy.is_storable();
+        let served = merged.clone();
         let updated = if storable || self.mode == CacheMode::IgnoreRules {
             cache
                 .manager
@@ -364,9 +370,11 @@ impl Pending {
                 if let Err(error) = result {
                     crate::log::warn_event!(key = %stored_key, %error, "could not store revalidated headers");
                 }
-                // Serve the body already open, with the headers the origin just confirmed.
+                // Serve the body already open, with the headers the origin just confirmed
+                // (as they are stored, not as the policy engine reads them).
                 let (mut parts, ()) = head.into_parts();
                 parts.version = stored_parts.version;
+                parts.headers = served;
                 cache.hit(
                     &self.request,
                     Response::from_parts(parts, stored_body),

@@ -85,6 +85,7 @@ impl HttpStreamingCache {
             range: None,
             partial: None,
             background: false,
+            request_ttl: parts.extensions.get::<super::Ttl>().copied().map(Box::new),
         }
     }
 
@@ -236,7 +237,6 @@ impl HttpStreamingCache {
         fwd: Fwd,
         found: bool,
     ) -> Plan {
-        count(&self.counters.misses, "http_cache_streaming_misses_total");
         let fetch = |leader| Action::Fetch {
             fwd,
             stale: None,
@@ -320,6 +320,7 @@ impl HttpStreamingCache {
                 let ttl = self.ttl(response.status(), &policy, self.now());
                 let status = Status::forward(fwd).collapsed().ttl(ttl);
                 self.annotate(response.headers_mut(), &status, false, found);
+                count(&self.counters.misses, "http_cache_streaming_misses_total");
                 Plan::Respond(response)
             }
             Followed::Stored => {

@@ -3,7 +3,7 @@
 
 use http::{Method, Request, Uri, request};
 
-use super::HttpStreamingCache;
+use super::{HttpStreamingCache, key};
 
 impl HttpStreamingCache {
     /// Removes what is stored for `url` (every variant of its GET, which HEAD shares), and
@@ -31,17 +31,40 @@ impl HttpStreamingCache {
         let request = Request::get(uri)
             .body(())
             .map_err(|e| invalid("").with_source(e))?;
-        self.purge_request(&request.into_parts().0).await
+        let key = self.key(&request.into_parts().0);
+        self.remove(&key, true).await
     }
 
     /// Removes what is stored for the GET of `request`'s URL (its method is not read: a
     /// `POST` handler's own parts purge the page of its URL), with the key computed exactly
     /// as the layer computes it for a request (its `Host`, custom `cache_key` and all).
+    ///
+    /// A request the layer would not key (an authority that is not a valid `host[:port]`,
+    /// a `Host` that differs from the URI's, several `Host` fields) is refused with
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput): a client's odd `Host`
+    /// purges nothing. With a shared tier, these purges reach the fleet within
+    /// [`fleet_invalidation_rate`](crate::HttpCacheOptions::fleet_invalidation_rate), as
+    /// invalidations do (clients can make a handler purge at will); past it they purge
+    /// this node and the tier only.
     pub async fn purge_request(&self, request: &request::Parts) -> crate::Result<bool> {
         let mut get = crate::head::request_head(request);
         get.method = Method::GET;
+        if key::host_conflict(&get) || !key::authority_is_valid(&get) {
+            return Err(crate::Error::new(crate::ErrorKind::InvalidInput)
+                .with_subject(format!("{} names no site the cache keys", get.uri)));
+        }
         let key = self.key(&get);
-        self.remove(&key, true).await
+        let rate = self.options.fleet_invalidation_rate;
+        if !self.manager.shares_purges() || self.invalidations.admit(&key, rate) {
+            return self.remove(&key, true).await;
+        }
+        super::count(
+            &self.counters.invalidations_here,
+            "http_cache_streaming_invalidations_not_shared_total",
+        );
+        let stored = self.manager.stored_headers_here(&key).await.is_some();
+        self.remove_here(&key).await?;
+        Ok(stored)
     }
 
     /// Removes what is stored for the GET of `path_and_query` on the site `request` was

@@ -59,8 +59,8 @@ pub struct CacheStats {
     /// Stored responses the origin confirmed with `304 Not Modified`, then served.
     pub revalidations: u64,
     /// Requests the cache passed to the origin without looking up: a method it does not
-    /// serve (`POST`, `OPTIONS`...), a request whose mode is `NoStore` or `Reload`, one it
-    /// cannot key.
+    /// serve (`POST`, `OPTIONS`...), a request whose mode is `NoStore`, one it cannot key.
+    /// (A `Reload` is a miss: its answer is stored.)
     pub passes: u64,
     /// Store failures that requests passed through.
     pub errors: u64,
@@ -77,7 +77,9 @@ pub struct CacheStats {
 
 /// Requests a cache sent to the origin, each counted once, by cause (its
 /// [`stats`](HttpStreamingCache::stats)). Requests that followed another's fetch of the
-/// same key sent none; revalidations in the background (`stale-while-revalidate`) count.
+/// same key sent none; revalidations in the background (`stale-while-revalidate`) count, and
+/// so do fetches a peer of the fleet answered for the origin, and requests the service
+/// behind the cache failed to take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[non_exhaustive]
 pub struct OriginRequests {

@@ -34,8 +34,9 @@ impl Pending {
         B::Error: Into<BoxError>,
     {
         let cache = &self.cache;
-        if fwd == Fwd::Stale && !self.background {
-            // A stale response the origin replaced: this client's answer is a miss.
+        if !self.background {
+            // A response the origin sent anew (for nothing stored, or in place of a stale
+            // one): this client's answer is a miss.
             count(&cache.counters.misses, "http_cache_streaming_misses_total");
         }
         let (mut parts, body) = response.into_parts();
@@ -44,7 +45,7 @@ impl Pending {
         let options = cache.options.semantics();
         let status = parts.status;
         let (shared, rules) = (cache.options.shared, self.mode != CacheMode::IgnoreRules);
-        let rule = cache.ttl_rule(&self.request, &parts);
+        let rule = cache.ttl_rule(&self.request, &parts, self.request_ttl.as_deref().copied());
         // Why the storing rules refuse it, if they do; then what this cache refuses that
         // the origin allowed.
         let refused = if self.request.method != Method::GET {

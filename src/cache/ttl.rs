@@ -130,18 +130,23 @@ impl Ttl {
 
 impl HttpStreamingCache {
     /// The rule for a response (`head`) to `request`: the layer's [`ttl_fn`], else a `Ttl`
-    /// in the response's extensions, else one in the request's; the options' defaults
-    /// filling what it leaves unset.
+    /// in the response's extensions, else the request's (`request_ttl`, from its
+    /// extensions); the options' defaults filling what it leaves unset.
     ///
     /// [`ttl_fn`]: crate::HttpCacheOptions::ttl_fn
-    pub(super) fn ttl_rule(&self, request: &request::Parts, head: &response::Parts) -> Ttl {
+    pub(super) fn ttl_rule(
+        &self,
+        request: &request::Parts,
+        head: &response::Parts,
+        request_ttl: Option<Ttl>,
+    ) -> Ttl {
         let own = match &self.options.ttl_fn {
             Some(rule) => rule(request, head),
             None => head
                 .extensions
                 .get::<Ttl>()
-                .or_else(|| request.extensions.get::<Ttl>())
                 .copied()
+                .or(request_ttl)
                 .unwrap_or_default(),
         };
         own.over(self.options.ttl)
@@ -230,6 +235,13 @@ pub(super) fn overlaid(decided: &HeaderMap, own: &HeaderValue, shared: bool) -> 
         .map(|d| d.name)
         .collect();
     let mut kept: Vec<&str> = Vec::new();
+    // A `Pragma: no-cache` counts only where there is no `Cache-Control` (RFC 9111 §5.4):
+    // the one written here would hide it.
+    if !decided.contains_key(http::header::CACHE_CONTROL)
+        && super::directives::has_pragma_no_cache(decided)
+    {
+        kept.push("no-cache");
+    }
     for value in decided.get_all(http::header::CACHE_CONTROL) {
         let Ok(value) = value.to_str() else {
             continue;
@@ -254,4 +266,60 @@ pub(super) fn overlaid(decided: &HeaderMap, own: &HeaderValue, shared: bool) -> 
         view.insert(http::header::CACHE_CONTROL, value);
     }
     view
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn overlay(fields: &[(&str, &str)], own: &str, shared: bool) -> Option<String> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in fields {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            headers.append(name, HeaderValue::from_str(value).unwrap());
+        }
+        let view = overlaid(&headers, &HeaderValue::from_str(own).unwrap(), shared);
+        assert!(!view.contains_key(http::header::EXPIRES));
+        view.get(http::header::CACHE_CONTROL)
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    #[test]
+    fn the_own_freshness_replaces_the_origins_and_keeps_what_forbids_reuse() {
+        let cc = |value| {
+            [
+                ("cache-control", value),
+                ("expires", "Thu, 01 Jan 2099 00:00:00 GMT"),
+            ]
+        };
+        assert_eq!(
+            overlay(&cc("max-age=5, must-revalidate"), "max-age=60", true).as_deref(),
+            Some("must-revalidate, max-age=60")
+        );
+        // s-maxage leaves its proxy-revalidate behind in a shared cache only.
+        assert_eq!(
+            overlay(&cc("s-maxage=5, public"), "max-age=60", true).as_deref(),
+            Some("proxy-revalidate, public, max-age=60")
+        );
+        assert_eq!(
+            overlay(&cc("s-maxage=5, public"), "max-age=60", false).as_deref(),
+            Some("public, max-age=60")
+        );
+        // A qualified no-cache keeps its quoted list, commas and all; a stale window the
+        // field sets replaces the origin's.
+        assert_eq!(
+            overlay(
+                &cc("no-cache=\"set-cookie, x-a\", stale-if-error=5"),
+                "max-age=60, stale-if-error=30",
+                true
+            )
+            .as_deref(),
+            Some("no-cache=\"set-cookie, x-a\", max-age=60, stale-if-error=30")
+        );
+        // A Pragma: no-cache that counted (no Cache-Control) still does.
+        assert_eq!(
+            overlay(&[("pragma", "no-cache")], "max-age=60", true).as_deref(),
+            Some("no-cache, max-age=60")
+        );
+    }
 }
