@@ -113,8 +113,13 @@ impl HttpStreamingCache {
                 Lease::Alone => return None,
             };
             match self.manager.peer_fill(&holder, key, &parts.headers).await {
-                Ok(response) => {
+                Ok(mut response) => {
                     crate::log::debug_event!(%key, %holder, "streaming a peer's fill");
+                    // The holder's `Ttl` outcome (a handler's, which this node's rule
+                    // cannot know) rides with its sealed head; the field itself goes.
+                    if let Some(ttl) = super::Ttl::from_field(response.headers()) {
+                        response.extensions_mut().insert(ttl);
+                    }
                     return Some(response);
                 }
                 Err(NoFill::Unreachable) => unreachable = Some(holder),

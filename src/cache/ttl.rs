@@ -110,6 +110,26 @@ impl Ttl {
         self
     }
 
+    /// The outcome a node of the fleet kept in its own field (`max-age` and the stale
+    /// windows), as the `Ttl` that gives it again: what a peer's fill carries to the node
+    /// that stores it, whose own rule would not know a handler's.
+    pub(super) fn from_field(headers: &http::HeaderMap) -> Option<Ttl> {
+        let field = headers.get(TTL_FIELD)?;
+        let mut own = http::HeaderMap::new();
+        own.insert(http::header::CACHE_CONTROL, field.clone());
+        let seconds = |name: &str| {
+            view::directive_value(&own, name)
+                .flatten()
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_secs)
+        };
+        let mut ttl = Ttl::fixed(seconds("max-age")?);
+        if let Some(grace) = seconds("stale-while-revalidate").max(seconds("stale-if-error")) {
+            ttl = ttl.grace(grace);
+        }
+        Some(ttl)
+    }
+
     /// Whether the response may be stored.
     pub(super) fn stores(&self) -> bool {
         !self.no_store
@@ -321,5 +341,22 @@ mod tests {
             overlay(&[("pragma", "no-cache")], "max-age=60", true).as_deref(),
             Some("no-cache, max-age=60")
         );
+    }
+
+    #[test]
+    fn a_peers_field_gives_the_same_outcome_again() {
+        let rule = Ttl::fixed(Duration::from_secs(60)).grace(Duration::from_secs(30));
+        let mut headers = HeaderMap::new();
+        let field = "max-age=60, stale-while-revalidate=30, stale-if-error=30";
+        headers.insert(TTL_FIELD, HeaderValue::from_static(field));
+        assert_eq!(Ttl::from_field(&headers), Some(rule));
+        headers.insert(TTL_FIELD, HeaderValue::from_static("max-age=5"));
+        assert_eq!(
+            Ttl::from_field(&headers),
+            Some(Ttl::fixed(Duration::from_secs(5)))
+        );
+        headers.insert(TTL_FIELD, HeaderValue::from_static("stale-if-error=5"));
+        assert_eq!(Ttl::from_field(&headers), None);
+        assert_eq!(Ttl::from_field(&HeaderMap::new()), None);
     }
 }
