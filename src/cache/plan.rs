@@ -394,7 +394,11 @@ impl HttpStreamingCache {
         if mode == CacheMode::IgnoreRules {
             return !shared_cookie(shared, &entry.headers);
         }
-        let headers = &*self.decides_by(&entry.headers);
+        // What may be served is decided by the origin's fields (a targeted one in place of
+        // `Cache-Control`); a `Ttl`'s outcome speaks of freshness only, so it is not read
+        // here (nor paid for: this runs on every hit).
+        let targeted = view::targeted(&entry.headers, self.options.targeted());
+        let headers = targeted.as_ref().unwrap_or(&entry.headers);
         // Read once: this runs on every hit.
         let directives = view::cache_control(headers);
         let has = |name: &str| directives.iter().any(|d| d.name == name);
