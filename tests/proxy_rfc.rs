@@ -440,3 +440,45 @@ async fn partial_entries_are_neither_shared_from_authorized_requests_nor_past_ma
     assert!(start.hit(), "what fitted is held: {}", start.cache_status());
     assert_eq!(start.body.as_ref(), &body[..10_000]);
 }
+
+/// An origin's `206` that disagrees with itself (its `Content-Range` names six bytes, its
+/// body has five) is answered with a clean `502` saying why, every time, and nothing of it
+/// is kept: never a connection dropped under a client, never a mismatch stored for the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_206_that_disagrees_with_itself_is_a_clean_502() {
+    let origin = Origin::start(|parts, _| {
+        let range: &[(&str, &str)] = match parts.uri.path() {
+            // Six bytes named, five sent (with a Content-Length of five).
+            "/short" => &[("content-range", "bytes 0-5/10")],
+            // A span that ends before it starts, or past the whole length.
+            "/backwards" => &[("content-range", "bytes 5-2/10")],
+            _ => &[("content-range", "bytes 0-4/3")],
+        };
+        let mut response = reply(range, "abcde");
+        *response.status_mut() = http::StatusCode::PARTIAL_CONTENT;
+        for (name, value) in [("etag", "\"v1\""), ("cache-control", "max-age=600")] {
+            response.headers_mut().insert(name, value.parse().unwrap());
+        }
+        response
+    })
+    .await;
+    let (proxy, dir) = proxy(&origin, &[]);
+    for path in ["/short", "/backwards", "/beyond"] {
+        for _ in 0..2 {
+            let got = get(&proxy, path, &[("range", "bytes=0-5")]).await;
+            assert_eq!(
+                got.status,
+                http::StatusCode::BAD_GATEWAY,
+                "{path}: {}",
+                got.cache_status()
+            );
+            assert!(
+                got.cache_status().contains("detail=malformed-partial"),
+                "{path}: {}",
+                got.cache_status()
+            );
+            assert!(got.body.is_empty());
+        }
+    }
+    assert!(common::record_files(dir.path()).is_empty());
+}

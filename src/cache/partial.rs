@@ -176,6 +176,52 @@ fn content_range(headers: &HeaderMap) -> Option<(u64, u64, u64)> {
     (first <= last && last < complete).then_some((first, last + 1, complete))
 }
 
+/// Whether a `206`'s head disagrees with itself: a `Content-Range` that is no single valid
+/// byte range of the whole (a span that ends before it starts or past the whole length,
+/// not `bytes a-b/n`), or a `Content-Length` other than the span's. A multipart answer
+/// (`multipart/byteranges`, no `Content-Range` of its own) is not judged here.
+pub(super) fn malformed(headers: &HeaderMap) -> bool {
+    let multipart = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/byteranges")
+        });
+    if multipart && !headers.contains_key(header::CONTENT_RANGE) {
+        return false;
+    }
+    let span = headers
+        .get(header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("bytes "))
+        .and_then(|v| v.split_once('/'))
+        .and_then(|(span, complete)| {
+            let (first, last) = span.split_once('-')?;
+            let (first, last): (u64, u64) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
+            // The whole length may be unknown (`*`), RFC 9110 §14.4.
+            let fits = match complete.trim() {
+                "*" => true,
+                complete => complete
+                    .parse::<u64>()
+                    .is_ok_and(|complete| last < complete),
+            };
+            (first <= last && fits).then_some((first, last + 1))
+        });
+    let Some((first, end)) = span else {
+        return true;
+    };
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()));
+    match length {
+        None => false,
+        Some(Some(length)) => length != end - first,
+        Some(None) => true,
+    }
+}
+
 /// A strong entity tag: the only validator ranges are combined under (RFC 9111 §3.4).
 fn strong_etag(headers: &HeaderMap) -> Option<String> {
     let etag = headers.get(header::ETAG)?.to_str().ok()?.trim();
@@ -356,6 +402,43 @@ async fn partial_entry(
         Err(error) => {
             crate::log::warn_event!(%key, %error, "could not keep a partial response");
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(fields: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in fields {
+            let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+            headers.append(name, HeaderValue::from_str(value).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn a_206_is_malformed_only_when_it_disagrees_with_itself() {
+        for fine in [
+            &[("content-range", "bytes 0-5/10"), ("content-length", "6")][..],
+            &[("content-range", "bytes 0-5/*"), ("content-length", "6")],
+            &[("content-range", "bytes 4-4/5")],
+            &[("content-type", "multipart/byteranges; boundary=x")],
+        ] {
+            assert!(!malformed(&head(fine)), "{fine:?}");
+        }
+        for broken in [
+            &[("content-range", "bytes 0-5/10"), ("content-length", "5")][..],
+            &[("content-range", "bytes 5-2/10")],
+            &[("content-range", "bytes 0-4/3")],
+            &[("content-range", "bytes */10")],
+            &[("content-range", "items 0-4/10")],
+            &[("content-range", "bytes 0-5/10"), ("content-length", "six")],
+            &[("content-length", "6")],
+        ] {
+            assert!(malformed(&head(broken)), "{broken:?}");
         }
     }
 }
