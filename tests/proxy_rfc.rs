@@ -482,3 +482,27 @@ async fn a_206_that_disagrees_with_itself_is_a_clean_502() {
     }
     assert!(common::record_files(dir.path()).is_empty());
 }
+
+/// A final status the cache does not know, with explicit freshness, is reused as the origin
+/// asked (RFC 9111 §3); under `must-understand` it is not stored at all (§5.2.2.3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_statuses_are_reused_as_asked_unless_they_must_be_understood() {
+    let origin = Origin::start(|parts, n| {
+        let control = match parts.uri.path() {
+            "/must" => "max-age=600, must-understand",
+            _ => "max-age=600",
+        };
+        let mut response = reply(&[("cache-control", control)], format!("n{n}"));
+        *response.status_mut() = http::StatusCode::from_u16(418).unwrap();
+        response
+    })
+    .await;
+    let (proxy, _dir) = proxy(&origin, &[]);
+    for (path, reused) in [("/plain", true), ("/must", false)] {
+        let first = get(&proxy, path, &[]).await;
+        let again = get(&proxy, path, &[]).await;
+        assert_eq!(again.status.as_u16(), 418);
+        assert_eq!(again.hit(), reused, "{path}: {}", again.cache_status());
+        assert_eq!(again.body == first.body, reused, "{path}");
+    }
+}

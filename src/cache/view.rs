@@ -380,16 +380,30 @@ pub(super) fn request(request: &http::request::Parts) -> http::request::Parts {
     view
 }
 
-/// Statuses the policy engine does not store but this cache does when the origin gives
-/// them explicit freshness (`max-age`, `s-maxage`, `Expires`) or marks them `public`
-/// (RFC 9111 §3): errors an origin asks to be cached, so that a cache absorbs them.
-const STORED_WITH_EXPLICIT_FRESHNESS: [u16; 7] = [299, 400, 500, 502, 503, 504, 599];
-
-/// Statuses this cache understands (RFC 9111 §5.2.2.3): the policy engine's and those above.
-const UNDERSTOOD: [u16; 21] = [
-    200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501, 299, 400, 500, 502, 503,
-    504, 599,
+/// Statuses the policy engine stores (RFC 9111 §3, as it reads it).
+const ENGINE_STORES: [u16; 14] = [
+    200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501,
 ];
+
+/// Statuses this cache understands (RFC 9111 §5.2.2.3): the policy engine's, and the
+/// errors RFC 9110 defines that it stores when told to. An unregistered code (`299`,
+/// `599`) is not understood: with `must-understand` it is never stored.
+const UNDERSTOOD: [u16; 19] = [
+    200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501, 400, 500, 502, 503, 504,
+];
+
+/// Whether a response of `status` with explicit freshness (`max-age`, `s-maxage`,
+/// `Expires`) or `public` may be stored although the policy engine would not: any final
+/// status but `206` and `304` (RFC 9111 §3 asks a cache to understand only those, and any
+/// status under `must-understand`), which the origin asked to be cached.
+fn stored_with_explicit_freshness(status: http::StatusCode, must_understand: bool) -> bool {
+    let code = status.as_u16();
+    (200..600).contains(&code)
+        && code != 206
+        && code != 304
+        && !ENGINE_STORES.contains(&code)
+        && (!must_understand || understands(status))
+}
 
 /// Whether this cache understands `status`: what lets `must-understand` override `no-store`.
 pub(super) fn understands(status: http::StatusCode) -> bool {
@@ -397,10 +411,11 @@ pub(super) fn understands(status: http::StatusCode) -> bool {
 }
 
 /// A response head of `status`, `version` and `headers` normalized, as the policy engine is
-/// to judge it. A status of [`STORED_WITH_EXPLICIT_FRESHNESS`] with explicit freshness or
-/// `public` is shown as a `200`, which the engine stores and reuses as the origin asked; a
-/// `no-store` with `must-understand` on an understood status is dropped (§5.2.2.3), since
-/// this cache understands it.
+/// to judge it. A final status the engine does not store, with explicit freshness or
+/// `public`, is shown as a `200`, which the engine stores and reuses as the origin asked
+/// (but under `must-understand` for a status this cache does not understand); a `no-store`
+/// with `must-understand` on an understood status is dropped (§5.2.2.3), since this cache
+/// understands it.
 pub(super) fn response_head(
     status: http::StatusCode,
     version: http::Version,
@@ -425,7 +440,7 @@ pub(super) fn response_head(
     }
     let explicit =
         has("max-age") || has("s-maxage") || has("public") || view.contains_key(header::EXPIRES);
-    let shown = if explicit && STORED_WITH_EXPLICIT_FRESHNESS.contains(&status.as_u16()) {
+    let shown = if explicit && stored_with_explicit_freshness(status, has("must-understand")) {
         http::StatusCode::OK
     } else {
         status

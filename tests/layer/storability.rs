@@ -273,8 +273,26 @@ async fn status_reused_with(
 #[tokio::test]
 async fn statuses_the_cache_understands_are_reused_with_explicit_freshness() {
     let fresh: &[(&str, &str)] = &[("cache-control", "max-age=60")];
-    for status in [299, 404, 410] {
+    // Any final status the origin gives explicit freshness, known or not (§3)...
+    for status in [299, 404, 410, 418, 226, 399, 499] {
         assert!(status_reused(status, fresh).await, "{status}");
+    }
+    // ...but with must-understand, only a status the cache understands (§5.2.2.3).
+    let must: &[(&str, &str)] = &[("cache-control", "max-age=60, must-understand")];
+    assert!(status_reused(404, must).await);
+    for status in [418, 299, 499] {
+        assert!(!status_reused(status, must).await, "{status}");
+    }
+    let errors_kept =
+        HttpCacheOptions::default().store_errors(Some(std::time::Duration::from_secs(60)));
+    assert!(status_reused_with(errors_kept.clone(), 503, must).await);
+    for status in [599, 555] {
+        assert!(
+            !status_reused_with(errors_kept.clone(), status, must).await,
+            "{status}"
+        );
+        let private = HttpCacheOptions::default().shared(false);
+        assert!(!status_reused_with(private, status, must).await, "{status}");
     }
     // Errors a client may provoke: not in a shared cache unless it is told to store them,
     // and then for no longer than it says.
