@@ -415,6 +415,10 @@ async fn expires_is_read_in_every_http_date_form() {
         "Fri, 01 Jan 2049 00:00:00 GMT",
         "Friday, 01-Jan-49 00:00:00 GMT",
         "Fri Jan  1 00:00:00 2049",
+        // Dates are matched case-insensitively by a cache (RFC 9111 §4.2).
+        "fri, 01 JAN 2049 00:00:00 gmt",
+        "FRIDAY, 01-jan-49 00:00:00 GMT",
+        "fRI jAN  1 00:00:00 2049",
     ] {
         let headers: &'static [(&str, &str)] = Box::leak(Box::new([("expires", expires)]));
         assert!(reused(headers, &[]).await, "{expires}");
