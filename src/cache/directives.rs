@@ -184,14 +184,6 @@ pub(super) fn directive_value(headers: &HeaderMap, directive: &str) -> Option<St
     Some(value.unwrap_or_default())
 }
 
-pub(super) fn has_pragma_no_cache(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::PRAGMA)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.to_ascii_lowercase().contains("no-cache"))
-}
-
 /// Whether a request carries validators of its own (`If-None-Match`, `If-Modified-Since`).
 pub(super) fn is_conditional(headers: &HeaderMap) -> bool {
     headers.contains_key(header::IF_NONE_MATCH) || headers.contains_key(header::IF_MODIFIED_SINCE)

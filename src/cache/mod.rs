@@ -4,6 +4,7 @@
 
 mod cache_key;
 mod conditional;
+mod dates;
 mod directives;
 mod fleet;
 mod invalidations;
@@ -18,6 +19,7 @@ pub(crate) mod range;
 mod stats;
 mod status;
 mod storing;
+mod targeted;
 mod ttl;
 mod variants;
 mod view;
@@ -338,17 +340,7 @@ impl HttpStreamingCache {
     /// keeps it, within [`FleetInvalidations`]' bounds; past them, here and in the shared
     /// tier only.
     async fn delete(&self, key: &str) {
-        let rate = self.options.fleet_invalidation_rate;
-        let removed = if !self.manager.shares_purges() || self.invalidations.admit(key, rate) {
-            self.remove(key, false).await.map(drop)
-        } else {
-            count(
-                &self.counters.invalidations_here,
-                "http_cache_streaming_invalidations_not_shared_total",
-            );
-            self.remove_here(key).await
-        };
-        if let Err(error) = removed {
+        if let Err(error) = self.remove_within_budget(key, false).await {
             count(&self.counters.errors, "http_cache_streaming_errors_total");
             crate::log::warn_event!(%key, %error, "could not invalidate a cache entry");
         }

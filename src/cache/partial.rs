@@ -180,7 +180,7 @@ fn content_range(headers: &HeaderMap) -> Option<(u64, u64, u64)> {
 /// byte range of the whole (a span that ends before it starts or past the whole length,
 /// not `bytes a-b/n`), or a `Content-Length` other than the span's. A multipart answer
 /// (`multipart/byteranges`, no `Content-Range` of its own) is not judged here.
-pub(super) fn malformed(headers: &HeaderMap) -> bool {
+fn malformed(headers: &HeaderMap) -> bool {
     let multipart = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -236,6 +236,16 @@ impl Pending {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        if malformed(response.headers()) {
+            // A `206` that disagrees with itself cannot be framed from its `Content-Range`
+            // for the client (nor kept): a clean 502 that says why, never a connection cut
+            // mid-answer. (`206`s to other requests pass as the origin framed them.)
+            crate::log::warn_event!(key = %self.key, "a 206 whose Content-Range disagrees with itself");
+            let status = Status::forward(fwd)
+                .fwd_status(StatusCode::PARTIAL_CONTENT)
+                .detail("malformed-partial");
+            return Finished::Ready(self.cache.bad_gateway(status));
+        }
         let plan = self.partial.take().unwrap_or(PartialPlan::Store);
         count(
             &self.cache.counters.misses,

@@ -38,21 +38,6 @@ impl Pending {
         match std::mem::replace(&mut self.action, Action::Pass) {
             Action::Pass => Finished::Ready(self.pass(response, Status::forward(Fwd::Request))),
             Action::Invalidate => Finished::Later(Box::pin(self.invalidate(response))),
-            Action::Fetch { fwd, .. }
-                if self.partial.is_some()
-                    && response.status() == StatusCode::PARTIAL_CONTENT
-                    && super::partial::malformed(response.headers()) =>
-            {
-                // A `206` to a ranged miss that disagrees with itself cannot be framed from
-                // its `Content-Range` for the client (nor kept): a clean 502 that says why,
-                // never a connection cut mid-answer. (Other `206`s pass as the origin framed
-                // them.)
-                crate::log::warn_event!(key = %self.key, "a 206 whose Content-Range disagrees with itself");
-                let status = Status::forward(fwd)
-                    .fwd_status(StatusCode::PARTIAL_CONTENT)
-                    .detail("malformed-partial");
-                Finished::Ready(self.cache.bad_gateway(status))
-            }
             Action::Fetch {
                 fwd,
                 stale,

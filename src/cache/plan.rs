@@ -14,8 +14,8 @@ use crate::format::record::Entry;
 use crate::store::fill::{FillLeader, Followed, Role};
 
 use super::directives::{
-    Judged, Qualified, directive_value, has_directive, has_pragma_no_cache, must_revalidate,
-    policy_view, qualified, shared_cookie, stale_for_at_most, validators, withheld,
+    Judged, Qualified, directive_value, has_directive, must_revalidate, policy_view, qualified,
+    shared_cookie, stale_for_at_most, validators, withheld,
 };
 use super::status::{Forwarded, Fwd, Status};
 use super::variants::{same_variant, variants_generation};
@@ -268,7 +268,7 @@ impl HttpStreamingCache {
         ) && !has_directive(&parts.headers, "no-cache")
             && !has_directive(&parts.headers, "no-store")
             && directive_value(&parts.headers, "max-age").as_deref() != Some("0")
-            && !has_pragma_no_cache(&parts.headers);
+            && !view::has_pragma_no_cache(&parts.headers);
         if !options.coalesce || parts.method != Method::GET || !takes_stored {
             return self.forward(parts, key, mode, action(None), conditional);
         }
@@ -397,7 +397,7 @@ impl HttpStreamingCache {
         // What may be served is decided by the origin's fields (a targeted one in place of
         // `Cache-Control`); a `Ttl`'s outcome speaks of freshness only, so it is not read
         // here (nor paid for: this runs on every hit).
-        let targeted = view::targeted(&entry.headers, self.options.targeted());
+        let targeted = super::targeted::targeted(&entry.headers, self.options.targeted());
         let headers = targeted.as_ref().unwrap_or(&entry.headers);
         // Read once: this runs on every hit.
         let directives = view::cache_control(headers);

@@ -53,18 +53,7 @@ impl HttpStreamingCache {
             return Err(crate::Error::new(crate::ErrorKind::InvalidInput)
                 .with_subject(format!("{} names no site the cache keys", get.uri)));
         }
-        let key = self.key(&get);
-        let rate = self.options.fleet_invalidation_rate;
-        if !self.manager.shares_purges() || self.invalidations.admit(&key, rate) {
-            return self.remove(&key, true).await;
-        }
-        super::count(
-            &self.counters.invalidations_here,
-            "http_cache_streaming_invalidations_not_shared_total",
-        );
-        let stored = self.manager.stored_headers_here(&key).await.is_some();
-        self.remove_here(&key).await?;
-        Ok(stored)
+        self.remove_within_budget(&self.key(&get), true).await
     }
 
     /// Removes what is stored for the GET of `path_and_query` on the site `request` was
@@ -128,13 +117,34 @@ impl HttpStreamingCache {
         Ok(stored.is_some())
     }
 
-    /// [`remove`](Self::remove) from this node and the shared tier only, without reading
-    /// the tier or writing to the purge log.
-    pub(super) async fn remove_here(&self, key: &str) -> crate::Result<()> {
-        if let Some(list) = self.manager.stored_headers_here(key).await {
-            self.remove_variants(key, &list).await?;
+    /// [`remove`](Self::remove) within the fleet's budget of invalidations
+    /// ([`FleetInvalidations`](super::invalidations::FleetInvalidations)): past it, or for a
+    /// key removed within the second, from this node and the shared tier only (counted).
+    pub(super) async fn remove_within_budget(
+        &self,
+        key: &str,
+        everywhere: bool,
+    ) -> crate::Result<bool> {
+        let rate = self.options.fleet_invalidation_rate;
+        if !self.manager.shares_purges() || self.invalidations.admit(key, rate) {
+            return self.remove(key, everywhere).await;
         }
-        self.manager.forget(key).await
+        super::count(
+            &self.counters.invalidations_here,
+            "http_cache_streaming_invalidations_not_shared_total",
+        );
+        self.remove_here(key).await
+    }
+
+    /// [`remove`](Self::remove) from this node and the shared tier only, without reading
+    /// the tier or writing to the purge log. `true` when something was stored here.
+    async fn remove_here(&self, key: &str) -> crate::Result<bool> {
+        let stored = self.manager.stored_headers_here(key).await;
+        if let Some(list) = &stored {
+            self.remove_variants(key, list).await?;
+        }
+        self.manager.forget(key).await?;
+        Ok(stored.is_some())
     }
 
     /// Removes every stored response under `prefix` (every method and variant), and

@@ -2,7 +2,7 @@
 //! fields only its own client gets, and the tee into the store.
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, Response, StatusCode};
 use http_body::Body;
 use http_cache_semantics::CachePolicy;
@@ -210,15 +210,11 @@ impl Pending {
         let status = Status::forward(fwd)
             .fwd_status(response.status())
             .detail(why.as_str());
-        let mut response = self.pass(response, status);
+        let mut response = response.map(StreamingBody::pass);
+        self.cache
+            .annotate(response.headers_mut(), &status, false, found);
         add_fields(response.headers_mut(), withheld);
         response.extensions_mut().insert(why);
-        if found && self.cache.options.x_cache {
-            response.headers_mut().insert(
-                HeaderName::from_static("x-cache-lookup"),
-                HeaderValue::from_static("HIT"),
-            );
-        }
         response
     }
 

@@ -224,7 +224,7 @@ pub(super) fn decided<'h>(
     shared: bool,
 ) -> std::borrow::Cow<'h, HeaderMap> {
     use std::borrow::Cow;
-    let decided = match view::targeted(headers, targeted) {
+    let decided = match super::targeted::targeted(headers, targeted) {
         Some(view) => Cow::Owned(view),
         None => Cow::Borrowed(headers),
     };
@@ -257,9 +257,7 @@ pub(super) fn overlaid(decided: &HeaderMap, own: &HeaderValue, shared: bool) -> 
     let mut kept: Vec<&str> = Vec::new();
     // A `Pragma: no-cache` counts only where there is no `Cache-Control` (RFC 9111 §5.4):
     // the one written here would hide it.
-    if !decided.contains_key(http::header::CACHE_CONTROL)
-        && super::directives::has_pragma_no_cache(decided)
-    {
+    if !decided.contains_key(http::header::CACHE_CONTROL) && view::has_pragma_no_cache(decided) {
         kept.push("no-cache");
     }
     for value in decided.get_all(http::header::CACHE_CONTROL) {
