@@ -8,7 +8,8 @@ use http::{StatusCode, response};
 /// Whether a `GET` or `HEAD` with `request` headers is answered `304` by a stored `200`
 /// with `stored` headers: its `If-None-Match` names the stored entity tag (weak
 /// comparison) or is `*`; without `If-None-Match`, its `If-Modified-Since` is a valid date
-/// no earlier than the stored `Last-Modified` (or, lacking one, `Date`).
+/// no earlier than the stored `Last-Modified` (or, lacking one, `Date`, as RFC 9111 §4.3.2
+/// says). An `If-Modified-Since` of more than one field line is no date (RFC 9110 §13.1.3).
 pub(super) fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
     if request.contains_key(header::IF_NONE_MATCH) {
         let Some(tag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
@@ -26,7 +27,9 @@ pub(super) fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
             .map(str::trim)
             .any(|listed| listed == "*" || opaque(listed) == tag);
     }
-    let Some(since) = date(request, header::IF_MODIFIED_SINCE) else {
+    let Some(since) = date(request, header::IF_MODIFIED_SINCE)
+        .filter(|_| request.get_all(header::IF_MODIFIED_SINCE).iter().count() == 1)
+    else {
         return false;
     };
     date(stored, header::LAST_MODIFIED)
@@ -111,6 +114,26 @@ mod tests {
             "Sat, 05 Nov 1994 08:49:37 GMT"
         )]));
         assert!(!asks(&[("if-modified-since", "yesterday")]));
+        // Two lines are no date, even two that would each be met.
+        assert!(!asks(&[
+            ("if-modified-since", "Mon, 07 Nov 1994 08:49:37 GMT"),
+            ("if-modified-since", "Mon, 07 Nov 1994 08:49:37 GMT")
+        ]));
         assert!(!asks(&[]));
+    }
+
+    #[test]
+    fn without_last_modified_the_stored_date_is_what_if_modified_since_meets() {
+        let stored = headers(&[("date", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        let since = |date: &str| not_modified(&headers(&[("if-modified-since", date)]), &stored);
+        assert!(since("Sun, 06 Nov 1994 08:49:37 GMT"));
+        assert!(since("Mon, 07 Nov 1994 08:49:37 GMT"));
+        // Asked about a copy older than the stored one: it may have changed since.
+        assert!(!since("Sun, 06 Nov 1994 07:59:37 GMT"));
+        // Neither date: nothing to compare.
+        assert!(!not_modified(
+            &headers(&[("if-modified-since", "Mon, 07 Nov 1994 08:49:37 GMT")]),
+            &HeaderMap::new()
+        ));
     }
 }

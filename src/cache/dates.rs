@@ -1,16 +1,49 @@
 //! HTTP-dates as a cache reads them (`Expires`, `Date`): the three forms of RFC 9110 §5.6.7
-//! in any letter case (RFC 9111 §4.2), written back as an IMF-fixdate.
+//! in any letter case (RFC 9111 §4.2), the day's name read past when it disagrees with the
+//! date (it only repeats what the date says), written back as an IMF-fixdate.
+
+use std::time::SystemTime;
 
 use http::HeaderMap;
 use http::header::{self, HeaderValue};
 
-/// The first `name` field of `headers` as an IMF-fixdate, if it is a valid HTTP-date.
+/// The first `name` field of `headers` as an IMF-fixdate, if it is an HTTP-date.
 pub(super) fn first_date(headers: &HeaderMap, name: header::HeaderName) -> Option<HeaderValue> {
-    let value = headers.get(name)?.to_str().ok()?;
-    let date = httpdate::parse_http_date(value)
-        .or_else(|_| httpdate::parse_http_date(&in_date_case(value)))
-        .ok()?;
+    let date = parse(headers.get(name)?.to_str().ok()?)?;
     HeaderValue::try_from(httpdate::fmt_http_date(date)).ok()
+}
+
+/// An HTTP-date in any of its three forms, read as robustly as RFC 9110 §5.6.7 encourages:
+/// in any letter case, and with a day name that is not the date's (`Thu Aug  8 … 2050`, a
+/// Monday) read as the date, as nginx and Apache read it. Anything else is no date.
+pub(super) fn parse(value: &str) -> Option<SystemTime> {
+    if let Ok(date) = httpdate::parse_http_date(value) {
+        return Some(date);
+    }
+    let cased = in_date_case(value);
+    if let Ok(date) = httpdate::parse_http_date(&cased) {
+        return Some(date);
+    }
+    // Only a day's name that is not the date's can be wrong now: each day's is tried in its
+    // place, and the date decides.
+    const DAYS: [&str; 7] = [
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+    ];
+    let name_len = cased.find(|c: char| !c.is_ascii_alphabetic())?;
+    let (name, rest) = cased.split_at(name_len);
+    if !DAYS.iter().any(|day| name == *day || name == &day[..3]) {
+        return None;
+    }
+    DAYS.iter().find_map(|day| {
+        let name = if name_len == 3 { &day[..3] } else { day };
+        httpdate::parse_http_date(&format!("{name}{rest}")).ok()
+    })
 }
 
 /// An HTTP-date written in any letter case, in the case its grammar gives (`thu, 01 JAN
@@ -53,10 +86,17 @@ mod tests {
             "fri, 01 jan 2049 00:00:00 gmt",
             "friday, 01-jan-49 00:00:00 gmt",
             "FRI JAN  1 00:00:00 2049",
+            // The day's name disagreeing with the date: the date decides.
+            "Mon, 01 Jan 2049 00:00:00 GMT",
+            "Sun Jan  1 00:00:00 2049",
+            "monday, 01-Jan-49 00:00:00 GMT",
         ] {
             assert_eq!(first(written), canonical, "{written}");
         }
         // Not a date in any case.
         assert_eq!(first("tomorrow"), None);
+        assert_eq!(first("Xyz, 01 Jan 2049 00:00:00 GMT"), None);
+        assert_eq!(first("Fri, 32 Jan 2049 00:00:00 GMT"), None);
+        assert_eq!(first(""), None);
     }
 }

@@ -215,16 +215,26 @@ pub(super) fn selects(stored: &HeaderMap, fresh: &HeaderMap) -> bool {
 }
 
 /// Whether a `200` to a `HEAD` with `head` headers selects the stored `GET` response with
-/// `stored` headers for update (RFC 9111 §4.3.5): it names it by a validator (see
-/// [`selects`]), and where both have a `Content-Length`, they agree.
+/// `stored` headers for update (RFC 9111 §4.3.5): every validator it carries (`ETag`,
+/// `Last-Modified`) is the stored one's, and so is its `Content-Length` where both have one.
+/// A validator the stored response has and the `HEAD`'s lacks is one that changed.
 pub(super) fn head_selects(stored: &HeaderMap, head: &HeaderMap) -> bool {
-    let validated = head.contains_key(header::ETAG) || head.contains_key(header::LAST_MODIFIED);
-    let length = |h: &HeaderMap| h.get(header::CONTENT_LENGTH).cloned();
-    let lengths_agree = match (length(stored), length(head)) {
+    let value = |headers: &HeaderMap, name: &header::HeaderName| {
+        headers
+            .get(name)
+            .map(|v| v.as_bytes().trim_ascii().to_vec())
+    };
+    let validators_agree = [header::ETAG, header::LAST_MODIFIED]
+        .iter()
+        .all(|name| value(stored, name) == value(head, name));
+    let lengths_agree = match (
+        value(stored, &header::CONTENT_LENGTH),
+        value(head, &header::CONTENT_LENGTH),
+    ) {
         (Some(a), Some(b)) => a == b,
         _ => true,
     };
-    validated && lengths_agree && selects(stored, head)
+    validators_agree && lengths_agree
 }
 
 /// Whether a stored response may never be served stale, only after a successful

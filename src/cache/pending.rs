@@ -68,13 +68,17 @@ impl Pending {
                     Finished::Later(Box::pin(self.revalidated(stale, response, leader)))
                 }
                 // A 200 to a HEAD freshens the stored GET it selects (RFC 9111 §4.3.5): its
-                // headers are updated as a 304's would be, the body left as it is.
+                // headers are updated as a 304's would be, the body left as it is. One that
+                // does not select it says the representation changed: it is not kept.
                 Some(stale)
                     if self.request.method == Method::HEAD
-                        && response.status() == StatusCode::OK
-                        && head_selects(stale.response.headers(), response.headers()) =>
+                        && response.status() == StatusCode::OK =>
                 {
-                    Finished::Later(Box::pin(self.revalidated(stale, response, leader)))
+                    if head_selects(stale.response.headers(), response.headers()) {
+                        Finished::Later(Box::pin(self.revalidated(stale, response, leader)))
+                    } else {
+                        Finished::Later(Box::pin(self.changed_under_head(stale, response)))
+                    }
                 }
                 Some(stale) if response.status().is_server_error() => {
                     match self.stale_on_error(&stale, Some(response.status())) {
@@ -251,6 +255,23 @@ impl Pending {
             }
         }
         self.pass(response, Status::forward(Fwd::Request))
+    }
+
+    /// A `200` to a `HEAD` that names another representation than the stored `GET`
+    /// response's: that response is removed (RFC 9111 §4.3.5 has it stale at least), and
+    /// the `HEAD`'s answer passed on.
+    async fn changed_under_head<B>(
+        self,
+        stale: Box<Stale>,
+        response: Response<B>,
+    ) -> Response<StreamingBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.cache.delete(&stale.key).await;
+        let status = Status::forward(Fwd::Stale).fwd_status(response.status());
+        self.pass(response, status)
     }
 
     /// A `304` to a revalidation: the stored response, with the `304`'s headers, served

@@ -630,27 +630,29 @@ async fn a_conditional_request_is_answered_304_from_a_fresh_entry() {
 
 #[tokio::test]
 async fn a_200_to_a_head_freshens_the_stored_get_it_names() {
-    for (head_tag, freshened) in [("\"v1\"", true), ("\"v2\"", false)] {
+    // (the GET's entity tag, the HEAD's, the HEAD's body length, whether it freshens)
+    let cases: [(Option<&'static str>, Option<&'static str>, &'static str, bool); 6] = [
+        (Some("\"v1\""), Some("\"v1\""), "body", true),
+        (Some("\"v1\""), Some("\"v2\""), "body", false),
+        // The HEAD's answer lost the validator the stored one has: it changed.
+        (Some("\"v1\""), None, "body", false),
+        // Neither has a validator: the lengths agree, nothing disagrees.
+        (None, None, "body", true),
+        (None, Some("\"v1\""), "body", false),
+        (None, None, "other length", false),
+    ];
+    for (get_tag, head_tag, head_body, freshened) in cases {
+        let case = format!("{get_tag:?} / {head_tag:?} / {head_body}");
         let mut s = setup(HttpCacheOptions::default(), move |parts, n| {
             if parts.method == http::Method::HEAD {
-                // Validators ignored: a 200 with new metadata for the same representation.
-                return reply(
-                    &[
-                        ("cache-control", "max-age=60"),
-                        ("etag", head_tag),
-                        ("x-version", "2"),
-                    ],
-                    "body",
-                );
+                let mut fields = vec![("cache-control", "max-age=60"), ("x-version", "2")];
+                fields.extend(head_tag.map(|tag| ("etag", tag)));
+                return reply(&fields, head_body);
             }
-            reply(
-                &[
-                    ("cache-control", "max-age=1"),
-                    ("etag", "\"v1\""),
-                    ("x-version", &n.to_string()),
-                ],
-                "body",
-            )
+            let version = n.to_string();
+            let mut fields = vec![("cache-control", "max-age=1"), ("x-version", &version)];
+            fields.extend(get_tag.map(|tag| ("etag", tag)));
+            reply(&fields, "body")
         })
         .await;
         let url = s.origin.url("/h");
@@ -659,22 +661,49 @@ async fn a_200_to_a_head_freshens_the_stored_get_it_names() {
         let head = send(&mut s.cache, with("HEAD", &url, &[])).await;
         assert_eq!(
             (head.status, head.header("x-version")),
-            (StatusCode::OK, Some("2"))
+            (StatusCode::OK, Some("2")),
+            "{case}"
         );
         assert!(head.body.is_empty());
         s.clock.advance(5);
         let got = send(&mut s.cache, get(&url)).await;
         assert_eq!(got.body, "body");
         if freshened {
-            assert!(got.cache_status().contains("hit"), "{}", got.cache_status());
-            assert_eq!(got.header("x-version"), Some("2"), "the HEAD's headers");
-            assert_eq!(s.origin.hits(), 2);
+            assert!(got.hit(), "{case}: {}", got.cache_status());
+            assert_eq!(got.header("x-version"), Some("2"), "{case}: the HEAD's headers");
+            assert_eq!(s.origin.hits(), 2, "{case}");
         } else {
-            assert!(
-                !got.cache_status().contains("hit"),
-                "another representation"
-            );
-            assert_eq!(s.origin.hits(), 3);
+            assert!(!got.hit(), "{case}: another representation");
+            assert_eq!(s.origin.hits(), 3, "{case}");
         }
     }
+}
+
+#[tokio::test]
+async fn a_200_to_a_head_naming_another_representation_removes_the_fresh_stored_get() {
+    let mut s = setup(HttpCacheOptions::default(), move |parts, n| {
+        let tag = if parts.method == http::Method::HEAD {
+            "\"v2\""
+        } else {
+            "\"v1\""
+        };
+        reply(&[("cache-control", "max-age=60"), ("etag", tag)], format!("n{n}"))
+    })
+    .await;
+    let url = s.origin.url("/h");
+    send(&mut s.cache, get(&url)).await;
+    assert!(send(&mut s.cache, get(&url)).await.hit());
+    // A HEAD that must go to the origin finds the representation changed.
+    let head = send(
+        &mut s.cache,
+        with("HEAD", &url, &[("cache-control", "no-cache")]),
+    )
+    .await;
+    assert_eq!(head.header("etag"), Some("\"v2\""));
+    assert_eq!(s.origin.hits(), 2);
+    // The stored GET, fresh by its own fields, is not served again.
+    let got = send(&mut s.cache, get(&url)).await;
+    assert!(!got.hit(), "{}", got.cache_status());
+    assert_eq!(got.body, "n3");
+    assert_eq!(s.origin.hits(), 3);
 }
