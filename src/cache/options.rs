@@ -69,6 +69,7 @@ pub struct HttpCacheOptions {
     pub(super) store_partial: bool,
     pub(super) targeted: Vec<http::HeaderName>,
     pub(super) answer_conditionals: bool,
+    pub(super) reuse_post: bool,
     pub(super) store_set_cookie: bool,
     pub(super) store_errors: Option<Duration>,
     pub(super) fleet_invalidation_rate: u32,
@@ -94,6 +95,7 @@ impl Default for HttpCacheOptions {
             background: Background::new(BACKGROUND_FILLS, BACKGROUND_BYTES),
             targeted: vec![http::HeaderName::from_static("cdn-cache-control")],
             answer_conditionals: true,
+            reuse_post: true,
             stale_on_error: None,
             sweep_every: None,
             fetch_whole_on_range_miss: false,
@@ -128,6 +130,7 @@ impl fmt::Debug for HttpCacheOptions {
             .field("store_partial_content", &self.store_partial)
             .field("targeted_cache_control", &self.targeted)
             .field("answer_conditionals", &self.answer_conditionals)
+            .field("reuse_post_responses", &self.reuse_post)
             .field("store_set_cookie", &self.store_set_cookie)
             .field("store_errors", &self.store_errors)
             .field("fleet_invalidation_rate", &self.fleet_invalidation_rate)
@@ -397,6 +400,17 @@ impl HttpCacheOptions {
     /// §4.3.2). On by default; off, such requests get the `200`.
     pub fn answer_conditionals(mut self, answer: bool) -> Self {
         self.answer_conditionals = answer;
+        self
+    }
+
+    /// Whether a `POST`'s answer that gives explicit freshness and a `Content-Location`
+    /// naming the `POST`'s own URI is stored as that URI's `GET` response, for later `GET`
+    /// and `HEAD` requests (RFC 9110 §9.3.3: the origin says it is the URI's current
+    /// representation). On by default; the storing rules of any response still apply (no
+    /// `Authorization`, no `private`, no cookie in a shared cache). Off, a `POST` only
+    /// invalidates what is stored for its URI.
+    pub fn reuse_post_responses(mut self, reuse: bool) -> Self {
+        self.reuse_post = reuse;
         self
     }
 

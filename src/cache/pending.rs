@@ -254,7 +254,59 @@ impl Pending {
                 }
             }
         }
+        if let Some(get) = self.post_as_get(response.headers()) {
+            return match get.store(response, Fwd::Request, false, None) {
+                Finished::Ready(response) => response,
+                Finished::Later(future) => future.await,
+                Finished::Again(pending) => pending.not_selected(),
+            };
+        }
         self.pass(response, Status::forward(Fwd::Request))
+    }
+
+    /// The `GET` of this `POST`'s URI, to store its answer under, when that answer says it
+    /// is the URI's current representation (RFC 9110 §9.3.3): explicit freshness and one
+    /// `Content-Location` naming the URI itself. What makes a `POST` (its body's fields) is
+    /// not the `GET`'s.
+    fn post_as_get(&self, response: &HeaderMap) -> Option<Pending> {
+        let cache = &self.cache;
+        if self.request.method != Method::POST
+            || !cache.options.reuse_post
+            || self.mode != CacheMode::Default
+            || !super::ttl::explicit_freshness(&cache.decides_by(response), cache.options.shared)
+        {
+            return None;
+        }
+        let mut locations = response.get_all(header::CONTENT_LOCATION).iter();
+        let (Some(location), None) = (locations.next(), locations.next()) else {
+            return None;
+        };
+        let named = key::same_origin_get(&self.request, location.to_str().ok()?)?;
+        let mut get = self.request.clone();
+        get.method = Method::GET;
+        for name in [
+            header::CONTENT_LENGTH,
+            header::CONTENT_TYPE,
+            header::CONTENT_ENCODING,
+            header::TRANSFER_ENCODING,
+        ] {
+            get.headers.remove(name);
+        }
+        let key = cache.key(&get);
+        if cache.key(&named) != key {
+            return None;
+        }
+        let action = Action::Fetch {
+            fwd: Fwd::Request,
+            stale: None,
+            lookup_found: false,
+            leader: None,
+        };
+        Some(Pending {
+            // Counted once, as the pass it is.
+            background: true,
+            ..cache.pending(&get, key, self.mode, action)
+        })
     }
 
     /// A `200` to a `HEAD` that names another representation than the stored `GET`

@@ -631,7 +631,12 @@ async fn a_conditional_request_is_answered_304_from_a_fresh_entry() {
 #[tokio::test]
 async fn a_200_to_a_head_freshens_the_stored_get_it_names() {
     // (the GET's entity tag, the HEAD's, the HEAD's body length, whether it freshens)
-    let cases: [(Option<&'static str>, Option<&'static str>, &'static str, bool); 6] = [
+    let cases: [(
+        Option<&'static str>,
+        Option<&'static str>,
+        &'static str,
+        bool,
+    ); 6] = [
         (Some("\"v1\""), Some("\"v1\""), "body", true),
         (Some("\"v1\""), Some("\"v2\""), "body", false),
         // The HEAD's answer lost the validator the stored one has: it changed.
@@ -670,7 +675,11 @@ async fn a_200_to_a_head_freshens_the_stored_get_it_names() {
         assert_eq!(got.body, "body");
         if freshened {
             assert!(got.hit(), "{case}: {}", got.cache_status());
-            assert_eq!(got.header("x-version"), Some("2"), "{case}: the HEAD's headers");
+            assert_eq!(
+                got.header("x-version"),
+                Some("2"),
+                "{case}: the HEAD's headers"
+            );
             assert_eq!(s.origin.hits(), 2, "{case}");
         } else {
             assert!(!got.hit(), "{case}: another representation");
@@ -687,7 +696,10 @@ async fn a_200_to_a_head_naming_another_representation_removes_the_fresh_stored_
         } else {
             "\"v1\""
         };
-        reply(&[("cache-control", "max-age=60"), ("etag", tag)], format!("n{n}"))
+        reply(
+            &[("cache-control", "max-age=60"), ("etag", tag)],
+            format!("n{n}"),
+        )
     })
     .await;
     let url = s.origin.url("/h");

@@ -322,3 +322,82 @@ async fn statuses_the_cache_understands_are_reused_with_explicit_freshness() {
     assert!(!status_reused(418, understood).await);
     assert!(!status_reused(200, &[("cache-control", "max-age=60, no-store")]).await);
 }
+
+/// An origin whose `POST` answers say they are the URI's representation as each path asks,
+/// and whose `GET` answers are fresh.
+async fn post_origin(options: HttpCacheOptions) -> Setup {
+    setup(options, |parts, n| {
+        if parts.method != http::Method::POST {
+            return reply(&[("cache-control", "max-age=60")], format!("get {n}"));
+        }
+        let path = parts.uri.path();
+        let host = parts.headers["host"].to_str().unwrap();
+        let absolute = format!("http://{host}{path}");
+        let mut fields = vec![("cache-control", "max-age=60"), ("content-location", path)];
+        match path {
+            "/absolute" => fields[1].1 = &absolute,
+            "/elsewhere" => fields[1].1 = "/other",
+            "/query" => fields[1].1 = "/query?x=1",
+            "/no-freshness" => fields[0] = ("etag", "\"v1\""),
+            "/private" => fields[0].1 = "private, max-age=60",
+            "/cookie" => fields.push(("set-cookie", "session=alice")),
+            "/twice" => fields.push(("content-location", "/twice")),
+            _ => {}
+        }
+        reply(&fields, format!("post {n}"))
+    })
+    .await
+}
+
+/// Whether a `GET` after a `POST` to `path` is answered with the `POST`'s answer, from the
+/// store.
+async fn post_reused(s: &mut Setup, path: &str, post_headers: &[(&str, &str)]) -> bool {
+    let url = s.origin.url(path);
+    let mut post = with("POST", &url, post_headers);
+    *post.body_mut() = Full::new(Bytes::from_static(b"form=1"));
+    post.headers_mut().insert(
+        "content-type",
+        "application/x-www-form-urlencoded".parse().unwrap(),
+    );
+    let posted = send(&mut s.cache, post).await;
+    assert_eq!(posted.status, StatusCode::OK);
+    let hits = s.origin.hits();
+    let got = send(&mut s.cache, get(&url)).await;
+    let reused = got.hit() && got.body == posted.body && s.origin.hits() == hits;
+    if reused {
+        let head = send(&mut s.cache, with("HEAD", &url, &[])).await;
+        assert!(head.hit() && head.body.is_empty(), "{path}: HEAD too");
+        assert_eq!(s.origin.hits(), hits);
+    }
+    reused
+}
+
+#[tokio::test]
+async fn a_post_answer_naming_its_own_uri_with_explicit_freshness_is_the_uris_get() {
+    let mut s = post_origin(HttpCacheOptions::default()).await;
+    for path in ["/same", "/absolute"] {
+        assert!(post_reused(&mut s, path, &[]).await, "{path}");
+    }
+    // Another URI, no explicit freshness, a private or cookie-setting answer, two
+    // locations, or a request with credentials: the POST only invalidates.
+    for path in [
+        "/elsewhere",
+        "/query",
+        "/no-freshness",
+        "/private",
+        "/cookie",
+        "/twice",
+    ] {
+        assert!(!post_reused(&mut s, path, &[]).await, "{path}");
+    }
+    assert!(!post_reused(&mut s, "/same", &[("authorization", "Basic YTpi")]).await);
+    // A stored GET is replaced by the POST's answer; turned off, it is only removed.
+    let url = s.origin.url("/fresh");
+    send(&mut s.cache, get(&url)).await;
+    assert!(post_reused(&mut s, "/fresh", &[]).await);
+    let mut s = post_origin(HttpCacheOptions::default().reuse_post_responses(false)).await;
+    let url = s.origin.url("/same");
+    assert_eq!(send(&mut s.cache, get(&url)).await.body, "get 1");
+    assert!(!post_reused(&mut s, "/same", &[]).await);
+    assert_eq!(send(&mut s.cache, get(&url)).await.body, "get 3");
+}
