@@ -386,6 +386,18 @@ impl Pending {
                 merged.append(name.clone(), value.clone());
             }
         }
+        // `Age` and `Date` speak of the response they came with: the freshened response is
+        // as old as the 304 (or the HEAD's 200) says, not as the first one was. A stored
+        // `Age: 100` kept under a `max-age=60` would have every later request revalidate.
+        // One without a `Date` is dated when it was received (RFC 9110 §6.6.1).
+        if !fresh_headers.contains_key(header::AGE) {
+            merged.remove(header::AGE);
+        }
+        if !fresh_headers.contains_key(header::DATE)
+            && let Ok(date) = HeaderValue::try_from(httpdate::fmt_http_date(now))
+        {
+            merged.insert(header::DATE, date);
+        }
         // What the 304 says to the client that caused it alone (in a shared cache a cookie
         // set on one user's revalidation would be replayed to every user), and what the
         // freshened headers name in a qualified `no-cache` or `private`: never stored.

@@ -719,3 +719,35 @@ async fn a_200_to_a_head_naming_another_representation_removes_the_fresh_stored_
     assert_eq!(got.body, "n3");
     assert_eq!(s.origin.hits(), 3);
 }
+
+#[tokio::test]
+async fn a_304_without_age_makes_the_freshened_response_as_old_as_it_is() {
+    let mut s = setup(HttpCacheOptions::default(), |parts, n| {
+        if parts.headers.contains_key("if-none-match") {
+            // No Age (the Date is the one hyper's server adds).
+            let mut response = reply(&[("cache-control", "max-age=60")], "");
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            return response;
+        }
+        // Stale on arrival: a cache before the origin held it 100 s.
+        let headers = [
+            ("cache-control", "max-age=60"),
+            ("age", "100"),
+            ("etag", "\"v1\""),
+        ];
+        reply(&headers, format!("n{n}"))
+    })
+    .await;
+    let url = s.origin.url("/aged");
+    send(&mut s.cache, get(&url)).await;
+    let revalidated = send(&mut s.cache, get(&url)).await;
+    assert_eq!(revalidated.body, "n1");
+    assert_eq!(s.origin.hits(), 2);
+    // Fresh for the 60 s the 304 gave it, not stale for the Age the first answer had.
+    s.clock.advance(30);
+    let got = send(&mut s.cache, get(&url)).await;
+    assert!(got.hit(), "{}", got.cache_status());
+    assert_eq!(got.header("age"), Some("30"));
+    assert!(got.header("date").is_some());
+    assert_eq!(s.origin.hits(), 2);
+}
