@@ -506,3 +506,64 @@ async fn unknown_statuses_are_reused_as_asked_unless_they_must_be_understood() {
         assert_eq!(again.body == first.body, reused, "{path}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_answers_languages_dates_and_heads_without_validators_as_the_rfc_allows() {
+    let origin = Origin::start(|parts, n| {
+        let body = format!("n{n}");
+        match (parts.method.as_str(), parts.uri.path()) {
+            ("POST", path) => reply(
+                &[("cache-control", "max-age=60"), ("content-location", path)],
+                body,
+            ),
+            (_, "/lang") => {
+                let asked = parts.headers["accept-language"].to_str().unwrap();
+                let lang = if asked.starts_with("fr") { "fr" } else { "de" };
+                let headers = [
+                    ("cache-control", "max-age=60"),
+                    ("vary", "Accept-Language"),
+                    ("content-language", lang),
+                ];
+                reply(&headers, format!("{lang} {body}"))
+            }
+            // asctime, and a day's name that is not the date's (2 Jan 2099 is a Friday).
+            (_, "/asctime") => reply(&[("expires", "Mon Jan  2 00:00:00 2099")], body),
+            // Stale on arrival, no validator; the HEAD's answer is fresh.
+            ("HEAD", "/head") => reply(&[("cache-control", "max-age=60")], "body"),
+            (_, "/head") => reply(&[("cache-control", "max-age=60"), ("age", "100")], "body"),
+            _ => reply(&[], body),
+        }
+    })
+    .await;
+    let (proxy, _dir) = proxy(&origin, &[]);
+    let posted = request(&proxy, "POST", "/form", &[]).await;
+    let after = get(&proxy, "/form", &[]).await;
+    assert!(after.hit(), "{}", after.cache_status());
+    assert_eq!(after.body, posted.body);
+
+    let stored = get(&proxy, "/lang", &[("accept-language", "en, de")]).await;
+    let preferring = get(
+        &proxy,
+        "/lang",
+        &[("accept-language", "fr;q=0.5, de;q=1.0")],
+    )
+    .await;
+    assert!(preferring.hit(), "{}", preferring.cache_status());
+    assert_eq!(preferring.body, stored.body);
+
+    let first = get(&proxy, "/asctime", &[]).await;
+    let again = get(&proxy, "/asctime", &[]).await;
+    assert!(again.hit(), "{}", again.cache_status());
+    assert_eq!(again.body, first.body);
+
+    get(&proxy, "/head", &[]).await;
+    let hits = origin.hits();
+    assert_eq!(
+        request(&proxy, "HEAD", "/head", &[]).await.status,
+        StatusCode::OK
+    );
+    let freshened = get(&proxy, "/head", &[]).await;
+    assert!(freshened.hit(), "{}", freshened.cache_status());
+    assert_eq!(freshened.body, "body");
+    assert_eq!(origin.hits(), hits + 1, "the HEAD alone");
+}

@@ -106,6 +106,11 @@ impl HttpStreamingCache {
         };
         let (response, entry, stored_key) = match found {
             Found::Nothing { fwd } => {
+                if fwd == Fwd::VaryMiss
+                    && let Some(hit) = self.in_preferred_language(parts, &key, mode).await
+                {
+                    return Plan::Respond(hit);
+                }
                 if only_if_cached {
                     return Plan::Respond(self.gateway_timeout(fwd, "only-if-cached"));
                 }

@@ -154,8 +154,13 @@ impl Pending {
                 .variant_generation(&self.key, &names, &url, &policy)
                 .await;
             let digest = key::variant_digest(&names, &self.request.headers);
+            let language = self.language_line(&names, response.headers(), &digest);
             let listed = match &generation {
-                Some(generation) => cache.list_variant(&self.key, generation, &digest).await,
+                Some(generation) => {
+                    cache
+                        .list_variant(&self.key, generation, &digest, language)
+                        .await
+                }
                 None => false,
             };
             // A URL keeps at most so many variants, each named by its list so that they go
@@ -176,6 +181,28 @@ impl Pending {
                 (teed, None) => self.stored(teed, &stored, withheld, found),
             }
         }))
+    }
+
+    /// The variant list's line for a variant being stored under `digest` (see
+    /// [`LANGUAGES`](super::variants::LANGUAGES)), when it varies on `Accept-Language` and
+    /// is in one language.
+    fn language_line(
+        &self,
+        names: &[http::HeaderName],
+        response: &HeaderMap,
+        digest: &str,
+    ) -> Option<String> {
+        if !names.contains(&header::ACCEPT_LANGUAGE) {
+            return None;
+        }
+        let language = key::content_language(response)?;
+        let alias = key::language_digest(names, &self.request.headers, &language)?;
+        let mut line = format!("{alias} {digest}");
+        if let Some(value) = key::selecting_value(&header::ACCEPT_LANGUAGE, &self.request.headers) {
+            line.push_str(" =");
+            line.push_str(std::str::from_utf8(&value).ok()?);
+        }
+        Some(line)
     }
 
     /// A response being stored, as its client gets it: its withheld fields given back, its

@@ -5,11 +5,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::Response;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, request};
 use http_cache_semantics::CachePolicy;
 
+use super::directives::Judged;
 use super::key;
+use super::mode::CacheMode;
+use super::status::Status;
+use crate::body::StreamingBody;
 use crate::store::fill::FillHead;
 
 use super::HttpStreamingCache;
@@ -23,11 +27,20 @@ pub(super) const VARIANTS: HeaderName = HeaderName::from_static("x-http-cache-st
 pub(super) const STORED_VARIANTS: HeaderName =
     HeaderName::from_static("x-http-cache-streaming-stored");
 
+/// The header of a variant list record naming, for a variant in one language, the digest a
+/// request preferring that language alone would have, the variant's own digest, and the
+/// `Accept-Language` it was stored for (`<alias> <digest>` then ` =<value>` when it had one):
+/// how a request whose own values select nothing finds the variant in the language it
+/// prefers (RFC 9110 §12.5.4).
+pub(super) const LANGUAGES: HeaderName =
+    HeaderName::from_static("x-http-cache-streaming-languages");
+
 /// The most variants a URL keeps, each named by its list; more pass through unstored.
 pub(super) const MAX_LISTED_VARIANTS: usize = 64;
 
 /// The headers the cache keeps in its own records.
-pub(super) const INTERNAL: [HeaderName; 3] = [VARIANTS, STORED_VARIANTS, super::ttl::TTL_FIELD];
+pub(super) const INTERNAL: [HeaderName; 4] =
+    [VARIANTS, STORED_VARIANTS, LANGUAGES, super::ttl::TTL_FIELD];
 
 impl HttpStreamingCache {
     /// Removes the variants a variant list record (`list`, under `key`) names.
@@ -45,10 +58,17 @@ impl HttpStreamingCache {
         Ok(())
     }
 
-    /// Names a variant about to be stored in its URL's list, so that it goes with the list.
+    /// Names a variant about to be stored in its URL's list, so that it goes with the list,
+    /// with the line saying which language it is in (see [`LANGUAGES`]) when it is in one.
     /// `false`: it cannot be named (the list is full, gone or unreadable) and must not be
     /// stored.
-    pub(super) async fn list_variant(&self, key: &str, generation: &str, digest: &str) -> bool {
+    pub(super) async fn list_variant(
+        &self,
+        key: &str,
+        generation: &str,
+        digest: &str,
+        language: Option<String>,
+    ) -> bool {
         let Ok(Some((list, entry))) = self.manager.lookup(key).await else {
             return false;
         };
@@ -58,10 +78,22 @@ impl HttpStreamingCache {
         if variants_generation(headers).as_deref() != Some(generation) {
             return false;
         }
-        if listed.iter().any(|d| d.as_bytes() == digest.as_bytes()) {
+        let already = listed.iter().any(|d| d.as_bytes() == digest.as_bytes());
+        let of_digest = |line: &HeaderValue| {
+            let line = line.to_str().unwrap_or_default();
+            line.split(' ').nth(1) == Some(digest)
+        };
+        let language_listed = match &language {
+            Some(language) => headers
+                .get_all(LANGUAGES)
+                .iter()
+                .any(|line| line.as_bytes() == language.as_bytes()),
+            None => !headers.get_all(LANGUAGES).iter().any(of_digest),
+        };
+        if already && language_listed {
             return true;
         }
-        if listed.iter().count() >= MAX_LISTED_VARIANTS {
+        if !already && listed.iter().count() >= MAX_LISTED_VARIANTS {
             crate::log::debug_event!(%key, "variant list full: a new variant passes unstored");
             return false;
         }
@@ -69,7 +101,24 @@ impl HttpStreamingCache {
             return false;
         };
         let mut headers = headers.clone();
-        headers.append(STORED_VARIANTS, value);
+        if !already {
+            headers.append(STORED_VARIANTS, value);
+        }
+        // One language line a variant, the newest: the same variant stored again may be in
+        // another language now.
+        let kept: Vec<HeaderValue> = headers
+            .get_all(LANGUAGES)
+            .iter()
+            .filter(|line| !of_digest(line))
+            .cloned()
+            .collect();
+        headers.remove(LANGUAGES);
+        for line in kept {
+            headers.append(LANGUAGES, line);
+        }
+        if let Some(line) = language.and_then(|l| HeaderValue::from_str(&l).ok()) {
+            headers.append(LANGUAGES, line);
+        }
         match self
             .manager
             .update_headers(key, headers, entry.policy.clone())
@@ -81,6 +130,68 @@ impl HttpStreamingCache {
                 false
             }
         }
+    }
+
+    /// A fresh stored variant in the one language a request prefers above all others, for
+    /// a request whose own `Accept-Language` selects no stored variant: the origin chose that
+    /// language for another request, so it is the one it would choose for this one (RFC 9110
+    /// §12.5.4). Judged as the request it was stored for, which differs only there.
+    pub(super) async fn in_preferred_language(
+        &self,
+        parts: &request::Parts,
+        key: &str,
+        mode: CacheMode,
+    ) -> Option<Response<StreamingBody>> {
+        let language = key::preferred_language(&parts.headers)?;
+        let (list, _) = self.lookup(key).await?;
+        let generation = variants_generation(list.headers())?;
+        let names = key::vary_names(list.headers())?;
+        let alias = key::language_digest(&names, &parts.headers, &language)?;
+        // The newest variant in that language, when several are.
+        let line = list
+            .headers()
+            .get_all(LANGUAGES)
+            .iter()
+            .rev()
+            .find_map(|line| {
+                let line = line.to_str().ok()?;
+                let mut fields = line.splitn(3, ' ');
+                (fields.next()? == alias).then(|| {
+                    let digest = fields.next().unwrap_or_default().to_owned();
+                    (
+                        digest,
+                        fields.next().map(|v| v.trim_start_matches('=').to_owned()),
+                    )
+                })
+            });
+        drop(list);
+        let (digest, stored_for) = line?;
+        let variant = key::variant_key_of(key, &generation, &digest);
+        let (response, entry) = self.lookup(&variant).await?;
+        if !self.admits(&entry, mode)
+            || key::content_language(&entry.headers).as_deref() != Some(language.as_str())
+        {
+            return None;
+        }
+        let mut as_stored = parts.clone();
+        match stored_for.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            Some(value) => as_stored.headers.insert(header::ACCEPT_LANGUAGE, value),
+            None => as_stored.headers.remove(header::ACCEPT_LANGUAGE),
+        };
+        let now = self.now();
+        let within_cap = self
+            .options
+            .cap_for(entry.status)
+            .is_none_or(|cap| entry.policy.age(now) < cap);
+        let stored = (entry.status, entry.version, &entry.headers);
+        let fresh = matches!(
+            self.judge_stored(&entry.policy, &as_stored, stored, now),
+            Judged::Fresh
+        );
+        (fresh && within_cap && mode != CacheMode::NoCache).then(|| {
+            let status = Status::hit().detail("content-language");
+            self.hit(parts, response, &entry.policy, now, status)
+        })
     }
 
     /// The generation of a URL's variant list for `names`, writing a new list when there is

@@ -181,3 +181,102 @@ async fn what_vary_compares_is_normalised() {
     }
     assert_eq!(s.origin.hits(), 3);
 }
+
+/// An origin with its pages in German and French, choosing by `Accept-Language`'s highest
+/// q-value (German when it is no help), saying which in `Content-Language`.
+async fn bilingual_origin() -> Setup {
+    setup(HttpCacheOptions::default(), |parts, n| {
+        let asked = parts
+            .headers
+            .get("accept-language")
+            .map_or("", |v| v.to_str().unwrap())
+            .to_ascii_lowercase();
+        let weight = |lang: &str| {
+            asked.split(',').find_map(|member| {
+                let mut params = member.split(';');
+                (params.next()?.trim() == lang).then(|| {
+                    params
+                        .find_map(|p| p.trim().strip_prefix("q="))
+                        .map_or(1.0, |q| q.parse::<f32>().unwrap())
+                })
+            })
+        };
+        let lang = if weight("fr").unwrap_or(0.0) > weight("de").unwrap_or(0.0) {
+            "fr"
+        } else {
+            "de"
+        };
+        let vary = if parts.uri.path() == "/two" {
+            "Accept-Language, X-Flavor"
+        } else {
+            "Accept-Language"
+        };
+        reply(
+            &[
+                ("cache-control", "max-age=60"),
+                ("vary", vary),
+                ("content-language", lang),
+            ],
+            format!("{lang} {n}"),
+        )
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_request_that_prefers_one_language_is_served_the_variant_stored_in_it() {
+    let mut s = bilingual_origin().await;
+    let url = s.origin.url("/page");
+    let asking = |lang: &str| with("GET", &url, &[("accept-language", lang)]);
+    assert_eq!(send(&mut s.cache, asking("en, de")).await.body, "de 1");
+    // German above all else: the German page, whatever else the request lists.
+    for lang in ["fr;q=0.5, de;q=1.0", "DE", "de;q=0.9, en;q=0.1"] {
+        let got = send(&mut s.cache, asking(lang)).await;
+        assert_eq!(got.body, "de 1", "{lang}");
+        assert!(got.hit(), "{lang}: {}", got.cache_status());
+        assert_eq!(got.header("content-language"), Some("de"));
+    }
+    assert_eq!(s.origin.hits(), 1);
+    // French first, a tie, a wildcard first, or English alone: the origin chooses.
+    for (lang, body) in [
+        ("fr, de;q=0.5", "fr 2"),
+        ("de, fr", "de 3"),
+        ("*, fr;q=0.1", "fr 4"),
+        ("en", "de 5"),
+    ] {
+        let got = send(&mut s.cache, asking(lang)).await;
+        assert_eq!(got.body, body, "{lang}");
+    }
+    // French is stored now (twice), and found the same way: the newest.
+    let got = send(&mut s.cache, asking("fr;q=0.9, en;q=0.8")).await;
+    assert_eq!((got.hit(), &got.body[..]), (true, &b"fr 4"[..]));
+    // A request that will not take a stored response, or a stale one, goes to the origin.
+    let no_cache = with(
+        "GET",
+        &url,
+        &[
+            ("accept-language", "de;q=0.8"),
+            ("cache-control", "no-cache"),
+        ],
+    );
+    assert!(!send(&mut s.cache, no_cache).await.hit());
+    s.clock.advance(120);
+    assert!(!send(&mut s.cache, asking("fr;q=0.5, de")).await.hit());
+}
+
+#[tokio::test]
+async fn the_other_headers_vary_names_must_still_match() {
+    let mut s = bilingual_origin().await;
+    let url = s.origin.url("/two");
+    let asking = |lang: &str, flavor: &str| {
+        with(
+            "GET",
+            &url,
+            &[("accept-language", lang), ("x-flavor", flavor)],
+        )
+    };
+    assert_eq!(send(&mut s.cache, asking("en, de", "a")).await.body, "de 1");
+    assert!(send(&mut s.cache, asking("de;q=0.5", "a")).await.hit());
+    assert!(!send(&mut s.cache, asking("de;q=0.5", "b")).await.hit());
+    assert_eq!(s.origin.hits(), 2);
+}
