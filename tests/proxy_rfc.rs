@@ -567,3 +567,76 @@ async fn post_answers_languages_dates_and_heads_without_validators_as_the_rfc_al
     assert_eq!(freshened.body, "body");
     assert_eq!(origin.hits(), hits + 1, "the HEAD alone");
 }
+
+/// An origin that answers every request on a connection with a `103 Early Hints` and then
+/// a fresh `200`, as nginx does with `early_hints`: written by hand, since hyper's server
+/// sends no interim response but `100 Continue`.
+async fn early_hints_origin() -> (String, Arc<AtomicU16>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let served = Arc::new(AtomicU16::new(0));
+    let count = served.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                loop {
+                    let Ok(read) = socket.read(&mut buffer).await else {
+                        return;
+                    };
+                    if read == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buffer[..read]);
+                    while let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        request.drain(..end + 4);
+                        let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                        let body = format!("final {n}");
+                        let answer = format!(
+                            "HTTP/1.1 103 Early Hints\r\nlink: </hint.css>; rel=preload\r\n\r\n\
+                             HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\n\
+                             content-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if socket.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (url, served)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interim_responses_are_never_stored_nor_lend_their_fields_to_the_final_one() {
+    let (upstream, served) = early_hints_origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_proxy(&upstream, dir.path(), &[]);
+    let get = |proxy: &Proxy| {
+        let request = Request::get(format!("http://{}/page", proxy.addr))
+            .body(Full::default())
+            .unwrap();
+        async move { send(&mut client(), request).await }
+    };
+    let first = get(&proxy).await;
+    assert_eq!(
+        (first.status, &first.body[..]),
+        (StatusCode::OK, &b"final 1"[..])
+    );
+    assert_eq!(first.header("link"), None, "the 103's fields are the 103's");
+    // The 200 was stored, not the 103; the hit carries none of the 103's fields either.
+    let second = get(&proxy).await;
+    assert!(second.hit(), "{}", second.cache_status());
+    assert_eq!(
+        (second.status, &second.body[..]),
+        (StatusCode::OK, &b"final 1"[..])
+    );
+    assert_eq!(second.header("link"), None);
+    assert_eq!(served.load(Ordering::SeqCst), 1);
+}

@@ -1,7 +1,7 @@
 //! Ranged misses and partial entries (RFC 9111 §3.3–§3.4): a `206` to a ranged request is
 //! kept as a partial entry of its representation; later ranges it holds are hits, and
-//! ranges it holds in part fetch only the span that is missing, answered from the entry's
-//! file around the fetched bytes. Once the ranges cover the whole body, the store makes it
+//! ranges it holds in part (or the whole body, asked without a range) fetch only the span
+//! that is missing, answered from the entry's file around the fetched bytes. Once the ranges cover the whole body, the store makes it
 //! an ordinary entry (see `store::partial`).
 //!
 //! Only what can be combined safely is: a single byte range, a response with a strong
@@ -32,19 +32,22 @@ pub(super) enum PartialPlan {
     /// Keep a `206` as (part of) a partial entry; the client asked what was sent on.
     Store,
     /// The client asked `start..end` of `entry`, which holds all of it but `fetch`: the
-    /// origin was asked for that span only, with `If-Range`.
+    /// origin was asked for that span only, with `If-Range`. `whole`: the client asked no
+    /// range, and gets a `200`.
     Complete {
         entry: Arc<PartialEntry>,
         start: u64,
         end: u64,
         fetch: (u64, u64),
+        whole: bool,
     },
 }
 
 impl HttpStreamingCache {
-    /// A ranged `GET` that found no stored response: answered from a partial entry that
-    /// holds its range and is fresh, or sent on for the span the entry lacks, or as it is.
-    /// `None` when partial entries have no part in it.
+    /// A `GET` that found no stored response: answered from a partial entry that holds its
+    /// range (or, asking none, the whole body) and is fresh, or sent on for the span the
+    /// entry lacks (RFC 9111 §3.4), or as it is. `None` when partial entries have no part
+    /// in it.
     pub(super) async fn partial_plan(
         &self,
         parts: &request::Parts,
@@ -56,7 +59,6 @@ impl HttpStreamingCache {
             && !self.options.fetch_whole_on_range_miss
             && mode == CacheMode::Default
             && parts.method == Method::GET
-            && parts.headers.contains_key(header::RANGE)
             && !parts.headers.contains_key(header::IF_RANGE)
             && !is_conditional(&parts.headers);
         if !eligible {
@@ -76,19 +78,24 @@ impl HttpStreamingCache {
                 pending,
             })
         };
+        let ranged = parts.headers.contains_key(header::RANGE);
         let Some(entry) = self.manager.partial(key) else {
-            return forward(None, PartialPlan::Store);
+            return ranged.then(|| forward(None, PartialPlan::Store))?;
         };
         // A range that has just been read to its end is held for the request after it.
         entry.settled(std::time::Duration::from_secs(1)).await;
         let head = entry.head();
-        let Ranged::Part { start, len } =
-            range::ranged(&parts.headers, &head.parts.headers, entry.total)
-        else {
-            // Several ranges, or none that exist: the origin answers those.
-            return forward(None, PartialPlan::Store);
+        let (start, end) = if ranged {
+            let Ranged::Part { start, len } =
+                range::ranged(&parts.headers, &head.parts.headers, entry.total)
+            else {
+                // Several ranges, or none that exist: the origin answers those.
+                return forward(None, PartialPlan::Store);
+            };
+            (start, start + len)
+        } else {
+            (0, entry.total)
         };
-        let end = start + len;
         let now = self.now();
         let within_cap = self
             .options
@@ -105,9 +112,17 @@ impl HttpStreamingCache {
                 Judged::Fresh
             );
         if fresh && entry.covers(start, end) {
-            return Some(Plan::Respond(
-                self.partial_hit(parts, &entry, head, start, end),
-            ));
+            return Some(Plan::Respond(self.partial_hit(
+                parts,
+                &entry,
+                head,
+                (start, end),
+                !ranged,
+            )));
+        }
+        if !ranged && !fresh {
+            // All of it is asked again: as any miss, without a range.
+            return None;
         }
         // A stale entry is confirmed by the 206 its If-Range gets; all of the range is
         // fetched again then, since the held bytes are as stale as the entry.
@@ -130,18 +145,20 @@ impl HttpStreamingCache {
             start,
             end,
             fetch,
+            whole: !ranged,
         };
         forward(Some(conditional), plan)
     }
 
-    /// Bytes `start..end`, all held, of a fresh partial entry: a `206` from its file.
+    /// Bytes `start..end`, all held, of a fresh partial entry: a `206` from its file, or a
+    /// `200` when they are the `whole` body a request without a range asked.
     fn partial_hit(
         &self,
         parts: &request::Parts,
         entry: &PartialEntry,
         head: PartialHead,
-        start: u64,
-        end: u64,
+        (start, end): (u64, u64),
+        whole: bool,
     ) -> Response<StreamingBody> {
         count(&self.counters.hits, "http_cache_streaming_hits_total");
         let now = self.now();
@@ -154,7 +171,9 @@ impl HttpStreamingCache {
         head_parts
             .headers
             .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        range::partial(&mut head_parts, start, end - start, entry.total);
+        if !whole {
+            range::partial(&mut head_parts, start, end - start, entry.total);
+        }
         let body = StreamingBody::stored_file(entry.reader(start, end), None);
         let mut response = Response::from_parts(head_parts, body);
         let status =
@@ -297,6 +316,7 @@ impl Pending {
                 start,
                 end: asked_end,
                 fetch,
+                whole,
             } => {
                 let same = kept
                     .as_ref()
@@ -326,7 +346,10 @@ impl Pending {
                 head.version = parts.version;
                 head.headers
                     .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-                range::partial(&mut head, start, asked_end - start, total);
+                // The held head is the whole body's `200`: a range narrows it.
+                if !whole {
+                    range::partial(&mut head, start, asked_end - start, total);
+                }
                 let mut response = Response::from_parts(head, StreamingBody::pieces(pieces));
                 let status = status.stored().detail("partial");
                 cache.annotate(response.headers_mut(), &status, false, true);

@@ -146,10 +146,55 @@ async fn a_206_is_kept_and_ranges_inside_it_are_hits() {
         assert_eq!(hit.header("etag"), Some("\"p1\""));
     }
     assert_eq!(s.origin.hits(), 1);
-    // A request without a range is not answered from a part.
+    // A request without a range gets the whole body: the part held, and the rest, which
+    // alone is asked of the origin (RFC 9111 §3.4).
     let whole = send(&mut s.cache, get(&url)).await;
     assert_eq!((whole.status, &whole.body[..]), (StatusCode::OK, &body[..]));
+    assert_eq!(whole.header("content-length"), Some("1000"));
+    assert_eq!(whole.header("content-range"), None);
+    assert_eq!(ranges_seen(&s.origin)[1].as_deref(), Some("bytes=100-999"));
+    assert_eq!(s.origin.last_request().headers["if-range"], "\"p1\"");
     assert_eq!(s.origin.hits(), 2);
+    // Complete now: a whole hit.
+    let again = send(&mut s.cache, get(&url)).await;
+    assert!(again.hit(), "{}", again.cache_status());
+    assert_eq!((again.status, &again.body[..]), (StatusCode::OK, &body[..]));
+    assert_eq!(s.origin.hits(), 2);
+}
+
+#[tokio::test]
+async fn suffix_and_open_ranges_are_answered_from_what_is_held() {
+    let (mut s, served) = ranged_origin(HttpCacheOptions::default(), 1000).await;
+    let body = served.lock().unwrap().body.clone();
+    let url = s.origin.url("/video");
+    // The last 100 bytes, asked as a suffix.
+    let first = send(&mut s.cache, ranged(&url, "bytes=-100")).await;
+    assert_eq!(first.header("content-range"), Some("bytes 900-999/1000"));
+    for (range, start) in [("bytes=-50", 950), ("bytes=950-", 950), ("bytes=-100", 900)] {
+        let hit = send(&mut s.cache, ranged(&url, range)).await;
+        assert!(hit.hit(), "{range}: {}", hit.cache_status());
+        assert_eq!(&hit.body[..], &body[start..], "{range}");
+        let expected = format!("bytes {start}-999/1000");
+        assert_eq!(hit.header("content-range"), Some(expected.as_str()));
+    }
+    assert_eq!(s.origin.hits(), 1);
+    // A suffix reaching before what is held asks for what is missing only.
+    let longer = send(&mut s.cache, ranged(&url, "bytes=-200")).await;
+    assert_eq!(&longer.body[..], &body[800..]);
+    assert_eq!(ranges_seen(&s.origin)[1].as_deref(), Some("bytes=800-899"));
+}
+
+#[tokio::test]
+async fn a_whole_request_on_stale_parts_goes_to_the_origin_whole() {
+    let (mut s, served) = ranged_origin(HttpCacheOptions::default(), 1000).await;
+    let body = served.lock().unwrap().body.clone();
+    let url = s.origin.url("/video");
+    send(&mut s.cache, ranged(&url, "bytes=0-99")).await;
+    s.clock.advance(120);
+    let whole = send(&mut s.cache, get(&url)).await;
+    assert_eq!((whole.status, &whole.body[..]), (StatusCode::OK, &body[..]));
+    assert_eq!(ranges_seen(&s.origin)[1], None, "no range on stale parts");
+    assert!(!s.origin.last_request().headers.contains_key("if-range"));
 }
 
 #[tokio::test]
