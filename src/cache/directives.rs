@@ -217,12 +217,16 @@ pub(super) fn selects(stored: &HeaderMap, fresh: &HeaderMap) -> bool {
 /// Whether a `200` to a `HEAD` with `head` headers selects the stored `GET` response with
 /// `stored` headers for update (RFC 9111 §4.3.5): every validator it carries (`ETag`,
 /// `Last-Modified`) is the stored one's, and so is its `Content-Length` where both have one.
-/// A validator the stored response has and the `HEAD`'s lacks is one that changed.
+/// A validator the stored response has and the `HEAD`'s lacks is one that changed. Entity
+/// tags compare weakly: a `HEAD` answered without the compression its `GET` had may carry
+/// the strong form of the stored weak tag, and still name the same content.
 pub(super) fn head_selects(stored: &HeaderMap, head: &HeaderMap) -> bool {
     let value = |headers: &HeaderMap, name: &header::HeaderName| {
-        headers
-            .get(name)
-            .map(|v| v.as_bytes().trim_ascii().to_vec())
+        let value = headers.get(name)?.as_bytes().trim_ascii();
+        let opaque = (*name == header::ETAG)
+            .then(|| value.strip_prefix(b"W/"))
+            .flatten();
+        Some(opaque.unwrap_or(value).to_vec())
     };
     let validators_agree = [header::ETAG, header::LAST_MODIFIED]
         .iter()

@@ -19,6 +19,9 @@ use crate::body::StreamingBody;
 use crate::error::BoxError;
 use crate::store::fill::{FillHead, FillLeader};
 
+/// The longest `Accept-Language` (as compared) a variant list records for a variant.
+const MAX_LANGUAGE_VALUE: usize = 256;
+
 impl Pending {
     /// A response from the origin: tee'd into the store when it may be stored, else passed
     /// with the reason.
@@ -199,6 +202,11 @@ impl Pending {
         let alias = key::language_digest(names, &self.request.headers, &language)?;
         let mut line = format!("{alias} {digest}");
         if let Some(value) = key::selecting_value(&header::ACCEPT_LANGUAGE, &self.request.headers) {
+            // The list is read for every request of the URL: a client's long header makes no
+            // line of it (its variant is stored, selected by its own values only).
+            if value.len() > MAX_LANGUAGE_VALUE {
+                return None;
+            }
             line.push_str(" =");
             line.push_str(std::str::from_utf8(&value).ok()?);
         }

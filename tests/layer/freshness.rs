@@ -636,9 +636,12 @@ async fn a_200_to_a_head_freshens_the_stored_get_it_names() {
         Option<&'static str>,
         &'static str,
         bool,
-    ); 6] = [
+    ); 8] = [
         (Some("\"v1\""), Some("\"v1\""), "body", true),
         (Some("\"v1\""), Some("\"v2\""), "body", false),
+        // Weak comparison: the same tag, strong or weak.
+        (Some("W/\"v1\""), Some("\"v1\""), "body", true),
+        (Some("W/\"v1\""), Some("W/\"v2\""), "body", false),
         // The HEAD's answer lost the validator the stored one has: it changed.
         (Some("\"v1\""), None, "body", false),
         // Neither has a validator: the lengths agree, nothing disagrees.

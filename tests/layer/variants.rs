@@ -280,3 +280,18 @@ async fn the_other_headers_vary_names_must_still_match() {
     assert!(!send(&mut s.cache, asking("de;q=0.5", "b")).await.hit());
     assert_eq!(s.origin.hits(), 2);
 }
+
+#[tokio::test]
+async fn a_long_accept_language_is_stored_but_never_selected_by_language() {
+    let mut s = bilingual_origin().await;
+    let url = s.origin.url("/long");
+    let asking = |lang: &str| with("GET", &url, &[("accept-language", lang)]);
+    // 300 bytes of languages, German first: its variant is kept, for its own values only.
+    let long = format!("de, {}", vec!["en-gb;q=0.1"; 25].join(", "));
+    assert_eq!(send(&mut s.cache, asking(&long)).await.body, "de 1");
+    assert!(send(&mut s.cache, asking(&long)).await.hit());
+    assert!(!send(&mut s.cache, asking("de")).await.hit());
+    // A short one is recorded, and selects.
+    assert!(send(&mut s.cache, asking("de;q=0.9, fr;q=0.1")).await.hit());
+    assert_eq!(s.origin.hits(), 2);
+}
