@@ -197,91 +197,6 @@ pub(crate) fn selecting_value(name: &HeaderName, request: &HeaderMap) -> Option<
     Some(members.join(&b","[..]))
 }
 
-/// The one language a request prefers above all others: the `Accept-Language` member with
-/// the highest q-value (RFC 9110 §12.5.4), lower-cased, when no other has the same, it is
-/// not `*`, and every member is well formed. `None` leaves the choice to the origin.
-pub(crate) fn preferred_language(request: &HeaderMap) -> Option<String> {
-    let mut best: Option<(u16, String)> = None;
-    let mut tied = false;
-    for value in request.get_all(http::header::ACCEPT_LANGUAGE) {
-        for member in value.to_str().ok()?.split(',') {
-            let mut params = member.split(';');
-            let tag = params.next()?.trim().to_ascii_lowercase();
-            if tag.is_empty() {
-                continue;
-            }
-            if !tag
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'*')
-            {
-                return None;
-            }
-            let mut weight = 1000;
-            for param in params {
-                let (name, value) = param.trim().split_once('=')?;
-                if name.trim().eq_ignore_ascii_case("q") {
-                    weight = qvalue(value.trim())?;
-                }
-            }
-            match &best {
-                Some((top, _)) if weight < *top => {}
-                Some((top, _)) if weight == *top => tied = true,
-                _ => {
-                    best = Some((weight, tag));
-                    tied = false;
-                }
-            }
-        }
-    }
-    let (weight, tag) = best?;
-    (!tied && weight > 0 && tag != "*").then_some(tag)
-}
-
-/// A q-value (`0`, `0.5`, `1.000`) in thousandths.
-fn qvalue(value: &str) -> Option<u16> {
-    let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
-    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let thousandths = format!("{fraction:0<3}").parse::<u16>().ok()?;
-    match whole {
-        "0" => Some(thousandths),
-        "1" if thousandths == 0 => Some(1000),
-        _ => None,
-    }
-}
-
-/// The language a stored response is in, when it names one: a single `Content-Language`
-/// tag, lower-cased.
-pub(crate) fn content_language(response: &HeaderMap) -> Option<String> {
-    let mut values = response.get_all(http::header::CONTENT_LANGUAGE).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return None;
-    };
-    let tag = value.to_str().ok()?.trim().to_ascii_lowercase();
-    let well_formed =
-        !tag.is_empty() && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    well_formed.then_some(tag)
-}
-
-/// The digest of the values `request` has for `names`, `Accept-Language` taken as `language`
-/// alone: what names a stored variant in `language` among the URL's variants.
-pub(crate) fn language_digest(
-    names: &[HeaderName],
-    request: &HeaderMap,
-    language: &str,
-) -> Option<String> {
-    let mut headers = HeaderMap::new();
-    for name in names {
-        for value in request.get_all(name) {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-    let language = http::HeaderValue::from_str(language).ok()?;
-    headers.insert(http::header::ACCEPT_LANGUAGE, language);
-    Some(variant_digest(names, &headers))
-}
-
 /// `request`'s headers named in `names` as one normalised field each (see
 /// [`selecting_value`]), for comparing a request with the one a variant was stored for.
 pub(crate) fn normalize_selecting(names: &[HeaderName], request: &HeaderMap) -> HeaderMap {
@@ -443,40 +358,6 @@ mod tests {
         assert_ne!(flavor(&["A"]), flavor(&["a"]));
         assert_eq!(flavor(&[]), None);
         assert_eq!(flavor(&[""]), Some(Vec::new()));
-    }
-
-    #[test]
-    fn the_preferred_language_is_the_one_with_the_highest_qvalue_alone() {
-        let preferred = |lines: &[&str]| {
-            let mut headers = HeaderMap::new();
-            for line in lines {
-                headers.append("accept-language", line.parse().unwrap());
-            }
-            preferred_language(&headers)
-        };
-        let de = Some("de".to_owned());
-        assert_eq!(preferred(&["fr;q=0.5, de;q=1.0"]), de);
-        assert_eq!(preferred(&["DE, fr;q=0.9"]), de);
-        assert_eq!(preferred(&["fr;q=0.5", "de"]), de);
-        assert_eq!(preferred(&["fr;q=0.5, de;Q=0.501"]), de);
-        assert_eq!(preferred(&["de-CH"]), Some("de-ch".to_owned()));
-        // Ties, nothing acceptable, a wildcard, or a member that is not well formed.
-        for lines in [
-            &["en, de"][..],
-            &["en;q=0.5, de;q=0.500"],
-            &["de;q=0"],
-            &["*"],
-            &["*, de;q=0.5"],
-            &["de;q=2"],
-            &["de;q=0.1234"],
-            &["de;q=x"],
-            &["d e"],
-            &["de;q"],
-            &[],
-            &[""],
-        ] {
-            assert_eq!(preferred(lines), None, "{lines:?}");
-        }
     }
 
     #[test]

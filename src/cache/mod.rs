@@ -9,6 +9,7 @@ mod directives;
 mod fleet;
 mod invalidations;
 pub(crate) mod key;
+mod languages;
 pub(crate) mod mode;
 mod options;
 mod partial;

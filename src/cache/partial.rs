@@ -1,8 +1,9 @@
 //! Ranged misses and partial entries (RFC 9111 §3.3–§3.4): a `206` to a ranged request is
 //! kept as a partial entry of its representation; later ranges it holds are hits, and
 //! ranges it holds in part (or the whole body, asked without a range) fetch only the span
-//! that is missing, answered from the entry's file around the fetched bytes. Once the ranges cover the whole body, the store makes it
-//! an ordinary entry (see `store::partial`).
+//! that is missing, answered from the entry's file around the fetched bytes. Once the
+//! ranges cover the whole body, the store makes it an ordinary entry (see
+//! `store::partial`).
 //!
 //! Only what can be combined safely is: a single byte range, a response with a strong
 //! entity tag (ranges are combined only under the same one, and fetched with `If-Range`

@@ -19,9 +19,6 @@ use crate::body::StreamingBody;
 use crate::error::BoxError;
 use crate::store::fill::{FillHead, FillLeader};
 
-/// The longest `Accept-Language` (as compared) a variant list records for a variant.
-const MAX_LANGUAGE_VALUE: usize = 256;
-
 impl Pending {
     /// A response from the origin: tee'd into the store when it may be stored, else passed
     /// with the reason.
@@ -157,7 +154,8 @@ impl Pending {
                 .variant_generation(&self.key, &names, &url, &policy)
                 .await;
             let digest = key::variant_digest(&names, &self.request.headers);
-            let language = self.language_line(&names, response.headers(), &digest);
+            let language =
+                super::languages::line(&names, &self.request.headers, response.headers(), &digest);
             let listed = match &generation {
                 Some(generation) => {
                     cache
@@ -184,33 +182,6 @@ impl Pending {
                 (teed, None) => self.stored(teed, &stored, withheld, found),
             }
         }))
-    }
-
-    /// The variant list's line for a variant being stored under `digest` (see
-    /// [`LANGUAGES`](super::variants::LANGUAGES)), when it varies on `Accept-Language` and
-    /// is in one language.
-    fn language_line(
-        &self,
-        names: &[http::HeaderName],
-        response: &HeaderMap,
-        digest: &str,
-    ) -> Option<String> {
-        if !names.contains(&header::ACCEPT_LANGUAGE) {
-            return None;
-        }
-        let language = key::content_language(response)?;
-        let alias = key::language_digest(names, &self.request.headers, &language)?;
-        let mut line = format!("{alias} {digest}");
-        if let Some(value) = key::selecting_value(&header::ACCEPT_LANGUAGE, &self.request.headers) {
-            // The list is read for every request of the URL: a client's long header makes no
-            // line of it (its variant is stored, selected by its own values only).
-            if value.len() > MAX_LANGUAGE_VALUE {
-                return None;
-            }
-            line.push_str(" =");
-            line.push_str(std::str::from_utf8(&value).ok()?);
-        }
-        Some(line)
     }
 
     /// A response being stored, as its client gets it: its withheld fields given back, its

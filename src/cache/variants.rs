@@ -5,15 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use http::Response;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Response, request};
 use http_cache_semantics::CachePolicy;
 
-use super::directives::Judged;
 use super::key;
-use super::mode::CacheMode;
-use super::status::Status;
-use crate::body::StreamingBody;
 use crate::store::fill::FillHead;
 
 use super::HttpStreamingCache;
@@ -130,68 +126,6 @@ impl HttpStreamingCache {
                 false
             }
         }
-    }
-
-    /// A fresh stored variant in the one language a request prefers above all others, for
-    /// a request whose own `Accept-Language` selects no stored variant: the origin chose that
-    /// language for another request, so it is the one it would choose for this one (RFC 9110
-    /// §12.5.4). Judged as the request it was stored for, which differs only there.
-    pub(super) async fn in_preferred_language(
-        &self,
-        parts: &request::Parts,
-        key: &str,
-        mode: CacheMode,
-    ) -> Option<Response<StreamingBody>> {
-        let language = key::preferred_language(&parts.headers)?;
-        let (list, _) = self.lookup(key).await?;
-        let generation = variants_generation(list.headers())?;
-        let names = key::vary_names(list.headers())?;
-        let alias = key::language_digest(&names, &parts.headers, &language)?;
-        // The newest variant in that language, when several are.
-        let line = list
-            .headers()
-            .get_all(LANGUAGES)
-            .iter()
-            .rev()
-            .find_map(|line| {
-                let line = line.to_str().ok()?;
-                let mut fields = line.splitn(3, ' ');
-                (fields.next()? == alias).then(|| {
-                    let digest = fields.next().unwrap_or_default().to_owned();
-                    (
-                        digest,
-                        fields.next().map(|v| v.trim_start_matches('=').to_owned()),
-                    )
-                })
-            });
-        drop(list);
-        let (digest, stored_for) = line?;
-        let variant = key::variant_key_of(key, &generation, &digest);
-        let (response, entry) = self.lookup(&variant).await?;
-        if !self.admits(&entry, mode)
-            || key::content_language(&entry.headers).as_deref() != Some(language.as_str())
-        {
-            return None;
-        }
-        let mut as_stored = parts.clone();
-        match stored_for.and_then(|v| HeaderValue::from_str(&v).ok()) {
-            Some(value) => as_stored.headers.insert(header::ACCEPT_LANGUAGE, value),
-            None => as_stored.headers.remove(header::ACCEPT_LANGUAGE),
-        };
-        let now = self.now();
-        let within_cap = self
-            .options
-            .cap_for(entry.status)
-            .is_none_or(|cap| entry.policy.age(now) < cap);
-        let stored = (entry.status, entry.version, &entry.headers);
-        let fresh = matches!(
-            self.judge_stored(&entry.policy, &as_stored, stored, now),
-            Judged::Fresh
-        );
-        (fresh && within_cap && mode != CacheMode::NoCache).then(|| {
-            let status = Status::hit().detail("content-language");
-            self.hit(parts, response, &entry.policy, now, status)
-        })
     }
 
     /// The generation of a URL's variant list for `names`, writing a new list when there is
