@@ -754,3 +754,43 @@ async fn a_304_without_age_makes_the_freshened_response_as_old_as_it_is() {
     assert!(got.header("date").is_some());
     assert_eq!(s.origin.hits(), 2);
 }
+
+#[tokio::test]
+async fn if_modified_since_meets_the_stored_date_when_there_is_no_last_modified() {
+    let mut s = setup(HttpCacheOptions::default(), |_, n| {
+        reply(&[("cache-control", "max-age=60")], format!("n{n}"))
+    })
+    .await;
+    let url = s.origin.url("/no-lm");
+    let first = send(&mut s.cache, get(&url)).await;
+    let date = httpdate::parse_http_date(first.header("date").unwrap()).unwrap();
+    let at =
+        |seconds_before: u64| httpdate::fmt_http_date(date - Duration::from_secs(seconds_before));
+    let since = |dates: &[String]| {
+        let mut request = get(&url);
+        for date in dates {
+            request
+                .headers_mut()
+                .append("if-modified-since", date.parse().unwrap());
+        }
+        request
+    };
+    // The client's copy is as new as the stored one: not modified since.
+    let same = send(&mut s.cache, since(&[at(0)])).await;
+    assert_eq!(
+        same.status,
+        StatusCode::NOT_MODIFIED,
+        "{}",
+        same.cache_status()
+    );
+    // An older copy may have changed since (RFC 9110 §13.1.3): the 200.
+    let older = send(&mut s.cache, since(&[at(3000)])).await;
+    assert_eq!(
+        (older.status, &older.body[..]),
+        (StatusCode::OK, &b"n1"[..])
+    );
+    // Two lines are no date: the 200.
+    let two = send(&mut s.cache, since(&[at(0), at(0)])).await;
+    assert_eq!(two.status, StatusCode::OK);
+    assert_eq!(s.origin.hits(), 1, "all from the store");
+}
