@@ -82,6 +82,14 @@ impl HttpCacheStreamingLayer {
     }
 }
 
+impl<S> HttpCacheStreaming<S> {
+    /// A layer that wraps services in `cache`. (Written here, beside the layer, so that the
+    /// service knows nothing of the layer that makes it.)
+    pub fn layer(cache: HttpStreamingCache) -> HttpCacheStreamingLayer {
+        HttpCacheStreamingLayer::from(cache)
+    }
+}
+
 impl From<HttpStreamingCache> for HttpCacheStreamingLayer {
     fn from(cache: HttpStreamingCache) -> Self {
         HttpCacheStreamingLayer { cache }

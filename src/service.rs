@@ -11,10 +11,9 @@ use crate::body::StreamingBody;
 use crate::cache::{HttpStreamingCache, Start};
 use crate::error::BoxError;
 use crate::future::ResponseFuture;
-use crate::layer::HttpCacheStreamingLayer;
 
 /// A service that answers from the HTTP cache where it can and from `S` where it must. Made
-/// by [`HttpCacheStreamingLayer`].
+/// by [`HttpCacheStreamingLayer`](crate::HttpCacheStreamingLayer).
 ///
 /// Its error is `S`'s: the cache adds no failure of its own. A store that cannot be read or
 /// written is logged and the request passes through to `S`.
@@ -45,11 +44,6 @@ impl<S> HttpCacheStreaming<S> {
     /// Wraps `inner` in `cache`.
     pub fn new(inner: S, cache: HttpStreamingCache) -> Self {
         HttpCacheStreaming { inner, cache }
-    }
-
-    /// A layer that wraps services in `cache`.
-    pub fn layer(cache: HttpStreamingCache) -> HttpCacheStreamingLayer {
-        HttpCacheStreamingLayer::from(cache)
     }
 
     /// The cache in front of the service: its [`stats`](HttpStreamingCache::stats) and
