@@ -110,6 +110,7 @@ mod rt;
 mod service;
 pub mod storage;
 mod store;
+mod support;
 
 pub use body::StreamingBody;
 pub use cache::CacheMode;

@@ -227,7 +227,7 @@ pub(crate) fn variant_digest(names: &[HeaderName], request: &HeaderMap) -> Strin
         hasher.update(b"\x00\x00");
     }
     let digest: [u8; 32] = hasher.finalize().into();
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    crate::support::hex(&digest[..16])
 }
 
 /// Resolves a `Location` or `Content-Location` value against the request URI, returning a

@@ -9,15 +9,7 @@ use crate::body::{Segment, StreamingBody};
 
 /// A boundary no body byte is likely to hold, different for every response.
 fn boundary() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!(
-        "hcs-{nanos:08x}{:08x}",
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("hcs-{}", crate::support::unique_name())
 }
 
 /// What a stored response of `length` bytes answers to a request's `Range`.

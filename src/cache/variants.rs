@@ -1,9 +1,6 @@
 //! A URL's variants: the list record that names them (so they go with it), its
 //! generation, and which stored variant a request selects.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
-
 use bytes::Bytes;
 use http::Response;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -190,12 +187,7 @@ pub(super) fn variants_generation(headers: &HeaderMap) -> Option<String> {
 }
 
 pub(super) fn new_generation() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    format!("{nanos:x}.{:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+    crate::support::unique_name()
 }
 
 pub(super) fn names_as_vary(names: &[HeaderName]) -> HeaderMap {

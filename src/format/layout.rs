@@ -27,33 +27,13 @@ impl Hash32 {
     }
 
     pub(crate) fn to_hex(self) -> String {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut out = String::with_capacity(64);
-        for b in self.0 {
-            out.push(DIGITS[usize::from(b >> 4)] as char);
-            out.push(DIGITS[usize::from(b & 15)] as char);
-        }
-        out
+        crate::support::hex(&self.0)
     }
 
     /// Parses 64 lowercase hex digits; anything else is `None`.
     pub(crate) fn from_hex(hex: &str) -> Option<Self> {
-        fn digit(c: u8) -> Option<u8> {
-            match c {
-                b'0'..=b'9' => Some(c - b'0'),
-                b'a'..=b'f' => Some(c - b'a' + 10),
-                _ => None,
-            }
-        }
-        let bytes = hex.as_bytes();
-        if bytes.len() != 64 {
-            return None;
-        }
-        let mut out = [0u8; 32];
-        for (i, pair) in bytes.chunks_exact(2).enumerate() {
-            out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
-        }
-        Some(Hash32(out))
+        let bytes: [u8; 32] = crate::support::unhex(hex)?.try_into().ok()?;
+        Some(Hash32(bytes))
     }
 }
 

@@ -1,6 +1,6 @@
 //! The versioned JSON record stored for each key, and its parsed, ready-to-serve form.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 use http_cache_semantics::CachePolicy;
@@ -210,10 +210,7 @@ impl Entry {
 
     /// Encodes the record as JSON bytes.
     pub(crate) fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
-        let stored_at_ms = self
-            .stored_at
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let stored_at_ms = crate::support::epoch_millis(self.stored_at);
         let record = StoredRecord {
             version: FORMAT_VERSION,
             key: self.key.clone(),
@@ -241,7 +238,7 @@ impl Entry {
             key: record.key,
             digest: Hash32::from_hex(&record.digest).ok_or(DecodeError::Field("digest"))?,
             length: record.length,
-            stored_at: UNIX_EPOCH + Duration::from_millis(record.stored_at_ms),
+            stored_at: crate::support::from_epoch_millis(record.stored_at_ms),
         })
     }
 
@@ -264,7 +261,7 @@ impl Entry {
             policy: record.policy,
             digest: Hash32::from_hex(&record.digest).ok_or(DecodeError::Field("digest"))?,
             length: record.length,
-            stored_at: UNIX_EPOCH + Duration::from_millis(record.stored_at_ms),
+            stored_at: crate::support::from_epoch_millis(record.stored_at_ms),
         })
     }
 }
@@ -308,7 +305,7 @@ mod tests {
             policy: CachePolicy::new(&req, &res),
             digest: Hash32::of(b"body"),
             length: 4,
-            stored_at: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            stored_at: crate::support::from_epoch_millis(1_700_000_000_123),
         }
     }
 

@@ -91,15 +91,7 @@ pub(crate) fn sweep_tmp_and_create_scratch(tmp: &Path, mode: Mode) -> io::Result
         }
     }
 
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    static INSTANCES: AtomicU64 = AtomicU64::new(0);
-    let name = format!(
-        "{}-{nanos:x}-{}",
-        std::process::id(),
-        INSTANCES.fetch_add(1, Ordering::Relaxed)
-    );
+    let name = crate::support::unique_name();
     let lock_path = tmp.join(format!("{name}{LOCK_SUFFIX}"));
     let lock = files::create_new(&lock_path, mode, true)?;
     lock.lock()?;

@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
@@ -73,14 +73,9 @@ impl ObjectStorage {
     }
 
     fn temp(&self) -> Path {
-        static UPLOADS: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
         Path::from(format!(
-            "{FORMAT_DIR}/tmp/{}-{nanos:x}-{}",
-            std::process::id(),
-            UPLOADS.fetch_add(1, Ordering::Relaxed)
+            "{FORMAT_DIR}/tmp/{}",
+            crate::support::unique_name()
         ))
     }
 

@@ -6,6 +6,7 @@
 //! on disk before it counts as a miss.
 
 use crate::format::files::Stamp;
+use crate::support::epoch_millis;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -114,12 +115,6 @@ const CLIMB_SAMPLE_PER_ENTRY: u64 = 2;
 /// The admission table remembers about this many missed keys per indexed entry.
 const SEEN_PER_ENTRY: usize = 4;
 
-/// Milliseconds since the epoch, the unit of the eviction stamps' times.
-pub(crate) fn millis(time: std::time::SystemTime) -> u64 {
-    time.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl Index {
     pub(crate) fn new(parsed_limit: usize, body_budget: usize) -> Self {
         Index {
@@ -224,7 +219,7 @@ impl Index {
     /// that a hot entry costs one line a minute; S3-FIFO, the first since the entry entered
     /// its queue or was passed over.
     pub(crate) fn touch(&mut self, key: Hash32) -> Option<u64> {
-        self.touch_at(key, millis(std::time::SystemTime::now()))
+        self.touch_at(key, epoch_millis(std::time::SystemTime::now()))
     }
 
     pub(crate) fn touch_at(&mut self, key: Hash32, now: u64) -> Option<u64> {
@@ -260,7 +255,7 @@ impl Index {
     /// The uses to keep when the access log is rewritten short: every key's last use (LRU),
     /// or the keys used since they entered their queue (S3-FIFO).
     pub(crate) fn uses(&self) -> Vec<(Hash32, u64)> {
-        let now = millis(std::time::SystemTime::now());
+        let now = epoch_millis(std::time::SystemTime::now());
         self.slots
             .iter()
             .filter_map(|(k, s)| match self.eviction {
@@ -279,7 +274,11 @@ impl Index {
         max_bytes: Option<u64>,
         max_entries: Option<usize>,
     ) -> Vec<(Hash32, Option<Hash32>)> {
-        self.evict_at(max_bytes, max_entries, millis(std::time::SystemTime::now()))
+        self.evict_at(
+            max_bytes,
+            max_entries,
+            epoch_millis(std::time::SystemTime::now()),
+        )
     }
 
     pub(crate) fn evict_at(
@@ -487,7 +486,7 @@ impl Index {
             key,
             (digest, length),
             stamp,
-            millis(stored_at),
+            epoch_millis(stored_at),
             Some(entry),
             false,
         )
@@ -534,7 +533,14 @@ impl Index {
         stored_at: std::time::SystemTime,
     ) {
         if !self.is_newer(key) {
-            self.place(key, (digest, length), stamp, millis(stored_at), None, true);
+            self.place(
+                key,
+                (digest, length),
+                stamp,
+                epoch_millis(stored_at),
+                None,
+                true,
+            );
         }
     }
 

@@ -19,14 +19,15 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
 
 use super::StreamingManager;
-use super::index::millis;
 use crate::StreamingBody;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::layout::Hash32;
 use crate::storage::{BoxFuture, Note, PutNote, Storage};
+use crate::support::epoch_millis;
 
 use super::peer_body::{CheckedBody, ORIGIN_LENGTH, SealFor, head_sealed};
-use super::seal::{Secret, is_hex};
+use super::seal::Secret;
+use crate::support::is_hex_digit;
 
 /// The request header of a peer's ask: `<ms>.<nonce>.<hmac>`.
 pub(crate) const AUTH: HeaderName = HeaderName::from_static("x-http-cache-fill-auth");
@@ -114,7 +115,7 @@ impl FleetFills {
     /// The ask header for `key`, and its nonce.
     fn ask(&self, key: &str) -> (HeaderValue, String) {
         static ASKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let ms = millis(SystemTime::now()).to_string();
+        let ms = epoch_millis(SystemTime::now()).to_string();
         let n = ASKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let seed = format!("{ms} {n} {} {key}", std::process::id());
         let nonce = Hash32::of(seed.as_bytes()).to_hex()[..32].to_owned();
@@ -133,12 +134,12 @@ impl FleetFills {
         let value = value?.to_str().ok()?;
         let mut parts = value.split('.');
         let (ms, nonce, tag) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() || nonce.len() != 32 || !nonce.bytes().all(is_hex) {
+        if parts.next().is_some() || nonce.len() != 32 || !nonce.bytes().all(is_hex_digit) {
             return None;
         }
         let at: u64 = ms.parse().ok()?;
-        let now = millis(SystemTime::now());
-        if now.abs_diff(at) > u64::try_from(ASK_WINDOW.as_millis()).unwrap_or(u64::MAX) {
+        let now = epoch_millis(SystemTime::now());
+        if now.abs_diff(at) > crate::support::millis(ASK_WINDOW) {
             return None;
         }
         let parts: [&[u8]; 4] = [b"ask", key.as_bytes(), ms.as_bytes(), nonce.as_bytes()];
@@ -153,7 +154,7 @@ impl FleetFills {
     fn first_use(&self, nonce: &str, now: u64) -> bool {
         let mut nonces = crate::rt::lock(&self.nonces);
         if nonces.len() >= NONCES_REMEMBERED {
-            let window = u64::try_from(ASK_WINDOW.as_millis()).unwrap_or(u64::MAX);
+            let window = crate::support::millis(ASK_WINDOW);
             nonces.retain(|_, at| now.saturating_sub(*at) <= 2 * window);
             if nonces.len() >= NONCES_REMEMBERED {
                 return false;
@@ -256,7 +257,7 @@ impl StreamingManager {
         };
         let path = format!("leases/{}", Hash32::of(key.as_bytes()).to_hex());
         for _ in 0..3 {
-            let expires_ms = millis(SystemTime::now() + fleet.lease_ttl);
+            let expires_ms = epoch_millis(SystemTime::now() + fleet.lease_ttl);
             let note = LeaseNote {
                 v: 2,
                 holder: fleet.advertise.clone(),
@@ -282,7 +283,7 @@ impl StreamingManager {
                 Ok(_) => continue, // released meanwhile
                 Err(_) => return Lease::Alone,
             };
-            let now = millis(SystemTime::now());
+            let now = epoch_millis(SystemTime::now());
             match found {
                 Some(lease)
                     if fleet.sealed(&path, &lease)

@@ -29,18 +29,18 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::OnceCell;
 
-use super::index::millis;
 use super::{Inner, StreamingManager};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::layout::Hash32;
 use crate::format::record::Entry;
 use crate::rt::{blocking, lock};
 use crate::storage::{Note, PutNote, Storage};
+use crate::support::{epoch_millis, from_epoch_millis, millis};
 
 use super::seal::Secret;
 
@@ -163,7 +163,7 @@ impl Purge {
             _ => return None,
         };
         // A time from the future is the bucket's time of the write (plus the skew).
-        let written = millis(modified).saturating_add(millis_of(SKEW));
+        let written = epoch_millis(modified).saturating_add(millis(SKEW));
         Some(Purge {
             name: name.to_owned(),
             at: at.parse::<u64>().ok()?.min(written),
@@ -174,16 +174,8 @@ impl Purge {
 
     /// Entries stored before this (ms) are purged.
     fn before(&self) -> u64 {
-        self.at.saturating_add(millis_of(SKEW))
+        self.at.saturating_add(millis(SKEW))
     }
-}
-
-fn millis_of(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn time_of(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
 }
 
 impl PurgeLog {
@@ -193,13 +185,7 @@ impl PurgeLog {
         retention: Duration,
         secret: Option<Secret>,
     ) -> Self {
-        static BUILT: AtomicU64 = AtomicU64::new(0);
-        let seed = format!(
-            "{} {:?} {}",
-            std::process::id(),
-            SystemTime::now(),
-            BUILT.fetch_add(1, Ordering::Relaxed)
-        );
+        let seed = crate::support::unique_name();
         PurgeLog {
             tier,
             every: every.max(Duration::from_millis(10)),
@@ -230,7 +216,7 @@ impl PurgeLog {
     }
 
     async fn publish(&self, target: Target, bytes: Bytes, prefix: Option<&str>) -> Result<()> {
-        let at = millis(SystemTime::now());
+        let at = epoch_millis(SystemTime::now());
         let (kind, hash) = match &target {
             Target::Key(hash) => ("k", hash),
             Target::Prefix(hash) => ("p", hash),
@@ -245,7 +231,7 @@ impl PurgeLog {
             // This node applied it already; its read-throughs are checked against it.
             let mut state = lock(&self.state);
             state.seen.insert(name.clone());
-            let before = at.saturating_add(millis_of(SKEW));
+            let before = at.saturating_add(millis(SKEW));
             match (prefix, &target) {
                 (Some(prefix), _) => state.remember_prefix(prefix.to_owned(), before),
                 (None, Target::Key(hash)) => state.remember_key(*hash, before),
@@ -282,7 +268,7 @@ impl PurgeLog {
 
     /// Whether `entry`, read from the tier, was purged since it was stored.
     pub(super) fn purged(&self, entry: &Entry) -> bool {
-        let stored = millis(entry.stored_at);
+        let stored = epoch_millis(entry.stored_at);
         let state = lock(&self.state);
         let key = Hash32::of(entry.key.as_bytes());
         state.keys.get(&key).is_some_and(|&before| stored < before)
@@ -322,7 +308,7 @@ impl PurgeLog {
         let started = (Instant::now(), SystemTime::now());
         let mut after = (!from_start).then(|| {
             let newest = lock(&self.state).newest;
-            format!("{:013}", newest.saturating_sub(millis_of(RELIST)))
+            format!("{:013}", newest.saturating_sub(millis(RELIST)))
         });
         loop {
             let page = self.tier.list_notes(LOG, after.as_deref(), PAGE).await?;
@@ -357,12 +343,12 @@ impl PurgeLog {
     fn forget_old(&self, listed: Instant) {
         let mut state = lock(&self.state);
         state.last_listed = Some(listed);
-        let oldest = format!("{:013}", state.newest.saturating_sub(millis_of(RELIST)));
+        let oldest = format!("{:013}", state.newest.saturating_sub(millis(RELIST)));
         state.seen = state.seen.split_off(oldest.as_str());
-        let now = millis(SystemTime::now());
-        let kept = now.saturating_sub(millis_of(KEYS_REMEMBERED));
+        let now = epoch_millis(SystemTime::now());
+        let kept = now.saturating_sub(millis(KEYS_REMEMBERED));
         state.keys.retain(|_, before| *before >= kept);
-        let kept = now.saturating_sub(millis_of(self.retention));
+        let kept = now.saturating_sub(millis(self.retention));
         state.prefixes.retain(|(_, before)| *before >= kept);
     }
 
@@ -377,12 +363,12 @@ impl PurgeLog {
             match &purge.target {
                 Target::Key(hash) => {
                     lock(&self.state).remember_key(*hash, before);
-                    manager.purge_here(*hash, time_of(before)).await;
+                    manager.purge_here(*hash, from_epoch_millis(before)).await;
                 }
                 Target::Prefix(hash) => match self.prefix_of(&purge, *hash).await {
                     Some(prefix) => {
                         lock(&self.state).remember_prefix(prefix.clone(), before);
-                        prefixes.push((prefix, time_of(before)));
+                        prefixes.push((prefix, from_epoch_millis(before)));
                     }
                     None => {
                         crate::log::warn_event!(name = %purge.name, "a prefix purge that could not be read: ignored");
@@ -431,7 +417,7 @@ impl PurgeLog {
                 }
             }
         }
-        let cutoff = millis(SystemTime::now()).saturating_sub(millis_of(self.retention));
+        let cutoff = epoch_millis(SystemTime::now()).saturating_sub(millis(self.retention));
         if self.horizon().await? < cutoff {
             let bytes = Bytes::from(self.seal_horizon(cutoff));
             self.tier
@@ -486,7 +472,7 @@ impl PurgeLog {
             (Some(_), None) => None,
             (None, _) => Some(text),
         };
-        let latest = millis(SystemTime::now()).saturating_add(millis_of(SKEW));
+        let latest = epoch_millis(SystemTime::now()).saturating_add(millis(SKEW));
         Ok(ms
             .and_then(|ms| ms.parse::<u64>().ok())
             .filter(|&ms| ms <= latest)
@@ -562,7 +548,7 @@ impl StreamingManager {
         let horizon = log.horizon().await?;
         let read = self.log_last_read().await;
         if horizon > 0 && read.is_none_or(|read| read < horizon) {
-            let before = time_of(horizon);
+            let before = from_epoch_millis(horizon);
             let removed = self
                 .remove_where(move |entry| entry.stored_at < before)
                 .await?;
@@ -626,7 +612,7 @@ impl StreamingManager {
             return;
         };
         let path = self.inner.layout.format_dir().join(READ_FILE);
-        let at = millis(at).to_string();
+        let at = epoch_millis(at).to_string();
         let _ = blocking(move || {
             let temp = opened.scratch.temp_path();
             let mode = opened.layout.mode();
@@ -685,7 +671,7 @@ mod tests {
     use crate::storage::FileStorage;
 
     fn at(ms: u64) -> SystemTime {
-        time_of(ms)
+        from_epoch_millis(ms)
     }
 
     #[test]
@@ -754,7 +740,7 @@ mod tests {
             Some(secret),
         );
         let open = PurgeLog::new(Arc::clone(&tier), every, Duration::from_secs(3600), None);
-        let past = millis(SystemTime::now()) - 60_000;
+        let past = epoch_millis(SystemTime::now()) - 60_000;
         let write = |text: String| {
             let tier = Arc::clone(&tier);
             async move {
@@ -772,7 +758,7 @@ mod tests {
             past,
             "no secret: taken as it is"
         );
-        let future = millis(SystemTime::now()) + 3_600_000;
+        let future = epoch_millis(SystemTime::now()) + 3_600_000;
         write(sealed.seal_horizon(future)).await;
         assert_eq!(sealed.horizon().await.unwrap(), 0, "to come");
         write(future.to_string()).await;
@@ -790,7 +776,7 @@ mod tests {
             retention,
             None,
         );
-        let now = millis(SystemTime::now());
+        let now = epoch_millis(SystemTime::now());
         let hex = Hash32::of(b"k").to_hex();
         let names: Vec<String> = [now - 7_200_000, now - 3_700_000, now - 60_000, now]
             .iter()

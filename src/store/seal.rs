@@ -39,12 +39,12 @@ impl Secret {
 
     /// The tag of `parts`, 64 hex digits.
     pub(crate) fn tag(&self, parts: &[&[u8]]) -> String {
-        hex(&self.mac(parts).finalize().into_bytes())
+        crate::support::hex(&self.mac(parts).finalize().into_bytes())
     }
 
     /// The first half of [`tag`](Self::tag), 32 hex digits: short enough for a name.
     pub(crate) fn short_tag(&self, parts: &[&[u8]]) -> String {
-        hex(&self.mac(parts).finalize().into_bytes()[..SHORT])
+        crate::support::hex(&self.mac(parts).finalize().into_bytes()[..SHORT])
     }
 
     /// Whether `tag` (a whole tag or a short one) seals `parts`, compared in constant time.
@@ -59,22 +59,12 @@ impl Secret {
     }
 }
 
-pub(crate) fn is_hex(b: u8) -> bool {
-    matches!(b, b'0'..=b'9' | b'a'..=b'f')
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
+/// The bytes of a tag as written (at most 64 of them).
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || text.len() > 128 || !text.bytes().all(is_hex) {
+    if text.len() > 128 {
         return None;
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
+    crate::support::unhex(text)
 }
 
 #[cfg(test)]
