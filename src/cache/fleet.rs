@@ -143,7 +143,10 @@ impl HttpStreamingCache {
             .last()
             .and_then(|last| last.to_str().ok())
             .filter(|text| text.starts_with(&ours))
-            .and_then(|text| HeaderValue::try_from(format!("{text}; collapsed; detail=peer")).ok())
+            .and_then(|text| {
+                let peer = super::status::Detail::Peer.as_str();
+                HeaderValue::try_from(format!("{text}; collapsed; detail={peer}")).ok()
+            })
         else {
             return;
         };

@@ -11,7 +11,7 @@ use super::HttpStreamingCache;
 use super::directives::Judged;
 use super::key;
 use super::mode::CacheMode;
-use super::status::Status;
+use super::status::{Detail, Status};
 use super::variants::{LANGUAGES, variants_generation};
 use crate::body::StreamingBody;
 
@@ -76,7 +76,7 @@ impl HttpStreamingCache {
             Judged::Fresh
         );
         (fresh && within_cap && mode != CacheMode::NoCache).then(|| {
-            let status = Status::hit().detail("content-language");
+            let status = Status::hit().detail(Detail::ContentLanguage);
             self.hit(parts, response, &entry.policy, now, status)
         })
     }

@@ -54,7 +54,7 @@ use crate::store::fill::FillLeader;
 use directives::{Judged, judge, unusable};
 use invalidations::FleetInvalidations;
 use stats::{Counters, count};
-use status::{Fwd, Status};
+use status::{Detail, Fwd, Status};
 use variants::variants_generation;
 
 /// A boxed future the cache's slower steps run as.
@@ -495,7 +495,7 @@ impl HttpStreamingCache {
         response
     }
 
-    fn gateway_timeout(&self, fwd: Fwd, detail: &'static str) -> Response<StreamingBody> {
+    fn gateway_timeout(&self, fwd: Fwd, detail: Detail) -> Response<StreamingBody> {
         let mut response = Response::new(StreamingBody::empty());
         *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
         response

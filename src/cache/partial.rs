@@ -22,7 +22,7 @@ use super::directives::{Judged, is_conditional, shared_cookie, take_fields, with
 use super::mode::CacheMode;
 use super::pending::keepable;
 use super::range::{self, Ranged};
-use super::status::{Fwd, Status};
+use super::status::{Detail, Fwd, Status};
 use super::{Finished, HttpStreamingCache, Pending, Plan, count, key, view};
 use crate::body::{Piece, StreamingBody, boxed};
 use crate::error::BoxError;
@@ -179,7 +179,7 @@ impl HttpStreamingCache {
         let mut response = Response::from_parts(head_parts, body);
         let status =
             Status::hit()
-                .detail("partial")
+                .detail(Detail::Partial)
                 .ttl(self.ttl(StatusCode::OK, &head.policy, now));
         self.annotate(response.headers_mut(), &status, true, true);
         response
@@ -263,7 +263,7 @@ impl Pending {
             crate::log::warn_event!(key = %self.key, "a 206 whose Content-Range disagrees with itself");
             let status = Status::forward(fwd)
                 .fwd_status(StatusCode::PARTIAL_CONTENT)
-                .detail("malformed-partial");
+                .detail(Detail::MalformedPartial);
             return Finished::Ready(self.cache.bad_gateway(status));
         }
         let plan = self.partial.take().unwrap_or(PartialPlan::Store);
@@ -329,7 +329,7 @@ impl Pending {
                     // Not the span asked for, or of another representation: nothing to
                     // put the client's range together with.
                     crate::log::warn_event!(key = %self.key, "a 206 that does not answer the span asked for");
-                    return cache.bad_gateway(status.detail("partial-mismatch"));
+                    return cache.bad_gateway(status.detail(Detail::PartialMismatch));
                 }
                 let mut pieces = Vec::with_capacity(3);
                 if start < first {
@@ -352,7 +352,7 @@ impl Pending {
                     range::partial(&mut head, start, asked_end - start, total);
                 }
                 let mut response = Response::from_parts(head, StreamingBody::pieces(pieces));
-                let status = status.stored().detail("partial");
+                let status = status.stored().detail(Detail::Partial);
                 cache.annotate(response.headers_mut(), &status, false, true);
                 response
             }
@@ -366,7 +366,7 @@ impl Pending {
                 };
                 let mut response = Response::from_parts(parts, StreamingBody::pieces(vec![piece]));
                 let status = if stored {
-                    status.stored().detail("partial")
+                    status.stored().detail(Detail::Partial)
                 } else {
                     status
                 };

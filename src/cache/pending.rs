@@ -21,7 +21,7 @@ use super::directives::{
     is_origin_failure, must_revalidate, policy_view, selects, stale_for_at_most, strip_hop_by_hop,
     take_fields, withheld,
 };
-use super::status::{Fwd, Status};
+use super::status::{Detail, Fwd, Status};
 use super::ttl::TTL_FIELD;
 use super::variants::{INTERNAL, is_internal};
 use super::view;
@@ -138,7 +138,7 @@ impl Pending {
     pub(crate) fn not_selected(self) -> Response<StreamingBody> {
         let status = Status::forward(Fwd::Stale)
             .fwd_status(StatusCode::NOT_MODIFIED)
-            .detail("revalidation-not-selected");
+            .detail(Detail::RevalidationNotSelected);
         self.cache.bad_gateway(status)
     }
 
@@ -162,7 +162,9 @@ impl Pending {
             &self.cache.decides_by(stale.response.headers()),
             self.cache.options.shared,
         ) {
-            return Ok(self.cache.gateway_timeout(Fwd::Stale, "origin-unreachable"));
+            return Ok(self
+                .cache
+                .gateway_timeout(Fwd::Stale, Detail::OriginUnreachable));
         }
         if let Some(detail) = self.stale_on_error(&stale, None) {
             return Ok(self.serve_stale(*stale, Status::forward(Fwd::Stale).detail(detail)));
@@ -179,7 +181,7 @@ impl Pending {
         &self,
         stale: &Stale,
         status: Option<StatusCode>,
-    ) -> Option<&'static str> {
+    ) -> Option<Detail> {
         let decided = self.cache.decides_by(stale.response.headers());
         let headers = &*decided;
         if must_revalidate(headers, self.cache.options.shared)
@@ -199,11 +201,11 @@ impl Pending {
             .flatten()
             .max();
         if status.is_none_or(is_origin_failure) && directive.is_some_and(within) {
-            return Some("stale-if-error");
+            return Some(Detail::StaleIfError);
         }
         let option = self.cache.options.stale_on_error;
         let failed = status.is_none_or(|status| status.is_server_error());
-        (failed && option.is_some_and(within)).then_some("stale-on-error")
+        (failed && option.is_some_and(within)).then_some(Detail::StaleOnError)
     }
 
     /// A stale response served in place of the origin's answer, saying so in

@@ -17,7 +17,7 @@ use super::directives::{
     Judged, Qualified, directive_value, has_directive, must_revalidate, policy_view, qualified,
     shared_cookie, stale_for_at_most, validators, withheld,
 };
-use super::status::{Forwarded, Fwd, Status};
+use super::status::{Detail, Forwarded, Fwd, Status};
 use super::variants::{same_variant, variants_generation};
 use super::view;
 use super::{Action, Finished, Found, HttpStreamingCache, Pending, Plan, Stale, Start, count};
@@ -112,7 +112,7 @@ impl HttpStreamingCache {
                     return Plan::Respond(hit);
                 }
                 if only_if_cached {
-                    return Plan::Respond(self.gateway_timeout(fwd, "only-if-cached"));
+                    return Plan::Respond(self.gateway_timeout(fwd, Detail::OnlyIfCached));
                 }
                 if let Some(plan) = self.partial_plan(parts, &key, mode, fwd).await {
                     return plan;
@@ -140,12 +140,12 @@ impl HttpStreamingCache {
             Judged::Mismatch => {
                 // Stored for another variant or another host: this request's miss.
                 if only_if_cached {
-                    return Plan::Respond(self.gateway_timeout(Fwd::Miss, "only-if-cached"));
+                    return Plan::Respond(self.gateway_timeout(Fwd::Miss, Detail::OnlyIfCached));
                 }
                 self.miss(parts, key, mode, Fwd::Miss, true).await
             }
             Judged::Fresh | Judged::Stale if only_if_cached => {
-                Plan::Respond(self.gateway_timeout(Fwd::Stale, "only-if-cached"))
+                Plan::Respond(self.gateway_timeout(Fwd::Stale, Detail::OnlyIfCached))
             }
             Judged::Stale
                 if mode == CacheMode::Default && {

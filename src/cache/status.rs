@@ -108,6 +108,58 @@ impl fmt::Display for NotStored {
     }
 }
 
+/// What else a `Cache-Status` entry says of its response: the `detail` parameter. One
+/// variant a reason, written in one place ([`Detail::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Detail {
+    /// Fetched, and not stored: why.
+    NotStored(NotStored),
+    /// `partial`: answered from (or kept in) a partial entry.
+    Partial,
+    /// `malformed-partial`: the origin's `206` disagrees with itself (a `502`).
+    MalformedPartial,
+    /// `partial-mismatch`: the origin's `206` is not the span asked for (a `502`).
+    PartialMismatch,
+    /// `content-language`: the stored variant in the language the request prefers.
+    ContentLanguage,
+    /// `stale-while-revalidate`: served stale while revalidated in the background.
+    StaleWhileRevalidate,
+    /// `stale-if-error`: served stale for a failing origin, as the response allowed.
+    StaleIfError,
+    /// `stale-on-error`: served stale for a failing origin, as the cache's option allows.
+    StaleOnError,
+    /// `only-if-cached`: the request would take only a stored response (a `504`).
+    OnlyIfCached,
+    /// `origin-unreachable`: the origin could not be reached and nothing may stand in (a
+    /// `504`).
+    OriginUnreachable,
+    /// `revalidation-not-selected`: a `304` named another representation and the request
+    /// could not be sent again (a `502`).
+    RevalidationNotSelected,
+    /// `peer`: streamed from the fleet node that fetched it.
+    Peer,
+}
+
+impl Detail {
+    /// The token written after `detail=`.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Detail::NotStored(why) => why.as_str(),
+            Detail::Partial => "partial",
+            Detail::MalformedPartial => "malformed-partial",
+            Detail::PartialMismatch => "partial-mismatch",
+            Detail::ContentLanguage => "content-language",
+            Detail::StaleWhileRevalidate => "stale-while-revalidate",
+            Detail::StaleIfError => "stale-if-error",
+            Detail::StaleOnError => "stale-on-error",
+            Detail::OnlyIfCached => "only-if-cached",
+            Detail::OriginUnreachable => "origin-unreachable",
+            Detail::RevalidationNotSelected => "revalidation-not-selected",
+            Detail::Peer => "peer",
+        }
+    }
+}
+
 /// Why a request went to the origin: the `fwd` parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Fwd {
@@ -150,7 +202,7 @@ enum Param {
     Collapsed,
     Stored,
     Ttl(u64),
-    Detail(&'static str),
+    Detail(Detail),
 }
 
 /// This cache's `Cache-Status` entry for one response.
@@ -179,7 +231,7 @@ impl Status {
             stale: true,
             ..Status::hit()
         }
-        .detail("stale-while-revalidate")
+        .detail(Detail::StaleWhileRevalidate)
     }
 
     /// A request that went to the origin, for `fwd`.
@@ -212,7 +264,7 @@ impl Status {
     }
 
     /// What else happened (`stale-if-error`, `only-if-cached`, `variant-not-stored`...).
-    pub(super) fn detail(self, detail: &'static str) -> Self {
+    pub(super) fn detail(self, detail: Detail) -> Self {
         self.with(Param::Detail(detail))
     }
 
@@ -244,7 +296,7 @@ impl fmt::Display for Status {
                 Param::Collapsed => f.write_str("; collapsed")?,
                 Param::Stored => f.write_str("; stored")?,
                 Param::Ttl(seconds) => write!(f, "; ttl={seconds}")?,
-                Param::Detail(detail) => write!(f, "; detail={detail}")?,
+                Param::Detail(detail) => write!(f, "; detail={}", detail.as_str())?,
             }
         }
         Ok(())
@@ -279,12 +331,12 @@ mod tests {
             (
                 Status::forward(Fwd::Stale)
                     .fwd_status(StatusCode::BAD_GATEWAY)
-                    .detail("stale-if-error")
+                    .detail(Detail::StaleIfError)
                     .ttl(0),
                 "fwd=stale; fwd-status=502; detail=stale-if-error; ttl=0",
             ),
             (
-                Status::forward(Fwd::Miss).detail("only-if-cached"),
+                Status::forward(Fwd::Miss).detail(Detail::OnlyIfCached),
                 "fwd=miss; detail=only-if-cached",
             ),
             (Status::forward(Fwd::Request), "fwd=request"),
@@ -296,7 +348,7 @@ mod tests {
         assert!(!Status::stale_while_revalidate().is_fresh_hit());
         assert!(
             !Status::forward(Fwd::Stale)
-                .detail("stale-if-error")
+                .detail(Detail::StaleIfError)
                 .is_fresh_hit()
         );
     }

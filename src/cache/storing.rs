@@ -11,7 +11,7 @@ use super::directives::{shared_cookie, take_fields, why_not_storable, withheld};
 use super::key;
 use super::mode::CacheMode;
 use super::pending::{add_fields, keepable};
-use super::status::{Fwd, NotStored, Status};
+use super::status::{Detail, Fwd, NotStored, Status};
 use super::variants::names_as_vary;
 use super::view;
 use super::{Finished, Pending, count};
@@ -215,7 +215,7 @@ impl Pending {
     {
         let status = Status::forward(fwd)
             .fwd_status(response.status())
-            .detail(why.as_str());
+            .detail(Detail::NotStored(why));
         let mut response = response.map(StreamingBody::pass);
         self.cache
             .annotate(response.headers_mut(), &status, false, found);
