@@ -40,16 +40,17 @@ pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// A name no other call in any process makes: this process's id, the time in nanoseconds
-/// and a count, in hex (`3f2a-17c4e0b1d2f3a4b5-0`). For temporary files, scratch
-/// directories, boundaries and generations.
+/// A name no other call in any process makes: this process's id (in decimal, as `ps`
+/// shows it, so that an operator can tell whose a scratch directory is), then the time in
+/// nanoseconds and a count in hex (`16170-17c4e0b1d2f3a4b5-0`). For temporary files,
+/// scratch directories, boundaries and generations.
 pub(crate) fn unique_name() -> String {
     static MADE: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     format!(
-        "{:x}-{nanos:x}-{:x}",
+        "{}-{nanos:x}-{:x}",
         std::process::id(),
         MADE.fetch_add(1, Ordering::Relaxed)
     )
@@ -89,6 +90,8 @@ mod tests {
     fn unique_names_differ_and_epoch_millis_round_trip() {
         let names: std::collections::HashSet<String> = (0..1000).map(|_| unique_name()).collect();
         assert_eq!(names.len(), 1000);
+        let pid = format!("{}-", std::process::id());
+        assert!(names.iter().all(|name| name.starts_with(&pid)));
         let at = from_epoch_millis(1_700_000_000_123);
         assert_eq!(epoch_millis(at), 1_700_000_000_123);
         assert_eq!(epoch_millis(UNIX_EPOCH - Duration::from_secs(1)), 0);
