@@ -15,8 +15,36 @@ use tokio_util::sync::PollSemaphore;
 
 use crate::error::{BoxError, Error};
 use crate::format::reader::ChunkReader;
-use crate::store::fill::{Fill, FollowReader};
-use crate::store::partial::PartialSink;
+
+/// A body being written by another request, read as it grows (the store's follower).
+/// The body knows it by this alone, so that it depends on nothing of the store.
+pub(crate) trait Growing: Send {
+    /// The next chunk, once written.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Error>>>;
+    /// Bytes known to be left, once the whole length is known.
+    fn remaining(&self) -> Option<u64>;
+}
+
+/// Where the bytes of a range fetched for a partial entry are kept as they pass (the
+/// store's partial entry).
+pub(crate) trait RangeSink: Send {
+    /// Keeps `bytes`, the next of the range.
+    fn push(&mut self, bytes: &Bytes);
+}
+
+/// The fill a tee's writer is storing, as its body sees it: whether to read on with
+/// nobody reading, and when to stop others from following.
+pub(crate) trait SharedFill: Send + Sync {
+    /// Whether the body should be read to its end even though its client went away.
+    fn wanted(&self) -> bool;
+    /// Whether a request follows the fill now.
+    fn followed(&self) -> bool;
+    /// Requests that come from now on ask the origin rather than follow.
+    fn close_to_newcomers(&self);
+    /// A share of the budget for reading on with nobody reading: a permit and the bytes
+    /// it allows, when the fill completes on disconnect and the budget has room.
+    fn background_budget(&self) -> Option<(OwnedSemaphorePermit, u64)>;
+}
 
 /// A response body that streams from a stored file, is being stored while it streams (a tee),
 /// or passes another body through.
@@ -48,7 +76,7 @@ enum Kind {
         inner: UnsyncBoxBody<Bytes, BoxError>,
     },
     /// Read from the temp file of an entry another request is storing.
-    Follow { reader: FollowReader },
+    Follow { reader: Box<dyn Growing> },
     /// Pieces one after the other: a `multipart/byteranges` answer.
     Parts {
         segments: std::collections::VecDeque<Part>,
@@ -70,7 +98,7 @@ enum Part {
     /// `left` bytes from the origin, stored as they pass when there is a sink.
     Net {
         inner: UnsyncBoxBody<Bytes, BoxError>,
-        sink: Option<PartialSink>,
+        sink: Option<Box<dyn RangeSink>>,
         left: u64,
     },
 }
@@ -82,7 +110,7 @@ pub(crate) enum Piece {
     /// Exactly `len` bytes of `body`, each stored through `sink` as it passes.
     Fetched {
         body: UnsyncBoxBody<Bytes, BoxError>,
-        sink: Option<PartialSink>,
+        sink: Option<Box<dyn RangeSink>>,
         len: u64,
     },
 }
@@ -209,9 +237,11 @@ impl StreamingBody {
         }
     }
 
-    pub(crate) fn follow(reader: FollowReader) -> Self {
+    pub(crate) fn follow(reader: impl Growing + 'static) -> Self {
         StreamingBody {
-            kind: Kind::Follow { reader },
+            kind: Kind::Follow {
+                reader: Box::new(reader),
+            },
         }
     }
 
@@ -255,7 +285,7 @@ impl StreamingBody {
     }
 
     /// The fill this tee's writer is storing, when others may follow it.
-    fn fill(&self) -> Option<&Arc<Fill>> {
+    fn fill(&self) -> Option<&Arc<dyn SharedFill>> {
         match &self.kind {
             Kind::Tee {
                 sink: Some(sink), ..
@@ -312,7 +342,7 @@ pub(crate) struct TeeSink {
     /// Called when the body has ended complete, just before the writer hears of it.
     on_end: Option<Box<dyn FnOnce() + Send>>,
     /// The fill other requests follow, when they do.
-    fill: Option<Arc<Fill>>,
+    fill: Option<Arc<dyn SharedFill>>,
 }
 
 impl TeeSink {
@@ -320,7 +350,7 @@ impl TeeSink {
     pub(crate) fn new(
         end: oneshot::Sender<TeeEnd>,
         on_end: Box<dyn FnOnce() + Send>,
-        fill: Option<Arc<Fill>>,
+        fill: Option<Arc<dyn SharedFill>>,
     ) -> (Self, mpsc::UnboundedReceiver<Queued>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let room = Arc::new(Semaphore::new(TEE_QUEUE_BYTES / ROOM_UNIT));

@@ -126,10 +126,6 @@ pub(crate) enum Plan {
 }
 
 /// What the cache does with the inner service's answer.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "returned and moved once, never kept"
-)]
 pub(crate) enum Finished {
     Ready(Response<StreamingBody>),
     Later(BoxFuture<Response<StreamingBody>>),

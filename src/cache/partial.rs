@@ -337,7 +337,7 @@ impl Pending {
                 }
                 pieces.push(Piece::Fetched {
                     body,
-                    sink: Some(planned.sink(first, end)),
+                    sink: Some(Box::new(planned.sink(first, end))),
                     len: end - first,
                 });
                 if end < asked_end {
@@ -357,7 +357,9 @@ impl Pending {
                 response
             }
             PartialPlan::Store => {
-                let sink = kept.map(|entry| entry.sink(first, end));
+                let sink = kept.map(|entry| {
+                    Box::new(entry.sink(first, end)) as Box<dyn crate::body::RangeSink>
+                });
                 let stored = sink.is_some();
                 let piece = Piece::Fetched {
                     body,

@@ -679,3 +679,31 @@ impl FollowReader {
         }
     }
 }
+
+impl crate::body::Growing for FollowReader {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Error>>> {
+        FollowReader::poll_chunk(self, cx)
+    }
+
+    fn remaining(&self) -> Option<u64> {
+        FollowReader::remaining(self)
+    }
+}
+
+impl crate::body::SharedFill for Fill {
+    fn wanted(&self) -> bool {
+        Fill::wanted(self)
+    }
+
+    fn followed(&self) -> bool {
+        Fill::followed(self)
+    }
+
+    fn close_to_newcomers(&self) {
+        Fill::close_to_newcomers(self)
+    }
+
+    fn background_budget(&self) -> Option<BackgroundBudget> {
+        Fill::background_budget(self)
+    }
+}

@@ -524,6 +524,12 @@ fn least_used(
         .map(|(key, _)| key.clone())
 }
 
+impl crate::body::RangeSink for PartialSink {
+    fn push(&mut self, bytes: &Bytes) {
+        PartialSink::push(self, bytes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

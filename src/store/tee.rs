@@ -362,7 +362,10 @@ impl StreamingManager {
         let manager = self.clone();
         let (mut leader, head) = leader.unzip();
         let fill = leader.as_ref().map(|leader| Arc::clone(leader.fill()));
-        let (sink, rx) = TeeSink::new(end_tx, on_end, fill.clone());
+        let shared = fill
+            .clone()
+            .map(|fill| fill as Arc<dyn crate::body::SharedFill>);
+        let (sink, rx) = TeeSink::new(end_tx, on_end, shared);
         #[cfg(feature = "tracing")]
         let span = tracing::debug_span!("http_cache.store", key = %draft.key);
         let write = async move {
