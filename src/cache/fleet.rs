@@ -105,7 +105,7 @@ impl HttpStreamingCache {
             let holder = match self.manager.take_lease(key, unreachable.as_deref()).await {
                 Lease::Held(guard) => {
                     if let Some(leader) = leader.as_mut() {
-                        leader.lease = Some(guard);
+                        leader.lease = Some(Box::new(guard));
                     }
                     return None;
                 }

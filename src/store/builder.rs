@@ -10,9 +10,12 @@ use tokio::sync::OnceCell;
 use crate::format::layout::Layout;
 
 use super::policy::Eviction;
-use super::read_in::READ_IN_BEFORE_SERVING;
 use super::{Inner, StreamingManager};
 use crate::format::files;
+
+/// Stores of up to this many records are read in before the first request is served (within
+/// ~0.1 s here); larger ones while requests are served.
+pub(super) const READ_IN_BEFORE_SERVING: usize = 10_000;
 
 /// Options of a [`StreamingManager`], set through [`StreamingManager::builder`].
 #[derive(Debug, Clone)]

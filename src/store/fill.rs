@@ -201,13 +201,17 @@ pub(crate) enum Role {
     Follower(FillFollower),
 }
 
+/// Something held until an entry is in the shared tier, then dropped: the fleet's lease.
+pub(crate) type HeldUntilShared = Box<dyn std::any::Any + Send + Sync>;
+
 /// The leader's hold on a fill. Dropped without an end, it releases the followers.
 pub(crate) struct FillLeader {
     fills: Arc<Fills>,
     key: Hash32,
     fill: Arc<Fill>,
-    /// The fleet's lease on the key, held until the entry is in the shared tier.
-    pub(crate) lease: Option<super::leases::LeaseGuard>,
+    /// The fleet's lease on the key, held until the entry is in the shared tier: a guard
+    /// whose drop releases it (the fill need know no more of the fleet).
+    pub(crate) lease: Option<HeldUntilShared>,
 }
 
 /// A follower's view of a fill.

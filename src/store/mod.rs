@@ -18,6 +18,7 @@ pub(crate) mod peer_body;
 pub(crate) mod policy;
 mod purges;
 mod read_in;
+mod record_file;
 pub(crate) mod seal;
 mod snapshot;
 mod tee;
@@ -47,7 +48,7 @@ use fill::Fills;
 
 use builder::Options;
 use opened::Opened;
-use read_in::read_record;
+use record_file::read_record;
 use tee::Deletions;
 
 /// A file-based cache store that streams bodies to and from disk, never holding a whole body

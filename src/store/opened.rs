@@ -22,7 +22,6 @@ use crate::format::scratch::{self, Scratch};
 use index::{Index, Known, RECHECK_AFTER};
 
 use super::builder::Options;
-use super::read_in::ReadIn;
 use super::tee::{Committed, Draft};
 use super::{Hit, HitBody, index};
 use crate::format::content::install_content;
@@ -30,6 +29,14 @@ use crate::format::content::remove_if_present;
 use crate::format::files;
 use crate::format::scratch::prepare;
 use crate::rt::lock;
+
+/// How far reading the records on disk into the index has come.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ReadIn {
+    Running,
+    Done,
+    Failed(String),
+}
 
 /// The state of a store whose directories exist and whose index is loaded.
 pub(super) struct Opened {
@@ -433,12 +440,12 @@ impl Opened {
     /// is damaged); a newer entry stays.
     pub(super) fn drop_stored_before(&self, key_hash: Hash32, before: SystemTime) {
         let path = self.layout.record_path(key_hash);
-        match super::read_in::read_record(&path, key_hash) {
+        match super::record_file::read_record(&path, key_hash) {
             Ok(Some((entry, _))) if entry.stored_at < before => {
                 self.drop_record(key_hash, Some(entry.digest));
             }
-            Ok(_) | Err(super::read_in::ReadFailure::Unavailable(_)) => {}
-            Err(super::read_in::ReadFailure::Unusable(_)) => self.drop_record(key_hash, None),
+            Ok(_) | Err(super::record_file::ReadFailure::Unavailable(_)) => {}
+            Err(super::record_file::ReadFailure::Unusable(_)) => self.drop_record(key_hash, None),
         }
     }
 

@@ -1,9 +1,8 @@
 //! Reading the records on disk into the index when a store opens (on a thread of its own
-//! for a large store, while requests are served), and reading one record file.
+//! for a large store, while requests are served).
 
 use std::fs::{self};
 use std::io;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,21 +12,13 @@ use crate::format::layout::Hash32;
 use crate::format::record::Entry;
 use index::{Index, Known};
 
-use super::opened::Opened;
+use super::opened::{Opened, ReadIn};
+use super::record_file::{ReadFailure, is_transient, read_record, read_summary};
 use super::{Hit, HitBody, index};
 use crate::format::content::remove_if_present;
 use crate::format::files;
 use crate::format::reader;
-use crate::format::record;
 use crate::format::scratch;
-
-/// Records larger than this are damage, not records: decoding them could take unbounded
-/// memory.
-pub(super) const MAX_RECORD_BYTES: u64 = 64 << 20;
-
-/// Stores of up to this many records are read in before the first request is served (within
-/// ~0.1 s here); larger ones while requests are served.
-pub(super) const READ_IN_BEFORE_SERVING: usize = 10_000;
 
 /// Runs `work` on a thread of its own, named for what opening a store does there.
 fn on_open_thread(work: impl FnOnce() + Send + 'static) -> Result<()> {
@@ -38,18 +29,10 @@ fn on_open_thread(work: impl FnOnce() + Send + 'static) -> Result<()> {
         .map_err(|e| Error::new(ErrorKind::Io).with_source(e))
 }
 
-/// How far reading the records on disk into the index has come.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum ReadIn {
-    Running,
-    Done,
-    Failed(String),
-}
-
 impl Opened {
     /// Reads every record on disk into the index (or takes the index from its snapshot,
     /// see [`snapshot`](super::snapshot)), then removes orphaned content and evicts
-    /// what the bounds ask for. A store of up to [`READ_IN_BEFORE_SERVING`] records is read in
+    /// what the bounds ask for. A store of up to [`READ_IN_BEFORE_SERVING`](super::builder::READ_IN_BEFORE_SERVING) records is read in
     /// before this returns; a larger one on a thread of its own while requests are served.
     /// Until that is done, a key the index does not know is looked up on disk, as always;
     /// see [`Index::is_loading`] for what waits.
@@ -443,95 +426,4 @@ impl Opened {
             crate::log::warn_event!(path = %path.display(), error = %e, "could not remove damaged content");
         }
     }
-}
-
-/// Why a record could not be read.
-#[derive(Debug)]
-pub(super) enum ReadFailure {
-    /// The file is damaged, unreadable or not a record: remove it.
-    Unusable(String),
-    /// The system cannot read it now (out of file handles or memory): the record may be
-    /// fine, so it must not be removed, nor its content taken for an orphan.
-    Unavailable(io::Error),
-}
-
-impl std::fmt::Display for ReadFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ReadFailure::Unusable(why) => f.write_str(why),
-            ReadFailure::Unavailable(e) => e.fmt(f),
-        }
-    }
-}
-
-impl From<io::Error> for ReadFailure {
-    fn from(e: io::Error) -> Self {
-        if is_transient(&e) {
-            ReadFailure::Unavailable(e)
-        } else {
-            ReadFailure::Unusable(e.to_string())
-        }
-    }
-}
-
-/// Errors that say nothing about the file: the process or the system is short of something.
-pub(super) fn is_transient(e: &io::Error) -> bool {
-    // ENOMEM, EAGAIN, ENFILE, EMFILE have these numbers on Linux and the BSDs alike.
-    #[cfg(unix)]
-    if matches!(e.raw_os_error(), Some(12 | 11 | 23 | 24 | 35)) {
-        return true;
-    }
-    matches!(
-        e.kind(),
-        io::ErrorKind::OutOfMemory | io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
-    )
-}
-
-/// Reads a record in summary (what the store opens with), with the stamp of the file read.
-/// `Ok(None)`: there is none.
-pub(super) fn read_summary(
-    path: &Path,
-    key_hash: Hash32,
-) -> std::result::Result<Option<(record::Summary, Stamp)>, ReadFailure> {
-    read_as(path, key_hash, Entry::summarize, |summary| &summary.key)
-}
-
-/// Reads and decodes a record, with the stamp of the file read. `Ok(None)`: there is none.
-pub(super) fn read_record(
-    path: &Path,
-    key_hash: Hash32,
-) -> std::result::Result<Option<(Entry, Stamp)>, ReadFailure> {
-    read_as(path, key_hash, Entry::decode, |entry| &entry.key)
-}
-
-/// Reads a record file and decodes it with `decode`, checking that the key it holds is the
-/// one its file name is the hash of.
-pub(super) fn read_as<T>(
-    path: &Path,
-    key_hash: Hash32,
-    decode: fn(&[u8]) -> std::result::Result<T, record::DecodeError>,
-    key: fn(&T) -> &str,
-) -> std::result::Result<Option<(T, Stamp)>, ReadFailure> {
-    use std::io::Read as _;
-    let mut file = match files::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let meta = file.metadata()?;
-    if meta.len() > MAX_RECORD_BYTES {
-        return Err(ReadFailure::Unusable(format!(
-            "record of {} bytes is larger than any this store writes",
-            meta.len()
-        )));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.read_to_end(&mut bytes)?;
-    let decoded = decode(&bytes).map_err(|e| ReadFailure::Unusable(e.to_string()))?;
-    if Hash32::of(key(&decoded).as_bytes()) != key_hash {
-        return Err(ReadFailure::Unusable(
-            "record is filed under another key's name".into(),
-        ));
-    }
-    Ok(Some((decoded, Stamp::of(&meta))))
 }

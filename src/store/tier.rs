@@ -146,7 +146,7 @@ impl StreamingManager {
         key_hash: Hash32,
         digest: Hash32,
         length: u64,
-        lease: Option<super::leases::LeaseGuard>,
+        lease: Option<super::fill::HeldUntilShared>,
     ) {
         let Some(tier) = self.shared_tier().cloned() else {
             return;
