@@ -9,9 +9,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
-use tokio::sync::oneshot;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio_util::sync::PollSemaphore;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::error::{BoxError, Error};
 use crate::format::reader::ChunkReader;
@@ -67,7 +65,7 @@ enum Kind {
     },
     Tee {
         inner: UnsyncBoxBody<Bytes, BoxError>,
-        sink: Option<TeeSink>,
+        sink: Option<Box<dyn TeeSink>>,
         /// Already handed to a task of its own to be read to its end: dropped again, it gives
         /// the entry up instead of handing itself off once more.
         detached: bool,
@@ -245,7 +243,10 @@ impl StreamingBody {
         }
     }
 
-    pub(crate) fn tee(inner: UnsyncBoxBody<Bytes, BoxError>, sink: Option<TeeSink>) -> Self {
+    pub(crate) fn tee(
+        inner: UnsyncBoxBody<Bytes, BoxError>,
+        sink: Option<Box<dyn TeeSink>>,
+    ) -> Self {
         let mut body = StreamingBody {
             kind: Kind::Tee {
                 inner,
@@ -289,7 +290,7 @@ impl StreamingBody {
         match &self.kind {
             Kind::Tee {
                 sink: Some(sink), ..
-            } => sink.fill.as_ref(),
+            } => sink.fill(),
             _ => None,
         }
     }
@@ -314,111 +315,29 @@ impl Default for StreamingBody {
     }
 }
 
-/// How a tee'd body ended, sent once by the body to its writer. A body dropped before its
-/// end sends nothing, and the writer then abandons the entry.
-#[derive(Debug)]
-pub(crate) struct TeeEnd {
-    /// A last chunk that the bounded queue had no room for when the body ended.
-    pub(crate) tail: Option<Bytes>,
-    pub(crate) trailers: Option<HeaderMap>,
-}
-
-/// A chunk on its way to the writer, holding its share of the queue's room until written.
-pub(crate) type Queued = (Bytes, OwnedSemaphorePermit);
-
-/// How many bytes of a tee may wait for the writer before the client waits for the disk.
-const TEE_QUEUE_BYTES: usize = 4 << 20;
-/// The queue's room is counted in units of this many bytes.
-const ROOM_UNIT: usize = 1024;
-
-/// The store's end of a tee: a queue of chunks to the writer bounded in bytes, and the one
-/// message that says the body ended complete.
-pub(crate) struct TeeSink {
-    tx: mpsc::UnboundedSender<Queued>,
-    room: PollSemaphore,
-    pending: Option<Bytes>,
-    trailers: Option<HeaderMap>,
-    end: oneshot::Sender<TeeEnd>,
-    /// Called when the body has ended complete, just before the writer hears of it.
-    on_end: Option<Box<dyn FnOnce() + Send>>,
+/// The store's end of a tee, as the body feeds it: a bounded queue of chunks to the
+/// writer, and the one message that says the body ended complete (the store's queue).
+pub(crate) trait TeeSink: Send {
+    /// Moves the chunk waiting for queue room into the queue. `Ready(false)`: the writer is
+    /// gone, store no more.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<bool>;
+    /// Queues a chunk for the writer without making the client wait (when the queue is
+    /// full the chunk is kept aside, and the next poll waits for room). `false`: the writer
+    /// is gone.
+    fn offer(&mut self, cx: &mut Context<'_>, chunk: Bytes) -> bool;
+    /// Keeps the trailers the body ended with.
+    fn trailers(&mut self, trailers: HeaderMap);
+    /// The body ended complete: the writer may commit.
+    fn finish(self: Box<Self>);
+    /// The body failed or was dropped: the entry is given up, and requests from now on ask
+    /// the origin rather than follow it.
+    fn abandon(self: Box<Self>);
     /// The fill other requests follow, when they do.
-    fill: Option<Arc<dyn SharedFill>>,
-}
-
-impl TeeSink {
-    /// A sink and the queue its writer reads.
-    pub(crate) fn new(
-        end: oneshot::Sender<TeeEnd>,
-        on_end: Box<dyn FnOnce() + Send>,
-        fill: Option<Arc<dyn SharedFill>>,
-    ) -> (Self, mpsc::UnboundedReceiver<Queued>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let room = Arc::new(Semaphore::new(TEE_QUEUE_BYTES / ROOM_UNIT));
-        let sink = TeeSink {
-            tx,
-            room: PollSemaphore::new(room),
-            pending: None,
-            trailers: None,
-            end,
-            on_end: Some(on_end),
-            fill,
-        };
-        (sink, rx)
-    }
-
+    fn fill(&self) -> Option<&Arc<dyn SharedFill>>;
     /// Whether the body should be read to its end even though its client went away:
     /// others follow it, or the store was told to complete such fills.
     fn wanted(&self) -> bool {
-        self.fill.as_ref().is_some_and(|fill| fill.wanted())
-    }
-
-    /// Moves the chunk waiting for queue room into the queue. `Ready(false)`: the writer is
-    /// gone, store no more.
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
-        let Some(len) = self.pending.as_ref().map(Bytes::len) else {
-            return Poll::Ready(true);
-        };
-        if self.tx.is_closed() {
-            return Poll::Ready(false);
-        }
-        // A chunk larger than the whole queue waits for all of it, then goes alone.
-        let units = len
-            .div_ceil(ROOM_UNIT)
-            .clamp(1, TEE_QUEUE_BYTES / ROOM_UNIT);
-        let units = u32::try_from(units).unwrap_or(u32::MAX);
-        match self.room.poll_acquire_many(cx, units) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => Poll::Ready(false),
-            Poll::Ready(Some(permit)) => {
-                let chunk = self.pending.take();
-                Poll::Ready(chunk.is_none_or(|c| self.tx.send((c, permit)).is_ok()))
-            }
-        }
-    }
-
-    /// Queues a chunk for the writer without making the client wait: when the queue is full
-    /// the chunk is kept aside, and the next poll waits for room before reading more.
-    fn offer(&mut self, cx: &mut Context<'_>, chunk: Bytes) -> bool {
-        self.pending = Some(chunk);
-        !matches!(self.poll_flush(cx), Poll::Ready(false))
-    }
-
-    /// Gives up on the entry. Requests that come from now on ask the origin rather than
-    /// follow a body that is known to fail: closed before the client hears of the failure.
-    fn abandon(self) {
-        if let Some(fill) = &self.fill {
-            fill.close_to_newcomers();
-        }
-    }
-
-    fn finish(mut self) {
-        if let Some(on_end) = self.on_end.take() {
-            on_end();
-        }
-        let _ = self.end.send(TeeEnd {
-            tail: self.pending,
-            trailers: self.trailers,
-        });
+        self.fill().is_some_and(|fill| fill.wanted())
     }
 }
 
@@ -620,7 +539,7 @@ pub(crate) fn complete_in_background(mut body: StreamingBody) -> bool {
 
 fn poll_tee(
     inner: &mut UnsyncBoxBody<Bytes, BoxError>,
-    sink: &mut Option<TeeSink>,
+    sink: &mut Option<Box<dyn TeeSink>>,
     cx: &mut Context<'_>,
 ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
     if let Some(s) = sink.as_mut() {
@@ -652,7 +571,7 @@ fn poll_tee(
                 *sink = None;
             }
         } else if let Some(trailers) = frame.trailers_ref() {
-            s.trailers = Some(trailers.clone());
+            s.trailers(trailers.clone());
         }
     }
     // The client may stop polling once the inner body says it is over.

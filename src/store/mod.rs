@@ -22,6 +22,7 @@ mod record_file;
 pub(crate) mod seal;
 mod snapshot;
 mod tee;
+mod tee_queue;
 
 pub use builder::StreamingManagerBuilder;
 pub use leases::{FILL_PATH, FleetFills, PeerClient};

@@ -15,7 +15,8 @@ use std::collections::HashMap;
 use tokio::sync::{oneshot, watch};
 use url::Url;
 
-use crate::body::{StreamingBody, TeeSink, boxed};
+use super::tee_queue::TeeQueue;
+use crate::body::{StreamingBody, boxed};
 use crate::error::{BoxError, Error, ErrorKind, Result};
 use crate::format::content::ContentWriter;
 use crate::format::layout::Hash32;
@@ -365,7 +366,7 @@ impl StreamingManager {
         let shared = fill
             .clone()
             .map(|fill| fill as Arc<dyn crate::body::SharedFill>);
-        let (sink, rx) = TeeSink::new(end_tx, on_end, shared);
+        let (sink, rx) = TeeQueue::new(end_tx, on_end, shared);
         #[cfg(feature = "tracing")]
         let span = tracing::debug_span!("http_cache.store", key = %draft.key);
         let write = async move {
@@ -467,7 +468,7 @@ impl StreamingManager {
         let write = tracing::Instrument::instrument(write, span);
         crate::rt::spawn(write);
 
-        let body = StreamingBody::tee(body, Some(sink));
+        let body = StreamingBody::tee(body, Some(Box::new(sink)));
         (Response::from_parts(parts, body), done_rx)
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::fill::{Fill, FillEnd};
 use super::pool::{Lane, on_pool, pool};
-use crate::body::{Queued, TeeEnd};
+use super::tee_queue::{Queued, TeeEnd};
 use crate::error::{Error, ErrorKind};
 use crate::format::content::{ContentWriter, HASH_INLINE};
 
