@@ -3,7 +3,7 @@
 //! ranges it holds in part (or the whole body, asked without a range) fetch only the span
 //! that is missing, answered from the entry's file around the fetched bytes. Once the
 //! ranges cover the whole body, the store makes it an ordinary entry (see
-//! `store::partial`).
+//! `store::partial_entry`).
 //!
 //! Only what can be combined safely is: a single byte range, a response with a strong
 //! entity tag (ranges are combined only under the same one, and fetched with `If-Range`
@@ -26,7 +26,7 @@ use super::status::{Detail, Fwd, Status};
 use super::{Finished, HttpStreamingCache, Pending, Plan, count, key, view};
 use crate::body::{Piece, StreamingBody, boxed};
 use crate::error::BoxError;
-use crate::store::partial::{PartialEntry, PartialHead};
+use crate::store::partial_entry::{PartialEntry, PartialHead};
 
 /// What a ranged miss does with the origin's answer.
 pub(super) enum PartialPlan {

@@ -10,7 +10,7 @@ use crate::support::epoch_millis;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::contents::Contents;
+use super::content_ids::Contents;
 use super::dense::DenseMap;
 use super::policy::{Climber, Eviction, PROMOTE_AT, Recent, Used};
 use std::sync::Arc;

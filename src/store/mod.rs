@@ -3,14 +3,14 @@
 
 pub(crate) mod fill;
 pub(crate) mod index;
-pub(crate) mod partial;
+pub(crate) mod partial_entry;
 pub(crate) mod pool;
 mod tier;
 pub(crate) mod writer;
 
 mod access_log;
 mod builder;
-mod contents;
+mod content_ids;
 mod dense;
 pub(crate) mod leases;
 mod opened;
@@ -108,7 +108,7 @@ struct Inner {
     /// Bodies being written now (see `max_writes_in_flight`).
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// Responses received in ranges so far.
-    partials: partial::Partials,
+    partials: partial_entry::Partials,
 }
 
 /// Statistics of what a store holds.
