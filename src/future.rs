@@ -11,8 +11,9 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::body::StreamingBody;
-use crate::cache::{BoxFuture, Finished, Pending, Plan};
+use crate::cache::{Finished, Pending, Plan};
 use crate::error::BoxError;
+use crate::storage::BoxFuture;
 
 pin_project! {
     /// The future of [`HttpCacheStreaming`](crate::HttpCacheStreaming): a lookup in the
@@ -31,7 +32,7 @@ pin_project! {
     enum State<F, S, ReqB> {
         /// Looking the request up; the inner service and the body wait.
         Lookup {
-            lookup: BoxFuture<(Plan, request::Parts)>,
+            lookup: BoxFuture<'static, (Plan, request::Parts)>,
             service: Option<S>,
             body: Option<ReqB>,
         },
@@ -51,7 +52,7 @@ pin_project! {
         },
         /// The cache finishes with the inner answer (a revalidation, an invalidation).
         Finish {
-            future: BoxFuture<Response<StreamingBody>>,
+            future: BoxFuture<'static, Response<StreamingBody>>,
         },
         /// Answered from memory when the request arrived.
         Ready {
@@ -66,7 +67,7 @@ where
     S: Service<Request<ReqB>>,
 {
     pub(crate) fn lookup(
-        lookup: BoxFuture<(Plan, request::Parts)>,
+        lookup: BoxFuture<'static, (Plan, request::Parts)>,
         service: S,
         body: ReqB,
     ) -> Self {

@@ -80,7 +80,7 @@ struct Onward {
 impl Service<http::Request<reqwest::Body>> for Onward {
     type Response = http::Response<reqwest::Body>;
     type Error = reqwest_middleware::Error;
-    type Future = crate::cache::BoxFuture<reqwest_middleware::Result<Self::Response>>;
+    type Future = crate::storage::BoxFuture<'static, reqwest_middleware::Result<Self::Response>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<reqwest_middleware::Result<()>> {
         Poll::Ready(Ok(()))

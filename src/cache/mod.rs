@@ -35,8 +35,6 @@ pub use status::NotStored;
 pub use ttl::Ttl;
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
@@ -57,8 +55,7 @@ use stats::{Counters, count};
 use status::{Detail, Fwd, Status};
 use variants::variants_generation;
 
-/// A boxed future the cache's slower steps run as.
-pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+use crate::storage::BoxFuture;
 
 /// The HTTP cache: RFC 9111 decisions over a [`StreamingManager`]. Wrap a service with it
 /// through [`HttpCacheStreamingLayer`](crate::HttpCacheStreamingLayer).
@@ -98,7 +95,7 @@ impl fmt::Debug for HttpStreamingCache {
 pub(crate) enum Start {
     Ready(Response<StreamingBody>),
     Forward(request::Parts, Pending),
-    Lookup(BoxFuture<(Plan, request::Parts)>),
+    Lookup(BoxFuture<'static, (Plan, request::Parts)>),
 }
 
 /// What a lookup decided.
@@ -128,7 +125,7 @@ pub(crate) enum Plan {
 /// What the cache does with the inner service's answer.
 pub(crate) enum Finished {
     Ready(Response<StreamingBody>),
-    Later(BoxFuture<Response<StreamingBody>>),
+    Later(BoxFuture<'static, Response<StreamingBody>>),
     /// The request goes to the inner service again, unconditionally: its answer to the
     /// revalidation selected nothing.
     Again(Pending),
@@ -477,7 +474,7 @@ impl HttpStreamingCache {
         version: http::Version,
         headers: &HeaderMap,
     ) -> http::response::Parts {
-        view::response_head(status, version, &self.decides_by(headers))
+        view::policy_head(status, version, &self.decides_by(headers))
     }
 
     /// A `502` the cache answers itself, with `status` saying why.

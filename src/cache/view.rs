@@ -302,7 +302,7 @@ pub(super) fn understands(status: http::StatusCode) -> bool {
 /// (but under `must-understand` for a status this cache does not understand); a `no-store`
 /// with `must-understand` on an understood status is dropped (§5.2.2.3), since this cache
 /// understands it.
-pub(super) fn response_head(
+pub(super) fn policy_head(
     status: http::StatusCode,
     version: http::Version,
     headers: &HeaderMap,
