@@ -89,6 +89,7 @@ struct ReadmeDoctests;
 
 mod body;
 mod cache;
+mod counter;
 mod empty_body;
 mod error;
 mod format;
@@ -119,6 +120,7 @@ pub use cache::{
     CacheKey, CacheStats, HttpCacheOptions, HttpStreamingCache, NotStored, OriginRequests, Ttl,
     strip_hop_by_hop,
 };
+pub use counter::Counter;
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use future::ResponseFuture;
 pub use layer::HttpCacheStreamingLayer;

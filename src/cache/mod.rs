@@ -34,6 +34,7 @@ pub use stats::{CacheStats, OriginRequests};
 pub use status::NotStored;
 pub use ttl::Ttl;
 
+use crate::Counter;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -335,7 +336,7 @@ impl HttpStreamingCache {
     /// tier only.
     async fn delete(&self, key: &str) {
         if let Err(error) = self.remove_within_budget(key, false).await {
-            count(&self.counters.errors, "http_cache_streaming_errors_total");
+            count(&self.counters.errors, Counter::Errors);
             crate::log::warn_event!(%key, %error, "could not invalidate a cache entry");
         }
     }
@@ -358,7 +359,7 @@ impl HttpStreamingCache {
         status: Status,
     ) -> Response<StreamingBody> {
         if status.is_fresh_hit() {
-            count(&self.counters.hits, "http_cache_streaming_hits_total");
+            count(&self.counters.hits, Counter::Hits);
         }
         let length = response.body().size_hint().exact();
         let stored_status = response.status();

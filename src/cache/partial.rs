@@ -10,6 +10,7 @@
 //! naming it, so that a changed representation comes back whole), the length of the whole
 //! body in its `Content-Range`, no `Vary`, and the storing rules a `200` of it would meet.
 
+use crate::Counter;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -161,7 +162,7 @@ impl HttpStreamingCache {
         (start, end): (u64, u64),
         whole: bool,
     ) -> Response<StreamingBody> {
-        count(&self.counters.hits, "http_cache_streaming_hits_total");
+        count(&self.counters.hits, Counter::Hits);
         let now = self.now();
         let mut head_parts = head.parts;
         head_parts.version = parts.version;
@@ -267,10 +268,7 @@ impl Pending {
             return Finished::Ready(self.cache.bad_gateway(status));
         }
         let plan = self.partial.take().unwrap_or(PartialPlan::Store);
-        count(
-            &self.cache.counters.misses,
-            "http_cache_streaming_misses_total",
-        );
+        count(&self.cache.counters.misses, Counter::Misses);
         Finished::Later(Box::pin(self.keep_partial(response, plan, fwd)))
     }
 

@@ -1,6 +1,7 @@
 //! What the cache does with the inner service's answer: store it, freshen a stored entry
 //! with a `304`, serve stale on an error, invalidate, or pass it on.
 
+use crate::Counter;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -114,7 +115,7 @@ impl Pending {
         let (trip, name) = match &self.action {
             Action::Pass | Action::Invalidate => {
                 if !self.background {
-                    count(&counters.passes, "http_cache_streaming_passes_total");
+                    count(&counters.passes, Counter::Passes);
                 }
                 (&counters.trip_passes, "passes")
             }
@@ -126,8 +127,7 @@ impl Pending {
         };
         trip.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         #[cfg(feature = "metrics")]
-        metrics::counter!("http_cache_streaming_origin_requests_total", "cause" => name)
-            .increment(1);
+        metrics::counter!(Counter::OriginRequests.name(), "cause" => name).increment(1);
         #[cfg(not(feature = "metrics"))]
         let _ = name;
     }
@@ -211,10 +211,7 @@ impl Pending {
     /// A stale response served in place of the origin's answer, saying so in
     /// `Cache-Status`.
     pub(super) fn serve_stale(&self, stale: Stale, status: Status) -> Response<StreamingBody> {
-        count(
-            &self.cache.counters.stale_served,
-            "http_cache_streaming_stale_served_total",
-        );
+        count(&self.cache.counters.stale_served, Counter::StaleServed);
         let now = self.cache.now();
         self.cache.hit(
             &self.request,
@@ -357,17 +354,14 @@ impl Pending {
         // selects nothing never reaches here for an unconditional client: see `finish`.)
         if matches!(after, AfterResponse::Modified(..)) && is_conditional(&self.request.headers) {
             if !self.background {
-                count(&cache.counters.misses, "http_cache_streaming_misses_total");
+                count(&cache.counters.misses, Counter::Misses);
             }
             let status = Status::forward(Fwd::Stale).fwd_status(fresh_parts.status);
             let empty = http_body_util::Empty::<Bytes>::new();
             return self.pass(Response::from_parts(fresh_parts, empty), status);
         }
         if !self.background {
-            count(
-                &cache.counters.revalidations,
-                "http_cache_streaming_revalidations_total",
-            );
+            count(&cache.counters.revalidations, Counter::Revalidations);
         }
         let Stale {
             response: stored,

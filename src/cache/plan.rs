@@ -1,6 +1,7 @@
 //! What a request needs before the inner service is called: an answer from the store, a
 //! revalidation, a miss that leads a fill or follows one, or a pass.
 
+use crate::Counter;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -196,10 +197,7 @@ impl HttpStreamingCache {
         stored_key: String,
         now: SystemTime,
     ) -> Plan {
-        count(
-            &self.counters.stale_served,
-            "http_cache_streaming_stale_served_total",
-        );
+        count(&self.counters.stale_served, Counter::StaleServed);
         let status = Status::stale_while_revalidate();
         let served = self.hit(parts, response, &entry.policy, now, status);
         let background = Some(self.options.background.clone());
@@ -325,7 +323,7 @@ impl HttpStreamingCache {
                 let ttl = self.ttl(response.status(), &policy, self.now());
                 let status = Status::forward(fwd).collapsed().ttl(ttl);
                 self.annotate(response.headers_mut(), &status, false, found);
-                count(&self.counters.misses, "http_cache_streaming_misses_total");
+                count(&self.counters.misses, Counter::Misses);
                 Plan::Respond(response)
             }
             Followed::Stored => {
@@ -444,7 +442,7 @@ impl HttpStreamingCache {
         match self.manager.lookup(key).await {
             Ok(found) => found,
             Err(error) => {
-                count(&self.counters.errors, "http_cache_streaming_errors_total");
+                count(&self.counters.errors, Counter::Errors);
                 crate::log::warn_event!(%key, %error, "cache lookup failed; forwarding the request");
                 None
             }

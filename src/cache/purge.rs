@@ -1,6 +1,7 @@
 //! Purges: what an application or an operator removes from the cache, by URL, by the
 //! request a handler holds, or by prefix.
 
+use crate::Counter;
 use http::{Method, Request, Uri, request};
 
 use super::{HttpStreamingCache, key};
@@ -131,7 +132,7 @@ impl HttpStreamingCache {
         }
         super::count(
             &self.counters.invalidations_here,
-            "http_cache_streaming_invalidations_not_shared_total",
+            Counter::InvalidationsNotShared,
         );
         self.remove_here(key).await
     }

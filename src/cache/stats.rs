@@ -26,10 +26,10 @@ pub(super) struct Counters {
 
 /// Counts one event in `counter` and, with the `metrics` feature, in the `metrics` counter
 /// `name`.
-pub(super) fn count(counter: &AtomicU64, name: &'static str) {
+pub(super) fn count(counter: &AtomicU64, name: crate::Counter) {
     counter.fetch_add(1, Ordering::Relaxed);
     #[cfg(feature = "metrics")]
-    metrics::counter!(name).increment(1);
+    metrics::counter!(name.name()).increment(1);
     #[cfg(not(feature = "metrics"))]
     let _ = name;
 }

@@ -1,6 +1,7 @@
 //! Storing what the origin answers: whether it may be stored and why not, its `Ttl`, the
 //! fields only its own client gets, and the tee into the store.
 
+use crate::Counter;
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::{Method, Response, StatusCode};
@@ -37,7 +38,7 @@ impl Pending {
         if !self.background {
             // A response the origin sent anew (for nothing stored, or in place of a stale
             // one): this client's answer is a miss.
-            count(&cache.counters.misses, "http_cache_streaming_misses_total");
+            count(&cache.counters.misses, Counter::Misses);
         }
         let (mut parts, body) = response.into_parts();
         keepable(&mut parts.headers);
@@ -108,7 +109,7 @@ impl Pending {
         let refused = if never_fresh {
             Some(NotStored::NoFreshness)
         } else if cache.manager.known_unusable() {
-            count(&cache.counters.errors, "http_cache_streaming_errors_total");
+            count(&cache.counters.errors, Counter::Errors);
             Some(NotStored::StoreUnavailable)
         } else if !cache.manager.admits(&self.key) {
             // Asked for too few times yet (`min_uses`): passed, and counted.
@@ -231,10 +232,7 @@ impl Pending {
             crate::ErrorKind::TooLarge => NotStored::TooLarge,
             crate::ErrorKind::NoRoom => NotStored::StoreBusy,
             _ => {
-                count(
-                    &self.cache.counters.errors,
-                    "http_cache_streaming_errors_total",
-                );
+                count(&self.cache.counters.errors, Counter::Errors);
                 NotStored::StoreUnavailable
             }
         }

@@ -338,7 +338,7 @@ impl Opened {
         self.evictions
             .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
         #[cfg(feature = "metrics")]
-        metrics::counter!("http_cache_streaming_evictions_total").increment(count);
+        metrics::counter!(crate::Counter::Evictions.name()).increment(count);
         if !evicted.is_empty() {
             crate::log::info_event!(evicted = evicted.len(), entries, bytes, "evicted entries");
         }

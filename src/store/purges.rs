@@ -378,7 +378,7 @@ impl PurgeLog {
             }
             self.applied.fetch_add(1, Ordering::Relaxed);
             #[cfg(feature = "metrics")]
-            metrics::counter!("http_cache_streaming_fleet_purges_applied_total").increment(1);
+            metrics::counter!(crate::Counter::FleetPurgesApplied.name()).increment(1);
             crate::log::debug_event!(name = %purge.name, "applied a purge from the fleet's log");
         }
         if !prefixes.is_empty()

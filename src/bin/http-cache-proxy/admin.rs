@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
-use http_cache_streaming::{CacheStats, HttpStreamingCache};
+use http_cache_streaming::{CacheStats, Counter, HttpStreamingCache};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -25,29 +25,19 @@ pub(crate) struct Admin {
     pub(crate) max_size: u64,
 }
 
-/// The counters the cache and the proxy count, shown at zero before their first count so
-/// that dashboards and alerts find every series from the start.
-const COUNTERS: [&str; 9] = [
-    "http_cache_streaming_hits_total",
-    "http_cache_streaming_misses_total",
-    "http_cache_streaming_stale_served_total",
-    "http_cache_streaming_revalidations_total",
-    "http_cache_streaming_passes_total",
-    "http_cache_streaming_errors_total",
-    "http_cache_streaming_evictions_total",
-    "http_cache_streaming_fleet_purges_applied_total",
-    "http_cache_streaming_invalidations_not_shared_total",
-];
-
 /// Installs the Prometheus recorder the cache's counters go to.
 pub(crate) fn recorder() -> Result<PrometheusHandle, Error> {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
-    for name in COUNTERS {
-        metrics::counter!(name).increment(0);
-    }
-    for cause in ["misses", "stale", "revalidated", "passes"] {
-        metrics::counter!("http_cache_streaming_origin_requests_total", "cause" => cause)
-            .increment(0);
+    // Every counter at zero before its first count, so that dashboards and alerts find
+    // every series from the start.
+    for counter in Counter::ALL {
+        if counter == Counter::OriginRequests {
+            for cause in Counter::ORIGIN_CAUSES {
+                metrics::counter!(counter.name(), "cause" => cause).increment(0);
+            }
+        } else {
+            metrics::counter!(counter.name()).increment(0);
+        }
     }
     for listener in ["clients", "admin", "fleet"] {
         let labels = [("listener", listener), ("reason", "per-client")];
