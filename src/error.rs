@@ -87,6 +87,12 @@ impl Error {
         }
     }
 
+    /// An error of the same kind that says the same, for another party to hold (an
+    /// `Error` is not `Clone`: its source is boxed).
+    pub(crate) fn retold(&self) -> Self {
+        Error::new(self.kind).with_subject(self.to_string())
+    }
+
     pub(crate) fn with_subject(mut self, subject: impl Into<String>) -> Self {
         self.subject = Some(subject.into().into_boxed_str());
         self

@@ -130,8 +130,8 @@ pub(crate) enum FillEnd {
     Stored(u64),
     /// A revalidation refreshed the stored entry's headers; its body was not rewritten.
     Updated,
-    /// The body failed or fell short; nothing is stored.
-    Failed(String),
+    /// The body failed or fell short (why); nothing is stored.
+    Failed(Arc<Error>),
     /// The body is complete, this long, but the store could not keep it (a full disk):
     /// followers reading it finish from the temp file and the relay; later requests go to
     /// the origin.
@@ -645,9 +645,9 @@ impl FollowReader {
                     }));
                 }
                 Some(FillEnd::Failed(why)) => {
-                    return Poll::Ready(Some(Err(
-                        Error::new(ErrorKind::Incomplete).with_subject(why)
-                    )));
+                    return Poll::Ready(Some(Err(Error::new(ErrorKind::Incomplete)
+                        .with_subject("the response being followed failed")
+                        .with_source(why))));
                 }
                 Some(FillEnd::Released | FillEnd::Updated) => {
                     return Poll::Ready(Some(Err(Error::new(ErrorKind::Incomplete)

@@ -31,11 +31,33 @@ use crate::format::scratch::prepare;
 use crate::rt::lock;
 
 /// How far reading the records on disk into the index has come.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(super) enum ReadIn {
     Running,
     Done,
-    Failed(String),
+    /// Why it stopped: every caller that waits for the records is told.
+    Failed(ReadInFailure),
+}
+
+/// Why reading the records in stopped.
+#[derive(Debug, Clone)]
+pub(super) enum ReadInFailure {
+    /// A record or the directory could not be read (as this error said).
+    Error(Arc<crate::error::Error>),
+    /// The reading thread panicked.
+    Panicked,
+    /// The store was dropped before it ended.
+    Dropped,
+}
+
+impl std::fmt::Display for ReadInFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadInFailure::Error(error) => error.fmt(f),
+            ReadInFailure::Panicked => f.write_str("reading the records in panicked"),
+            ReadInFailure::Dropped => f.write_str("the store was dropped"),
+        }
+    }
 }
 
 /// The state of a store whose directories exist and whose index is loaded.

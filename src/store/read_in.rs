@@ -12,7 +12,7 @@ use crate::format::layout::Hash32;
 use crate::format::record::Entry;
 use index::{Index, Known};
 
-use super::opened::{Opened, ReadIn};
+use super::opened::{Opened, ReadIn, ReadInFailure};
 use super::record_file::{ReadFailure, is_transient, read_record, read_summary};
 use super::{Hit, HitBody, index};
 use crate::format::content::remove_if_present;
@@ -65,8 +65,8 @@ impl Opened {
             }));
             let state = match outcome {
                 Ok(Ok(())) => ReadIn::Done,
-                Ok(Err(e)) => ReadIn::Failed(e.to_string()),
-                Err(_) => ReadIn::Failed("reading the records in panicked".into()),
+                Ok(Err(e)) => ReadIn::Failed(ReadInFailure::Error(Arc::new(e))),
+                Err(_) => ReadIn::Failed(ReadInFailure::Panicked),
             };
             if let ReadIn::Failed(why) = &state {
                 crate::log::error_event!(dir = %opened.layout.metadata_dir().display(), %why,
@@ -275,10 +275,10 @@ impl Opened {
     pub(super) async fn read_in(&self) -> Result<()> {
         let mut state = self.read_in.subscribe();
         let state = state
-            .wait_for(|state| *state != ReadIn::Running)
+            .wait_for(|state| !matches!(state, ReadIn::Running))
             .await
             .map(|state| state.clone())
-            .unwrap_or(ReadIn::Failed("the store was dropped".into()));
+            .unwrap_or(ReadIn::Failed(ReadInFailure::Dropped));
         match state {
             ReadIn::Failed(why) => Err(Error::new(ErrorKind::Io)
                 .with_subject(format!("reading the records in failed: {why}"))),

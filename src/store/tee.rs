@@ -424,7 +424,9 @@ impl StreamingManager {
                         leader.fill().end_stored(committed.length, committed.digest);
                     }
                     Ok(committed) => leader.fill().end(FillEnd::Unstored(committed.length)),
-                    Err(e) => leader.fill().end(FillEnd::Failed(e.to_string())),
+                    // The followers are told why, as an error of the same kind; the writer's
+                    // own goes to whoever stored it.
+                    Err(e) => leader.fill().end(FillEnd::Failed(Arc::new(e.retold()))),
                 }
             }
             if let Ok(c) = &result
