@@ -54,6 +54,7 @@ pub struct StreamingBody {
     kind: Kind,
 }
 
+/// Where a body's bytes come from.
 enum Kind {
     Disk {
         reader: ChunkReader,

@@ -157,6 +157,7 @@ struct Timers {
     changed: std::sync::Condvar,
 }
 
+/// A timer's deadline and the task to wake at it.
 struct Due {
     at: std::time::Instant,
     waker: std::task::Waker,

@@ -18,6 +18,7 @@ pub(super) struct FleetInvalidations {
     state: std::sync::Mutex<InvalidationBudget>,
 }
 
+/// A token bucket of invalidations sent to the fleet, and the keys sent lately.
 #[derive(Debug)]
 struct InvalidationBudget {
     tokens: f64,

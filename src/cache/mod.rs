@@ -159,6 +159,7 @@ impl Pending {
     }
 }
 
+/// What a request forwarded to the inner service is for, and so what its answer is for.
 enum Action {
     /// Not the cache's business (mode `NoStore`, or a method it does not cache).
     Pass,

@@ -12,14 +12,19 @@ use super::mode::CacheMode;
 use super::ttl::Ttl;
 use crate::store::fill::Background;
 
+/// Makes a request's cache key (`HttpCacheOptions::cache_key`).
 pub(super) type KeyFn = Arc<dyn Fn(&request::Parts) -> String + Send + Sync>;
 
+/// Chooses a request's `CacheMode` (`HttpCacheOptions::mode_fn`).
 pub(super) type ModeFn = Arc<dyn Fn(&request::Parts) -> CacheMode + Send + Sync>;
 
+/// Names the keys a request removes (`HttpCacheOptions::cache_bust`).
 pub(super) type BustFn = Arc<dyn Fn(&request::Parts, &str) -> Vec<String> + Send + Sync>;
 
+/// Decides a response's `Ttl` in code (`HttpCacheOptions::ttl_fn`).
 pub(super) type TtlFn = Arc<dyn Fn(&request::Parts, &http::response::Parts) -> Ttl + Send + Sync>;
 
+/// The time the cache judges freshness by (`HttpCacheOptions::clock`).
 pub(super) type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
 /// Fills read on at once with nobody reading them, by default.

@@ -413,6 +413,7 @@ impl Drop for Job {
     }
 }
 
+/// A stored body whose bytes are not those its digest names.
 #[derive(Debug)]
 struct DigestMismatch;
 

@@ -58,6 +58,7 @@ enum StoredValue {
     Bytes(Vec<u8>),
 }
 
+/// One header field as a record holds it: its name and value.
 #[derive(Serialize, Deserialize)]
 struct StoredHeader(String, StoredValue);
 

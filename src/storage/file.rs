@@ -34,6 +34,7 @@ pub struct FileStorage {
     inner: Arc<Inner>,
 }
 
+/// A file storage's directory layout and its scratch directory, once made.
 #[derive(Debug)]
 struct Inner {
     layout: Layout,

@@ -331,6 +331,7 @@ impl Storage for ObjectStorage {
     }
 }
 
+/// How far a body going up to the bucket has come.
 enum UploadState {
     /// Up to a part's worth, held until the body ends or outgrows it.
     Small(Vec<Bytes>),
@@ -340,6 +341,7 @@ enum UploadState {
     Done,
 }
 
+/// A body being uploaded to the bucket, named by its digest once it is whole.
 struct ObjectUpload {
     storage: ObjectStorage,
     /// The digest the body is said to have: it goes up under that name.

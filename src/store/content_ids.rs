@@ -23,6 +23,7 @@ impl Content {
     }
 }
 
+/// The content files records use, each under a small id.
 #[derive(Default)]
 pub(crate) struct Contents {
     items: Vec<Content>,

@@ -7,6 +7,7 @@ use hashbrown::HashTable;
 
 use crate::format::layout::Hash32;
 
+/// A map from 32-byte hashes to values, kept in one vector with 4-byte positions.
 pub(crate) struct DenseMap<V> {
     items: Vec<(Hash32, V)>,
     positions: HashTable<u32>,

@@ -154,6 +154,7 @@ struct Relay {
     room: tokio::sync::Notify,
 }
 
+/// The chunks of a fill kept in memory for followers that read behind the writer.
 struct Relayed {
     /// The body offset of the first chunk kept.
     from: u64,

@@ -86,6 +86,7 @@ pub struct StreamingManager {
     inner: Arc<Inner>,
 }
 
+/// What a store's handles share: its directory and options, the open store, the writes and fills under way, and its counters.
 struct Inner {
     dir: PathBuf,
     layout: Layout,
@@ -466,6 +467,7 @@ struct Hit {
     body: HitBody,
 }
 
+/// A hit's body: bytes held in memory, or its open content file.
 enum HitBody {
     Bytes(Bytes),
     File(File),

@@ -66,6 +66,7 @@ pub(crate) struct PartialEntry {
     settling: tokio::sync::watch::Sender<usize>,
 }
 
+/// A partial entry's head and the ranges its file holds.
 struct State {
     head: PartialHead,
     /// `[start, end)` held, sorted, none touching another.
@@ -312,12 +313,14 @@ pub(crate) struct PartialSink {
     end: u64,
 }
 
+/// What a partial entry's sink shares with the task that writes its queue.
 struct SinkShared {
     entry: Arc<PartialEntry>,
     start: u64,
     state: Mutex<SinkState>,
 }
 
+/// The chunks a sink has queued for writing, and whether a task writes them.
 #[derive(Default)]
 struct SinkState {
     queue: VecDeque<(u64, Bytes)>,
@@ -511,6 +514,7 @@ impl StreamingManager {
     }
 }
 
+/// The partial entries of a store, by key.
 pub(crate) type Partials = Mutex<HashMap<String, Arc<PartialEntry>>>;
 
 /// The key of the least recently used partial entry in `book`, other than `except`.

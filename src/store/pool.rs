@@ -15,6 +15,7 @@ pub(super) struct Pool {
     state: Mutex<PoolState>,
 }
 
+/// The writer pool's two queues of jobs and its idle threads.
 #[derive(Default)]
 struct PoolState {
     /// Writes and commits: clients, or the requests after them, wait for these.
@@ -46,6 +47,7 @@ impl PoolState {
     }
 }
 
+/// A piece of work for the writer pool.
 type Job = Box<dyn FnOnce() + Send>;
 
 /// Threads of the pool: one per core (at least two, for a write and a hash beside it). More

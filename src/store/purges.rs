@@ -91,6 +91,7 @@ pub(crate) struct PurgeLog {
     secret: Option<Secret>,
 }
 
+/// How far this node has read the fleet's purge log.
 #[derive(Default)]
 struct LogState {
     /// `latest`'s tag when last read.
@@ -117,6 +118,7 @@ struct Purge {
     target: Target,
 }
 
+/// What a purge removes: one key, or every key under a prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Target {
     Key(Hash32),

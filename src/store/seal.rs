@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use hmac::{KeyInit as _, Mac as _};
 
+/// The MAC the fleet's seals are made with.
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 /// Bytes of a tag in a note's name: 128 bits, as much as a guess has to match.

@@ -191,6 +191,7 @@ struct Trail {
     job: Option<HashJob>,
 }
 
+/// Hashing a written body on the pool: its digest state and length.
 type HashJob =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(Sha256, u64), Error>> + Send>>;
 
