@@ -86,7 +86,8 @@ pub struct StreamingManager {
     inner: Arc<Inner>,
 }
 
-/// What a store's handles share: its directory and options, the open store, the writes and fills under way, and its counters.
+/// What a store's handles share: its directory and options, the open store, the writes and
+/// fills under way, and its counters.
 struct Inner {
     dir: PathBuf,
     layout: Layout,
