@@ -74,17 +74,7 @@ pub(super) fn not_modified_head(ok: response::Parts) -> response::Parts {
 mod tests {
     use super::*;
 
-    fn headers(fields: &[(&str, &str)]) -> HeaderMap {
-        fields
-            .iter()
-            .map(|(n, v)| {
-                (
-                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                    v.parse().unwrap(),
-                )
-            })
-            .collect()
-    }
+    use super::super::test_headers as headers;
 
     #[test]
     fn if_none_match_is_a_weak_comparison_and_wins_over_if_modified_since() {

@@ -66,10 +66,7 @@ impl HttpStreamingCache {
             None => as_stored.headers.remove(header::ACCEPT_LANGUAGE),
         };
         let now = self.now();
-        let within_cap = self
-            .options
-            .cap_for(entry.status)
-            .is_none_or(|cap| entry.policy.age(now) < cap);
+        let within_cap = self.within_cap(entry.status, &entry.policy, now);
         let stored = (entry.status, entry.version, &entry.headers);
         let fresh = matches!(
             self.judge_stored(&entry.policy, &as_stored, stored, now),

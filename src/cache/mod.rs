@@ -266,10 +266,7 @@ impl HttpStreamingCache {
             return None;
         }
         let now = self.now();
-        let within_cap = self
-            .options
-            .cap_for(entry.status)
-            .is_none_or(|cap| entry.policy.age(now) < cap);
+        let within_cap = self.within_cap(entry.status, &entry.policy, now);
         let stored = (entry.status, entry.version, &entry.headers);
         let usable = match self.judge_stored(&entry.policy, parts, stored, now) {
             Judged::Fresh => within_cap && mode != CacheMode::NoCache,
@@ -442,6 +439,19 @@ impl HttpStreamingCache {
         !lifetime.is_zero()
     }
 
+    /// Whether a stored response of `status` is young enough for the cache's caps on any
+    /// response's age (`max_ttl`, and `store_errors` for errors in a shared cache).
+    pub(super) fn within_cap(
+        &self,
+        status: StatusCode,
+        policy: &CachePolicy,
+        now: SystemTime,
+    ) -> bool {
+        self.options
+            .cap_for(status)
+            .is_none_or(|cap| policy.age(now) < cap)
+    }
+
     /// How a stored response of `status`, `version` and `headers` stands for a request
     /// ([`judge`]), but never fresh once it is stale and may not be served stale at all:
     /// it must be revalidated (`no-cache`, `must-revalidate`, …), or it never had a
@@ -517,4 +527,15 @@ impl HttpStreamingCache {
             headers.insert(HeaderName::from_static("x-cache-lookup"), word(found));
         }
     }
+}
+
+/// A header map of `fields`, each appended in order: for the unit tests of the rules.
+#[cfg(test)]
+fn test_headers(fields: &[(&str, &str)]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in fields {
+        let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+        headers.append(name, HeaderValue::from_str(value).unwrap());
+    }
+    headers
 }

@@ -99,10 +99,7 @@ impl HttpStreamingCache {
             (0, entry.total)
         };
         let now = self.now();
-        let within_cap = self
-            .options
-            .cap_for(head.parts.status)
-            .is_none_or(|cap| head.policy.age(now) < cap);
+        let within_cap = self.within_cap(head.parts.status, &head.policy, now);
         let fresh = within_cap
             && matches!(
                 self.judge_stored(
@@ -444,14 +441,7 @@ async fn partial_entry(
 mod tests {
     use super::*;
 
-    fn head(fields: &[(&str, &str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in fields {
-            let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
-            headers.append(name, HeaderValue::from_str(value).unwrap());
-        }
-        headers
-    }
+    use super::super::test_headers as head;
 
     #[test]
     fn a_206_is_malformed_only_when_it_disagrees_with_itself() {

@@ -127,10 +127,7 @@ impl HttpStreamingCache {
         let now = self.now();
         let stored = (entry.status, entry.version, &entry.headers);
         let judged = self.judge_stored(policy, parts, stored, now);
-        let within_cap = self
-            .options
-            .cap_for(entry.status)
-            .is_none_or(|cap| policy.age(now) < cap);
+        let within_cap = self.within_cap(entry.status, policy, now);
         match judged {
             Judged::Fresh if mode != CacheMode::NoCache && within_cap => {
                 Plan::Respond(self.hit(parts, response, policy, now, Status::hit()))

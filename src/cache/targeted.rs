@@ -135,16 +135,7 @@ fn is_bare_item(value: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn headers(fields: &[(&str, &str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in fields {
-            headers.append(
-                header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                value.parse().unwrap(),
-            );
-        }
-        headers
-    }
+    use super::super::test_headers as headers;
 
     #[test]
     fn a_targeted_field_stands_in_when_it_is_a_valid_dictionary() {

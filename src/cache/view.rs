@@ -338,16 +338,7 @@ pub(super) fn policy_head(
 mod tests {
     use super::*;
 
-    fn headers(fields: &[(&str, &str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in fields {
-            headers.append(
-                header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                value.parse().unwrap(),
-            );
-        }
-        headers
-    }
+    use super::super::test_headers as headers;
 
     fn shown(fields: &[(&str, &str)], name: &str) -> Option<String> {
         let view = normalized(&headers(fields));
