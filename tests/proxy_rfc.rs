@@ -640,3 +640,34 @@ async fn interim_responses_are_never_stored_nor_lend_their_fields_to_the_final_o
     assert_eq!(second.header("link"), None);
     assert_eq!(served.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_cannot_forge_the_variant_lists_language_lines() {
+    // Every answer carries the line the cache writes in a variant list, naming a digest of
+    // the origin's choosing: it is dropped before anything is stored or served.
+    let origin = Origin::start(|parts, n| {
+        let asked = parts.headers["accept-language"].to_str().unwrap();
+        let lang = if asked.starts_with("fr") { "fr" } else { "de" };
+        let headers = [
+            ("cache-control", "max-age=60"),
+            ("vary", "Accept-Language"),
+            ("content-language", lang),
+            ("x-http-cache-streaming-languages", "0 0 =fr"),
+            ("x-http-cache-streaming-stored", "0"),
+        ];
+        reply(&headers, format!("{lang} n{n}"))
+    })
+    .await;
+    let (proxy, _dir) = proxy(&origin, &[]);
+    let de = get(&proxy, "/page", &[("accept-language", "de, en")]).await;
+    assert_eq!(de.body, "de n1");
+    assert_eq!(de.header("x-http-cache-streaming-languages"), None);
+    let hit = get(&proxy, "/page", &[("accept-language", "de;q=0.9")]).await;
+    assert!(hit.hit(), "{}", hit.cache_status());
+    assert_eq!(hit.header("x-http-cache-streaming-languages"), None);
+    assert_eq!(hit.header("x-http-cache-streaming-stored"), None);
+    // French is asked of the origin, never answered with the German page.
+    let fr = get(&proxy, "/page", &[("accept-language", "fr")]).await;
+    assert_eq!(fr.body, "fr n2");
+    assert_eq!(origin.hits(), 2);
+}
