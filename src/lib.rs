@@ -92,6 +92,7 @@ mod cache;
 mod counter;
 mod empty_body;
 mod error;
+mod fleet;
 mod format;
 mod future;
 #[cfg(feature = "fuzzing")]
@@ -122,6 +123,7 @@ pub use cache::{
 };
 pub use counter::Counter;
 pub use error::{BoxError, Error, ErrorKind, Result};
+pub use fleet::{FILL_PATH, FleetFills, PeerClient};
 pub use future::ResponseFuture;
 pub use layer::HttpCacheStreamingLayer;
 #[cfg(feature = "reqwest")]
@@ -129,10 +131,7 @@ pub use layer::HttpCacheStreamingLayer;
 pub use reqwest_cache::ReqwestCache;
 pub use service::HttpCacheStreaming;
 pub use storage::ObjectStoreManager;
-pub use store::{
-    Eviction, FILL_PATH, FleetFills, PeerClient, StoreStats, StreamingManager,
-    StreamingManagerBuilder,
-};
+pub use store::{Eviction, StoreStats, StreamingManager, StreamingManagerBuilder};
 
 /// The policy engine whose [`CachePolicy`](http_cache_semantics::CachePolicy) public
 /// signatures take, re-exported so that its version always matches.

@@ -6,7 +6,6 @@ mod cache_key;
 mod conditional;
 mod dates;
 mod directives;
-mod invalidations;
 pub(crate) mod key;
 mod languages;
 pub(crate) mod mode;
@@ -50,8 +49,8 @@ use crate::format::record::Entry;
 use crate::store::StreamingManager;
 use crate::store::fill::FillLeader;
 
+use crate::fleet::invalidations::FleetInvalidations;
 use directives::{Judged, judge, unusable};
-use invalidations::FleetInvalidations;
 use stats::{Counters, count};
 use status::{Detail, Fwd, Status};
 use variants::variants_generation;

@@ -3,18 +3,15 @@
 //! is a miss that takes the lease or streams the holder's fill (see
 //! [`FleetFills`](crate::FleetFills)).
 
-use http::{HeaderValue, Method, Request, Response, StatusCode, header, request};
+use http::{HeaderValue, Request, Response, StatusCode, header, request};
 
 use super::variants::{same_variant, variants_generation};
 use super::{CacheMode, HttpStreamingCache};
 use crate::body::StreamingBody;
-use crate::store::FILL_PATH;
+use crate::fleet::asks::{self, NoFill};
+use crate::fleet::leases::Lease;
+use crate::store::ForPeer;
 use crate::store::fill::FillLeader;
-use crate::store::leases::{AUTH, ForPeer, Lease, NoFill, ORIGIN_STATUS, PROOF};
-use crate::store::peer_body::{ORIGIN_LENGTH, SealFor, SealingBody, head_seal};
-
-/// The longest key a peer may ask for.
-const MAX_KEY: usize = 16 * 1024;
 
 impl HttpStreamingCache {
     /// Answers a node of the fleet asking for this node's fill of a key whose lease it
@@ -23,27 +20,17 @@ impl HttpStreamingCache {
     /// (or the stored entry, once written), with the origin's headers; `404` when there is
     /// nothing to share for that request. Serve it on the address given as the node's
     /// [`FleetFills`](crate::FleetFills) address, which only the fleet should reach.
-    pub async fn serve_peer<B>(&self, parts: &Request<B>) -> Response<StreamingBody> {
+    pub async fn serve_peer<B>(&self, request: &Request<B>) -> Response<StreamingBody> {
         let Some(fleet) = self.manager.fleet_fills() else {
-            return plain(StatusCode::NOT_FOUND);
+            return asks::plain(StatusCode::NOT_FOUND);
         };
-        if parts.method() != Method::GET || parts.uri().path() != FILL_PATH {
-            return plain(StatusCode::NOT_FOUND);
-        }
-        let key = parts.uri().query().and_then(|query| {
-            url::form_urlencoded::parse(query.as_bytes())
-                .find(|(name, _)| name == "key")
-                .map(|(_, key)| key.into_owned())
-        });
-        let Some(key) = key.filter(|key| !key.is_empty() && key.len() <= MAX_KEY) else {
-            return plain(StatusCode::BAD_REQUEST);
-        };
-        let Some(nonce) = fleet.check_ask(&key, parts.headers().get(AUTH)) else {
-            return plain(StatusCode::UNAUTHORIZED);
+        let (key, nonce) = match asks::read_ask(fleet, request) {
+            Ok(ask) => ask,
+            Err(refused) => return asks::plain(refused),
         };
         let wait = self.options.coalesce_wait;
-        let (status, mut headers, body) = match self.manager.for_peer(&key, wait).await {
-            ForPeer::Filling(head, reader) if same_variant(&head, parts.headers()) => (
+        let (status, headers, body) = match self.manager.for_peer(&key, wait).await {
+            ForPeer::Filling(head, reader) if same_variant(&head, request.headers()) => (
                 head.parts.status,
                 head.parts.headers.clone(),
                 StreamingBody::follow(reader),
@@ -56,35 +43,11 @@ impl HttpStreamingCache {
                 let (head, body) = (*response).into_parts();
                 (head.status, head.headers, body)
             }
-            _ => return plain(StatusCode::NOT_FOUND),
+            _ => return asks::plain(StatusCode::NOT_FOUND),
         };
-        // The body ends with a trailer sealing its digest, so it goes without a length (the
-        // origin's travels in a header of its own); a date is set here, not by the HTTP
-        // stack after the head is sealed.
-        if let Some(length) = headers.remove(header::CONTENT_LENGTH) {
-            headers.insert(ORIGIN_LENGTH, length);
-        }
-        if !headers.contains_key(header::DATE)
-            && let Ok(date) = HeaderValue::try_from(httpdate::fmt_http_date(self.now()))
-        {
-            headers.insert(header::DATE, date);
-        }
-        headers.insert(ORIGIN_STATUS, HeaderValue::from(status.as_u16()));
-        let proof = head_seal(&fleet.secret, &key, &nonce, status, &headers);
-        headers.insert(PROOF, proof);
-        headers.insert(
-            header::TRAILER,
-            HeaderValue::from_static("x-http-cache-fill-seal"),
-        );
-        let seal = SealFor {
-            secret: fleet.secret.clone(),
-            key: key.clone(),
-            nonce,
-        };
-        let mut response = Response::new(StreamingBody::pass(SealingBody::new(body, seal)));
-        *response.headers_mut() = headers;
+        let answer = asks::answer(fleet, &key, nonce, status, headers, body, self.now());
         crate::log::debug_event!(%key, "a fill served to a peer");
-        response
+        answer
     }
 
     /// A miss that leads this node's fill of `key`: with fleet fills, it takes the key's
@@ -112,7 +75,8 @@ impl HttpStreamingCache {
                 Lease::Peer(holder) => holder,
                 Lease::Alone => return None,
             };
-            match self.manager.peer_fill(&holder, key, &parts.headers).await {
+            let fleet = self.manager.fleet_fills()?;
+            match fleet.peer_fill(&holder, key, &parts.headers).await {
                 Ok(mut response) => {
                     crate::log::debug_event!(%key, %holder, "streaming a peer's fill");
                     // The holder's `Ttl` outcome (a handler's, which this node's rule
@@ -160,9 +124,3 @@ impl HttpStreamingCache {
 }
 
 const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
-
-fn plain(status: StatusCode) -> Response<StreamingBody> {
-    let mut response = Response::new(StreamingBody::empty());
-    *response.status_mut() = status;
-    response
-}

@@ -119,7 +119,7 @@ impl HttpStreamingCache {
     }
 
     /// [`remove`](Self::remove) within the fleet's budget of invalidations
-    /// ([`FleetInvalidations`](super::invalidations::FleetInvalidations)): past it, or for a
+    /// ([`FleetInvalidations`](crate::fleet::invalidations::FleetInvalidations)): past it, or for a
     /// key removed within the second, from this node and the shared tier only (counted).
     pub(super) async fn remove_within_budget(
         &self,

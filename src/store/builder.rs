@@ -43,7 +43,7 @@ pub(super) struct Options {
     /// How long purges stay in the log.
     pub(super) purge_log_retention: std::time::Duration,
     /// One origin fetch per key across the fleet sharing the tier.
-    pub(super) fleet_fills: Option<super::leases::FleetFills>,
+    pub(super) fleet_fills: Option<crate::fleet::FleetFills>,
     /// Stores of up to this many records are read in before serving.
     pub(super) read_in_before_serving: usize,
     /// Holds the reading-in of records until a test lets it go on.
@@ -289,7 +289,7 @@ impl StreamingManagerBuilder {
     /// cannot reach the holder asks the origin. Off by default.
     ///
     /// [`HttpStreamingCache::serve_peer`]: crate::HttpStreamingCache::serve_peer
-    pub fn fleet_fills(mut self, fleet: super::leases::FleetFills) -> Self {
+    pub fn fleet_fills(mut self, fleet: crate::fleet::FleetFills) -> Self {
         self.options.fleet_fills = Some(fleet);
         self
     }
@@ -303,7 +303,7 @@ impl StreamingManagerBuilder {
             .zip(self.options.purge_log_every)
             .map(|(tier, every)| {
                 let secret = self.options.fleet_fills.as_ref().map(|f| f.secret.clone());
-                Arc::new(super::purges::PurgeLog::new(
+                Arc::new(crate::fleet::purges::PurgeLog::new(
                     tier,
                     every,
                     self.options.purge_log_retention,

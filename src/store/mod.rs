@@ -1,31 +1,30 @@
 //! The file-backed store: [`StreamingManager`]. It knows files, digests and records, and
-//! nothing of HTTP caching rules.
+//! nothing of HTTP caching rules. The fleet's protocol (leases, purge notes, seals, peers'
+//! asks) is [`crate::fleet`]'s: the store holds its handles and answers its purge log
+//! (`fleet_side.rs`), and reads through and copies up to the bucket (`from_bucket.rs`).
 
 pub(crate) mod fill;
 pub(crate) mod index;
 pub(crate) mod partial_entry;
 pub(crate) mod pool;
-mod tier;
 pub(crate) mod writer;
 
 mod access_log;
 mod builder;
 mod content_ids;
 mod dense;
-pub(crate) mod leases;
+mod fleet_side;
+mod from_bucket;
 mod opened;
-pub(crate) mod peer_body;
 pub(crate) mod policy;
-mod purges;
 mod read_in;
 mod record_file;
-pub(crate) mod seal;
 mod snapshot;
 mod tee;
 mod tee_queue;
 
 pub use builder::StreamingManagerBuilder;
-pub use leases::{FILL_PATH, FleetFills, PeerClient};
+pub(crate) use fleet_side::ForPeer;
 pub use policy::Eviction;
 pub(crate) use tee::Teeing;
 
@@ -101,7 +100,7 @@ struct Inner {
     /// Reads through from the shared tier under way, which other lookups of the key follow.
     read_throughs: Arc<Fills>,
     /// This store's part in the shared tier's purge log.
-    purges: Option<Arc<purges::PurgeLog>>,
+    purges: Option<Arc<crate::fleet::purges::PurgeLog>>,
     writes: std::sync::atomic::AtomicU64,
     /// Bodies whose write failed for the store's own reasons (not the body's).
     failed_writes: std::sync::atomic::AtomicU64,
@@ -301,10 +300,7 @@ impl StreamingManager {
         key: &str,
     ) -> Option<(Response<StreamingBody>, Arc<Entry>)> {
         let opened = self.inner.opened.get()?;
-        if self
-            .purge_log()
-            .is_some_and(|log| !log.started.initialized())
-        {
+        if self.purge_log().is_some_and(|log| !log.started()) {
             return None;
         }
         let key_hash = Hash32::of(key.as_bytes());

@@ -28,17 +28,16 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::OnceCell;
 
-use super::{Inner, StreamingManager};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::layout::Hash32;
 use crate::format::record::Entry;
-use crate::rt::{blocking, lock};
+use crate::rt::lock;
 use crate::storage::{Note, PutNote, Storage};
 use crate::support::{epoch_millis, from_epoch_millis, millis};
 
@@ -46,13 +45,12 @@ use super::seal::Secret;
 
 mod node;
 mod note;
+pub(crate) use node::NodeStore;
 use note::{Purge, Target};
 
 const LOG: &str = "purges/log";
 const LATEST: &str = "purges/latest";
 const HORIZON: &str = "purges/horizon";
-/// The file in the store's `cache-v2/` that says when this store last read the log.
-const READ_FILE: &str = "purges-read";
 
 /// How far behind the newest purge seen the log is listed again.
 pub(crate) const RELIST: Duration = Duration::from_secs(60);
@@ -84,7 +82,7 @@ pub(crate) struct PurgeLog {
     written: AtomicU64,
     state: Mutex<LogState>,
     /// Set once the log was read at start, whatever came of it: lookups wait for it.
-    pub(super) started: OnceCell<()>,
+    started: OnceCell<()>,
     /// Purges of other nodes applied here.
     pub(crate) applied: AtomicU64,
     failing: AtomicBool,
@@ -113,7 +111,7 @@ struct LogState {
 }
 
 impl PurgeLog {
-    pub(super) fn new(
+    pub(crate) fn new(
         tier: Arc<dyn Storage>,
         every: Duration,
         retention: Duration,
@@ -136,13 +134,13 @@ impl PurgeLog {
     }
 
     /// Writes a purge of `key` to the log.
-    pub(super) async fn publish_key(&self, key: &str) -> Result<()> {
+    pub(crate) async fn publish_key(&self, key: &str) -> Result<()> {
         self.publish(Target::Key(Hash32::of(key.as_bytes())), Bytes::new(), None)
             .await
     }
 
     /// Writes a purge of every URL starting with `prefix` to the log.
-    pub(super) async fn publish_prefix(&self, prefix: &str) -> Result<()> {
+    pub(crate) async fn publish_prefix(&self, prefix: &str) -> Result<()> {
         let hash = Hash32::of(prefix.as_bytes());
         let bytes = Bytes::copy_from_slice(prefix.as_bytes());
         self.publish(Target::Prefix(hash), bytes, Some(prefix))
@@ -201,7 +199,7 @@ impl PurgeLog {
     }
 
     /// Whether `entry`, read from the tier, was purged since it was stored.
-    pub(super) fn purged(&self, entry: &Entry) -> bool {
+    pub(crate) fn purged(&self, entry: &Entry) -> bool {
         let stored = epoch_millis(entry.stored_at);
         let state = lock(&self.state);
         let key = Hash32::of(entry.key.as_bytes());
@@ -215,7 +213,7 @@ impl PurgeLog {
     /// One poll: a conditional read of `latest`, and when it changed (or the log was not
     /// listed for [`LIST_AT_LEAST_EVERY`]) a listing of the log, whose new purges are
     /// applied. Compacts the log when that is due.
-    async fn poll(&self, manager: &StreamingManager) -> Result<()> {
+    async fn poll(&self, node: &dyn NodeStore) -> Result<()> {
         let (tag, due) = {
             let state = lock(&self.state);
             let due = state
@@ -231,14 +229,14 @@ impl PurgeLog {
             _ => false,
         };
         if changed || due {
-            self.read_log(manager, false).await?;
+            self.read_log(node, false).await?;
         }
         self.compact_when_due().await
     }
 
     /// Lists the log (all of it, `from_start`, else from [`RELIST`] before the newest
     /// purge seen) and applies every purge not seen yet.
-    async fn read_log(&self, manager: &StreamingManager, from_start: bool) -> Result<()> {
+    async fn read_log(&self, node: &dyn NodeStore, from_start: bool) -> Result<()> {
         let started = (Instant::now(), SystemTime::now());
         let mut after = (!from_start).then(|| {
             let newest = lock(&self.state).newest;
@@ -263,13 +261,13 @@ impl PurgeLog {
                 }
                 fresh
             };
-            self.apply(manager, fresh).await;
+            self.apply(node, fresh).await;
             if !more {
                 break;
             }
         }
         self.forget_old(started.0);
-        manager.note_log_read(started.1).await;
+        node.note_log_read(started.1).await;
         Ok(())
     }
 
@@ -287,7 +285,7 @@ impl PurgeLog {
     }
 
     /// Applies purges other nodes wrote.
-    async fn apply(&self, manager: &StreamingManager, purges: Vec<Purge>) {
+    async fn apply(&self, node: &dyn NodeStore, purges: Vec<Purge>) {
         let mut prefixes = Vec::new();
         for purge in purges {
             if purge.node == self.node {
@@ -297,7 +295,7 @@ impl PurgeLog {
             match &purge.target {
                 Target::Key(hash) => {
                     lock(&self.state).remember_key(*hash, before);
-                    manager.purge_here(*hash, from_epoch_millis(before)).await;
+                    node.purge_key(*hash, from_epoch_millis(before)).await;
                 }
                 Target::Prefix(hash) => match self.prefix_of(&purge, *hash).await {
                     Some(prefix) => {
@@ -316,7 +314,7 @@ impl PurgeLog {
             crate::log::debug_event!(name = %purge.name, "applied a purge from the fleet's log");
         }
         if !prefixes.is_empty()
-            && let Err(error) = manager.purge_prefixes_here(prefixes).await
+            && let Err(error) = node.purge_prefixes(prefixes).await
         {
             crate::log::warn_event!(%error, "could not apply prefix purges from the fleet's log");
         }

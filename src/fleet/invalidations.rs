@@ -10,11 +10,11 @@ const REMEMBERED_INVALIDATIONS: usize = 4096;
 
 /// Which invalidations by unsafe requests reach the whole fleet through the purge log (a
 /// note every node reads): one per key per [`COALESCE_INVALIDATIONS`], and at most
-/// [`fleet_invalidation_rate`](super::HttpCacheOptions::fleet_invalidation_rate) a second on this
+/// [`fleet_invalidation_rate`](crate::HttpCacheOptions::fleet_invalidation_rate) a second on this
 /// node (a token bucket holding a second's worth). Any client can send a `POST` that the
 /// origin answers `2xx`; without this bound each would cost every node of the fleet.
 #[derive(Debug)]
-pub(super) struct FleetInvalidations {
+pub(crate) struct FleetInvalidations {
     state: std::sync::Mutex<InvalidationBudget>,
 }
 
@@ -28,7 +28,7 @@ struct InvalidationBudget {
 }
 
 impl FleetInvalidations {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         FleetInvalidations {
             state: std::sync::Mutex::new(InvalidationBudget {
                 tokens: f64::MAX,
@@ -39,7 +39,7 @@ impl FleetInvalidations {
     }
 
     /// Whether an invalidation of `key` may reach the fleet now, at `rate` a second.
-    pub(super) fn admit(&self, key: &str, rate: u32) -> bool {
+    pub(crate) fn admit(&self, key: &str, rate: u32) -> bool {
         let key = crate::format::layout::Hash32::of(key.as_bytes());
         let mut budget = crate::rt::lock(&self.state);
         let now = std::time::Instant::now();

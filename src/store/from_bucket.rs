@@ -1,13 +1,14 @@
-//! The shared tier behind a local store ([`StreamingManagerBuilder::shared_tier`]): a key
-//! missing on disk is read through from it, and what is committed on disk is written
-//! through to it in the background.
+//! A key missing on disk, read through from the fleet's bucket
+//! ([`StreamingManagerBuilder::shared_tier`]) and stored on disk as it streams; and what is
+//! committed on disk, copied up to it in the background. What the bucket holds and how it
+//! is read and written is the fleet's ([`crate::fleet::bucket`]); which lookups wait for a
+//! read-through, and how its copy is stored, is the store's.
 //!
 //! [`StreamingManagerBuilder::shared_tier`]: super::StreamingManagerBuilder::shared_tier
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::Response;
 use url::Url;
 
@@ -15,14 +16,11 @@ use super::fill::{FillHead, FillLeader, Followed, Role};
 use super::{StreamingManager, Teeing};
 use crate::StreamingBody;
 use crate::error::{Error, ErrorKind, Result};
+use crate::fleet::bucket;
 use crate::format::layout::Hash32;
-use crate::format::reader;
 use crate::format::record::Entry;
-use crate::rt::blocking;
-use crate::storage::{Name, Storage};
+use crate::storage::Storage;
 
-/// How much of a body is read from disk at a time to go up to the shared tier.
-const SHARE_CHUNK: usize = 1 << 20;
 /// How long a lookup waits for another's read-through of its key to start storing.
 const READ_THROUGH_WAIT: Duration = Duration::from_secs(5);
 /// How much a lookup following another's read-through reads from its file at a time.
@@ -84,16 +82,11 @@ impl StreamingManager {
         key: &str,
         leader: FillLeader,
     ) -> Result<Option<(Response<StreamingBody>, Arc<Entry>)>> {
-        let Some((entry, body)) = crate::storage::read_entry(&**tier, key, None, None).await?
+        let Some((entry, body)) =
+            bucket::read(&**tier, key, self.purge_log().map(|log| &**log)).await?
         else {
             return Ok(None);
         };
-        if self.purge_log().is_some_and(|log| log.purged(&entry)) {
-            // A copy written up before a purge the fleet's log names: gone for good.
-            crate::log::debug_event!(%key, "a purged entry in the shared tier: a miss");
-            let _ = tier.delete_record(Name(Hash32::of(key.as_bytes()))).await;
-            return Ok(None);
-        }
         let url = Url::parse(&entry.url).map_err(|e| {
             Error::new(ErrorKind::Record)
                 .with_subject(key)
@@ -127,15 +120,7 @@ impl StreamingManager {
 
     /// The headers of `key`'s record in the shared tier, if it has one.
     pub(crate) async fn shared_headers(&self, key: &str) -> Option<http::HeaderMap> {
-        let tier = self.shared_tier()?;
-        let record = tier
-            .read_record(Name(Hash32::of(key.as_bytes())))
-            .await
-            .ok()??;
-        Entry::decode(&record)
-            .ok()
-            .filter(|entry| entry.key == key)
-            .map(|entry| entry.headers)
+        bucket::headers(&**self.shared_tier()?, key).await
     }
 
     /// Copies the entry just committed under `key_hash` (body `digest`, `length` bytes) to
@@ -168,90 +153,21 @@ impl StreamingManager {
         length: u64,
     ) -> Result<()> {
         let opened = self.opened().await?;
-        if tier.body_length(Name(digest)).await? != Some(length) {
-            let path = opened.layout.content_path(digest);
-            let file = blocking({
-                let path = path.clone();
-                move || crate::format::files::open(&path).map_err(|e| Error::io(e, &path))
-            })
-            .await?;
-            let file = Arc::new(file);
-            let mut upload = tier.upload_as(Name(digest)).await?;
-            let mut offset = 0;
-            while offset < length {
-                let n = (length - offset).min(SHARE_CHUNK as u64) as usize;
-                let file = Arc::clone(&file);
-                let path = path.clone();
-                let chunk: Bytes = blocking(move || {
-                    reader::read_chunk(&file, offset, n).map_err(|e| Error::io(e, &path))
-                })
-                .await?;
-                upload.write(chunk).await?;
-                offset += n as u64;
-            }
-            let committed = upload.commit().await?;
-            if committed.digest.0 != digest {
-                return Err(Error::new(ErrorKind::Integrity)
-                    .with_subject(format!("{digest:?} went up as {:?}", committed.digest)));
-            }
-        }
-        // The record as it is on disk now (a newer write of the key shares itself too).
-        let path = opened.layout.record_path(key_hash);
-        let record = blocking(move || match crate::format::files::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(e, &path)),
-        })
-        .await?;
-        if let Some(record) = record {
-            tier.write_record(Name(key_hash), Bytes::from(record))
-                .await?;
-        }
-        Ok(())
+        bucket::copy_up(&**tier, &opened.layout, key_hash, digest, length).await
     }
 
-    /// Removes from the shared tier, on a task of its own, the records of URLs under `prefix`
-    /// stored before `before` (reading each record: a prefix purge is rare, and until this
-    /// is done the purge log keeps read-throughs from serving them).
+    /// Removes from the shared tier, on a task of its own, the records of URLs under
+    /// `prefix` stored before `before`.
     pub(crate) fn unshare_prefix(&self, prefix: String, before: std::time::SystemTime) {
-        let Some(tier) = self.shared_tier().cloned() else {
-            return;
-        };
-        crate::rt::spawn(async move {
-            let swept = async {
-                let mut removed = 0u64;
-                for listed in tier.list_records().await? {
-                    let Some(record) = tier.read_record(listed.name).await? else {
-                        continue;
-                    };
-                    let Ok(entry) = Entry::decode(&record) else {
-                        continue;
-                    };
-                    if entry.is_under(&prefix) && entry.stored_at < before {
-                        tier.delete_record(listed.name).await?;
-                        removed += 1;
-                    }
-                }
-                Ok::<_, Error>(removed)
-            };
-            match swept.await {
-                Ok(removed) => {
-                    crate::log::info_event!(%prefix, removed, "prefix purged from the shared tier");
-                }
-                Err(error) => {
-                    crate::log::warn_event!(%prefix, %error, "could not purge a prefix from the shared tier");
-                }
-            }
-        });
+        if let Some(tier) = self.shared_tier().cloned() {
+            bucket::remove_prefix(tier, prefix, before);
+        }
     }
 
     /// Removes `key_hash`'s record from the shared tier (its body may be named by others).
     pub(crate) async fn unshare(&self, key_hash: Hash32) {
-        let Some(tier) = self.shared_tier() else {
-            return;
-        };
-        if let Err(error) = tier.delete_record(Name(key_hash)).await {
-            crate::log::warn_event!(%error, "could not remove an entry from the shared tier");
+        if let Some(tier) = self.shared_tier() {
+            bucket::remove(&**tier, key_hash).await;
         }
     }
 }
