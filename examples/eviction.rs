@@ -1,5 +1,5 @@
 //! The eviction benchmark: synthetic request traces replayed through the store's eviction
-//! policy and admission (its index, with sizes instead of files), for LRU and S3-FIFO, each
+//! policy and admission (the ones its index runs, over sizes instead of files), for LRU and S3-FIFO, each
 //! with and without `min_uses(2)`, at several store sizes. Prints object and byte miss
 //! ratios and the bytes written to disk, and with a path, draws the byte miss-ratio curves
 //! as an SVG.

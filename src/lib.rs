@@ -92,6 +92,7 @@ mod cache;
 mod counter;
 mod empty_body;
 mod error;
+mod eviction;
 mod fleet;
 mod format;
 mod future;
@@ -123,6 +124,7 @@ pub use cache::{
 };
 pub use counter::Counter;
 pub use error::{BoxError, Error, ErrorKind, Result};
+pub use eviction::Eviction;
 pub use fleet::{FILL_PATH, FleetFills, PeerClient};
 pub use future::ResponseFuture;
 pub use layer::HttpCacheStreamingLayer;
@@ -131,7 +133,7 @@ pub use layer::HttpCacheStreamingLayer;
 pub use reqwest_cache::ReqwestCache;
 pub use service::HttpCacheStreaming;
 pub use storage::ObjectStoreManager;
-pub use store::{Eviction, StoreStats, StreamingManager, StreamingManagerBuilder};
+pub use store::{StoreStats, StreamingManager, StreamingManagerBuilder};
 
 /// The policy engine whose [`CachePolicy`](http_cache_semantics::CachePolicy) public
 /// signatures take, re-exported so that its version always matches.

@@ -1,16 +1,17 @@
-//! Replays of request traces through the store's index: the eviction policy and admission
-//! the store runs, with sizes instead of files, for the eviction benchmark
-//! (`examples/eviction.rs`). Not a public API; built only with the `replay` feature.
+//! Replays of request traces through the store's eviction policy and admission (the same
+//! `Policy` and `Admission` the store's index runs, over a `Table` of sizes instead of
+//! files), for the eviction benchmark (`examples/eviction.rs`). Not a public API; built only
+//! with the `replay` feature.
 
-use crate::format::files::Stamp;
+use crate::eviction::{self, Admission, Eviction, MinUses, Policy, Table};
 use crate::format::layout::Hash32;
-use crate::store::Eviction;
-use crate::store::index::Index;
 
-/// A store's index bounded to `max_bytes`, fed one request at a time. Time is one
-/// millisecond per request, so every request has its own place in the order.
+/// A store bounded to `max_bytes`, fed one request at a time. Time is one millisecond per
+/// request, so every request has its own place in the order.
 pub struct Replay {
-    index: Index,
+    policy: Box<dyn Policy>,
+    admission: MinUses,
+    table: Table,
     max_bytes: u64,
     now: u64,
     bytes_written: u64,
@@ -20,17 +21,17 @@ impl std::fmt::Debug for Replay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replay")
             .field("max_bytes", &self.max_bytes)
-            .field("entries", &self.index.len())
+            .field("entries", &self.table.len())
             .finish()
     }
 }
 
 impl Replay {
     pub fn new(eviction: Eviction, min_uses: u8, max_bytes: u64) -> Self {
-        let mut index = Index::new(0, 0).with_policy(eviction, min_uses);
-        index.finish_loading();
         Replay {
-            index,
+            policy: eviction::policy(eviction),
+            admission: MinUses::new(min_uses),
+            table: Table::default(),
             max_bytes,
             now: 1_780_000_000_000,
             bytes_written: 0,
@@ -42,15 +43,19 @@ impl Replay {
     pub fn request(&mut self, id: u64, size: u64) -> bool {
         self.now += 1;
         let key = Hash32::of(&id.to_le_bytes());
-        if self.index.touch_at(key, self.now).is_some() || self.index.digest(key).is_some() {
+        let entries = self.table.len();
+        if let Some(used) = self.table.used(key) {
+            let (used, _) = self.policy.touch(used, self.now, entries);
+            self.table.set_used(key, used);
             return true;
         }
-        if self.index.admits(key) {
-            let digest = Hash32::of(&[&id.to_le_bytes()[..], b"content"].concat());
-            self.index
-                .store_at(key, digest, size, Stamp::default(), self.now);
+        let known = self.policy.remembers(&key);
+        if self.admission.admits(key, known, entries) {
+            let used = self.policy.enter(key, None, self.now, false, entries);
+            self.table.insert(key, used, size);
             self.bytes_written += size;
-            self.index.evict_at(Some(self.max_bytes), None, self.now);
+            self.table
+                .evict(&mut *self.policy, Some(self.max_bytes), None, self.now);
         }
         false
     }
@@ -62,6 +67,6 @@ impl Replay {
 
     /// Bytes of content stored now.
     pub fn stored_bytes(&self) -> u64 {
-        self.index.content_bytes()
+        self.table.bytes()
     }
 }

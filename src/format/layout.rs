@@ -115,6 +115,25 @@ impl Layout {
     }
 }
 
+/// Where a SHA-256 goes in a table of this process: its first 8 bytes hashed with a secret
+/// seed of the table's own (foldhash, hashbrown's default hasher). A key hash is a SHA-256
+/// of what a client sent, so its bytes could serve as they are; but a client that grinds
+/// URLs until their hashes share their low bits (some 2^21 SHA-256 each at a million
+/// entries: a fraction of a second) would pile them into one run of the table, and every
+/// lookup there would walk the pile under the index lock. Unkeyed, the same goes for
+/// digests of bodies a client can upload to the origin.
+#[derive(Debug, Default)]
+pub(crate) struct KeyHash(hashbrown::DefaultHashBuilder);
+
+impl KeyHash {
+    pub(crate) fn of(&self, key: &Hash32) -> u64 {
+        use std::hash::BuildHasher as _;
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&key.0[..8]);
+        self.0.hash_one(u64::from_le_bytes(first))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,9 @@
 //! The access log: uses appended to `cache-v2/access.log` so that the eviction order
 //! survives a restart, rewritten short when it grows.
 
+use super::parsed::Known;
 use crate::format::layout::Hash32;
-use index::Known;
 
-use super::index;
 use super::opened::Opened;
 use crate::format::files;
 use crate::rt::lock;

@@ -9,8 +9,8 @@ use tokio::sync::OnceCell;
 
 use crate::format::layout::Layout;
 
-use super::policy::Eviction;
 use super::{Inner, StreamingManager};
+use crate::eviction::Eviction;
 use crate::format::files;
 
 /// Stores of up to this many records are read in before the first request is served (within

@@ -4,8 +4,8 @@
 
 use hashbrown::HashTable;
 
-use super::dense::KeyHash;
 use crate::format::layout::Hash32;
+use crate::format::layout::KeyHash;
 
 /// One content file: its digest, length and how many records use it. 44 bytes (the length
 /// is kept as two halves so that the struct needs no 8-byte alignment).

@@ -16,7 +16,7 @@ mod dense;
 mod fleet_side;
 mod from_bucket;
 mod opened;
-pub(crate) mod policy;
+mod parsed;
 mod read_in;
 mod record_file;
 mod snapshot;
@@ -25,7 +25,6 @@ mod tee_queue;
 
 pub use builder::StreamingManagerBuilder;
 pub(crate) use fleet_side::ForPeer;
-pub use policy::Eviction;
 pub(crate) use tee::Teeing;
 
 use std::fs::File;

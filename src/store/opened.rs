@@ -11,6 +11,7 @@ use http_cache_semantics::CachePolicy;
 
 use tokio::sync::watch;
 
+use super::parsed::{Known, RECHECK_AFTER};
 use crate::body::StreamingBody;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::content::{FinishedContent, TempFile};
@@ -19,7 +20,7 @@ use crate::format::layout::{Hash32, Layout};
 use crate::format::reader::{ChunkReader, Verify};
 use crate::format::record::Entry;
 use crate::format::scratch::{self, Scratch};
-use index::{Index, Known, RECHECK_AFTER};
+use index::Index;
 
 use super::builder::Options;
 use super::tee::{Committed, Draft};

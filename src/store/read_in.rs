@@ -6,11 +6,12 @@ use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::parsed::Known;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::files::Stamp;
 use crate::format::layout::Hash32;
 use crate::format::record::Entry;
-use index::{Index, Known};
+use index::Index;
 
 use super::opened::{Opened, ReadIn, ReadInFailure};
 use super::record_file::{ReadFailure, is_transient, read_record, read_summary};
