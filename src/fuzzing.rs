@@ -60,10 +60,10 @@ pub fn vary_and_range(bytes: &[u8]) {
         let within = |&(start, len): &(u64, u64)| {
             len > 0 && start.checked_add(len).is_some_and(|end| end <= length)
         };
-        match crate::cache::range::ranged(&request, &response, length) {
-            crate::cache::range::Ranged::Part { start, len } => assert!(within(&(start, len))),
-            crate::cache::range::Ranged::Parts(parts) => assert!(parts.iter().all(within)),
-            crate::cache::range::Ranged::Whole | crate::cache::range::Ranged::Unsatisfiable => {}
+        match crate::fields::range::ranged(&request, &response, length) {
+            crate::fields::range::Ranged::Part { start, len } => assert!(within(&(start, len))),
+            crate::fields::range::Ranged::Parts(parts) => assert!(parts.iter().all(within)),
+            crate::fields::range::Ranged::Whole | crate::fields::range::Ranged::Unsatisfiable => {}
         }
     }
 }

@@ -89,10 +89,12 @@ struct ReadmeDoctests;
 
 mod body;
 mod cache;
+mod collapse;
 mod counter;
 mod empty_body;
 mod error;
 mod eviction;
+mod fields;
 mod fleet;
 mod format;
 mod future;

@@ -11,7 +11,8 @@ use crate::format::record::Entry;
 
 use super::status::NotStored;
 use super::variants::variants_generation;
-use super::view;
+use crate::fields::cache_control::{CacheControl, Qualified};
+use crate::fields::engine_view;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1; RFC 9112 §6.1
 /// for `Transfer-Encoding`, which the next hop frames anew).
@@ -41,7 +42,7 @@ pub(super) const KEPT_ON_REVALIDATION: [HeaderName; 4] = [
 /// judged as the GET it is answered from.
 pub(super) fn policy_view(method: &Method, mut headers: HeaderMap) -> request::Parts {
     headers.remove(header::HOST);
-    let headers = view::normalized(&headers);
+    let headers = engine_view::normalized(&headers);
     let mut request = Request::new(());
     *request.method_mut() = if *method == Method::HEAD {
         Method::GET
@@ -60,12 +61,12 @@ pub(super) fn why_not_storable(
     response: &http::response::Parts,
     shared: bool,
 ) -> NotStored {
-    let headers = &response.headers;
+    let directives = CacheControl::of(&response.headers);
     if request.method != Method::GET {
         NotStored::Method
-    } else if has_directive(&request.headers, "no-store") || has_directive(headers, "no-store") {
+    } else if CacheControl::of(&request.headers).has("no-store") || directives.has("no-store") {
         NotStored::NoStore
-    } else if shared && has_directive(headers, "private") {
+    } else if shared && directives.has("private") {
         NotStored::Private
     } else if shared && request.headers.contains_key(header::AUTHORIZATION) {
         NotStored::Authorization
@@ -85,40 +86,24 @@ pub(super) fn shared_cookie(shared: bool, headers: &HeaderMap) -> bool {
     shared && headers.contains_key(header::SET_COOKIE)
 }
 
-/// How a response's `Cache-Control` uses a directive that may name fields (`no-cache`,
-/// `private`; RFC 9111 §5.2.2.4, §5.2.2.7).
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Qualified {
-    Absent,
-    /// The directive alone (or with a list that names no field): the whole response.
-    Whole,
-    /// `no-cache="Set-Cookie, X-Token"`: those fields only.
-    Fields(Vec<HeaderName>),
-}
-
-/// How `headers` use `directive` (lower case), every occurrence of it counted.
-pub(super) fn qualified(headers: &HeaderMap, directive: &str) -> Qualified {
-    match view::qualified_lists(headers, directive) {
-        None => Qualified::Absent,
-        Some(None) => Qualified::Whole,
-        Some(Some(fields)) => Qualified::Fields(fields),
-    }
-}
-
 /// The fields of a response that a cache keeps only for the client whose request fetched
 /// it, never in the stored copy: those a qualified `no-cache` names (they may not be served
 /// from it without a revalidation, so they are not kept at all), and in a shared cache those
 /// a qualified `private` names and `Set-Cookie` (one user's, whatever else the response
-/// says). Read from `headers` and from `decided` (the same with a targeted field standing
-/// in for `Cache-Control`): what either names is withheld.
-pub(super) fn withheld(headers: &HeaderMap, decided: &HeaderMap, shared: bool) -> Vec<HeaderName> {
+/// says). Read from a response's `Cache-Control` and from the one it is `decided` by (a
+/// targeted field standing in for it): what either names is withheld.
+pub(super) fn withheld(
+    directives: &CacheControl,
+    decided: &CacheControl,
+    shared: bool,
+) -> Vec<HeaderName> {
     let mut names = Vec::new();
-    for headers in [headers, decided] {
-        if let Qualified::Fields(fields) = qualified(headers, "no-cache") {
-            names.extend(fields);
+    for directives in [directives, decided] {
+        if let Qualified::Fields(fields) = directives.no_cache() {
+            names.extend(fields.iter().cloned());
         }
-        if shared && let Qualified::Fields(fields) = qualified(headers, "private") {
-            names.extend(fields);
+        if shared && let Qualified::Fields(fields) = directives.private() {
+            names.extend(fields.iter().cloned());
         }
     }
     if shared {
@@ -170,18 +155,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named.iter().chain(&HOP_BY_HOP.map(HeaderName::from_static)) {
         headers.remove(name);
     }
-}
-
-/// Whether a `Cache-Control` header in `headers` has `directive`.
-pub(super) fn has_directive(headers: &HeaderMap, directive: &str) -> bool {
-    directive_value(headers, directive).is_some()
-}
-
-/// The value of a `Cache-Control` directive in `headers`, named in any case, the first if
-/// it is repeated (empty when it has none).
-pub(super) fn directive_value(headers: &HeaderMap, directive: &str) -> Option<String> {
-    let value = view::directive_value(headers, &directive.to_ascii_lowercase())?;
-    Some(value.unwrap_or_default())
 }
 
 /// Whether a request carries validators of its own (`If-None-Match`, `If-Modified-Since`).
@@ -244,11 +217,10 @@ pub(super) fn head_selects(stored: &HeaderMap, head: &HeaderMap) -> bool {
 /// Whether a stored response may never be served stale, only after a successful
 /// revalidation (RFC 9111 §4.2.4): `must-revalidate`, `no-cache`, and in a shared cache
 /// `proxy-revalidate` and `s-maxage`, which carries its semantics there (§5.2.2.10).
-pub(super) fn must_revalidate(headers: &HeaderMap, shared: bool) -> bool {
-    has_directive(headers, "must-revalidate")
-        || qualified(headers, "no-cache") == Qualified::Whole
-        || (shared
-            && (has_directive(headers, "proxy-revalidate") || has_directive(headers, "s-maxage")))
+pub(super) fn must_revalidate(directives: &CacheControl, shared: bool) -> bool {
+    directives.has("must-revalidate")
+        || *directives.no_cache() == Qualified::Whole
+        || (shared && (directives.has("proxy-revalidate") || directives.has("s-maxage")))
 }
 
 /// Whether a stored response can no longer be used: stale, without a validator to
@@ -270,9 +242,10 @@ pub(super) fn unusable(
     {
         return false;
     }
+    let directives = CacheControl::of(headers);
     let window = ["stale-while-revalidate", "stale-if-error"]
         .iter()
-        .filter_map(|d| directive_value(headers, d)?.parse().ok())
+        .filter_map(|d| directives.seconds(d))
         .map(Duration::from_secs)
         .chain(default_window)
         .max();

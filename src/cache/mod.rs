@@ -3,8 +3,6 @@
 //! through the manager.
 
 mod cache_key;
-mod conditional;
-mod dates;
 mod directives;
 pub(crate) mod key;
 mod languages;
@@ -15,14 +13,11 @@ mod peer_fills;
 mod pending;
 mod plan;
 mod purge;
-pub(crate) mod range;
 mod stats;
 mod status;
 mod storing;
-mod targeted;
 mod ttl;
 mod variants;
-mod view;
 
 pub use cache_key::CacheKey;
 pub use directives::strip_hop_by_hop;
@@ -45,10 +40,11 @@ use http_body::Body;
 use http_cache_semantics::CachePolicy;
 
 use crate::body::StreamingBody;
+use crate::collapse::FillLeader;
 use crate::format::record::Entry;
 use crate::store::StreamingManager;
-use crate::store::fill::FillLeader;
 
+use crate::fields::cache_control::CacheControl;
 use crate::fleet::invalidations::FleetInvalidations;
 use directives::{Judged, judge, unusable};
 use stats::{Counters, count};
@@ -374,10 +370,13 @@ impl HttpStreamingCache {
         let conditional = self.options.answer_conditionals
             && head.status == StatusCode::OK
             && (parts.method == Method::GET || parts.method == Method::HEAD)
-            && conditional::not_modified(&parts.headers, &head.headers);
+            && crate::fields::conditional::not_modified(&parts.headers, &head.headers);
         let mut response = if conditional {
             drop(body);
-            Response::from_parts(conditional::not_modified_head(head), StreamingBody::empty())
+            Response::from_parts(
+                crate::fields::conditional::not_modified_head(head),
+                StreamingBody::empty(),
+            )
         } else {
             Response::from_parts(head, body)
         };
@@ -385,7 +384,7 @@ impl HttpStreamingCache {
             && parts.method == Method::GET
             && let Some(length) = length
         {
-            response = range::apply(&parts.headers, response, length);
+            response = crate::fields::range::apply(&parts.headers, response, length);
         }
         let ttl = self.ttl(stored_status, policy, now);
         self.annotate(response.headers_mut(), &status.ttl(ttl), true, true);
@@ -408,6 +407,14 @@ impl HttpStreamingCache {
     /// With a [`Ttl`]'s outcome stored with it, that in place of the origin's freshness.
     fn decides_by<'h>(&self, headers: &'h HeaderMap) -> std::borrow::Cow<'h, HeaderMap> {
         ttl::decided(headers, self.options.targeted(), self.options.shared)
+    }
+
+    /// The fields of a response with `headers` that only its own client gets, never the
+    /// stored copy ([`directives::withheld`]), read from its `Cache-Control` and from the one
+    /// this cache decides it by.
+    fn withheld(&self, headers: &HeaderMap) -> Vec<HeaderName> {
+        let decided = CacheControl::of(&self.decides_by(headers));
+        directives::withheld(&CacheControl::of(headers), &decided, self.options.shared)
     }
 
     /// How long a response of `status`, `version` and `headers` to `request` stays fresh
@@ -470,7 +477,10 @@ impl HttpStreamingCache {
                 .freshness_lifetime(status, version, headers, &request)
                 .is_zero();
             if never_fresh
-                || directives::must_revalidate(&self.decides_by(headers), self.options.shared)
+                || directives::must_revalidate(
+                    &CacheControl::of(&self.decides_by(headers)),
+                    self.options.shared,
+                )
             {
                 return Judged::Stale;
             }
@@ -485,7 +495,7 @@ impl HttpStreamingCache {
         version: http::Version,
         headers: &HeaderMap,
     ) -> http::response::Parts {
-        view::policy_head(status, version, &self.decides_by(headers))
+        crate::fields::engine_view::policy_head(status, version, &self.decides_by(headers))
     }
 
     /// A `502` the cache answers itself, with `status` saying why.
@@ -526,15 +536,4 @@ impl HttpStreamingCache {
             headers.insert(HeaderName::from_static("x-cache-lookup"), word(found));
         }
     }
-}
-
-/// A header map of `fields`, each appended in order: for the unit tests of the rules.
-#[cfg(test)]
-fn test_headers(fields: &[(&str, &str)]) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    for (name, value) in fields {
-        let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
-        headers.append(name, HeaderValue::from_str(value).unwrap());
-    }
-    headers
 }

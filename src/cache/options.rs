@@ -10,7 +10,7 @@ use http_cache_semantics::CacheOptions;
 use super::cache_key::CacheKey;
 use super::mode::CacheMode;
 use super::ttl::Ttl;
-use crate::store::fill::Background;
+use crate::collapse::Background;
 
 /// Makes a request's cache key (`HttpCacheOptions::cache_key`).
 pub(super) type KeyFn = Arc<dyn Fn(&request::Parts) -> String + Send + Sync>;

@@ -19,14 +19,15 @@ use http::{Method, Response, StatusCode, request};
 use http_body::Body;
 use http_cache_semantics::CachePolicy;
 
-use super::directives::{Judged, is_conditional, shared_cookie, take_fields, withheld};
+use super::directives::{Judged, is_conditional, shared_cookie, take_fields};
 use super::mode::CacheMode;
 use super::pending::keepable;
-use super::range::{self, Ranged};
 use super::status::{Detail, Fwd, Status};
-use super::{Finished, HttpStreamingCache, Pending, Plan, count, key, view};
+use super::{Finished, HttpStreamingCache, Pending, Plan, count, key};
 use crate::body::{Piece, StreamingBody, boxed};
 use crate::error::BoxError;
+use crate::fields::engine_view;
+use crate::fields::range::{self, Ranged};
 use crate::store::partial_entry::{PartialEntry, PartialHead};
 
 /// What a ranged miss does with the origin's answer.
@@ -391,13 +392,13 @@ impl Pending {
             return None;
         }
         // The fields only this response's client gets stay out of the stored head.
-        let names = withheld(&whole.headers, &cache.decides_by(&whole.headers), shared);
+        let names = cache.withheld(&whole.headers);
         take_fields(&mut whole.headers, &names);
         let (now, options) = (cache.now(), cache.options.semantics());
         let view = cache.policy_response(whole.status, whole.version, &whole.headers);
         // Judged with the request as it came (its Authorization above all), kept with the
         // headers it varies on only, as a miss's 200 is.
-        let asked = view::request(&self.request);
+        let asked = engine_view::request(&self.request);
         if !CachePolicy::new_options(&asked, &view, now, options).is_storable() {
             return None;
         }
@@ -441,7 +442,7 @@ async fn partial_entry(
 mod tests {
     use super::*;
 
-    use super::super::test_headers as head;
+    use crate::fields::test_headers as head;
 
     #[test]
     fn a_206_is_malformed_only_when_it_disagrees_with_itself() {

@@ -8,10 +8,10 @@ use http::{HeaderValue, Request, Response, StatusCode, header, request};
 use super::variants::{same_variant, variants_generation};
 use super::{CacheMode, HttpStreamingCache};
 use crate::body::StreamingBody;
+use crate::collapse::FillLeader;
 use crate::fleet::asks::{self, NoFill};
 use crate::fleet::leases::Lease;
 use crate::store::ForPeer;
-use crate::store::fill::FillLeader;
 
 impl HttpStreamingCache {
     /// Answers a node of the fleet asking for this node's fill of a key whose lease it

@@ -12,21 +12,21 @@ use http_cache_semantics::{AfterResponse, CachePolicy};
 
 use super::key;
 use super::mode::CacheMode;
-use super::range;
 use crate::body::StreamingBody;
+use crate::collapse::{FillEnd, FillLeader, Role};
 use crate::error::BoxError;
-use crate::store::fill::{FillEnd, FillLeader, Role};
+use crate::fields::range;
 
 use super::directives::{
-    KEPT_ON_REVALIDATION, directive_value, head_selects, is_conditional, is_hop_by_hop,
-    is_origin_failure, must_revalidate, policy_view, selects, stale_for_at_most, strip_hop_by_hop,
-    take_fields, withheld,
+    KEPT_ON_REVALIDATION, head_selects, is_conditional, is_hop_by_hop, is_origin_failure,
+    must_revalidate, policy_view, selects, stale_for_at_most, strip_hop_by_hop, take_fields,
 };
 use super::status::{Detail, Fwd, Status};
 use super::ttl::TTL_FIELD;
 use super::variants::{INTERNAL, is_internal};
-use super::view;
 use super::{Action, Finished, Pending, Stale, count};
+use crate::fields::cache_control::CacheControl;
+use crate::fields::engine_view;
 
 impl Pending {
     /// What the cache does with the inner service's response.
@@ -158,10 +158,8 @@ impl Pending {
         else {
             return Err(error);
         };
-        if must_revalidate(
-            &self.cache.decides_by(stale.response.headers()),
-            self.cache.options.shared,
-        ) {
+        let decided = self.cache.decides_by(stale.response.headers());
+        if must_revalidate(&CacheControl::of(&decided), self.cache.options.shared) {
             return Ok(self
                 .cache
                 .gateway_timeout(Fwd::Stale, Detail::OriginUnreachable));
@@ -183,20 +181,21 @@ impl Pending {
         status: Option<StatusCode>,
     ) -> Option<Detail> {
         let decided = self.cache.decides_by(stale.response.headers());
-        let headers = &*decided;
-        if must_revalidate(headers, self.cache.options.shared)
+        let directives = CacheControl::of(&decided);
+        if must_revalidate(&directives, self.cache.options.shared)
             || !self.cache.was_fresh(&stale.entry)
         {
             return None;
         }
         let within =
             |window: Duration| stale_for_at_most(&stale.entry.policy, self.cache.now(), window);
-        let seconds = |h: &HeaderMap| {
-            directive_value(h, "stale-if-error")
-                .and_then(|v| v.parse().ok())
+        let seconds = |directives: &CacheControl| {
+            directives
+                .seconds("stale-if-error")
                 .map(Duration::from_secs)
         };
-        let directive = [seconds(headers), seconds(&self.request.headers)]
+        let asked = CacheControl::of(&self.request.headers);
+        let directive = [seconds(&directives), seconds(&asked)]
             .into_iter()
             .flatten()
             .max();
@@ -345,11 +344,11 @@ impl Pending {
             fresh_parts.version,
             &fresh_parts.headers,
         );
-        let after =
-            stale
-                .entry
-                .policy
-                .after_response(&view::request(&self.request), &fresh_view, now);
+        let after = stale.entry.policy.after_response(
+            &engine_view::request(&self.request),
+            &fresh_view,
+            now,
+        );
         // A 304 that may answer validators of the client's own is the client's. (One that
         // selects nothing never reaches here for an unconditional client: see `finish`.)
         if matches!(after, AfterResponse::Modified(..)) && is_conditional(&self.request.headers) {
@@ -397,7 +396,7 @@ impl Pending {
         // What the 304 says to the client that caused it alone (in a shared cache a cookie
         // set on one user's revalidation would be replayed to every user), and what the
         // freshened headers name in a qualified `no-cache` or `private`: never stored.
-        let names = withheld(&merged, &cache.decides_by(&merged), cache.options.shared);
+        let names = cache.withheld(&merged);
         take_fields(&mut merged, &names);
         let to_client_only = take_fields(&mut fresh_headers, &names);
         // The route's `Ttl` decides anew from the freshened headers (the 304's own
@@ -418,7 +417,7 @@ impl Pending {
         let merged = freshened.headers;
         let mut head = Response::new(());
         *head.status_mut() = stored_parts.status;
-        *head.headers_mut() = view::normalized(&cache.decides_by(&merged));
+        *head.headers_mut() = engine_view::normalized(&cache.decides_by(&merged));
         let policy = CachePolicy::new_options(
             &self.stored_request(&merged),
             &head,

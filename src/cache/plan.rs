@@ -11,17 +11,17 @@ use http::{Method, Response, request};
 use super::key;
 use super::mode::CacheMode;
 use crate::body::StreamingBody;
+use crate::collapse::{FillLeader, Followed, Role};
 use crate::format::record::Entry;
-use crate::store::fill::{FillLeader, Followed, Role};
 
 use super::directives::{
-    Judged, Qualified, directive_value, has_directive, must_revalidate, policy_view, qualified,
-    shared_cookie, stale_for_at_most, validators, withheld,
+    Judged, must_revalidate, policy_view, shared_cookie, stale_for_at_most, validators, withheld,
 };
 use super::status::{Detail, Forwarded, Fwd, Status};
 use super::variants::{same_variant, variants_generation};
-use super::view;
 use super::{Action, Finished, Found, HttpStreamingCache, Pending, Plan, Stale, Start, count};
+use crate::fields::cache_control::{CacheControl, Qualified};
+use crate::fields::engine_view;
 
 impl HttpStreamingCache {
     /// Decides how a request starts.
@@ -93,8 +93,8 @@ impl HttpStreamingCache {
     /// Looks the request up and decides: answer from the store, revalidate, or fetch.
     pub(super) async fn plan(&self, parts: &request::Parts, key: String, mode: CacheMode) -> Plan {
         self.bust(parts, &key).await;
-        let only_if_cached =
-            mode == CacheMode::OnlyIfCached || has_directive(&parts.headers, "only-if-cached");
+        let only_if_cached = mode == CacheMode::OnlyIfCached
+            || CacheControl::of(&parts.headers).has("only-if-cached");
         let found = if mode == CacheMode::Reload {
             // No lookup opens the store: opening it now tells whether the answer can be
             // stored (`Cache-Status` says so).
@@ -147,10 +147,10 @@ impl HttpStreamingCache {
             }
             Judged::Stale
                 if mode == CacheMode::Default && {
-                    let decided = self.decides_by(response.headers());
+                    let decided = CacheControl::of(&self.decides_by(response.headers()));
                     !must_revalidate(&decided, self.options.shared)
-                        && directive_value(&decided, "stale-while-revalidate")
-                            .and_then(|v| v.parse().ok())
+                        && decided
+                            .seconds("stale-while-revalidate")
                             .is_some_and(|s| stale_for_at_most(policy, now, Duration::from_secs(s)))
                         && self.was_fresh(&entry)
                 } =>
@@ -262,13 +262,14 @@ impl HttpStreamingCache {
     ) -> Plan {
         let options = &self.options;
         // Only a request that would take a stored response may take one being stored.
+        let asked = CacheControl::of(&parts.headers);
         let takes_stored = matches!(
             mode,
             CacheMode::Default | CacheMode::ForceCache | CacheMode::IgnoreRules
-        ) && !has_directive(&parts.headers, "no-cache")
-            && !has_directive(&parts.headers, "no-store")
-            && directive_value(&parts.headers, "max-age").as_deref() != Some("0")
-            && !view::has_pragma_no_cache(&parts.headers);
+        ) && !asked.has("no-cache")
+            && !asked.has("no-store")
+            && asked.value("max-age") != Some(Some("0"))
+            && !crate::fields::cache_control::has_pragma_no_cache(&parts.headers);
         if !options.coalesce || parts.method != Method::GET || !takes_stored {
             return self.forward(parts, key, mode, action(None), conditional);
         }
@@ -397,12 +398,12 @@ impl HttpStreamingCache {
         // What may be served is decided by the origin's fields (a targeted one in place of
         // `Cache-Control`); a `Ttl`'s outcome speaks of freshness only, so it is not read
         // here (nor paid for: this runs on every hit).
-        let targeted = super::targeted::targeted(&entry.headers, self.options.targeted());
+        let targeted = crate::fields::targeted::targeted(&entry.headers, self.options.targeted());
         let headers = targeted.as_ref().unwrap_or(&entry.headers);
         // Read once: this runs on every hit.
-        let directives = view::cache_control(headers);
-        let has = |name: &str| directives.iter().any(|d| d.name == name);
-        let understood = has("must-understand") && view::understands(entry.status);
+        let directives = CacheControl::of(headers);
+        let has = |name: &str| directives.has(name);
+        let understood = has("must-understand") && engine_view::understands(entry.status);
         // A field the stored copy must not hold, in its headers or its trailers.
         let holds = |name: &HeaderName| {
             entry.headers.contains_key(name)
@@ -413,12 +414,12 @@ impl HttpStreamingCache {
         };
         let (mut whole_private, mut names_kept) = (false, false);
         if has("private") || has("no-cache") {
-            let raw = &entry.headers;
+            let raw = CacheControl::of(&entry.headers);
             whole_private = shared
-                && [raw, headers]
+                && [&raw, &directives]
                     .iter()
-                    .any(|h| qualified(h, "private") == Qualified::Whole);
-            names_kept = withheld(raw, headers, shared)
+                    .any(|d| *d.private() == Qualified::Whole);
+            names_kept = withheld(&raw, &directives, shared)
                 .iter()
                 .filter(|name| **name != header::SET_COOKIE)
                 .any(holds);

@@ -8,17 +8,17 @@ use http::{Method, Response, StatusCode};
 use http_body::Body;
 use http_cache_semantics::CachePolicy;
 
-use super::directives::{shared_cookie, take_fields, why_not_storable, withheld};
+use super::directives::{shared_cookie, take_fields, why_not_storable};
 use super::key;
 use super::mode::CacheMode;
 use super::pending::{add_fields, keepable};
 use super::status::{Detail, Fwd, NotStored, Status};
 use super::variants::names_as_vary;
-use super::view;
 use super::{Finished, Pending, count};
 use crate::body::StreamingBody;
+use crate::collapse::{FillHead, FillLeader};
 use crate::error::BoxError;
-use crate::store::fill::{FillHead, FillLeader};
+use crate::fields::engine_view;
 
 impl Pending {
     /// A response from the origin: tee'd into the store when it may be stored, else passed
@@ -57,7 +57,7 @@ impl Pending {
             (!status.is_success()).then_some(NotStored::Status)
         } else {
             let (request, response) = (
-                view::request(&self.request),
+                engine_view::request(&self.request),
                 cache.policy_response(status, parts.version, &parts.headers),
             );
             let policy = CachePolicy::new_options(&request, &response, now, options);
@@ -75,7 +75,7 @@ impl Pending {
         // The fields only this response's client gets (its cookie, what a qualified
         // `no-cache` or `private` names): never in the stored copy, nor to followers.
         let withheld = if refused.is_none() {
-            let names = withheld(&parts.headers, &cache.decides_by(&parts.headers), shared);
+            let names = cache.withheld(&parts.headers);
             take_fields(&mut parts.headers, &names)
         } else {
             HeaderMap::new()

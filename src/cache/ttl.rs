@@ -8,7 +8,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{request, response};
 
 use super::HttpStreamingCache;
-use super::view;
+use crate::fields::cache_control::{self, CacheControl};
 
 /// The field a stored response keeps its [`Ttl`]'s outcome in: cache-control directives
 /// (`max-age`, `stale-while-revalidate`, `stale-if-error`) that this cache reads in place of
@@ -117,12 +117,8 @@ impl Ttl {
         let field = headers.get(TTL_FIELD)?;
         let mut own = http::HeaderMap::new();
         own.insert(http::header::CACHE_CONTROL, field.clone());
-        let seconds = |name: &str| {
-            view::directive_value(&own, name)
-                .flatten()
-                .and_then(|v| v.parse::<u64>().ok())
-                .map(Duration::from_secs)
-        };
+        let own = CacheControl::of(&own);
+        let seconds = |name: &str| own.seconds(name).map(Duration::from_secs);
         let mut ttl = Ttl::fixed(seconds("max-age")?);
         if let Some(grace) = seconds("stale-while-revalidate").max(seconds("stale-if-error")) {
             ttl = ttl.grace(grace);
@@ -224,7 +220,7 @@ pub(super) fn decided<'h>(
     shared: bool,
 ) -> std::borrow::Cow<'h, HeaderMap> {
     use std::borrow::Cow;
-    let decided = match super::targeted::targeted(headers, targeted) {
+    let decided = match crate::fields::targeted::targeted(headers, targeted) {
         Some(view) => Cow::Owned(view),
         None => Cow::Borrowed(headers),
     };
@@ -237,10 +233,10 @@ pub(super) fn decided<'h>(
 /// Whether `decided` (the headers a cache decides by) give explicit freshness: `max-age`,
 /// `s-maxage` in a shared cache, or `Expires`.
 pub(super) fn explicit_freshness(decided: &HeaderMap, shared: bool) -> bool {
-    decided.contains_key(http::header::EXPIRES)
-        || view::cache_control(decided)
-            .iter()
-            .any(|d| d.name == "max-age" || (shared && d.name == "s-maxage"))
+    decided.contains_key(http::header::EXPIRES) || {
+        let directives = CacheControl::of(decided);
+        directives.has("max-age") || (shared && directives.has("s-maxage"))
+    }
 }
 
 /// `decided` (the headers a cache decides by) with the directives of `own` (the cache's own
@@ -249,23 +245,25 @@ pub(super) fn explicit_freshness(decided: &HeaderMap, shared: bool) -> bool {
 /// and so do the stale windows `own` sets. The other directives are kept as written.
 pub(super) fn overlaid(decided: &HeaderMap, own: &HeaderValue, shared: bool) -> HeaderMap {
     let own_text = own.to_str().unwrap_or_default();
-    let sets: Vec<String> = view::split_list(own_text)
+    let sets: Vec<String> = cache_control::split_list(own_text)
         .into_iter()
-        .filter_map(view::directive)
+        .filter_map(cache_control::directive)
         .map(|d| d.name)
         .collect();
     let mut kept: Vec<&str> = Vec::new();
     // A `Pragma: no-cache` counts only where there is no `Cache-Control` (RFC 9111 §5.4):
     // the one written here would hide it.
-    if !decided.contains_key(http::header::CACHE_CONTROL) && view::has_pragma_no_cache(decided) {
+    if !decided.contains_key(http::header::CACHE_CONTROL)
+        && cache_control::has_pragma_no_cache(decided)
+    {
         kept.push("no-cache");
     }
     for value in decided.get_all(http::header::CACHE_CONTROL) {
         let Ok(value) = value.to_str() else {
             continue;
         };
-        for element in view::split_list(value) {
-            let Some(d) = view::directive(element) else {
+        for element in cache_control::split_list(value) {
+            let Some(d) = cache_control::directive(element) else {
                 continue;
             };
             match d.name.as_str() {

@@ -7,7 +7,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http_cache_semantics::CachePolicy;
 
 use super::key;
-use crate::store::fill::FillHead;
+use crate::collapse::FillHead;
 
 use super::HttpStreamingCache;
 

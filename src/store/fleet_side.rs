@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 use http::Response;
 
 use super::StreamingManager;
-use super::fill::{FillHead, FollowReader, Followed};
 use crate::StreamingBody;
+use crate::collapse::{FillHead, FollowReader, Followed};
 use crate::error::{Error, Result};
 use crate::fleet::leases::{FleetFills, Lease};
 use crate::fleet::purges::{NodeStore, PurgeLog, SKEW};

@@ -12,9 +12,9 @@ use std::time::Duration;
 use http::Response;
 use url::Url;
 
-use super::fill::{FillHead, FillLeader, Followed, Role};
 use super::{StreamingManager, Teeing};
 use crate::StreamingBody;
+use crate::collapse::{FillHead, FillLeader, Followed, Role};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fleet::bucket;
 use crate::format::layout::Hash32;
@@ -131,7 +131,7 @@ impl StreamingManager {
         key_hash: Hash32,
         digest: Hash32,
         length: u64,
-        lease: Option<super::fill::HeldUntilShared>,
+        lease: Option<crate::collapse::HeldUntilShared>,
     ) {
         let Some(tier) = self.shared_tier().cloned() else {
             return;

@@ -3,7 +3,6 @@
 //! asks) is [`crate::fleet`]'s: the store holds its handles and answers its purge log
 //! (`fleet_side.rs`), and reads through and copies up to the bucket (`from_bucket.rs`).
 
-pub(crate) mod fill;
 pub(crate) mod index;
 pub(crate) mod partial_entry;
 pub(crate) mod pool;
@@ -39,11 +38,11 @@ use std::collections::HashMap;
 use tokio::sync::{OnceCell, watch};
 
 use crate::body::StreamingBody;
+use crate::collapse::Fills;
 use crate::error::Result;
 use crate::format::layout::{Hash32, Layout};
 use crate::format::record::Entry;
 use crate::rt::{blocking, lock};
-use fill::Fills;
 
 use builder::Options;
 use opened::Opened;

@@ -17,13 +17,13 @@ use url::Url;
 
 use super::tee_queue::TeeQueue;
 use crate::body::{StreamingBody, boxed};
+use crate::collapse::{FillEnd, FillHead, FillLeader, Role};
 use crate::error::{BoxError, Error, ErrorKind, Result};
 use crate::format::content::ContentWriter;
 use crate::format::layout::Hash32;
 use crate::format::reader::ChunkReader;
-use fill::{FillEnd, FillHead, FillLeader, Role};
 
-use super::{StreamingManager, fill, pool, writer};
+use super::{StreamingManager, pool, writer};
 use crate::format::reader;
 use crate::format::record::content_length;
 use crate::rt::blocking;
@@ -259,7 +259,7 @@ impl StreamingManager {
     pub(crate) fn join_fill(
         &self,
         key: &str,
-        complete_on_disconnect: Option<fill::Background>,
+        complete_on_disconnect: Option<crate::collapse::Background>,
     ) -> Role {
         self.inner
             .fills

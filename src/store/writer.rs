@@ -12,9 +12,9 @@ use http::HeaderMap;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use super::fill::{Fill, FillEnd};
 use super::pool::{Lane, on_pool, pool};
 use super::tee_queue::{Queued, TeeEnd};
+use crate::collapse::{Fill, FillEnd};
 use crate::error::{Error, ErrorKind};
 use crate::format::content::{ContentWriter, HASH_INLINE};
 

@@ -8,7 +8,7 @@ use http::HeaderMap;
 use http::header::{self, HeaderValue};
 
 /// The first `name` field of `headers` as an IMF-fixdate, if it is an HTTP-date.
-pub(super) fn first_date(headers: &HeaderMap, name: header::HeaderName) -> Option<HeaderValue> {
+pub(crate) fn first_date(headers: &HeaderMap, name: header::HeaderName) -> Option<HeaderValue> {
     let date = parse(headers.get(name)?.to_str().ok()?)?;
     HeaderValue::try_from(httpdate::fmt_http_date(date)).ok()
 }
@@ -16,7 +16,7 @@ pub(super) fn first_date(headers: &HeaderMap, name: header::HeaderName) -> Optio
 /// An HTTP-date in any of its three forms, read as robustly as RFC 9110 §5.6.7 encourages:
 /// in any letter case, and with a day name that is not the date's (`Thu Aug  8 … 2050`, a
 /// Monday) read as the date, as nginx and Apache read it. Anything else is no date.
-pub(super) fn parse(value: &str) -> Option<SystemTime> {
+pub(crate) fn parse(value: &str) -> Option<SystemTime> {
     if let Ok(date) = httpdate::parse_http_date(value) {
         return Some(date);
     }

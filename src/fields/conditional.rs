@@ -10,7 +10,7 @@ use http::{StatusCode, response};
 /// comparison) or is `*`; without `If-None-Match`, its `If-Modified-Since` is a valid date
 /// no earlier than the stored `Last-Modified` (or, lacking one, `Date`, as RFC 9111 §4.3.2
 /// says). An `If-Modified-Since` of more than one field line is no date (RFC 9110 §13.1.3).
-pub(super) fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
+pub(crate) fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
     if request.contains_key(header::IF_NONE_MATCH) {
         let Some(tag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
             return request
@@ -60,7 +60,7 @@ const KEPT: [HeaderName; 8] = [
 ];
 
 /// The head of the `304` standing for the `200` with head `ok`.
-pub(super) fn not_modified_head(ok: response::Parts) -> response::Parts {
+pub(crate) fn not_modified_head(ok: response::Parts) -> response::Parts {
     let mut headers = HeaderMap::new();
     for name in KEPT {
         for value in ok.headers.get_all(&name) {
@@ -74,7 +74,7 @@ pub(super) fn not_modified_head(ok: response::Parts) -> response::Parts {
 mod tests {
     use super::*;
 
-    use super::super::test_headers as headers;
+    use crate::fields::test_headers as headers;
 
     #[test]
     fn if_none_match_is_a_weak_comparison_and_wins_over_if_modified_since() {

@@ -5,12 +5,12 @@
 use http::HeaderMap;
 use http::header::{self, HeaderValue};
 
-use super::view::{is_tchar, split_list};
+use super::cache_control::{is_tchar, split_list};
 
 /// The response headers this cache decides freshness and storability by when one of the
 /// `targeted` fields (RFC 9213) is present as a valid structured dictionary: the first such
 /// stands in for `Cache-Control`, and `Expires` goes. `None` when there is none.
-pub(super) fn targeted(headers: &HeaderMap, targeted: &[header::HeaderName]) -> Option<HeaderMap> {
+pub(crate) fn targeted(headers: &HeaderMap, targeted: &[header::HeaderName]) -> Option<HeaderMap> {
     let directives = targeted.iter().find_map(|name| {
         let lines: Vec<&str> = headers
             .get_all(name)
@@ -135,7 +135,7 @@ fn is_bare_item(value: &str) -> bool {
 mod tests {
     use super::*;
 
-    use super::super::test_headers as headers;
+    use crate::fields::test_headers as headers;
 
     #[test]
     fn a_targeted_field_stands_in_when_it_is_a_valid_dictionary() {

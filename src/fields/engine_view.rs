@@ -15,9 +15,9 @@
 //!   expired" (§5.3).
 //!
 //! - A targeted field (`CDN-Cache-Control`, RFC 9213) stands in for `Cache-Control` and
-//!   `Expires` when it is a valid structured dictionary ([`targeted`]).
+//!   `Expires` when it is a valid structured dictionary ([`super::targeted`]).
 //! - Error statuses the origin gives explicit freshness are shown as `200`s, and `no-store`
-//!   gives way to `must-understand` on an understood status ([`response_head`]).
+//!   gives way to `must-understand` on an understood status ([`policy_head`]).
 //!
 //! Only the copy the engine reads changes: responses are stored and served with the
 //! headers and status the origin sent.
@@ -25,184 +25,17 @@
 use http::HeaderMap;
 use http::header::{self, HeaderValue};
 
-/// A directive of a `Cache-Control` field: its name in lower case, and its value, unquoted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Directive {
-    pub(super) name: String,
-    pub(super) value: Option<String>,
-    /// The value was malformed: `name = value`, or an unterminated quoted string.
-    malformed: bool,
-}
-
-/// The directives of every `Cache-Control` field in `headers`, in order, the first of each
-/// name only.
-pub(super) fn cache_control(headers: &HeaderMap) -> Vec<Directive> {
-    let mut directives: Vec<Directive> = Vec::new();
-    for value in headers.get_all(header::CACHE_CONTROL) {
-        let Ok(value) = value.to_str() else {
-            continue;
-        };
-        for element in split_list(value) {
-            let Some(directive) = directive(element) else {
-                continue;
-            };
-            if directives.iter().all(|d| d.name != directive.name) {
-                directives.push(directive);
-            }
-        }
-    }
-    directives
-}
-
-/// The elements of a comma-separated list, commas inside quoted strings kept.
-pub(super) fn split_list(value: &str) -> Vec<&str> {
-    let mut elements = Vec::new();
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
-    for (i, c) in value.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            ',' if !quoted => {
-                elements.push(&value[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    elements.push(&value[start..]);
-    elements
-}
-
-pub(super) fn directive(element: &str) -> Option<Directive> {
-    let element = element.trim_matches([' ', '\t']);
-    if element.is_empty() {
-        return None;
-    }
-    let (name, value) = match element.split_once('=') {
-        Some((name, value)) => (name, Some(value)),
-        None => (element, None),
-    };
-    let name_is_token = !name.is_empty() && name.bytes().all(is_tchar);
-    let trimmed = name.trim_matches([' ', '\t']);
-    if trimmed.is_empty() || !trimmed.bytes().all(is_tchar) {
-        return None;
-    }
-    let mut malformed = !name_is_token;
-    let value = value.map(|value| {
-        if value.starts_with([' ', '\t']) || value.is_empty() {
-            malformed = true;
-        }
-        let value = value.trim_matches([' ', '\t']);
-        match value.strip_prefix('"') {
-            Some(rest) => match rest.strip_suffix('"') {
-                Some(inner) => inner.replace("\\\"", "\"").replace("\\\\", "\\"),
-                None => {
-                    malformed = true;
-                    rest.to_owned()
-                }
-            },
-            None => value.to_owned(),
-        }
-    });
-    Some(Directive {
-        name: trimmed.to_ascii_lowercase(),
-        value,
-        malformed,
-    })
-}
-
-pub(super) fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// Directives whose value is delta-seconds.
-const DELTA_SECONDS: [&str; 6] = [
-    "max-age",
-    "s-maxage",
-    "min-fresh",
-    "max-stale",
-    "stale-while-revalidate",
-    "stale-if-error",
-];
-
-/// Directives whose value, when they have one, is a list of field names (RFC 9111
-/// §5.2.2.4, §5.2.2.7).
-const QUALIFIED: [&str; 2] = ["no-cache", "private"];
-
-/// How `headers` use a directive that may name fields (`no-cache`, `private`; lower case),
-/// every occurrence counted (the first of a name does not win here: a later bare
-/// `private` must not be lost behind a qualified one): `None` when absent, `Some(None)`
-/// when one occurrence stands for the whole response (bare, or naming no field), else the
-/// fields all of them name.
-pub(super) fn qualified_lists(
-    headers: &HeaderMap,
-    name: &str,
-) -> Option<Option<Vec<header::HeaderName>>> {
-    let mut found = None;
-    for value in headers.get_all(header::CACHE_CONTROL) {
-        let Ok(value) = value.to_str() else {
-            continue;
-        };
-        for d in split_list(value).into_iter().filter_map(directive) {
-            if d.name != name {
-                continue;
-            }
-            let fields = field_names(d.value.as_deref().unwrap_or_default());
-            match (&mut found, fields.is_empty()) {
-                (_, true) => return Some(None),
-                (None, false) => found = Some(fields),
-                (Some(all), false) => all.extend(fields),
-            }
-        }
-    }
-    found.map(Some)
-}
-
-/// The field names of a qualified directive's list (`Set-Cookie, X-Token`), lower case;
-/// elements that are no field name are passed over.
-pub(super) fn field_names(list: &str) -> Vec<header::HeaderName> {
-    list.split(',')
-        .filter_map(|name| header::HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect()
-}
-
-/// The greatest delta-seconds a recipient keeps (RFC 9111 §1.2.2).
-const MAX_DELTA: u64 = 1 << 31;
-
-/// A delta-seconds value: `1*DIGIT`, at most 2^31; `None` when it is not one.
-fn delta_seconds(value: &str) -> Option<u64> {
-    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some(value.parse::<u64>().map_or(MAX_DELTA, |n| n.min(MAX_DELTA)))
-}
-
-/// The value of `name` (lower case) among the `Cache-Control` directives of `headers`:
-/// `Some(None)` for a directive without one.
-pub(super) fn directive_value(headers: &HeaderMap, name: &str) -> Option<Option<String>> {
-    cache_control(headers)
-        .into_iter()
-        .find(|d| d.name == name)
-        .map(|d| d.value)
-}
-
-/// Whether `headers` carry `Pragma: no-cache` (RFC 9111 §5.4; it counts only where no
-/// `Cache-Control` is present, which the caller judges).
-pub(super) fn has_pragma_no_cache(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::PRAGMA)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.to_ascii_lowercase().contains("no-cache"))
-}
+use super::cache_control::{CacheControl, DELTA_SECONDS, Qualified, delta_seconds, split_list};
 
 /// `headers` as the policy engine is to read them (see the module's documentation).
-pub(super) fn normalized(headers: &HeaderMap) -> HeaderMap {
+pub(crate) fn normalized(headers: &HeaderMap) -> HeaderMap {
     let mut view = headers.clone();
     if headers.contains_key(header::CACHE_CONTROL) {
-        let written: Vec<String> = cache_control(headers)
-            .into_iter()
+        let directives = CacheControl::of(headers);
+        let written: Vec<String> = directives
+            .directives()
+            .iter()
+            .cloned()
             .filter_map(|d| {
                 let delta = DELTA_SECONDS.contains(&d.name.as_str());
                 Some(match d.value {
@@ -213,11 +46,8 @@ pub(super) fn normalized(headers: &HeaderMap) -> HeaderMap {
                     // `no-cache` and `private` naming fields (in every occurrence) speak of
                     // those fields only, which the cache never keeps in a stored copy: the
                     // rest of the response is judged without them.
-                    _ if QUALIFIED.contains(&d.name.as_str()) => {
-                        match qualified_lists(headers, &d.name) {
-                            Some(Some(_)) => return None,
-                            _ => d.name,
-                        }
+                    _ if matches!(directives.qualified(&d.name), Qualified::Fields(_)) => {
+                        return None;
                     }
                     // A name alone, or a value the engine does not read: the name keeps
                     // its meaning.
@@ -260,7 +90,7 @@ pub(super) fn normalized(headers: &HeaderMap) -> HeaderMap {
 }
 
 /// `request` as the policy engine is to read it: its head, headers normalized.
-pub(super) fn request(request: &http::request::Parts) -> http::request::Parts {
+pub(crate) fn request(request: &http::request::Parts) -> http::request::Parts {
     let mut view = crate::head::request_head(request);
     view.headers = normalized(&request.headers);
     view
@@ -292,7 +122,7 @@ fn stored_with_explicit_freshness(status: http::StatusCode, must_understand: boo
 }
 
 /// Whether this cache understands `status`: what lets `must-understand` override `no-store`.
-pub(super) fn understands(status: http::StatusCode) -> bool {
+pub(crate) fn understands(status: http::StatusCode) -> bool {
     UNDERSTOOD.contains(&status.as_u16())
 }
 
@@ -302,16 +132,17 @@ pub(super) fn understands(status: http::StatusCode) -> bool {
 /// (but under `must-understand` for a status this cache does not understand); a `no-store`
 /// with `must-understand` on an understood status is dropped (§5.2.2.3), since this cache
 /// understands it.
-pub(super) fn policy_head(
+pub(crate) fn policy_head(
     status: http::StatusCode,
     version: http::Version,
     headers: &HeaderMap,
 ) -> http::response::Parts {
     let mut view = normalized(headers);
-    let directives = cache_control(&view);
-    let has = |name: &str| directives.iter().any(|d| d.name == name);
+    let directives = CacheControl::of(&view);
+    let has = |name: &str| directives.has(name);
     if has("must-understand") && has("no-store") && understands(status) {
         let kept: Vec<String> = directives
+            .directives()
             .iter()
             .filter(|d| d.name != "no-store")
             .map(|d| match &d.value {
@@ -338,7 +169,7 @@ pub(super) fn policy_head(
 mod tests {
     use super::*;
 
-    use super::super::test_headers as headers;
+    use crate::fields::test_headers as headers;
 
     fn shown(fields: &[(&str, &str)], name: &str) -> Option<String> {
         let view = normalized(&headers(fields));
@@ -379,7 +210,10 @@ mod tests {
                 .count(),
             1
         );
-        assert_eq!(directive_value(&two, "max-age"), Some(Some("1".to_owned())));
+        assert_eq!(
+            CacheControl::of(&normalized(&two)).value("max-age"),
+            Some(Some("1"))
+        );
     }
 
     #[test]

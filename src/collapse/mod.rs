@@ -1,4 +1,9 @@
-//! Fills: entries being written that other requests follow. The first request for a key
+//! Request collapsing, as a component of its own (as pingora's cache lock is): fills,
+//! entries being written that other requests follow. It knows the body type, the on-disk
+//! format and the runtime, and nothing of the store that writes a fill or the cache rules
+//! that decide who may follow one; readers of a growing file are apart ([`follow`]).
+//!
+//! The first request for a key
 //! that misses leads: its response is tee'd into a temp file as usual. Requests for the same
 //! key that arrive meanwhile follow: they get the leader's response head as soon as it is
 //! known and read the body from the growing temp file, woken as it grows, never asking the
