@@ -274,7 +274,7 @@ pub(super) fn stale_for_at_most(policy: &CachePolicy, now: SystemTime, window: D
 }
 
 /// How a stored response stands for a request.
-pub(super) enum Judged {
+pub(super) enum Verdict {
     Fresh,
     Stale,
     /// Stored for other request headers than the ones `Vary` names in this request.
@@ -289,14 +289,14 @@ pub(super) fn judge(
     parts: &request::Parts,
     stored: &HeaderMap,
     now: SystemTime,
-) -> Judged {
+) -> Verdict {
     let plain = !parts.headers.contains_key(header::CACHE_CONTROL)
         && !parts.headers.contains_key(header::PRAGMA);
     if plain {
         return if policy.is_stale(now) {
-            Judged::Stale
+            Verdict::Stale
         } else {
-            Judged::Fresh
+            Verdict::Fresh
         };
     }
     // Compared with the request the response was stored for as the variant was chosen.
@@ -304,9 +304,9 @@ pub(super) fn judge(
     let headers = super::key::normalize_selecting(&names, &parts.headers);
     let view = policy_view(&parts.method, headers);
     match policy.before_request(&view, now) {
-        BeforeRequest::Fresh(_) => Judged::Fresh,
-        BeforeRequest::Stale { matches: true, .. } => Judged::Stale,
-        BeforeRequest::Stale { matches: false, .. } => Judged::Mismatch,
+        BeforeRequest::Fresh(_) => Verdict::Fresh,
+        BeforeRequest::Stale { matches: true, .. } => Verdict::Stale,
+        BeforeRequest::Stale { matches: false, .. } => Verdict::Mismatch,
     }
 }
 
@@ -326,3 +326,4 @@ pub(super) fn validators(policy: &CachePolicy, parts: &request::Parts) -> Header
     }
     validators
 }
+

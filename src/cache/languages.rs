@@ -8,7 +8,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, request};
 
 use super::HttpStreamingCache;
-use super::directives::Judged;
+use super::directives::Verdict;
 use super::key;
 use super::mode::CacheMode;
 use super::status::{Detail, Status};
@@ -22,7 +22,7 @@ impl HttpStreamingCache {
     /// A fresh stored variant in the one language a request prefers above all others, for
     /// a request whose own `Accept-Language` selects no stored variant: the origin chose that
     /// language for another request, so it is the one it would choose for this one (RFC 9110
-    /// §12.5.4). Judged as the request it was stored for, which differs only there.
+    /// §12.5.4). Verdict as the request it was stored for, which differs only there.
     pub(super) async fn in_preferred_language(
         &self,
         parts: &request::Parts,
@@ -70,7 +70,7 @@ impl HttpStreamingCache {
         let stored = (entry.status, entry.version, &entry.headers);
         let fresh = matches!(
             self.judge_stored(&entry.policy, &as_stored, stored, now),
-            Judged::Fresh
+            Verdict::Fresh
         );
         (fresh && within_cap && mode != CacheMode::NoCache).then(|| {
             let status = Status::hit().detail(Detail::ContentLanguage);

@@ -46,7 +46,7 @@ use crate::store::StreamingManager;
 
 use crate::fields::cache_control::CacheControl;
 use crate::fleet::invalidations::FleetInvalidations;
-use directives::{Judged, judge, unusable};
+use directives::{Verdict, judge, unusable};
 use stats::{Counters, count};
 use status::{Detail, Fwd, Status};
 use variants::variants_generation;
@@ -264,9 +264,9 @@ impl HttpStreamingCache {
         let within_cap = self.within_cap(entry.status, &entry.policy, now);
         let stored = (entry.status, entry.version, &entry.headers);
         let usable = match self.judge_stored(&entry.policy, parts, stored, now) {
-            Judged::Fresh => within_cap && mode != CacheMode::NoCache,
-            Judged::Stale => within_cap && mode.ignores_staleness(),
-            Judged::Mismatch => false,
+            Verdict::Fresh => within_cap && mode != CacheMode::NoCache,
+            Verdict::Stale => within_cap && mode.ignores_staleness(),
+            Verdict::Mismatch => false,
         };
         usable.then(|| self.hit(parts, response, &entry.policy, now, Status::hit()))
     }
@@ -469,9 +469,9 @@ impl HttpStreamingCache {
         parts: &request::Parts,
         (status, version, headers): (StatusCode, http::Version, &HeaderMap),
         now: SystemTime,
-    ) -> Judged {
+    ) -> Verdict {
         let judged = judge(policy, parts, headers, now);
-        if matches!(judged, Judged::Fresh) && policy.is_stale(now) {
+        if matches!(judged, Verdict::Fresh) && policy.is_stale(now) {
             let request = directives::policy_view(&Method::GET, HeaderMap::new());
             let never_fresh = self
                 .freshness_lifetime(status, version, headers, &request)
@@ -482,7 +482,7 @@ impl HttpStreamingCache {
                     self.options.shared,
                 )
             {
-                return Judged::Stale;
+                return Verdict::Stale;
             }
         }
         judged

@@ -19,7 +19,7 @@ use http::{Method, Response, StatusCode, request};
 use http_body::Body;
 use http_cache_semantics::CachePolicy;
 
-use super::directives::{Judged, is_conditional, shared_cookie, take_fields};
+use super::directives::{Verdict, is_conditional, shared_cookie, take_fields};
 use super::mode::CacheMode;
 use super::pending::keepable;
 use super::status::{Detail, Fwd, Status};
@@ -109,7 +109,7 @@ impl HttpStreamingCache {
                     (head.parts.status, head.parts.version, &head.parts.headers),
                     now
                 ),
-                Judged::Fresh
+                Verdict::Fresh
             );
         if fresh && entry.covers(start, end) {
             return Some(Plan::Respond(self.partial_hit(
@@ -396,7 +396,7 @@ impl Pending {
         take_fields(&mut whole.headers, &names);
         let (now, options) = (cache.now(), cache.options.semantics());
         let view = cache.policy_response(whole.status, whole.version, &whole.headers);
-        // Judged with the request as it came (its Authorization above all), kept with the
+        // Verdict with the request as it came (its Authorization above all), kept with the
         // headers it varies on only, as a miss's 200 is.
         let asked = engine_view::request(&self.request);
         if !CachePolicy::new_options(&asked, &view, now, options).is_storable() {

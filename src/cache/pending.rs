@@ -491,7 +491,9 @@ impl Pending {
             range::Ranged::Whole | range::Ranged::Parts(_) => return teed,
         };
         let background = Some(self.cache.options.background.clone());
-        let Role::Follower(follower) = self.cache.manager.join_fill(&self.key, background) else {
+        let wait = self.cache.options.coalesce_wait;
+        let Role::Follower(follower) = self.cache.manager.join_fill(&self.key, background, wait)
+        else {
             return teed;
         };
         let (mut head, body) = teed.into_parts();

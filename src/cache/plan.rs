@@ -15,7 +15,7 @@ use crate::collapse::{FillLeader, Followed, Role};
 use crate::format::record::Entry;
 
 use super::directives::{
-    Judged, must_revalidate, policy_view, shared_cookie, stale_for_at_most, validators, withheld,
+    Verdict, must_revalidate, policy_view, shared_cookie, stale_for_at_most, validators, withheld,
 };
 use super::status::{Detail, Forwarded, Fwd, Status};
 use super::variants::{same_variant, variants_generation};
@@ -129,23 +129,23 @@ impl HttpStreamingCache {
         let judged = self.judge_stored(policy, parts, stored, now);
         let within_cap = self.within_cap(entry.status, policy, now);
         match judged {
-            Judged::Fresh if mode != CacheMode::NoCache && within_cap => {
+            Verdict::Fresh if mode != CacheMode::NoCache && within_cap => {
                 Plan::Respond(self.hit(parts, response, policy, now, Status::hit()))
             }
-            Judged::Fresh | Judged::Stale if mode.ignores_staleness() && within_cap => {
+            Verdict::Fresh | Verdict::Stale if mode.ignores_staleness() && within_cap => {
                 Plan::Respond(self.hit(parts, response, policy, now, Status::hit()))
             }
-            Judged::Mismatch => {
+            Verdict::Mismatch => {
                 // Stored for another variant or another host: this request's miss.
                 if only_if_cached {
                     return Plan::Respond(self.gateway_timeout(Fwd::Miss, Detail::OnlyIfCached));
                 }
                 self.miss(parts, key, mode, Fwd::Miss, true).await
             }
-            Judged::Fresh | Judged::Stale if only_if_cached => {
+            Verdict::Fresh | Verdict::Stale if only_if_cached => {
                 Plan::Respond(self.gateway_timeout(Fwd::Stale, Detail::OnlyIfCached))
             }
-            Judged::Stale
+            Verdict::Stale
                 if mode == CacheMode::Default && {
                     let decided = CacheControl::of(&self.decides_by(response.headers()));
                     !must_revalidate(&decided, self.options.shared)
@@ -158,7 +158,7 @@ impl HttpStreamingCache {
                 self.stale_while_revalidate(parts, key, response, &entry, stored_key, now)
                     .await
             }
-            Judged::Fresh | Judged::Stale => {
+            Verdict::Fresh | Verdict::Stale => {
                 let view = policy_view(&parts.method, parts.headers.clone());
                 let revalidation = validators(policy, &view);
                 let stale = Box::new(Stale {
@@ -198,7 +198,8 @@ impl HttpStreamingCache {
         let status = Status::stale_while_revalidate();
         let served = self.hit(parts, response, &entry.policy, now, status);
         let background = Some(self.options.background.clone());
-        let Role::Leader(leader) = self.manager.join_fill(&key, background) else {
+        let wait = self.options.coalesce_wait;
+        let Role::Leader(leader) = self.manager.join_fill(&key, background, wait) else {
             return Plan::Respond(served); // a revalidation is under way
         };
         // The revalidation needs a handle on the stored response of its own.
@@ -275,7 +276,10 @@ impl HttpStreamingCache {
         }
         let complete = options.complete_on_disconnect.unwrap_or(options.shared);
         let background = complete.then(|| options.background.clone());
-        let mut follower = match self.manager.join_fill(&key, background) {
+        let mut follower = match self
+            .manager
+            .join_fill(&key, background, options.coalesce_wait)
+        {
             Role::Leader(leader) => {
                 let mut leader = Some(leader);
                 // A plain miss: across a fleet, one node fetches it; the others stream it
@@ -310,7 +314,7 @@ impl HttpStreamingCache {
             }
             Role::Follower(follower) => follower,
         };
-        match follower.head(options.coalesce_wait).await {
+        match follower.head().await {
             Followed::Head(head) if same_variant(&head, &parts.headers) => {
                 let (mut head_parts, policy) = (head.parts.clone(), head.policy.clone());
                 head_parts.version = parts.version;
@@ -331,7 +335,7 @@ impl HttpStreamingCache {
                 if let Found::Entry(response, entry, _) = self.find(parts, &key, mode).await {
                     let now = self.now();
                     let stored = (entry.status, entry.version, &entry.headers);
-                    if let Judged::Fresh = self.judge_stored(&entry.policy, parts, stored, now) {
+                    if let Verdict::Fresh = self.judge_stored(&entry.policy, parts, stored, now) {
                         let status = Status::hit().collapsed();
                         let hit = self.hit(parts, response, &entry.policy, now, status);
                         return Plan::Respond(hit);

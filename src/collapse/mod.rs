@@ -223,6 +223,8 @@ pub(crate) struct FillLeader {
 pub(crate) struct FillFollower {
     fill: Arc<Fill>,
     state: watch::Receiver<FillState>,
+    /// How long it waits for the leader's head before it asks the origin itself.
+    wait: Duration,
 }
 
 /// What a follower waiting for the leader's response head learns.
@@ -237,18 +239,19 @@ pub(crate) enum Followed {
 
 impl Fills {
     /// Leads a new fill of `key`, or follows the one under way (or just stored: its
-    /// followers then look the entry up). A fill that failed or was released gets a new
-    /// leader.
+    /// followers then look the entry up), waiting at most `wait` for its leader's head. A
+    /// fill that failed or was released gets a new leader.
     pub(crate) fn join(
         self: &Arc<Self>,
         key: Hash32,
         complete_on_disconnect: Option<Background>,
+        wait: Duration,
     ) -> Role {
         let mut by_key = lock(&self.by_key);
         if let Some(fill) = by_key.get(&key)
             && fill.joinable()
         {
-            return Role::Follower(Fill::follower(fill));
+            return Role::Follower(Fill::follower(fill, wait));
         }
         let fill = Arc::new(Fill {
             state: watch::Sender::new(FillState::default()),
@@ -268,23 +271,24 @@ impl Fills {
         })
     }
 
-    /// Follows the fill of `key` under way, if there is one that may be followed: never
-    /// leads one.
-    pub(crate) fn follow(&self, key: Hash32) -> Option<FillFollower> {
+    /// Follows the fill of `key` under way, if there is one that may be followed, waiting
+    /// at most `wait` for its leader's head: never leads one.
+    pub(crate) fn follow(&self, key: Hash32, wait: Duration) -> Option<FillFollower> {
         let by_key = lock(&self.by_key);
         let fill = by_key.get(&key).filter(|fill| fill.joinable())?;
-        Some(Fill::follower(fill))
+        Some(Fill::follower(fill, wait))
     }
 }
 
 impl Fill {
     /// A new follower of `fill`, counted, its writer told.
-    fn follower(fill: &Arc<Fill>) -> FillFollower {
+    fn follower(fill: &Arc<Fill>, wait: Duration) -> FillFollower {
         fill.followers.fetch_add(1, Ordering::SeqCst);
         fill.joined.notify_waiters();
         FillFollower {
             fill: Arc::clone(fill),
             state: fill.state.subscribe(),
+            wait,
         }
     }
 
@@ -448,10 +452,11 @@ impl Drop for FillLeader {
 }
 
 impl FillFollower {
-    /// Waits, at most `timeout`, for the leader's response head or the fill's end.
-    pub(crate) async fn head(&mut self, timeout: Duration) -> Followed {
+    /// Waits, at most the wait it joined with, for the leader's response head or the
+    /// fill's end.
+    pub(crate) async fn head(&mut self) -> Followed {
         let decided = |s: &FillState| s.head.is_some() || s.end.is_some();
-        let waited = tokio::time::timeout(timeout, self.state.wait_for(decided)).await;
+        let waited = tokio::time::timeout(self.wait, self.state.wait_for(decided)).await;
         let Ok(Ok(state)) = waited else {
             return Followed::Alone;
         };

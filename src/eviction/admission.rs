@@ -3,7 +3,7 @@
 //!
 //! [`StreamingManagerBuilder::min_uses`]: crate::StreamingManagerBuilder::min_uses
 
-use super::Recent;
+use super::Fingerprints;
 use crate::format::layout::Hash32;
 
 /// The admission table remembers about this many missed keys per indexed entry.
@@ -24,14 +24,14 @@ pub(crate) trait Admission: std::fmt::Debug + Send {
 #[derive(Debug)]
 pub(crate) struct MinUses {
     /// Keys missed and not stored, with how often.
-    seen: Recent,
+    seen: Fingerprints,
     min_uses: u8,
 }
 
 impl MinUses {
     pub(crate) fn new(min_uses: u8) -> Self {
         MinUses {
-            seen: Recent::default(),
+            seen: Fingerprints::default(),
             min_uses: min_uses.max(1),
         }
     }

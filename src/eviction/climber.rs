@@ -15,7 +15,7 @@
 /// down, and cost up to 0.015 of byte miss ratio at 10%); a load that wants recency turns it
 /// back up once its hit ratio falls. Samples count only once the store is full.
 #[derive(Debug)]
-pub(crate) struct Climber {
+pub(crate) struct ShareClimber {
     share: f64,
     step: f64,
     hits: u64,
@@ -35,9 +35,9 @@ const STEP: f64 = 0.3;
 const STEP_DECAY: f64 = 0.98;
 const RESTART_AT: f64 = 0.05;
 
-impl Default for Climber {
+impl Default for ShareClimber {
     fn default() -> Self {
-        Climber {
+        ShareClimber {
             share: SHARE,
             step: -STEP,
             hits: 0,
@@ -48,7 +48,7 @@ impl Default for Climber {
     }
 }
 
-impl Climber {
+impl ShareClimber {
     pub(crate) fn share(&self) -> f64 {
         self.share
     }
@@ -96,7 +96,7 @@ mod tests {
     use super::*;
 
     /// One sample of 100 requests, `rate` of them hits.
-    fn sample(climber: &mut Climber, rate: f64) {
+    fn sample(climber: &mut ShareClimber, rate: f64) {
         for n in 0..100 {
             climber.record(f64::from(n) / 100.0 < rate, 100);
         }
@@ -105,7 +105,7 @@ mod tests {
     #[test]
     fn the_climber_goes_where_the_hit_ratio_rises() {
         // A made-up load whose hit ratio peaks with a small queue of 40 %.
-        let mut climber = Climber::default();
+        let mut climber = ShareClimber::default();
         climber.filled();
         for _ in 0..200 {
             let best = 1.0 - (climber.share() - 0.4).abs();
@@ -116,7 +116,7 @@ mod tests {
 
     #[test]
     fn the_climber_waits_for_a_full_store_and_then_for_a_first_sample() {
-        let mut climber = Climber::default();
+        let mut climber = ShareClimber::default();
         for _ in 0..50 {
             sample(&mut climber, 0.5);
         }
@@ -134,7 +134,7 @@ mod tests {
 
     #[test]
     fn a_hit_ratio_that_rises_as_the_store_learns_takes_the_share_down() {
-        let mut climber = Climber::default();
+        let mut climber = ShareClimber::default();
         climber.filled();
         for n in 0..20 {
             sample(&mut climber, 0.3 + 0.01 * f64::from(n));

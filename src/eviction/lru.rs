@@ -1,6 +1,6 @@
 //! Least recently used first ([`Eviction::Lru`](super::Eviction::Lru)).
 
-use super::{Entries, Over, Policy, Used};
+use super::{Entries, Over, Place, Policy};
 use crate::format::layout::Hash32;
 
 /// A lookup writes an entry's use to the access log at most once in each period this long
@@ -12,22 +12,22 @@ pub(crate) const LOG_USES_EVERY: u64 = 60_000;
 pub(crate) struct Lru;
 
 impl Policy for Lru {
-    fn enter(&mut self, _: Hash32, _: Option<Used>, at: u64, _: bool, _: usize) -> Used {
-        Used::new(at, true)
+    fn enter(&mut self, _: Hash32, _: Option<Place>, at: u64, _: bool, _: usize) -> Place {
+        Place::new(at, true)
     }
 
     /// Logs the first use, then the first in each minute ([`LOG_USES_EVERY`]), so that a hot
     /// entry costs one line a minute.
-    fn touch(&mut self, used: Used, now: u64, _: usize) -> (Used, Option<u64>) {
+    fn touch(&mut self, used: Place, now: u64, _: usize) -> (Place, Option<u64>) {
         let log = !used.logged() || now / LOG_USES_EVERY != used.at() / LOG_USES_EVERY;
         (used.with_at(now).with_logged(), log.then_some(now))
     }
 
-    fn logged_use(&self, used: Used, at: u64) -> Used {
+    fn logged_use(&self, used: Place, at: u64) -> Place {
         used.with_at(used.at().max(at))
     }
 
-    fn use_to_keep(&self, used: Used, _: u64) -> Option<u64> {
+    fn use_to_keep(&self, used: Place, _: u64) -> Option<u64> {
         Some(used.at())
     }
 

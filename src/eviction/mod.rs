@@ -1,24 +1,24 @@
 //! What a bounded store evicts, and what it stores at all. The index holds one stamp per
-//! entry ([`Used`]) and asks a [`Policy`] where an entry enters the order, what a lookup
+//! entry ([`Place`]) and asks a [`Policy`] where an entry enters the order, what a lookup
 //! changes and which entries go when the store is over its bounds ([`Entries`] is how a
 //! policy sees them); an [`Admission`] decides whether a fetched response is stored at all.
-//! The policies are [`Lru`] and [`S3Fifo`] (with its [`Climber`] and ghost queue, a
-//! [`Recent`] table); admission is [`MinUses`]. A new policy is a file here implementing
+//! The policies are [`Lru`] and [`S3Fifo`] (with its [`ShareClimber`] and ghost queue, a
+//! [`Fingerprints`] table); admission is [`MinUses`]. A new policy is a file here implementing
 //! [`Policy`], a variant of [`Eviction`] and a line in [`policy`]; `replay.rs` runs it over
 //! traces (`examples/eviction.rs`) through [`Table`].
 
 mod admission;
 mod climber;
+mod fingerprints;
 mod lru;
-mod recent;
 mod s3_fifo;
 #[cfg(any(test, feature = "replay"))]
 mod table;
 
 pub(crate) use admission::{Admission, MinUses};
-pub(crate) use climber::Climber;
+pub(crate) use climber::ShareClimber;
+pub(crate) use fingerprints::Fingerprints;
 pub(crate) use lru::Lru;
-pub(crate) use recent::Recent;
 pub(crate) use s3_fifo::S3Fifo;
 #[cfg(any(test, feature = "replay"))]
 pub(crate) use table::Table;
@@ -52,7 +52,7 @@ pub enum Eviction {
 /// uses since (0 to 3), whether it is in the main queue, and whether a use of it was
 /// written to the access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Used(u64);
+pub(crate) struct Place(u64);
 
 const AT_BITS: u32 = 48;
 const AT_MASK: u64 = (1 << AT_BITS) - 1;
@@ -61,9 +61,9 @@ const FREQ_MASK: u64 = 0b11 << FREQ_SHIFT;
 const MAIN: u64 = 1 << (AT_BITS + 2);
 const LOGGED: u64 = 1 << (AT_BITS + 3);
 
-impl Used {
+impl Place {
     pub(crate) fn new(at: u64, main: bool) -> Self {
-        Used((at & AT_MASK) | if main { MAIN } else { 0 })
+        Place((at & AT_MASK) | if main { MAIN } else { 0 })
     }
 
     /// The packed bits, for the index snapshot.
@@ -72,7 +72,7 @@ impl Used {
     }
 
     pub(crate) fn from_raw(raw: u64) -> Self {
-        Used(raw)
+        Place(raw)
     }
 
     pub(crate) fn at(self) -> u64 {
@@ -88,7 +88,7 @@ impl Used {
     }
 
     pub(crate) fn with_at(self, at: u64) -> Self {
-        Used((self.0 & !AT_MASK) | (at & AT_MASK))
+        Place((self.0 & !AT_MASK) | (at & AT_MASK))
     }
 
     pub(crate) fn logged(self) -> bool {
@@ -96,12 +96,12 @@ impl Used {
     }
 
     pub(crate) fn with_logged(self) -> Self {
-        Used(self.0 | LOGGED)
+        Place(self.0 | LOGGED)
     }
 
     pub(crate) fn with_freq(self, freq: u8) -> Self {
         let freq = u64::from(freq.min(3)) << FREQ_SHIFT;
-        Used((self.0 & !FREQ_MASK) | freq)
+        Place((self.0 & !FREQ_MASK) | freq)
     }
 }
 
@@ -123,18 +123,18 @@ pub(crate) trait Policy: std::fmt::Debug + Send {
     fn enter(
         &mut self,
         key: Hash32,
-        old: Option<Used>,
+        old: Option<Place>,
         at: u64,
         read_in: bool,
         entries: usize,
-    ) -> Used;
+    ) -> Place;
     /// A lookup of an entry stamped `used`, at `now`: its new stamp, and the time to write
     /// to the access log when the use is one to keep across a restart.
-    fn touch(&mut self, used: Used, now: u64, entries: usize) -> (Used, Option<u64>);
+    fn touch(&mut self, used: Place, now: u64, entries: usize) -> (Place, Option<u64>);
     /// An entry's stamp once a use at `at`, read from the access log at open, is counted.
-    fn logged_use(&self, used: Used, at: u64) -> Used;
+    fn logged_use(&self, used: Place, at: u64) -> Place;
     /// The use of an entry to keep when the access log is rewritten short, if any.
-    fn use_to_keep(&self, used: Used, now: u64) -> Option<u64>;
+    fn use_to_keep(&self, used: Place, now: u64) -> Option<u64>;
     /// Whether `key` was evicted lately: a response fetched for it is admitted.
     fn remembers(&self, key: &Hash32) -> bool;
     /// Removes entries in the policy's order until `entries` says it is done; `over` is the
@@ -147,11 +147,11 @@ pub(crate) trait Policy: std::fmt::Debug + Send {
 /// The entries a policy evicts from, as the index shows them.
 pub(crate) trait Entries {
     /// Every entry: its key, its stamp, and the bytes of its content.
-    fn list(&self) -> Vec<(Hash32, Used, u64)>;
+    fn list(&self) -> Vec<(Hash32, Place, u64)>;
     /// The stamp of `key`'s entry, while it is there.
-    fn used(&self, key: Hash32) -> Option<Used>;
+    fn used(&self, key: Hash32) -> Option<Place>;
     /// Stamps `key`'s entry anew (it was passed over).
-    fn set_used(&mut self, key: Hash32, used: Used);
+    fn set_used(&mut self, key: Hash32, used: Place);
     /// Evicts `key`'s entry.
     fn remove(&mut self, key: Hash32);
     /// Whether enough was evicted.
@@ -212,11 +212,11 @@ mod tests {
     #[test]
     fn used_keeps_its_fields_apart() {
         let at = 1_780_000_000_000;
-        let used = Used::new(at, false).with_freq(2);
+        let used = Place::new(at, false).with_freq(2);
         assert_eq!((used.at(), used.freq(), used.main()), (at, 2, false));
         let used = used.with_freq(9).with_at(at + 5);
         assert_eq!((used.at(), used.freq(), used.main()), (at + 5, 3, false));
-        assert!(Used::new(at, true).main());
+        assert!(Place::new(at, true).main());
         let logged = used.with_logged();
         assert!(logged.logged() && !used.logged());
         assert_eq!(

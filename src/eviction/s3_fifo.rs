@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use super::{Climber, Entries, Over, Policy, Recent, Used};
+use super::{Entries, Fingerprints, Over, Place, Policy, ShareClimber};
 use crate::format::layout::Hash32;
 
 /// An entry in the small queue moves to the main queue at its end when it was looked up at
@@ -20,10 +20,10 @@ const CLIMB_SAMPLE_PER_ENTRY: u64 = 2;
 #[derive(Debug, Default)]
 pub(crate) struct S3Fifo {
     /// Keys evicted from the small queue, for a while.
-    ghost: Recent,
+    ghost: Fingerprints,
     /// The small queue's share of the store (in bytes, or in entries for a store bounded
     /// only in entries).
-    climber: Climber,
+    climber: ShareClimber,
 }
 
 impl S3Fifo {
@@ -39,27 +39,27 @@ impl Policy for S3Fifo {
     fn enter(
         &mut self,
         key: Hash32,
-        old: Option<Used>,
+        old: Option<Place>,
         at: u64,
         read_in: bool,
         entries: usize,
-    ) -> Used {
+    ) -> Place {
         match old {
             Some(old) => old.with_freq(old.freq() + 1),
-            None if read_in => Used::new(at, true),
+            None if read_in => Place::new(at, true),
             None => {
                 self.climber.record(false, Self::sample(entries));
                 let remembered = self.ghost.count(&key) > 0;
                 if remembered {
                     self.ghost.take(&key);
                 }
-                Used::new(at, remembered)
+                Place::new(at, remembered)
             }
         }
     }
 
     /// Logs the first use since the entry entered its queue or was passed over.
-    fn touch(&mut self, used: Used, now: u64, entries: usize) -> (Used, Option<u64>) {
+    fn touch(&mut self, used: Place, now: u64, entries: usize) -> (Place, Option<u64>) {
         self.climber.record(true, Self::sample(entries));
         (
             used.with_freq(used.freq() + 1),
@@ -67,7 +67,7 @@ impl Policy for S3Fifo {
         )
     }
 
-    fn logged_use(&self, used: Used, at: u64) -> Used {
+    fn logged_use(&self, used: Place, at: u64) -> Place {
         if at > used.at() {
             used.with_freq(1)
         } else {
@@ -75,7 +75,7 @@ impl Policy for S3Fifo {
         }
     }
 
-    fn use_to_keep(&self, used: Used, now: u64) -> Option<u64> {
+    fn use_to_keep(&self, used: Place, now: u64) -> Option<u64> {
         (used.freq() > 0).then_some(now)
     }
 
@@ -127,7 +127,7 @@ impl Policy for S3Fifo {
             if from_small {
                 small_bytes -= length;
                 if used.freq() >= PROMOTE_AT {
-                    entries.set_used(key, Used::new(now, true));
+                    entries.set_used(key, Place::new(now, true));
                     main.push_back(key);
                     continue;
                 }

@@ -3,19 +3,19 @@
 
 use std::collections::HashMap;
 
-use super::{Entries, Goal, Policy, Used};
+use super::{Entries, Goal, Place, Policy};
 use crate::format::layout::Hash32;
 
 /// Keys with their stamps and sizes.
 #[derive(Debug, Default)]
 pub(crate) struct Table {
-    entries: HashMap<Hash32, (Used, u64)>,
+    entries: HashMap<Hash32, (Place, u64)>,
     bytes: u64,
 }
 
 impl Table {
     /// Enters `key` with `used` and `length` bytes (replacing what it held).
-    pub(crate) fn insert(&mut self, key: Hash32, used: Used, length: u64) {
+    pub(crate) fn insert(&mut self, key: Hash32, used: Place, length: u64) {
         if let Some((_, old)) = self.entries.insert(key, (used, length)) {
             self.bytes -= old;
         }
@@ -23,12 +23,12 @@ impl Table {
     }
 
     /// The stamp of `key`, when it is held.
-    pub(crate) fn used(&self, key: Hash32) -> Option<Used> {
+    pub(crate) fn used(&self, key: Hash32) -> Option<Place> {
         self.entries.get(&key).map(|(used, _)| *used)
     }
 
     /// Stamps `key` anew, when it is held.
-    pub(crate) fn set_used(&mut self, key: Hash32, used: Used) {
+    pub(crate) fn set_used(&mut self, key: Hash32, used: Place) {
         if let Some(entry) = self.entries.get_mut(&key) {
             entry.0 = used;
         }
@@ -74,16 +74,16 @@ struct Evicting<'a> {
 }
 
 impl Entries for Evicting<'_> {
-    fn list(&self) -> Vec<(Hash32, Used, u64)> {
+    fn list(&self) -> Vec<(Hash32, Place, u64)> {
         let entries = &self.table.entries;
         entries.iter().map(|(k, (u, l))| (*k, *u, *l)).collect()
     }
 
-    fn used(&self, key: Hash32) -> Option<Used> {
+    fn used(&self, key: Hash32) -> Option<Place> {
         self.table.used(key)
     }
 
-    fn set_used(&mut self, key: Hash32, used: Used) {
+    fn set_used(&mut self, key: Hash32, used: Place) {
         self.table.set_used(key, used);
     }
 

@@ -84,7 +84,7 @@ pub(crate) struct FinishedContent {
 /// within its bounds: a body that finds none is not stored (its client is served all the
 /// same). Bytes are claimed as they are written and given back once the body is committed
 /// (then they count as stored) or abandoned.
-pub(crate) trait Room: Send + Sync {
+pub(crate) trait DiskBudget: Send + Sync {
     /// Claims `bytes` more for a body being written; `Err`: there is no room for them.
     fn claim(&self, bytes: u64) -> Result<(), Error>;
     /// Gives back `bytes` claimed before.
@@ -94,14 +94,14 @@ pub(crate) trait Room: Send + Sync {
     fn settle(&self);
 }
 
-/// Bytes claimed from a [`Room`], given back when dropped.
+/// Bytes claimed from a [`DiskBudget`], given back when dropped.
 pub(crate) struct Claim {
-    room: Arc<dyn Room>,
+    room: Arc<dyn DiskBudget>,
     bytes: u64,
 }
 
 impl Claim {
-    pub(crate) fn new(room: Arc<dyn Room>) -> Self {
+    pub(crate) fn new(room: Arc<dyn DiskBudget>) -> Self {
         Claim { room, bytes: 0 }
     }
 
@@ -152,12 +152,12 @@ impl ContentWriter {
     }
 
     /// Claims the room for each write from `room` first; a write it refuses fails.
-    pub(crate) fn within(mut self, room: Arc<dyn Room>) -> Self {
+    pub(crate) fn within(mut self, room: Arc<dyn DiskBudget>) -> Self {
         self.claim = Some(Claim::new(room));
         self
     }
 
-    /// Lets the store make room for what this writer has claimed (see [`Room::settle`]).
+    /// Lets the store make room for what this writer has claimed (see [`DiskBudget::settle`]).
     pub(crate) fn settle(&self) {
         if let Some(claim) = &self.claim {
             claim.room.settle();

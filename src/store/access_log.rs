@@ -1,16 +1,16 @@
 //! The access log: uses appended to `cache-v2/access.log` so that the eviction order
 //! survives a restart, rewritten short when it grows.
 
-use super::parsed::Known;
+use super::parsed::HeldEntry;
 use crate::format::layout::Hash32;
 
-use super::opened::Opened;
+use super::open_store::OpenStore;
 use crate::format::files;
 use crate::rt::lock;
 
-impl Opened {
+impl OpenStore {
     /// The parsed record of `key_hash`, noting the use (in the access log once a minute).
-    pub(super) fn used(&self, key_hash: Hash32) -> Option<Known> {
+    pub(super) fn used(&self, key_hash: Hash32) -> Option<HeldEntry> {
         let (known, logged) = {
             let mut index = self.index();
             (index.entry(key_hash), index.touch(key_hash))

@@ -325,7 +325,7 @@ impl StreamingManagerBuilder {
                 writes: std::sync::atomic::AtomicU64::new(0),
                 failed_writes: std::sync::atomic::AtomicU64::new(0),
                 open_failed: std::sync::atomic::AtomicBool::new(false),
-                in_flight: Arc::default(),
+                writes_in_flight: Arc::default(),
                 partials: Default::default(),
             }),
         }

@@ -50,8 +50,8 @@ impl StreamingManager {
     /// `wait` for its head), or else the entry on disk.
     pub(crate) async fn for_peer(&self, key: &str, wait: Duration) -> ForPeer {
         let key_hash = Hash32::of(key.as_bytes());
-        if let Some(mut follower) = self.inner.fills.follow(key_hash) {
-            match follower.head(wait).await {
+        if let Some(mut follower) = self.inner.fills.follow(key_hash, wait) {
+            match follower.head().await {
                 Followed::Head(head) => {
                     return ForPeer::Filling(head, follower.body(64 * 1024));
                 }

@@ -42,7 +42,11 @@ impl StreamingManager {
     ) -> Option<(Response<StreamingBody>, Arc<Entry>)> {
         let tier = self.shared_tier()?;
         let key_hash = Hash32::of(key.as_bytes());
-        let mut follower = match self.inner.read_throughs.join(key_hash, None) {
+        let mut follower = match self
+            .inner
+            .read_throughs
+            .join(key_hash, None, READ_THROUGH_WAIT)
+        {
             Role::Leader(leader) => {
                 // A read-through that ended between this request's look at the disk and
                 // its joining (the fill goes once its copy is committed) left the copy on
@@ -61,7 +65,7 @@ impl StreamingManager {
             }
             Role::Follower(follower) => follower,
         };
-        match follower.head(READ_THROUGH_WAIT).await {
+        match follower.head().await {
             Followed::Head(head) => {
                 let entry = Arc::clone(head.entry.as_ref()?);
                 let body = StreamingBody::follow(follower.body(FOLLOW_CHUNK));

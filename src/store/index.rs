@@ -13,9 +13,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::content_ids::Contents;
-use super::dense::DenseMap;
-use super::parsed::{Known, ParsedRecords};
-use crate::eviction::{self, Admission, Entries, Eviction, Goal, MinUses, Policy, Used};
+use super::packed_map::PackedMap;
+use super::parsed::{HeldEntry, ParsedRecords};
+use crate::eviction::{self, Admission, Entries, Eviction, Goal, MinUses, Place, Policy};
 use crate::format::files::Stamp;
 use crate::format::layout::Hash32;
 use crate::format::record::Entry;
@@ -33,13 +33,13 @@ struct Slot {
     /// (0 for records found on disk): an older write never replaces a newer one.
     written: u32,
     /// Its place in the eviction order.
-    used: Used,
+    used: Place,
 }
 
 /// Key hash → record, and the content files records use.
 #[derive(Debug)]
 pub(crate) struct Index {
-    slots: DenseMap<Slot>,
+    slots: PackedMap<Slot>,
     contents: Contents,
     /// Where entries enter the eviction order, and which go.
     policy: Box<dyn Policy>,
@@ -65,7 +65,7 @@ const RELEASED_WHILE_LOADING: usize = 1 << 20;
 impl Index {
     pub(crate) fn new(parsed_limit: usize, body_budget: usize) -> Self {
         Index {
-            slots: DenseMap::default(),
+            slots: PackedMap::default(),
             contents: Contents::default(),
             policy: eviction::policy(Eviction::default()),
             admission: Box::new(MinUses::new(1)),
@@ -216,7 +216,7 @@ impl Index {
     }
 
     /// The parsed record for a key, when the index holds one.
-    pub(crate) fn entry(&mut self, key: Hash32) -> Option<Known> {
+    pub(crate) fn entry(&mut self, key: Hash32) -> Option<HeldEntry> {
         self.parsed.get(key)
     }
 
@@ -295,7 +295,7 @@ impl Index {
     pub(crate) fn restore(&mut self, key: Hash32, digest: Hash32, length: u64, used: u64) {
         self.place(key, (digest, length), Stamp::default(), 0, None, true);
         if let Some(slot) = self.slots.get_mut(&key) {
-            slot.used = Used::from_raw(used);
+            slot.used = Place::from_raw(used);
         }
     }
 
@@ -415,7 +415,7 @@ struct Evicting<'a> {
 }
 
 impl Entries for Evicting<'_> {
-    fn list(&self) -> Vec<(Hash32, Used, u64)> {
+    fn list(&self) -> Vec<(Hash32, Place, u64)> {
         let Index {
             slots, contents, ..
         } = &*self.index;
@@ -425,11 +425,11 @@ impl Entries for Evicting<'_> {
             .collect()
     }
 
-    fn used(&self, key: Hash32) -> Option<Used> {
+    fn used(&self, key: Hash32) -> Option<Place> {
         self.index.slots.get(&key).map(|slot| slot.used)
     }
 
-    fn set_used(&mut self, key: Hash32, used: Used) {
+    fn set_used(&mut self, key: Hash32, used: Place) {
         if let Some(slot) = self.index.slots.get_mut(&key) {
             slot.used = used;
         }

@@ -11,12 +11,12 @@ pub(crate) mod writer;
 mod access_log;
 mod builder;
 mod content_ids;
-mod dense;
 mod fleet_side;
 mod from_bucket;
-mod opened;
+mod loading;
+mod open_store;
+mod packed_map;
 mod parsed;
-mod read_in;
 mod record_file;
 mod snapshot;
 mod tee;
@@ -45,7 +45,7 @@ use crate::format::record::Entry;
 use crate::rt::{blocking, lock};
 
 use builder::Options;
-use opened::Opened;
+use open_store::OpenStore;
 use record_file::read_record;
 use tee::Deletions;
 
@@ -89,7 +89,7 @@ struct Inner {
     dir: PathBuf,
     layout: Layout,
     options: Options,
-    opened: OnceCell<Arc<Opened>>,
+    opened: OnceCell<Arc<OpenStore>>,
     /// Keys whose tee'd body has ended and whose entry is being committed. A lookup of such a
     /// key waits for the commit, so that a response read to its end is a hit at once.
     committing: Mutex<HashMap<Hash32, watch::Receiver<bool>>>,
@@ -105,7 +105,7 @@ struct Inner {
     /// Whether the last attempt to open the store failed.
     open_failed: std::sync::atomic::AtomicBool,
     /// Bodies being written now (see `max_writes_in_flight`).
-    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    writes_in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// Responses received in ranges so far.
     partials: partial_entry::Partials,
 }
@@ -172,7 +172,7 @@ impl StreamingManager {
     }
 
     /// The opened store, once what it may serve is known: the purge log read at start.
-    async fn serving(&self) -> Result<Arc<Opened>> {
+    async fn serving(&self) -> Result<Arc<OpenStore>> {
         let opened = self.opened().await?;
         self.purges_read().await;
         Ok(opened)
@@ -188,7 +188,7 @@ impl StreamingManager {
                 .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    async fn opened(&self) -> Result<Arc<Opened>> {
+    async fn opened(&self) -> Result<Arc<OpenStore>> {
         let opened = self.open_once().await;
         self.inner
             .open_failed
@@ -196,14 +196,14 @@ impl StreamingManager {
         opened
     }
 
-    async fn open_once(&self) -> Result<Arc<Opened>> {
+    async fn open_once(&self) -> Result<Arc<OpenStore>> {
         self.inner
             .opened
             .get_or_try_init(|| {
                 let layout = self.inner.layout.clone();
                 let options = self.inner.options.clone();
                 blocking(move || {
-                    let (opened, leftovers) = Opened::open(layout, options)?;
+                    let (opened, leftovers) = OpenStore::open(layout, options)?;
                     let opened = Arc::new(opened);
                     opened.start_reading_in(leftovers)?;
                     Ok(opened)

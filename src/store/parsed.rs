@@ -34,7 +34,7 @@ struct Parsed {
 
 /// A parsed record as the store holds it: the entry, the stamp of the file it was parsed
 /// from, and its body when that is held in memory.
-pub(crate) struct Known {
+pub(crate) struct HeldEntry {
     pub(crate) entry: Arc<Entry>,
     pub(crate) stamp: Stamp,
     pub(crate) body: Option<Bytes>,
@@ -70,10 +70,10 @@ impl ParsedRecords {
     }
 
     /// The parsed record of `key`, when one is held; it counts as looked up.
-    pub(crate) fn get(&mut self, key: Hash32) -> Option<Known> {
+    pub(crate) fn get(&mut self, key: Hash32) -> Option<HeldEntry> {
         let parsed = self.of.get_mut(&key)?;
         parsed.used = true;
-        Some(Known {
+        Some(HeldEntry {
             entry: Arc::clone(&parsed.entry),
             stamp: parsed.stamp,
             body: parsed.body.clone(),

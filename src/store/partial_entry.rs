@@ -25,7 +25,7 @@ use super::pool::{self, Lane};
 use super::{Inner, StreamingManager};
 use crate::body::StreamingBody;
 use crate::error::{Error, Result};
-use crate::format::content::{Claim, Room, TempFile};
+use crate::format::content::{Claim, DiskBudget, TempFile};
 use crate::format::files;
 use crate::format::reader::{ChunkReader, read_exact_at};
 use crate::rt::{blocking, lock};
@@ -449,7 +449,7 @@ impl StreamingManager {
             Ok((TempFile::new(path), writer, file))
         })
         .await?;
-        let room: Arc<dyn Room> = Arc::clone(&opened) as _;
+        let room: Arc<dyn DiskBudget> = Arc::clone(&opened) as _;
         let entry = Arc::new(PartialEntry {
             key: key.to_owned(),
             etag: etag.to_owned(),

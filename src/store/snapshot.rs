@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use sha2::{Digest as _, Sha256};
 
 use super::StreamingManager;
-use super::opened::Opened;
+use super::open_store::OpenStore;
 use crate::error::{Error, Result};
 use crate::format::files;
 use crate::format::layout::Hash32;
@@ -62,7 +62,7 @@ fn dir_stamp(path: &std::path::Path) -> io::Result<([u8; DIR_STAMP], SystemTime)
     Ok((stamp, meta.modified()?))
 }
 
-impl Opened {
+impl OpenStore {
     /// Writes the snapshot of the index. Waits (a little) for the metadata directory to
     /// settle; fails when records keep changing.
     pub(super) fn write_snapshot(&self) -> Result<usize> {

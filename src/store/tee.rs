@@ -50,14 +50,14 @@ fn unstored(
 struct WriteSlot(Arc<std::sync::atomic::AtomicUsize>);
 
 impl WriteSlot {
-    fn take(in_flight: &Arc<std::sync::atomic::AtomicUsize>, most: usize) -> Option<Self> {
+    fn take(writes: &Arc<std::sync::atomic::AtomicUsize>, most: usize) -> Option<Self> {
         use std::sync::atomic::Ordering;
-        in_flight
+        writes
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < most).then_some(n + 1)
             })
             .ok()
-            .map(|_| WriteSlot(Arc::clone(in_flight)))
+            .map(|_| WriteSlot(Arc::clone(writes)))
     }
 }
 
@@ -260,10 +260,10 @@ impl StreamingManager {
         &self,
         key: &str,
         complete_on_disconnect: Option<crate::collapse::Background>,
+        wait: std::time::Duration,
     ) -> Role {
-        self.inner
-            .fills
-            .join(Hash32::of(key.as_bytes()), complete_on_disconnect)
+        let key = Hash32::of(key.as_bytes());
+        self.inner.fills.join(key, complete_on_disconnect, wait)
     }
 
     /// A [`tee`](Self::tee) that says when the store refuses the body at once (over
@@ -329,7 +329,7 @@ impl StreamingManager {
         } else {
             self.inner.options.max_writes_in_flight
         };
-        let Some(slot) = WriteSlot::take(&self.inner.in_flight, most) else {
+        let Some(slot) = WriteSlot::take(&self.inner.writes_in_flight, most) else {
             crate::log::debug_event!(%key, most, "not stored: as many writes as allowed under way");
             let error =
                 Error::new(ErrorKind::NoRoom).with_subject(format!("{most} writes under way"));
@@ -381,7 +381,8 @@ impl StreamingManager {
                     started.make_room()?;
                     let scratch = &started.scratch;
                     let mode = started.layout.mode();
-                    let room: Arc<dyn crate::format::content::Room> = Arc::clone(&started) as _;
+                    let room: Arc<dyn crate::format::content::DiskBudget> =
+                        Arc::clone(&started) as _;
                     let writer = ContentWriter::create(scratch.temp_path(), mode)?.within(room);
                     if let (Some(fill), Some(head)) = (&publish, head) {
                         fill.publish_file(writer.reader()?);

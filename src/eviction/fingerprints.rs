@@ -11,14 +11,14 @@ use crate::format::layout::KeyHash;
 /// store one of them under `min_uses(2)`). Cells are picked by a keyed hash, so that a
 /// client cannot aim its keys at another's cell.
 #[derive(Debug, Default)]
-pub(crate) struct Recent {
+pub(crate) struct Fingerprints {
     cells: Vec<u32>,
     hash: KeyHash,
 }
 
 const COUNT_MASK: u32 = 0xf;
 
-impl Recent {
+impl Fingerprints {
     /// Makes room for about `keys` keys (the table only grows; growing forgets).
     pub(crate) fn fit(&mut self, keys: usize) {
         let wanted = keys.max(1024).next_power_of_two();
@@ -80,7 +80,7 @@ mod tests {
 
     #[test]
     fn recent_counts_keys_until_others_take_their_cell() {
-        let mut recent = Recent::default();
+        let mut recent = Fingerprints::default();
         let a = Hash32::of(b"a");
         assert_eq!(recent.add(&a), 0, "an empty table remembers nothing");
         recent.fit(4);

@@ -1,4 +1,4 @@
-//! [`DenseMap`]: a map from SHA-256 key hashes to small values, for what a store keeps of
+//! [`PackedMap`]: a map from SHA-256 key hashes to small values, for what a store keeps of
 //! every record. A `HashMap<Hash32, V>` sizes its table to a power of two above its length
 //! divided by 7/8, so at a million records it holds two million buckets of key and value;
 //! this keeps the pairs packed in a vector and only 4-byte positions in the table.
@@ -8,15 +8,15 @@ use hashbrown::HashTable;
 use crate::format::layout::{Hash32, KeyHash};
 
 /// A map from 32-byte hashes to values, kept in one vector with 4-byte positions.
-pub(crate) struct DenseMap<V> {
+pub(crate) struct PackedMap<V> {
     items: Vec<(Hash32, V)>,
     positions: HashTable<u32>,
     hash: KeyHash,
 }
 
-impl<V> Default for DenseMap<V> {
+impl<V> Default for PackedMap<V> {
     fn default() -> Self {
-        DenseMap {
+        PackedMap {
             items: Vec::new(),
             positions: HashTable::new(),
             hash: KeyHash::default(),
@@ -24,15 +24,15 @@ impl<V> Default for DenseMap<V> {
     }
 }
 
-impl<V: std::fmt::Debug> std::fmt::Debug for DenseMap<V> {
+impl<V: std::fmt::Debug> std::fmt::Debug for PackedMap<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DenseMap")
+        f.debug_struct("PackedMap")
             .field("len", &self.items.len())
             .finish()
     }
 }
 
-impl<V> DenseMap<V> {
+impl<V> PackedMap<V> {
     pub(crate) fn len(&self) -> usize {
         self.items.len()
     }
@@ -140,7 +140,7 @@ mod tests {
             ground.iter().map(|key| other.of(key)).collect::<Vec<_>>()
         );
         // And the map still finds each of them.
-        let mut dense = DenseMap::default();
+        let mut dense = PackedMap::default();
         for (n, key) in ground.iter().enumerate() {
             dense.insert(*key, n);
         }
@@ -155,7 +155,7 @@ mod tests {
     #[test]
     fn it_agrees_with_a_hash_map_through_inserts_replacements_and_removals() {
         let key = |n: u32| Hash32::of(&n.to_le_bytes());
-        let (mut dense, mut reference) = (DenseMap::default(), HashMap::new());
+        let (mut dense, mut reference) = (PackedMap::default(), HashMap::new());
         // A deterministic mix: inserts, replacements and removals, the removals often of
         // pairs in the middle (so that the last pair moves).
         let mut state = 0x2545_f491_4f6c_dd1du64;

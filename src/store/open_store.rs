@@ -1,4 +1,4 @@
-//! [`Opened`]: a store whose directories exist and whose index is loaded; the hit path,
+//! [`OpenStore`]: a store whose directories exist and whose index is loaded; the hit path,
 //! commits, eviction and the room bodies being stored take.
 
 use std::fs::{self, File};
@@ -11,7 +11,7 @@ use http_cache_semantics::CachePolicy;
 
 use tokio::sync::watch;
 
-use super::parsed::{Known, RECHECK_AFTER};
+use super::parsed::{HeldEntry, RECHECK_AFTER};
 use crate::body::StreamingBody;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::content::{FinishedContent, TempFile};
@@ -62,7 +62,7 @@ impl std::fmt::Display for ReadInFailure {
 }
 
 /// The state of a store whose directories exist and whose index is loaded.
-pub(super) struct Opened {
+pub(super) struct OpenStore {
     pub(super) layout: Layout,
     pub(super) options: Options,
     pub(super) scratch: Scratch,
@@ -79,22 +79,22 @@ pub(super) struct Opened {
     /// The free space kept on the file system.
     pub(super) free_space: files::FreeSpace,
     /// Bytes in the temp files of the bodies being stored, claimed through
-    /// [`Room`](crate::format::content::Room): they count against `max_size` as stored
+    /// [`DiskBudget`](crate::format::content::DiskBudget): they count against `max_size` as stored
     /// entries do.
-    pub(super) in_flight: std::sync::atomic::AtomicU64,
+    pub(super) claimed_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// Bodies being stored take room within `max_size` as they are written, evicting stored
 /// entries (in the eviction order) to get it; once they alone take all of it, the next
 /// byte written finds none and its body is not stored. So the directory never holds more
 /// than `max_size`, plus what the write jobs running now wrote since they last settled.
-impl crate::format::content::Room for Opened {
+impl crate::format::content::DiskBudget for OpenStore {
     fn claim(&self, bytes: u64) -> Result<()> {
         use std::sync::atomic::Ordering::Relaxed;
-        let before = self.in_flight.fetch_add(bytes, Relaxed);
+        let before = self.claimed_bytes.fetch_add(bytes, Relaxed);
         match self.options.max_size {
             Some(max) if before + bytes > max => {
-                self.in_flight.fetch_sub(bytes, Relaxed);
+                self.claimed_bytes.fetch_sub(bytes, Relaxed);
                 Err(Error::new(ErrorKind::NoRoom).with_subject(format!(
                     "{before} bytes of bodies being stored, max_size {max}"
                 )))
@@ -104,7 +104,7 @@ impl crate::format::content::Room for Opened {
     }
 
     fn release(&self, bytes: u64) {
-        self.in_flight
+        self.claimed_bytes
             .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -112,14 +112,16 @@ impl crate::format::content::Room for Opened {
         let Some(max) = self.options.max_size else {
             return;
         };
-        let in_flight = self.in_flight.load(std::sync::atomic::Ordering::Relaxed);
-        if self.index().content_bytes() + in_flight > max {
+        let claimed_bytes = self
+            .claimed_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if self.index().content_bytes() + claimed_bytes > max {
             self.evict_if_needed();
         }
     }
 }
 
-impl Opened {
+impl OpenStore {
     /// Prepares the directories and an index that is still to be read in: requests are
     /// served from here on, while [`start_reading_in`](Self::start_reading_in) reads it.
     /// Returns how many files an earlier run left in `tmp/` too (removed now).
@@ -128,7 +130,7 @@ impl Opened {
         let index = Index::new(options.parsed_records, options.memory_budget)
             .with_policy(options.eviction, options.min_uses);
         let free_space = files::FreeSpace::new(options.min_free);
-        let opened = Opened {
+        let opened = OpenStore {
             layout,
             options,
             scratch,
@@ -139,7 +141,7 @@ impl Opened {
             access_log_lines: std::sync::atomic::AtomicU64::new(0),
             read_in: watch::channel(ReadIn::Running).0,
             free_space,
-            in_flight: std::sync::atomic::AtomicU64::new(0),
+            claimed_bytes: std::sync::atomic::AtomicU64::new(0),
         };
         Ok((opened, leftovers))
     }
@@ -171,7 +173,7 @@ impl Opened {
     /// A hit on a body held in memory, when its record and content are unchanged on disk:
     /// found so now, or less than [`RECHECK_AFTER`] ago while no other store has the
     /// directory open (no other can have changed them).
-    pub(super) fn memory_hit(&self, key_hash: Hash32, key: &str, known: &Known) -> Option<Hit> {
+    pub(super) fn memory_hit(&self, key_hash: Hash32, key: &str, known: &HeldEntry) -> Option<Hit> {
         let body = known.body.as_ref()?;
         let unchanged = || {
             let unchanged = self.unchanged_on_disk(key_hash, known.stamp, &known.entry);
@@ -329,8 +331,10 @@ impl Opened {
         let mut doomed = Vec::new();
         let mut index = self.index();
         // Bodies being stored take their room first.
-        let in_flight = self.in_flight.load(std::sync::atomic::Ordering::Relaxed);
-        let max_size = max_size.map(|max| max.saturating_sub(in_flight));
+        let claimed_bytes = self
+            .claimed_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let max_size = max_size.map(|max| max.saturating_sub(claimed_bytes));
         let max_size = match short {
             0 => max_size,
             short => {
@@ -425,7 +429,7 @@ impl Opened {
         &self,
         key_hash: Hash32,
         key: &str,
-        cached: Option<Known>,
+        cached: Option<HeldEntry>,
         headers: HeaderMap,
         policy: CachePolicy,
     ) -> Result<Option<Hit>> {

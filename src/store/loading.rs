@@ -6,14 +6,14 @@ use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::parsed::Known;
+use super::parsed::HeldEntry;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::files::Stamp;
 use crate::format::layout::Hash32;
 use crate::format::record::Entry;
 use index::Index;
 
-use super::opened::{Opened, ReadIn, ReadInFailure};
+use super::open_store::{OpenStore, ReadIn, ReadInFailure};
 use super::record_file::{ReadFailure, is_transient, read_record, read_summary};
 use super::{Hit, HitBody, index};
 use crate::format::content::remove_if_present;
@@ -30,7 +30,7 @@ fn on_open_thread(work: impl FnOnce() + Send + 'static) -> Result<()> {
         .map_err(|e| Error::new(ErrorKind::Io).with_source(e))
 }
 
-impl Opened {
+impl OpenStore {
     /// Reads every record on disk into the index (or takes the index from its snapshot,
     /// see [`snapshot`](super::snapshot)), then removes orphaned content and evicts
     /// what the bounds ask for. A store of up to [`READ_IN_BEFORE_SERVING`](super::builder::READ_IN_BEFORE_SERVING) records is read in
@@ -292,7 +292,7 @@ impl Opened {
         &self,
         key_hash: Hash32,
         key: &str,
-        cached: Option<Known>,
+        cached: Option<HeldEntry>,
     ) -> Result<Option<Hit>> {
         let path = self.layout.record_path(key_hash);
         // A parsed record is served only while its file is the one it was parsed from.
