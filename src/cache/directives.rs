@@ -327,3 +327,257 @@ pub(super) fn validators(policy: &CachePolicy, parts: &request::Parts) -> Header
     validators
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fields::test_headers as headers;
+    use http_cache_semantics::CacheOptions;
+
+    const AT: u64 = 1_780_000_000;
+
+    fn at(seconds: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(AT + seconds)
+    }
+
+    fn request(method: Method, fields: &[(&str, &str)]) -> request::Parts {
+        let mut request = Request::new(());
+        *request.method_mut() = method;
+        *request.uri_mut() = http::Uri::from_static("http://example.com/a");
+        *request.headers_mut() = headers(fields);
+        request.into_parts().0
+    }
+
+    fn response(fields: &[(&str, &str)]) -> http::response::Parts {
+        let mut response = http::Response::new(());
+        *response.headers_mut() = headers(fields);
+        response.into_parts().0
+    }
+
+    /// The policy of a response with `fields` to a `GET` with `asked`, received at [`AT`]
+    /// by a shared cache (the request as policies see it: [`policy_view`]).
+    fn stored(asked: &[(&str, &str)], fields: &[(&str, &str)]) -> CachePolicy {
+        let options = CacheOptions {
+            shared: true,
+            ..CacheOptions::default()
+        };
+        let asked = policy_view(&Method::GET, headers(asked));
+        CachePolicy::new_options(&asked, &response(fields), at(0), options)
+    }
+
+    #[test]
+    fn storing_is_refused_for_the_reason_rfc_9111_gives() {
+        let get = request(Method::GET, &[]);
+        let why = |request: &request::Parts, fields: &[(&str, &str)], shared| {
+            why_not_storable(request, &response(fields), shared)
+        };
+        let post = request(Method::POST, &[]);
+        assert_eq!(
+            why(&post, &[("cache-control", "max-age=60")], true),
+            NotStored::Method
+        );
+        let asked_no_store = request(Method::GET, &[("cache-control", "no-store")]);
+        assert_eq!(why(&asked_no_store, &[], true), NotStored::NoStore);
+        assert_eq!(
+            why(&get, &[("cache-control", "No-Store")], true),
+            NotStored::NoStore
+        );
+        assert_eq!(
+            why(&get, &[("cache-control", "private")], true),
+            NotStored::Private
+        );
+        assert_eq!(
+            why(&get, &[("cache-control", "private")], false),
+            NotStored::Status,
+            "a private cache may keep a private response"
+        );
+        let authorized = request(Method::GET, &[("authorization", "Basic eDp5")]);
+        assert_eq!(why(&authorized, &[], true), NotStored::Authorization);
+    }
+
+    #[test]
+    fn must_revalidate_holds_for_each_directive_and_the_shared_ones_in_a_shared_cache() {
+        let holds = |value: &str, shared| {
+            must_revalidate(
+                &CacheControl::of(&headers(&[("cache-control", value)])),
+                shared,
+            )
+        };
+        assert!(holds("max-age=5, must-revalidate", false));
+        assert!(holds("no-cache", false));
+        assert!(
+            !holds(r#"no-cache="set-cookie""#, true),
+            "naming a field, not the response"
+        );
+        assert!(holds("proxy-revalidate", true) && !holds("proxy-revalidate", false));
+        assert!(holds("s-maxage=60", true) && !holds("s-maxage=60", false));
+        assert!(!holds("max-age=60, stale-if-error=30", true));
+    }
+
+    #[test]
+    fn a_304_selects_the_stored_response_by_its_validators() {
+        let selects = |stored: &[(&str, &str)], fresh: &[(&str, &str)]| {
+            selects(&headers(stored), &headers(fresh))
+        };
+        let strong = [("etag", "\"v1\"")];
+        assert!(selects(&strong, &strong));
+        assert!(!selects(&strong, &[("etag", "\"v2\"")]));
+        assert!(
+            selects(&strong, &[("etag", "W/\"v1\"")]),
+            "a weak tag compares weakly (RFC 9110 §8.8.3.2)"
+        );
+        assert!(selects(&[("etag", "W/\"v1\"")], &[("etag", "W/\"v1\"")]));
+        assert!(
+            !selects(&[("etag", "W/\"v1\"")], &[("etag", "\"v1\"")]),
+            "a strong tag selects only the same strong tag (RFC 9111 §4.3.4)"
+        );
+        assert!(!selects(&[], &strong), "a tag the stored response lacks");
+        let modified = [("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")];
+        assert!(selects(&modified, &modified));
+        assert!(!selects(
+            &modified,
+            &[("last-modified", "Mon, 07 Nov 1994 08:49:37 GMT")]
+        ));
+        assert!(
+            selects(&strong, &[]),
+            "no validator: the one response validated"
+        );
+    }
+
+    #[test]
+    fn a_head_selects_the_stored_get_only_with_its_validators_and_length() {
+        let selects = |stored: &[(&str, &str)], head: &[(&str, &str)]| {
+            head_selects(&headers(stored), &headers(head))
+        };
+        let stored = [("etag", "W/\"v1\""), ("content-length", "10")];
+        assert!(selects(
+            &stored,
+            &[("etag", "\"v1\""), ("content-length", "10")]
+        ));
+        assert!(
+            selects(&stored, &[("etag", "W/\"v1\"")]),
+            "no length to compare"
+        );
+        assert!(!selects(
+            &stored,
+            &[("etag", "W/\"v1\""), ("content-length", "11")]
+        ));
+        assert!(
+            !selects(&stored, &[("content-length", "10")]),
+            "its tag changed"
+        );
+        assert!(!selects(&stored, &[("etag", "\"v2\"")]));
+    }
+
+    #[test]
+    fn freshness_is_judged_for_the_request() {
+        let policy = stored(&[], &[("cache-control", "max-age=60")]);
+        let judge = |asked: &[(&str, &str)], seconds| {
+            judge(
+                &policy,
+                &request(Method::GET, asked),
+                &HeaderMap::new(),
+                at(seconds),
+            )
+        };
+        assert!(matches!(judge(&[], 10), Verdict::Fresh));
+        assert!(matches!(judge(&[], 61), Verdict::Stale));
+        assert!(
+            matches!(judge(&[("cache-control", "max-age=5")], 10), Verdict::Stale),
+            "older than the request accepts"
+        );
+        assert!(matches!(
+            judge(&[("cache-control", "max-stale=60")], 100),
+            Verdict::Fresh
+        ));
+        assert!(matches!(
+            judge(&[("cache-control", "no-cache")], 10),
+            Verdict::Stale
+        ));
+    }
+
+    #[test]
+    fn a_variant_stored_for_other_request_headers_is_a_mismatch() {
+        let asked = [("accept-language", "en")];
+        let fields = [("cache-control", "max-age=60"), ("vary", "Accept-Language")];
+        let policy = stored(&asked, &fields);
+        let other = request(
+            Method::GET,
+            &[("accept-language", "fr"), ("cache-control", "max-age=30")],
+        );
+        let verdict = judge(&policy, &other, &headers(&fields), at(10));
+        assert!(matches!(verdict, Verdict::Mismatch));
+    }
+
+    #[test]
+    fn stale_windows_count_the_age_past_the_lifetime() {
+        let policy = stored(&[], &[("cache-control", "max-age=60")]);
+        let window = Duration::from_secs(30);
+        assert!(stale_for_at_most(&policy, at(80), window));
+        assert!(!stale_for_at_most(&policy, at(100), window));
+        // Arrived older than its lifetime: its lifetime is taken as zero, and its whole age
+        // as staleness.
+        let old = stored(&[], &[("cache-control", "max-age=60"), ("age", "100")]);
+        assert!(!stale_for_at_most(&old, at(0), window));
+        let longer = Duration::from_secs(200);
+        assert!(stale_for_at_most(&old, at(90), longer));
+        assert!(!stale_for_at_most(&old, at(110), longer));
+    }
+
+    #[test]
+    fn a_stale_entry_without_validators_is_unusable_past_its_stale_windows() {
+        let entry = |fields: &[(&str, &str)]| Entry {
+            key: String::new(),
+            url: String::new(),
+            status: StatusCode::OK,
+            version: http::Version::HTTP_11,
+            headers: headers(fields),
+            trailers: None,
+            policy: stored(&[], fields),
+            digest: crate::format::layout::Hash32::of(b""),
+            length: 0,
+            stored_at: at(0),
+        };
+        let unusable =
+            |entry: &Entry, seconds, default| unusable(entry, at(seconds), default, &[], true);
+        let plain = entry(&[("cache-control", "max-age=60")]);
+        assert!(!unusable(&plain, 30, None), "fresh");
+        assert!(unusable(&plain, 61, None));
+        assert!(
+            !unusable(&plain, 61, Some(Duration::from_secs(30))),
+            "the cache's window"
+        );
+        let windowed = entry(&[("cache-control", "max-age=60, stale-if-error=100")]);
+        assert!(!unusable(&windowed, 150, None));
+        assert!(unusable(&windowed, 170, None));
+        let tagged = entry(&[("cache-control", "max-age=60"), ("etag", "\"v1\"")]);
+        assert!(!unusable(&tagged, 1000, None), "it can be revalidated");
+    }
+
+    #[test]
+    fn revalidation_asks_with_the_stored_validators() {
+        let policy = stored(
+            &[],
+            &[
+                ("cache-control", "max-age=60"),
+                ("etag", "\"v1\""),
+                ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ],
+        );
+        let asked = policy_view(&Method::GET, HeaderMap::new());
+        let validators = validators(&policy, &asked);
+        assert_eq!(validators[header::IF_NONE_MATCH], "\"v1\"");
+        assert_eq!(
+            validators[header::IF_MODIFIED_SINCE],
+            "Sun, 06 Nov 1994 08:49:37 GMT"
+        );
+    }
+
+    #[test]
+    fn withheld_fields_are_those_only_the_fetching_client_gets() {
+        let of = |value: &str| CacheControl::of(&headers(&[("cache-control", value)]));
+        let names = withheld(&of(r#"no-cache="x-a""#), &of(r#"private="X-B""#), true);
+        assert_eq!(names, ["x-a", "x-b", "set-cookie"]);
+        let names = withheld(&of(r#"private="x-b""#), &of(""), false);
+        assert!(names.is_empty(), "a private cache keeps them: {names:?}");
+    }
+}
