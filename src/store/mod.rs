@@ -5,7 +5,6 @@
 
 pub(crate) mod index;
 pub(crate) mod partial_entry;
-pub(crate) mod pool;
 pub(crate) mod writer;
 
 mod access_log;

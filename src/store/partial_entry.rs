@@ -21,13 +21,13 @@ use http_cache_semantics::CachePolicy;
 use sha2::{Digest as _, Sha256};
 use url::Url;
 
-use super::pool::{self, Lane};
 use super::{Inner, StreamingManager};
 use crate::body::StreamingBody;
 use crate::error::{Error, Result};
 use crate::format::content::{Claim, DiskBudget, TempFile};
 use crate::format::files;
 use crate::format::reader::{ChunkReader, read_exact_at};
+use crate::rt::pool::{self, Lane};
 use crate::rt::{blocking, lock};
 
 /// Partial entries a store holds at most; a new one past this replaces the least recently

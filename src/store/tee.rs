@@ -23,11 +23,12 @@ use crate::format::content::ContentWriter;
 use crate::format::layout::Hash32;
 use crate::format::reader::ChunkReader;
 
-use super::{StreamingManager, pool, writer};
+use super::{StreamingManager, writer};
 use crate::format::reader;
 use crate::format::record::content_length;
 use crate::rt::blocking;
 use crate::rt::lock;
+use crate::rt::pool;
 
 /// A tee's response passed through, never written, with why as its outcome.
 fn unstored(

@@ -12,11 +12,11 @@ use http::HeaderMap;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use super::pool::{Lane, on_pool, pool};
 use super::tee_queue::{Queued, TeeEnd};
 use crate::collapse::{Fill, FillEnd};
 use crate::error::{Error, ErrorKind};
 use crate::format::content::{ContentWriter, HASH_INLINE};
+use crate::rt::pool::{Lane, on_pool, pool};
 
 /// What a tee'd body is held to.
 #[derive(Debug, Clone, Copy)]

@@ -11,7 +11,7 @@ use crate::error::{Error, ErrorKind};
 /// process. However many bodies are in flight (a thousand slow clients), they hold no thread
 /// while they wait for bytes: each batch of bytes that arrived is one short job here. Reads
 /// of hits run on the runtime's blocking pool and never queue behind these.
-pub(super) struct Pool {
+pub(crate) struct Pool {
     state: Mutex<PoolState>,
 }
 
@@ -29,7 +29,7 @@ struct PoolState {
 
 /// Which queue of the pool a job joins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Lane {
+pub(crate) enum Lane {
     Write,
     Hash,
 }
@@ -64,7 +64,7 @@ impl Pool {
 
     /// Queues `job` and wakes the thread that went idle last: a body's jobs, each started
     /// when the one before ended, keep to one thread and its core instead of going round.
-    pub(super) fn submit(&self, lane: Lane, job: Job) {
+    pub(crate) fn submit(&self, lane: Lane, job: Job) {
         let mut state = self.state();
         state.queue(lane).push_back(job);
         let wake = state.idle.pop();
@@ -76,7 +76,7 @@ impl Pool {
 
     /// Queues the sequel of the job running on this thread, which takes it next unless other
     /// jobs wait: then it wakes another thread for them, as [`submit`](Self::submit) does.
-    pub(super) fn requeue(&self, lane: Lane, job: Job) {
+    pub(crate) fn requeue(&self, lane: Lane, job: Job) {
         let mut state = self.state();
         state.queue(lane).push_back(job);
         let wake = if state.jobs.len() + state.hashing.len() > 1 {
@@ -111,7 +111,7 @@ impl Pool {
     }
 }
 
-pub(super) fn pool() -> Option<&'static Pool> {
+pub(crate) fn pool() -> Option<&'static Pool> {
     static POOL: std::sync::OnceLock<Option<&'static Pool>> = std::sync::OnceLock::new();
     *POOL.get_or_init(|| {
         let pool: &'static Pool = Box::leak(Box::new(Pool {
