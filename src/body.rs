@@ -14,8 +14,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::error::{BoxError, Error};
 use crate::format::reader::ChunkReader;
 
-/// A body being written by another request, read as it grows (the store's follower).
-/// The body knows it by this alone, so that it depends on nothing of the store.
+/// A body being written by another request, read as it grows (collapse's follower).
+/// The body knows it by this alone, so that it depends on nothing of collapse or the store.
 pub(crate) trait Growing: Send {
     /// The next chunk, once written.
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Error>>>;

@@ -46,10 +46,9 @@ pub fn vary_and_range(bytes: &[u8]) {
     let split = bytes.iter().position(|&b| b == 0xff).unwrap_or(bytes.len());
     let response = headers(&bytes[..split]);
     let request = headers(bytes.get(split + 1..).unwrap_or_default());
-    if let Some(names) = crate::cache::key::vary_names(&response) {
-        let key = crate::cache::key::variant_key("GET:https://example.com/", "1", &names, &request);
-        let again =
-            crate::cache::key::variant_key("GET:https://example.com/", "1", &names, &request);
+    if let Some(names) = crate::key::vary_names(&response) {
+        let key = crate::key::variant_key("GET:https://example.com/", "1", &names, &request);
+        let again = crate::key::variant_key("GET:https://example.com/", "1", &names, &request);
         assert_eq!(key, again);
         assert!(
             key.len() < 128,

@@ -104,6 +104,7 @@ pub mod fuzzing;
 mod head;
 #[cfg(feature = "http-cache")]
 mod http_cache_manager;
+mod key;
 mod layer;
 mod log;
 #[cfg(feature = "replay")]

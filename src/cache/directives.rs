@@ -300,8 +300,8 @@ pub(super) fn judge(
         };
     }
     // Compared with the request the response was stored for as the variant was chosen.
-    let names = super::key::vary_names(stored).unwrap_or_default();
-    let headers = super::key::normalize_selecting(&names, &parts.headers);
+    let names = crate::key::vary_names(stored).unwrap_or_default();
+    let headers = crate::key::normalize_selecting(&names, &parts.headers);
     let view = policy_view(&parts.method, headers);
     match policy.before_request(&view, now) {
         BeforeRequest::Fresh(_) => Verdict::Fresh,

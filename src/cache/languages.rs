@@ -9,11 +9,11 @@ use http::{Response, request};
 
 use super::HttpStreamingCache;
 use super::directives::Verdict;
-use super::key;
 use super::mode::CacheMode;
 use super::status::{Detail, Status};
 use super::variants::{LANGUAGES, variants_generation};
 use crate::body::StreamingBody;
+use crate::key;
 
 /// The longest `Accept-Language` (as compared) a variant list records for a variant.
 const MAX_LANGUAGE_VALUE: usize = 256;

@@ -2,9 +2,8 @@
 //! invalidation) over a [`StreamingManager`]. It knows nothing of files: every byte goes
 //! through the manager.
 
-mod cache_key;
 mod directives;
-pub(crate) mod key;
+mod freshen;
 mod languages;
 pub(crate) mod mode;
 mod options;
@@ -19,9 +18,9 @@ mod storing;
 mod ttl;
 mod variants;
 
-pub use cache_key::CacheKey;
+pub use crate::key::CacheKey;
+pub use crate::key::is_valid_authority;
 pub use directives::strip_hop_by_hop;
-pub use key::is_valid_authority;
 pub use mode::CacheMode;
 pub use options::HttpCacheOptions;
 pub use stats::{CacheStats, OriginRequests};
@@ -221,7 +220,7 @@ impl HttpStreamingCache {
     fn key(&self, parts: &request::Parts) -> String {
         match &self.options.cache_key {
             Some(f) => f(parts),
-            None => key::primary_key(parts),
+            None => crate::key::primary_key(parts),
         }
     }
 
@@ -253,8 +252,8 @@ impl HttpStreamingCache {
         }
         let (mut response, mut entry) = self.manager.lookup_in_memory(key)?;
         if let Some(generation) = variants_generation(response.headers()) {
-            let names = key::vary_names(response.headers())?;
-            let variant = key::variant_key(key, &generation, &names, &parts.headers);
+            let names = crate::key::vary_names(response.headers())?;
+            let variant = crate::key::variant_key(key, &generation, &names, &parts.headers);
             (response, entry) = self.manager.lookup_in_memory(&variant)?;
         }
         if !self.admits(&entry, mode) {

@@ -7,10 +7,10 @@ use std::time::{Duration, SystemTime};
 use http::request;
 use http_cache_semantics::CacheOptions;
 
-use super::cache_key::CacheKey;
 use super::mode::CacheMode;
 use super::ttl::Ttl;
 use crate::collapse::Background;
+use crate::key::CacheKey;
 
 /// Makes a request's cache key (`HttpCacheOptions::cache_key`).
 pub(super) type KeyFn = Arc<dyn Fn(&request::Parts) -> String + Send + Sync>;

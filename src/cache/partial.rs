@@ -23,11 +23,12 @@ use super::directives::{Verdict, is_conditional, shared_cookie, take_fields};
 use super::mode::CacheMode;
 use super::pending::keepable;
 use super::status::{Detail, Fwd, Status};
-use super::{Finished, HttpStreamingCache, Pending, Plan, count, key};
+use super::{Finished, HttpStreamingCache, Pending, Plan, count};
 use crate::body::{Piece, StreamingBody, boxed};
 use crate::error::BoxError;
 use crate::fields::engine_view;
 use crate::fields::range::{self, Ranged};
+use crate::key;
 use crate::store::partial_entry::{PartialEntry, PartialHead};
 
 /// What a ranged miss does with the origin's answer.
@@ -465,5 +466,30 @@ mod tests {
         ] {
             assert!(malformed(&head(broken)), "{broken:?}");
         }
+    }
+
+    #[test]
+    fn only_a_single_known_span_and_a_strong_tag_combine_ranges() {
+        let range = |value: &str| content_range(&head(&[("content-range", value)]));
+        assert_eq!(range("bytes 0-5/10"), Some((0, 6, 10)));
+        assert_eq!(range("bytes 9-9/10"), Some((9, 10, 10)));
+        for unusable in [
+            "bytes 0-5/*",
+            "bytes 5-2/10",
+            "bytes 0-10/10",
+            "bytes */10",
+            "0-5/10",
+        ] {
+            assert_eq!(range(unusable), None, "{unusable}");
+        }
+        let etag = |value: &str| strong_etag(&head(&[("etag", value)]));
+        assert_eq!(etag(" \"v1\" ").as_deref(), Some("\"v1\""));
+        assert_eq!(
+            etag("W/\"v1\""),
+            None,
+            "ranges combine under a strong tag only"
+        );
+        assert_eq!(etag("v1"), None);
+        assert_eq!(strong_etag(&head(&[])), None);
     }
 }

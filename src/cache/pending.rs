@@ -10,20 +10,20 @@ use http::{Method, Response, StatusCode, request};
 use http_body::Body;
 use http_cache_semantics::{AfterResponse, CachePolicy};
 
-use super::key;
 use super::mode::CacheMode;
 use crate::body::StreamingBody;
 use crate::collapse::{FillEnd, FillLeader, Role};
 use crate::error::BoxError;
 use crate::fields::range;
+use crate::key;
 
 use super::directives::{
-    KEPT_ON_REVALIDATION, head_selects, is_conditional, is_hop_by_hop, is_origin_failure,
-    must_revalidate, policy_view, selects, stale_for_at_most, strip_hop_by_hop, take_fields,
+    head_selects, is_conditional, is_origin_failure, must_revalidate, policy_view, selects,
+    stale_for_at_most, strip_hop_by_hop, take_fields,
 };
 use super::status::{Detail, Fwd, Status};
 use super::ttl::TTL_FIELD;
-use super::variants::{INTERNAL, is_internal};
+use super::variants::INTERNAL;
 use super::{Action, Finished, Pending, Stale, count};
 use crate::fields::cache_control::CacheControl;
 use crate::fields::engine_view;
@@ -368,31 +368,10 @@ impl Pending {
             key: stored_key,
         } = *stale;
         let (stored_parts, stored_body) = stored.into_parts();
-        let mut merged = stored_parts.headers.clone();
         let mut fresh_headers = fresh_parts.headers;
         // Neither hop-by-hop fields nor the cache's own, which no origin writes.
         keepable(&mut fresh_headers);
-        for name in fresh_headers.keys() {
-            if KEPT_ON_REVALIDATION.contains(name) || is_hop_by_hop(name) || is_internal(name) {
-                continue;
-            }
-            merged.remove(name);
-            for value in fresh_headers.get_all(name) {
-                merged.append(name.clone(), value.clone());
-            }
-        }
-        // `Age` and `Date` speak of the response they came with: the freshened response is
-        // as old as the 304 (or the HEAD's 200) says, not as the first one was. A stored
-        // `Age: 100` kept under a `max-age=60` would have every later request revalidate.
-        // One without a `Date` is dated when it was received (RFC 9110 §6.6.1).
-        if !fresh_headers.contains_key(header::AGE) {
-            merged.remove(header::AGE);
-        }
-        if !fresh_headers.contains_key(header::DATE)
-            && let Ok(date) = HeaderValue::try_from(httpdate::fmt_http_date(now))
-        {
-            merged.insert(header::DATE, date);
-        }
+        let mut merged = super::freshen::freshened(&stored_parts.headers, &fresh_headers, now);
         // What the 304 says to the client that caused it alone (in a shared cache a cookie
         // set on one user's revalidation would be replayed to every user), and what the
         // freshened headers name in a qualified `no-cache` or `private`: never stored.

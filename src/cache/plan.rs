@@ -8,11 +8,11 @@ use std::time::{Duration, SystemTime};
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Response, request};
 
-use super::key;
 use super::mode::CacheMode;
 use crate::body::StreamingBody;
 use crate::collapse::{FillLeader, Followed, Role};
 use crate::format::record::Entry;
+use crate::key;
 
 use super::directives::{
     Verdict, must_revalidate, policy_view, shared_cookie, stale_for_at_most, validators, withheld,

@@ -4,7 +4,8 @@
 use crate::Counter;
 use http::{Method, Request, Uri, request};
 
-use super::{HttpStreamingCache, key};
+use super::HttpStreamingCache;
+use crate::key;
 
 impl HttpStreamingCache {
     /// Removes what is stored for `url` (every variant of its GET, which HEAD shares), and

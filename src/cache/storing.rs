@@ -9,7 +9,6 @@ use http_body::Body;
 use http_cache_semantics::CachePolicy;
 
 use super::directives::{shared_cookie, take_fields, why_not_storable};
-use super::key;
 use super::mode::CacheMode;
 use super::pending::{add_fields, keepable};
 use super::status::{Detail, Fwd, NotStored, Status};
@@ -19,6 +18,7 @@ use crate::body::StreamingBody;
 use crate::collapse::{FillHead, FillLeader};
 use crate::error::BoxError;
 use crate::fields::engine_view;
+use crate::key;
 
 impl Pending {
     /// A response from the origin: tee'd into the store when it may be stored, else passed

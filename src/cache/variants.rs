@@ -6,8 +6,8 @@ use http::Response;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http_cache_semantics::CachePolicy;
 
-use super::key;
 use crate::collapse::FillHead;
+use crate::key;
 
 use super::HttpStreamingCache;
 

@@ -5,7 +5,7 @@
 //! The policies are [`Lru`] and [`S3Fifo`] (with its [`ShareClimber`] and ghost queue, a
 //! [`Fingerprints`] table); admission is [`MinUses`]. A new policy is a file here implementing
 //! [`Policy`], a variant of [`Eviction`] and a line in [`policy`]; `replay.rs` runs it over
-//! traces (`examples/eviction.rs`) through [`Table`].
+//! traces (`examples/eviction.rs`) through `Table`.
 
 mod admission;
 mod climber;

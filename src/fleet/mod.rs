@@ -3,11 +3,12 @@
 //! what limits the purges one node sends ([`invalidations`]), the messages' authentication
 //! ([`seal`]), and the bucket as the fleet uses it ([`bucket`]).
 //!
-//! The fleet knows the bucket ([`crate::storage`]), the on-disk format ([`crate::format`])
-//! and the body type, and nothing of the store or the cache rules: the store reaches it
-//! through the handles it holds ([`leases::FleetFills`], [`purges::PurgeLog`], the bucket's
-//! functions) and answers it through [`purges::NodeStore`]; the cache through the lease, the
-//! ask and the answer of a peer.
+//! The fleet knows the bucket ([`crate::storage`]), the on-disk format ([`crate::format`]),
+//! the body type, the runtime and the counters, and nothing of the store or the cache rules:
+//! the store reaches it through the handles it holds ([`leases::FleetFills`],
+//! [`purges::PurgeLog`], the bucket's functions) and answers it through
+//! [`purges::NodeStore`]; the cache through the lease, the ask and the answer of a peer, and
+//! the invalidation budget.
 
 pub(crate) mod asks;
 pub(crate) mod bucket;

@@ -1,6 +1,6 @@
-//! The store's runtime seam: blocking file work and detached tasks run on Tokio when called
+//! The crate's runtime seam: blocking file work and detached tasks run on Tokio when called
 //! from within a Tokio runtime, and, with the `smol` feature, on smol's thread pool and
-//! global executor otherwise. Everything else the store uses (channels, `OnceCell`,
+//! global executor otherwise. Everything else the crate uses (channels, `OnceCell`,
 //! semaphores) works on any runtime. The writer pool ([`pool`]), the threads that write and
 //! hash bodies being stored, is here too: it depends on nothing of the store.
 

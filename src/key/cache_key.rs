@@ -3,7 +3,7 @@
 use http::HeaderName;
 use http::request::Parts;
 
-use super::key;
+use crate::key;
 
 /// The key a request's response is stored under, as the layer makes it by default, with the
 /// common edits: query parameters dropped, kept or sorted, and a request header or a cookie

@@ -1,5 +1,10 @@
 //! Cache keys: the primary key of a request (method, scheme, authority, path and query) and
-//! the secondary key of a variant chosen by the request headers that `Vary` names.
+//! the secondary key of a variant chosen by the request headers that `Vary` names; and
+//! [`CacheKey`], the default key with its common edits. It knows nothing of the cache.
+
+mod cache_key;
+
+pub use cache_key::CacheKey;
 
 use http::header::{HOST, HeaderMap, HeaderName};
 use http::request::Parts;
