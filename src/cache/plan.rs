@@ -23,6 +23,13 @@ use super::{Action, Finished, Found, HttpStreamingCache, Pending, Plan, Stale, S
 use crate::fields::cache_control::{CacheControl, Qualified};
 use crate::fields::engine_view;
 
+/// A request going on to the origin: why, for `Cache-Status`, and the validators of a
+/// revalidation it carries.
+pub(super) struct Onward {
+    forwarded: Forwarded,
+    conditional: Option<HeaderMap>,
+}
+
 impl HttpStreamingCache {
     /// Decides how a request starts.
     pub(crate) fn start(&self, parts: request::Parts) -> Start {
@@ -93,8 +100,9 @@ impl HttpStreamingCache {
     /// Looks the request up and decides: answer from the store, revalidate, or fetch.
     pub(super) async fn plan(&self, parts: &request::Parts, key: String, mode: CacheMode) -> Plan {
         self.bust(parts, &key).await;
-        let only_if_cached = mode == CacheMode::OnlyIfCached
-            || CacheControl::of(&parts.headers).has("only-if-cached");
+        // The request's `Cache-Control`, read once for the decisions of this plan.
+        let asked = CacheControl::of(&parts.headers);
+        let only_if_cached = mode == CacheMode::OnlyIfCached || asked.has("only-if-cached");
         let found = if mode == CacheMode::Reload {
             // No lookup opens the store: opening it now tells whether the answer can be
             // stored (`Cache-Status` says so).
@@ -118,7 +126,7 @@ impl HttpStreamingCache {
                 if let Some(plan) = self.partial_plan(parts, &key, mode, fwd).await {
                     return plan;
                 }
-                return self.miss(parts, key, mode, fwd, false).await;
+                return self.miss(parts, &asked, key, mode, fwd, false).await;
             }
             Found::Entry(response, entry, stored_key) => (response, entry, stored_key),
         };
@@ -140,7 +148,7 @@ impl HttpStreamingCache {
                 if only_if_cached {
                     return Plan::Respond(self.gateway_timeout(Fwd::Miss, Detail::OnlyIfCached));
                 }
-                self.miss(parts, key, mode, Fwd::Miss, true).await
+                self.miss(parts, &asked, key, mode, Fwd::Miss, true).await
             }
             Verdict::Fresh | Verdict::Stale if only_if_cached => {
                 Plan::Respond(self.gateway_timeout(Fwd::Stale, Detail::OnlyIfCached))
@@ -172,12 +180,14 @@ impl HttpStreamingCache {
                     lookup_found: true,
                     leader,
                 };
-                let conditional = Some(revalidation);
-                let forwarded = Forwarded {
-                    fwd: Fwd::Stale,
-                    found: true,
+                let onward = Onward {
+                    forwarded: Forwarded {
+                        fwd: Fwd::Stale,
+                        found: true,
+                    },
+                    conditional: Some(revalidation),
                 };
-                self.coalesced(parts, key, mode, forwarded, revalidate, conditional)
+                self.coalesced(parts, &asked, key, mode, onward, revalidate)
                     .await
             }
         }
@@ -233,6 +243,7 @@ impl HttpStreamingCache {
     pub(super) async fn miss(
         &self,
         parts: &request::Parts,
+        asked: &CacheControl,
         key: String,
         mode: CacheMode,
         fwd: Fwd,
@@ -244,8 +255,11 @@ impl HttpStreamingCache {
             lookup_found: found,
             leader,
         };
-        self.coalesced(parts, key, mode, Forwarded { fwd, found }, fetch, None)
-            .await
+        let onward = Onward {
+            forwarded: Forwarded { fwd, found },
+            conditional: None,
+        };
+        self.coalesced(parts, asked, key, mode, onward, fetch).await
     }
 
     /// Sends the request on to the inner service as the leader of a fill of `key`, or
@@ -255,15 +269,17 @@ impl HttpStreamingCache {
     pub(super) async fn coalesced(
         &self,
         parts: &request::Parts,
+        asked: &CacheControl,
         key: String,
         mode: CacheMode,
-        Forwarded { fwd, found }: Forwarded,
+        Onward {
+            forwarded: Forwarded { fwd, found },
+            conditional,
+        }: Onward,
         action: impl FnOnce(Option<FillLeader>) -> Action,
-        conditional: Option<HeaderMap>,
     ) -> Plan {
         let options = &self.options;
         // Only a request that would take a stored response may take one being stored.
-        let asked = CacheControl::of(&parts.headers);
         let takes_stored = matches!(
             mode,
             CacheMode::Default | CacheMode::ForceCache | CacheMode::IgnoreRules
@@ -418,7 +434,11 @@ impl HttpStreamingCache {
         };
         let (mut whole_private, mut names_kept) = (false, false);
         if has("private") || has("no-cache") {
-            let raw = CacheControl::of(&entry.headers);
+            // The origin's own field, when a targeted one stood in for it.
+            let raw = match &targeted {
+                Some(_) => CacheControl::of(&entry.headers),
+                None => directives.clone(),
+            };
             whole_private = shared
                 && [&raw, &directives]
                     .iter()
