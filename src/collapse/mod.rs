@@ -498,3 +498,36 @@ impl crate::body::SharedFill for Fill {
         Fill::background_budget(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_follower_waits_as_long_as_it_joined_for_and_no_longer() {
+        let fills = Arc::new(Fills::verifying(false));
+        let key = Hash32::of(b"GET:http://a/");
+        let Role::Leader(leader) = fills.join(key, None, Duration::from_secs(60)) else {
+            panic!("the first request leads");
+        };
+        let Role::Follower(mut impatient) = fills.join(key, None, Duration::from_millis(20)) else {
+            panic!("the second follows");
+        };
+        // The leader never learns a head: the follower gives up after its own wait (well
+        // before the leader's minute).
+        let gave_up = tokio::time::timeout(Duration::from_secs(5), impatient.head()).await;
+        assert!(matches!(gave_up, Ok(Followed::Alone)));
+        let mut patient = fills
+            .follow(key, Duration::from_secs(60))
+            .expect("a fill under way may be followed");
+        leader.fill().end(FillEnd::Updated);
+        // Well before its minute: the fill's end wakes it.
+        let woken = tokio::time::timeout(Duration::from_secs(5), patient.head()).await;
+        assert!(matches!(woken, Ok(Followed::Stored)));
+        drop(leader);
+        assert!(
+            matches!(fills.join(key, None, Duration::ZERO), Role::Leader(_)),
+            "an ended fill gets a new leader"
+        );
+    }
+}
