@@ -435,15 +435,19 @@ impl HttpStreamingCache {
         let (mut whole_private, mut names_kept) = (false, false);
         if has("private") || has("no-cache") {
             // The origin's own field, when a targeted one stood in for it.
+            let origins;
             let raw = match &targeted {
-                Some(_) => CacheControl::of(&entry.headers),
-                None => directives.clone(),
+                Some(_) => {
+                    origins = CacheControl::of(&entry.headers);
+                    &origins
+                }
+                None => &directives,
             };
             whole_private = shared
-                && [&raw, &directives]
+                && [raw, &directives]
                     .iter()
                     .any(|d| *d.private() == Qualified::Whole);
-            names_kept = withheld(&raw, &directives, shared)
+            names_kept = withheld(raw, &directives, shared)
                 .iter()
                 .filter(|name| **name != header::SET_COOKIE)
                 .any(holds);

@@ -258,20 +258,12 @@ pub(super) fn overlaid(decided: &HeaderMap, own: &HeaderValue, shared: bool) -> 
     {
         kept.push("no-cache");
     }
-    for value in decided.get_all(http::header::CACHE_CONTROL) {
-        let Ok(value) = value.to_str() else {
-            continue;
-        };
-        for element in cache_control::split_list(value) {
-            let Some(d) = cache_control::directive(element) else {
-                continue;
-            };
-            match d.name.as_str() {
-                "s-maxage" if shared => kept.push("proxy-revalidate"),
-                "max-age" | "s-maxage" => {}
-                name if sets.iter().any(|set| set == name) => {}
-                _ => kept.push(element.trim_matches([' ', '\t'])),
-            }
+    for (element, d) in cache_control::each_directive(decided) {
+        match d.name.as_str() {
+            "s-maxage" if shared => kept.push("proxy-revalidate"),
+            "max-age" | "s-maxage" => {}
+            name if sets.iter().any(|set| set == name) => {}
+            _ => kept.push(element.trim_matches([' ', '\t'])),
         }
     }
     kept.push(own_text);

@@ -41,28 +41,23 @@ impl CacheControl {
     /// The `Cache-Control` fields of `headers`.
     pub(crate) fn of(headers: &HeaderMap) -> Self {
         let mut parsed = CacheControl::default();
-        for value in headers.get_all(header::CACHE_CONTROL) {
-            let Ok(value) = value.to_str() else {
-                continue;
+        for (_, directive) in each_directive(headers) {
+            let qualified = match directive.name.as_str() {
+                "no-cache" => Some(&mut parsed.no_cache),
+                "private" => Some(&mut parsed.private),
+                _ => None,
             };
-            for directive in split_list(value).into_iter().filter_map(directive) {
-                let qualified = match directive.name.as_str() {
-                    "no-cache" => Some(&mut parsed.no_cache),
-                    "private" => Some(&mut parsed.private),
-                    _ => None,
-                };
-                if let Some(qualified) = qualified {
-                    let fields = field_names(directive.value.as_deref().unwrap_or_default());
-                    match (&mut *qualified, fields.is_empty()) {
-                        (Qualified::Whole, _) => {}
-                        (_, true) => *qualified = Qualified::Whole,
-                        (Qualified::Absent, false) => *qualified = Qualified::Fields(fields),
-                        (Qualified::Fields(all), false) => all.extend(fields),
-                    }
+            if let Some(qualified) = qualified {
+                let fields = field_names(directive.value.as_deref().unwrap_or_default());
+                match (&mut *qualified, fields.is_empty()) {
+                    (Qualified::Whole, _) => {}
+                    (_, true) => *qualified = Qualified::Whole,
+                    (Qualified::Absent, false) => *qualified = Qualified::Fields(fields),
+                    (Qualified::Fields(all), false) => all.extend(fields),
                 }
-                if parsed.directives.iter().all(|d| d.name != directive.name) {
-                    parsed.directives.push(directive);
-                }
+            }
+            if parsed.directives.iter().all(|d| d.name != directive.name) {
+                parsed.directives.push(directive);
             }
         }
         parsed
@@ -109,6 +104,17 @@ impl CacheControl {
             _ => &Qualified::Absent,
         }
     }
+}
+
+/// Every directive of every `Cache-Control` field of `headers`, in order, repeated ones
+/// too, each with the element it was written as.
+pub(crate) fn each_directive(headers: &HeaderMap) -> impl Iterator<Item = (&str, Directive)> {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(split_list)
+        .filter_map(|element| Some((element, directive(element)?)))
 }
 
 /// The elements of a comma-separated list, commas inside quoted strings kept.

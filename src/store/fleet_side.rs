@@ -87,6 +87,7 @@ impl StreamingManager {
         let Some(log) = self.purge_log() else {
             return;
         };
+        // Read already (every lookup comes here): no handle for the poll is made.
         if log.started() {
             return;
         }

@@ -38,9 +38,6 @@ impl PurgeLog {
         N: NodeStore + 'static,
         R: Fn() -> Option<N> + Send + Sync + 'static,
     {
-        if self.started() {
-            return;
-        }
         self.started
             .get_or_init(|| async {
                 match tokio::time::timeout(START_WAIT, self.catch_up(node)).await {
