@@ -89,6 +89,7 @@ struct ReadmeDoctests;
 
 mod body;
 mod cache;
+mod cache_store;
 mod collapse;
 mod counter;
 mod empty_body;

@@ -41,6 +41,8 @@ pub(super) fn freshened(stored: &HeaderMap, fresh: &HeaderMap, now: SystemTime) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::HttpStreamingCache;
+    use crate::cache::testing::{Clock, MemoryStore, Origin, bytes, field, request, serve};
     use crate::fields::test_headers as headers;
     use std::time::Duration;
 
@@ -104,5 +106,90 @@ mod tests {
         assert!(merged.get("connection").is_none());
         assert!(merged.get("transfer-encoding").is_none());
         assert_eq!(values(&merged, "x-http-cache-streaming-variants"), ["2"]);
+    }
+
+    /// A cache on `clock` over memory, and an origin whose first `200` is `hello`, tagged
+    /// `"v1"`, whose answer to `If-None-Match` is a `304` with `not_modified`'s fields, and
+    /// whose `200`s after that are `bye`, tagged `"v2"`.
+    fn revalidated(
+        clock: &Clock,
+        not_modified: &'static [(&'static str, &'static str)],
+    ) -> (HttpStreamingCache, MemoryStore, Origin) {
+        let (cache, store) = HttpStreamingCache::in_memory(clock.options());
+        let changed = std::sync::atomic::AtomicBool::new(false);
+        let origin = Origin::new({
+            let clock = clock.clone();
+            move |parts| {
+                use std::sync::atomic::Ordering::SeqCst;
+                if parts.headers.contains_key("if-none-match") {
+                    changed.store(true, SeqCst);
+                    clock.response(304, not_modified, "")
+                } else if changed.load(SeqCst) {
+                    let fields = &[("cache-control", "max-age=60"), ("etag", "\"v2\"")];
+                    clock.response(200, fields, "bye")
+                } else {
+                    let fields = &[
+                        ("cache-control", "max-age=60"),
+                        ("etag", "\"v1\""),
+                        ("x-a", "old"),
+                    ];
+                    clock.response(200, fields, "hello")
+                }
+            }
+        });
+        (cache, store, origin)
+    }
+
+    const URL: &str = "http://example.com/a";
+
+    #[tokio::test]
+    async fn a_stale_response_revalidated_by_a_304_is_served_with_its_headers_merged() {
+        let clock = Clock::default();
+        let fields = &[("cache-control", "max-age=120"), ("x-a", "new")];
+        let (cache, store, origin) = revalidated(&clock, fields);
+        bytes(serve(&cache, &origin, request("GET", URL, &[])).await).await;
+        clock.advance(61);
+        let freshened = serve(&cache, &origin, request("GET", URL, &[])).await;
+        let asked = origin.asked();
+        assert_eq!(asked[1].headers["if-none-match"], "\"v1\"");
+        assert_eq!(freshened.status(), 200);
+        assert_eq!(
+            field(&freshened, "cache-status"),
+            ["http-cache-streaming; fwd=stale; fwd-status=304; ttl=120"]
+        );
+        assert_eq!(field(&freshened, "x-a"), ["new"]);
+        assert_eq!(
+            field(&freshened, "etag"),
+            ["\"v1\""],
+            "the stored body's tag stays"
+        );
+        assert_eq!(bytes(freshened).await, "hello");
+        let (entry, _) = store.stored("GET:http://example.com/a").expect("kept");
+        assert_eq!(entry.headers["cache-control"], "max-age=120");
+        clock.advance(119);
+        let hit = serve(&cache, &origin, request("GET", URL, &[])).await;
+        assert_eq!(
+            (origin.calls(), bytes(hit).await.as_ref()),
+            (2, &b"hello"[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_304_naming_another_representation_is_fetched_again_unconditionally() {
+        let clock = Clock::default();
+        let (cache, store, origin) = revalidated(&clock, &[("etag", "\"v2\"")]);
+        bytes(serve(&cache, &origin, request("GET", URL, &[])).await).await;
+        clock.advance(61);
+        let again = serve(&cache, &origin, request("GET", URL, &[])).await;
+        assert_eq!(bytes(again).await, "bye");
+        let asked = origin.asked();
+        assert_eq!(asked.len(), 3);
+        assert!(
+            !asked[2].headers.contains_key("if-none-match"),
+            "{:?}",
+            asked[2].headers
+        );
+        let (_, body) = store.stored("GET:http://example.com/a").expect("replaced");
+        assert_eq!(body, "bye");
     }
 }

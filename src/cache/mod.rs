@@ -15,6 +15,8 @@ mod purge;
 mod stats;
 mod status;
 mod storing;
+#[cfg(test)]
+mod testing;
 mod ttl;
 mod variants;
 
@@ -23,6 +25,7 @@ pub use crate::key::is_valid_authority;
 pub use directives::strip_hop_by_hop;
 pub use mode::CacheMode;
 pub use options::HttpCacheOptions;
+pub(crate) use plan::replace_validators;
 pub use stats::{CacheStats, OriginRequests};
 pub use status::NotStored;
 pub use ttl::Ttl;
@@ -43,6 +46,7 @@ use crate::collapse::FillLeader;
 use crate::format::record::Entry;
 use crate::store::StreamingManager;
 
+use crate::cache_store::{Backing, CacheStore as _};
 use crate::fields::cache_control::CacheControl;
 use crate::fleet::invalidations::FleetInvalidations;
 use directives::{Verdict, judge, unusable};
@@ -66,7 +70,7 @@ use crate::storage::BoxFuture;
 /// ```
 #[derive(Clone)]
 pub struct HttpStreamingCache {
-    manager: StreamingManager,
+    store: Backing,
     options: Arc<HttpCacheOptions>,
     counters: Arc<Counters>,
     invalidations: Arc<FleetInvalidations>,
@@ -75,7 +79,7 @@ pub struct HttpStreamingCache {
 impl fmt::Debug for HttpStreamingCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpStreamingCache")
-            .field("manager", &self.manager)
+            .field("manager", self.store.manager())
             .field("options", &self.options)
             .finish()
     }
@@ -189,8 +193,13 @@ enum Found {
 impl HttpStreamingCache {
     /// A cache over `manager` with default options: a shared cache, RFC 9111 rules.
     pub fn new(manager: StreamingManager) -> Self {
+        HttpStreamingCache::over(Backing::Disk(manager))
+    }
+
+    /// A cache over `store` with default options.
+    fn over(store: Backing) -> Self {
         HttpStreamingCache {
-            manager,
+            store,
             options: Arc::new(HttpCacheOptions::default()),
             counters: Arc::default(),
             invalidations: Arc::new(FleetInvalidations::new()),
@@ -205,7 +214,7 @@ impl HttpStreamingCache {
 
     /// The store this cache uses.
     pub fn manager(&self) -> &StreamingManager {
-        &self.manager
+        self.store.manager()
     }
 
     /// The options this cache uses.
@@ -250,11 +259,11 @@ impl HttpStreamingCache {
         if !simple {
             return None;
         }
-        let (mut response, mut entry) = self.manager.lookup_in_memory(key)?;
+        let (mut response, mut entry) = self.store.lookup_in_memory(key)?;
         if let Some(generation) = variants_generation(response.headers()) {
             let names = crate::key::vary_names(response.headers())?;
             let variant = crate::key::variant_key(key, &generation, &names, &parts.headers);
-            (response, entry) = self.manager.lookup_in_memory(&variant)?;
+            (response, entry) = self.store.lookup_in_memory(&variant)?;
         }
         if !self.admits(&entry, mode) {
             return None;
@@ -277,7 +286,7 @@ impl HttpStreamingCache {
         let default_window = self.options.stale_on_error;
         let targeted = self.options.targeted().to_vec();
         let shared = self.options.shared;
-        self.manager
+        self.store
             .remove_where(move |entry| unusable(entry, now, default_window, &targeted, shared))
             .await
     }
@@ -299,7 +308,7 @@ impl HttpStreamingCache {
             Arc::downgrade(&self.options),
             Arc::downgrade(&self.counters),
         );
-        let manager = self.manager.clone();
+        let store = self.store.clone();
         runtime.spawn(async move {
             loop {
                 tokio::time::sleep(interval).await;
@@ -307,7 +316,7 @@ impl HttpStreamingCache {
                     return;
                 };
                 let cache = HttpStreamingCache {
-                    manager: manager.clone(),
+                    store: store.clone(),
                     options,
                     counters,
                     invalidations: Arc::new(FleetInvalidations::new()),

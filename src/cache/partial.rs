@@ -11,6 +11,7 @@
 //! body in its `Content-Range`, no `Vary`, and the storing rules a `200` of it would meet.
 
 use crate::Counter;
+use crate::cache_store::CacheStore as _;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -83,7 +84,7 @@ impl HttpStreamingCache {
             })
         };
         let ranged = parts.headers.contains_key(header::RANGE);
-        let Some(entry) = self.manager.partial(key) else {
+        let Some(entry) = self.store.partial(key) else {
             return ranged.then(|| forward(None, PartialPlan::Store))?;
         };
         // A range that has just been read to its end is held for the request after it.
@@ -276,7 +277,7 @@ impl Pending {
     /// another representation goes.
     pub(super) fn partial_gives_way(&mut self) {
         if let Some(PartialPlan::Complete { entry, .. }) = self.partial.take() {
-            self.cache.manager.drop_partial(&entry.key);
+            self.cache.store.drop_partial(&entry.key);
         }
     }
 
@@ -297,9 +298,7 @@ impl Pending {
         let status = Status::forward(fwd).fwd_status(StatusCode::PARTIAL_CONTENT);
         let kept = match (sent, strong_etag(&parts.headers)) {
             (Some((_, _, total)), Some(etag)) => match self.whole_head(&parts, total) {
-                Some(head) => {
-                    partial_entry(&self.cache.manager, &self.key, &etag, total, head).await
-                }
+                Some(head) => partial_entry(&self.cache.store, &self.key, &etag, total, head).await,
                 None => None,
             },
             _ => None,
@@ -424,13 +423,13 @@ impl Pending {
 /// The partial entry of `key` a `206` of the representation `etag`, `total` bytes long, goes
 /// into, with `head`; `None` when the store cannot keep it (logged).
 async fn partial_entry(
-    manager: &crate::StreamingManager,
+    store: &crate::cache_store::Backing,
     key: &str,
     etag: &str,
     total: u64,
     head: PartialHead,
 ) -> Option<Arc<PartialEntry>> {
-    match manager.partial_for(key, etag, total, head).await {
+    match store.partial_for(key, etag, total, head).await {
         Ok(entry) => Some(entry),
         Err(error) => {
             crate::log::warn_event!(%key, %error, "could not keep a partial response");
@@ -443,6 +442,7 @@ async fn partial_entry(
 mod tests {
     use super::*;
 
+    use crate::cache::testing::{Clock, Origin, bytes, field, request, serve};
     use crate::fields::test_headers as head;
 
     #[test]
@@ -491,5 +491,79 @@ mod tests {
         );
         assert_eq!(etag("v1"), None);
         assert_eq!(strong_etag(&head(&[])), None);
+    }
+
+    const URL: &str = "http://example.com/a";
+
+    /// A cache over memory holding `0123456789` (tagged `"v1"`), and its origin.
+    async fn stored() -> (crate::HttpStreamingCache, Origin) {
+        let clock = Clock::default();
+        let (cache, _) = crate::HttpStreamingCache::in_memory(clock.options());
+        let origin = Origin::new(move |parts| match parts.headers.get("range") {
+            Some(_) => {
+                let fields = &[("content-range", "bytes 2-4/10"), ("etag", "\"v1\"")];
+                clock.response(206, fields, "234")
+            }
+            None => {
+                let fields = &[("cache-control", "max-age=60"), ("etag", "\"v1\"")];
+                clock.response(200, fields, "0123456789")
+            }
+        });
+        bytes(serve(&cache, &origin, request("GET", URL, &[])).await).await;
+        (cache, origin)
+    }
+
+    #[tokio::test]
+    async fn a_range_of_a_stored_response_is_cut_from_it() {
+        let (cache, origin) = stored().await;
+        for (range, status, content_range, body) in [
+            ("bytes=2-4", 206, "bytes 2-4/10", "234"),
+            ("bytes=-3", 206, "bytes 7-9/10", "789"),
+            ("bytes=8-", 206, "bytes 8-9/10", "89"),
+            ("bytes=10-", 416, "bytes */10", ""),
+        ] {
+            let asked = request("GET", URL, &[("range", range)]);
+            let answer = serve(&cache, &origin, asked).await;
+            assert_eq!(answer.status().as_u16(), status, "{range}");
+            assert_eq!(field(&answer, "content-range"), [content_range], "{range}");
+            assert_eq!(bytes(answer).await, body, "{range}");
+        }
+        let changed = [("range", "bytes=2-4"), ("if-range", "\"v0\"")];
+        let whole = serve(&cache, &origin, request("GET", URL, &changed)).await;
+        assert_eq!(
+            whole.status(),
+            200,
+            "an If-Range naming another tag: the whole body"
+        );
+        assert_eq!(bytes(whole).await, "0123456789");
+        assert_eq!(origin.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_range_that_misses_is_answered_with_the_origins_206() {
+        let clock = Clock::default();
+        let (cache, _) = crate::HttpStreamingCache::in_memory(clock.options());
+        let origin = Origin::new(move |_| {
+            let fields = &[
+                ("cache-control", "max-age=60"),
+                ("content-range", "bytes 2-4/10"),
+                ("etag", "\"v1\""),
+            ];
+            clock.response(206, fields, "234")
+        });
+        let answer = serve(
+            &cache,
+            &origin,
+            request("GET", URL, &[("range", "bytes=2-4")]),
+        )
+        .await;
+        assert_eq!(answer.status(), 206);
+        assert_eq!(field(&answer, "content-range"), ["bytes 2-4/10"]);
+        assert_eq!(bytes(answer).await, "234");
+        assert_eq!(
+            origin.asked()[0].headers["range"],
+            "bytes=2-4",
+            "the client's range"
+        );
     }
 }

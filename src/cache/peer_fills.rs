@@ -3,6 +3,7 @@
 //! is a miss that takes the lease or streams the holder's fill (see
 //! [`FleetFills`](crate::FleetFills)).
 
+use crate::cache_store::CacheStore as _;
 use http::{HeaderValue, Request, Response, StatusCode, header, request};
 
 use super::variants::{same_variant, variants_generation};
@@ -21,7 +22,7 @@ impl HttpStreamingCache {
     /// nothing to share for that request. Serve it on the address given as the node's
     /// [`FleetFills`](crate::FleetFills) address, which only the fleet should reach.
     pub async fn serve_peer<B>(&self, request: &Request<B>) -> Response<StreamingBody> {
-        let Some(fleet) = self.manager.fleet_fills() else {
+        let Some(fleet) = self.store.fleet_fills() else {
             return asks::plain(StatusCode::NOT_FOUND);
         };
         let (key, nonce) = match asks::read_ask(fleet, request) {
@@ -29,7 +30,7 @@ impl HttpStreamingCache {
             Err(refused) => return asks::plain(refused),
         };
         let wait = self.options.coalesce_wait;
-        let (status, headers, body) = match self.manager.for_peer(&key, wait).await {
+        let (status, headers, body) = match self.store.for_peer(&key, wait).await {
             ForPeer::Filling(head, reader) if same_variant(&head, request.headers()) => (
                 head.parts.status,
                 head.parts.headers.clone(),
@@ -65,7 +66,7 @@ impl HttpStreamingCache {
         // A holder that cannot answer (it died) is taken over once: the lease is taken, or
         // a new holder asked.
         for _ in 0..2 {
-            let holder = match self.manager.take_lease(key, unreachable.as_deref()).await {
+            let holder = match self.store.take_lease(key, unreachable.as_deref()).await {
                 Lease::Held(guard) => {
                     if let Some(leader) = leader.as_mut() {
                         leader.lease = Some(Box::new(guard));
@@ -75,7 +76,7 @@ impl HttpStreamingCache {
                 Lease::Peer(holder) => holder,
                 Lease::Alone => return None,
             };
-            let fleet = self.manager.fleet_fills()?;
+            let fleet = self.store.fleet_fills()?;
             match fleet.peer_fill(&holder, key, &parts.headers).await {
                 Ok(mut response) => {
                     crate::log::debug_event!(%key, %holder, "streaming a peer's fill");

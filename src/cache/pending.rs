@@ -2,6 +2,7 @@
 //! with a `304`, serve stale on an error, invalidate, or pass it on.
 
 use crate::Counter;
+use crate::cache_store::CacheStore as _;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -410,7 +411,7 @@ impl Pending {
         let served = merged.clone();
         let updated = if storable || self.mode == CacheMode::IgnoreRules {
             cache
-                .manager
+                .store
                 .update_headers(&stored_key, merged, policy.clone())
                 .await
         } else {
@@ -471,7 +472,7 @@ impl Pending {
         };
         let background = Some(self.cache.options.background.clone());
         let wait = self.cache.options.coalesce_wait;
-        let Role::Follower(follower) = self.cache.manager.join_fill(&self.key, background, wait)
+        let Role::Follower(follower) = self.cache.store.join_fill(&self.key, background, wait)
         else {
             return teed;
         };

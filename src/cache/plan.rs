@@ -2,6 +2,7 @@
 //! revalidation, a miss that leads a fill or follows one, or a pass.
 
 use crate::Counter;
+use crate::cache_store::CacheStore as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -106,7 +107,7 @@ impl HttpStreamingCache {
         let found = if mode == CacheMode::Reload {
             // No lookup opens the store: opening it now tells whether the answer can be
             // stored (`Cache-Status` says so).
-            if let Err(error) = self.manager.open().await {
+            if let Err(error) = self.store.open().await {
                 crate::log::warn_event!(%key, %error, "the store cannot be opened");
             }
             Found::Nothing { fwd: Fwd::Request }
@@ -209,7 +210,7 @@ impl HttpStreamingCache {
         let served = self.hit(parts, response, &entry.policy, now, status);
         let background = Some(self.options.background.clone());
         let wait = self.options.coalesce_wait;
-        let Role::Leader(leader) = self.manager.join_fill(&key, background, wait) else {
+        let Role::Leader(leader) = self.store.join_fill(&key, background, wait) else {
             return Plan::Respond(served); // a revalidation is under way
         };
         // The revalidation needs a handle on the stored response of its own.
@@ -293,7 +294,7 @@ impl HttpStreamingCache {
         let complete = options.complete_on_disconnect.unwrap_or(options.shared);
         let background = complete.then(|| options.background.clone());
         let mut follower = match self
-            .manager
+            .store
             .join_fill(&key, background, options.coalesce_wait)
         {
             Role::Leader(leader) => {
@@ -465,7 +466,7 @@ impl HttpStreamingCache {
 
     /// A store lookup; a store that fails is a miss, never a failed request.
     pub(super) async fn lookup(&self, key: &str) -> Option<(Response<StreamingBody>, Arc<Entry>)> {
-        match self.manager.lookup(key).await {
+        match self.store.lookup(key).await {
             Ok(found) => found,
             Err(error) => {
                 count(&self.counters.errors, Counter::Errors);
@@ -473,5 +474,121 @@ impl HttpStreamingCache {
                 None
             }
         }
+    }
+}
+
+/// Replaces a request's validators with those of a revalidation (or its `Range` and
+/// `If-Range` with those of a partial entry's fetch): each header named replaces the
+/// client's.
+pub(crate) fn replace_validators(parts: &mut request::Parts, conditional: Option<http::HeaderMap>) {
+    if let Some(validators) = conditional {
+        parts.headers.remove(http::header::IF_NONE_MATCH);
+        parts.headers.remove(http::header::IF_MODIFIED_SINCE);
+        for name in validators.keys() {
+            parts.headers.remove(name);
+        }
+        for (name, value) in &validators {
+            parts.headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cache::HttpStreamingCache;
+    use crate::cache::testing::{Clock, MemoryStore, Origin, bytes, field, request, serve};
+
+    const URL: &str = "http://example.com/a";
+
+    /// A cache over memory and an origin answering `fields` and `hello` after `delay`.
+    fn setup(
+        clock: &Clock,
+        fields: &'static [(&'static str, &'static str)],
+        delay: u64,
+    ) -> (HttpStreamingCache, MemoryStore, Origin) {
+        let (cache, store) = HttpStreamingCache::in_memory(clock.options());
+        let clock = clock.clone();
+        let origin = Origin::later(move |_| {
+            let response = clock.response(200, fields, "hello");
+            Box::pin(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                response
+            })
+        });
+        (cache, store, origin)
+    }
+
+    #[tokio::test]
+    async fn a_requests_own_directives_decide_what_a_stored_response_may_answer() {
+        let clock = Clock::default();
+        let (cache, _, origin) = setup(&clock, &[("cache-control", "max-age=60")], 0);
+        let cached = serve(
+            &cache,
+            &origin,
+            request("GET", URL, &[("cache-control", "only-if-cached")]),
+        )
+        .await;
+        assert_eq!(
+            (cached.status().as_u16(), origin.calls()),
+            (504, 0),
+            "nothing stored: a 504"
+        );
+        // A response stored 30 s ago, fresh for 30 s more, asked for with each directive.
+        for (asked, reaches_origin) in [
+            ("only-if-cached", false),
+            ("max-age=40", false),
+            ("max-age=20", true),
+            ("min-fresh=40", true),
+            ("no-cache", true),
+        ] {
+            let (cache, _, origin) = setup(&clock, &[("cache-control", "max-age=60")], 0);
+            bytes(serve(&cache, &origin, request("GET", URL, &[])).await).await;
+            clock.advance(30);
+            let directive = [("cache-control", asked)];
+            let answer = serve(&cache, &origin, request("GET", URL, &directive)).await;
+            assert_eq!(answer.status(), 200, "{asked}");
+            assert_eq!(origin.calls(), 1 + usize::from(reaches_origin), "{asked}");
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_for_a_key_being_fetched_wait_for_that_fetch() {
+        let clock = Clock::default();
+        let (cache, store, origin) = setup(&clock, &[("cache-control", "max-age=60")], 200);
+        let clients = (0..8).map(|_| {
+            let (cache, origin) = (cache.clone(), origin.clone());
+            tokio::spawn(async move {
+                bytes(serve(&cache, &origin, request("GET", URL, &[])).await).await
+            })
+        });
+        for client in clients.collect::<Vec<_>>() {
+            assert_eq!(client.await.expect("answered"), "hello");
+        }
+        assert_eq!((origin.calls(), store.keys().len()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn within_stale_while_revalidate_the_stale_response_answers_and_is_refreshed_behind() {
+        let clock = Clock::default();
+        let fields = &[("cache-control", "max-age=60, stale-while-revalidate=30")];
+        let (cache, store, origin) = setup(&clock, fields, 0);
+        bytes(serve(&cache, &origin, request("GET", URL, &[])).await).await;
+        clock.advance(70);
+        let stale = serve(&cache, &origin, request("GET", URL, &[])).await;
+        assert_eq!(field(&stale, "age"), ["70"]);
+        let status = field(&stale, "cache-status").concat();
+        assert!(status.contains("detail=stale-while-revalidate"), "{status}");
+        let stored = || store.stored("GET:http://example.com/a").expect("kept").0;
+        let before = stored();
+        for _ in 0..100 {
+            if !std::sync::Arc::ptr_eq(&before, &stored()) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(origin.calls(), 2, "revalidated in the background");
+        let fresh = serve(&cache, &origin, request("GET", URL, &[])).await;
+        assert_eq!(field(&fresh, "age"), ["0"], "the refreshed response");
+        assert_eq!(origin.calls(), 2);
     }
 }

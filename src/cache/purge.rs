@@ -2,6 +2,7 @@
 //! request a handler holds, or by prefix.
 
 use crate::Counter;
+use crate::cache_store::CacheStore as _;
 use http::{Method, Request, Uri, request};
 
 use super::HttpStreamingCache;
@@ -107,14 +108,14 @@ impl HttpStreamingCache {
     /// never had), else when it is stored here or in the tier (an invalidation, which
     /// most unsafe requests are: one of a key stored nowhere costs the log nothing).
     pub(super) async fn remove(&self, key: &str, everywhere: bool) -> crate::Result<bool> {
-        let stored = self.manager.stored_headers(key).await;
+        let stored = self.store.stored_headers(key).await;
         if let Some(list) = &stored {
             self.remove_variants(key, list).await?;
         }
         if stored.is_some() || everywhere {
-            self.manager.delete(key).await?;
+            self.store.delete(key).await?;
         } else {
-            self.manager.forget(key).await?;
+            self.store.forget(key).await?;
         }
         Ok(stored.is_some())
     }
@@ -128,7 +129,7 @@ impl HttpStreamingCache {
         everywhere: bool,
     ) -> crate::Result<bool> {
         let rate = self.options.fleet_invalidation_rate;
-        if !self.manager.shares_purges() || self.invalidations.admit(key, rate) {
+        if !self.store.shares_purges() || self.invalidations.admit(key, rate) {
             return self.remove(key, everywhere).await;
         }
         super::count(
@@ -141,11 +142,11 @@ impl HttpStreamingCache {
     /// [`remove`](Self::remove) from this node and the shared tier only, without reading
     /// the tier or writing to the purge log. `true` when something was stored here.
     async fn remove_here(&self, key: &str) -> crate::Result<bool> {
-        let stored = self.manager.stored_headers_here(key).await;
+        let stored = self.store.stored_headers_here(key).await;
         if let Some(list) = &stored {
             self.remove_variants(key, list).await?;
         }
-        self.manager.forget(key).await?;
+        self.store.forget(key).await?;
         Ok(stored.is_some())
     }
 
@@ -161,10 +162,47 @@ impl HttpStreamingCache {
     pub async fn purge_prefix(&self, prefix: &str) -> crate::Result<u64> {
         let owned = prefix.to_owned();
         let removed = self
-            .manager
+            .store
             .remove_where(move |entry| entry.is_under(&owned))
             .await?;
-        self.manager.publish_prefix_purge(prefix).await?;
+        self.store.publish_prefix_purge(prefix).await?;
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cache::HttpStreamingCache;
+    use crate::cache::testing::{Clock, Origin, bytes, request, serve};
+
+    const URL: &str = "http://example.com/a";
+
+    #[tokio::test]
+    async fn an_unsafe_request_that_succeeds_removes_what_is_stored_for_its_url() {
+        for (method, status, removed) in [
+            ("POST", 200, true),
+            ("DELETE", 204, true),
+            ("POST", 500, false),
+        ] {
+            let clock = Clock::default();
+            let (cache, store) = HttpStreamingCache::in_memory(clock.options());
+            let origin = Origin::new(move |parts| match parts.method.as_str() {
+                "GET" => clock.response(200, &[("cache-control", "max-age=60")], "hello"),
+                _ => clock.response(status, &[], ""),
+            });
+            bytes(serve(&cache, &origin, request("GET", URL, &[])).await).await;
+            bytes(serve(&cache, &origin, request(method, URL, &[])).await).await;
+            assert_eq!(
+                store.keys().is_empty(),
+                removed,
+                "{method} answered {status}"
+            );
+            bytes(serve(&cache, &origin, request("GET", URL, &[])).await).await;
+            assert_eq!(
+                origin.calls(),
+                2 + usize::from(removed),
+                "{method} answered {status}"
+            );
+        }
     }
 }

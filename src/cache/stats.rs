@@ -1,6 +1,7 @@
 //! What a cache has done, counted as it happens: its counters, and [`CacheStats`], what
 //! [`HttpStreamingCache::stats`] reads of them and of the store.
 
+use crate::cache_store::CacheStore as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::HttpStreamingCache;
@@ -107,9 +108,9 @@ impl HttpStreamingCache {
     pub async fn stats(&self) -> crate::Result<CacheStats> {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let counters = &self.counters;
-        let store = match self.manager.stats().await {
+        let store = match self.store.stats().await {
             Ok(store) => store,
-            Err(_) if self.manager.known_unusable() => StoreStats::default(),
+            Err(_) if self.store.known_unusable() => StoreStats::default(),
             Err(error) => return Err(error),
         };
         Ok(CacheStats {
@@ -120,7 +121,7 @@ impl HttpStreamingCache {
             revalidations: load(&counters.revalidations),
             passes: load(&counters.passes),
             errors: load(&counters.errors),
-            fills_in_flight: self.manager.fills_in_flight() as u64,
+            fills_in_flight: self.store.fills_in_flight() as u64,
             invalidations_not_shared: load(&counters.invalidations_here),
             origin: OriginRequests {
                 misses: load(&counters.trip_misses),

@@ -2,6 +2,7 @@
 //! fields only its own client gets, and the tee into the store.
 
 use crate::Counter;
+use crate::cache_store::CacheStore as _;
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::{Method, Response, StatusCode};
@@ -108,10 +109,10 @@ impl Pending {
                 .is_zero();
         let refused = if never_fresh {
             Some(NotStored::NoFreshness)
-        } else if cache.manager.known_unusable() {
+        } else if cache.store.known_unusable() {
             count(&cache.counters.errors, Counter::Errors);
             Some(NotStored::StoreUnavailable)
-        } else if !cache.manager.admits(&self.key) {
+        } else if !cache.store.admits(&self.key) {
             // Asked for too few times yet (`min_uses`): passed, and counted.
             Some(NotStored::MinUses)
         } else {
@@ -137,7 +138,7 @@ impl Pending {
         if names.is_empty() {
             let (key, leading) = (self.key.clone(), leader.is_some());
             let response = match cache
-                .manager
+                .store
                 .tee_or_refuse(key, response, policy, url, leader)
             {
                 (passed, Some(error)) => {
@@ -173,7 +174,7 @@ impl Pending {
             };
             let key = key::variant_key_of(&self.key, &generation, &digest);
             match cache
-                .manager
+                .store
                 .tee_or_refuse(key, response, policy, url, leader)
             {
                 (passed, Some(error)) => {
@@ -236,5 +237,154 @@ impl Pending {
                 NotStored::StoreUnavailable
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cache::HttpStreamingCache;
+    use crate::cache::testing::{Clock, Origin, bytes, field, request, serve};
+
+    const URL: &str = "http://example.com/a";
+    const KEY: &str = "GET:http://example.com/a";
+
+    /// Serves two `GET`s of [`URL`] from an origin answering `fields` and `hello`: the
+    /// origin's calls and the second answer's `Cache-Status` and body.
+    async fn twice(
+        options: impl FnOnce(&Clock) -> crate::HttpCacheOptions,
+        fields: &'static [(&'static str, &'static str)],
+        asked: &'static [(&'static str, &'static str)],
+    ) -> (usize, Vec<String>, bytes::Bytes, Vec<String>) {
+        let clock = Clock::default();
+        let (cache, store) = HttpStreamingCache::in_memory(options(&clock));
+        let origin = Origin::new({
+            let clock = clock.clone();
+            move |_| clock.response(200, fields, "hello")
+        });
+        let first = serve(&cache, &origin, request("GET", URL, asked)).await;
+        assert_eq!(
+            bytes(first).await,
+            "hello",
+            "the first client gets the body whole"
+        );
+        let second = serve(&cache, &origin, request("GET", URL, asked)).await;
+        let status = field(&second, "cache-status");
+        (origin.calls(), status, bytes(second).await, store.keys())
+    }
+
+    #[tokio::test]
+    async fn a_fresh_response_is_stored_and_the_next_request_is_a_hit() {
+        let (calls, status, body, keys) =
+            twice(Clock::options, &[("cache-control", "max-age=60")], &[]).await;
+        assert_eq!(calls, 1);
+        assert_eq!(status, ["http-cache-streaming; hit; ttl=60"]);
+        assert_eq!(body, "hello");
+        assert_eq!(keys, [KEY]);
+    }
+
+    #[tokio::test]
+    async fn what_a_shared_cache_must_not_store_reaches_the_origin_every_time() {
+        for (fields, asked, why) in [
+            (
+                &[("cache-control", "no-store, max-age=60")][..],
+                &[][..],
+                "no-store",
+            ),
+            (&[("cache-control", "private, max-age=60")], &[], "private"),
+            (
+                &[("cache-control", "max-age=60")],
+                &[("authorization", "Basic eA==")],
+                "authorization",
+            ),
+            (
+                &[("cache-control", "max-age=60"), ("set-cookie", "id=1")],
+                &[],
+                "set-cookie",
+            ),
+            (&[], &[], "no-freshness"),
+        ] {
+            let (calls, status, body, keys) = twice(Clock::options, fields, asked).await;
+            assert_eq!(calls, 2, "{why}");
+            assert_eq!(
+                status,
+                [format!(
+                    "http-cache-streaming; fwd=uri-miss; fwd-status=200; detail={why}"
+                )]
+            );
+            assert_eq!(body, "hello", "{why}");
+            assert!(keys.is_empty(), "{why}: {keys:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_private_cache_stores_what_is_private_and_a_shared_one_what_is_public() {
+        let private = |clock: &Clock| clock.options().shared(false);
+        let (calls, _, _, keys) =
+            twice(private, &[("cache-control", "private, max-age=60")], &[]).await;
+        assert_eq!((calls, keys.len()), (1, 1));
+        let authorized = &[("authorization", "Basic eA==")];
+        let public = &[("cache-control", "public, max-age=60")];
+        let (calls, _, _, keys) = twice(Clock::options, public, authorized).await;
+        assert_eq!(
+            (calls, keys.len()),
+            (1, 1),
+            "public allows a response to Authorization"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stored_cookie_stays_with_the_client_it_was_set_for() {
+        let clock = Clock::default();
+        let (cache, store) = HttpStreamingCache::in_memory(clock.options().store_set_cookie(true));
+        let fields = &[("cache-control", "max-age=60"), ("set-cookie", "id=1")];
+        let origin = Origin::new({
+            let clock = clock.clone();
+            move |_| clock.response(200, fields, "hello")
+        });
+        let first = serve(&cache, &origin, request("GET", URL, &[])).await;
+        assert_eq!(
+            field(&first, "set-cookie"),
+            ["id=1"],
+            "its own client gets it"
+        );
+        assert!(store.keys().is_empty(), "stored once its body has ended");
+        assert_eq!(bytes(first).await, "hello");
+        let (entry, body) = store.stored(KEY).expect("stored");
+        assert!(
+            !entry.headers.contains_key("set-cookie"),
+            "{:?}",
+            entry.headers
+        );
+        assert_eq!(body, "hello");
+        let second = serve(&cache, &origin, request("GET", URL, &[])).await;
+        assert!(field(&second, "set-cookie").is_empty());
+        assert_eq!(origin.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_shorter_than_its_content_length_is_passed_and_not_stored() {
+        let fields = &[("cache-control", "max-age=60"), ("content-length", "10")];
+        let (calls, _, body, keys) = twice(Clock::options, fields, &[]).await;
+        assert_eq!((calls, body.as_ref()), (2, &b"hello"[..]));
+        assert!(keys.is_empty(), "{keys:?}");
+    }
+
+    #[tokio::test]
+    async fn a_response_stays_fresh_for_its_lifetime_and_no_longer() {
+        let clock = Clock::default();
+        let (cache, _) = HttpStreamingCache::in_memory(clock.options());
+        let origin = Origin::new({
+            let clock = clock.clone();
+            move |_| clock.response(200, &[("cache-control", "max-age=60")], "hello")
+        });
+        serve(&cache, &origin, request("GET", URL, &[])).await;
+        clock.advance(59);
+        let hit = serve(&cache, &origin, request("GET", URL, &[])).await;
+        assert_eq!(field(&hit, "age"), ["59"]);
+        assert_eq!(origin.calls(), 1);
+        clock.advance(1);
+        let stale = serve(&cache, &origin, request("GET", URL, &[])).await;
+        assert_eq!(origin.calls(), 2, "stale at 60 s: fetched again");
+        assert_eq!(field(&stale, "age"), Vec::<String>::new());
     }
 }

@@ -1,6 +1,7 @@
 //! A URL's variants: the list record that names them (so they go with it), its
 //! generation, and which stored variant a request selects.
 
+use crate::cache_store::CacheStore as _;
 use bytes::Bytes;
 use http::Response;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -45,7 +46,7 @@ impl HttpStreamingCache {
             if let Ok(digest) = digest.to_str() {
                 let variant = key::variant_key_of(key, &generation, digest);
                 // Other nodes' variants go with their list.
-                self.manager.forget(&variant).await?;
+                self.store.forget(&variant).await?;
             }
         }
         Ok(())
@@ -62,7 +63,7 @@ impl HttpStreamingCache {
         digest: &str,
         language: Option<String>,
     ) -> bool {
-        let Ok(Some((list, entry))) = self.manager.lookup(key).await else {
+        let Ok(Some((list, entry))) = self.store.lookup(key).await else {
             return false;
         };
         drop(list.into_body());
@@ -113,7 +114,7 @@ impl HttpStreamingCache {
             headers.append(LANGUAGES, line);
         }
         match self
-            .manager
+            .store
             .update_headers(key, headers, entry.policy.clone())
             .await
         {
@@ -157,7 +158,7 @@ impl HttpStreamingCache {
             .body(http_body_util::Empty::<Bytes>::new())
             .ok()?;
         match self
-            .manager
+            .store
             .put(key.to_owned(), list, policy.clone(), url.clone())
             .await
         {
@@ -204,4 +205,62 @@ pub(super) fn names_as_vary(names: &[HeaderName]) -> HeaderMap {
 /// list's generation and members): never taken from an origin's response.
 pub(super) fn is_internal(name: &HeaderName) -> bool {
     INTERNAL.contains(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cache::HttpStreamingCache;
+    use crate::cache::testing::{Clock, Origin, bytes, field, request, serve};
+
+    const URL: &str = "http://example.com/a";
+
+    #[tokio::test]
+    async fn each_value_of_a_varying_header_has_its_stored_response() {
+        let clock = Clock::default();
+        let (cache, store) = HttpStreamingCache::in_memory(clock.options());
+        let origin = Origin::new(move |parts| {
+            let fields = &[("cache-control", "max-age=60"), ("vary", "accept-language")];
+            match parts.headers.get("accept-language").map(|v| v.as_bytes()) {
+                Some(b"fr") => clock.response(200, fields, "bonjour"),
+                _ => clock.response(200, fields, "hello"),
+            }
+        });
+        for (language, body, calls) in [
+            ("en", "hello", 1),
+            ("fr", "bonjour", 2),
+            ("en", "hello", 2),
+            ("fr", "bonjour", 2),
+        ] {
+            let asked = request("GET", URL, &[("accept-language", language)]);
+            let answer = serve(&cache, &origin, asked).await;
+            assert_eq!(bytes(answer).await, body, "{language}");
+            assert_eq!(origin.calls(), calls, "{language}");
+        }
+        assert_eq!(
+            store.keys().len(),
+            3,
+            "the list and a variant each: {:?}",
+            store.keys()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_response_that_varies_on_everything_is_not_stored() {
+        let clock = Clock::default();
+        let (cache, store) = HttpStreamingCache::in_memory(clock.options());
+        let origin = Origin::new(move |_| {
+            clock.response(
+                200,
+                &[("cache-control", "max-age=60"), ("vary", "*")],
+                "hello",
+            )
+        });
+        for _ in 0..2 {
+            let answer = serve(&cache, &origin, request("GET", URL, &[])).await;
+            let status = field(&answer, "cache-status").concat();
+            assert!(status.ends_with("detail=vary"), "{status}");
+            assert_eq!(bytes(answer).await, "hello");
+        }
+        assert_eq!((origin.calls(), store.keys().len()), (2, 0));
+    }
 }

@@ -251,12 +251,12 @@ impl StreamingManager {
             .0
     }
 
-    /// Leads a fill of `key` (see [`fill`]), or follows the one under way.
     /// Fills under way now.
     pub(crate) fn fills_in_flight(&self) -> usize {
         self.inner.fills.len()
     }
 
+    /// Leads a fill of `key` (see [`crate::collapse`]), or follows the one under way.
     pub(crate) fn join_fill(
         &self,
         key: &str,
