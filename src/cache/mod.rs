@@ -2,6 +2,7 @@
 //! invalidation) over a [`StreamingManager`]. It knows nothing of files: every byte goes
 //! through the manager.
 
+mod decided;
 mod directives;
 mod freshen;
 mod languages;
@@ -34,7 +35,7 @@ use crate::Counter;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, request};
@@ -47,9 +48,8 @@ use crate::format::record::Entry;
 use crate::store::StreamingManager;
 
 use crate::cache_store::{Backing, CacheStore as _};
-use crate::fields::cache_control::CacheControl;
 use crate::fleet::invalidations::FleetInvalidations;
-use directives::{Verdict, judge, unusable};
+use directives::{Verdict, unusable};
 use stats::{Counters, count};
 use status::{Detail, Fwd, Status};
 use variants::variants_generation;
@@ -410,49 +410,6 @@ impl HttpStreamingCache {
         ttl.as_secs()
     }
 
-    /// The headers of a response as this cache decides its freshness and storability by:
-    /// with a targeted field of its own (`CDN-Cache-Control`) in place of `Cache-Control`.
-    /// With a [`Ttl`]'s outcome stored with it, that in place of the origin's freshness.
-    fn decides_by<'h>(&self, headers: &'h HeaderMap) -> std::borrow::Cow<'h, HeaderMap> {
-        ttl::decided(headers, self.options.targeted(), self.options.shared)
-    }
-
-    /// The fields of a response with `headers` that only its own client gets, never the
-    /// stored copy ([`directives::withheld`]), read from its `Cache-Control` and from the one
-    /// this cache decides it by.
-    fn withheld(&self, headers: &HeaderMap) -> Vec<HeaderName> {
-        let decided = CacheControl::of(&self.decides_by(headers));
-        directives::withheld(&CacheControl::of(headers), &decided, self.options.shared)
-    }
-
-    /// How long a response of `status`, `version` and `headers` to `request` stays fresh
-    /// from its arrival (explicit or heuristic freshness, RFC 9111 §4.2.1), whatever `Age`
-    /// it came with: zero for one that never was fresh.
-    fn freshness_lifetime(
-        &self,
-        status: StatusCode,
-        version: http::Version,
-        headers: &HeaderMap,
-        request: &request::Parts,
-    ) -> Duration {
-        let now = self.now();
-        let mut headers = headers.clone();
-        headers.remove(header::AGE);
-        let head = self.policy_response(status, version, &headers);
-        CachePolicy::new_options(request, &head, now, self.options.semantics()).time_to_live(now)
-    }
-
-    /// Whether a stored response had a freshness lifetime when it was stored: only such a
-    /// response may be served stale (stale-on-error, `stale-while-revalidate`,
-    /// `stale-if-error`). One that never was fresh answered one request; served stale it
-    /// would be the previous client's page.
-    fn was_fresh(&self, entry: &Entry) -> bool {
-        let request = directives::policy_view(&Method::GET, HeaderMap::new());
-        let lifetime =
-            self.freshness_lifetime(entry.status, entry.version, &entry.headers, &request);
-        !lifetime.is_zero()
-    }
-
     /// Whether a stored response of `status` is young enough for the cache's caps on any
     /// response's age (`max_ttl`, and `store_errors` for errors in a shared cache).
     pub(super) fn within_cap(
@@ -464,46 +421,6 @@ impl HttpStreamingCache {
         self.options
             .cap_for(status)
             .is_none_or(|cap| policy.age(now) < cap)
-    }
-
-    /// How a stored response of `status`, `version` and `headers` stands for a request
-    /// ([`judge`]), but never fresh once it is stale and may not be served stale at all:
-    /// it must be revalidated (`no-cache`, `must-revalidate`, …), or it never had a
-    /// freshness lifetime. A request's `max-stale` asks for what the origin allowed, no
-    /// more (the policy engine would serve either for it).
-    fn judge_stored(
-        &self,
-        policy: &CachePolicy,
-        parts: &request::Parts,
-        (status, version, headers): (StatusCode, http::Version, &HeaderMap),
-        now: SystemTime,
-    ) -> Verdict {
-        let judged = judge(policy, parts, headers, now);
-        if matches!(judged, Verdict::Fresh) && policy.is_stale(now) {
-            let request = directives::policy_view(&Method::GET, HeaderMap::new());
-            let never_fresh = self
-                .freshness_lifetime(status, version, headers, &request)
-                .is_zero();
-            if never_fresh
-                || directives::must_revalidate(
-                    &CacheControl::of(&self.decides_by(headers)),
-                    self.options.shared,
-                )
-            {
-                return Verdict::Stale;
-            }
-        }
-        judged
-    }
-
-    /// A response head as the policy engine is to read it, for this cache.
-    fn policy_response(
-        &self,
-        status: StatusCode,
-        version: http::Version,
-        headers: &HeaderMap,
-    ) -> http::response::Parts {
-        crate::fields::engine_view::policy_head(status, version, &self.decides_by(headers))
     }
 
     /// A `502` the cache answers itself, with `status` saying why.

@@ -392,10 +392,13 @@ impl Pending {
             return None;
         }
         // The fields only this response's client gets stay out of the stored head.
-        let names = cache.withheld(&whole.headers);
-        take_fields(&mut whole.headers, &names);
+        let mut decided = cache.decided(&whole.headers);
+        let names = cache.withheld(&whole.headers, &decided);
+        if !take_fields(&mut whole.headers, &names).is_empty() {
+            decided = cache.decided(&whole.headers);
+        }
         let (now, options) = (cache.now(), cache.options.semantics());
-        let view = cache.policy_response(whole.status, whole.version, &whole.headers);
+        let view = cache.policy_response((whole.status, whole.version, &whole.headers), &decided);
         // Verdict with the request as it came (its Authorization above all), kept with the
         // headers it varies on only, as a miss's 200 is.
         let asked = engine_view::request(&self.request);
@@ -408,8 +411,10 @@ impl Pending {
         if !rule.stores() {
             return None;
         }
-        cache.apply_ttl(rule, &mut whole, &stored_request);
-        let view = cache.policy_response(whole.status, whole.version, &whole.headers);
+        if cache.apply_ttl(rule, &mut whole, &stored_request, &decided) {
+            decided = cache.decided(&whole.headers);
+        }
+        let view = cache.policy_response((whole.status, whole.version, &whole.headers), &decided);
         let policy = CachePolicy::new_options(&stored_request, &view, now, options);
         let url = url::Url::parse(&key::effective_uri(&self.request)).ok()?;
         Some(PartialHead {

@@ -11,6 +11,7 @@ use http::{Method, Response, StatusCode, request};
 use http_body::Body;
 use http_cache_semantics::{AfterResponse, CachePolicy};
 
+use super::decided::Decided;
 use super::mode::CacheMode;
 use crate::body::StreamingBody;
 use crate::collapse::{FillEnd, FillLeader, Role};
@@ -83,7 +84,8 @@ impl Pending {
                     }
                 }
                 Some(stale) if response.status().is_server_error() => {
-                    match self.stale_on_error(&stale, Some(response.status())) {
+                    let decided = self.cache.decided(stale.response.headers());
+                    match self.stale_on_error(&stale, &decided, Some(response.status())) {
                         Some(detail) => {
                             let status = Status::forward(Fwd::Stale)
                                 .fwd_status(response.status())
@@ -159,13 +161,13 @@ impl Pending {
         else {
             return Err(error);
         };
-        let decided = self.cache.decides_by(stale.response.headers());
-        if must_revalidate(&CacheControl::of(&decided), self.cache.options.shared) {
+        let decided = self.cache.decided(stale.response.headers());
+        if must_revalidate(&decided.directives, self.cache.options.shared) {
             return Ok(self
                 .cache
                 .gateway_timeout(Fwd::Stale, Detail::OriginUnreachable));
         }
-        if let Some(detail) = self.stale_on_error(&stale, None) {
+        if let Some(detail) = self.stale_on_error(&stale, &decided, None) {
             return Ok(self.serve_stale(*stale, Status::forward(Fwd::Stale).detail(detail)));
         }
         Err(error)
@@ -175,16 +177,17 @@ impl Pending {
     /// none when the inner service failed), and the `Cache-Status` detail that says why:
     /// `stale-if-error` within such a window of the response or the request (RFC 5861:
     /// errors, 500, 502, 503, 504), `stale-on-error` within the layer's window (errors and
-    /// every 5xx). Never when the response must be revalidated.
+    /// every 5xx). Never when the response must be revalidated. `decided`: the stored
+    /// response's headers as the cache decides by them.
     pub(super) fn stale_on_error(
         &self,
         stale: &Stale,
+        decided: &Decided,
         status: Option<StatusCode>,
     ) -> Option<Detail> {
-        let decided = self.cache.decides_by(stale.response.headers());
-        let directives = CacheControl::of(&decided);
-        if must_revalidate(&directives, self.cache.options.shared)
-            || !self.cache.was_fresh(&stale.entry)
+        let directives = &decided.directives;
+        if must_revalidate(directives, self.cache.options.shared)
+            || !self.cache.was_fresh(&stale.entry, decided)
         {
             return None;
         }
@@ -196,7 +199,7 @@ impl Pending {
                 .map(Duration::from_secs)
         };
         let asked = CacheControl::of(&self.request.headers);
-        let directive = [seconds(&directives), seconds(&asked)]
+        let directive = [seconds(directives), seconds(&asked)]
             .into_iter()
             .flatten()
             .max();
@@ -272,7 +275,9 @@ impl Pending {
         if self.request.method != Method::POST
             || !cache.options.reuse_post
             || self.mode != CacheMode::Default
-            || !super::ttl::explicit_freshness(&cache.decides_by(response), cache.options.shared)
+            || !cache
+                .decided(response)
+                .explicit_freshness(response, cache.options.shared)
         {
             return None;
         }
@@ -340,11 +345,12 @@ impl Pending {
         let cache = &self.cache;
         let now = cache.now();
         let (fresh_parts, _) = response.into_parts();
-        let fresh_view = cache.policy_response(
+        let fresh = (
             fresh_parts.status,
             fresh_parts.version,
             &fresh_parts.headers,
         );
+        let fresh_view = cache.policy_response(fresh, &cache.decided(fresh.2));
         let after = stale.entry.policy.after_response(
             &engine_view::request(&self.request),
             &fresh_view,
@@ -376,8 +382,11 @@ impl Pending {
         // What the 304 says to the client that caused it alone (in a shared cache a cookie
         // set on one user's revalidation would be replayed to every user), and what the
         // freshened headers name in a qualified `no-cache` or `private`: never stored.
-        let names = cache.withheld(&merged);
-        take_fields(&mut merged, &names);
+        let mut decided = cache.decided(&merged);
+        let names = cache.withheld(&merged, &decided);
+        if !take_fields(&mut merged, &names).is_empty() {
+            decided = cache.decided(&merged);
+        }
         let to_client_only = take_fields(&mut fresh_headers, &names);
         // The route's `Ttl` decides anew from the freshened headers (the 304's own
         // extensions standing for the response's).
@@ -393,11 +402,14 @@ impl Pending {
             self.request_ttl.as_deref().copied(),
         );
         let stored_request = self.stored_request(&freshened.headers);
-        cache.apply_ttl(rule, &mut freshened, &stored_request);
+        if cache.apply_ttl(rule, &mut freshened, &stored_request, &decided) {
+            decided = cache.decided(&freshened.headers);
+        }
         let merged = freshened.headers;
         let mut head = Response::new(());
         *head.status_mut() = stored_parts.status;
-        *head.headers_mut() = engine_view::normalized(&cache.decides_by(&merged));
+        *head.headers_mut() =
+            engine_view::normalized_by(decided.headers(&merged), &decided.directives);
         let policy = CachePolicy::new_options(
             &self.stored_request(&merged),
             &head,

@@ -156,12 +156,13 @@ impl HttpStreamingCache {
             }
             Verdict::Stale
                 if mode == CacheMode::Default && {
-                    let decided = CacheControl::of(&self.decides_by(response.headers()));
-                    !must_revalidate(&decided, self.options.shared)
+                    let decided = self.decided(response.headers());
+                    !must_revalidate(&decided.directives, self.options.shared)
                         && decided
+                            .directives
                             .seconds("stale-while-revalidate")
                             .is_some_and(|s| stale_for_at_most(policy, now, Duration::from_secs(s)))
-                        && self.was_fresh(&entry)
+                        && self.was_fresh(&entry, &decided)
                 } =>
             {
                 self.stale_while_revalidate(parts, key, response, &entry, stored_key, now)

@@ -48,6 +48,7 @@ impl Pending {
         let status = parts.status;
         let (shared, rules) = (cache.options.shared, self.mode != CacheMode::IgnoreRules);
         let rule = cache.ttl_rule(&self.request, &parts, self.request_ttl.as_deref().copied());
+        let mut decided = cache.decided(&parts.headers);
         // Why the storing rules refuse it, if they do; then what this cache refuses that
         // the origin allowed.
         let refused = if self.request.method != Method::GET {
@@ -59,7 +60,7 @@ impl Pending {
         } else {
             let (request, response) = (
                 engine_view::request(&self.request),
-                cache.policy_response(status, parts.version, &parts.headers),
+                cache.policy_response((status, parts.version, &parts.headers), &decided),
             );
             let policy = CachePolicy::new_options(&request, &response, now, options);
             if !policy.is_storable() {
@@ -76,7 +77,7 @@ impl Pending {
         // The fields only this response's client gets (its cookie, what a qualified
         // `no-cache` or `private` names): never in the stored copy, nor to followers.
         let withheld = if refused.is_none() {
-            let names = cache.withheld(&parts.headers);
+            let names = cache.withheld(&parts.headers, &decided);
             take_fields(&mut parts.headers, &names)
         } else {
             HeaderMap::new()
@@ -92,20 +93,22 @@ impl Pending {
             return Finished::Ready(self.not_stored(response, fwd, refused, withheld, found));
         };
         let stored_request = self.stored_request(&names_as_vary(&names));
-        cache.apply_ttl(rule, &mut parts, &stored_request);
-        let response = Response::from_parts(parts, body);
+        // The stored copy is another message when fields were withheld from it or a `Ttl`'s
+        // outcome was written into it: decided anew.
+        if !withheld.is_empty() {
+            decided = cache.decided(&parts.headers);
+        }
+        if cache.apply_ttl(rule, &mut parts, &stored_request, &decided) {
+            decided = cache.decided(&parts.headers);
+        }
+        let stored = (status, parts.version, &parts.headers);
         // A response with neither freshness nor a validator can never be reused: storing it
         // would cost a write per request and risk serving one user's page stale to the next.
         let never_fresh = rules
-            && !response.headers().contains_key(header::ETAG)
-            && !response.headers().contains_key(header::LAST_MODIFIED)
+            && !parts.headers.contains_key(header::ETAG)
+            && !parts.headers.contains_key(header::LAST_MODIFIED)
             && cache
-                .freshness_lifetime(
-                    status,
-                    response.version(),
-                    response.headers(),
-                    &stored_request,
-                )
+                .freshness_lifetime(stored, &decided, &stored_request)
                 .is_zero();
         let refused = if never_fresh {
             Some(NotStored::NoFreshness)
@@ -119,9 +122,11 @@ impl Pending {
             None
         };
         if let Some(refused) = refused {
+            let response = Response::from_parts(parts, body);
             return Finished::Ready(self.not_stored(response, fwd, refused, withheld, found));
         }
-        let head = cache.policy_response(status, response.version(), response.headers());
+        let head = cache.policy_response(stored, &decided);
+        let response = Response::from_parts(parts, body);
         let policy = CachePolicy::new_options(&stored_request, &head, now, options);
         let leader = leader.map(|leader| {
             let (status, version) = (response.status(), response.version());

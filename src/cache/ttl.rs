@@ -126,6 +126,33 @@ impl Ttl {
         Some(ttl)
     }
 
+    /// The directives of this rule's outcome for a response whose own freshness is
+    /// `origin` (`explicit`: given by the origin, not heuristic), as the cache's own field
+    /// writes them; `None` when the origin's freshness stands as it is.
+    pub(super) fn outcome(&self, explicit: bool, origin: Duration) -> Option<String> {
+        let mut lifetime = match (self.fixed, explicit, self.default) {
+            (Some(fixed), _, _) => fixed,
+            (None, false, Some(default)) => default,
+            _ => origin,
+        };
+        if let Some(min) = self.min {
+            lifetime = lifetime.max(min);
+        }
+        if let Some(max) = self.max {
+            lifetime = lifetime.min(max);
+        }
+        if lifetime == origin && self.grace.is_none() {
+            return None;
+        }
+        let mut directives = vec![format!("max-age={}", lifetime.as_secs())];
+        if let Some(grace) = self.grace {
+            let grace = grace.as_secs();
+            directives.push(format!("stale-while-revalidate={grace}"));
+            directives.push(format!("stale-if-error={grace}"));
+        }
+        Some(directives.join(", "))
+    }
+
     /// Whether the response may be stored.
     pub(super) fn stores(&self) -> bool {
         !self.no_store
@@ -167,47 +194,6 @@ impl HttpStreamingCache {
         };
         own.over(self.options.ttl)
     }
-
-    /// Writes `rule`'s outcome for a response (`head`, as stored) into its headers as the
-    /// cache's own field, replacing any there, or leaves none when the origin's freshness
-    /// stands as it is.
-    pub(super) fn apply_ttl(
-        &self,
-        rule: Ttl,
-        head: &mut response::Parts,
-        request: &request::Parts,
-    ) {
-        head.headers.remove(TTL_FIELD);
-        if rule == Ttl::default() {
-            return;
-        }
-        let shared = self.options.shared;
-        let explicit = explicit_freshness(&self.decides_by(&head.headers), shared);
-        let origin = self.freshness_lifetime(head.status, head.version, &head.headers, request);
-        let mut lifetime = match (rule.fixed, explicit, rule.default) {
-            (Some(fixed), _, _) => fixed,
-            (None, false, Some(default)) => default,
-            _ => origin,
-        };
-        if let Some(min) = rule.min {
-            lifetime = lifetime.max(min);
-        }
-        if let Some(max) = rule.max {
-            lifetime = lifetime.min(max);
-        }
-        if lifetime == origin && rule.grace.is_none() {
-            return;
-        }
-        let mut directives = vec![format!("max-age={}", lifetime.as_secs())];
-        if let Some(grace) = rule.grace {
-            let grace = grace.as_secs();
-            directives.push(format!("stale-while-revalidate={grace}"));
-            directives.push(format!("stale-if-error={grace}"));
-        }
-        if let Ok(value) = HeaderValue::try_from(directives.join(", ")) {
-            head.headers.insert(TTL_FIELD, value);
-        }
-    }
 }
 
 /// The headers a cache decides freshness and storability by: `headers` with the first of
@@ -227,15 +213,6 @@ pub(super) fn decided<'h>(
     match headers.get(TTL_FIELD) {
         Some(own) => Cow::Owned(overlaid(&decided, own, shared)),
         None => decided,
-    }
-}
-
-/// Whether `decided` (the headers a cache decides by) give explicit freshness: `max-age`,
-/// `s-maxage` in a shared cache, or `Expires`.
-pub(super) fn explicit_freshness(decided: &HeaderMap, shared: bool) -> bool {
-    decided.contains_key(http::header::EXPIRES) || {
-        let directives = CacheControl::of(decided);
-        directives.has("max-age") || (shared && directives.has("s-maxage"))
     }
 }
 

@@ -29,9 +29,17 @@ use super::cache_control::{CacheControl, DELTA_SECONDS, Qualified, delta_seconds
 
 /// `headers` as the policy engine is to read them (see the module's documentation).
 pub(crate) fn normalized(headers: &HeaderMap) -> HeaderMap {
+    let directives = match headers.contains_key(header::CACHE_CONTROL) {
+        true => CacheControl::of(headers),
+        false => CacheControl::default(),
+    };
+    normalized_by(headers, &directives)
+}
+
+/// [`normalized`], `directives` being the `Cache-Control` of `headers`, parsed already.
+pub(crate) fn normalized_by(headers: &HeaderMap, directives: &CacheControl) -> HeaderMap {
     let mut view = headers.clone();
     if headers.contains_key(header::CACHE_CONTROL) {
-        let directives = CacheControl::of(headers);
         let written: Vec<String> = directives
             .directives()
             .iter()
@@ -131,17 +139,19 @@ pub(crate) fn understands(status: http::StatusCode) -> bool {
 /// `public`, is shown as a `200`, which the engine stores and reuses as the origin asked
 /// (but under `must-understand` for a status this cache does not understand); a `no-store`
 /// with `must-understand` on an understood status is dropped (§5.2.2.3), since this cache
-/// understands it.
+/// understands it. `directives` is the `Cache-Control` of `headers`, parsed already.
 pub(crate) fn policy_head(
     status: http::StatusCode,
     version: http::Version,
     headers: &HeaderMap,
+    directives: &CacheControl,
 ) -> http::response::Parts {
-    let mut view = normalized(headers);
-    let directives = CacheControl::of(&view);
+    let mut view = normalized_by(headers, directives);
+    // The directives the view keeps are those of `directives` by name: normalizing changes
+    // values and drops only a qualified `no-cache` or `private`, none of those asked here.
     let has = |name: &str| directives.has(name);
     if has("must-understand") && has("no-store") && understands(status) {
-        let kept: Vec<String> = directives
+        let kept: Vec<String> = CacheControl::of(&view)
             .directives()
             .iter()
             .filter(|d| d.name != "no-store")

@@ -11,6 +11,8 @@ use http_cache_streaming::CacheMode;
 
 /// A caching reverse proxy: every request goes to one upstream through an RFC 9111 cache
 /// on disk.
+/// A caching reverse proxy in front of one origin: responses stored on disk by the rules of
+/// RFC 9111, streamed to clients as they arrive.
 #[derive(Parser, Debug)]
 #[command(
     name = "http-cache-proxy",
@@ -256,6 +258,7 @@ pub(crate) struct Args {
     pub(crate) quiet: bool,
 }
 
+/// The eviction policy `--eviction` names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum EvictionFlag {
     #[value(name = "s3-fifo")]
@@ -272,6 +275,7 @@ impl From<EvictionFlag> for http_cache_streaming::Eviction {
     }
 }
 
+/// How log lines are written (`--log-format`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum LogFormat {
     Text,

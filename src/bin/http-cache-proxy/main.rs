@@ -69,6 +69,7 @@ use args::{Args, LogFormat};
 use clients::{ClientLimits, Watched};
 use upstream::{CONNECTION_BUFFER, RequestBody, Upstream};
 
+/// Any error the proxy reports and exits with.
 pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// Threads for lookups and reads of hits (Tokio's default is 512).
