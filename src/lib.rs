@@ -118,6 +118,8 @@ mod service;
 pub mod storage;
 mod store;
 mod support;
+#[cfg(test)]
+mod testing;
 
 pub use body::StreamingBody;
 pub use cache::CacheMode;

@@ -2,7 +2,8 @@
 //! field of its own (`CDN-Cache-Control`) in place of `Cache-Control`, a [`Ttl`]'s outcome
 //! in place of the origin's freshness, and the `Cache-Control` decided by parsed once, for
 //! every decision about that message to read: storability, freshness, the fields withheld,
-//! whether it may be served stale.
+//! whether it may be served stale. A stored response is decided anew where it is looked up
+//! and judged (its parse is not kept with the entry, which would cost memory per entry).
 //!
 //! [`Ttl`]: super::Ttl
 
@@ -185,8 +186,8 @@ impl HttpStreamingCache {
 #[cfg(test)]
 mod tests {
     use crate::cache::HttpStreamingCache;
-    use crate::cache::testing::{Clock, Origin, bytes, field, request, serve};
     use crate::fields::test_headers as headers;
+    use crate::testing::{Clock, Origin, bytes, field, request, serve};
 
     #[test]
     fn a_targeted_field_stands_in_for_cache_control_and_the_origins_own_is_kept_for_withholding() {

@@ -42,8 +42,8 @@ pub(super) fn freshened(stored: &HeaderMap, fresh: &HeaderMap, now: SystemTime) 
 mod tests {
     use super::*;
     use crate::cache::HttpStreamingCache;
-    use crate::cache::testing::{Clock, MemoryStore, Origin, bytes, field, request, serve};
     use crate::fields::test_headers as headers;
+    use crate::testing::{Clock, MemoryStore, Origin, bytes, field, request, serve};
     use std::time::Duration;
 
     fn values(headers: &HeaderMap, name: &str) -> Vec<String> {

@@ -1,6 +1,7 @@
 //! [`HttpStreamingCache`]: the RFC 9111 decisions (lookup, freshness, revalidation, storing,
-//! invalidation) over a [`StreamingManager`]. It knows nothing of files: every byte goes
-//! through the manager.
+//! invalidation) over its store, reached only through `CacheStore` and held as a `Backing`
+//! (the [`StreamingManager`] it was made with, or a store in memory in unit tests). It
+//! knows nothing of files: every byte goes through the store.
 
 mod decided;
 mod directives;
@@ -16,8 +17,6 @@ mod purge;
 mod stats;
 mod status;
 mod storing;
-#[cfg(test)]
-mod testing;
 mod ttl;
 mod variants;
 
@@ -204,6 +203,17 @@ impl HttpStreamingCache {
             counters: Arc::default(),
             invalidations: Arc::new(FleetInvalidations::new()),
         }
+    }
+
+    /// A cache with `options` over a new store in memory, and the store: what the rules'
+    /// unit tests run on (see `crate::testing`).
+    #[cfg(test)]
+    pub(crate) fn in_memory(
+        options: HttpCacheOptions,
+    ) -> (Self, crate::cache_store::memory::MemoryStore) {
+        let store = crate::cache_store::memory::MemoryStore::new();
+        let cache = HttpStreamingCache::over(Backing::Memory(store.clone())).with_options(options);
+        (cache, store)
     }
 
     /// Replaces the options.

@@ -447,8 +447,8 @@ async fn partial_entry(
 mod tests {
     use super::*;
 
-    use crate::cache::testing::{Clock, Origin, bytes, field, request, serve};
     use crate::fields::test_headers as head;
+    use crate::testing::{Clock, Origin, bytes, field, request, serve};
 
     #[test]
     fn a_206_is_malformed_only_when_it_disagrees_with_itself() {

@@ -497,7 +497,7 @@ pub(crate) fn replace_validators(parts: &mut request::Parts, conditional: Option
 #[cfg(test)]
 mod tests {
     use crate::cache::HttpStreamingCache;
-    use crate::cache::testing::{Clock, MemoryStore, Origin, bytes, field, request, serve};
+    use crate::testing::{Clock, MemoryStore, Origin, bytes, field, request, serve};
 
     const URL: &str = "http://example.com/a";
 

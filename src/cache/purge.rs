@@ -173,7 +173,7 @@ impl HttpStreamingCache {
 #[cfg(test)]
 mod tests {
     use crate::cache::HttpStreamingCache;
-    use crate::cache::testing::{Clock, Origin, bytes, request, serve};
+    use crate::testing::{Clock, Origin, bytes, request, serve};
 
     const URL: &str = "http://example.com/a";
 

@@ -248,7 +248,7 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use crate::cache::HttpStreamingCache;
-    use crate::cache::testing::{Clock, Origin, bytes, field, request, serve};
+    use crate::testing::{Clock, Origin, bytes, field, request, serve};
 
     const URL: &str = "http://example.com/a";
     const KEY: &str = "GET:http://example.com/a";

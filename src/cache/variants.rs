@@ -210,7 +210,7 @@ pub(super) fn is_internal(name: &HeaderName) -> bool {
 #[cfg(test)]
 mod tests {
     use crate::cache::HttpStreamingCache;
-    use crate::cache::testing::{Clock, Origin, bytes, field, request, serve};
+    use crate::testing::{Clock, Origin, bytes, field, request, serve};
 
     const URL: &str = "http://example.com/a";
 

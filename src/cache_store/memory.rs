@@ -20,17 +20,21 @@ use super::{CacheStore, StoredResponse};
 use crate::body::{SharedFill, StreamingBody, TeeSink, boxed};
 use crate::collapse::{Background, FillEnd, FillHead, FillLeader, Fills, Role};
 use crate::error::{BoxError, Error, ErrorKind, Result};
+use crate::fleet::leases::{FleetFills, Lease};
 use crate::format::layout::Hash32;
 use crate::format::record::{Entry, content_length};
 use crate::rt::lock;
+use crate::store::ForPeer;
+use crate::store::partial_entry::{PartialEntry, PartialHead};
 use crate::store::{StoreStats, StreamingManager};
 
-/// Whole responses in a map, by key.
+/// The `CacheStore` the rules' unit tests run on: whole responses by key, in memory.
 #[derive(Clone)]
 pub(crate) struct MemoryStore {
     inner: Arc<Inner>,
 }
 
+/// What the clones of a [`MemoryStore`] share.
 struct Inner {
     entries: Mutex<HashMap<String, (Arc<Entry>, Bytes)>>,
     fills: Arc<Fills>,
@@ -39,6 +43,7 @@ struct Inner {
 }
 
 impl MemoryStore {
+    /// An empty store.
     pub(crate) fn new() -> Self {
         MemoryStore {
             inner: Arc::new(Inner {
@@ -49,6 +54,7 @@ impl MemoryStore {
         }
     }
 
+    /// The never-opened manager [`Backing::manager`](super::Backing::manager) answers.
     pub(crate) fn unopened(&self) -> &StreamingManager {
         &self.inner.unopened
     }
@@ -246,6 +252,36 @@ impl CacheStore for MemoryStore {
     }
     fn fills_in_flight(&self) -> usize {
         self.inner.fills.len()
+    }
+    // No partial entries, no fleet.
+    fn partial(&self, _key: &str) -> Option<Arc<PartialEntry>> {
+        None
+    }
+    async fn partial_for(
+        &self,
+        _key: &str,
+        _etag: &str,
+        _total: u64,
+        _head: PartialHead,
+    ) -> Result<Arc<PartialEntry>> {
+        Err(Error::new(ErrorKind::Io).with_subject("this store keeps no partial entries"))
+    }
+    fn drop_partial(&self, _key: &str) {}
+
+    fn fleet_fills(&self) -> Option<&FleetFills> {
+        None
+    }
+    async fn take_lease(&self, _key: &str, _unreachable: Option<&str>) -> Lease {
+        Lease::Alone
+    }
+    async fn for_peer(&self, _key: &str, _wait: Duration) -> ForPeer {
+        ForPeer::Nothing
+    }
+    fn shares_purges(&self) -> bool {
+        false
+    }
+    async fn publish_prefix_purge(&self, _prefix: &str) -> Result<()> {
+        Ok(())
     }
 }
 

@@ -18,7 +18,7 @@ use url::Url;
 
 use crate::body::StreamingBody;
 use crate::collapse::{Background, FillHead, FillLeader, Role};
-use crate::error::{BoxError, Error, ErrorKind, Result};
+use crate::error::{BoxError, Error, Result};
 use crate::fleet::leases::{FleetFills, Lease};
 use crate::format::record::Entry;
 use crate::store::partial_entry::{PartialEntry, PartialHead};
@@ -27,8 +27,9 @@ use crate::store::{ForPeer, StoreStats, StreamingManager};
 /// A stored response as a lookup finds it: the response, its body streaming, and its record.
 pub(crate) type StoredResponse = (Response<StreamingBody>, Arc<Entry>);
 
-/// What a cache asks of its store. The fleet's operations and partial entries have
-/// defaults for a store with neither: no peers, no purge log, no ranges kept.
+/// What a cache asks of its store. No method has a default: a new one is implemented by
+/// each store and forwarded by [`Backing`], or nothing compiles (a default that `Backing`
+/// did not forward would answer in production in the manager's place).
 pub(crate) trait CacheStore {
     /// Opens the store, for a service that fails early on one it cannot use.
     fn open(&self) -> impl Future<Output = Result<()>> + Send;
@@ -93,47 +94,32 @@ pub(crate) trait CacheStore {
     fn fills_in_flight(&self) -> usize;
 
     /// The partial entry kept for `key` (a response received in ranges).
-    fn partial(&self, _key: &str) -> Option<Arc<PartialEntry>> {
-        None
-    }
+    fn partial(&self, key: &str) -> Option<Arc<PartialEntry>>;
     /// The partial entry of `key` for the representation `etag`, `total` bytes long.
     fn partial_for(
         &self,
-        _key: &str,
-        _etag: &str,
-        _total: u64,
-        _head: PartialHead,
-    ) -> impl Future<Output = Result<Arc<PartialEntry>>> + Send {
-        let refused = Error::new(ErrorKind::Io).with_subject("this store keeps no partial entries");
-        std::future::ready(Err(refused))
-    }
+        key: &str,
+        etag: &str,
+        total: u64,
+        head: PartialHead,
+    ) -> impl Future<Output = Result<Arc<PartialEntry>>> + Send;
     /// Forgets the partial entry of `key`.
-    fn drop_partial(&self, _key: &str) {}
+    fn drop_partial(&self, key: &str);
 
     /// The fleet's fills this store takes part in.
-    fn fleet_fills(&self) -> Option<&FleetFills> {
-        None
-    }
+    fn fleet_fills(&self) -> Option<&FleetFills>;
     /// Takes `key`'s lease in the fleet, or finds who holds it.
     fn take_lease(
         &self,
-        _key: &str,
-        _unreachable: Option<&str>,
-    ) -> impl Future<Output = Lease> + Send {
-        std::future::ready(Lease::Alone)
-    }
+        key: &str,
+        unreachable: Option<&str>,
+    ) -> impl Future<Output = Lease> + Send;
     /// What a peer asking for `key` is served.
-    fn for_peer(&self, _key: &str, _wait: Duration) -> impl Future<Output = ForPeer> + Send {
-        std::future::ready(ForPeer::Nothing)
-    }
+    fn for_peer(&self, key: &str, wait: Duration) -> impl Future<Output = ForPeer> + Send;
     /// Whether deletes here go to a purge log the fleet reads.
-    fn shares_purges(&self) -> bool {
-        false
-    }
+    fn shares_purges(&self) -> bool;
     /// Writes a purge of every key under `prefix` to the fleet's log.
-    fn publish_prefix_purge(&self, _prefix: &str) -> impl Future<Output = Result<()>> + Send {
-        std::future::ready(Ok(()))
-    }
+    fn publish_prefix_purge(&self, prefix: &str) -> impl Future<Output = Result<()>> + Send;
 }
 
 impl CacheStore for StreamingManager {
@@ -255,7 +241,9 @@ impl CacheStore for StreamingManager {
 /// call on the way.
 #[derive(Clone)]
 pub(crate) enum Backing {
+    /// The manager the cache was made with.
     Disk(StreamingManager),
+    /// A store in memory, for the rules' unit tests.
     #[cfg(test)]
     Memory(memory::MemoryStore),
 }

@@ -1,6 +1,7 @@
-//! A driver that answers requests through a cache as the layer does, for the cache's unit
-//! tests: each rule is tested through [`HttpStreamingCache`] over a store in memory, an
-//! origin closure counting what it is asked, and a clock the test moves.
+//! Support for the crate's unit tests of the cache rules: a driver that answers requests
+//! through an [`HttpStreamingCache`] as the layer does (over a store in memory, see
+//! `HttpStreamingCache::in_memory`), an origin closure counting what it is asked, and a
+//! clock the test moves.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,21 +13,12 @@ use bytes::Bytes;
 use http::{Request, Response, request};
 use http_body_util::{BodyExt as _, Full};
 
-use super::{Finished, HttpCacheOptions, HttpStreamingCache, Pending, Plan, Start};
 use crate::body::StreamingBody;
-use crate::cache_store::Backing;
+use crate::cache::{Finished, HttpCacheOptions, HttpStreamingCache, Pending, Plan, Start};
 pub(crate) use crate::cache_store::memory::MemoryStore;
 use crate::rt::lock;
 
-impl HttpStreamingCache {
-    /// A cache with `options` over a new store in memory, and the store.
-    pub(crate) fn in_memory(options: HttpCacheOptions) -> (HttpStreamingCache, MemoryStore) {
-        let store = MemoryStore::new();
-        let cache = HttpStreamingCache::over(Backing::Memory(store.clone())).with_options(options);
-        (cache, store)
-    }
-}
-
+/// An origin's answer to come.
 type Answer = Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>;
 
 /// An origin for the tests: answers each request with what its closure makes of it, and
@@ -103,7 +95,7 @@ pub(crate) async fn serve(
                     parts.headers.remove(http::header::IF_RANGE);
                 }
                 let again = pending.revalidates().then(|| parts.clone());
-                super::replace_validators(&mut parts, conditional);
+                crate::cache::replace_validators(&mut parts, conditional);
                 return fetch(origin, pending, parts, again).await;
             }
             (
@@ -115,7 +107,7 @@ pub(crate) async fn serve(
                 mut parts,
             ) => {
                 let again = pending.revalidates().then(|| parts.clone());
-                super::replace_validators(&mut parts, conditional);
+                crate::cache::replace_validators(&mut parts, conditional);
                 let origin = origin.clone();
                 tokio::spawn(async move {
                     let answer = fetch(&origin, pending, parts, again).await;
