@@ -140,6 +140,22 @@ impl<S: Clone, ReqB: 'static> Call<S, ReqB> {
     }
 }
 
+/// Replaces a request's validators with those of a revalidation (or its `Range` and
+/// `If-Range` with those of a partial entry's fetch): each header named replaces the
+/// client's.
+fn apply_validators(parts: &mut request::Parts, conditional: Option<http::HeaderMap>) {
+    if let Some(validators) = conditional {
+        parts.headers.remove(http::header::IF_NONE_MATCH);
+        parts.headers.remove(http::header::IF_MODIFIED_SINCE);
+        for name in validators.keys() {
+            parts.headers.remove(name);
+        }
+        for (name, value) in &validators {
+            parts.headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
 /// Calls the inner service once it is ready and stores what it answers, reading the body
 /// to its end since no client does.
 async fn revalidate_in_background<S, ReqB, ResB>(
@@ -230,7 +246,7 @@ where
                                 panic!("ResponseFuture polled after completion");
                             };
                             let again = Call::prepare(&service, &parts, pending.revalidates());
-                            crate::cache::replace_validators(&mut parts, conditional);
+                            apply_validators(&mut parts, conditional);
                             let request = Request::from_parts(parts, body);
                             state.set(State::Calling {
                                 call: Some(Call { service, request }),
@@ -249,7 +265,7 @@ where
                                 tokio::runtime::Handle::try_current(),
                             ) {
                                 let again = Call::prepare(&service, &parts, pending.revalidates());
-                                crate::cache::replace_validators(&mut parts, conditional);
+                                apply_validators(&mut parts, conditional);
                                 let request = Request::from_parts(parts, body);
                                 runtime.spawn(revalidate_in_background(
                                     service, request, pending, again,

@@ -1,5 +1,5 @@
-//! Support for the crate's unit tests of the cache rules: a driver that answers requests
-//! through an [`HttpStreamingCache`] as the layer does (over a store in memory, see
+//! Support for the crate's unit tests of the cache rules: requests answered through an
+//! [`HttpStreamingCache`] by the layer's own service (over a store in memory, see
 //! `HttpStreamingCache::in_memory`), an origin closure counting what it is asked, and a
 //! clock the test moves.
 
@@ -7,6 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -14,7 +15,7 @@ use http::{Request, Response, request};
 use http_body_util::{BodyExt as _, Full};
 
 use crate::body::StreamingBody;
-use crate::cache::{Finished, HttpCacheOptions, HttpStreamingCache, Pending, Plan, Start};
+use crate::cache::{HttpCacheOptions, HttpStreamingCache};
 pub(crate) use crate::cache_store::memory::MemoryStore;
 use crate::rt::lock;
 
@@ -62,7 +63,7 @@ impl Origin {
         lock(&self.asked).clone()
     }
 
-    fn call(&self, parts: request::Parts) -> Answer {
+    fn answer(&self, parts: request::Parts) -> Answer {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let answer = (self.answer)(&parts);
         lock(&self.asked).push(parts);
@@ -70,80 +71,34 @@ impl Origin {
     }
 }
 
-/// Answers `request` through `cache` as the layer does, `origin` in the inner service's
-/// place; a revalidation in the background runs on a task of its own.
+/// Answers `request` through `cache` with the layer's own service, `origin` as the
+/// service it wraps; a revalidation in the background runs on a task of its own, as the
+/// layer runs it.
 pub(crate) async fn serve(
     cache: &HttpStreamingCache,
     origin: &Origin,
     request: Request<()>,
 ) -> Response<StreamingBody> {
-    let (parts, ()) = request.into_parts();
-    let (pending, onward) = match cache.start(parts) {
-        Start::Ready(response) => return response,
-        Start::Forward(parts, pending) => (pending, parts),
-        Start::Lookup(lookup) => match lookup.await {
-            (Plan::Respond(response), _) => return response,
-            (
-                Plan::Forward {
-                    conditional,
-                    pending,
-                },
-                mut parts,
-            ) => {
-                if pending.fetches_whole() {
-                    parts.headers.remove(http::header::RANGE);
-                    parts.headers.remove(http::header::IF_RANGE);
-                }
-                let again = pending.revalidates().then(|| parts.clone());
-                crate::cache::replace_validators(&mut parts, conditional);
-                return fetch(origin, pending, parts, again).await;
-            }
-            (
-                Plan::Background {
-                    response,
-                    conditional,
-                    pending,
-                },
-                mut parts,
-            ) => {
-                let again = pending.revalidates().then(|| parts.clone());
-                crate::cache::replace_validators(&mut parts, conditional);
-                let origin = origin.clone();
-                tokio::spawn(async move {
-                    let answer = fetch(&origin, pending, parts, again).await;
-                    let _ = answer.into_body().collect().await;
-                });
-                return response;
-            }
-        },
-    };
-    let again = pending.revalidates().then(|| onward.clone());
-    fetch(origin, pending, onward, again).await
+    let service = crate::service::HttpCacheStreaming::new(origin.clone(), cache.clone());
+    match tower::ServiceExt::oneshot(service, request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
 }
 
-/// The origin's answer to `parts`, as `pending` finishes it; `again` is sent when a
-/// revalidation's `304` selects nothing.
-async fn fetch(
-    origin: &Origin,
-    pending: Pending,
-    parts: request::Parts,
-    again: Option<request::Parts>,
-) -> Response<StreamingBody> {
-    let answer = origin.call(parts).await;
-    match pending.finish(answer) {
-        Finished::Ready(response) => response,
-        Finished::Later(future) => future.await,
-        Finished::Again(pending) => match again {
-            Some(parts) => {
-                let answer = origin.call(parts).await;
-                match pending.finish(answer) {
-                    Finished::Ready(response) => response,
-                    Finished::Later(future) => future.await,
-                    Finished::Again(pending) => pending.not_selected(),
-                }
-            }
-            None => pending.not_selected(),
-        },
+/// The origin as the service the layer wraps.
+impl tower_service::Service<Request<()>> for Origin {
+    type Response = Response<Full<Bytes>>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<()>) -> Self::Future {
+        let answer = self.answer(request.into_parts().0);
+        Box::pin(async move { Ok(answer.await) })
     }
 }
 

@@ -25,7 +25,6 @@ pub use crate::key::is_valid_authority;
 pub use directives::strip_hop_by_hop;
 pub use mode::CacheMode;
 pub use options::HttpCacheOptions;
-pub(crate) use plan::replace_validators;
 pub use stats::{CacheStats, OriginRequests};
 pub use status::NotStored;
 pub use ttl::Ttl;

@@ -478,22 +478,6 @@ impl HttpStreamingCache {
     }
 }
 
-/// Replaces a request's validators with those of a revalidation (or its `Range` and
-/// `If-Range` with those of a partial entry's fetch): each header named replaces the
-/// client's.
-pub(crate) fn replace_validators(parts: &mut request::Parts, conditional: Option<http::HeaderMap>) {
-    if let Some(validators) = conditional {
-        parts.headers.remove(http::header::IF_NONE_MATCH);
-        parts.headers.remove(http::header::IF_MODIFIED_SINCE);
-        for name in validators.keys() {
-            parts.headers.remove(name);
-        }
-        for (name, value) in &validators {
-            parts.headers.append(name.clone(), value.clone());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use crate::cache::HttpStreamingCache;
