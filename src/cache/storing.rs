@@ -49,6 +49,9 @@ impl Pending {
         let (shared, rules) = (cache.options.shared, self.mode != CacheMode::IgnoreRules);
         let rule = cache.ttl_rule(&self.request, &parts, self.request_ttl.as_deref().copied());
         let mut decided = cache.decided(&parts.headers);
+        // The head the policy engine reads, made for the storing rules and kept for the
+        // stored policy while the stored copy stays the same message.
+        let mut head = None;
         // Why the storing rules refuse it, if they do; then what this cache refuses that
         // the origin allowed.
         let refused = if self.request.method != Method::GET {
@@ -63,7 +66,7 @@ impl Pending {
                 cache.policy_response((status, parts.version, &parts.headers), &decided),
             );
             let policy = CachePolicy::new_options(&request, &response, now, options);
-            if !policy.is_storable() {
+            let refused = if !policy.is_storable() {
                 Some(why_not_storable(&request, &response, shared))
             } else if shared_cookie(shared, &parts.headers) && !cache.options.store_set_cookie {
                 Some(NotStored::SetCookie)
@@ -71,7 +74,9 @@ impl Pending {
                 Some(NotStored::ErrorStatus)
             } else {
                 None
-            }
+            };
+            head = Some(response);
+            refused
         };
         let refused = refused.or((!rule.stores()).then_some(NotStored::Ttl));
         // The fields only this response's client gets (its cookie, what a qualified
@@ -97,9 +102,11 @@ impl Pending {
         // outcome was written into it: decided anew.
         if !withheld.is_empty() {
             decided = cache.decided(&parts.headers);
+            head = None;
         }
         if cache.apply_ttl(rule, &mut parts, &stored_request, &decided) {
             decided = cache.decided(&parts.headers);
+            head = None;
         }
         let stored = (status, parts.version, &parts.headers);
         // A response with neither freshness nor a validator can never be reused: storing it
@@ -125,7 +132,7 @@ impl Pending {
             let response = Response::from_parts(parts, body);
             return Finished::Ready(self.not_stored(response, fwd, refused, withheld, found));
         }
-        let head = cache.policy_response(stored, &decided);
+        let head = head.unwrap_or_else(|| cache.policy_response(stored, &decided));
         let response = Response::from_parts(parts, body);
         let policy = CachePolicy::new_options(&stored_request, &head, now, options);
         let leader = leader.map(|leader| {
