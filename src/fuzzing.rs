@@ -92,6 +92,7 @@ pub fn record_edits(bytes: &[u8]) {
         digest: crate::format::layout::Hash32::of(b"body"),
         length: 4,
         stored_at: std::time::UNIX_EPOCH,
+        tags: Default::default(),
     };
     let good = entry.encode().expect("the sample encodes");
     let mut edited = good.clone();

@@ -132,6 +132,7 @@ pub use counter::Counter;
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use eviction::Eviction;
 pub use fleet::{FILL_PATH, FleetFills, PeerClient};
+pub use format::tags::may_be_tag_field;
 pub use future::ResponseFuture;
 pub use layer::HttpCacheStreamingLayer;
 #[cfg(feature = "reqwest")]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::s3::{PROXY_ENV, endpoint, new_bucket};
-use common::{Generated, Got, Origin, PATIENCE, PURGE_TOKEN, Proxy};
+use common::{Generated, Got, Origin, PATIENCE, PURGE_TOKEN, Proxy, free_port};
 use http_body_util::BodyExt as _;
 
 /// A proxy of the fleet: its own cache directory, the shared bucket.
@@ -124,14 +124,6 @@ async fn a_purge_on_one_proxy_reaches_the_whole_fleet() {
 }
 
 const SECRET: &str = "a secret the fleet shares";
-
-/// A free loopback port, for a proxy's fleet listener (its address goes into its leases).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .unwrap()
-        .port()
-}
 
 /// A proxy of the fleet with fleet fills on, and the port peers reach it at
 /// (`127.0.0.1:<port>`, which goes into its leases). A port found free may be taken by

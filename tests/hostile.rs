@@ -250,7 +250,15 @@ async fn no_key_or_header_reaches_a_file_path() {
         match (parts.next(), parts.next()) {
             (Some("metadata"), Some(name)) => assert!(is_hex(name, ".json"), "{path}"),
             (Some("content"), Some(name)) => assert!(is_hex(name, ""), "{path}"),
-            (Some("metadata" | "content" | "tmp" | "access.log"), None) | (Some("tmp"), _) => {}
+            // A tag purge's note: its time and a name of the store's making.
+            (Some("purges-pending"), Some(name)) => {
+                assert!(
+                    name.ends_with(".json") && name.as_bytes()[..13].iter().all(u8::is_ascii_digit),
+                    "{path}"
+                )
+            }
+            (Some("metadata" | "content" | "tmp" | "access.log" | "purges-pending"), None)
+            | (Some("tmp"), _) => {}
             _ => panic!("unexpected path {path}"),
         }
     }

@@ -53,6 +53,22 @@ where
     common::send(&mut service.clone(), request).await
 }
 
+/// Now, in milliseconds since the epoch (as notes are named).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Changes `purges/latest`, so that the nodes list the log again.
+async fn announce(tier: &Arc<dyn Storage>, what: &'static str) {
+    let bytes = Bytes::from_static(what.as_bytes());
+    tier.put_note("purges/latest", bytes, PutNote::Overwrite)
+        .await
+        .unwrap();
+}
+
 fn log_notes(bucket: &Path) -> Vec<String> {
     common::files_in(&bucket.join("cache-v2/purges/log"))
 }
@@ -150,6 +166,78 @@ async fn a_prefix_purge_reaches_every_node_and_the_tier() {
     assert!(css.hit(), "outside the prefix: {}", css.cache_status());
 }
 
+/// An origin that tags each page with its first path segment (`/img/1` carries `img`).
+async fn tagged_origin() -> common::Origin {
+    common::Origin::start(|parts, n| {
+        let path = parts.uri.path().to_owned();
+        let tag = path.split('/').nth(1).unwrap_or("none").to_owned();
+        http::Response::builder()
+            .header("cache-control", "max-age=600")
+            .header("surrogate-key", tag)
+            .body(axum::body::Body::from(format!("{path} #{n}")))
+            .unwrap()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_purge_reaches_every_node_and_the_tier_and_forged_ones_purge_nothing() {
+    let origin = tagged_origin().await;
+    let bucket = tempfile::tempdir().unwrap();
+    let tier: Arc<dyn Storage> = Arc::new(FileStorage::new(bucket.path()));
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (a_cache, a) = node(dirs[0].path(), &tier);
+    let (_, b) = node(dirs[1].path(), &tier);
+    let paths = ["/img/1", "/img/2", "/css/1"];
+    for path in paths {
+        get(&a, &origin.url(path)).await;
+    }
+    common::eventually("copied to the tier", || {
+        common::record_files(bucket.path()).len() == 3
+    })
+    .await;
+    for path in paths {
+        assert!(get(&b, &origin.url(path)).await.hit());
+    }
+    assert_eq!(origin.hits(), 3);
+
+    // A forged note: its name hashes "img", its bytes say "css".
+    let hex = http_cache_streaming::storage::Name::of(b"img").to_hex();
+    let now = now_ms();
+    let forged = format!("purges/log/{now:013}-0123456789ab-0-t-{hex}");
+    tier.put_note(&forged, Bytes::from_static(b"css"), PutNote::Overwrite)
+        .await
+        .unwrap();
+    announce(&tier, "x").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for path in paths {
+        assert!(get(&b, &origin.url(path)).await.hit(), "{path}");
+    }
+
+    let purged = Instant::now();
+    assert_eq!(a_cache.purge_tag("img").await.unwrap(), 2);
+    common::eventually("the tier's tagged records removed", || {
+        common::record_files(bucket.path()).len() == 1
+    })
+    .await;
+    let deadline = purged + common::PATIENCE;
+    while get(&b, &origin.url("/img/1")).await.hit() {
+        assert!(Instant::now() < deadline, "B still serves /img/1");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "tag purge on A reached B in {} ms",
+        purged.elapsed().as_millis()
+    );
+    assert!(!get(&b, &origin.url("/img/2")).await.hit());
+    let css = get(&b, &origin.url("/css/1")).await;
+    assert!(css.hit(), "carries no img: {}", css.cache_status());
+    // A node that never had them reads nothing purged through from the tier.
+    let (_, c) = node(dirs[2].path(), &tier);
+    let img = get(&c, &origin.url("/img/2")).await;
+    assert!(!img.body.ends_with(b"#2"), "{:?}", img.body);
+}
+
 /// Notes are untrusted: names that do not parse, and a prefix note whose bytes are not the
 /// prefix its name hashes, purge nothing; a note dated in the future is taken as written
 /// when the tier says.
@@ -164,10 +252,7 @@ async fn forged_notes_purge_nothing() {
     assert_eq!(get(&node, &url).await.body, "/kept #1");
 
     let hex = |bytes: &[u8]| http_cache_streaming::storage::Name::of(bytes).to_hex();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let now = now_ms();
     // A prefix purge of "http://" whose note's bytes are something else.
     let forged_prefix = format!("{now:013}-0123456789ab-0-p-{}", hex(b"http://"));
     let forged = [
@@ -184,13 +269,7 @@ async fn forged_notes_purge_nothing() {
             .await
             .unwrap();
     }
-    tier.put_note(
-        "purges/latest",
-        Bytes::from_static(b"x"),
-        PutNote::Overwrite,
-    )
-    .await
-    .unwrap();
+    announce(&tier, "x").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got = get(&node, &url).await;
     assert!(got.hit(), "{}", got.cache_status());
@@ -208,13 +287,7 @@ async fn forged_notes_purge_nothing() {
     )
     .await
     .unwrap();
-    tier.put_note(
-        "purges/latest",
-        Bytes::from_static(b"y"),
-        PutNote::Overwrite,
-    )
-    .await
-    .unwrap();
+    announce(&tier, "y").await;
     let deadline = Instant::now() + common::PATIENCE;
     while get(&node, &url).await.hit() {
         assert!(Instant::now() < deadline, "the key purge was not applied");

@@ -587,3 +587,155 @@ fn secrets_are_never_printed_and_short_ones_are_refused() {
     assert!(refused.contains("--fleet-secret"), "{refused}");
     assert!(!refused.contains("tooshort"), "{refused}");
 }
+
+/// An origin whose pages carry tags: `/a` in `Surrogate-Key`, `/b` in `Cache-Tag`, `/c` none.
+async fn tagged_origin() -> Origin {
+    Origin::start(|parts, n| {
+        let path = parts.uri.path().to_owned();
+        let mut response = Response::builder().header("cache-control", "max-age=600");
+        response = match path.as_str() {
+            "/a" => response.header("surrogate-key", "product-1 shared"),
+            "/b" => response.header("cache-tag", "product-2,shared"),
+            _ => response,
+        };
+        response
+            .body(AxumBody::from(format!("{path} #{n}")))
+            .unwrap()
+    })
+    .await
+}
+
+/// Sends `request` to the proxy over HTTP/2 (cleartext, prior knowledge).
+async fn get_h2(proxy: &Proxy, path: &str) -> Got {
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let request = Request::get(format!("http://{}{path}", proxy.addr))
+        .body(Full::default())
+        .unwrap();
+    let response = h2.request(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let (parts, body) = response.into_parts();
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+/// A purge request to the proxy: `PURGE path` with `headers`.
+async fn purge(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> Got {
+    let mut request = Request::builder()
+        .method("PURGE")
+        .uri(format!("http://{}{path}", proxy.addr));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    common::send(&mut client(), request.body(Full::default()).unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_never_reach_clients_and_a_tag_purge_removes_every_response_carrying_one() {
+    let origin = tagged_origin().await;
+    let admin = format!("127.0.0.1:{}", free_port());
+    let (proxy, dir) = started(&origin, &["--admin-listen", &admin]);
+    for path in ["/a", "/b", "/c"] {
+        for got in [get(&proxy, path).await, get_h2(&proxy, path).await] {
+            assert_eq!(got.status, StatusCode::OK);
+            assert!(
+                got.header("surrogate-key").is_none(),
+                "{path}: {:?}",
+                got.headers
+            );
+            assert!(
+                got.header("cache-tag").is_none(),
+                "{path}: {:?}",
+                got.headers
+            );
+        }
+    }
+    assert_eq!(origin.hits(), 3, "the HTTP/2 requests were hits");
+    // Stored with their fields: the tags are the cache's, the fields stay in the record.
+    assert_eq!(record_files(dir.path()).len(), 3);
+
+    let bearer = format!("Bearer {PURGE_TOKEN}");
+    let refused = purge(&proxy, "/", &[("surrogate-key", "product-1")]).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    let wrong = purge(
+        &proxy,
+        "/",
+        &[
+            ("surrogate-key", "product-1"),
+            ("authorization", "Bearer nope-nope-nope-nope"),
+        ],
+    )
+    .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        get(&proxy, "/a").await.hit(),
+        "an unauthorised purge removes nothing"
+    );
+
+    let long = "x".repeat(1025);
+    let bad = purge(
+        &proxy,
+        "/",
+        &[("surrogate-key", &long), ("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{:?}", bad.body);
+
+    let purged = purge(
+        &proxy,
+        "/anything",
+        &[("surrogate-key", "product-1"), ("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(purged.status, StatusCode::OK);
+    assert_eq!(purged.body, "purged 1 tagged product-1\n");
+    let a = get(&proxy, "/a").await;
+    assert!(!a.hit());
+    assert_eq!(a.body, "/a #4");
+    assert!(get(&proxy, "/b").await.hit());
+    assert!(get_h2(&proxy, "/a").await.hit(), "stored again");
+
+    // The admin endpoint, with the same token: /a and /b share a tag.
+    let admin_purge = |headers: &[(&str, &str)]| {
+        let mut request = Request::post(format!("http://{admin}/purge"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::default()).unwrap();
+        async move { common::send(&mut client(), request).await }
+    };
+    let refused = admin_purge(&[("surrogate-key", "shared")]).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    let done = admin_purge(&[
+        ("surrogate-key", "shared nothing"),
+        ("authorization", &bearer),
+    ])
+    .await;
+    assert_eq!(done.status, StatusCode::OK);
+    assert_eq!(done.body, "{\"purged\":2}\n");
+    for path in ["/a", "/b"] {
+        assert!(!get(&proxy, path).await.hit(), "{path}");
+    }
+    assert!(get(&proxy, "/c").await.hit(), "/c carries no tag");
+    assert_eq!(origin.hits(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_fields_reach_clients_when_forwarded() {
+    let origin = tagged_origin().await;
+    let (proxy, _dir) = started(&origin, &["--forward-tags"]);
+    for got in [get(&proxy, "/a").await, get_h2(&proxy, "/a").await] {
+        assert_eq!(got.header("surrogate-key"), Some("product-1 shared"));
+    }
+    let (proxy, _dir) = started(&origin, &["--tag-field", "x-tags"]);
+    let got = get(&proxy, "/a").await;
+    assert_eq!(
+        got.header("surrogate-key"),
+        Some("product-1 shared"),
+        "not a tag field here"
+    );
+}

@@ -536,6 +536,7 @@ mod tests {
             digest: crate::format::layout::Hash32::of(b""),
             length: 0,
             stored_at: at(0),
+            tags: Default::default(),
         };
         let unusable =
             |entry: &Entry, seconds, default| unusable(entry, at(seconds), default, &[], true);

@@ -459,6 +459,11 @@ impl HttpStreamingCache {
     /// Every response the cache answers goes through here: the cache's own fields leave.
     fn annotate(&self, headers: &mut HeaderMap, status: &Status, hit: bool, found: bool) {
         headers.remove(ttl::TTL_FIELD);
+        if self.options.strips_tags() {
+            for name in self.store.tag_fields() {
+                headers.remove(name);
+            }
+        }
         if let Some(name) = &self.options.cache_status
             && let Ok(value) = HeaderValue::try_from(format!("{name}; {status}"))
         {

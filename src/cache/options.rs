@@ -78,6 +78,7 @@ pub struct HttpCacheOptions {
     pub(super) store_set_cookie: bool,
     pub(super) store_errors: Option<Duration>,
     pub(super) fleet_invalidation_rate: u32,
+    pub(super) forward_tags: bool,
 }
 
 impl Default for HttpCacheOptions {
@@ -108,6 +109,7 @@ impl Default for HttpCacheOptions {
             store_set_cookie: false,
             store_errors: None,
             fleet_invalidation_rate: 100,
+            forward_tags: false,
         }
     }
 }
@@ -139,6 +141,7 @@ impl fmt::Debug for HttpCacheOptions {
             .field("store_set_cookie", &self.store_set_cookie)
             .field("store_errors", &self.store_errors)
             .field("fleet_invalidation_rate", &self.fleet_invalidation_rate)
+            .field("forward_tags", &self.forward_tags)
             .finish_non_exhaustive()
     }
 }
@@ -463,6 +466,22 @@ impl HttpCacheOptions {
     pub fn fleet_invalidation_rate(mut self, per_second: u32) -> Self {
         self.fleet_invalidation_rate = per_second;
         self
+    }
+
+    /// Whether a shared cache passes the fields an entry's tags are read from
+    /// ([`tag_fields`](crate::StreamingManagerBuilder::tag_fields): `Surrogate-Key` and
+    /// `Cache-Tag` by default) on to its clients. By default it does not, as Fastly and
+    /// Cloudflare do not: tags name how the origin groups its pages (`user-42`), which is
+    /// nobody else's business, and only the cache uses them. Set it for a cache in front of
+    /// another cache that purges by the same tags. A private cache passes them on.
+    pub fn forward_tags(mut self, forward: bool) -> Self {
+        self.forward_tags = forward;
+        self
+    }
+
+    /// Whether this cache removes the tag fields from what its clients receive.
+    pub(super) fn strips_tags(&self) -> bool {
+        self.shared && !self.forward_tags
     }
 
     /// Whether this cache refuses to store a response of `status` for its origin's reasons

@@ -456,7 +456,7 @@ impl Pending {
                 )
             }
         };
-        add_fields(response.headers_mut(), to_client_only);
+        add_fields(cache, response.headers_mut(), to_client_only);
         response
     }
 
@@ -519,13 +519,22 @@ impl Pending {
 }
 
 /// Gives back to a response the fields `taken` from it for its own client.
-pub(super) fn add_fields(headers: &mut HeaderMap, taken: HeaderMap) {
+pub(super) fn add_fields(
+    cache: &super::HttpStreamingCache,
+    headers: &mut HeaderMap,
+    taken: HeaderMap,
+) {
+    let stripped = |name: &http::HeaderName| {
+        cache.options.strips_tags() && cache.store.tag_fields().contains(name)
+    };
     let mut last = None;
     for (name, value) in taken {
         if let Some(name) = name {
             last = Some(name);
         }
-        if let Some(name) = &last {
+        if let Some(name) = &last
+            && !stripped(name)
+        {
             headers.append(name, value);
         }
     }

@@ -168,6 +168,43 @@ impl HttpStreamingCache {
         self.store.publish_prefix_purge(prefix).await?;
         Ok(removed)
     }
+
+    /// Removes every stored response that carries `tag` (every variant and method), and
+    /// returns how many there were here: [`purge_tags`](Self::purge_tags) of one tag.
+    pub async fn purge_tag(&self, tag: &str) -> crate::Result<u64> {
+        self.purge_tags([tag]).await
+    }
+
+    /// Removes every stored response that carries one of `tags`, and returns how many there
+    /// were here. A response's tags are read from its `Surrogate-Key` and `Cache-Tag`
+    /// fields when it is stored (see
+    /// [`tag_fields`](crate::StreamingManagerBuilder::tag_fields)): an application tags
+    /// each page with what it shows (`product-42 category-7 home`) and purges a tag when
+    /// that changes, without knowing the pages' URLs. The entries are found in memory; a
+    /// response carrying one of them that is being stored now is not kept.
+    ///
+    /// A tag is 1 to 1024 bytes of visible ASCII without a comma; anything else is
+    /// refused with [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput), as is
+    /// an empty list. With a shared tier, the tier's copies are removed in the background,
+    /// and with its purge log (on by default,
+    /// [`purge_log_every`](crate::StreamingManagerBuilder::purge_log_every)) the purge
+    /// reaches every node. Responses stored before this version kept tags carry none.
+    ///
+    /// ```
+    /// # async fn run(cache: http_cache_streaming::HttpStreamingCache) -> http_cache_streaming::Result<()> {
+    /// // Product 42 changed: its page, the category pages and the home page that show it go.
+    /// let purged = cache.purge_tags(["product-42"]).await?;
+    /// println!("{purged} responses purged");
+    /// # Ok(()) }
+    /// ```
+    pub async fn purge_tags<'a>(
+        &self,
+        tags: impl IntoIterator<Item = &'a str>,
+    ) -> crate::Result<u64> {
+        let tags: Vec<&str> = tags.into_iter().collect();
+        crate::format::tags::check_purge(&tags)?;
+        self.store.purge_tags(&tags).await
+    }
 }
 
 #[cfg(test)]

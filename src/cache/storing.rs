@@ -207,7 +207,7 @@ impl Pending {
         withheld: HeaderMap,
         found: bool,
     ) -> Response<StreamingBody> {
-        add_fields(response.headers_mut(), withheld);
+        add_fields(&self.cache, response.headers_mut(), withheld);
         self.cache
             .annotate(response.headers_mut(), status, false, found);
         response
@@ -233,7 +233,7 @@ impl Pending {
         let mut response = response.map(StreamingBody::pass);
         self.cache
             .annotate(response.headers_mut(), &status, false, found);
-        add_fields(response.headers_mut(), withheld);
+        add_fields(&self.cache, response.headers_mut(), withheld);
         response.extensions_mut().insert(why);
         response
     }

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Response};
+use http::{HeaderMap, HeaderName, Response};
 use http_body::Body;
 use http_body_util::BodyExt as _;
 use http_cache_semantics::CachePolicy;
@@ -23,6 +23,7 @@ use crate::error::{BoxError, Error, ErrorKind, Result};
 use crate::fleet::leases::{FleetFills, Lease};
 use crate::format::layout::Hash32;
 use crate::format::record::{Entry, content_length};
+use crate::format::tags::Tags;
 use crate::rt::lock;
 use crate::store::ForPeer;
 use crate::store::partial_entry::{PartialEntry, PartialHead};
@@ -40,6 +41,8 @@ struct Inner {
     fills: Arc<Fills>,
     /// What `HttpStreamingCache::manager` answers for a cache over memory; never opened.
     unopened: StreamingManager,
+    /// The fields tags are read from: the manager's defaults.
+    tag_fields: Vec<HeaderName>,
 }
 
 impl MemoryStore {
@@ -50,6 +53,7 @@ impl MemoryStore {
                 entries: Mutex::default(),
                 fills: Arc::new(Fills::verifying(false)),
                 unopened: StreamingManager::new("never-opened".into()),
+                tag_fields: crate::format::tags::default_fields().to_vec(),
             }),
         }
     }
@@ -109,6 +113,7 @@ fn record(
         digest: Hash32::of(body),
         length: body.len() as u64,
         stored_at: SystemTime::now(),
+        tags: Tags::from_fields(&head.headers, &crate::format::tags::default_fields()),
     }
 }
 
@@ -282,6 +287,16 @@ impl CacheStore for MemoryStore {
     }
     async fn publish_prefix_purge(&self, _prefix: &str) -> Result<()> {
         Ok(())
+    }
+    fn tag_fields(&self) -> &[HeaderName] {
+        &self.inner.tag_fields
+    }
+    async fn purge_tags(&self, tags: &[&str]) -> Result<u64> {
+        self.remove_where({
+            let tags: Vec<String> = tags.iter().map(|tag| (*tag).to_owned()).collect();
+            move |entry| tags.iter().any(|tag| entry.tags.contains(tag))
+        })
+        .await
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Response};
+use http::{HeaderMap, HeaderName, Response};
 use http_body::Body;
 use http_cache_semantics::CachePolicy;
 use url::Url;
@@ -120,6 +120,10 @@ pub(crate) trait CacheStore {
     fn shares_purges(&self) -> bool;
     /// Writes a purge of every key under `prefix` to the fleet's log.
     fn publish_prefix_purge(&self, prefix: &str) -> impl Future<Output = Result<()>> + Send;
+    /// The response fields an entry's tags are read from.
+    fn tag_fields(&self) -> &[HeaderName];
+    /// Removes every entry carrying one of `tags`, here and in the fleet; how many here.
+    fn purge_tags(&self, tags: &[&str]) -> impl Future<Output = Result<u64>> + Send;
 }
 
 impl CacheStore for StreamingManager {
@@ -233,6 +237,12 @@ impl CacheStore for StreamingManager {
     }
     fn publish_prefix_purge(&self, prefix: &str) -> impl Future<Output = Result<()>> + Send {
         StreamingManager::publish_prefix_purge(self, prefix)
+    }
+    fn tag_fields(&self) -> &[HeaderName] {
+        StreamingManager::tag_fields(self)
+    }
+    fn purge_tags(&self, tags: &[&str]) -> impl Future<Output = Result<u64>> + Send {
+        StreamingManager::purge_tags(self, tags.iter().copied())
     }
 }
 
@@ -377,5 +387,11 @@ impl CacheStore for Backing {
     }
     async fn publish_prefix_purge(&self, prefix: &str) -> Result<()> {
         each!(self, s => CacheStore::publish_prefix_purge(s, prefix).await)
+    }
+    fn tag_fields(&self) -> &[HeaderName] {
+        each!(self, s => CacheStore::tag_fields(s))
+    }
+    async fn purge_tags(&self, tags: &[&str]) -> Result<u64> {
+        each!(self, s => CacheStore::purge_tags(s, tags).await)
     }
 }

@@ -55,13 +55,13 @@ pub(crate) async fn headers(tier: &dyn Storage, key: &str) -> Option<http::Heade
 
 /// Copies the entry committed on disk under `key_hash` (body `digest`, `length` bytes, in
 /// the store laid out by `layout`) up to the bucket: the body unless the bucket has it, then
-/// the record as it is on disk now (a newer write of the key shares itself too).
+/// the record as it is on disk now (a newer write of the key shares itself too), if it is
+/// `current` still (not purged or replaced while the body went up).
 pub(crate) async fn copy_up(
     tier: &dyn Storage,
     layout: &Layout,
-    key_hash: Hash32,
-    digest: Hash32,
-    length: u64,
+    (key_hash, digest, length): (Hash32, Hash32, u64),
+    current: impl Fn() -> bool,
 ) -> Result<()> {
     if tier.body_length(Name(digest)).await? != Some(length) {
         let path = layout.content_path(digest);
@@ -97,7 +97,9 @@ pub(crate) async fn copy_up(
         Err(e) => Err(Error::io(e, &path)),
     })
     .await?;
-    if let Some(record) = record {
+    if let Some(record) = record
+        && current()
+    {
         tier.write_record(Name(key_hash), Bytes::from(record))
             .await?;
     }
@@ -108,7 +110,30 @@ pub(crate) async fn copy_up(
 /// stored before `before` (reading each record: a prefix purge is rare, and until this
 /// is done the purge log keeps read-throughs from serving them).
 pub(crate) fn remove_prefix(tier: Arc<dyn Storage>, prefix: String, before: SystemTime) {
+    let what = format!("prefix {prefix}");
+    remove_matching(tier, what, move |entry| {
+        entry.is_under(&prefix) && entry.stored_at < before
+    });
+}
+
+/// Removes from the bucket, on a task of its own, the records carrying one of `tags`
+/// stored before `before` (reading each record, as for a prefix).
+pub(crate) fn remove_tagged(tier: Arc<dyn Storage>, tags: Vec<String>, before: SystemTime) {
+    let what = format!("tags {}", tags.join(" "));
+    remove_matching(tier, what, move |entry| {
+        entry.stored_at < before && tags.iter().any(|tag| entry.tags.contains(tag))
+    });
+}
+
+/// Removes from the bucket, on a task of its own, every record that `matches`.
+fn remove_matching<F>(tier: Arc<dyn Storage>, what: String, matches: F)
+where
+    F: Fn(&Entry) -> bool + Send + Sync + 'static,
+{
     crate::rt::spawn(async move {
+        // Each reads the whole bucket: a few at once, the others wait their turn.
+        static SWEEPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+        let _turn = SWEEPS.acquire().await;
         let swept = async {
             let mut removed = 0u64;
             for listed in tier.list_records().await? {
@@ -118,7 +143,7 @@ pub(crate) fn remove_prefix(tier: Arc<dyn Storage>, prefix: String, before: Syst
                 let Ok(entry) = Entry::decode(&record) else {
                     continue;
                 };
-                if entry.is_under(&prefix) && entry.stored_at < before {
+                if matches(&entry) {
                     tier.delete_record(listed.name).await?;
                     removed += 1;
                 }
@@ -127,10 +152,10 @@ pub(crate) fn remove_prefix(tier: Arc<dyn Storage>, prefix: String, before: Syst
         };
         match swept.await {
             Ok(removed) => {
-                crate::log::info_event!(%prefix, removed, "prefix purged from the shared tier");
+                crate::log::info_event!(%what, removed, "purged from the shared tier");
             }
             Err(error) => {
-                crate::log::warn_event!(%prefix, %error, "could not purge a prefix from the shared tier");
+                crate::log::warn_event!(%what, %error, "could not purge from the shared tier");
             }
         }
     });

@@ -8,3 +8,4 @@ pub(crate) mod layout;
 pub(crate) mod reader;
 pub(crate) mod record;
 pub(crate) mod scratch;
+pub(crate) mod tags;

@@ -7,6 +7,7 @@ use http_cache_semantics::CachePolicy;
 use serde::{Deserialize, Serialize};
 
 use super::layout::Hash32;
+use super::tags::Tags;
 
 /// The record format this build writes and reads. Records of any other version are a miss.
 /// Version 2 records end with a `check` field: the SHA-256 of the record without it.
@@ -77,6 +78,8 @@ struct StoredRecord {
     digest: String,
     length: u64,
     stored_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tags: Vec<String>,
 }
 
 /// Just what the store needs of a record when it opens: which content it names, and when
@@ -88,6 +91,8 @@ struct StoredSummary {
     digest: String,
     length: u64,
     stored_at_ms: u64,
+    #[serde(default)]
+    tags: Vec<String>,
 }
 
 /// What [`Entry::summarize`] reads of a record.
@@ -97,6 +102,7 @@ pub(crate) struct Summary {
     pub(crate) digest: Hash32,
     pub(crate) length: u64,
     pub(crate) stored_at: SystemTime,
+    pub(crate) tags: Tags,
 }
 
 /// A stored response, parsed: everything needed to answer a hit but the body.
@@ -112,6 +118,8 @@ pub(crate) struct Entry {
     pub(crate) digest: Hash32,
     pub(crate) length: u64,
     pub(crate) stored_at: SystemTime,
+    /// Its tags, read from its fields when it was stored ([`Tags`]).
+    pub(crate) tags: Tags,
 }
 
 /// Why a record could not be decoded; every case is treated as a miss.
@@ -224,6 +232,7 @@ impl Entry {
             digest: self.digest.to_hex(),
             length: self.length,
             stored_at_ms,
+            tags: self.tags.to_vec(),
         };
         serde_json::to_vec(&record).map(seal)
     }
@@ -240,6 +249,7 @@ impl Entry {
             digest: Hash32::from_hex(&record.digest).ok_or(DecodeError::Field("digest"))?,
             length: record.length,
             stored_at: crate::support::from_epoch_millis(record.stored_at_ms),
+            tags: Tags::from_stored(record.tags),
         })
     }
 
@@ -263,6 +273,7 @@ impl Entry {
             digest: Hash32::from_hex(&record.digest).ok_or(DecodeError::Field("digest"))?,
             length: record.length,
             stored_at: crate::support::from_epoch_millis(record.stored_at_ms),
+            tags: Tags::from_stored(record.tags),
         })
     }
 }
@@ -307,6 +318,7 @@ mod tests {
             digest: Hash32::of(b"body"),
             length: 4,
             stored_at: crate::support::from_epoch_millis(1_700_000_000_123),
+            tags: Tags::from_stored(vec!["product-42".into(), "home".into()]),
         }
     }
 
@@ -319,9 +331,16 @@ mod tests {
                 summary.key,
                 summary.digest,
                 summary.length,
-                summary.stored_at
+                summary.stored_at,
+                summary.tags
             ),
-            (entry.key, entry.digest, entry.length, entry.stored_at)
+            (
+                entry.key,
+                entry.digest,
+                entry.length,
+                entry.stored_at,
+                entry.tags
+            )
         );
         let mut value: serde_json::Value =
             serde_json::from_slice(&sample().encode().unwrap()).unwrap();
@@ -347,6 +366,7 @@ mod tests {
         assert_eq!(back.digest, entry.digest);
         assert_eq!(back.length, 4);
         assert_eq!(back.stored_at, entry.stored_at);
+        assert_eq!(back.tags.to_vec(), ["product-42", "home"]);
         assert_eq!(
             serde_json::to_value(&back.policy).unwrap(),
             serde_json::to_value(&entry.policy).unwrap()

@@ -234,6 +234,7 @@ impl ObjectStoreManager {
             digest: committed.digest.0,
             length: committed.length,
             stored_at: SystemTime::now(),
+            tags: Default::default(),
         };
         let record = entry.encode().map_err(|e| {
             Error::new(ErrorKind::Record)

@@ -44,11 +44,16 @@ pub(super) struct Options {
     pub(super) purge_log_retention: std::time::Duration,
     /// One origin fetch per key across the fleet sharing the tier.
     pub(super) fleet_fills: Option<crate::fleet::FleetFills>,
+    /// The fields a response's tags are read from ([`crate::format::tags`]).
+    pub(super) tag_fields: Arc<[http::HeaderName]>,
     /// Stores of up to this many records are read in before serving.
     pub(super) read_in_before_serving: usize,
     /// Holds the reading-in of records until a test lets it go on.
     #[cfg(test)]
     pub(super) read_in_gate: Option<Arc<std::sync::Barrier>>,
+    /// Holds the unlinking after a tag purge until a test lets it go on.
+    #[cfg(test)]
+    pub(super) purge_gate: Option<Arc<Mutex<std::sync::mpsc::Receiver<()>>>>,
 }
 
 impl Default for Options {
@@ -72,9 +77,12 @@ impl Default for Options {
             purge_log_every: Some(std::time::Duration::from_millis(500)),
             purge_log_retention: std::time::Duration::from_secs(24 * 3600),
             fleet_fills: None,
+            tag_fields: Arc::new(crate::format::tags::default_fields()),
             read_in_before_serving: READ_IN_BEFORE_SERVING,
             #[cfg(test)]
             read_in_gate: None,
+            #[cfg(test)]
+            purge_gate: None,
         }
     }
 }
@@ -291,6 +299,31 @@ impl StreamingManagerBuilder {
     /// [`HttpStreamingCache::serve_peer`]: crate::HttpStreamingCache::serve_peer
     pub fn fleet_fills(mut self, fleet: crate::fleet::FleetFills) -> Self {
         self.options.fleet_fills = Some(fleet);
+        self
+    }
+
+    /// The response fields an entry's tags are read from: `Surrogate-Key` (as Fastly
+    /// names them) and `Cache-Tag` (as Cloudflare does) by default; none turns tags off.
+    /// Each field holds tags separated by spaces or commas; a tag is 1 to 1024 bytes of
+    /// visible ASCII, a response keeps at most 128 of them, and at most 16 KiB of these
+    /// fields is read. A field HTTP gives a meaning of its own (`Cache-Control`,
+    /// `Content-Type`, `Vary`, CORS and security fields…) is never one: it is left out, and
+    /// said in the log. Tags are kept in the entry's record and purged with
+    /// [`HttpStreamingCache::purge_tags`](crate::HttpStreamingCache::purge_tags). The
+    /// fields themselves stay in the stored response; a shared
+    /// [`HttpStreamingCache`](crate::HttpStreamingCache) removes them from what its clients
+    /// receive (see [`forward_tags`](crate::HttpCacheOptions::forward_tags)).
+    pub fn tag_fields(mut self, names: impl IntoIterator<Item = http::HeaderName>) -> Self {
+        self.options.tag_fields = names
+            .into_iter()
+            .filter(|name| {
+                let may = crate::format::tags::may_be_tag_field(name);
+                if !may {
+                    crate::log::warn_event!(%name, "not a tag field: HTTP gives it a meaning of its own");
+                }
+                may
+            })
+            .collect();
         self
     }
 

@@ -134,6 +134,13 @@ impl NodeStore for StreamingManager {
         }))
     }
 
+    fn purge_tags(&self, tags: Vec<String>, before: SystemTime) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+            Ok(self.remove_tagged(&tags, before).await?.0)
+        })
+    }
+
     fn purge_stored_before(&self, before: SystemTime) -> BoxFuture<'_, Result<u64>> {
         Box::pin(self.remove_where(move |entry| entry.stored_at < before))
     }

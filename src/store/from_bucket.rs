@@ -27,7 +27,7 @@ const READ_THROUGH_WAIT: Duration = Duration::from_secs(5);
 const FOLLOW_CHUNK: usize = 64 * 1024;
 
 impl StreamingManager {
-    fn shared_tier(&self) -> Option<&Arc<dyn Storage>> {
+    pub(super) fn shared_tier(&self) -> Option<&Arc<dyn Storage>> {
         self.inner.options.shared_tier.as_ref()
     }
 
@@ -157,7 +157,8 @@ impl StreamingManager {
         length: u64,
     ) -> Result<()> {
         let opened = self.opened().await?;
-        bucket::copy_up(&**tier, &opened.layout, key_hash, digest, length).await
+        let current = || opened.index().digest(key_hash) == Some(digest);
+        bucket::copy_up(&**tier, &opened.layout, (key_hash, digest, length), current).await
     }
 
     /// Removes from the shared tier, on a task of its own, the records of URLs under

@@ -15,10 +15,12 @@ use bytes::Bytes;
 use super::content_ids::Contents;
 use super::packed_map::PackedMap;
 use super::parsed::{HeldEntry, ParsedRecords};
+use super::tag_index::TagIndex;
 use crate::eviction::{self, Admission, Entries, Eviction, Goal, MinUses, Place, Policy};
 use crate::format::files::Stamp;
 use crate::format::layout::Hash32;
 use crate::format::record::Entry;
+use crate::format::tags::Tags;
 use crate::support::epoch_millis;
 
 /// What the index holds of every record: 16 bytes beside its 32-byte key. A store of a
@@ -46,6 +48,8 @@ pub(crate) struct Index {
     /// Whether a fetched response is stored at all.
     admission: Box<dyn Admission>,
     parsed: ParsedRecords,
+    /// Which entries carry which tags.
+    tags: TagIndex,
     /// Bytes of content the records use, each content file counted once.
     disk_bytes: u64,
     /// While the records on disk are being read in (after the store opened), the keys that
@@ -70,6 +74,7 @@ impl Index {
             policy: eviction::policy(Eviction::default()),
             admission: Box::new(MinUses::new(1)),
             parsed: ParsedRecords::new(parsed_limit, body_budget),
+            tags: TagIndex::default(),
             disk_bytes: 0,
             loading: Some(HashSet::new()),
             released: Vec::new(),
@@ -108,6 +113,14 @@ impl Index {
         unused
     }
 
+    /// Notes content whose record went while loading: unlinked once the records are read
+    /// in, unless one of them names it.
+    pub(crate) fn unused_while_loading(&mut self, digest: Hash32) {
+        if self.released.len() < RELEASED_WHILE_LOADING {
+            self.released.push(digest);
+        }
+    }
+
     /// Whether the reading-in should pass over `key`: a lookup, write or delete came first.
     pub(crate) fn is_newer(&self, key: Hash32) -> bool {
         self.slots.contains_key(&key) || self.loading.as_ref().is_some_and(|t| t.contains(&key))
@@ -133,6 +146,16 @@ impl Index {
         if let Some(slot) = self.slots.get_mut(&key) {
             slot.written = (seq as u32).max(1);
         }
+    }
+
+    /// The keys of the entries that carry any of `tags`.
+    pub(crate) fn tagged<'a>(&self, tags: impl IntoIterator<Item = &'a str>) -> Vec<Hash32> {
+        self.tags.tagged(tags)
+    }
+
+    /// The tag index, for the snapshot and what an operator asks of an entry.
+    pub(crate) fn tag_index(&self) -> &TagIndex {
+        &self.tags
     }
 
     /// Every indexed key, with the parsed entry when it is held.
@@ -272,12 +295,13 @@ impl Index {
     ) -> Option<Hash32> {
         let (digest, length, stored_at) = (entry.digest, entry.length, entry.stored_at);
         self.touched(key);
+        let tags = entry.tags.clone();
         self.place(
             key,
             (digest, length),
             stamp,
             epoch_millis(stored_at),
-            Some(entry),
+            (Some(entry), &tags),
             false,
         )
     }
@@ -293,9 +317,24 @@ impl Index {
 
     /// Records a key read from the index snapshot, with its place in the eviction order.
     pub(crate) fn restore(&mut self, key: Hash32, digest: Hash32, length: u64, used: u64) {
-        self.place(key, (digest, length), Stamp::default(), 0, None, true);
+        let tags = Tags::default();
+        self.place(
+            key,
+            (digest, length),
+            Stamp::default(),
+            0,
+            (None, &tags),
+            true,
+        );
         if let Some(slot) = self.slots.get_mut(&key) {
             slot.used = Place::from_raw(used);
+        }
+    }
+
+    /// Records the tags of a key read from the index snapshot.
+    pub(crate) fn restore_tags(&mut self, key: Hash32, tags: &[&str]) {
+        if self.slots.contains_key(&key) {
+            self.tags.set(key, tags.iter().copied());
         }
     }
 
@@ -304,10 +343,10 @@ impl Index {
     pub(crate) fn insert_summary(
         &mut self,
         key: Hash32,
-        digest: Hash32,
-        length: u64,
+        (digest, length): (Hash32, u64),
         stamp: Stamp,
         stored_at: std::time::SystemTime,
+        tags: &Tags,
     ) {
         if !self.is_newer(key) {
             self.place(
@@ -315,21 +354,22 @@ impl Index {
                 (digest, length),
                 stamp,
                 epoch_millis(stored_at),
-                None,
+                (None, tags),
                 true,
             );
         }
     }
 
     /// Records `key` naming `content` (digest and length), its record stamped `stamp`,
-    /// stored (or last used) at `last_used`, with its parsed form when there is one.
+    /// stored (or last used) at `last_used`, with its parsed form when there is one, and
+    /// its tags.
     fn place(
         &mut self,
         key: Hash32,
         (digest, length): (Hash32, u64),
         stamp: Stamp,
         last_used: u64,
-        entry: Option<Arc<Entry>>,
+        (entry, tags): (Option<Arc<Entry>>, &Tags),
         read_in: bool,
     ) -> Option<Hash32> {
         let (content, first) = self.contents.acquire(digest, length);
@@ -343,6 +383,7 @@ impl Index {
             .policy
             .enter(key, old_used, last_used, read_in, entries);
         let unused = old.and_then(|old| self.release(key, old));
+        self.tags.set(key, tags.iter());
         if let Some(entry) = entry {
             self.parsed.insert(key, entry, stamp);
         }
@@ -378,6 +419,7 @@ impl Index {
         self.policy.clear();
         self.admission.clear();
         self.parsed.clear();
+        self.tags.clear();
         self.disk_bytes = 0;
     }
 
@@ -393,6 +435,7 @@ impl Index {
 
     fn release(&mut self, key: Hash32, old: Slot) -> Option<Hash32> {
         self.parsed.forget(key);
+        self.tags.remove(key);
         let (digest, length) = self.contents.release(old.content)?;
         self.disk_bytes -= length;
         if self.is_loading() {
@@ -451,121 +494,4 @@ impl Entries for Evicting<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::parsed::tests::entry;
-    use super::*;
-
-    fn stamp() -> Stamp {
-        Stamp::default()
-    }
-
-    #[test]
-    fn shared_content_is_released_by_its_last_record() {
-        let mut index = Index::new(10, 0);
-        index.finish_loading();
-        let (a, b) = (Hash32::of(b"a"), Hash32::of(b"b"));
-        assert_eq!(index.insert(a, entry(b"same"), stamp()), None);
-        assert_eq!(index.insert(b, entry(b"same"), stamp()), None);
-        assert_eq!(index.refs(Hash32::of(b"same")), 2);
-        assert_eq!(index.content_bytes(), 4);
-        assert_eq!(index.remove(a), None);
-        assert_eq!(index.remove(b), Some(Hash32::of(b"same")));
-        assert_eq!(index.remove(b), None);
-        assert_eq!(index.len(), 0);
-    }
-
-    #[test]
-    fn overwrite_releases_the_old_content() {
-        let mut index = Index::new(10, 0);
-        index.finish_loading();
-        let a = Hash32::of(b"a");
-        index.insert(a, entry(b"one"), stamp());
-        assert_eq!(
-            index.insert(a, entry(b"two"), stamp()),
-            Some(Hash32::of(b"one"))
-        );
-        // Overwriting with the same body keeps it.
-        assert_eq!(index.insert(a, entry(b"two"), stamp()), None);
-        assert_eq!(index.refs(Hash32::of(b"two")), 1);
-    }
-
-    #[test]
-    fn parsed_records_stay_within_the_limit_and_the_used_ones_stay() {
-        let mut index = Index::new(2, 0);
-        index.finish_loading();
-        let [a, b, c] = [b"a", b"b", b"c"].map(|k| Hash32::of(k));
-        index.insert(a, entry(b"x"), stamp());
-        index.insert(b, entry(b"y"), stamp());
-        assert!(index.entry(a).is_some(), "a is looked up");
-        index.insert(c, entry(b"z"), stamp());
-        assert!(index.entry(b).is_none(), "b, not looked up, gave way");
-        assert!(index.entry(a).is_some() && index.entry(c).is_some());
-        assert_eq!(index.parsed.counts().0, 2);
-        // A record whose parsed form was dropped is parsed again on its next lookup.
-        let y = entry(b"y");
-        index.remember(b, &y, stamp());
-        assert!(index.entry(b).is_some());
-        assert_eq!(index.parsed.counts().0, 2);
-        assert_eq!(index.len(), 3, "every record stays indexed");
-    }
-
-    #[test]
-    fn write_orders_compare_across_the_32_bit_wrap() {
-        let mut index = Index::new(4, 0);
-        index.finish_loading();
-        let a = Hash32::of(b"a");
-        index.insert(a, entry(b"x"), stamp());
-        assert!(
-            !index.has_newer_write(a, 5),
-            "read in or never written: not newer"
-        );
-        index.set_written(a, u64::from(u32::MAX) + 3);
-        assert!(index.has_newer_write(a, u64::from(u32::MAX) - 2));
-        assert!(!index.has_newer_write(a, u64::from(u32::MAX) + 4));
-        assert_eq!(std::mem::size_of::<(Hash32, Slot)>(), 48);
-    }
-
-    #[test]
-    fn content_released_while_loading_is_unused_once_no_record_read_in_names_it() {
-        let mut index = Index::new(10, 0);
-        let (a, b, c) = (Hash32::of(b"a"), Hash32::of(b"b"), Hash32::of(b"c"));
-        let (shared, alone) = (entry(b"shared"), entry(b"alone"));
-        index.insert(a, Arc::clone(&shared), stamp());
-        index.insert(b, Arc::clone(&alone), stamp());
-        assert_eq!(index.remove(a), None);
-        assert_eq!(index.remove(b), None);
-        // A record read in later names `shared`: it stays.
-        index.insert_summary(c, shared.digest, shared.length, stamp(), shared.stored_at);
-        assert_eq!(index.finish_loading(), vec![alone.digest]);
-        assert_eq!(index.refs(shared.digest), 1);
-    }
-
-    #[test]
-    fn while_loading_no_content_is_released_and_newer_keys_win() {
-        let mut index = Index::new(10, 0);
-        let (a, b, c) = (Hash32::of(b"a"), Hash32::of(b"b"), Hash32::of(b"c"));
-        let (old, new) = (entry(b"old"), entry(b"new"));
-        // A write of `a` and a delete of `b` come before the reading-in gets to them.
-        assert_eq!(index.insert(a, Arc::clone(&new), stamp()), None);
-        assert_eq!(index.remove(b), None);
-        // The last record using content leaves it on disk: another record may name it.
-        assert_eq!(index.remove(a), None);
-        assert_eq!(index.insert(a, Arc::clone(&new), stamp()), None);
-        index.insert_summary(a, old.digest, old.length, stamp(), old.stored_at);
-        index.insert_summary(b, old.digest, old.length, stamp(), old.stored_at);
-        index.insert_summary(c, old.digest, old.length, stamp(), old.stored_at);
-        assert_eq!(index.digest(a), Some(new.digest));
-        assert_eq!(index.digest(b), None, "deleted before it was read in");
-        assert_eq!(index.digest(c), Some(old.digest));
-        assert_eq!(index.refs(old.digest), 1);
-        assert!(
-            index.evict(Some(0), Some(0)).is_empty(),
-            "nothing is evicted while loading"
-        );
-        // `new` lost its user once, but `a` uses it again; `old` is named by `c`.
-        assert_eq!(index.finish_loading(), vec![]);
-        // From now on the counts are whole.
-        assert_eq!(index.remove(c), Some(old.digest));
-        assert_eq!(index.evict(Some(0), None), vec![(a, Some(new.digest))]);
-    }
-}
+mod tests;

@@ -40,7 +40,15 @@ impl OpenStore {
     pub(super) fn start_reading_in(self: &Arc<Self>, leftovers: usize) -> Result<()> {
         let started = Instant::now();
         let metadata = self.layout.metadata_dir();
-        match self.read_snapshot() {
+        // With purges pending, every record is read (the snapshot knows no URLs or times).
+        let snapshot = match self.notes.is_empty() {
+            true => self.read_snapshot(),
+            false => {
+                let _ = remove_if_present(&self.layout.index_snapshot());
+                Err("purges pending".into())
+            }
+        };
+        match snapshot {
             Ok(entries) => return self.start_from_snapshot(started, leftovers, entries),
             Err(why) if why != "none" => {
                 crate::log::info_event!(dir = %metadata.display(), %why,
@@ -202,6 +210,10 @@ impl OpenStore {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "cache opened"
         );
+        // The purges found pending when the store opened were applied as it read in.
+        for name in &self.replayed {
+            self.notes.done(name);
+        }
         self.read_access_log();
         self.evict_if_needed();
         Ok(())
@@ -226,7 +238,9 @@ impl OpenStore {
                 .map(|&key_hash| {
                     let summary =
                         read_summary(&self.layout.record_path(key_hash), key_hash).map(|found| {
-                            found.map(|(s, stamp)| (s.digest, s.length, s.stored_at, stamp))
+                            found.map(|(s, stamp)| {
+                                ((s.digest, s.length), s.stored_at, s.tags, stamp)
+                            })
                         });
                     (key_hash, summary)
                 })
@@ -234,8 +248,16 @@ impl OpenStore {
             let mut index = self.index();
             for (key_hash, summary) in read {
                 match summary {
-                    Ok(Some((digest, length, stored_at, stamp))) => {
-                        index.insert_summary(key_hash, digest, length, stamp, stored_at);
+                    // Purged by a purge whose work was not done (a write that replaced it
+                    // meanwhile is newer than the purge).
+                    Ok(Some(((digest, _), stored_at, tags, _)))
+                        if self.notes.purges(&tags, stored_at) && !index.is_newer(key_hash) =>
+                    {
+                        let _ = remove_if_present(&self.layout.record_path(key_hash));
+                        index.unused_while_loading(digest);
+                    }
+                    Ok(Some((content, stored_at, tags, stamp))) => {
+                        index.insert_summary(key_hash, content, stamp, stored_at, &tags);
                     }
                     Ok(None) => {}
                     // Unless a write replaced it meanwhile (records are installed under the
@@ -266,9 +288,10 @@ impl OpenStore {
             && !index.is_newer(key_hash)
             && let Ok(Some((summary, stamp))) =
                 read_summary(&self.layout.record_path(key_hash), key_hash)
+            && !self.notes.purges(&summary.tags, summary.stored_at)
         {
-            let (digest, length) = (summary.digest, summary.length);
-            index.insert_summary(key_hash, digest, length, stamp, summary.stored_at);
+            let content = (summary.digest, summary.length);
+            index.insert_summary(key_hash, content, stamp, summary.stored_at, &summary.tags);
         }
     }
 
@@ -303,9 +326,16 @@ impl OpenStore {
         let (entry, stamp) = match fresh {
             Some(fresh) => fresh,
             None => match read_record(&path, key_hash) {
+                Ok(Some((entry, _))) if self.notes.purges(&entry.tags, entry.stored_at) => {
+                    // A purge's note stands in for the files it has not removed yet (its
+                    // work removes them, or the next open's reading-in).
+                    return Ok(None);
+                }
                 Ok(Some((entry, stamp))) => {
                     let entry = Arc::new(entry);
-                    self.learn(key_hash, &entry, stamp);
+                    if !self.learn(key_hash, &entry, stamp) {
+                        return Ok(None);
+                    }
                     (entry, stamp)
                 }
                 Ok(None) => {
@@ -394,28 +424,38 @@ impl OpenStore {
 
     /// Takes in a record read from disk: one this index did not know (another process wrote
     /// it) or one whose parsed form was not kept.
-    pub(super) fn learn(&self, key_hash: Hash32, entry: &Arc<Entry>, stamp: Stamp) {
+    /// Takes in the record just read from disk for `key_hash`; `false` when a purge
+    /// answered since it was read purges it (the caller answers a miss).
+    pub(super) fn learn(&self, key_hash: Hash32, entry: &Arc<Entry>, stamp: Stamp) -> bool {
         let mut index = self.index();
+        // Under the lock a purge takes its entries out under, after writing its note.
+        if self.notes.purges(&entry.tags, entry.stored_at) {
+            return false;
+        }
         if index.digest(key_hash) == Some(entry.digest) {
             index.remember(key_hash, entry, stamp);
         } else if let Some(unused) = index.insert(key_hash, Arc::clone(entry), stamp) {
             let _ = remove_if_present(&self.layout.content_path(unused));
         }
+        true
     }
 
     /// Removes a broken record, unless a newer commit replaced it meanwhile (`expected` is the
     /// digest the broken record named, when known).
-    pub(super) fn drop_record(&self, key_hash: Hash32, expected: Option<Hash32>) {
+    /// Whether an entry was indexed under `key_hash`.
+    pub(super) fn drop_record(&self, key_hash: Hash32, expected: Option<Hash32>) -> bool {
         let mut index = self.index();
         let current = index.digest(key_hash);
         if expected.is_some() && current.is_some() && current != expected {
-            return;
+            return false;
         }
         self.read_in_key(&mut index, key_hash);
         let _ = remove_if_present(&self.layout.record_path(key_hash));
+        let indexed = index.digest(key_hash).is_some();
         if let Some(unused) = index.remove(key_hash) {
             let _ = remove_if_present(&self.layout.content_path(unused));
         }
+        indexed
     }
 
     /// Removes a damaged content file; the records naming it become misses.

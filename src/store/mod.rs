@@ -16,8 +16,10 @@ mod loading;
 mod open_store;
 mod packed_map;
 mod parsed;
+mod purge_notes;
 mod record_file;
 mod snapshot;
+mod tag_index;
 mod tee;
 mod tee_queue;
 
@@ -28,6 +30,7 @@ pub(crate) use tee::Teeing;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{HeaderMap, Response};
@@ -39,6 +42,7 @@ use tokio::sync::{OnceCell, watch};
 use crate::body::StreamingBody;
 use crate::collapse::Fills;
 use crate::error::Result;
+use crate::fleet;
 use crate::format::layout::{Hash32, Layout};
 use crate::format::record::Entry;
 use crate::rt::{blocking, lock};
@@ -128,6 +132,10 @@ pub struct StoreStats {
     /// full or failing, a directory gone): the body reached its reader, the entry was not
     /// kept. Bodies that ended short or failed at their source are not counted.
     pub failed_writes: u64,
+    /// Distinct tags the entries carry ([`StreamingManagerBuilder::tag_fields`]).
+    pub tags: u64,
+    /// Tags carried, counted once per entry that carries each: what the tag index holds.
+    pub tagged: u64,
 }
 
 impl std::fmt::Debug for StreamingManager {
@@ -286,7 +294,9 @@ impl StreamingManager {
             .await
             .ok()
             .flatten();
-        Some(local.map(|(entry, _)| entry))
+        let unpurged =
+            local.filter(|(entry, _)| !opened.notes.purges(&entry.tags, entry.stored_at));
+        Some(unpurged.map(|(entry, _)| entry))
     }
 
     /// [`lookup`](Self::lookup) of a body held in memory, without waiting for anything:
@@ -418,6 +428,111 @@ impl StreamingManager {
         .await
     }
 
+    /// The response fields an entry's tags are read from.
+    pub(crate) fn tag_fields(&self) -> &[http::HeaderName] {
+        &self.inner.options.tag_fields
+    }
+
+    /// Removes every entry that carries one of `tags` (read from its response's
+    /// [`tag_fields`](StreamingManagerBuilder::tag_fields) when it was stored), and returns
+    /// how many there were here. A tag is 1 to 1024 bytes of visible ASCII but the comma;
+    /// anything else, or no tag at all, is refused with
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput). The entries are found in memory, without reading a
+    /// record; a write under way of a response carrying one of them is not committed.
+    /// Right after a store of more than 10 000 records is opened, this waits until they
+    /// are all read in.
+    ///
+    /// With a shared tier, the purge is written to its purge log, so every node drops its
+    /// entries carrying them within a second, and the tier's records carrying them are
+    /// removed in the background (each record is read, as for a prefix purge).
+    pub async fn purge_tags<'a>(&self, tags: impl IntoIterator<Item = &'a str>) -> Result<u64> {
+        let tags: Vec<&str> = tags.into_iter().collect();
+        crate::format::tags::check_purge(&tags)?;
+        let before = SystemTime::now() + fleet::purges::SKEW;
+        if let Some(log) = self.purge_log() {
+            // Before anything goes here: a read-through of a copy the tier still has is a
+            // miss from now on.
+            log.remember_tags(&tags, before);
+        }
+        let (removed, keys) = self.remove_tagged(&tags, SystemTime::now()).await?;
+        let Some(tier) = self.shared_tier().cloned() else {
+            return Ok(removed);
+        };
+        let owned: Vec<String> = tags.iter().map(|tag| (*tag).to_owned()).collect();
+        fleet::bucket::remove_tagged(tier, owned, before);
+        match self.purge_log() {
+            Some(log) => log.publish_tags(&tags).await?,
+            // Nothing keeps this node's read-throughs from the tier's copies meanwhile.
+            None => {
+                for key_hash in keys {
+                    self.unshare(key_hash).await;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes from this node the entries carrying one of `tags` that were stored before
+    /// `at` (or now, when that is later); how many, and their keys. It answers once they
+    /// are out of the index, with a note in place of their files until those are unlinked
+    /// (see [`purge_notes`]). An entry stored since `at` may go too (the index keeps no
+    /// times): at worst one more fetch.
+    pub(crate) async fn remove_tagged(
+        &self,
+        tags: &[&str],
+        at: SystemTime,
+    ) -> Result<(u64, Vec<Hash32>)> {
+        let opened = self.opened().await?;
+        // Writes started from here on are newer than the purge; what was stored before the
+        // note's time (a millisecond past now) is purged by it, what commits later was
+        // either started before (and is not committed) or is newer.
+        lock(&self.inner.deletions).record_tags(tags.iter().copied());
+        let at = at.max(SystemTime::now() + std::time::Duration::from_millis(1));
+        let note = {
+            let opened = Arc::clone(&opened);
+            let tags: Vec<String> = tags.iter().map(|tag| (*tag).to_owned()).collect();
+            blocking(move || {
+                let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+                opened.notes.add(&tags, at)
+            })
+            .await?
+        };
+        self.clear_partials();
+        opened.read_in().await?;
+        // On a blocking thread: a purge of a hundred thousand entries holds no task's
+        // thread, and takes them out of the index a few hundred at a time, so that hits get
+        // the lock in between.
+        let owned: Vec<String> = tags.iter().map(|tag| (*tag).to_owned()).collect();
+        let removing = Arc::clone(&opened);
+        let (keys, removed) = blocking(move || {
+            let keys = removing.index().tagged(owned.iter().map(String::as_str));
+            let mut removed = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(256) {
+                let mut index = removing.index();
+                for key_hash in chunk {
+                    let unused = index.remove(*key_hash);
+                    removed.push((*key_hash, unused));
+                }
+                drop(index);
+                // The lock is not fair: a moment for the lookups waiting for it.
+                std::thread::sleep(std::time::Duration::from_micros(20));
+            }
+            Ok((keys, removed))
+        })
+        .await?;
+        let count = removed.len() as u64;
+        let unlinking = Arc::clone(&opened);
+        crate::rt::spawn(async move {
+            let unlinked = blocking(move || {
+                unlinking.unlink_removed(removed, at);
+                unlinking.notes.done(&note);
+                Ok(())
+            });
+            let _ = unlinked.await;
+        });
+        Ok((count, keys))
+    }
+
     /// Removes every entry and content file. Writes under way are not committed afterwards.
     /// Right after a store of more than 10 000 records is opened, this waits until they are
     /// all read in.
@@ -435,7 +550,10 @@ impl StreamingManager {
         let opened = self.opened().await?;
         opened.read_in().await?;
         let index = opened.index();
+        let (tagged, tags) = index.tag_index().counts();
         Ok(StoreStats {
+            tags: tags as u64,
+            tagged: tagged as u64,
             entries: index.len() as u64,
             content_files: index.content_files() as u64,
             content_bytes: index.content_bytes(),
@@ -468,72 +586,4 @@ enum HitBody {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::{BodyExt as _, Full};
-    use std::fs;
-    use url::Url;
-
-    fn response(body: &'static str) -> Response<Full<Bytes>> {
-        Response::builder()
-            .header("cache-control", "max-age=3600")
-            .body(Full::new(Bytes::from_static(body.as_bytes())))
-            .unwrap()
-    }
-
-    async fn put(manager: &StreamingManager, key: &str, body: &'static str) {
-        let request = http::Request::get("http://example.com/").body(()).unwrap();
-        let policy = CachePolicy::new(&request, &response(body));
-        let url = Url::parse("http://example.com/").unwrap();
-        let stored = manager.put(key.into(), response(body), policy, url).await;
-        stored.unwrap().into_body().collect().await.unwrap();
-    }
-
-    async fn read(manager: &StreamingManager, key: &str) -> Option<Bytes> {
-        let (response, _) = manager.get(key).await.unwrap()?;
-        Some(response.into_body().collect().await.unwrap().to_bytes())
-    }
-
-    fn content_files(dir: &Path) -> usize {
-        fs::read_dir(dir.join("cache-v2/content")).unwrap().count()
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_store_is_served_while_its_records_are_read_in() {
-        let dir = tempfile::tempdir().unwrap();
-        let manager = StreamingManager::new(dir.path().to_path_buf());
-        put(&manager, "GET:shared-1", "shared").await;
-        put(&manager, "GET:shared-2", "shared").await;
-        put(&manager, "GET:replaced", "old").await;
-        put(&manager, "GET:deleted", "alone").await;
-        put(&manager, "GET:kept", "kept").await;
-        assert_eq!(content_files(dir.path()), 4);
-        drop(manager);
-
-        // Reopened as a large store would be: the records are read in on a thread, held
-        // until the checks below are done.
-        let gate = Arc::new(std::sync::Barrier::new(2));
-        let mut builder = StreamingManager::builder(dir.path());
-        builder.options.read_in_before_serving = 0;
-        builder.options.read_in_gate = Some(Arc::clone(&gate));
-        let manager = builder.build();
-        assert_eq!(read(&manager, "GET:kept").await.unwrap(), "kept");
-        manager.delete("GET:shared-1").await.unwrap();
-        manager.delete("GET:deleted").await.unwrap();
-        put(&manager, "GET:replaced", "new").await;
-        assert_eq!(read(&manager, "GET:replaced").await.unwrap(), "new");
-        assert_eq!(read(&manager, "GET:deleted").await, None);
-        // Nothing is unlinked yet: the counts are not whole.
-        assert_eq!(content_files(dir.path()), 5);
-        let reading = tokio::task::spawn_blocking(move || gate.wait());
-
-        let stats = manager.stats().await.unwrap();
-        reading.await.unwrap();
-        assert_eq!(stats.entries, 3, "shared-2, replaced, kept");
-        // "alone" and "old" are gone; "shared" stays for shared-2.
-        assert_eq!(content_files(dir.path()), 3);
-        assert_eq!(read(&manager, "GET:shared-2").await.unwrap(), "shared");
-        assert_eq!(read(&manager, "GET:shared-1").await, None);
-        assert_eq!(read(&manager, "GET:replaced").await.unwrap(), "new");
-    }
-}
+mod tests;

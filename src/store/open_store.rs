@@ -12,6 +12,7 @@ use http_cache_semantics::CachePolicy;
 use tokio::sync::watch;
 
 use super::parsed::{HeldEntry, RECHECK_AFTER};
+use super::purge_notes::PurgeNotes;
 use crate::body::StreamingBody;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::content::{FinishedContent, TempFile};
@@ -20,6 +21,7 @@ use crate::format::layout::{Hash32, Layout};
 use crate::format::reader::{ChunkReader, Verify};
 use crate::format::record::Entry;
 use crate::format::scratch::{self, Scratch};
+use crate::format::tags::Tags;
 use index::Index;
 
 use super::builder::Options;
@@ -82,6 +84,11 @@ pub(super) struct OpenStore {
     /// [`DiskBudget`](crate::format::content::DiskBudget): they count against `max_size` as stored
     /// entries do.
     pub(super) claimed_bytes: std::sync::atomic::AtomicU64,
+    /// Purges answered whose work on disk is not all done.
+    pub(super) notes: PurgeNotes,
+    /// The notes found when the store opened: done once the records are read in with them
+    /// applied.
+    pub(super) replayed: Vec<String>,
 }
 
 /// Bodies being stored take room within `max_size` as they are written, evicting stored
@@ -130,7 +137,12 @@ impl OpenStore {
         let index = Index::new(options.parsed_records, options.memory_budget)
             .with_policy(options.eviction, options.min_uses);
         let free_space = files::FreeSpace::new(options.min_free);
+        let notes_dir = layout.format_dir().join(super::purge_notes::DIR);
+        let notes = PurgeNotes::open(notes_dir, options.durable, layout.mode())?;
+        let replayed = notes.names();
         let opened = OpenStore {
+            notes,
+            replayed,
             layout,
             options,
             scratch,
@@ -254,7 +266,9 @@ impl OpenStore {
         } = content;
         let reopen = draft.reopen;
         let (started, deletions, seq) = (draft.started, draft.deletions, draft.seq);
+        let tags = Tags::from_fields(&draft.parts.headers, &self.options.tag_fields);
         let entry = Entry {
+            tags,
             key: draft.key,
             url: draft.url,
             status: draft.parts.status,
@@ -283,7 +297,9 @@ impl OpenStore {
         {
             let mut index = self.index();
             // Checked under the index lock: a delete records itself before it takes the lock.
-            let overtaken = if lock(&deletions).overtakes(key_hash, started) {
+            let overtaken = if lock(&deletions).overtakes(key_hash, &entry.tags, started)
+                || self.notes.purges(&entry.tags, entry.stored_at)
+            {
                 Some("deleted while it was being stored")
             } else if index.has_newer_write(key_hash, seq) {
                 Some("a response that arrived later is stored already")
@@ -437,6 +453,7 @@ impl OpenStore {
             return Ok(None);
         };
         let mut entry = Entry::clone(&hit.entry);
+        entry.tags = Tags::from_fields(&headers, &self.options.tag_fields);
         entry.headers = headers;
         entry.policy = policy;
         entry.stored_at = SystemTime::now();
@@ -449,6 +466,38 @@ impl OpenStore {
         }
         self.sync_dirs(&[self.layout.metadata_dir()])?;
         Ok(Some(Hit { entry, ..hit }))
+    }
+
+    /// Unlinks the records of entries a purge at `at` took out of the index (`removed`: each
+    /// key with the content it left unused), and that content, unless the key was stored
+    /// again since (here, or by another process: its record is read first) or the content
+    /// is named again. The unlinks are made without the index lock (one can wait for the
+    /// file system's journal): a commit of the key or content in between loses its entry
+    /// (a miss), never serves other bytes.
+    pub(super) fn unlink_removed(&self, removed: Vec<(Hash32, Option<Hash32>)>, at: SystemTime) {
+        #[cfg(test)]
+        if let Some(gate) = &self.options.purge_gate {
+            let _ = lock(gate).recv();
+        }
+        for (key_hash, unused) in removed {
+            let path = self.layout.record_path(key_hash);
+            let purged = match super::record_file::read_summary(&path, key_hash) {
+                Ok(Some((summary, stamp))) => (summary.stored_at < at).then_some(stamp),
+                _ => None,
+            };
+            let (record, content) = {
+                let index = self.index();
+                let record = index.digest(key_hash).is_none() && purged.is_some();
+                (record, unused.filter(|digest| index.refs(*digest) == 0))
+            };
+            let same = || fs::symlink_metadata(&path).is_ok_and(|m| Some(Stamp::of(&m)) == purged);
+            if record && same() {
+                let _ = remove_if_present(&path);
+            }
+            if let Some(digest) = content {
+                let _ = remove_if_present(&self.layout.content_path(digest));
+            }
+        }
     }
 
     pub(super) fn delete(&self, key_hash: Hash32) -> Result<()> {
@@ -464,14 +513,14 @@ impl OpenStore {
     }
 
     /// Drops the entry under `key_hash` if it was stored before `before` (or its record
-    /// is damaged); a newer entry stays.
-    pub(super) fn drop_stored_before(&self, key_hash: Hash32, before: SystemTime) {
+    /// is damaged); a newer entry stays. Whether one was dropped.
+    pub(super) fn drop_stored_before(&self, key_hash: Hash32, before: SystemTime) -> bool {
         let path = self.layout.record_path(key_hash);
         match super::record_file::read_record(&path, key_hash) {
             Ok(Some((entry, _))) if entry.stored_at < before => {
-                self.drop_record(key_hash, Some(entry.digest));
+                self.drop_record(key_hash, Some(entry.digest))
             }
-            Ok(_) | Err(super::record_file::ReadFailure::Unavailable(_)) => {}
+            Ok(_) | Err(super::record_file::ReadFailure::Unavailable(_)) => false,
             Err(super::record_file::ReadFailure::Unusable(_)) => self.drop_record(key_hash, None),
         }
     }

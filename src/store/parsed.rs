@@ -252,6 +252,7 @@ pub(in crate::store) mod tests {
             digest: Hash32::of(body),
             length: body.len() as u64,
             stored_at: UNIX_EPOCH,
+            tags: Default::default(),
         })
     }
 

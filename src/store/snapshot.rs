@@ -1,5 +1,5 @@
 //! The index snapshot, `cache-v2/index.snapshot`: every record's key, content digest and
-//! length, and place in the eviction order, written by [`StreamingManager::close`], so that
+//! length, and place in the eviction order, then each tagged record's tags, written by [`StreamingManager::close`], so that
 //! the next open has its whole index at once instead of reading every record file.
 //!
 //! It is trusted only while the metadata directory is exactly as it was when the snapshot
@@ -24,9 +24,10 @@ use super::open_store::OpenStore;
 use crate::error::{Error, Result};
 use crate::format::files;
 use crate::format::layout::Hash32;
+use crate::format::tags::{MAX_TAGS, is_tag};
 use crate::rt::blocking;
 
-const MAGIC: &[u8; 8] = b"HCSIDX01";
+const MAGIC: &[u8; 8] = b"HCSIDX02";
 /// Key, digest, length and eviction stamp.
 const ENTRY: usize = 32 + 32 + 8 + 8;
 /// Magic, the metadata directory's identity and time, the entry count.
@@ -81,7 +82,9 @@ impl OpenStore {
                     .duration_since(modified)
                     .is_ok_and(|age| age >= SETTLE);
                 if settled {
-                    return Ok(encode(&stamp, index.saved()));
+                    let (mut bytes, count) = encode(&stamp, index.saved());
+                    encode_tags(&mut bytes, index.tag_index().entries());
+                    return Ok((bytes, count));
                 }
                 drop(index);
                 std::thread::sleep(SETTLE);
@@ -119,11 +122,16 @@ impl OpenStore {
         };
         let _ = fs::remove_file(&path);
         let (stamp, _) = dir_stamp(&self.layout.metadata_dir()).map_err(|e| e.to_string())?;
-        let entries = parse(&bytes, &stamp)?;
+        let (entries, tags) = parse(&bytes, &stamp)?;
         let count = entries.len();
         let mut index = self.index();
         for (key, digest, length, used) in entries {
             index.restore(key, digest, length, used);
+        }
+        if !parse_tags(tags, |key, tags| index.restore_tags(key, tags)) {
+            // Checked by its digest: a tag section that does not read was not written so.
+            index.clear();
+            return Err("damaged".into());
         }
         Ok(count)
     }
@@ -149,6 +157,57 @@ fn encode(
     (bytes, count)
 }
 
+/// Appends the tag section: how many entries are tagged, then each one's key, tag count,
+/// and tags (each with its length).
+fn encode_tags<'a>(bytes: &mut Vec<u8>, tagged: impl Iterator<Item = (&'a Hash32, Vec<&'a str>)>) {
+    let at = bytes.len();
+    bytes.extend_from_slice(&0u64.to_le_bytes());
+    let mut count = 0u64;
+    for (key, tags) in tagged {
+        count += 1;
+        bytes.extend_from_slice(&key.0);
+        // At most MAX_TAGS tags of at most MAX_TAG_BYTES: both fit in 16 bits.
+        bytes.extend_from_slice(&(tags.len() as u16).to_le_bytes());
+        for tag in tags {
+            bytes.extend_from_slice(&(tag.len() as u16).to_le_bytes());
+            bytes.extend_from_slice(tag.as_bytes());
+        }
+    }
+    bytes[at..at + 8].copy_from_slice(&count.to_le_bytes());
+}
+
+/// Reads the tag section of a snapshot (checked with the rest of it by its SHA-256),
+/// handing each tagged entry's key and tags to `each`; `false` when it is damaged.
+fn parse_tags(mut bytes: &[u8], mut each: impl FnMut(Hash32, &[&str])) -> bool {
+    fn take<const N: usize>(bytes: &mut &[u8]) -> Option<[u8; N]> {
+        take_slice(bytes, N).map(|b| b.try_into().expect("N bytes"))
+    }
+    fn take_slice<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = bytes.split_at_checked(n)?;
+        *bytes = rest;
+        Some(head)
+    }
+    let mut read = || {
+        let count = u64::from_le_bytes(take(&mut bytes)?);
+        let mut tags: Vec<&str> = Vec::with_capacity(MAX_TAGS);
+        for _ in 0..count {
+            let key = Hash32(take(&mut bytes)?);
+            let n = u16::from_le_bytes(take(&mut bytes)?);
+            tags.clear();
+            for _ in 0..n {
+                let len = u16::from_le_bytes(take(&mut bytes)?);
+                let tag = std::str::from_utf8(take_slice(&mut bytes, usize::from(len))?).ok()?;
+                if tags.len() < MAX_TAGS && is_tag(tag) {
+                    tags.push(tag);
+                }
+            }
+            each(key, &tags);
+        }
+        Some(())
+    };
+    read().is_some() && bytes.is_empty()
+}
+
 /// Ends an encoded snapshot with the SHA-256 of all of it.
 fn seal(bytes: &mut Vec<u8>) {
     let check: [u8; 32] = Sha256::digest(&*bytes).into();
@@ -156,11 +215,12 @@ fn seal(bytes: &mut Vec<u8>) {
 }
 
 /// The entries of a snapshot taken of the directory stamped `stamp`, read as they are
-/// iterated (a million of them are 80 MB: not copied into a list first).
+/// iterated (a million of them are 80 MB: not copied into a list first), and its tag
+/// section.
 fn parse<'a>(
     bytes: &'a [u8],
     stamp: &[u8; DIR_STAMP],
-) -> std::result::Result<impl ExactSizeIterator<Item = Saved> + 'a, String> {
+) -> std::result::Result<(impl ExactSizeIterator<Item = Saved> + 'a, &'a [u8]), String> {
     if bytes.len() < HEADER + 32 || &bytes[..8] != MAGIC {
         return Err("not a snapshot of this format".into());
     }
@@ -173,19 +233,24 @@ fn parse<'a>(
     }
     let count = u64::from_le_bytes(body[8 + DIR_STAMP..HEADER].try_into().expect("8 bytes"));
     let entries = &body[HEADER..];
-    if entries.len() as u64 != count.saturating_mul(ENTRY as u64) {
+    let Some(split) = usize::try_from(count.saturating_mul(ENTRY as u64))
+        .ok()
+        .filter(|&n| n <= entries.len())
+    else {
         return Err("damaged".into());
-    }
+    };
+    let (entries, tags) = entries.split_at(split);
     let hash = |b: &[u8]| Hash32(b.try_into().expect("32 bytes"));
     let number = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
-    Ok(entries.chunks_exact(ENTRY).map(move |e| {
+    let entries = entries.chunks_exact(ENTRY).map(move |e| {
         (
             hash(&e[..32]),
             hash(&e[32..64]),
             number(&e[64..72]),
             number(&e[72..80]),
         )
-    }))
+    });
+    Ok((entries, tags))
 }
 
 impl StreamingManager {
@@ -200,6 +265,11 @@ impl StreamingManager {
     pub async fn close(&self) -> Result<()> {
         let opened = self.opened().await?;
         opened.read_in().await?;
+        // A purge still unlinking would leave a note, and the next open no snapshot.
+        let patience = Instant::now() + Duration::from_secs(60);
+        while !opened.notes.is_empty() && Instant::now() < patience {
+            crate::rt::sleep_until(Instant::now() + Duration::from_millis(20)).await;
+        }
         let started = Instant::now();
         let entries = blocking(move || opened.write_snapshot()).await?;
         crate::log::info_event!(
@@ -220,9 +290,20 @@ mod tests {
         let stamp = [7u8; DIR_STAMP];
         let entries = vec![(Hash32::of(b"k"), Hash32::of(b"c"), 5 << 32, 42)];
         let (mut bytes, count) = encode(&stamp, entries.iter().copied());
+        let tagged = Hash32::of(b"k");
+        encode_tags(
+            &mut bytes,
+            [(&tagged, vec!["product-42", "home"])].into_iter(),
+        );
         seal(&mut bytes);
         assert_eq!(count, 1);
-        assert_eq!(parse(&bytes, &stamp).unwrap().collect::<Vec<_>>(), entries);
+        let (read, tags) = parse(&bytes, &stamp).unwrap();
+        assert_eq!(read.collect::<Vec<_>>(), entries);
+        let mut read = Vec::new();
+        assert!(parse_tags(tags, |key, tags| read.push((key, tags.join(" ")))));
+        assert_eq!(read, [(tagged, "product-42 home".to_owned())]);
+        let missing = [1, 0, 0, 0, 0, 0, 0, 0];
+        assert!(!parse_tags(&missing, |_, _| {}), "a tagged entry missing");
         assert!(
             parse(&bytes, &[8u8; DIR_STAMP]).is_err(),
             "another directory time"

@@ -22,6 +22,7 @@ use crate::error::{BoxError, Error, ErrorKind, Result};
 use crate::format::content::ContentWriter;
 use crate::format::layout::Hash32;
 use crate::format::reader::ChunkReader;
+use crate::format::tags::Tags;
 
 use super::{StreamingManager, writer};
 use crate::format::reader;
@@ -126,6 +127,8 @@ pub(super) struct Deletions {
     pub(super) count: u64,
     /// The count at each key's last deletion.
     pub(super) by_key: HashMap<Hash32, u64>,
+    /// The count at each tag's last purge.
+    pub(super) by_tag: HashMap<Box<str>, u64>,
     /// Writes started before this count are dropped whatever their key: set by `clear`, and
     /// when `by_key` grows past its bound.
     pub(super) floor: u64,
@@ -144,13 +147,34 @@ impl Deletions {
             _ => {
                 self.floor = self.count;
                 self.by_key.clear();
+                self.by_tag.clear();
             }
         }
     }
 
-    /// Whether a write of `key_hash` started at `started` was overtaken by a deletion.
-    pub(super) fn overtakes(&self, key_hash: Hash32, started: u64) -> bool {
-        started < self.floor || self.by_key.get(&key_hash).is_some_and(|&at| at > started)
+    /// Notes a purge of `tags`: writes of entries carrying one of them, started before it,
+    /// are not committed.
+    pub(super) fn record_tags<'a>(&mut self, tags: impl IntoIterator<Item = &'a str>) {
+        self.count += 1;
+        for tag in tags {
+            if self.by_tag.len() >= REMEMBERED_DELETIONS {
+                self.floor = self.count;
+                self.by_tag.clear();
+                return;
+            }
+            self.by_tag.insert(tag.into(), self.count);
+        }
+    }
+
+    /// Whether a write of `key_hash` carrying `tags`, started at `started`, was overtaken
+    /// by a deletion.
+    pub(super) fn overtakes(&self, key_hash: Hash32, tags: &Tags, started: u64) -> bool {
+        started < self.floor
+            || self.by_key.get(&key_hash).is_some_and(|&at| at > started)
+            || (!self.by_tag.is_empty()
+                && tags
+                    .iter()
+                    .any(|tag| self.by_tag.get(tag).is_some_and(|&at| at > started)))
     }
 }
 

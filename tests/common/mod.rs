@@ -385,6 +385,15 @@ pub fn requests_on_this_thread(dir: &Path, n: usize) -> http_cache_streaming::Ca
     })
 }
 
+/// A free loopback port, for a listener of a proxy's whose address the test needs first
+/// (an admin or fleet listener).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap()
+        .port()
+}
+
 /// The purge token the proxies of the tests are started with.
 pub const PURGE_TOKEN: &str = "test-purge-token";
 

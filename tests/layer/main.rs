@@ -12,6 +12,7 @@ mod range;
 mod stacks;
 mod stale;
 mod storability;
+mod tags;
 mod variants;
 
 use std::sync::Arc;

@@ -23,6 +23,8 @@ pub(crate) struct Admin {
     pub(crate) cache: HttpStreamingCache,
     pub(crate) metrics: PrometheusHandle,
     pub(crate) max_size: u64,
+    /// The purge token: `POST /purge` with it purges tags; without one, purging is off.
+    pub(crate) purge_token: Option<Arc<str>>,
 }
 
 /// Installs the Prometheus recorder the cache's counters go to.
@@ -129,6 +131,9 @@ pub(crate) fn serve_on<A, F, B>(
 
 impl Admin {
     async fn answer(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if request.method() == http::Method::POST && request.uri().path() == "/purge" {
+            return self.purge(request).await;
+        }
         if request.method() != http::Method::GET {
             return reply(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -158,6 +163,42 @@ impl Admin {
                 "text/plain",
                 "/metrics, /stats, /healthz\n".into(),
             ),
+        }
+    }
+
+    /// `POST /purge` with the purge token and a `Surrogate-Key` field: the tags it lists
+    /// are purged, and the answer is `{"purged": N}`.
+    async fn purge(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let Some(token) = self.purge_token.as_deref() else {
+            return reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "purging is off\n".into(),
+            );
+        };
+        if !crate::clients::shows_token(request.headers(), token) {
+            tracing::info!(status = 401, "admin purge");
+            let mut response = reply(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "a purge token is needed\n".into(),
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+        if !request.headers().contains_key("surrogate-key") {
+            let message = "a Surrogate-Key field lists the tags to purge\n".into();
+            return reply(StatusCode::BAD_REQUEST, "text/plain", message);
+        }
+        match crate::clients::purge_tags(&self.cache, request.headers()).await {
+            Ok((purged, _)) => {
+                let body = serde_json::json!({ "purged": purged });
+                reply(StatusCode::OK, "application/json", format!("{body}\n"))
+            }
+            Err((status, message)) => reply(status, "text/plain", message),
         }
     }
 

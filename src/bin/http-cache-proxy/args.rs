@@ -231,11 +231,22 @@ pub(crate) struct Args {
     #[arg(long, env = "HTTP_CACHE_PROXY_FLEET_LEASE_TTL", value_parser = duration, default_value = "30s")]
     pub(crate) fleet_lease_ttl: Duration,
 
-    /// `PURGE /path` with `Authorization: Bearer TOKEN` removes what is stored for the path
-    /// (16 or more visible ASCII characters; better from the environment than the command
-    /// line, where `ps` shows it).
+    /// `PURGE /path` with `Authorization: Bearer TOKEN` removes what is stored for the path,
+    /// and with `Surrogate-Key: TAG…` every entry carrying one of the tags (16 or more
+    /// visible ASCII characters; better from the environment than the command line, where
+    /// `ps` shows it).
     #[arg(long, env = "HTTP_CACHE_PROXY_PURGE_TOKEN", hide_env_values = true)]
     pub(crate) purge_token: Option<String>,
+
+    /// A response field an entry's tags are read from (repeat for several; `none` for no
+    /// tags). Each lists tags separated by spaces or commas.
+    #[arg(long = "tag-field", value_name = "NAME", env = "HTTP_CACHE_PROXY_TAG_FIELDS", value_delimiter = ',', default_values = ["surrogate-key", "cache-tag"], value_parser = tag_field)]
+    pub(crate) tag_fields: Vec<TagField>,
+
+    /// Pass the tag fields on to clients (they are removed by default: they name how the
+    /// origin groups its pages, which only the cache uses).
+    #[arg(long, env = "HTTP_CACHE_PROXY_FORWARD_TAGS")]
+    pub(crate) forward_tags: bool,
 
     /// Clients are proxies of your own: keep the Forwarded and X-Forwarded-* they send.
     #[arg(long, env = "HTTP_CACHE_PROXY_TRUST_FORWARDED")]
@@ -365,6 +376,26 @@ pub(crate) fn duration_or_off(value: &str) -> Result<Every, String> {
         "off" => Ok(Every(None)),
         _ => duration(value).map(|d| Every(Some(d))),
     }
+}
+
+/// A response field tags are read from; `None` for `none` (no tags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TagField(pub(crate) Option<http::HeaderName>);
+
+/// A field name, or `none`.
+fn tag_field(value: &str) -> Result<TagField, String> {
+    let name = value.trim();
+    if name == "none" {
+        return Ok(TagField(None));
+    }
+    let name = http::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("{value:?} is not a field name"))?;
+    if !http_cache_streaming::may_be_tag_field(&name) {
+        return Err(format!(
+            "{name} means something else in HTTP: not a tag field"
+        ));
+    }
+    Ok(TagField(Some(name)))
 }
 
 fn nonzero(duration: Duration, value: &str) -> Result<Duration, String> {

@@ -153,7 +153,9 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<S> {
 
 /// Removes what the cache holds for the request's path, for a client that shows the purge
 /// token: `200` when something was stored, `404` when nothing was, `401` without the token,
-/// `405` when purging is off. Failures are logged; the reply names no local path.
+/// `405` when purging is off. With a `Surrogate-Key` field, removes every entry carrying
+/// one of the tags it lists instead (whatever the path), answering `200` and how many
+/// went. Failures are logged; the reply names no local path.
 pub(crate) async fn purge<B>(
     service: &HttpCacheStreaming<Upstream>,
     request: &Request<B>,
@@ -168,17 +170,17 @@ pub(crate) async fn purge<B>(
         );
         return response;
     };
-    let shown = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-    if !shown.is_some_and(|shown| same_secret(shown, token.as_bytes())) {
+    if !shows_token(request.headers(), token) {
         tracing::info!(%path, status = 401, "PURGE");
-        let mut response = text_response(StatusCode::UNAUTHORIZED, "a purge token is needed\n");
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return response;
+        return needs_token();
+    }
+    if request.headers().contains_key(SURROGATE_KEY) {
+        return match purge_tags(service.cache(), request.headers()).await {
+            Ok((purged, tags)) => {
+                text_response(StatusCode::OK, &format!("purged {purged} tagged {tags}\n"))
+            }
+            Err((status, message)) => text_response(status, &message),
+        };
     }
     // The key names the upstream and the path, whatever the URL's host here.
     let url = format!("http://purge{path}");
@@ -198,6 +200,67 @@ pub(crate) async fn purge<B>(
     };
     tracing::info!(%path, status = status.as_u16(), "PURGE");
     text_response(status, &message)
+}
+
+/// The field a tag purge lists its tags in, as Fastly's API and Varnish's xkey take them.
+const SURROGATE_KEY: &str = "surrogate-key";
+
+/// The most tags one purge request names.
+const MAX_PURGED_TAGS: usize = 256;
+
+/// Purges the tags the `Surrogate-Key` fields of a purge request list (separated by spaces
+/// or commas): how many entries went and the tags, or the status and text to answer.
+/// Logged.
+pub(crate) async fn purge_tags(
+    cache: &http_cache_streaming::HttpStreamingCache,
+    headers: &http::HeaderMap,
+) -> Result<(u64, String), (StatusCode, String)> {
+    let mut tags: Vec<&str> = Vec::new();
+    for value in headers.get_all(SURROGATE_KEY) {
+        let Ok(text) = value.to_str() else {
+            return Err((StatusCode::BAD_REQUEST, "a tag is visible ASCII\n".into()));
+        };
+        tags.extend(text.split([' ', '\t', ',']).filter(|tag| !tag.is_empty()));
+    }
+    tags.sort_unstable();
+    tags.dedup();
+    if tags.len() > MAX_PURGED_TAGS {
+        let message = format!("at most {MAX_PURGED_TAGS} tags a purge\n");
+        return Err((StatusCode::BAD_REQUEST, message));
+    }
+    let listed = tags.join(" ");
+    match cache.purge_tags(tags).await {
+        Ok(purged) => {
+            tracing::info!(tags = %listed, purged, status = 200, "PURGE");
+            Ok((purged, listed))
+        }
+        Err(error) if error.kind() == http_cache_streaming::ErrorKind::InvalidInput => {
+            tracing::info!(status = 400, %error, "PURGE");
+            Err((StatusCode::BAD_REQUEST, format!("{error}\n")))
+        }
+        Err(error) => {
+            tracing::error!(tags = %listed, %error, "PURGE failed");
+            let message = format!("could not purge {listed}\n");
+            Err((StatusCode::INTERNAL_SERVER_ERROR, message))
+        }
+    }
+}
+
+/// Whether a request's `Authorization` field shows `token` (as a bearer token).
+pub(crate) fn shows_token(headers: &http::HeaderMap, token: &str) -> bool {
+    let shown = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    shown.is_some_and(|shown| same_secret(shown, token.as_bytes()))
+}
+
+/// The `401` for a purge without the token.
+pub(crate) fn needs_token() -> Response<StreamingBody> {
+    let mut response = text_response(StatusCode::UNAUTHORIZED, "a purge token is needed\n");
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
 }
 
 /// Whether `shown` is the secret, compared in time that depends on neither (digests of both,

@@ -118,7 +118,9 @@ fn cache(
     upstream: &Upstream,
     fleet_address: Option<String>,
 ) -> Result<HttpCacheStreamingLayer, Error> {
+    let tag_fields = args.tag_fields.iter().filter_map(|field| field.0.clone());
     let mut manager = StreamingManager::builder(args.cache_dir.clone())
+        .tag_fields(tag_fields)
         .max_size(args.max_size)
         .eviction(args.eviction.into())
         .min_uses(args.min_uses)
@@ -157,6 +159,7 @@ fn cache(
     }
     options = options
         .store_set_cookie(args.store_set_cookie)
+        .forward_tags(args.forward_tags)
         .store_errors(args.store_errors)
         .fleet_invalidation_rate(u32::try_from(args.fleet_invalidation_rate).unwrap_or(u32::MAX));
     if let Some(cap) = args.max_ttl {
@@ -228,9 +231,10 @@ async fn run(args: Args) -> Result<(), Error> {
             cache: service.cache().clone(),
             metrics,
             max_size: args.max_size,
+            purge_token: args.purge_token.as_deref().map(Arc::from),
         };
         let bound = admin::serve(addr, args.admin_allow_remote, admin, limits).await?;
-        tracing::info!(%bound, "admin endpoints: /metrics /stats /healthz");
+        tracing::info!(%bound, "admin endpoints: /metrics /stats /healthz, POST /purge");
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -4,7 +4,9 @@
 //!
 //! - A note's name says what a node needs: `purges/log/<ms>-<node>-<n>-k-<sha256 of key>`
 //!   purges a key, `…-p-<sha256 of prefix>` every URL under a prefix (the prefix is the
-//!   note's bytes, checked against its hash). `<ms>` is when it was written.
+//!   note's bytes, checked against its hash), `…-t-<sha256 of tags>` every entry carrying
+//!   one of some tags (the tags, separated by spaces, are the note's bytes). `<ms>` is when
+//!   it was written.
 //! - Writing a purge: its note, then `purges/latest`, which every node polls with a
 //!   conditional read, so a log that has not changed costs one small request per poll.
 //!   The log itself is listed when `latest` changes and at least every
@@ -65,7 +67,8 @@ pub(crate) const SKEW: Duration = Duration::from_secs(1);
 const KEYS_REMEMBERED: Duration = Duration::from_secs(600);
 /// At most this many key purges are remembered; past it the oldest go.
 const MAX_KEYS_REMEMBERED: usize = 100_000;
-/// At most this many prefix purges are remembered (for the retention).
+/// At most this many prefix purges, and as many tag purges, are remembered (for the
+/// retention).
 const MAX_PREFIXES_REMEMBERED: usize = 10_000;
 /// Notes listed per request.
 const PAGE: usize = 1000;
@@ -108,6 +111,8 @@ struct LogState {
     keys: HashMap<Hash32, u64>,
     /// Prefix purges within the retention (prefix, stored before, ms), for read-throughs.
     prefixes: Vec<(String, u64)>,
+    /// Tag purges within the retention (tags, stored before, ms), for read-throughs.
+    tags: Vec<(Vec<String>, u64)>,
 }
 
 impl PurgeLog {
@@ -147,11 +152,27 @@ impl PurgeLog {
             .await
     }
 
+    /// Keeps a purge of `tags` (of what was stored before `before`) for read-throughs,
+    /// before it is written: this node's own read-throughs are misses from now on.
+    pub(crate) fn remember_tags(&self, tags: &[&str], before: SystemTime) {
+        let tags = tags.iter().map(|tag| (*tag).to_owned()).collect();
+        lock(&self.state).remember_tags(tags, epoch_millis(before));
+    }
+
+    /// Writes a purge of every entry carrying one of `tags` to the log.
+    pub(crate) async fn publish_tags(&self, tags: &[&str]) -> Result<()> {
+        let list = tags.join(" ");
+        let hash = Hash32::of(list.as_bytes());
+        let bytes = Bytes::from(list.into_bytes());
+        self.publish(Target::Tags(hash), bytes, None).await
+    }
+
     async fn publish(&self, target: Target, bytes: Bytes, prefix: Option<&str>) -> Result<()> {
         let at = epoch_millis(SystemTime::now());
         let (kind, hash) = match &target {
             Target::Key(hash) => ("k", hash),
             Target::Prefix(hash) => ("p", hash),
+            Target::Tags(hash) => ("t", hash),
         };
         let n = self.written.fetch_add(1, Ordering::Relaxed);
         let mut name = format!("{at:013}-{}-{n}-{kind}-{}", self.node, hash.to_hex());
@@ -167,7 +188,7 @@ impl PurgeLog {
             match (prefix, &target) {
                 (Some(prefix), _) => state.remember_prefix(prefix.to_owned(), before),
                 (None, Target::Key(hash)) => state.remember_key(*hash, before),
-                (None, Target::Prefix(_)) => {}
+                (None, Target::Prefix(_) | Target::Tags(_)) => {}
             }
         }
         let written = async {
@@ -208,6 +229,10 @@ impl PurgeLog {
                 .prefixes
                 .iter()
                 .any(|(prefix, before)| stored < *before && entry.is_under(prefix))
+            || (!entry.tags.is_empty()
+                && state.tags.iter().any(|(tags, before)| {
+                    stored < *before && tags.iter().any(|tag| entry.tags.contains(tag))
+                }))
     }
 
     /// One poll: a conditional read of `latest`, and when it changed (or the log was not
@@ -282,6 +307,7 @@ impl PurgeLog {
         state.keys.retain(|_, before| *before >= kept);
         let kept = now.saturating_sub(millis(self.retention));
         state.prefixes.retain(|(_, before)| *before >= kept);
+        state.tags.retain(|(_, before)| *before >= kept);
     }
 
     /// Applies purges other nodes wrote.
@@ -297,7 +323,7 @@ impl PurgeLog {
                     lock(&self.state).remember_key(*hash, before);
                     node.purge_key(*hash, from_epoch_millis(before)).await;
                 }
-                Target::Prefix(hash) => match self.prefix_of(&purge, *hash).await {
+                Target::Prefix(hash) => match self.content_of(&purge, *hash).await {
                     Some(prefix) => {
                         lock(&self.state).remember_prefix(prefix.clone(), before);
                         prefixes.push((prefix, from_epoch_millis(before)));
@@ -307,6 +333,25 @@ impl PurgeLog {
                         continue;
                     }
                 },
+                Target::Tags(hash) => {
+                    let tags: Option<Vec<String>> =
+                        self.content_of(&purge, *hash).await.and_then(|list| {
+                            let tags: Vec<String> = crate::format::tags::split(&list)
+                                .map(str::to_owned)
+                                .collect();
+                            let valid = !tags.is_empty()
+                                && tags.iter().all(|tag| crate::format::tags::is_tag(tag));
+                            valid.then_some(tags)
+                        });
+                    let Some(tags) = tags else {
+                        crate::log::warn_event!(name = %purge.name, "a tag purge that could not be read: ignored");
+                        continue;
+                    };
+                    lock(&self.state).remember_tags(tags.clone(), before);
+                    if let Err(error) = node.purge_tags(tags, from_epoch_millis(before)).await {
+                        crate::log::warn_event!(%error, "could not apply a tag purge from the fleet's log");
+                    }
+                }
             }
             self.applied.fetch_add(1, Ordering::Relaxed);
             #[cfg(feature = "metrics")]
@@ -320,8 +365,8 @@ impl PurgeLog {
         }
     }
 
-    /// The prefix a prefix purge names: its note's bytes, when they hash to its name.
-    async fn prefix_of(&self, purge: &Purge, hash: Hash32) -> Option<String> {
+    /// What a prefix or tag purge names: its note's bytes, when they hash to its name.
+    async fn content_of(&self, purge: &Purge, hash: Hash32) -> Option<String> {
         let path = format!("{LOG}/{}", purge.name);
         let Ok(Note::Found { bytes, .. }) = self.tier.read_note(&path, None).await else {
             return None;
@@ -423,6 +468,13 @@ impl LogState {
         *kept = (*kept).max(before);
     }
 
+    fn remember_tags(&mut self, tags: Vec<String>, before: u64) {
+        if self.tags.len() >= MAX_PREFIXES_REMEMBERED {
+            self.tags.remove(0);
+        }
+        self.tags.push((tags, before));
+    }
+
     fn remember_prefix(&mut self, prefix: String, before: u64) {
         if self.prefixes.len() >= MAX_PREFIXES_REMEMBERED {
             self.prefixes.remove(0);
@@ -432,147 +484,4 @@ impl LogState {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::storage::FileStorage;
-
-    fn at(ms: u64) -> SystemTime {
-        from_epoch_millis(ms)
-    }
-
-    #[test]
-    fn names_are_read_only_in_their_exact_form() {
-        let hash = Hash32::of(b"GET:http://a/");
-        let hex = hash.to_hex();
-        let now = 1_800_000_000_000;
-        let parsed = Purge::parse(&format!("{now:013}-0123456789ab-7-k-{hex}"), at(now), None);
-        assert_eq!(
-            parsed.map(|p| (p.at, p.node, p.target)),
-            Some((now, "0123456789ab".to_owned(), Target::Key(hash)))
-        );
-        let prefix = Purge::parse(&format!("{now:013}-0123456789ab-7-p-{hex}"), at(now), None);
-        assert_eq!(prefix.map(|p| p.target), Some(Target::Prefix(hash)));
-        // Dated after the bucket says it was written: taken as written then (plus skew).
-        let ahead = Purge::parse(
-            &format!("{:013}-0123456789ab-7-k-{hex}", now + 9_000),
-            at(now),
-            None,
-        );
-        assert_eq!(ahead.map(|p| p.at), Some(now + 1_000));
-        for bad in [
-            format!("{:012}-0123456789ab-7-k-{hex}", now / 10),
-            format!("{now:013}-0123456789AB-7-k-{hex}"),
-            format!("{now:013}-0123456789a-7-k-{hex}"),
-            format!("{now:013}-0123456789ab--k-{hex}"),
-            format!("{now:013}-0123456789ab-x-k-{hex}"),
-            format!("{now:013}-0123456789ab-7-q-{hex}"),
-            format!("{now:013}-0123456789ab-7-k-{}", &hex[1..]),
-            format!("{now:013}-0123456789ab-7-k-{hex}-more"),
-            format!("+{:012}-0123456789ab-7-k-{hex}", now / 10),
-        ] {
-            assert_eq!(Purge::parse(&bad, at(now), None), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn with_a_secret_only_sealed_names_are_read() {
-        let secret = Secret::new(b"a secret of the fleet");
-        let hex = Hash32::of(b"GET:http://a/").to_hex();
-        let now = 1_800_000_000_000;
-        let name = format!("{now:013}-0123456789ab-7-k-{hex}");
-        let tag = secret.short_tag(&[b"purge", name.as_bytes()]);
-        let sealed = format!("{name}-{tag}");
-        assert!(Purge::parse(&sealed, at(now), Some(&secret)).is_some());
-        let other = Secret::new(b"another fleet's secret");
-        let forged = format!("{name}-{}", other.short_tag(&[b"purge", name.as_bytes()]));
-        for bad in [name.clone(), forged, format!("{name}-{}", "0".repeat(32))] {
-            assert_eq!(Purge::parse(&bad, at(now), Some(&secret)), None, "{bad}");
-        }
-        // A note sealed for one key does not purge another.
-        let moved = sealed.replace(&hex, &Hash32::of(b"GET:http://a/x").to_hex());
-        assert_eq!(Purge::parse(&moved, at(now), Some(&secret)), None);
-    }
-
-    #[tokio::test]
-    async fn a_horizon_without_the_fleets_seal_or_from_the_future_is_none() {
-        let bucket = tempfile::tempdir().unwrap();
-        let tier: Arc<dyn Storage> = Arc::new(FileStorage::new(bucket.path()));
-        let every = Duration::from_millis(100);
-        let secret = Secret::new(b"a secret of the fleet");
-        let sealed = PurgeLog::new(
-            Arc::clone(&tier),
-            every,
-            Duration::from_secs(3600),
-            Some(secret),
-        );
-        let open = PurgeLog::new(Arc::clone(&tier), every, Duration::from_secs(3600), None);
-        let past = epoch_millis(SystemTime::now()) - 60_000;
-        let write = |text: String| {
-            let tier = Arc::clone(&tier);
-            async move {
-                tier.put_note(HORIZON, Bytes::from(text), PutNote::Overwrite)
-                    .await
-                    .unwrap();
-            }
-        };
-        write(sealed.seal_horizon(past)).await;
-        assert_eq!(sealed.horizon().await.unwrap(), past);
-        write(past.to_string()).await;
-        assert_eq!(sealed.horizon().await.unwrap(), 0, "not sealed");
-        assert_eq!(
-            open.horizon().await.unwrap(),
-            past,
-            "no secret: taken as it is"
-        );
-        let future = epoch_millis(SystemTime::now()) + 3_600_000;
-        write(sealed.seal_horizon(future)).await;
-        assert_eq!(sealed.horizon().await.unwrap(), 0, "to come");
-        write(future.to_string()).await;
-        assert_eq!(open.horizon().await.unwrap(), 0, "to come");
-    }
-
-    #[tokio::test]
-    async fn compaction_removes_notes_past_the_retention_and_raises_the_horizon() {
-        let bucket = tempfile::tempdir().unwrap();
-        let tier: Arc<dyn Storage> = Arc::new(FileStorage::new(bucket.path()));
-        let retention = Duration::from_secs(3600);
-        let log = PurgeLog::new(
-            Arc::clone(&tier),
-            Duration::from_millis(100),
-            retention,
-            None,
-        );
-        let now = epoch_millis(SystemTime::now());
-        let hex = Hash32::of(b"k").to_hex();
-        let names: Vec<String> = [now - 7_200_000, now - 3_700_000, now - 60_000, now]
-            .iter()
-            .enumerate()
-            .map(|(n, ms)| format!("{ms:013}-0123456789ab-{n}-k-{hex}"))
-            .collect();
-        for name in &names {
-            let path = format!("{LOG}/{name}");
-            tier.put_note(&path, Bytes::new(), PutNote::Overwrite)
-                .await
-                .unwrap();
-        }
-        // Not due yet: the first round waits a period.
-        log.compact_when_due().await.unwrap();
-        assert_eq!(tier.list_notes(LOG, None, 10).await.unwrap().len(), 4);
-        lock(&log.state).last_compacted = Some(Instant::now() - retention);
-        log.compact_when_due().await.unwrap();
-        let left: Vec<String> = tier
-            .list_notes(LOG, None, 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|listed| listed.name)
-            .collect();
-        assert_eq!(left, names[2..]);
-        let horizon = log.horizon().await.unwrap();
-        let expected = now - 3_600_000;
-        assert!(
-            (expected..expected + 60_000).contains(&horizon),
-            "{horizon} vs {expected}"
-        );
-    }
-}
+mod tests;

@@ -14,6 +14,9 @@ pub(crate) trait NodeStore: Send + Sync {
     /// Drops every entry whose URL starts with one of the prefixes and which was stored
     /// before that prefix's time; writes under way are not committed. How many went.
     fn purge_prefixes(&self, prefixes: Vec<(String, SystemTime)>) -> BoxFuture<'_, Result<u64>>;
+    /// Drops every entry carrying one of `tags` and stored before `before`; writes under
+    /// way of such entries are not committed. How many went.
+    fn purge_tags(&self, tags: Vec<String>, before: SystemTime) -> BoxFuture<'_, Result<u64>>;
     /// Drops every entry stored before `before`. How many went.
     fn purge_stored_before(&self, before: SystemTime) -> BoxFuture<'_, Result<u64>>;
     /// When this store last read the log whole (ms), if it keeps that.

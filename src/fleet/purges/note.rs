@@ -13,12 +13,15 @@ pub(super) struct Purge {
     pub(super) target: Target,
 }
 
-/// What a purge removes: one key, or every key under a prefix.
+/// What a purge removes: one key, every key under a prefix, or every entry carrying one
+/// of some tags.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Target {
     Key(Hash32),
     /// A prefix, by the hash of its bytes (the note's content).
     Prefix(Hash32),
+    /// Tags, by the hash of their list (the note's content: the tags separated by spaces).
+    Tags(Hash32),
 }
 
 impl Purge {
@@ -61,6 +64,7 @@ impl Purge {
         let target = match kind {
             "k" => Target::Key(hash),
             "p" => Target::Prefix(hash),
+            "t" => Target::Tags(hash),
             _ => return None,
         };
         // A time from the future is the bucket's time of the write (plus the skew).
