@@ -36,6 +36,9 @@ pub enum ErrorKind {
     /// The storage does not do what was asked (a [`Storage`](crate::storage::Storage)
     /// that keeps no notes).
     Unsupported,
+    /// As many of these as the store takes at once are under way (listings of entries):
+    /// ask again later.
+    Busy,
 }
 
 impl ErrorKind {
@@ -51,6 +54,7 @@ impl ErrorKind {
             ErrorKind::TooLarge => "body longer than the store keeps",
             ErrorKind::NoRoom => "no room in the store for another body being stored",
             ErrorKind::Unsupported => "not supported by this storage",
+            ErrorKind::Busy => "as many of these as the store takes at once are under way",
         }
     }
 }

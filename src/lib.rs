@@ -125,8 +125,8 @@ pub use body::StreamingBody;
 pub use cache::CacheMode;
 pub use cache::is_valid_authority;
 pub use cache::{
-    CacheKey, CacheStats, HttpCacheOptions, HttpStreamingCache, NotStored, OriginRequests, Ttl,
-    strip_hop_by_hop,
+    CacheKey, CacheStats, EntryPage, HttpCacheOptions, HttpStreamingCache, NotStored,
+    OriginRequests, StoredEntry, Ttl, strip_hop_by_hop,
 };
 pub use counter::Counter;
 pub use error::{BoxError, Error, ErrorKind, Result};

@@ -123,6 +123,96 @@ async fn a_purge_on_one_proxy_reaches_the_whole_fleet() {
     assert_ne!(got.body, "/page #1", "{}", got.cache_status());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_purge_on_one_proxy_reaches_the_whole_fleet_and_the_bucket() {
+    let _alone = common::alone().await;
+    let endpoint = endpoint();
+    let bucket = new_bucket(&endpoint, "tags").await;
+    // `/sale/…` carry `sale`, `/other` carries `other`; every answer numbered.
+    let origin = Origin::start(|parts, n| {
+        let path = parts.uri.path().to_owned();
+        let tag = if path.starts_with("/sale/") {
+            "sale"
+        } else {
+            "other"
+        };
+        http::Response::builder()
+            .header("cache-control", "max-age=600")
+            .header("surrogate-key", tag)
+            .body(axum::body::Body::from(format!("{path} #{n}")))
+            .unwrap()
+    })
+    .await;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let [a, b] = [0, 1].map(|i| proxy(&origin, dirs[i].path(), &endpoint, &bucket));
+    let c = proxy(&origin, dirs[2].path(), &endpoint, &bucket);
+    let paths = ["/sale/1", "/sale/2", "/other"];
+    for path in paths {
+        get(&a, path).await;
+    }
+    copied_up(&endpoint, &bucket, 3).await;
+    for node in [&b, &c] {
+        for path in paths {
+            let got = get(node, path).await;
+            assert!(got.hit(), "{path}: {}", got.cache_status());
+            assert!(got.header("surrogate-key").is_none(), "{path}");
+        }
+    }
+    assert_eq!(origin.hits(), 3);
+    common::eventually("a copy on every proxy's disk", || {
+        dirs.iter()
+            .all(|dir| common::record_files(dir.path()).len() == 3)
+    })
+    .await;
+    // C goes down with its copies on disk.
+    drop(c);
+
+    let purge = http::Request::builder()
+        .method("PURGE")
+        .uri(format!("http://{}/", a.addr))
+        .header("authorization", format!("Bearer {PURGE_TOKEN}"))
+        .header("surrogate-key", "sale")
+        .body(http_body_util::Full::<Bytes>::default())
+        .unwrap();
+    let sent = Instant::now();
+    let purged = common::send(&mut common::client(), purge).await;
+    assert_eq!(purged.status, http::StatusCode::OK);
+    assert_eq!(purged.body, "purged 2 tagged sale\n");
+    // The bucket's copies carrying the tag go, the other stays.
+    {
+        use http_cache_streaming::storage::{ObjectStorage, Storage};
+        let tier = ObjectStorage::new(common::s3::bucket(&endpoint, &bucket));
+        let deadline = Instant::now() + PATIENCE;
+        while tier.list_records().await.unwrap().len() != 1 {
+            assert!(Instant::now() < deadline, "the bucket keeps tagged records");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let (took, got) = until_not(&b, "/sale/1", "/sale/1 #1", sent).await;
+    println!(
+        "tag purge on A: B answered from the origin after {} ms",
+        took.as_millis()
+    );
+    assert!(!got.hit(), "{}", got.cache_status());
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_ne!(get(&b, "/sale/2").await.body, "/sale/2 #1");
+    let other = get(&b, "/other").await;
+    assert!(other.hit(), "carries no sale: {}", other.cache_status());
+    assert_eq!(other.body, "/other #3");
+
+    // C comes back after the purge: its tagged copies are never served from its disk.
+    let c = proxy(&origin, dirs[2].path(), &endpoint, &bucket);
+    for path in ["/sale/1", "/sale/2"] {
+        let got = get(&c, path).await;
+        assert!(
+            !got.body.ends_with(b"#1") && !got.body.ends_with(b"#2"),
+            "{path}: {:?}",
+            got.body
+        );
+    }
+    assert!(get(&c, "/other").await.hit());
+}
+
 const SECRET: &str = "a secret the fleet shares";
 
 /// A proxy of the fleet with fleet fills on, and the port peers reach it at

@@ -739,3 +739,99 @@ async fn tag_fields_reach_clients_when_forwarded() {
         "not a tag field here"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_tells_what_is_stored_behind_the_token() {
+    let origin = tagged_origin().await;
+    let admin = format!("127.0.0.1:{}", free_port());
+    let (proxy, _dir) = started(&origin, &["--admin-listen", &admin]);
+    for path in ["/a", "/b", "/c"] {
+        get(&proxy, path).await;
+    }
+    let bearer = format!("Bearer {PURGE_TOKEN}");
+    let ask = |query: &str, token: Option<&str>| {
+        let mut request = Request::get(format!("http://{admin}/entries{query}"));
+        if let Some(token) = token {
+            request = request.header("authorization", token);
+        }
+        let request = request.body(Full::default()).unwrap();
+        async move { common::send(&mut client(), request).await }
+    };
+    let json = |got: &Got| -> serde_json::Value { serde_json::from_slice(&got.body).unwrap() };
+
+    assert_eq!(ask("?path=/a", None).await.status, StatusCode::UNAUTHORIZED);
+    let a = ask("?path=/a", Some(&bearer)).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let entry = &json(&a)["entry"];
+    assert_eq!(entry["tags"], serde_json::json!(["product-1", "shared"]));
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["size"], 5, "{entry}");
+    assert!(
+        entry["cache_status"]
+            .as_str()
+            .unwrap()
+            .contains("hit; ttl="),
+        "{entry}"
+    );
+    let none = ask("?path=/nothing", Some(&bearer)).await;
+    assert_eq!(json(&none)["entry"], serde_json::Value::Null);
+
+    // Pages of one: /a then /b carry `shared`, in an order of their own.
+    let first = json(&ask("?tag=shared&limit=1", Some(&bearer)).await);
+    assert_eq!(first["entries"].as_array().unwrap().len(), 1);
+    let next = first["next"].as_str().unwrap().to_owned();
+    let second = json(&ask(&format!("?tag=shared&limit=1&after={next}"), Some(&bearer)).await);
+    assert_eq!(second["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(second["next"], serde_json::Value::Null);
+    let mut urls: Vec<String> = [&first, &second]
+        .iter()
+        .map(|page| page["entries"][0]["url"].as_str().unwrap().to_owned())
+        .collect();
+    urls.sort();
+    assert!(
+        urls[0].ends_with("/a") && urls[1].ends_with("/b"),
+        "{urls:?}"
+    );
+    let all = json(&ask("?prefix=/", Some(&bearer)).await);
+    assert_eq!(all["entries"].as_array().unwrap().len(), 3);
+
+    for bad in [
+        "",
+        "?tag=a%20b",
+        "?path=a",
+        "?tag=a&prefix=/",
+        "?prefix=/&after=zz",
+    ] {
+        let got = ask(bad, Some(&bearer)).await;
+        assert_eq!(got.status, StatusCode::BAD_REQUEST, "{bad}: {:?}", got.body);
+    }
+    assert_eq!(origin.hits(), 3, "looking is not fetching");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_field_withheld_from_the_stored_copy_does_not_reach_its_own_client_either() {
+    // The origin names the tag field in `no-cache="…"` / `private="…"`: the stored copy has
+    // none, and the fetching client, who would get the field back, gets no tags either.
+    for cache_control in [
+        r#"max-age=600, no-cache="surrogate-key""#,
+        r#"max-age=600, private="surrogate-key""#,
+    ] {
+        let origin = Origin::start(move |_, n| {
+            Response::builder()
+                .header("cache-control", cache_control)
+                .header("surrogate-key", "user-42")
+                .body(AxumBody::from(format!("page #{n}")))
+                .unwrap()
+        })
+        .await;
+        let (proxy, _dir) = started(&origin, &[]);
+        for got in [get(&proxy, "/p").await, get_h2(&proxy, "/p").await] {
+            assert_eq!(got.status, StatusCode::OK);
+            assert!(
+                got.header("surrogate-key").is_none(),
+                "{cache_control}: {:?}",
+                got.headers
+            );
+        }
+    }
+}

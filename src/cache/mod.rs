@@ -6,6 +6,7 @@
 mod decided;
 mod directives;
 mod freshen;
+mod inspect;
 mod languages;
 pub(crate) mod mode;
 mod options;
@@ -23,6 +24,7 @@ mod variants;
 pub use crate::key::CacheKey;
 pub use crate::key::is_valid_authority;
 pub use directives::strip_hop_by_hop;
+pub use inspect::{EntryPage, StoredEntry};
 pub use mode::CacheMode;
 pub use options::HttpCacheOptions;
 pub use stats::{CacheStats, OriginRequests};

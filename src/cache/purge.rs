@@ -19,6 +19,13 @@ impl HttpStreamingCache {
     /// [`purge_path`](Self::purge_path), or every site's with
     /// [`purge_prefix`](Self::purge_prefix).
     pub async fn purge(&self, url: &str) -> crate::Result<bool> {
+        let key = self.key_of_url(url)?;
+        self.remove(&key, true).await
+    }
+
+    /// The key of a GET of `url`, an absolute URL (anything else is
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput)).
+    pub(super) fn key_of_url(&self, url: &str) -> crate::Result<String> {
         let invalid = |why: &str| {
             crate::Error::new(crate::ErrorKind::InvalidInput).with_subject(format!("{url:?} {why}"))
         };
@@ -34,8 +41,7 @@ impl HttpStreamingCache {
         let request = Request::get(uri)
             .body(())
             .map_err(|e| invalid("").with_source(e))?;
-        let key = self.key(&request.into_parts().0);
-        self.remove(&key, true).await
+        Ok(self.key(&request.into_parts().0))
     }
 
     /// Removes what is stored for the GET of `request`'s URL (its method is not read: a

@@ -25,8 +25,8 @@ use crate::format::layout::Hash32;
 use crate::format::record::{Entry, content_length};
 use crate::format::tags::Tags;
 use crate::rt::lock;
-use crate::store::ForPeer;
 use crate::store::partial_entry::{PartialEntry, PartialHead};
+use crate::store::{ForPeer, Selection};
 use crate::store::{StoreStats, StreamingManager};
 
 /// The `CacheStore` the rules' unit tests run on: whole responses by key, in memory.
@@ -290,6 +290,30 @@ impl CacheStore for MemoryStore {
     }
     fn tag_fields(&self) -> &[HeaderName] {
         &self.inner.tag_fields
+    }
+    async fn entry_here(&self, key: &str) -> Result<Option<Entry>> {
+        Ok(self.stored(key).map(|(entry, _)| Entry::clone(&entry)))
+    }
+    async fn entries(
+        &self,
+        selection: Selection,
+        after: Option<Hash32>,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, Option<Hash32>)> {
+        let mut picked: Vec<(Hash32, Entry)> = lock(&self.inner.entries)
+            .values()
+            .filter(|(entry, _)| match &selection {
+                Selection::Tag(tag) => entry.tags.contains(tag),
+                Selection::Prefix(prefix) => entry.is_under(prefix),
+            })
+            .map(|(entry, _)| (Hash32::of(entry.key.as_bytes()), Entry::clone(entry)))
+            .filter(|(key, _)| after.is_none_or(|after| *key > after))
+            .collect();
+        picked.sort_by_key(|(key, _)| *key);
+        let limit = limit.max(1);
+        let next = (picked.len() > limit).then(|| picked[limit - 1].0);
+        picked.truncate(limit);
+        Ok((picked.into_iter().map(|(_, entry)| entry).collect(), next))
     }
     async fn purge_tags(&self, tags: &[&str]) -> Result<u64> {
         self.remove_where({

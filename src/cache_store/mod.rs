@@ -20,9 +20,10 @@ use crate::body::StreamingBody;
 use crate::collapse::{Background, FillHead, FillLeader, Role};
 use crate::error::{BoxError, Error, Result};
 use crate::fleet::leases::{FleetFills, Lease};
+use crate::format::layout::Hash32;
 use crate::format::record::Entry;
 use crate::store::partial_entry::{PartialEntry, PartialHead};
-use crate::store::{ForPeer, StoreStats, StreamingManager};
+use crate::store::{ForPeer, Selection, StoreStats, StreamingManager};
 
 /// A stored response as a lookup finds it: the response, its body streaming, and its record.
 pub(crate) type StoredResponse = (Response<StreamingBody>, Arc<Entry>);
@@ -124,6 +125,16 @@ pub(crate) trait CacheStore {
     fn tag_fields(&self) -> &[HeaderName];
     /// Removes every entry carrying one of `tags`, here and in the fleet; how many here.
     fn purge_tags(&self, tags: &[&str]) -> impl Future<Output = Result<u64>> + Send;
+    /// The record stored under `key` here, without its body.
+    fn entry_here(&self, key: &str) -> impl Future<Output = Result<Option<Entry>>> + Send;
+    /// A page of the records `selection` picks, after the key hash `after`, and where the
+    /// next page starts.
+    fn entries(
+        &self,
+        selection: Selection,
+        after: Option<Hash32>,
+        limit: usize,
+    ) -> impl Future<Output = Result<(Vec<Entry>, Option<Hash32>)>> + Send;
 }
 
 impl CacheStore for StreamingManager {
@@ -243,6 +254,17 @@ impl CacheStore for StreamingManager {
     }
     fn purge_tags(&self, tags: &[&str]) -> impl Future<Output = Result<u64>> + Send {
         StreamingManager::purge_tags(self, tags.iter().copied())
+    }
+    fn entry_here(&self, key: &str) -> impl Future<Output = Result<Option<Entry>>> + Send {
+        StreamingManager::entry_here(self, key)
+    }
+    fn entries(
+        &self,
+        selection: Selection,
+        after: Option<Hash32>,
+        limit: usize,
+    ) -> impl Future<Output = Result<(Vec<Entry>, Option<Hash32>)>> + Send {
+        StreamingManager::entries(self, selection, after, limit)
     }
 }
 
@@ -393,5 +415,16 @@ impl CacheStore for Backing {
     }
     async fn purge_tags(&self, tags: &[&str]) -> Result<u64> {
         each!(self, s => CacheStore::purge_tags(s, tags).await)
+    }
+    async fn entry_here(&self, key: &str) -> Result<Option<Entry>> {
+        each!(self, s => CacheStore::entry_here(s, key).await)
+    }
+    async fn entries(
+        &self,
+        selection: Selection,
+        after: Option<Hash32>,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, Option<Hash32>)> {
+        each!(self, s => CacheStore::entries(s, selection, after, limit).await)
     }
 }

@@ -158,6 +158,22 @@ impl Index {
         &self.tags
     }
 
+    /// The indexed keys after `after`, the `at_most` lowest of them, in order.
+    pub(crate) fn keys_after(&self, after: Option<Hash32>, at_most: usize) -> Vec<Hash32> {
+        let mut keys: Vec<Hash32> = self
+            .slots
+            .keys()
+            .filter(|key| after.is_none_or(|after| **key > after))
+            .copied()
+            .collect();
+        if keys.len() > at_most {
+            keys.select_nth_unstable(at_most);
+            keys.truncate(at_most);
+        }
+        keys.sort_unstable();
+        keys
+    }
+
     /// Every indexed key, with the parsed entry when it is held.
     pub(crate) fn keys(&self) -> Vec<(Hash32, Option<Arc<Entry>>)> {
         self.slots

@@ -12,6 +12,7 @@ mod builder;
 mod content_ids;
 mod fleet_side;
 mod from_bucket;
+mod listing;
 mod loading;
 mod open_store;
 mod packed_map;
@@ -25,6 +26,7 @@ mod tee_queue;
 
 pub use builder::StreamingManagerBuilder;
 pub(crate) use fleet_side::ForPeer;
+pub(crate) use listing::Selection;
 pub(crate) use tee::Teeing;
 
 use std::fs::File;
@@ -179,7 +181,7 @@ impl StreamingManager {
     }
 
     /// The opened store, once what it may serve is known: the purge log read at start.
-    async fn serving(&self) -> Result<Arc<OpenStore>> {
+    pub(in crate::store) async fn serving(&self) -> Result<Arc<OpenStore>> {
         let opened = self.opened().await?;
         self.purges_read().await;
         Ok(opened)

@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics` in the Prometheus text format, `/stats` as JSON and
-//! `/healthz`, on an address of its own (loopback unless `--admin-allow-remote`).
+//! `/healthz`, and behind the purge token `POST /purge` (tags) and `GET /entries` (what is
+//! stored), on an address of its own (loopback unless `--admin-allow-remote`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
-use http_cache_streaming::{CacheStats, Counter, HttpStreamingCache};
+use http_cache_streaming::{CacheStats, Counter, ErrorKind, HttpStreamingCache};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -134,6 +135,9 @@ impl Admin {
         if request.method() == http::Method::POST && request.uri().path() == "/purge" {
             return self.purge(request).await;
         }
+        if request.method() == http::Method::GET && request.uri().path() == "/entries" {
+            return self.entries(request).await;
+        }
         if request.method() != http::Method::GET {
             return reply(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -161,7 +165,7 @@ impl Admin {
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "/metrics, /stats, /healthz\n".into(),
+                "/metrics, /stats, /healthz, /entries, POST /purge\n".into(),
             ),
         }
     }
@@ -169,25 +173,9 @@ impl Admin {
     /// `POST /purge` with the purge token and a `Surrogate-Key` field: the tags it lists
     /// are purged, and the answer is `{"purged": N}`.
     async fn purge(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-        let Some(token) = self.purge_token.as_deref() else {
-            return reply(
-                StatusCode::NOT_FOUND,
-                "text/plain",
-                "purging is off\n".into(),
-            );
-        };
-        if !crate::clients::shows_token(request.headers(), token) {
-            tracing::info!(status = 401, "admin purge");
-            let mut response = reply(
-                StatusCode::UNAUTHORIZED,
-                "text/plain",
-                "a purge token is needed\n".into(),
-            );
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Bearer"),
-            );
-            return response;
+        if let Some(refused) = self.refused(request) {
+            tracing::info!(status = refused.status().as_u16(), "admin purge");
+            return refused;
         }
         if !request.headers().contains_key("surrogate-key") {
             let message = "a Surrogate-Key field lists the tags to purge\n".into();
@@ -199,6 +187,99 @@ impl Admin {
                 reply(StatusCode::OK, "application/json", format!("{body}\n"))
             }
             Err((status, message)) => reply(status, "text/plain", message),
+        }
+    }
+
+    /// The answer to a request that does not show the purge token; `None` when it does.
+    fn refused(&self, request: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+        let Some(token) = self.purge_token.as_deref() else {
+            let message = "off: no --purge-token\n".into();
+            return Some(reply(StatusCode::NOT_FOUND, "text/plain", message));
+        };
+        if crate::clients::shows_token(request.headers(), token) {
+            return None;
+        }
+        let message = "a purge token is needed\n".into();
+        let mut response = reply(StatusCode::UNAUTHORIZED, "text/plain", message);
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+        Some(response)
+    }
+
+    /// `GET /entries` with the purge token: `?path=/p` what is stored for a path (its
+    /// variants with it), `?tag=t` or `?prefix=/p` a page of the entries carrying a tag or
+    /// under a prefix (`&limit=` up to 1000, 100 by default; `&after=` the `next` of the
+    /// page before). JSON. The values are percent-decoded (`+` is a space): a path as
+    /// requested, itself with `%XX`, is given with its `%` as `%25`.
+    async fn entries(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if let Some(refused) = self.refused(request) {
+            tracing::info!(status = refused.status().as_u16(), "admin entries");
+            return refused;
+        }
+        let query = request.uri().query().unwrap_or_default();
+        let asked: std::collections::HashMap<String, String> =
+            url::form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect();
+        let limit = asked
+            .get("limit")
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(100)
+            .clamp(1, 1000);
+        let after = asked.get("after").map(String::as_str);
+        let found = match (asked.get("path"), asked.get("tag"), asked.get("prefix")) {
+            (Some(path), None, None) if path.starts_with('/') => {
+                // Keyed as the proxy keys it: the upstream and the path.
+                let url = format!("http://purge{path}");
+                self.cache
+                    .inspect(&url)
+                    .await
+                    .map(|entry| serde_json::json!({ "entry": entry }))
+            }
+            (None, Some(tag), None) => self
+                .cache
+                .entries_tagged(tag, after, limit)
+                .await
+                .map(|page| serde_json::json!(page)),
+            (None, None, Some(prefix)) => self
+                .cache
+                .entries_under(prefix, after, limit)
+                .await
+                .map(|page| serde_json::json!(page)),
+            _ => {
+                let message = "one of ?path=/…, ?tag=… or ?prefix=…\n".into();
+                return reply(StatusCode::BAD_REQUEST, "text/plain", message);
+            }
+        };
+        let status = match &found {
+            Ok(_) => 200,
+            Err(error) if error.kind() == ErrorKind::InvalidInput => 400,
+            Err(error) if error.kind() == ErrorKind::Busy => 503,
+            Err(_) => 500,
+        };
+        tracing::info!(query = %query, status, "admin entries");
+        match found {
+            Ok(json) => reply(StatusCode::OK, "application/json", format!("{json}\n")),
+            Err(error) if error.kind() == ErrorKind::InvalidInput => {
+                reply(StatusCode::BAD_REQUEST, "text/plain", format!("{error}\n"))
+            }
+            Err(error) if error.kind() == ErrorKind::Busy => {
+                let mut busy = reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("{error}\n"),
+                );
+                busy.headers_mut()
+                    .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+                busy
+            }
+            Err(error) => {
+                tracing::error!(%error, "admin entries");
+                let message = "the store cannot be read\n".into();
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", message)
+            }
         }
     }
 

@@ -23,12 +23,14 @@
 //!   `X-Forwarded-*` are removed unless `--trust-forwarded`; `X-Original-URL` and the
 //!   method-override headers always are.
 //! - With `--purge-token TOKEN`, `PURGE /path` with `Authorization: Bearer TOKEN` removes
-//!   what is stored for the path.
+//!   what is stored for the path, and with `Surrogate-Key: TAG…` every entry carrying one of
+//!   the tags.
 //! - The upstream may be `https://` (system roots, plus `--upstream-ca FILE`; HTTP/2 when it
 //!   offers it); clients may connect with TLS (`--tls-cert`, `--tls-key`; HTTP/2 by ALPN).
 //! - Logs go to stderr through `tracing` (`RUST_LOG`, `--log-format json`), one access line
 //!   per response when its body ends; `--admin-listen` serves `/metrics`, `/stats` and
-//!   `/healthz`.
+//!   `/healthz`, and with the purge token `POST /purge` (tags) and `GET /entries` (what is
+//!   stored).
 //! - With `--s3-bucket`, proxies share a bucket behind their disks: a purge on one reaches
 //!   all within a second (`--purge-log-every`), and with `--fleet-listen ADDR
 //!   --fleet-secret SECRET` a new object is fetched from the upstream by one of them, the
@@ -234,7 +236,7 @@ async fn run(args: Args) -> Result<(), Error> {
             purge_token: args.purge_token.as_deref().map(Arc::from),
         };
         let bound = admin::serve(addr, args.admin_allow_remote, admin, limits).await?;
-        tracing::info!(%bound, "admin endpoints: /metrics /stats /healthz, POST /purge");
+        tracing::info!(%bound, "admin endpoints: /metrics /stats /healthz, POST /purge, GET /entries");
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
