@@ -256,8 +256,7 @@ impl Admin {
         let status = match &found {
             Ok(_) => 200,
             Err(error) if error.kind() == ErrorKind::InvalidInput => 400,
-            Err(error) if error.kind() == ErrorKind::Busy => 503,
-            Err(_) => 500,
+            Err(_) => 503,
         };
         tracing::info!(query = %query, status, "admin entries");
         match found {
