@@ -423,9 +423,8 @@ impl OpenStore {
     }
 
     /// Takes in a record read from disk: one this index did not know (another process wrote
-    /// it) or one whose parsed form was not kept.
-    /// Takes in the record just read from disk for `key_hash`; `false` when a purge
-    /// answered since it was read purges it (the caller answers a miss).
+    /// it) or one whose parsed form was not kept. `false` when a purge answered since it was
+    /// read purges it (the caller answers a miss).
     pub(super) fn learn(&self, key_hash: Hash32, entry: &Arc<Entry>, stamp: Stamp) -> bool {
         let mut index = self.index();
         // Under the lock a purge takes its entries out under, after writing its note.
@@ -441,8 +440,8 @@ impl OpenStore {
     }
 
     /// Removes a broken record, unless a newer commit replaced it meanwhile (`expected` is the
-    /// digest the broken record named, when known).
-    /// Whether an entry was indexed under `key_hash`.
+    /// digest the broken record named, when known). Whether an entry was indexed under
+    /// `key_hash`.
     pub(super) fn drop_record(&self, key_hash: Hash32, expected: Option<Hash32>) -> bool {
         let mut index = self.index();
         let current = index.digest(key_hash);
