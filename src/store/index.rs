@@ -457,9 +457,7 @@ impl Index {
         if self.is_loading() {
             // A record not read in yet may use it. (Past the bound, which only a reading
             // in that failed reaches, the orphan sweep of the next open takes it.)
-            if self.released.len() < RELEASED_WHILE_LOADING {
-                self.released.push(digest);
-            }
+            self.unused_while_loading(digest);
             return None;
         }
         Some(digest)

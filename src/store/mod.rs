@@ -490,21 +490,16 @@ impl StreamingManager {
         // either started before (and is not committed) or is newer.
         lock(&self.inner.deletions).record_tags(tags.iter().copied());
         let at = at.max(SystemTime::now() + std::time::Duration::from_millis(1));
+        let owned: Arc<[String]> = tags.iter().map(|tag| (*tag).to_owned()).collect();
         let note = {
-            let opened = Arc::clone(&opened);
-            let tags: Vec<String> = tags.iter().map(|tag| (*tag).to_owned()).collect();
-            blocking(move || {
-                let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
-                opened.notes.add(&tags, at)
-            })
-            .await?
+            let (opened, tags) = (Arc::clone(&opened), Arc::clone(&owned));
+            blocking(move || opened.notes.add(&tags, at)).await?
         };
         self.clear_partials();
         opened.read_in().await?;
         // On a blocking thread: a purge of a hundred thousand entries holds no task's
         // thread, and takes them out of the index a few hundred at a time, so that hits get
         // the lock in between.
-        let owned: Vec<String> = tags.iter().map(|tag| (*tag).to_owned()).collect();
         let removing = Arc::clone(&opened);
         let (keys, removed) = blocking(move || {
             let keys = removing.index().tagged(owned.iter().map(String::as_str));

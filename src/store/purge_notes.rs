@@ -114,13 +114,13 @@ impl PurgeNotes {
     }
 
     /// Writes a note purging `tags` at `at`, and returns its name.
-    pub(super) fn add(&self, tags: &[&str], at: SystemTime) -> Result<String> {
+    pub(super) fn add(&self, tags: &[impl AsRef<str>], at: SystemTime) -> Result<String> {
         let at_ms = epoch_millis(at);
         let name = format!("{at_ms:013}-{}.json", unique_name());
         let note = Note {
             name: name.clone(),
             at_ms,
-            tags: tags.iter().map(|tag| (*tag).to_owned()).collect(),
+            tags: tags.iter().map(|tag| tag.as_ref().to_owned()).collect(),
         };
         let bytes =
             serde_json::to_vec(&note).map_err(|e| Error::new(ErrorKind::Record).with_source(e))?;
